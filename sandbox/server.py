@@ -1,0 +1,471 @@
+"""The sandbox's HTTPS server: routing, recording, faults and latency.
+
+One threaded HTTPS server on 127.0.0.1 serves every stand-in (Entra ID, Key Vault, Power BI,
+Application Insights ingestion). Each service module registers named routes on a
+:class:`Router`; every request is recorded in :class:`Recorder` so that tests can assert
+exactly what a client did; :class:`Faults` queues canned failures per route (429 with
+``Retry-After``, 5xx, a dropped connection) and adds a per-request latency for benchmarks.
+
+Handlers never let a Python exception escape as a traceback: :class:`HTTPError` becomes the
+service's own error shape, and any other exception becomes a 500 in that shape too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 4 * 1024 * 1024
+
+
+class HTTPError(Exception):
+    """Raised by a handler to answer with ``status`` and a JSON ``body`` (the service's shape)."""
+
+    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.body = body
+        self.headers = dict(headers or {})
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: Any = None  # dict/list -> JSON, bytes -> raw, str -> text/plain, None -> empty
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> tuple[bytes, dict[str, str]]:
+        headers = dict(self.headers)
+        if self.body is None:
+            data = b""
+        elif isinstance(self.body, bytes):
+            data = self.body
+        elif isinstance(self.body, str):
+            data = self.body.encode("utf-8")
+            headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+        else:
+            data = json.dumps(self.body).encode("utf-8")
+            headers.setdefault("Content-Type", "application/json; charset=utf-8")
+        return data, headers
+
+
+class _Headers:
+    """Case-insensitive read-only view of request headers."""
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self._items = {k.lower(): v for k, v in items}
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._items.get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        return iter(self._items.items())
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # percent-decoded path without the query
+    raw_path: str  # as sent, with the query
+    query: dict[str, str]  # keys as sent; last value wins
+    headers: _Headers
+    body: bytes
+    route: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+    token: Any = None  # set by an auth helper (sandbox.entra.TokenInfo)
+
+    def query_ci(self, name: str) -> str | None:
+        """Query parameter by case-insensitive name (OData's ``$top`` vs ``$Top``)."""
+        for key, value in self.query.items():
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def json(self, error: Callable[[str], HTTPError]) -> Any:
+        """Parse the body as JSON, or raise ``error(message)`` (the service's bad-request shape)."""
+        if not self.body:
+            raise error("The request body is empty.")
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise error(f"The request body is not valid JSON: {exc.__class__.__name__}.") from None
+
+    def form(self) -> dict[str, str]:
+        return dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+Handler = Callable[[Request], Response]
+
+
+@dataclass
+class Route:
+    name: str
+    service: str
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    error: Callable[[int, str, str], Any]  # (status, code, message) -> the service's error body
+
+
+class Router:
+    """Named routes; the first whose method and full-path regex match wins."""
+
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+
+    def add(
+        self,
+        service: str,
+        name: str,
+        method: str,
+        pattern: str,
+        handler: Handler,
+        error: Callable[[int, str, str], Any],
+    ) -> None:
+        """Register ``handler`` for ``method`` on paths fully matching ``pattern`` (case-insensitive)."""
+        self.routes.append(
+            Route(name, service, method.upper(), re.compile(pattern, re.IGNORECASE), handler, error)
+        )
+
+    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
+        """Return (route, params, path_known). ``path_known`` tells 405 from 404."""
+        path_known = False
+        for route in self.routes:
+            m = route.pattern.fullmatch(path)
+            if m is None:
+                continue
+            path_known = True
+            if route.method == method:
+                return route, {k: v for k, v in m.groupdict().items() if v is not None}, True
+        return None, {}, path_known
+
+
+@dataclass
+class RecordedRequest:
+    """What a client sent and what it got back. ``body`` is parsed JSON when it was JSON."""
+
+    service: str
+    route: str
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    raw_body: bytes
+    status: int = 0
+    token_kind: str | None = None  # "app" | "user" | "managed_identity" | None
+    principal: str | None = None
+    at: float = 0.0
+    fault: str | None = None
+
+
+class Recorder:
+    """Thread-safe list of every request the sandbox served."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[RecordedRequest] = []
+
+    def add(self, item: RecordedRequest) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def all(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def find(
+        self,
+        route: str | None = None,
+        *,
+        service: str | None = None,
+        method: str | None = None,
+        status: int | None = None,
+    ) -> list[RecordedRequest]:
+        """Recorded requests filtered by route name, service, method and status."""
+        return [
+            r
+            for r in self.all()
+            if (route is None or r.route == route)
+            and (service is None or r.service == service)
+            and (method is None or r.method == method.upper())
+            and (status is None or r.status == status)
+        ]
+
+
+@dataclass
+class Fault:
+    status: int = 503
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False  # close the connection without an answer
+    delay: float = 0.0  # extra seconds before answering
+
+
+class Faults:
+    """Per-route queues of canned answers, plus a per-request latency (seconds)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[str, list[Fault]] = {}
+        self.latency = 0.0
+
+    def add(
+        self,
+        route: str,
+        *,
+        status: int = 503,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        drop: bool = False,
+        times: int = 1,
+        delay: float = 0.0,
+    ) -> None:
+        """Queue ``times`` canned answers for ``route`` (a route name, a service name or ``"*"``)."""
+        with self._lock:
+            self._queues.setdefault(route, []).extend(
+                Fault(status, body, dict(headers or {}), drop, delay) for _ in range(times)
+            )
+
+    def throttle(self, route: str, retry_after: int = 1, times: int = 1) -> None:
+        """Queue 429 answers with ``Retry-After`` (seconds), as Power BI and Key Vault send."""
+        self.add(route, status=429, headers={"Retry-After": str(retry_after)}, times=times)
+
+    def take(self, route: Route) -> Fault | None:
+        with self._lock:
+            for key in (route.name, route.service, "*"):
+                queue = self._queues.get(key)
+                if queue:
+                    return queue.pop(0)
+        return None
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(len(q) for q in self._queues.values())
+
+
+class _DroppedConnection(Exception):
+    pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        logger.debug("sandbox: " + format, *args)
+
+    def _serve(self) -> None:
+        sandbox = self.server.sandbox
+        split = urlsplit(self.path)
+        path = unquote(split.path)
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self._send(Response(413, {"error": {"code": "RequestTooLarge", "message": "Body too large."}}))
+            return
+        body = self.rfile.read(length) if length else b""
+        if self.headers.get("Content-Encoding", "").lower() == "gzip" and body:
+            import gzip
+
+            try:
+                body = gzip.decompress(body)
+            except OSError:
+                self._send(Response(400, {"error": {"code": "BadRequest", "message": "Bad gzip body."}}))
+                return
+        request = Request(
+            method=self.command,
+            path=path,
+            raw_path=self.path,
+            query=query,
+            headers=_Headers(list(self.headers.items())),
+            body=body,
+        )
+        route, params, known = sandbox.router.match(self.command, path)
+        record = RecordedRequest(
+            service=route.service if route else "unknown",
+            route=route.name if route else "unknown",
+            method=self.command,
+            path=path,
+            query=query,
+            headers=dict(self.headers.items()),
+            body=_maybe_json(body),
+            raw_body=body,
+            at=time.time(),
+        )
+        try:
+            if sandbox.faults.latency:
+                time.sleep(sandbox.faults.latency)
+            if route is None:
+                status = 405 if known else 404
+                response = Response(
+                    status,
+                    {"error": {"code": "NotFound" if status == 404 else "MethodNotAllowed",
+                               "message": f"No route for {self.command} {path}."}},
+                )
+            else:
+                request.route, request.params = route.name, params
+                fault = sandbox.faults.take(route)
+                if fault is not None:
+                    record.fault = "drop" if fault.drop else str(fault.status)
+                    if fault.delay:
+                        time.sleep(fault.delay)
+                    if fault.drop:
+                        raise _DroppedConnection()
+                    body_ = fault.body if fault.body is not None else route.error(
+                        fault.status, _fault_code(fault.status), "Injected fault."
+                    )
+                    response = Response(fault.status, body_, dict(fault.headers))
+                else:
+                    response = _call(route, request)
+        except _DroppedConnection:
+            record.status = 0
+            sandbox.recorder.add(record)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if request.token is not None:
+            record.token_kind = getattr(request.token, "kind", None)
+            record.principal = getattr(request.token, "principal", None)
+        record.status = response.status
+        sandbox.recorder.add(record)
+        self._send(response)
+
+    def _send(self, response: Response) -> None:
+        data, headers = response.encode()
+        self.send_response(response.status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
+
+
+def _call(route: Route, request: Request) -> Response:
+    try:
+        return route.handler(request)
+    except HTTPError as exc:
+        return Response(exc.status, exc.body, exc.headers)
+    except Exception:  # noqa: BLE001 - a sandbox answers in the service's shape, never a traceback
+        logger.exception("sandbox handler %s failed", route.name)
+        return Response(500, route.error(500, "InternalServerError", "The sandbox failed to serve this."))
+
+
+def _fault_code(status: int) -> str:
+    return {429: "TooManyRequests", 500: "InternalServerError", 502: "BadGateway",
+            503: "ServiceUnavailable", 504: "GatewayTimeout"}.get(status, "Fault")
+
+
+def _maybe_json(body: bytes) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+    sandbox: HTTPSService
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # TLS handshakes cut short by clients and resets are normal in fault tests.
+        logger.debug("sandbox connection error from %s", client_address, exc_info=True)
+
+
+class HTTPSService:
+    """Serves a :class:`Router` over HTTPS on 127.0.0.1 (a free port unless one is given).
+
+    ``extra_ports`` are further ports served by the same router when they can be bound
+    (msal's user-realm discovery always calls port 443 of the authority host).
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        ssl_context: ssl.SSLContext,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        extra_ports: tuple[int, ...] = (),
+    ) -> None:
+        self.router = router
+        self.recorder = Recorder()
+        self.faults = Faults()
+        self._ssl_context = ssl_context
+        self._host = host
+        self._port = port
+        self._extra_ports = extra_ports
+        self._servers: list[_Server] = []
+        self._threads: list[threading.Thread] = []
+        self.extra_ports_bound: list[int] = []
+
+    @property
+    def port(self) -> int:
+        return self._servers[0].server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"https://{self._host}:{self.port}"
+
+    def _bind(self, port: int) -> _Server:
+        server = _Server((self._host, port), _Handler, bind_and_activate=False)
+        server.sandbox = self
+        server.server_bind()
+        server.server_activate()
+        # The handshake happens lazily in the handler thread, so one slow client blocks no other.
+        server.socket = self._ssl_context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
+        return server
+
+    def start(self) -> None:
+        self._servers.append(self._bind(self._port))
+        for extra in self._extra_ports:
+            try:
+                self._servers.append(self._bind(extra))
+                self.extra_ports_bound.append(extra)
+            except OSError as exc:
+                logger.warning("sandbox: port %s not served (%s)", extra, exc)
+        for server in self._servers:
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                      name=f"sandbox-{server.server_address[1]}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._servers.clear()
+        self._threads.clear()
+        self.extra_ports_bound.clear()

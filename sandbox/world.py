@@ -1,0 +1,128 @@
+"""The sandbox: one HTTPS server and a world of Azure and Power BI stand-ins.
+
+    with Sandbox() as sb:
+        sql = sb.sources.add("sql-sales", username="svc_pbi", password="Old#1")
+        ...
+        env = sb.env()   # the product's environment (contract of DESIGN.md), pointing here
+
+Services (each in its own module, each registering its routes on the shared router):
+``sb.entra`` (Entra ID + App Service managed identity), ``sb.vault`` (Key Vault secrets),
+``sb.powerbi`` (Power BI REST), ``sb.appinsights`` (ingestion), ``sb.sources`` (the systems
+behind the data sources, which hold the real passwords). ``sb.requests`` records every request;
+``sb.faults`` queues failures and sets latency.
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Any
+
+from sandbox.appinsights import AppInsights
+from sandbox.clock import Clock
+from sandbox.entra import Entra
+from sandbox.keyvault import KeyVault
+from sandbox.powerbi import PowerBI
+from sandbox.server import Faults, HTTPSService, Recorder, Router
+from sandbox.sources import Sources
+from sandbox.tls import make_tls
+
+USER_REALM_PORT = 443  # msal's user-realm discovery always calls port 443 of the authority host
+
+
+class Sandbox:
+    """A local Azure + Power BI world served over HTTPS on 127.0.0.1."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        tls_dir: str | None = None,
+        port: int = 0,
+        serve_user_realm: bool = True,
+    ) -> None:
+        self.clock = clock or Clock()
+        self.tls = make_tls(tls_dir)
+        self.router = Router()
+        self.http = HTTPSService(
+            self.router,
+            self.tls.server_context,
+            port=port,
+            extra_ports=(USER_REALM_PORT,) if serve_user_realm else (),
+        )
+        self.sources = Sources(self)
+        self.entra = Entra(self)
+        self.vault = KeyVault(self)
+        self.powerbi = PowerBI(self)
+        self.appinsights = AppInsights(self)
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Sandbox:
+        if not self._started:
+            self.http.start()
+            self._started = True
+        return self
+
+    def stop(self) -> None:
+        if self._started:
+            self.http.stop()
+            self._started = False
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- addresses ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """``https://127.0.0.1:PORT`` (no trailing slash)."""
+        return self.http.url
+
+    @property
+    def requests(self) -> Recorder:
+        return self.http.recorder
+
+    @property
+    def faults(self) -> Faults:
+        return self.http.faults
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The product's environment (DESIGN.md contract) pointing at this sandbox.
+
+        Includes the service principal registered as ``entra.default_app`` when there is one.
+        """
+        env: dict[str, str] = {
+            "KEY_VAULT_URL": self.vault.url,
+            "POWERBI_API_URL": self.powerbi.api_url,
+            "AZURE_AUTHORITY_HOST": self.url,
+            "AZURE_TENANT_ID": self.entra.tenant_id,
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": self.appinsights.connection_string,
+            "REQUESTS_CA_BUNDLE": self.tls.ca_path,
+            "SSL_CERT_FILE": self.tls.ca_path,
+            # The exporter's own usage statistics go to Microsoft's hosts; never from here.
+            "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+        }
+        app = self.entra.default_app
+        if app is not None:
+            env["AZURE_CLIENT_ID"] = app.client_id
+            if app.secret is not None:
+                env["AZURE_CLIENT_SECRET"] = app.secret
+        env.update(overrides)
+        return env
+
+    def shell_exports(self) -> str:
+        """``export NAME='value'`` lines for :meth:`env`, for a person's shell."""
+        return "\n".join(f"export {k}='{v}'" for k, v in sorted(self.env().items()))
+
+    def apply_env(self, environ: Any = os.environ) -> None:
+        """Write :meth:`env` into ``environ`` (tests pass monkeypatch-backed mappings)."""
+        for key, value in self.env().items():
+            environ[key] = value
