@@ -1,0 +1,111 @@
+"""The sandbox's HTTPS server: TLS trust, recording, injected faults and latency, error shapes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+
+import pytest
+import requests
+
+from sandbox import Sandbox
+from sandbox.server import HTTPError, Request, Response
+
+pytestmark = pytest.mark.sandbox
+
+
+def _error(status: int, code: str, message: str) -> dict[str, object]:
+    return {"error": {"code": code, "message": message}}
+
+
+@pytest.fixture
+def echo(sb: Sandbox, sandbox_env: dict[str, str]) -> str:
+    def handler(request: Request) -> Response:
+        if request.params["word"] == "teapot":
+            raise HTTPError(418, _error(418, "Teapot", "I am a teapot."))
+        if request.params["word"] == "crash":
+            raise RuntimeError("secret-ish internal detail")
+        body = request.json(lambda m: HTTPError(400, _error(400, "BadRequest", m))) if request.body else None
+        return Response(200, {"word": request.params["word"], "body": body})
+
+    sb.router.add("test", "test.echo", "POST", r"/echo/(?P<word>\w+)", handler, _error)
+    return f"{sb.url}/echo"
+
+
+def test_clients_trust_the_sandbox_through_the_ca_bundle_variable(sb: Sandbox, echo: str) -> None:
+    assert requests.post(f"{echo}/hello", json={"a": 1}, timeout=5).json() == {"word": "hello", "body": {"a": 1}}
+
+
+def test_without_the_sandbox_ca_tls_verification_fails(sb: Sandbox, echo: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.post(f"{echo}/hello", timeout=5)
+
+
+def test_every_request_is_recorded_with_its_body_and_status(sb: Sandbox, echo: str) -> None:
+    requests.post(f"{echo}/one", json={"x": "y"}, timeout=5)
+    requests.post(f"{echo}/teapot", timeout=5)
+    recorded = sb.requests.find("test.echo")
+    assert [(r.path, r.status, r.body) for r in recorded] == [
+        ("/echo/one", 200, {"x": "y"}),
+        ("/echo/teapot", 418, None),
+    ]
+
+
+def test_a_queued_429_carries_retry_after_then_the_route_recovers(sb: Sandbox, echo: str) -> None:
+    sb.faults.throttle("test.echo", retry_after=7, times=2)
+    first = requests.post(f"{echo}/a", timeout=5)
+    second = requests.post(f"{echo}/a", timeout=5)
+    third = requests.post(f"{echo}/a", timeout=5)
+    assert (first.status_code, first.headers["Retry-After"]) == (429, "7")
+    assert first.json()["error"]["code"] == "TooManyRequests"
+    assert second.status_code == 429
+    assert third.status_code == 200
+    assert sb.faults.pending() == 0
+
+
+def test_a_dropped_connection_is_seen_by_the_client_as_a_connection_error(sb: Sandbox, echo: str) -> None:
+    sb.faults.add("test", drop=True)  # by service name
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(f"{echo}/a", timeout=5)
+    assert requests.post(f"{echo}/a", timeout=5).status_code == 200
+    assert [r.fault for r in sb.requests.find("test.echo")] == ["drop", None]
+
+
+def test_latency_is_added_to_every_request(sb: Sandbox, echo: str) -> None:
+    sb.faults.latency = 0.2
+    started = time.monotonic()
+    requests.post(f"{echo}/a", timeout=5)
+    assert time.monotonic() - started >= 0.2
+
+
+def test_handler_failures_answer_in_the_service_shape_without_a_traceback(sb: Sandbox, echo: str) -> None:
+    crashed = requests.post(f"{echo}/crash", timeout=5)
+    malformed = requests.post(f"{echo}/x", data=b"{not json", headers={"Content-Type": "application/json"},
+                              timeout=5)
+    assert crashed.status_code == 500
+    assert crashed.json() == _error(500, "InternalServerError", "The sandbox failed to serve this.")
+    assert "Traceback" not in crashed.text and "secret-ish" not in crashed.text
+    assert malformed.status_code == 400
+    assert malformed.json()["error"]["code"] == "BadRequest"
+
+
+def test_unknown_paths_and_methods_get_404_and_405(sb: Sandbox, echo: str) -> None:
+    assert requests.get(f"{echo}/a", timeout=5).status_code == 405
+    assert requests.get(f"{sb.url}/nowhere", timeout=5).status_code == 404
+
+
+def test_gzip_bodies_are_decoded(sb: Sandbox, echo: str) -> None:
+    data = gzip.compress(json.dumps({"z": 1}).encode())
+    response = requests.post(f"{echo}/g", data=data, timeout=5,
+                             headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert response.json()["body"] == {"z": 1}
+
+
+def test_port_443_serves_the_same_routes_for_msal_user_realm_discovery(sb: Sandbox, echo: str) -> None:
+    if 443 not in sb.http.extra_ports_bound:
+        pytest.skip("port 443 cannot be bound here (not root)")
+    assert requests.post("https://127.0.0.1:443/echo/realm", timeout=5).json()["word"] == "realm"
