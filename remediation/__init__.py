@@ -1,0 +1,1 @@
+"""Power BI credential healer: re-applies rotated passwords to gateway data sources."""
