@@ -14,7 +14,9 @@ behind the data sources, which hold the real passwords). ``sb.requests`` records
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 from types import TracebackType
 from typing import Any
 
@@ -28,6 +30,11 @@ from sandbox.sources import Sources
 from sandbox.tls import make_tls
 
 USER_REALM_PORT = 443  # msal's user-realm discovery always calls port 443 of the authority host
+
+
+def generate_password() -> str:
+    """A fresh password of the kind rotation tools produce (with characters that need escaping)."""
+    return "Pw!" + secrets.token_urlsafe(12) + '"\\{'
 
 
 class Sandbox:
@@ -79,6 +86,30 @@ class Sandbox:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    # -- what happens in the world -----------------------------------------------------------
+    def rotate(self, source_id: str, secret_name: str, new_secret: str | None = None,
+               *, username: str | None = None, as_json: bool = False) -> str:
+        """A rotation as it happens in production: the source's password changes and a new
+        version of ``secret_name`` is written to Key Vault (which notifies its subscribers).
+
+        ``as_json`` stores ``{"username", "password"}`` (rotation schemes that alternate
+        accounts). Returns the new Key Vault version.
+        """
+        new_secret = new_secret if new_secret is not None else generate_password()
+        self.sources.set_secret(source_id, new_secret, username=username)
+        value = new_secret
+        if as_json:
+            value = json.dumps({"username": self.sources.get(source_id).username, "password": new_secret})
+        version: str = self.vault.set_secret(secret_name, value)
+        return version
+
+    def rotate_source_only(self, source_id: str, new_secret: str | None = None) -> str:
+        """The source's password changes but Key Vault is not told: Key Vault now holds a wrong
+        secret. Returns the source's new secret."""
+        new_secret = new_secret if new_secret is not None else generate_password()
+        self.sources.set_secret(source_id, new_secret)
+        return new_secret
 
     # -- addresses ---------------------------------------------------------------------------
     @property
