@@ -140,6 +140,9 @@ class Sandbox:
             "SSL_CERT_FILE": self.tls.ca_path,
             # The exporter's own usage statistics go to Microsoft's hosts; never from here.
             "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+            # ... nor its control plane, nor the VM metadata service (169.254.169.254).
+            "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+            "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "azure_app_service",
         }
         app = self.entra.default_app
         if app is not None:

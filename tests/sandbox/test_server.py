@@ -34,7 +34,8 @@ def echo(sb: Sandbox, sandbox_env: dict[str, str]) -> str:
 
 
 def test_clients_trust_the_sandbox_through_the_ca_bundle_variable(sb: Sandbox, echo: str) -> None:
-    assert requests.post(f"{echo}/hello", json={"a": 1}, timeout=5).json() == {"word": "hello", "body": {"a": 1}}
+    answer = requests.post(f"{echo}/hello", json={"a": 1}, timeout=5).json()
+    assert answer == {"word": "hello", "body": {"a": 1}}
 
 
 def test_without_the_sandbox_ca_tls_verification_fails(sb: Sandbox, echo: str,
