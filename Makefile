@@ -21,7 +21,7 @@ $(NODE_STAMP): package.json
 
 ## demo: the main job on the local sandbox (no Azure needed)
 demo: $(STAMP)
-	$(PY) -m sandbox --demo
+	$(PY) -m sandbox.demo
 
 ## sandbox: start the sandbox and print the environment that points a client at it
 sandbox: $(STAMP)

@@ -1,0 +1,327 @@
+"""Operator CLI: ``python -m remediation ...``.
+
+    heal --secret NAME [--version V] | --workspace W --dataset D | --gateway G --datasource S
+    sweep                      what the timer runs
+    replay FILE                Event Grid or CloudEvents JSON (one event or an array), e.g. dead-lettered
+    history [--hours H]        recent outcomes from the ledger
+    bindings check             validate the bindings file and resolve its targets against Power BI
+    --dry-run                  plan only: no update, no refresh, no ledger write
+    --json                     the report as JSON on stdout
+
+Exit codes: 0 every target in scope holds the current secret (healed now or already) or there was
+nothing to do; 1 some target failed, was rejected, or stays blocked; 2 usage or configuration
+error (one line on stderr saying what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TextIO
+
+from remediation.errors import ConfigError, RemediationError
+from remediation.events import EventError, Kind, parse_events
+from remediation.healer import Action, NotBound, Report
+from remediation.ledger import Outcome
+from remediation.runtime import Runtime, build_healer, load_bindings_from, open_ledger
+from remediation.settings import Settings
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--dry-run", action="store_true", default=argparse.SUPPRESS, help="plan only; change nothing"
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the report as JSON"
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log what happens (never secrets)",
+    )
+    parser = _Parser(
+        prog="python -m remediation",
+        parents=[common],
+        description="Self-healing Power BI gateway credentials from Azure Key Vault.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    heal = sub.add_parser(
+        "heal", parents=[common], help="heal a secret's targets, a dataset or a data source"
+    )
+    heal.add_argument("--secret", help="Key Vault secret name")
+    heal.add_argument("--version", help="the version an event announced (the current one is applied)")
+    heal.add_argument("--workspace", help="workspace (group) id, with --dataset")
+    heal.add_argument("--dataset", help="dataset id, with --workspace")
+    heal.add_argument("--gateway", help="gateway id, with --datasource")
+    heal.add_argument("--datasource", help="gateway data source id, with --gateway")
+
+    sub.add_parser("sweep", parents=[common], help="reconcile every binding and scan for failed refreshes")
+    replay = sub.add_parser("replay", parents=[common], help="process events from a JSON file")
+    replay.add_argument("file", help="Event Grid or CloudEvents JSON: one event or an array ('-' for stdin)")
+    history = sub.add_parser("history", parents=[common], help="recent outcomes from the ledger")
+    history.add_argument("--hours", type=float, default=24.0, help="how far back (default 24)")
+    history.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
+    bindings = sub.add_parser("bindings", parents=[common], help="bindings file tools")
+    bindings.add_argument("action", choices=["check"], help="check: validate and resolve against Power BI")
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run the CLI; returns the exit code."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    args = _parser().parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
+    dry_run = bool(getattr(args, "dry_run", False))
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=err,
+    )
+    try:
+        settings = Settings.from_env(os.environ if environ is None else environ)
+        if args.command == "history":
+            return _history(settings, args, out, as_json)
+        if args.command == "bindings":
+            return _bindings_check(settings, out, as_json)
+        command = _command(args)  # usage errors before anything is built
+        runtime = build_healer(settings)
+        try:
+            report = command(runtime, dry_run, _progress(err, as_json))
+        finally:
+            runtime.close()
+    except (ConfigError, NotBound, EventError) as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_USAGE
+    except RemediationError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_PROBLEM
+    _print_report(report, out, as_json)
+    return report.exit_code
+
+
+Command = Callable[[Runtime, bool, Callable[[str], None]], Report]
+
+
+def _command(args: argparse.Namespace) -> Command:
+    if args.command == "sweep":
+        return lambda rt, dry, say: rt.healer.sweep(dry_run=dry, trigger="cli", progress=say)
+    if args.command == "replay":
+        return lambda rt, dry, say: _replay(rt, args.file, dry)
+    given = {k for k in ("secret", "workspace", "dataset", "gateway", "datasource") if getattr(args, k)}
+    if given == {"secret"}:
+        return lambda rt, dry, say: rt.healer.heal_secret(
+            args.secret, args.version, dry_run=dry, trigger="cli"
+        )
+    if args.version:
+        raise ConfigError("--version goes with --secret")
+    if given == {"workspace", "dataset"}:
+        return lambda rt, dry, say: rt.healer.heal_dataset(
+            args.workspace, args.dataset, dry_run=dry, trigger="cli"
+        )
+    if given == {"gateway", "datasource"}:
+        return lambda rt, dry, say: rt.healer.heal_target(
+            args.gateway, args.datasource, dry_run=dry, trigger="cli"
+        )
+    raise ConfigError(
+        "heal needs exactly one of: --secret NAME | --workspace W --dataset D | --gateway G --datasource S"
+    )
+
+
+def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
+    """Process a batch of events the way the Functions app does, with event-id dedupe."""
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    events = parse_events(text, vault_origin=runtime.settings.vault_origin)
+    combined = Report(dry_run=dry_run)
+    healer, ledger = runtime.healer, runtime.ledger
+    for event in events:
+        if event.kind is Kind.SECRET_NEW_VERSION and not event.foreign_vault and event.secret_name:
+            if not healer.bindings.for_secret(event.secret_name):
+                continue
+            if not dry_run and not ledger.mark_event_seen(event.id, time.time()):
+                continue
+            part = healer.heal_secret(
+                event.secret_name,
+                event.secret_version,
+                dry_run=dry_run,
+                trigger="replay",
+                correlation_id=event.id,
+            )
+        elif event.kind is Kind.REFRESH_FAILED and event.workspace_id and event.dataset_id:
+            if not dry_run and not ledger.mark_event_seen(event.id, time.time()):
+                continue
+            part = healer.heal_dataset(
+                event.workspace_id,
+                event.dataset_id,
+                dry_run=dry_run,
+                trigger="replay",
+                correlation_id=event.id,
+            )
+        else:
+            continue
+        combined.outcomes.extend(part.outcomes)
+    return combined
+
+
+def _history(settings: Settings, args: argparse.Namespace, out: TextIO, as_json: bool) -> int:
+    ledger = open_ledger(settings)
+    try:
+        rows = ledger.outcomes(since=time.time() - args.hours * 3600, limit=args.limit)
+    finally:
+        ledger.close()
+    if as_json:
+        json.dump([o.to_dict() for o in rows], out, indent=2)
+        out.write("\n")
+    else:
+        _table(rows, out, with_time=True)
+    return EXIT_OK
+
+
+def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
+    """Validate the file (exit 2 if invalid), then look every target up in Power BI."""
+    bindings = load_bindings_from(settings)
+    runtime = build_healer(settings, bindings=bindings)
+    rows: list[dict[str, str]] = []
+    try:
+        gateways = {g.id.lower(): g for g in runtime.powerbi.get_gateways()}
+        by_gateway = {gid: runtime.powerbi.get_datasources(gid) for gid in gateways}
+        for binding in bindings.bindings:
+            for target in binding.targets:
+                found = next(
+                    (
+                        d
+                        for d in by_gateway.get(target.gateway_id, [])
+                        if d.id.lower() == target.datasource_id
+                    ),
+                    None,
+                )
+                if found is None:
+                    status = (
+                        "gateway not visible: add the identity as a gateway admin"
+                        if target.gateway_id not in gateways
+                        else "data source not found on the gateway"
+                    )
+                elif found.credential_type != binding.credential_type.value:
+                    status = (
+                        f"credential type is {found.credential_type} in Power BI, "
+                        f"{binding.credential_type} here"
+                    )
+                else:
+                    status = "ok"
+                rows.append(
+                    {
+                        "binding": binding.name,
+                        "gateway": target.gateway_id,
+                        "datasource": target.datasource_id,
+                        "status": status,
+                    }
+                )
+            for match in binding.matches:
+                hits = [
+                    (gid, d.id)
+                    for gid, items in by_gateway.items()
+                    for d in items
+                    if match.matches(d.datasource_type or "", _strings(d.connection() or {}))
+                ]
+                rows.extend(
+                    {"binding": binding.name, "gateway": gid, "datasource": did, "status": "ok (match)"}
+                    for gid, did in hits
+                )
+                if not hits:
+                    rows.append(
+                        {
+                            "binding": binding.name,
+                            "gateway": "-",
+                            "datasource": "-",
+                            "status": "match selects no data source",
+                        }
+                    )
+    finally:
+        runtime.close()
+    if as_json:
+        json.dump(rows, out, indent=2)
+        out.write("\n")
+    else:
+        width = max([len(r["binding"]) for r in rows] + [7])
+        for r in rows:
+            out.write(f"{r['binding']:<{width}}  {r['gateway']}  {r['datasource']}  {r['status']}\n")
+    return EXIT_OK if all(r["status"].startswith("ok") for r in rows) else EXIT_PROBLEM
+
+
+def _strings(details: dict[str, object]) -> dict[str, str]:
+    return {k: v for k, v in details.items() if isinstance(v, str)}
+
+
+def _progress(err: TextIO, as_json: bool) -> Callable[[str], None]:
+    if as_json or not err.isatty():
+        return lambda _m: None
+    return lambda message: print(f"… {message}", file=err)
+
+
+def _print_report(report: Report, out: TextIO, as_json: bool) -> None:
+    if as_json:
+        json.dump(report.to_dict(), out, indent=2)
+        out.write("\n")
+        return
+    if not report.outcomes:
+        out.write("Nothing to do.\n")
+        return
+    _table(report.outcomes, out)
+    counts: dict[str, int] = {}
+    for o in report.outcomes:
+        counts[o.action or "?"] = counts.get(o.action or "?", 0) + 1
+    summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+    prefix = "dry run: " if report.dry_run else ""
+    out.write(f"\n{prefix}{summary}. Correlation id {report.correlation_id}.\n")
+
+
+def _table(outcomes: Sequence[Outcome], out: TextIO, *, with_time: bool = False) -> None:
+    headers = (["time"] if with_time else []) + ["what", "binding", "version", "action", "reason"]
+    rows = []
+    for o in outcomes:
+        if o.datasource_id:
+            what = f"source {o.gateway_id[:8] if o.gateway_id else '?'}…/{o.datasource_id[:8]}…"
+        else:
+            what = f"dataset {(o.dataset_id or '?')[:8]}…"
+        reason = o.reason or ""
+        if o.refresh_state and o.action == Action.REFRESHED:
+            reason = f"[{o.refresh_state}] {reason}"
+        row = [what, o.binding or "", (o.secret_version or "")[:8], o.action or "", reason]
+        if with_time:
+            row.insert(0, datetime.fromtimestamp(o.time, UTC).strftime("%Y-%m-%d %H:%M:%S"))
+        rows.append(row)
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if i < len(headers) - 1 else 0 for i, h in enumerate(headers)
+    ]
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+    out.write(line + "\n")
+    for r in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")

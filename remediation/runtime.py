@@ -1,0 +1,104 @@
+"""Wiring: settings -> one client per service, the ledger, and the healer.
+
+The only place that knows which concrete classes make up a running healer; the CLI and the
+Functions app both call :func:`build_healer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from remediation.bindings import BindingSet, load_bindings
+from remediation.errors import ConfigError
+from remediation.healer import Healer
+from remediation.http import CallStats, HttpPipeline
+from remediation.identity import (
+    PowerBITokenProvider,
+    UserTokenCache,
+    UserTokenProvider,
+    build_azure_credential,
+)
+from remediation.keyvault import KeyVaultClient
+from remediation.ledger import Ledger, SqliteLedger
+from remediation.powerbi import PowerBIClient
+from remediation.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """A healer and the parts it is made of (kept for ``close()`` and call statistics)."""
+
+    settings: Settings
+    bindings: BindingSet
+    healer: Healer
+    ledger: Ledger
+    keyvault: KeyVaultClient
+    powerbi: PowerBIClient
+    stats: CallStats
+
+    def close(self) -> None:
+        self.keyvault.close()
+        self.powerbi.pipeline.close()
+        self.ledger.close()
+
+
+def load_bindings_from(settings: Settings) -> BindingSet:
+    if not settings.bindings:
+        raise ConfigError("REMEDIATION_BINDINGS is not set: give the path of the bindings file or its JSON")
+    return load_bindings(settings.bindings)
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    """The embedded SQLite ledger at ``REMEDIATION_STATE_PATH``.
+
+    (The Table storage ledger for ``AzureWebJobsStorage`` comes with the Functions app; until
+    then a configured storage account is reported and the embedded ledger is used.)
+    """
+    if settings.storage is not None:
+        logger.warning(
+            "AzureWebJobsStorage is set, but the Table storage ledger is not built yet; "
+            "using the embedded ledger at %s",
+            settings.state_path,
+        )
+    return SqliteLedger(settings.state_path)
+
+
+def build_healer(
+    settings: Settings,
+    *,
+    bindings: BindingSet | None = None,
+    ledger: Ledger | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+    poll_interval: float = 5.0,
+) -> Runtime:
+    """Everything a command needs, from ``settings``. Raises :class:`ConfigError`."""
+    bindings = bindings if bindings is not None else load_bindings_from(settings)
+    stats = CallStats()
+    credential = build_azure_credential(settings)
+    keyvault = KeyVaultClient(settings, credential, stats=stats, sleep=sleep)
+    pipeline = HttpPipeline.from_settings(settings, service="powerbi", stats=stats, sleep=sleep)
+    powerbi = PowerBIClient(settings.powerbi_api_url, PowerBITokenProvider(settings), pipeline)
+    ledger = ledger if ledger is not None else open_ledger(settings)
+    user_cache = UserTokenCache()
+
+    def user_tokens(username: str, password: Callable[[], str]) -> Callable[[], str]:
+        return UserTokenProvider(settings, username, password, cache=user_cache)
+
+    healer = Healer(
+        settings,
+        bindings,
+        powerbi=powerbi,
+        keyvault=keyvault,
+        ledger=ledger,
+        user_tokens=user_tokens,
+        clock=clock,
+        sleep=sleep,
+        poll_interval=poll_interval,
+    )
+    return Runtime(settings, bindings, healer, ledger, keyvault, powerbi, stats)

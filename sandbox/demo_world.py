@@ -1,0 +1,93 @@
+"""A small, realistic world for ``python -m sandbox`` and ``make demo``.
+
+Contoso's Sales workspace has two datasets on two on-premises gateways (a current 2048-bit
+one and a legacy 1024-bit one), both reading SQL Server as the service account ``svc_pbi``,
+whose password lives in Key Vault as ``sql-sales-password``; and a Finance dataset on a cloud
+Azure SQL source with its own secret. The healer runs as a service principal that is a
+gateway admin and owns the datasets.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from sandbox.powerbi import Dataset, Datasource, Gateway, Workspace
+from sandbox.sources import SourceSystem
+from sandbox.world import Sandbox
+
+
+@dataclass
+class DemoWorld:
+    workspace: Workspace
+    gateways: list[Gateway]
+    sources: list[SourceSystem]
+    datasources: list[Datasource]
+    datasets: list[Dataset]
+    bindings: dict[str, object] = field(default_factory=dict)
+
+    def bindings_json(self) -> str:
+        return json.dumps(self.bindings, indent=2)
+
+
+def build_demo_world(sb: Sandbox) -> DemoWorld:
+    app = sb.entra.add_app(name="pbi-credential-healer")
+    pbi = sb.powerbi
+    workspace = pbi.add_workspace("Sales", members=[app.client_id])
+    gateway = pbi.add_gateway("GW-PROD-01", bits=2048, admins=[app.client_id])
+    legacy = pbi.add_gateway("GW-LEGACY", bits=1024, admins=[app.client_id])
+    cloud = pbi.add_cloud_gateway("Cloud", admins=[app.client_id])
+
+    sales_pw = "Initial#Sales1"
+    sql_sales = sb.sources.add("sqlsales", credential_type="Basic", username="svc_pbi", secret=sales_pw)
+    sql_dw = sb.sources.add("sqldw", credential_type="Basic", username="svc_pbi", secret=sales_pw)
+    azure_sql = sb.sources.add(
+        "finance-azsql", credential_type="Basic", username="pbi_reader", secret="Initial#Finance1"
+    )
+    sb.vault.set_secret("sql-sales-password", sales_pw, notify=False)
+    sb.vault.set_secret("azsql-finance-password", "Initial#Finance1", notify=False)
+
+    ds_sales = pbi.add_datasource(
+        gateway, sql_sales, connection_details={"server": "sqlsales.contoso.local", "database": "Sales"}
+    )
+    ds_dw = pbi.add_datasource(
+        legacy, sql_dw, connection_details={"server": "sqldw.contoso.local", "database": "DW"}
+    )
+    ds_fin = pbi.add_datasource(
+        cloud, azure_sql, connection_details={"server": "finance.database.windows.net", "database": "Finance"}
+    )
+    datasets = [
+        pbi.add_dataset(workspace, "Sales Model", [ds_sales], owner=app.client_id),
+        pbi.add_dataset(workspace, "Sales DW", [ds_dw], owner=app.client_id),
+        pbi.add_dataset(workspace, "Finance", [ds_fin], owner=app.client_id),
+    ]
+    bindings = {
+        "bindings": [
+            {
+                "name": "sales-sql",
+                "secret": "sql-sales-password",
+                "credentialType": "Basic",
+                "username": "svc_pbi",
+                "targets": [
+                    {"gatewayId": gateway.id, "datasourceId": ds_sales.id},
+                    {"gatewayId": legacy.id, "datasourceId": ds_dw.id},
+                ],
+            },
+            {
+                "name": "finance-azsql",
+                "secret": "azsql-finance-password",
+                "credentialType": "Basic",
+                "username": "pbi_reader",
+                "targets": [{"gatewayId": cloud.id, "datasourceId": ds_fin.id}],
+            },
+        ],
+        "watch": {"workspaces": [workspace.id]},
+    }
+    return DemoWorld(
+        workspace,
+        [gateway, legacy, cloud],
+        [sql_sales, sql_dw, azure_sql],
+        [ds_sales, ds_dw, ds_fin],
+        datasets,
+        bindings,
+    )

@@ -1,0 +1,24 @@
+"""`make demo` tells the whole story on the sandbox and ends well."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.sandbox
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_demo_heals_a_rotation_and_never_locks_the_account() -> None:
+    done = subprocess.run([sys.executable, "-m", "sandbox.demo"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "Scheduled refreshes: Sales Model=Failed, Sales DW=Failed" in out
+    assert "Healed. Refreshes: Sales Model=Completed, Sales DW=Completed" in out
+    assert "Power BI saw 2 credential updates" in out
+    assert "locked accounts: none" in out
+    assert "Wrong#Password1" not in out
