@@ -1,0 +1,1052 @@
+"""The ledger: what the healer knows about each target, and the record of what it did.
+
+The healer's safety rules live or die here, so the ledger keeps them as invariants rather than
+leaving them to callers:
+
+* **Idempotence.** Per target ``(gatewayId, datasourceId)`` the ledger holds the secret name and
+  version last applied, and when. A target that already holds version V is not patched with V again.
+* **Lockout safety.** Per target, the set of versions the source *rejected* only ever grows: no
+  call removes a rejection, and a rejection is recorded even by a writer that has just lost its
+  lease (a set union cannot conflict with anybody, and forgetting a rejection invites an account
+  lockout). Credential-update attempts are kept with their timestamps (the newest
+  :data:`MAX_ATTEMPTS_KEPT`), so the healer can bound attempts per time window.
+* **One writer per target.** A lease per target: it is granted when there is none, when the
+  current one has expired (``now >= expires``: crash safety, a dead writer's lease is taken over)
+  or when the same owner asks again (a renewal). Every grant is a compare-and-swap on the target's
+  ETag, so of any number of threads or processes racing for a free lease exactly one wins. The
+  applied version is written only by the current lease holder: after a take-over the old holder's
+  writes raise :class:`LeaseLost`.
+* **Event dedupe.** :meth:`Ledger.mark_event_seen` answers True exactly once per event id, under
+  any concurrency (Event Grid delivers at least once). Seen ids are pruned after a retention.
+* **Daily refresh budget.** A per-dataset, per-UTC-day counter of refresh POSTs, incremented
+  atomically.
+* **No secret value, ever.** No record here has a field that could hold a password, key or token:
+  secrets are referred to by Key Vault name and version only.
+
+All times are float epoch seconds passed in by the caller; the ledger has no clock of its own.
+Gateway, data source, dataset and event ids, secret names and versions are normalised to
+lower case (Key Vault names and versions, and Power BI's GUIDs, are case-insensitive), so callers
+may pass them in any case; :class:`TargetState` offers case-insensitive helpers for comparisons.
+
+**Storage model.** The interface is shaped for Azure Table storage: every write is a single
+entity insert or a conditional (``If-Match`` ETag) replace, never a multi-row transaction.
+:class:`EntityLedgerBase` implements all target semantics (leases, applied, rejected, attempts)
+on top of three primitives -- read one target entity, insert it if absent, replace it if its
+ETag still matches -- so a Table storage backend only supplies those primitives plus the
+simple single-entity operations for events, outcomes and refresh counters. Suggested mapping:
+
+===============  ===========================  =============================================
+table            PartitionKey / RowKey        properties
+===============  ===========================  =============================================
+targets          gateway id / datasource id   applied*, rejections (JSON), attempts (JSON),
+                                              lease_owner, lease_id, lease_expires; ETag
+seenevents       first 2 chars / event id     seen_at (insert; 409 Conflict = duplicate)
+outcomes         UTC day / inverted time+uuid Outcome fields (newest first within a day)
+refreshposts     UTC day / dataset id         posts (conditional replace on ETag)
+===============  ===========================  =============================================
+
+:class:`SqliteLedger` is the embedded backend (``REMEDIATION_STATE_PATH``): one SQLite file in WAL
+mode with a busy timeout, safe for a pool of threads and for several processes at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import math
+import random
+import re
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from time import monotonic, sleep
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Protocol, Self, TypeGuard, runtime_checkable
+
+from remediation.errors import RemediationError
+
+__all__ = [
+    "DEFAULT_OUTCOME_RETENTION_SECONDS",
+    "MAX_ATTEMPTS_KEPT",
+    "SCHEMA_VERSION",
+    "EntityLedgerBase",
+    "Lease",
+    "LeaseLost",
+    "Ledger",
+    "LedgerConflict",
+    "LedgerError",
+    "Outcome",
+    "PruneResult",
+    "Rejection",
+    "SqliteLedger",
+    "TargetRecord",
+    "TargetState",
+    "utc_day",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 1
+"""Version of the SQLite schema, kept in ``PRAGMA user_version``."""
+
+MAX_ATTEMPTS_KEPT: Final = 64
+"""Attempt timestamps kept per target (the newest). Any sane attempt bound is far below this."""
+
+DEFAULT_OUTCOME_RETENTION_SECONDS: Final = 90 * 86400.0
+"""Outcomes older than this are removed by :meth:`Ledger.prune` unless told otherwise."""
+
+_MAX_CAS_RETRIES: Final = 200
+_DAY_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class LedgerError(RemediationError):
+    """The ledger could not be read or written (storage error, closed ledger, corrupt record)."""
+
+
+class LeaseLost(LedgerError):
+    """The caller's lease on a target is no longer the current one: another owner took it over
+    (after it expired) or it was released. The caller must stop working on that target."""
+
+
+class LedgerConflict(LedgerError):
+    """A conditional write kept losing to concurrent writers and the ledger gave up."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+# ---------------------------------------------------------------------------------------------
+
+
+def utc_day(now: float) -> str:
+    """The UTC calendar day of epoch seconds ``now`` as ``YYYY-MM-DD`` (the refresh budget's key)."""
+    return datetime.fromtimestamp(_check_time(now, "now"), tz=UTC).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A secret version the source rejected for one target, and when that was recorded."""
+
+    secret: str
+    version: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Proof of being the one writer of a target, as granted by :meth:`Ledger.acquire_lease`.
+
+    ``lease_id`` identifies this grant: a renewal keeps it, a take-over by another owner replaces
+    it, which is how the ledger tells a stale holder from the current one.
+    """
+
+    gateway_id: str
+    datasource_id: str
+    owner: str
+    lease_id: str
+    expires: float
+
+    def expired(self, now: float) -> bool:
+        """True when the lease may be taken over by another owner (``now >= expires``)."""
+        return now >= self.expires
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """What the ledger knows about one target. An unknown target has the empty state (etag None).
+
+    ``attempts`` are epoch seconds, oldest first, at most :data:`MAX_ATTEMPTS_KEPT` of them.
+    ``etag`` changes with every write to the target (lease grants included).
+    """
+
+    gateway_id: str
+    datasource_id: str
+    applied_secret: str | None = None
+    applied_version: str | None = None
+    applied_at: float | None = None
+    rejections: tuple[Rejection, ...] = ()
+    attempts: tuple[float, ...] = ()
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    etag: str | None = None
+
+    @property
+    def rejected_versions(self) -> frozenset[str]:
+        """Versions the source rejected for this target: never to be presented to it again."""
+        return frozenset(r.version for r in self.rejections)
+
+    def is_rejected(self, version: str) -> bool:
+        """True when ``version`` (any case) was rejected by this target's source."""
+        return version.strip().lower() in self.rejected_versions
+
+    def holds(self, secret: str, version: str) -> bool:
+        """True when the target was last given exactly this secret version (any case)."""
+        return (
+            self.applied_secret == secret.strip().lower() and self.applied_version == version.strip().lower()
+        )
+
+    def attempts_since(self, since: float) -> int:
+        """Number of recorded attempts at or after ``since``."""
+        return sum(1 for t in self.attempts if t >= since)
+
+    def lease_free(self, now: float) -> bool:
+        """True when nobody holds an unexpired lease on this target at ``now``."""
+        return self.lease_owner is None or self.lease_expires is None or now >= self.lease_expires
+
+
+@dataclass(frozen=True)
+class TargetRecord:
+    """The stored form of a target (one entity): :class:`TargetState` plus the current lease id.
+
+    Backends store and return it; only :class:`EntityLedgerBase` decides what goes into it.
+    """
+
+    gateway_id: str
+    datasource_id: str
+    applied_secret: str | None = None
+    applied_version: str | None = None
+    applied_at: float | None = None
+    rejections: tuple[Rejection, ...] = ()
+    attempts: tuple[float, ...] = ()
+    lease_owner: str | None = None
+    lease_id: str | None = None
+    lease_expires: float | None = None
+    etag: str | None = None
+
+    def state(self) -> TargetState:
+        """The public view (without the lease id)."""
+        return TargetState(
+            gateway_id=self.gateway_id,
+            datasource_id=self.datasource_id,
+            applied_secret=self.applied_secret,
+            applied_version=self.applied_version,
+            applied_at=self.applied_at,
+            rejections=self.rejections,
+            attempts=self.attempts,
+            lease_owner=self.lease_owner if self.lease_id is not None else None,
+            lease_expires=self.lease_expires if self.lease_id is not None else None,
+            etag=self.etag,
+        )
+
+    def held_by(self, lease: Lease) -> bool:
+        """True when ``lease`` is the current grant on this target (expired or not)."""
+        return (
+            self.lease_id is not None and self.lease_id == lease.lease_id and self.lease_owner == lease.owner
+        )
+
+    def rejections_json(self) -> str:
+        """``rejections`` as a JSON array (the stored form)."""
+        return json.dumps([{"secret": r.secret, "version": r.version, "at": r.at} for r in self.rejections])
+
+    def attempts_json(self) -> str:
+        """``attempts`` as a JSON array of numbers (the stored form)."""
+        return json.dumps(list(self.attempts))
+
+    @staticmethod
+    def parse_rejections(text: str | None) -> tuple[Rejection, ...]:
+        """Read :meth:`rejections_json` back; raises :class:`LedgerError` if it is malformed."""
+        items = _json_list(text, "rejections")
+        out: list[Rejection] = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise LedgerError("corrupt ledger record: rejections")
+            secret, version, at = item.get("secret"), item.get("version"), item.get("at")
+            if not isinstance(secret, str) or not isinstance(version, str) or not _is_number(at):
+                raise LedgerError("corrupt ledger record: rejections")
+            out.append(Rejection(secret=secret, version=version, at=float(at)))
+        return tuple(out)
+
+    @staticmethod
+    def parse_attempts(text: str | None) -> tuple[float, ...]:
+        """Read :meth:`attempts_json` back; raises :class:`LedgerError` if it is malformed."""
+        out: list[float] = []
+        for item in _json_list(text, "attempts"):
+            if not _is_number(item):
+                raise LedgerError("corrupt ledger record: attempts")
+            out.append(float(item))
+        return tuple(out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """One outcome of the healer for a target or a dataset. No field can hold a secret value.
+
+    ``time`` is epoch seconds; ``duration`` is seconds. ``secret_name``/``secret_version`` name a
+    Key Vault secret version; they are references, not values.
+    """
+
+    time: float
+    trigger: str | None = None
+    correlation_id: str | None = None
+    binding: str | None = None
+    secret_name: str | None = None
+    secret_version: str | None = None
+    gateway_id: str | None = None
+    datasource_id: str | None = None
+    workspace_id: str | None = None
+    dataset_id: str | None = None
+    action: str | None = None
+    reason: str | None = None
+    refresh_request_id: str | None = None
+    refresh_state: str | None = None
+    duration: float | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """All fields by name (None included), JSON-serialisable."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Outcome:
+        """Inverse of :meth:`to_dict`. Unknown keys are ignored; wrong types raise ValueError."""
+        time = data.get("time")
+        if not _is_number(time):
+            raise ValueError("outcome time must be a number")
+        duration = data.get("duration")
+        if duration is not None and not _is_number(duration):
+            raise ValueError("outcome duration must be a number")
+
+        def text(name: str) -> str | None:
+            value = data.get(name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"outcome {name} must be a string")
+            return value
+
+        return cls(
+            time=float(time),
+            trigger=text("trigger"),
+            correlation_id=text("correlation_id"),
+            binding=text("binding"),
+            secret_name=text("secret_name"),
+            secret_version=text("secret_version"),
+            gateway_id=text("gateway_id"),
+            datasource_id=text("datasource_id"),
+            workspace_id=text("workspace_id"),
+            dataset_id=text("dataset_id"),
+            action=text("action"),
+            reason=text("reason"),
+            refresh_request_id=text("refresh_request_id"),
+            refresh_state=text("refresh_state"),
+            duration=None if duration is None else float(duration),
+        )
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """How many records :meth:`Ledger.prune` removed, per kind."""
+
+    events: int = 0
+    outcomes: int = 0
+    refresh_days: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Interface
+# ---------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """The healer's durable memory. Implementations are safe to share between threads.
+
+    Every method that takes ids normalises them to lower case and raises ValueError for an empty
+    id or a non-finite time. Storage failures raise :class:`LedgerError`.
+    """
+
+    def target_state(self, gateway_id: str, datasource_id: str) -> TargetState:
+        """The target's state; the empty state (etag None) for a target never written."""
+        ...
+
+    def acquire_lease(
+        self, gateway_id: str, datasource_id: str, owner: str, now: float, ttl: float
+    ) -> Lease | None:
+        """Grant ``owner`` the target's lease until ``now + ttl``, or return None.
+
+        Granted when there is no lease, the current one expired (``now >= expires``; a take-over
+        gives a new lease id, so the previous holder's writes raise :class:`LeaseLost`), or
+        ``owner`` already holds it (a renewal, same lease id). Atomic: of concurrent callers
+        racing for a free lease exactly one gets it. ``owner`` must be unique per concurrent
+        writer (e.g. host, process and invocation id).
+        """
+        ...
+
+    def renew_lease(self, lease: Lease, now: float, ttl: float) -> Lease:
+        """Extend ``lease`` to ``now + ttl``. Raises :class:`LeaseLost` if it is not current."""
+        ...
+
+    def release_lease(self, lease: Lease) -> bool:
+        """Give the lease up; True if it was still current (a lost lease is left alone)."""
+        ...
+
+    def record_applied(self, lease: Lease, secret: str, version: str, now: float) -> None:
+        """Record that the target now holds ``secret``/``version`` (applied at ``now``).
+
+        Written only while ``lease`` is current; otherwise nothing is written and
+        :class:`LeaseLost` is raised. An expired lease nobody took over is still current.
+        """
+        ...
+
+    def record_rejected(self, lease: Lease, secret: str, version: str, now: float) -> None:
+        """Add ``version`` to the target's rejected set, for good.
+
+        The rejection is recorded even when ``lease`` is no longer current (it is a fact, and
+        losing it could lock the account); :class:`LeaseLost` is raised afterwards in that case.
+        """
+        ...
+
+    def record_attempt(self, lease: Lease, now: float) -> None:
+        """Record a credential-update attempt at ``now`` (only the newest
+        :data:`MAX_ATTEMPTS_KEPT` are kept). Like rejections, recorded even when ``lease`` is no
+        longer current, and then :class:`LeaseLost` is raised."""
+        ...
+
+    def attempts_since(self, gateway_id: str, datasource_id: str, since: float) -> int:
+        """Number of recorded attempts on the target at or after ``since``."""
+        ...
+
+    def mark_event_seen(self, event_id: str, now: float) -> bool:
+        """True the first time ``event_id`` is marked (until pruned), False for a duplicate.
+
+        Atomic: of concurrent callers with the same id exactly one gets True.
+        """
+        ...
+
+    def prune(
+        self,
+        now: float,
+        retention_seconds: float,
+        *,
+        outcome_retention_seconds: float = DEFAULT_OUTCOME_RETENTION_SECONDS,
+    ) -> PruneResult:
+        """Remove seen event ids older than ``now - retention_seconds``, outcomes older than
+        ``now - outcome_retention_seconds`` and refresh counters of days before yesterday (UTC).
+
+        Target state (applied and rejected versions) is never pruned. Keep ``retention_seconds``
+        above Event Grid's retry period (24 h by default) or redeliveries are seen as new.
+        """
+        ...
+
+    def add_outcome(self, outcome: Outcome) -> None:
+        """Append ``outcome`` to the history (stored as given)."""
+        ...
+
+    def outcomes(self, since: float | None = None, limit: int = 500) -> list[Outcome]:
+        """Outcomes with ``time >= since`` (all if None), newest first, at most ``limit``."""
+        ...
+
+    def refresh_posts(self, dataset_id: str, day: str) -> int:
+        """Refresh POSTs recorded for the dataset on UTC ``day`` (``YYYY-MM-DD``); 0 if none."""
+        ...
+
+    def record_refresh_post(self, dataset_id: str, day: str) -> int:
+        """Count one more refresh POST for the dataset on ``day``; returns the new count. Atomic."""
+        ...
+
+    def close(self) -> None:
+        """Release the storage handle. Idempotent; any other call afterwards raises LedgerError."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared target semantics over single-entity conditional writes
+# ---------------------------------------------------------------------------------------------
+
+
+class EntityLedgerBase(abc.ABC):
+    """Target semantics (leases, applied, rejected, attempts) over three storage primitives.
+
+    A backend supplies :meth:`_get_target`, :meth:`_insert_target` and :meth:`_replace_target`
+    (read one entity; insert if absent; replace if the ETag still matches), plus the remaining
+    :class:`Ledger` methods. Every target change here is read, compute, conditional write, retried
+    on a lost race; so two writers never both succeed from the same read.
+    """
+
+    @abc.abstractmethod
+    def _get_target(self, gateway_id: str, datasource_id: str) -> TargetRecord | None:
+        """The stored record with its current ``etag``, or None."""
+
+    @abc.abstractmethod
+    def _insert_target(self, record: TargetRecord) -> str | None:
+        """Insert ``record`` if no entity exists for its key; its new ETag, or None if one exists."""
+
+    @abc.abstractmethod
+    def _replace_target(self, record: TargetRecord, if_match: str) -> str | None:
+        """Replace the entity if its ETag is still ``if_match``; the new ETag, or None if not."""
+
+    def _cas(
+        self,
+        gateway_id: str,
+        datasource_id: str,
+        change: Callable[[TargetRecord | None], TargetRecord | None],
+    ) -> None:
+        """Apply ``change`` (current record or None -> new record, or None for no write) atomically."""
+        for attempt in range(_MAX_CAS_RETRIES):
+            current = self._get_target(gateway_id, datasource_id)
+            new = change(current)
+            if new is None:
+                return
+            new = replace(new, etag=None)
+            if current is None or current.etag is None:
+                etag = self._insert_target(new)
+            else:
+                etag = self._replace_target(new, current.etag)
+            if etag is not None:
+                return
+            sleep(random.random() * min(0.05, 0.0005 * 2 ** min(attempt, 7)))
+        raise LedgerConflict(f"too many concurrent writes to target {gateway_id}/{datasource_id}")
+
+    # -- Ledger methods ----------------------------------------------------------------------
+
+    def target_state(self, gateway_id: str, datasource_id: str) -> TargetState:
+        """See :meth:`Ledger.target_state`."""
+        gw, ds = _norm(gateway_id, "gateway_id"), _norm(datasource_id, "datasource_id")
+        record = self._get_target(gw, ds)
+        return record.state() if record is not None else TargetState(gateway_id=gw, datasource_id=ds)
+
+    def acquire_lease(
+        self, gateway_id: str, datasource_id: str, owner: str, now: float, ttl: float
+    ) -> Lease | None:
+        """See :meth:`Ledger.acquire_lease`."""
+        gw, ds = _norm(gateway_id, "gateway_id"), _norm(datasource_id, "datasource_id")
+        owner = _owner(owner)
+        _check_time(now, "now")
+        _check_positive(ttl, "ttl")
+        granted: Lease | None = None
+        taken_from: str | None = None
+
+        def change(current: TargetRecord | None) -> TargetRecord | None:
+            nonlocal granted, taken_from
+            granted, taken_from = None, None
+            record = current or TargetRecord(gateway_id=gw, datasource_id=ds)
+            held = record.lease_id is not None
+            if held and record.lease_owner != owner and not record.state().lease_free(now):
+                return None
+            if held and record.lease_owner == owner and record.lease_id is not None:
+                lease_id = record.lease_id
+            else:
+                lease_id = uuid.uuid4().hex
+                taken_from = record.lease_owner if held else None
+            granted = Lease(
+                gateway_id=gw, datasource_id=ds, owner=owner, lease_id=lease_id, expires=now + ttl
+            )
+            return replace(record, lease_owner=owner, lease_id=lease_id, lease_expires=now + ttl)
+
+        self._cas(gw, ds, change)
+        if granted is not None and taken_from is not None:
+            logger.info("lease on target %s/%s taken over from %s by %s", gw, ds, taken_from, owner)
+        return granted
+
+    def renew_lease(self, lease: Lease, now: float, ttl: float) -> Lease:
+        """See :meth:`Ledger.renew_lease`."""
+        gw, ds = _lease_key(lease)
+        _check_time(now, "now")
+        _check_positive(ttl, "ttl")
+        lost = False
+
+        def change(current: TargetRecord | None) -> TargetRecord | None:
+            nonlocal lost
+            lost = current is None or not current.held_by(lease)
+            if current is None or lost:
+                return None
+            return replace(current, lease_expires=now + ttl)
+
+        self._cas(gw, ds, change)
+        if lost:
+            raise LeaseLost(f"lease on target {gw}/{ds} held by {lease.owner} is no longer current")
+        return replace(lease, gateway_id=gw, datasource_id=ds, expires=now + ttl)
+
+    def release_lease(self, lease: Lease) -> bool:
+        """See :meth:`Ledger.release_lease`."""
+        gw, ds = _lease_key(lease)
+        released = False
+
+        def change(current: TargetRecord | None) -> TargetRecord | None:
+            nonlocal released
+            released = current is not None and current.held_by(lease)
+            if current is None or not released:
+                return None
+            return replace(current, lease_owner=None, lease_id=None, lease_expires=None)
+
+        self._cas(gw, ds, change)
+        return released
+
+    def record_applied(self, lease: Lease, secret: str, version: str, now: float) -> None:
+        """See :meth:`Ledger.record_applied`."""
+        gw, ds = _lease_key(lease)
+        secret, version = _norm(secret, "secret"), _norm(version, "version")
+        _check_time(now, "now")
+        lost = False
+
+        def change(current: TargetRecord | None) -> TargetRecord | None:
+            nonlocal lost
+            lost = current is None or not current.held_by(lease)
+            if current is None or lost:
+                return None
+            return replace(current, applied_secret=secret, applied_version=version, applied_at=now)
+
+        self._cas(gw, ds, change)
+        if lost:
+            raise LeaseLost(f"lease on target {gw}/{ds} held by {lease.owner} is no longer current")
+
+    def record_rejected(self, lease: Lease, secret: str, version: str, now: float) -> None:
+        """See :meth:`Ledger.record_rejected`."""
+        gw, ds = _lease_key(lease)
+        secret, version = _norm(secret, "secret"), _norm(version, "version")
+        _check_time(now, "now")
+        lost = False
+
+        def change(current: TargetRecord | None) -> TargetRecord | None:
+            nonlocal lost
+            lost = current is None or not current.held_by(lease)
+            record = current or TargetRecord(gateway_id=gw, datasource_id=ds)
+            if any(r.version == version for r in record.rejections):
+                return None
+            rejection = Rejection(secret=secret, version=version, at=now)
+            return replace(record, rejections=(*record.rejections, rejection))
+
+        self._cas(gw, ds, change)
+        if lost:
+            logger.warning(
+                "rejection of version %s on %s/%s recorded after losing the lease", version, gw, ds
+            )
+            raise LeaseLost(f"lease on target {gw}/{ds} held by {lease.owner} is no longer current")
+
+    def record_attempt(self, lease: Lease, now: float) -> None:
+        """See :meth:`Ledger.record_attempt`."""
+        gw, ds = _lease_key(lease)
+        _check_time(now, "now")
+        lost = False
+
+        def change(current: TargetRecord | None) -> TargetRecord | None:
+            nonlocal lost
+            lost = current is None or not current.held_by(lease)
+            record = current or TargetRecord(gateway_id=gw, datasource_id=ds)
+            attempts = tuple(sorted((*record.attempts, now)))[-MAX_ATTEMPTS_KEPT:]
+            return replace(record, attempts=attempts)
+
+        self._cas(gw, ds, change)
+        if lost:
+            raise LeaseLost(f"lease on target {gw}/{ds} held by {lease.owner} is no longer current")
+
+    def attempts_since(self, gateway_id: str, datasource_id: str, since: float) -> int:
+        """See :meth:`Ledger.attempts_since`."""
+        _check_time(since, "since")
+        return self.target_state(gateway_id, datasource_id).attempts_since(since)
+
+
+# ---------------------------------------------------------------------------------------------
+# SQLite backend
+# ---------------------------------------------------------------------------------------------
+
+# Each entry upgrades the schema by one version; entry i takes user_version i to i + 1.
+# Lists and sets of one target are JSON columns so that every change stays a one-row write
+# (the Table storage backend has no multi-entity transactions across partitions).
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """
+        CREATE TABLE IF NOT EXISTS targets (
+            gateway_id      TEXT NOT NULL,
+            datasource_id   TEXT NOT NULL,
+            applied_secret  TEXT,
+            applied_version TEXT,
+            applied_at      REAL,
+            rejections      TEXT NOT NULL DEFAULT '[]',
+            attempts        TEXT NOT NULL DEFAULT '[]',
+            lease_owner     TEXT,
+            lease_id        TEXT,
+            lease_expires   REAL,
+            etag            INTEGER NOT NULL,
+            PRIMARY KEY (gateway_id, datasource_id)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS seen_events (
+            event_id TEXT PRIMARY KEY,
+            seen_at  REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "CREATE INDEX IF NOT EXISTS seen_events_by_time ON seen_events (seen_at)",
+        """
+        CREATE TABLE IF NOT EXISTS outcomes (
+            id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+            "time"             REAL NOT NULL,
+            "trigger"          TEXT,
+            correlation_id     TEXT,
+            binding            TEXT,
+            secret_name        TEXT,
+            secret_version     TEXT,
+            gateway_id         TEXT,
+            datasource_id      TEXT,
+            workspace_id       TEXT,
+            dataset_id         TEXT,
+            "action"           TEXT,
+            reason             TEXT,
+            refresh_request_id TEXT,
+            refresh_state      TEXT,
+            duration           REAL
+        )
+        """,
+        'CREATE INDEX IF NOT EXISTS outcomes_by_time ON outcomes ("time")',
+        """
+        CREATE TABLE IF NOT EXISTS refresh_posts (
+            dataset_id TEXT NOT NULL,
+            day        TEXT NOT NULL,
+            posts      INTEGER NOT NULL,
+            PRIMARY KEY (dataset_id, day)
+        ) WITHOUT ROWID
+        """,
+    ),
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+_SELECT_TARGET: Final = """
+    SELECT gateway_id, datasource_id, applied_secret, applied_version, applied_at, rejections, attempts,
+           lease_owner, lease_id, lease_expires, etag
+    FROM targets WHERE gateway_id = ? AND datasource_id = ?
+"""
+_INSERT_TARGET: Final = """
+    INSERT INTO targets (gateway_id, datasource_id, applied_secret, applied_version, applied_at,
+                         rejections, attempts, lease_owner, lease_id, lease_expires, etag)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+    ON CONFLICT (gateway_id, datasource_id) DO NOTHING
+"""
+_REPLACE_TARGET: Final = """
+    UPDATE targets SET applied_secret = ?, applied_version = ?, applied_at = ?, rejections = ?, attempts = ?,
+                       lease_owner = ?, lease_id = ?, lease_expires = ?, etag = etag + 1
+    WHERE gateway_id = ? AND datasource_id = ? AND etag = ?
+    RETURNING etag
+"""
+_INSERT_OUTCOME: Final = """
+    INSERT INTO outcomes ("time", "trigger", correlation_id, binding, secret_name, secret_version,
+                          gateway_id, datasource_id, workspace_id, dataset_id, "action", reason,
+                          refresh_request_id, refresh_state, duration)
+    VALUES (:time, :trigger, :correlation_id, :binding, :secret_name, :secret_version,
+            :gateway_id, :datasource_id, :workspace_id, :dataset_id, :action, :reason,
+            :refresh_request_id, :refresh_state, :duration)
+"""
+_SELECT_OUTCOMES: Final = """
+    SELECT "time", "trigger", correlation_id, binding, secret_name, secret_version,
+           gateway_id, datasource_id, workspace_id, dataset_id, "action", reason,
+           refresh_request_id, refresh_state, duration
+    FROM outcomes
+    WHERE (:since IS NULL OR "time" >= :since)
+    ORDER BY "time" DESC, id DESC
+    LIMIT :limit
+"""
+_OUTCOME_COLUMNS: Final = tuple(f.name for f in fields(Outcome))
+
+
+class SqliteLedger(EntityLedgerBase):
+    """The embedded ledger: one SQLite file (or ``":memory:"``).
+
+    One connection guarded by a lock serves all threads of a process (SQLite serialises writers
+    anyway, and ledger calls are tiny next to the HTTP calls around them); WAL mode and a busy
+    timeout let several processes share the file. Every write is one autocommitted statement,
+    so a crash never leaves a half-written record. The schema version lives in
+    ``PRAGMA user_version`` and is migrated forward on open; a file from a newer version is
+    refused. Do not share an instance across ``fork``; open one per process.
+
+    Raises :class:`LedgerError` (from the constructor and every method) when SQLite fails.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
+        _check_positive(busy_timeout, "busy_timeout")
+        self._path = str(path)
+        self._lock = threading.RLock()
+        try:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self._path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"cannot open ledger {self._path}: {exc}") from exc
+        self._conn: sqlite3.Connection | None = conn
+        try:
+            self._set_up(busy_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger({self._path!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def path(self) -> str:
+        """The database path as given (``":memory:"`` for an in-memory ledger)."""
+        return self._path
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise LedgerError("ledger is closed")
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger {self._path}: {exc}") from exc
+
+    def _set_up(self, busy_timeout: float) -> None:
+        # Switching to WAL (and the first read of a file another process is creating) can fail
+        # with SQLITE_BUSY without SQLite's busy handler being consulted, so opening retries
+        # by itself until the busy timeout is spent.
+        deadline = monotonic() + busy_timeout
+        while True:
+            try:
+                with self._db() as db:
+                    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                    self._enable_wal(db)
+                    db.execute("PRAGMA synchronous = FULL")
+                    self._migrate(db)
+                return
+            except LedgerError as exc:
+                if not _is_busy(exc.__cause__) or monotonic() >= deadline:
+                    raise
+            sleep(random.uniform(0.005, 0.05))
+
+    def _enable_wal(self, db: sqlite3.Connection) -> None:
+        if self._path == ":memory:":
+            return
+        mode = str(db.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+        if mode != "wal":
+            logger.warning("ledger %s: journal_mode is %s, not WAL", self._path, mode)
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        def version() -> int:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+        if version() == SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            current = version()
+            if current > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"ledger schema version {current} is newer than this code's {SCHEMA_VERSION}"
+                )
+            for step in range(current, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[step]:
+                    db.execute(statement)
+                logger.info("ledger schema migrated to version %d", step + 1)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- target primitives --------------------------------------------------------------------
+
+    def _get_target(self, gateway_id: str, datasource_id: str) -> TargetRecord | None:
+        with self._db() as db:
+            row = db.execute(_SELECT_TARGET, (gateway_id, datasource_id)).fetchone()
+        if row is None:
+            return None
+        return TargetRecord(
+            gateway_id=row[0],
+            datasource_id=row[1],
+            applied_secret=row[2],
+            applied_version=row[3],
+            applied_at=row[4],
+            rejections=TargetRecord.parse_rejections(row[5]),
+            attempts=TargetRecord.parse_attempts(row[6]),
+            lease_owner=row[7],
+            lease_id=row[8],
+            lease_expires=row[9],
+            etag=str(row[10]),
+        )
+
+    def _insert_target(self, record: TargetRecord) -> str | None:
+        with self._db() as db:
+            cursor = db.execute(
+                _INSERT_TARGET,
+                (
+                    record.gateway_id,
+                    record.datasource_id,
+                    record.applied_secret,
+                    record.applied_version,
+                    record.applied_at,
+                    record.rejections_json(),
+                    record.attempts_json(),
+                    record.lease_owner,
+                    record.lease_id,
+                    record.lease_expires,
+                ),
+            )
+            return "1" if cursor.rowcount == 1 else None
+
+    def _replace_target(self, record: TargetRecord, if_match: str) -> str | None:
+        try:
+            expected = int(if_match)
+        except ValueError:
+            return None
+        with self._db() as db:
+            rows = db.execute(
+                _REPLACE_TARGET,
+                (
+                    record.applied_secret,
+                    record.applied_version,
+                    record.applied_at,
+                    record.rejections_json(),
+                    record.attempts_json(),
+                    record.lease_owner,
+                    record.lease_id,
+                    record.lease_expires,
+                    record.gateway_id,
+                    record.datasource_id,
+                    expected,
+                ),
+            ).fetchall()
+        return str(rows[0][0]) if rows else None
+
+    # -- events, outcomes, refresh budget -----------------------------------------------------
+
+    def mark_event_seen(self, event_id: str, now: float) -> bool:
+        """See :meth:`Ledger.mark_event_seen`."""
+        event = _norm(event_id, "event_id")
+        _check_time(now, "now")
+        with self._db() as db:
+            cursor = db.execute(
+                "INSERT INTO seen_events (event_id, seen_at) VALUES (?, ?) ON CONFLICT (event_id) DO NOTHING",
+                (event, now),
+            )
+            return cursor.rowcount == 1
+
+    def prune(
+        self,
+        now: float,
+        retention_seconds: float,
+        *,
+        outcome_retention_seconds: float = DEFAULT_OUTCOME_RETENTION_SECONDS,
+    ) -> PruneResult:
+        """See :meth:`Ledger.prune`."""
+        _check_time(now, "now")
+        _check_positive(retention_seconds, "retention_seconds")
+        _check_positive(outcome_retention_seconds, "outcome_retention_seconds")
+        with self._db() as db:
+            events = db.execute("DELETE FROM seen_events WHERE seen_at < ?", (now - retention_seconds,))
+            outcomes = db.execute('DELETE FROM outcomes WHERE "time" < ?', (now - outcome_retention_seconds,))
+            days = db.execute("DELETE FROM refresh_posts WHERE day < ?", (utc_day(now - 86400.0),))
+            return PruneResult(events=events.rowcount, outcomes=outcomes.rowcount, refresh_days=days.rowcount)
+
+    def add_outcome(self, outcome: Outcome) -> None:
+        """See :meth:`Ledger.add_outcome`."""
+        _check_time(outcome.time, "outcome.time")
+        with self._db() as db:
+            db.execute(_INSERT_OUTCOME, outcome.to_dict())
+
+    def outcomes(self, since: float | None = None, limit: int = 500) -> list[Outcome]:
+        """See :meth:`Ledger.outcomes`."""
+        if since is not None:
+            _check_time(since, "since")
+        if limit <= 0:
+            return []
+        with self._db() as db:
+            rows = db.execute(_SELECT_OUTCOMES, {"since": since, "limit": limit}).fetchall()
+        return [Outcome.from_dict(dict(zip(_OUTCOME_COLUMNS, row, strict=True))) for row in rows]
+
+    def refresh_posts(self, dataset_id: str, day: str) -> int:
+        """See :meth:`Ledger.refresh_posts`."""
+        dataset, day = _norm(dataset_id, "dataset_id"), _day(day)
+        with self._db() as db:
+            row = db.execute(
+                "SELECT posts FROM refresh_posts WHERE dataset_id = ? AND day = ?", (dataset, day)
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def record_refresh_post(self, dataset_id: str, day: str) -> int:
+        """See :meth:`Ledger.record_refresh_post`."""
+        dataset, day = _norm(dataset_id, "dataset_id"), _day(day)
+        with self._db() as db:
+            rows = db.execute(
+                "INSERT INTO refresh_posts (dataset_id, day, posts) VALUES (?, ?, 1) "
+                "ON CONFLICT (dataset_id, day) DO UPDATE SET posts = posts + 1 RETURNING posts",
+                (dataset, day),
+            ).fetchall()
+        return int(rows[0][0])
+
+    def close(self) -> None:
+        """See :meth:`Ledger.close`."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+if TYPE_CHECKING:
+    _sqlite_is_a_ledger: type[Ledger] = SqliteLedger
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _norm(value: str, what: str) -> str:
+    normalised = value.strip().lower()
+    if not normalised:
+        raise ValueError(f"{what} must not be empty")
+    return normalised
+
+
+def _owner(owner: str) -> str:
+    owner = owner.strip()
+    if not owner:
+        raise ValueError("owner must not be empty")
+    return owner
+
+
+def _lease_key(lease: Lease) -> tuple[str, str]:
+    return _norm(lease.gateway_id, "gateway_id"), _norm(lease.datasource_id, "datasource_id")
+
+
+def _day(day: str) -> str:
+    day = day.strip()
+    if not _DAY_RE.match(day):
+        raise ValueError("day must be a UTC date written YYYY-MM-DD")
+    return day
+
+
+def _is_busy(exc: BaseException | None) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_time(value: float, what: str) -> float:
+    if not _is_number(value):
+        raise ValueError(f"{what} must be finite epoch seconds")
+    return float(value)
+
+
+def _check_positive(value: float, what: str) -> float:
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds")
+    return float(value)
+
+
+def _json_list(text: str | None, what: str) -> list[object]:
+    if text is None or text == "":
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise LedgerError(f"corrupt ledger record: {what}") from exc
+    if not isinstance(value, list):
+        raise LedgerError(f"corrupt ledger record: {what}")
+    return value

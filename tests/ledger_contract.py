@@ -1,0 +1,420 @@
+"""The ledger's invariants, as a suite every backend runs unchanged.
+
+A backend's test module subclasses :class:`LedgerContract` and overrides the ``make_ledger``
+fixture with a **picklable** zero-argument callable that opens a new handle on one fresh store
+(e.g. ``functools.partial(SqliteLedger, tmp_path / "ledger.db")``). Each call must reach the same
+store, so the suite can reopen it and hand it to other processes.
+
+All times are synthetic epoch seconds: the ledger has no clock, so nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import pytest
+
+from remediation.ledger import (
+    MAX_ATTEMPTS_KEPT,
+    Lease,
+    LeaseLost,
+    Ledger,
+    Outcome,
+    utc_day,
+)
+
+T = TypeVar("T")
+LedgerFactory = Callable[[], Ledger]
+
+T0 = 1_750_000_000.0  # 2025-06-15T15:06:40Z
+GW = "6F1C2B9E-0A4D-4E7B-9A51-3C2D1E0F9A8B"
+DS = "D2A7C0F4-5B6E-4C3D-8E9F-0A1B2C3D4E5F"
+SECRET = "sql-sales-password"
+V1 = "0123456789abcdef0123456789abcdef"
+V2 = "fedcba9876543210fedcba9876543210"
+V3 = "11111111111111111111111111111111"
+
+
+def race(n: int, fn: Callable[[int], T]) -> list[T]:
+    """Run ``fn(0..n-1)`` on n threads released together by a barrier; results in index order."""
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> T:
+        barrier.wait(timeout=10)
+        return fn(i)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        futures = [pool.submit(run, i) for i in range(n)]
+        return [f.result(timeout=30) for f in futures]
+
+
+def _process_race_worker(
+    factory: LedgerFactory, owner: str, targets: int, barrier: Any, results: Any
+) -> None:
+    """Child process: open the store together with the other child, then race it for every target."""
+    barrier.wait(timeout=30)
+    ledger = factory()
+    try:
+        barrier.wait(timeout=30)
+        won = [
+            i
+            for i in range(targets)
+            if ledger.acquire_lease(f"gw-{i}", "ds", owner, now=T0, ttl=60.0) is not None
+        ]
+        seen = [i for i in range(targets) if ledger.mark_event_seen(f"event-{i}", T0)]
+        results.put((owner, won, seen))
+    finally:
+        ledger.close()
+
+
+class LedgerContract:
+    """Invariants of :class:`remediation.ledger.Ledger`; subclass and override ``make_ledger``."""
+
+    @pytest.fixture
+    def make_ledger(self) -> LedgerFactory:
+        raise NotImplementedError("a backend's test class overrides make_ledger")
+
+    @pytest.fixture
+    def ledger(self, make_ledger: LedgerFactory) -> Iterator[Ledger]:
+        handle = make_ledger()
+        try:
+            yield handle
+        finally:
+            handle.close()
+
+    @staticmethod
+    def _lease(ledger: Ledger, owner: str = "owner-a", now: float = T0, ttl: float = 60.0) -> Lease:
+        lease = ledger.acquire_lease(GW, DS, owner, now, ttl)
+        assert lease is not None
+        return lease
+
+    # -- target state -------------------------------------------------------------------------
+
+    def test_unknown_target_has_the_empty_state(self, ledger: Ledger) -> None:
+        state = ledger.target_state(GW, DS)
+        assert (state.gateway_id, state.datasource_id) == (GW.lower(), DS.lower())
+        assert state.applied_secret is None and state.applied_version is None and state.applied_at is None
+        assert state.rejected_versions == frozenset() and state.rejections == ()
+        assert state.attempts == ()
+        assert state.lease_owner is None and state.lease_expires is None
+        assert state.etag is None
+        assert ledger.attempts_since(GW, DS, 0.0) == 0
+
+    def test_ids_are_case_insensitive(self, ledger: Ledger) -> None:
+        lease = self._lease(ledger)
+        assert (lease.gateway_id, lease.datasource_id) == (GW.lower(), DS.lower())
+        ledger.record_applied(lease, SECRET.upper(), V1.upper(), T0)
+        state = ledger.target_state(GW.lower(), DS.upper())
+        assert (state.applied_secret, state.applied_version) == (SECRET, V1)
+        assert state.holds(SECRET.upper(), V1.upper())
+        assert not state.holds(SECRET, V2)
+        assert ledger.acquire_lease(GW.lower(), DS.lower(), "owner-b", T0, 60.0) is None
+
+    def test_empty_ids_and_bad_times_are_refused(self, ledger: Ledger) -> None:
+        with pytest.raises(ValueError):
+            ledger.target_state(" ", DS)
+        with pytest.raises(ValueError):
+            ledger.acquire_lease(GW, DS, "", T0, 60.0)
+        with pytest.raises(ValueError):
+            ledger.acquire_lease(GW, DS, "owner-a", T0, 0.0)
+        with pytest.raises(ValueError):
+            ledger.acquire_lease(GW, DS, "owner-a", float("nan"), 60.0)
+        with pytest.raises(ValueError):
+            ledger.mark_event_seen("", T0)
+        with pytest.raises(ValueError):
+            ledger.record_refresh_post("dataset", "15/06/2025")
+
+    def test_every_write_changes_the_etag(self, ledger: Ledger) -> None:
+        lease = self._lease(ledger)
+        etags = [ledger.target_state(GW, DS).etag]
+        ledger.record_attempt(lease, T0 + 1)
+        etags.append(ledger.target_state(GW, DS).etag)
+        ledger.record_applied(lease, SECRET, V1, T0 + 2)
+        etags.append(ledger.target_state(GW, DS).etag)
+        ledger.record_rejected(lease, SECRET, V2, T0 + 3)
+        etags.append(ledger.target_state(GW, DS).etag)
+        assert None not in etags
+        assert len(set(etags)) == len(etags)
+
+    # -- leases -------------------------------------------------------------------------------
+
+    def test_lease_is_exclusive_until_it_expires(self, ledger: Ledger) -> None:
+        lease_a = self._lease(ledger, "owner-a", T0, ttl=60.0)
+        assert lease_a.expires == T0 + 60.0
+        assert ledger.acquire_lease(GW, DS, "owner-b", T0 + 1, 60.0) is None
+        assert ledger.acquire_lease(GW, DS, "owner-b", T0 + 59.9, 60.0) is None
+        state = ledger.target_state(GW, DS)
+        assert state.lease_owner == "owner-a" and state.lease_expires == T0 + 60.0
+        assert not state.lease_free(T0 + 59.9) and state.lease_free(T0 + 60.0)
+
+    def test_same_owner_reacquires_its_own_lease(self, ledger: Ledger) -> None:
+        lease = self._lease(ledger, "owner-a", T0, ttl=60.0)
+        again = ledger.acquire_lease(GW, DS, "owner-a", T0 + 30, 60.0)
+        assert again is not None
+        assert again.lease_id == lease.lease_id and again.expires == T0 + 90.0
+        ledger.record_applied(lease, SECRET, V1, T0 + 31)  # the earlier handle is still current
+
+    def test_expired_lease_is_taken_over_and_old_owner_writes_raise(self, ledger: Ledger) -> None:
+        lease_a = self._lease(ledger, "owner-a", T0, ttl=60.0)
+        ledger.record_applied(lease_a, SECRET, V1, T0 + 1)
+        lease_b = ledger.acquire_lease(GW, DS, "owner-b", T0 + 60.0, 60.0)
+        assert lease_b is not None and lease_b.lease_id != lease_a.lease_id
+        assert ledger.target_state(GW, DS).lease_owner == "owner-b"
+
+        with pytest.raises(LeaseLost):
+            ledger.record_applied(lease_a, SECRET, V2, T0 + 61)
+        with pytest.raises(LeaseLost):
+            ledger.record_attempt(lease_a, T0 + 61)
+        with pytest.raises(LeaseLost):
+            ledger.renew_lease(lease_a, T0 + 61, 60.0)
+        assert ledger.release_lease(lease_a) is False
+        assert ledger.acquire_lease(GW, DS, "owner-a", T0 + 62, 60.0) is None
+
+        state = ledger.target_state(GW, DS)
+        assert (state.applied_version, state.applied_at) == (V1, T0 + 1)  # the stale write did not land
+        assert state.lease_owner == "owner-b"
+        ledger.record_applied(lease_b, SECRET, V2, T0 + 63)
+        assert ledger.target_state(GW, DS).applied_version == V2
+
+    def test_expired_lease_nobody_took_still_authorises_its_holder(self, ledger: Ledger) -> None:
+        lease = self._lease(ledger, "owner-a", T0, ttl=10.0)
+        ledger.record_applied(lease, SECRET, V1, T0 + 100)
+        renewed = ledger.renew_lease(lease, T0 + 101, 10.0)
+        assert renewed.expires == T0 + 111 and renewed.lease_id == lease.lease_id
+        assert ledger.acquire_lease(GW, DS, "owner-b", T0 + 105, 10.0) is None
+
+    def test_rejection_from_a_lost_lease_is_still_recorded(self, ledger: Ledger) -> None:
+        lease_a = self._lease(ledger, "owner-a", T0, ttl=60.0)
+        assert ledger.acquire_lease(GW, DS, "owner-b", T0 + 60, 60.0) is not None
+        with pytest.raises(LeaseLost):
+            ledger.record_rejected(lease_a, SECRET, V1, T0 + 61)
+        assert ledger.target_state(GW, DS).is_rejected(V1)
+
+    def test_released_lease_is_free_for_another_owner(self, ledger: Ledger) -> None:
+        lease_a = self._lease(ledger, "owner-a", T0, ttl=60.0)
+        assert ledger.release_lease(lease_a) is True
+        assert ledger.target_state(GW, DS).lease_owner is None
+        assert ledger.acquire_lease(GW, DS, "owner-b", T0 + 1, 60.0) is not None
+        with pytest.raises(LeaseLost):
+            ledger.record_applied(lease_a, SECRET, V1, T0 + 2)
+
+    def test_renew_extends_the_lease(self, ledger: Ledger) -> None:
+        lease = self._lease(ledger, "owner-a", T0, ttl=60.0)
+        renewed = ledger.renew_lease(lease, T0 + 50, 60.0)
+        assert renewed.expires == T0 + 110
+        assert ledger.acquire_lease(GW, DS, "owner-b", T0 + 100, 60.0) is None
+        assert ledger.acquire_lease(GW, DS, "owner-b", T0 + 110, 60.0) is not None
+
+    def test_threads_racing_for_a_lease_get_exactly_one_winner(self, ledger: Ledger) -> None:
+        leases = race(16, lambda i: ledger.acquire_lease(GW, DS, f"owner-{i}", T0, 60.0))
+        winners = [lease for lease in leases if lease is not None]
+        assert len(winners) == 1
+        assert ledger.target_state(GW, DS).lease_owner == winners[0].owner
+
+    def test_threads_racing_for_an_expired_lease_get_exactly_one_winner(self, ledger: Ledger) -> None:
+        self._lease(ledger, "crashed", T0, ttl=5.0)
+        leases = race(16, lambda i: ledger.acquire_lease(GW, DS, f"owner-{i}", T0 + 10, 60.0))
+        assert sum(lease is not None for lease in leases) == 1
+
+    def test_processes_racing_for_leases_get_exactly_one_winner(self, make_ledger: LedgerFactory) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        targets = 25
+        barrier = ctx.Barrier(2)
+        results = ctx.Queue()
+        procs = [
+            ctx.Process(
+                target=_process_race_worker, args=(make_ledger, f"proc-{n}", targets, barrier, results)
+            )
+            for n in range(2)
+        ]
+        for proc in procs:
+            proc.start()
+        outcome: dict[str, tuple[list[int], list[int]]] = {}
+        try:
+            deadline = time.monotonic() + 60
+            while len(outcome) < len(procs) and time.monotonic() < deadline:
+                try:
+                    owner, won, seen = results.get(timeout=0.05)
+                    outcome[owner] = (won, seen)
+                except queue.Empty:
+                    if any(proc.exitcode not in (None, 0) for proc in procs):
+                        break  # a child died: fail now rather than at the deadline
+        finally:
+            for proc in procs:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+        assert [proc.exitcode for proc in procs] == [0, 0]
+        (won_0, seen_0), (won_1, seen_1) = outcome["proc-0"], outcome["proc-1"]
+        assert sorted(won_0 + won_1) == list(range(targets))  # every target: exactly one winner
+        assert sorted(seen_0 + seen_1) == list(range(targets))  # every event: exactly one first sight
+        ledger = make_ledger()
+        try:
+            for i in range(targets):
+                expected = "proc-0" if i in won_0 else "proc-1"
+                assert ledger.target_state(f"gw-{i}", "ds").lease_owner == expected
+        finally:
+            ledger.close()
+
+    # -- applied, rejected, attempts -----------------------------------------------------------
+
+    def test_applied_version_survives_reopening(self, make_ledger: LedgerFactory) -> None:
+        first = make_ledger()
+        lease = self._lease(first)
+        first.record_applied(lease, SECRET, V1, T0 + 5)
+        first.close()
+        second = make_ledger()
+        try:
+            state = second.target_state(GW, DS)
+            assert (state.applied_secret, state.applied_version, state.applied_at) == (SECRET, V1, T0 + 5)
+            assert state.holds(SECRET, V1)
+        finally:
+            second.close()
+
+    def test_rejected_versions_accumulate_and_survive_reopening(self, make_ledger: LedgerFactory) -> None:
+        first = make_ledger()
+        lease = self._lease(first)
+        first.record_rejected(lease, SECRET, V1, T0 + 1)
+        first.record_rejected(lease, SECRET, V2, T0 + 2)
+        first.record_rejected(lease, SECRET, V1.upper(), T0 + 3)  # again: no duplicate, time kept
+        first.record_applied(lease, SECRET, V3, T0 + 4)  # applying another version clears nothing
+        first.close()
+        second = make_ledger()
+        try:
+            state = second.target_state(GW, DS)
+            assert state.rejected_versions == {V1, V2}
+            assert state.is_rejected(V2.upper()) and not state.is_rejected(V3)
+            assert {(r.version, r.secret, r.at) for r in state.rejections} == {
+                (V1, SECRET, T0 + 1),
+                (V2, SECRET, T0 + 2),
+            }
+            lease = self._lease(second, "owner-b", T0 + 100)
+            second.record_rejected(lease, SECRET, V3, T0 + 101)
+            assert second.target_state(GW, DS).rejected_versions == {V1, V2, V3}
+        finally:
+            second.close()
+
+    def test_rejections_are_per_target(self, ledger: Ledger) -> None:
+        lease = self._lease(ledger)
+        ledger.record_rejected(lease, SECRET, V1, T0)
+        assert not ledger.target_state(GW, "other-datasource").is_rejected(V1)
+
+    def test_attempts_since_counts_within_the_window_only(self, ledger: Ledger) -> None:
+        lease = self._lease(ledger, ttl=3600.0)
+        for t in (T0 + 10, T0 + 20, T0 + 30, T0 + 40):
+            ledger.record_attempt(lease, t)
+        assert ledger.attempts_since(GW, DS, T0) == 4
+        assert ledger.attempts_since(GW, DS, T0 + 20) == 3  # inclusive bound
+        assert ledger.attempts_since(GW, DS, T0 + 35) == 1
+        assert ledger.attempts_since(GW, DS, T0 + 41) == 0
+        assert ledger.attempts_since(GW.lower(), DS.lower(), T0 + 15) == 3
+        assert ledger.target_state(GW, DS).attempts == (T0 + 10, T0 + 20, T0 + 30, T0 + 40)
+
+    def test_attempt_history_is_bounded(self, ledger: Ledger) -> None:
+        lease = self._lease(ledger, ttl=3600.0)
+        for i in range(MAX_ATTEMPTS_KEPT + 6):
+            ledger.record_attempt(lease, T0 + i)
+        attempts = ledger.target_state(GW, DS).attempts
+        assert len(attempts) == MAX_ATTEMPTS_KEPT
+        assert attempts[-1] == T0 + MAX_ATTEMPTS_KEPT + 5  # the newest are kept
+        assert ledger.attempts_since(GW, DS, T0 + MAX_ATTEMPTS_KEPT) == 6
+
+    def test_attempts_recorded_from_many_threads_are_all_kept(self, ledger: Ledger) -> None:
+        lease = self._lease(ledger, ttl=3600.0)
+        race(16, lambda i: ledger.record_attempt(lease, T0 + i))
+        assert ledger.attempts_since(GW, DS, T0) == 16
+
+    # -- events -------------------------------------------------------------------------------
+
+    def test_event_is_seen_once(self, ledger: Ledger) -> None:
+        assert ledger.mark_event_seen("EVT-1", T0) is True
+        assert ledger.mark_event_seen("evt-1", T0 + 1) is False
+        assert ledger.mark_event_seen("EVT-1", T0 + 2) is False
+        assert ledger.mark_event_seen("evt-2", T0 + 2) is True
+
+    def test_threads_racing_on_one_event_see_it_new_exactly_once(self, ledger: Ledger) -> None:
+        firsts = race(16, lambda i: ledger.mark_event_seen("dup-event", T0 + i))
+        assert firsts.count(True) == 1
+
+    def test_prune_removes_only_old_events(self, ledger: Ledger) -> None:
+        ledger.mark_event_seen("old", T0)
+        ledger.mark_event_seen("edge", T0 + 100)
+        ledger.mark_event_seen("new", T0 + 200)
+        result = ledger.prune(T0 + 1100, retention_seconds=1000)
+        assert result.events == 1
+        assert ledger.mark_event_seen("edge", T0 + 1100) is False
+        assert ledger.mark_event_seen("new", T0 + 1100) is False
+        assert ledger.mark_event_seen("old", T0 + 1100) is True  # forgotten, so new again
+
+    def test_prune_keeps_target_state_and_recent_outcomes(self, ledger: Ledger) -> None:
+        lease = self._lease(ledger)
+        ledger.record_rejected(lease, SECRET, V1, T0)
+        ledger.add_outcome(Outcome(time=T0, action="ancient"))
+        ledger.add_outcome(Outcome(time=T0 + 90 * 86400, action="recent"))
+        result = ledger.prune(T0 + 100 * 86400, 86400, outcome_retention_seconds=30 * 86400)
+        assert result.outcomes == 1
+        assert [o.action for o in ledger.outcomes()] == ["recent"]
+        assert ledger.target_state(GW, DS).is_rejected(V1)
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    def test_outcomes_newest_first_and_filtered_by_since(self, ledger: Ledger) -> None:
+        for t, action in ((T0 + 20, "b"), (T0 + 10, "a"), (T0 + 30, "c"), (T0 + 30, "d")):
+            ledger.add_outcome(Outcome(time=t, action=action))
+        assert [o.action for o in ledger.outcomes()] == ["d", "c", "b", "a"]  # same time: later first
+        assert [o.action for o in ledger.outcomes(since=T0 + 20)] == ["d", "c", "b"]
+        assert [o.action for o in ledger.outcomes(limit=2)] == ["d", "c"]
+        assert ledger.outcomes(since=T0 + 31) == []
+
+    def test_outcome_round_trips_every_field(self, ledger: Ledger) -> None:
+        outcome = Outcome(
+            time=T0,
+            trigger="keyvault-event",
+            correlation_id="corr-1",
+            binding="sales-sql",
+            secret_name=SECRET,
+            secret_version=V1,
+            gateway_id=GW,
+            datasource_id=DS,
+            workspace_id="ws-1",
+            dataset_id="ds-1",
+            action="patched",
+            reason="credential failure",
+            refresh_request_id="req-1",
+            refresh_state="Completed",
+            duration=1.25,
+        )
+        ledger.add_outcome(outcome)
+        assert ledger.outcomes() == [outcome]
+
+    # -- refresh budget -----------------------------------------------------------------------
+
+    def test_refresh_posts_count_per_dataset_and_day(self, ledger: Ledger) -> None:
+        day = utc_day(T0)
+        assert day == "2025-06-15"
+        assert ledger.refresh_posts("DATASET-1", day) == 0
+        assert ledger.record_refresh_post("DATASET-1", day) == 1
+        assert ledger.record_refresh_post("dataset-1", day) == 2
+        assert ledger.record_refresh_post("dataset-1", utc_day(T0 + 86400)) == 1
+        assert ledger.record_refresh_post("dataset-2", day) == 1
+        assert ledger.refresh_posts("dataset-1", day) == 2
+
+    def test_refresh_post_counter_is_atomic_under_threads(self, ledger: Ledger) -> None:
+        day = utc_day(T0)
+        counts = race(16, lambda i: ledger.record_refresh_post("dataset-1", day))
+        assert sorted(counts) == list(range(1, 17))
+        assert ledger.refresh_posts("dataset-1", day) == 16
+
+    def test_prune_drops_refresh_counters_before_yesterday(self, ledger: Ledger) -> None:
+        for offset in (0, 1, 2):
+            ledger.record_refresh_post("dataset-1", utc_day(T0 + offset * 86400))
+        ledger.prune(T0 + 2 * 86400, 86400)
+        assert ledger.refresh_posts("dataset-1", utc_day(T0)) == 0
+        assert ledger.refresh_posts("dataset-1", utc_day(T0 + 86400)) == 1
+        assert ledger.refresh_posts("dataset-1", utc_day(T0 + 2 * 86400)) == 1

@@ -1,0 +1,164 @@
+"""The embedded SQLite ledger: the shared ledger contract, plus what is specific to SQLite."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from remediation.ledger import (
+    SCHEMA_VERSION,
+    Lease,
+    Ledger,
+    LedgerError,
+    Outcome,
+    SqliteLedger,
+    TargetState,
+)
+from tests.ledger_contract import DS, GW, SECRET, T0, V1, LedgerContract, LedgerFactory
+
+# Column names that could only exist to hold a secret value.
+SECRET_VALUE_NAME = re.compile(r"value|password|passwd|pwd|credential|token|key|^secret$|plaintext", re.I)
+
+EXPECTED_SCHEMA = {
+    "targets": [
+        "gateway_id",
+        "datasource_id",
+        "applied_secret",
+        "applied_version",
+        "applied_at",
+        "rejections",
+        "attempts",
+        "lease_owner",
+        "lease_id",
+        "lease_expires",
+        "etag",
+    ],
+    "seen_events": ["event_id", "seen_at"],
+    "outcomes": ["id", *(f.name for f in dataclasses.fields(Outcome))],
+    "refresh_posts": ["dataset_id", "day", "posts"],
+}
+
+
+class TestSqliteLedgerContract(LedgerContract):
+    @pytest.fixture
+    def make_ledger(self, tmp_path: Path) -> LedgerFactory:
+        return functools.partial(SqliteLedger, tmp_path / "state" / "ledger.db")
+
+
+def _columns(path: Path) -> dict[str, list[str]]:
+    conn = sqlite3.connect(path)
+    try:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return {t: [row[1] for row in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+    finally:
+        conn.close()
+
+
+def test_sqlite_ledger_satisfies_the_ledger_protocol(tmp_path: Path) -> None:
+    with SqliteLedger(tmp_path / "ledger.db") as ledger:
+        assert isinstance(ledger, Ledger)
+
+
+def test_creates_parent_directories_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "ledger.db"
+    SqliteLedger(path).close()
+    assert path.is_file()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+def test_schema_is_exactly_the_expected_one_with_no_place_for_a_secret_value(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    SqliteLedger(path).close()
+    columns = _columns(path)
+    assert columns == EXPECTED_SCHEMA
+    offending = [f"{t}.{c}" for t, cols in columns.items() for c in cols if SECRET_VALUE_NAME.search(c)]
+    assert offending == []
+
+
+def test_records_have_no_field_for_a_secret_value() -> None:
+    for record in (Outcome, TargetState, Lease):
+        names = [f.name for f in dataclasses.fields(record)]
+        assert [n for n in names if SECRET_VALUE_NAME.search(n)] == [], record.__name__
+
+
+def test_outcome_to_dict_round_trips_and_rejects_wrong_types() -> None:
+    outcome = Outcome(time=T0, action="patched", duration=0.5, gateway_id=GW)
+    data = outcome.to_dict()
+    assert data["time"] == T0 and data["action"] == "patched" and data["reason"] is None
+    assert list(data) == [f.name for f in dataclasses.fields(Outcome)]
+    assert Outcome.from_dict({**data, "future_field": 1}) == outcome
+    with pytest.raises(ValueError):
+        Outcome.from_dict({**data, "reason": 42})
+    with pytest.raises(ValueError):
+        Outcome.from_dict({**data, "time": "yesterday"})
+
+
+def test_reopening_keeps_the_schema_and_data(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with SqliteLedger(path) as ledger:
+        lease = ledger.acquire_lease(GW, DS, "owner-a", T0, 60.0)
+        assert lease is not None
+        ledger.record_applied(lease, SECRET, V1, T0)
+    with SqliteLedger(path) as ledger:
+        assert ledger.target_state(GW, DS).applied_version == V1
+    assert _columns(path) == EXPECTED_SCHEMA
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    SqliteLedger(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(LedgerError, match="newer"):
+        SqliteLedger(path)
+
+
+def test_in_memory_ledger_works(tmp_path: Path) -> None:
+    with SqliteLedger(":memory:") as ledger:
+        assert ledger.mark_event_seen("e1", T0) is True
+        assert ledger.mark_event_seen("e1", T0) is False
+        assert ledger.acquire_lease(GW, DS, "owner-a", T0, 60.0) is not None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_closed_ledger_refuses_calls_and_close_is_idempotent(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path / "ledger.db")
+    ledger.close()
+    ledger.close()
+    with pytest.raises(LedgerError, match="closed"):
+        ledger.target_state(GW, DS)
+
+
+def test_corrupt_target_record_raises_ledger_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with SqliteLedger(path) as ledger:
+        assert ledger.acquire_lease(GW, DS, "owner-a", T0, 60.0) is not None
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE targets SET rejections = 'not json'")
+    conn.commit()
+    conn.close()
+    with SqliteLedger(path) as ledger, pytest.raises(LedgerError, match="corrupt"):
+        ledger.target_state(GW, DS)
+
+
+def test_unwritable_location_raises_ledger_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(LedgerError):
+        SqliteLedger(blocker / "ledger.db")
