@@ -1,0 +1,788 @@
+"""HTTP for every service client: the one place where retries, timeouts and error typing live.
+
+:class:`HttpPipeline` wraps one :class:`requests.Session` per service (connection pool sized to
+the product's concurrency), puts a ``(connect, read)`` timeout on every call, keeps TLS
+verification on (``REQUESTS_CA_BUNDLE`` is honoured exactly as ``requests`` honours it), and
+turns every non-2xx answer into an :class:`ApiError` carrying the status, the service's error
+code and details, and the request id. :class:`Retrier` is the retry loop itself; the pipeline
+uses it, and so does :mod:`remediation.keyvault` around the Azure SDK (whose own retries are
+switched off), so that one :class:`RetryPolicy` and one :class:`CallStats` cover every service.
+
+Retry decisions (what is retried, and why):
+
+* **429** is retried for every method: the service refused the request before doing anything.
+  The wait is the ``Retry-After`` header (delta-seconds or an HTTP-date; ``retry-after-ms`` and
+  ``x-ms-retry-after-ms`` too), capped at :attr:`RetryPolicy.max_retry_after`; without the
+  header, the exponential backoff below.
+* **503** is retried for every method: "Service Unavailable" means the request was not taken on.
+* **500, 502, 504, read timeouts and connections dropped after the request was sent** are retried
+  only for *idempotent* calls, because the service may already have acted. GET/HEAD/PUT/DELETE
+  are idempotent; a POST or PATCH is idempotent only when its caller says so
+  (``idempotent=True``), as :mod:`remediation.powerbi` does for the refresh-schedule PATCH and
+  Take Over (same body, same end state).
+* **Connection failures before the request was sent** (DNS, refused, connect timeout, a TLS
+  handshake that broke off) are retried for every method. A failed *certificate verification*
+  is never retried: it is configuration, not weather.
+* **Every other 4xx** is an answer, not a fault: never retried.
+
+Two POST/PATCH calls are deliberately *not* marked idempotent:
+
+* the refresh ``POST .../refreshes``: a duplicate would start a second refresh (and use one of the
+  8 daily refreshes of shared capacity). It is retried only when the service certainly did not
+  take it (429, 503, not sent); if a retried POST still meets "another refresh is already
+  executing", that answer says the refresh runs (possibly our own first attempt), which
+  :class:`ApiError.attempts` lets the caller tell.
+* the credentials ``PATCH .../datasources/{id}``: the body is the same on every attempt, so it is
+  idempotent in HTTP terms, but Power BI tests the credentials against the source system while
+  serving it. After a 500/502/504 or a read timeout the password may already have been presented;
+  presenting it again from a tight loop is how accounts get locked. Whether to try again is the
+  healer's decision (bounded attempts per target and time window), not the transport's.
+
+Backoff is exponential with full jitter: before retry ``n`` (1-based) the wait is
+``rand() * min(max_delay, base_delay * 2 ** (n - 1))``. Attempts are bounded by
+:attr:`RetryPolicy.max_attempts`. ``sleep``, ``rand`` and ``clock`` are injected for tests.
+
+Logging: method, URL path (no query), status, attempt and waits only. Headers and bodies (bearer
+tokens, credentials) are never logged, and no exception raised here contains a request body.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+
+from remediation.errors import RemediationError
+from remediation.settings import Settings
+
+__all__ = [
+    "ApiConnectionError",
+    "ApiError",
+    "ApiResponse",
+    "CallStats",
+    "HttpPipeline",
+    "ResponseValidationError",
+    "RetryPolicy",
+    "RetryVerdict",
+    "Retrier",
+    "StatsSnapshot",
+    "error_from_response",
+    "parse_error_body",
+    "parse_retry_after",
+    "request_id_of",
+    "restore_exception",
+    "timeouts_from",
+]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_E = TypeVar("_E", bound=BaseException)
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+"""Methods retried on any transient fault unless the caller says otherwise."""
+ALWAYS_RETRIED_STATUSES = frozenset({429, 503})
+"""Statuses retried for every method: the service did not take the request on."""
+IDEMPOTENT_RETRIED_STATUSES = frozenset({500, 502, 504})
+"""Statuses retried only for idempotent calls: the service may have acted."""
+REQUEST_ID_HEADERS = ("x-ms-request-id", "RequestId", "request-id", "x-ms-client-request-id")
+_MAX_MESSAGE = 500
+
+
+# --- policy ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry.
+
+    ``max_attempts`` counts the first try (5 = one try and up to four retries); ``base_delay`` and
+    ``max_delay`` bound the exponential backoff; ``max_retry_after`` caps a server's
+    ``Retry-After`` (a larger value is waited only up to the cap).
+    """
+
+    max_attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    max_retry_after: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("RetryPolicy.max_attempts must be at least 1")
+        for name in ("base_delay", "max_delay", "max_retry_after"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"RetryPolicy.{name} must be a finite number >= 0")
+
+    def backoff(self, retry: int, rand: Callable[[], float]) -> float:
+        """The wait before retry number ``retry`` (1-based): full jitter under an exponential bound."""
+        exponent = min(max(retry - 1, 0), 62)  # 2**62 is far past any max_delay
+        bound = min(self.max_delay, self.base_delay * float(2**exponent))
+        fraction = min(max(rand(), 0.0), 1.0)
+        return bound * fraction
+
+    def delay(self, retry: int, retry_after: float | None, rand: Callable[[], float]) -> float:
+        """The wait before retry ``retry``: the server's ``retry_after`` (capped) or the backoff."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        return self.backoff(retry, rand)
+
+
+def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    """Seconds the server asked us to wait, or ``None`` when it did not say (or said nonsense).
+
+    Reads ``retry-after-ms`` / ``x-ms-retry-after-ms`` (milliseconds, Azure) first, then
+    ``Retry-After`` as delta-seconds or an HTTP-date (RFC 9110, section 10.2.3). A date in the
+    past means "now" (0). ``headers`` must be case-insensitive (as ``requests`` gives them).
+    """
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        raw = headers.get(name)
+        if raw is not None:
+            try:
+                millis = float(raw.strip())
+            except ValueError:
+                continue
+            if math.isfinite(millis) and millis >= 0:
+                return millis / 1000.0
+    raw = headers.get("Retry-After")
+    if raw is None:
+        return None
+    value = raw.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; the obsolete forms parse naive
+        return None
+    return max(0.0, when.timestamp() - now())
+
+
+# --- statistics -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """Counters at one moment. ``attempts``: requests sent (first tries and retries)."""
+
+    calls: int = 0
+    attempts: int = 0
+    retries: int = 0
+    throttled: int = 0
+    failures: int = 0
+    wait_seconds: float = 0.0
+
+    def __sub__(self, other: StatsSnapshot) -> StatsSnapshot:
+        return StatsSnapshot(
+            calls=self.calls - other.calls,
+            attempts=self.attempts - other.attempts,
+            retries=self.retries - other.retries,
+            throttled=self.throttled - other.throttled,
+            failures=self.failures - other.failures,
+            wait_seconds=self.wait_seconds - other.wait_seconds,
+        )
+
+
+class CallStats:
+    """Thread-safe counters shared by the clients of one run, read by the healer for telemetry.
+
+    ``calls``: logical API operations; ``attempts``: requests sent; ``retries``: attempts after the
+    first; ``throttled``: 429 answers seen; ``failures``: operations that ended in an error;
+    ``wait_seconds``: total time slept before retries.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snap = StatsSnapshot()
+
+    def _bump(self, **delta: float) -> None:
+        with self._lock:
+            current = self._snap
+            values: dict[str, Any] = {
+                name: getattr(current, name) + delta.get(name, 0)
+                for name in ("calls", "attempts", "retries", "throttled", "failures", "wait_seconds")
+            }
+            self._snap = StatsSnapshot(**values)
+
+    def record_call(self) -> None:
+        self._bump(calls=1)
+
+    def record_attempt(self) -> None:
+        self._bump(attempts=1)
+
+    def record_throttled(self) -> None:
+        self._bump(throttled=1)
+
+    def record_retry(self, wait_seconds: float) -> None:
+        self._bump(retries=1, wait_seconds=wait_seconds)
+
+    def record_failure(self) -> None:
+        self._bump(failures=1)
+
+    def snapshot(self) -> StatsSnapshot:
+        with self._lock:
+            return self._snap
+
+    def reset(self) -> StatsSnapshot:
+        """Zero the counters and return what they were."""
+        with self._lock:
+            old, self._snap = self._snap, StatsSnapshot()
+        return old
+
+    # Convenience read-outs
+    @property
+    def calls(self) -> int:
+        return self.snapshot().calls
+
+    @property
+    def attempts(self) -> int:
+        return self.snapshot().attempts
+
+    @property
+    def retries(self) -> int:
+        return self.snapshot().retries
+
+    @property
+    def throttled(self) -> int:
+        return self.snapshot().throttled
+
+    @property
+    def wait_seconds(self) -> float:
+        return self.snapshot().wait_seconds
+
+
+# --- errors ---------------------------------------------------------------------------------------
+class ApiError(RemediationError):
+    """A service answered with an error (or could not be reached: see :class:`ApiConnectionError`).
+
+    ``status``: HTTP status (``None`` when there was no answer); ``code``: the service's error code
+    (Power BI ``error.code``, Key Vault ``error.code``, Entra ``error``); ``inner_code``: Key Vault's
+    ``innererror.code`` or Power BI's ``pbi.error.code`` when it differs; ``details``: ``(code,
+    value)`` pairs from ``pbi.error.details`` (or OData ``error.details``); ``request_id``: the
+    ``x-ms-request-id`` / ``RequestId`` header; ``retry_after``: seconds the service asked to wait
+    (uncapped), when it said; ``attempts``: requests sent for this call, retries included.
+    ``str()`` names the call and the service's code and message, never a header or request body.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        inner_code: str | None = None,
+        details: Iterable[tuple[str, str]] = (),
+        request_id: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        service: str | None = None,
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.inner_code = inner_code
+        self.details: list[tuple[str, str]] = list(details)
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.service = service
+        self.retry_after = retry_after
+        self.attempts = attempts
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only attributes survive pickling (errors may cross process boundaries).
+        return (restore_exception, (type(self), self.args, dict(self.__dict__)))
+
+    def detail(self, code: str) -> str | None:
+        """The value of the first detail named ``code`` (case-insensitive), if any."""
+        for name, value in self.details:
+            if name.lower() == code.lower():
+                return value
+        return None
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.path}" if self.method and self.path else (self.service or "request")
+        status = f" -> {self.status}" if self.status is not None else ""
+        code = f" {self.code}" if self.code else ""
+        rid = f" (request id {self.request_id})" if self.request_id else ""
+        tries = f" after {self.attempts} attempts" if self.attempts > 1 else ""
+        return f"{where}{status}{code}: {self.message}{rid}{tries}"
+
+
+def restore_exception(cls: type[_E], args: tuple[Any, ...], state: dict[str, Any]) -> _E:
+    """Rebuild a pickled exception without calling its (keyword-only) constructor."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
+class ApiConnectionError(ApiError):
+    """No answer: connection refused or dropped, DNS, TLS, or a timeout (``code`` says which)."""
+
+
+class ResponseValidationError(ApiError):
+    """A 2xx answer whose body is not what the API documents (names the field that is wrong)."""
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def parse_error_body(content: bytes) -> tuple[str | None, str | None, str | None, list[tuple[str, str]]]:
+    """``(code, inner_code, message, details)`` from a service error body; Nones if not recognised.
+
+    Shapes: Power BI ``{"error": {"code", "pbi.error": {"code", "details": [{"code", "detail":
+    {"type", "value"}}]}}}`` and ``{"error": {"code", "message"}}``; Key Vault ``{"error": {"code",
+    "message", "innererror": {"code"}}}``; OData ``error.details[{code, message}]``; Entra
+    ``{"error": "invalid_grant", "error_description"}``.
+    """
+    try:
+        body = json.loads(content.decode("utf-8")) if content else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, None, None, []
+    if not isinstance(body, dict):
+        return None, None, None, []
+    error = body.get("error")
+    if isinstance(error, str):  # OAuth2 / Entra
+        return _text(error), None, _text(body.get("error_description")), []
+    if not isinstance(error, dict):
+        return _text(body.get("errorCode")), None, _text(body.get("message")), []
+    code = _text(error.get("code"))
+    message = _text(error.get("message"))
+    inner_code: str | None = None
+    details: list[tuple[str, str]] = []
+    pbi = error.get("pbi.error")
+    if isinstance(pbi, dict):
+        pbi_code = _text(pbi.get("code"))
+        if pbi_code and pbi_code != code:
+            inner_code = pbi_code
+        code = code or pbi_code
+        for item in pbi.get("details") or []:
+            if not isinstance(item, dict):
+                continue
+            detail = item.get("detail")
+            value = detail.get("value") if isinstance(detail, dict) else detail
+            name = _text(item.get("code"))
+            if name is not None:
+                details.append((name, value if isinstance(value, str) else json.dumps(value)))
+    inner = error.get("innererror")
+    if isinstance(inner, dict) and _text(inner.get("code")):
+        inner_code = _text(inner.get("code"))
+    odata_details = error.get("details")
+    for item in odata_details if isinstance(odata_details, list) else []:
+        if isinstance(item, dict) and _text(item.get("code")):
+            details.append((str(item["code"]), str(item.get("message", ""))))
+    return code, inner_code, message, details
+
+
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    """The service's request id from ``headers`` (case-insensitive mapping)."""
+    for name in REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+# --- the retry loop -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RetryVerdict:
+    """Why an attempt may be retried: ``reason`` for the log, ``retry_after`` from the server."""
+
+    reason: str
+    retry_after: float | None = None
+    throttled: bool = False
+
+
+class Retrier:
+    """Runs one operation under a :class:`RetryPolicy`: the product's only retry loop.
+
+    ``run(attempt, classify_result, classify_error)`` calls ``attempt()`` until it succeeds, the
+    classifier says the outcome is final (returns ``None``), or attempts run out. The last result
+    is returned or the last exception re-raised; what a final non-2xx result means is up to the
+    caller. Waits go through ``sleep`` and ``rand`` (injected for tests) and into ``stats``.
+    """
+
+    def __init__(
+        self,
+        policy: RetryPolicy | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        stats: CallStats | None = None,
+    ) -> None:
+        self.policy = policy or RetryPolicy()
+        self.sleep = sleep
+        self.rand = rand
+        self.stats = stats if stats is not None else CallStats()
+
+    def run(
+        self,
+        attempt: Callable[[int], _T],
+        *,
+        label: str,
+        classify_result: Callable[[_T], RetryVerdict | None] = lambda _result: None,
+        classify_error: Callable[[Exception], RetryVerdict | None] = lambda _error: None,
+    ) -> _T:
+        """Call ``attempt(n)`` (n = 1, 2, ...) with retries; ``label`` names it in the log."""
+        self.stats.record_call()
+        number = 1
+        while True:
+            self.stats.record_attempt()
+            try:
+                result = attempt(number)
+            except Exception as exc:
+                verdict = classify_error(exc)
+                if verdict is None or number >= self.policy.max_attempts:
+                    self.stats.record_failure()
+                    if verdict is not None:
+                        logger.warning("%s: giving up after %d attempts (%s)", label, number, verdict.reason)
+                    raise
+            else:
+                verdict = classify_result(result)
+                if verdict is None:
+                    return result
+                if number >= self.policy.max_attempts:
+                    if verdict.throttled:
+                        self.stats.record_throttled()
+                    logger.warning("%s: giving up after %d attempts (%s)", label, number, verdict.reason)
+                    return result
+            if verdict.throttled:
+                self.stats.record_throttled()
+            wait = self.policy.delay(number, verdict.retry_after, self.rand)
+            logger.info(
+                "%s: %s; retry %d/%d in %.2fs",
+                label,
+                verdict.reason,
+                number,
+                self.policy.max_attempts - 1,
+                wait,
+            )
+            self.stats.record_retry(wait)
+            if wait > 0:
+                self.sleep(wait)
+            number += 1
+
+
+# --- the pipeline ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApiResponse:
+    """A successful (2xx, or explicitly accepted) answer, fully read."""
+
+    method: str
+    path: str
+    status: int
+    headers: CaseInsensitiveDict[str] = field(repr=False)
+    content: bytes = field(repr=False)
+    attempts: int = 1
+    service: str = ""
+    reason: str = ""
+
+    @property
+    def request_id(self) -> str | None:
+        return request_id_of(self.headers)
+
+    def json(self) -> Any:
+        """The body as JSON; :class:`ResponseValidationError` when it is not JSON."""
+        try:
+            return json.loads(self.content.decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ResponseValidationError(
+                "the response body is not valid JSON",
+                status=self.status,
+                code="InvalidResponse",
+                request_id=self.request_id,
+                method=self.method,
+                path=self.path,
+                service=self.service,
+                attempts=self.attempts,
+            ) from None
+
+    def invalid(self, what: str) -> ResponseValidationError:
+        """A :class:`ResponseValidationError` for this response saying ``what`` was wrong."""
+        return ResponseValidationError(
+            what,
+            status=self.status,
+            code="InvalidResponse",
+            request_id=self.request_id,
+            method=self.method,
+            path=self.path,
+            service=self.service,
+            attempts=self.attempts,
+        )
+
+
+def error_from_response(response: ApiResponse, clock: Callable[[], float] = time.time) -> ApiError:
+    """The :class:`ApiError` a non-success ``response`` stands for (code, details, request id)."""
+    code, inner_code, message, details = parse_error_body(response.content)
+    return ApiError(
+        _short(message or response.reason or f"HTTP {response.status}"),
+        status=response.status,
+        code=code,
+        inner_code=inner_code,
+        details=details,
+        request_id=response.request_id,
+        method=response.method,
+        path=response.path,
+        service=response.service,
+        retry_after=parse_retry_after(response.headers, clock),
+        attempts=response.attempts,
+    )
+
+
+def _sent_before_failure(exc: requests.RequestException) -> bool | None:
+    """Whether the request certainly never reached the server (True), maybe did (False).
+
+    ``None``: a failure that must not be retried at all (certificate verification).
+    """
+    if isinstance(exc, requests.exceptions.SSLError):
+        reason = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate verify failed" in reason:
+            return None
+        return True  # the handshake precedes the request
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        cause: object = exc.args[0] if exc.args else None
+        if isinstance(cause, urllib3.exceptions.MaxRetryError):
+            cause = cause.reason
+        return isinstance(
+            cause, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+        )
+    return False
+
+
+def _certificate_failure(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class HttpPipeline:
+    """One service's HTTP: a pooled session, timeouts, TLS verification, retries, typed errors.
+
+    ``service`` names the service in logs and errors. ``timeout`` is ``(connect, read)`` seconds.
+    ``concurrency`` sizes the connection pool (the number of threads that call at once).
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        timeout: tuple[float, float] = (10.0, 60.0),
+        concurrency: int = 4,
+        policy: RetryPolicy | None = None,
+        stats: CallStats | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
+        user_agent: str = "pbi-credential-healer/0.1",
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.service = service
+        self.timeout = timeout
+        self.retrier = Retrier(policy, sleep=sleep, rand=rand, stats=stats)
+        self._clock = clock
+        session = requests.Session()
+        session.verify = True  # REQUESTS_CA_BUNDLE still applies (requests merges it per request)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=concurrency, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers["User-Agent"] = user_agent
+        self._session = session
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        service: str,
+        policy: RetryPolicy | None = None,
+        stats: CallStats | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> HttpPipeline:
+        """A pipeline with the timeouts (:func:`timeouts_from`) and concurrency of ``settings``."""
+        return cls(
+            service=service,
+            timeout=timeouts_from(settings),
+            concurrency=settings.concurrency,
+            policy=policy,
+            stats=stats,
+            sleep=sleep,
+            rand=rand,
+        )
+
+    @property
+    def stats(self) -> CallStats:
+        return self.retrier.stats
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self.retrier.policy
+
+    @property
+    def session(self) -> requests.Session:
+        """The underlying session (one per service; its pool is sized to the concurrency)."""
+        return self._session
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> HttpPipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        bearer: str | None = None,
+        json_body: Any = None,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        accept: Iterable[int] = (),
+    ) -> ApiResponse:
+        """Send a request with retries; a 2xx (or a status in ``accept``) is returned.
+
+        ``bearer`` becomes ``Authorization: Bearer ...``. ``idempotent`` overrides the method's
+        default (see the module docstring). Raises :class:`ApiError` for any other status and
+        :class:`ApiConnectionError` when no answer came.
+        """
+        method = method.upper()
+        path = urlsplit(url).path or "/"
+        safe = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        accepted = frozenset(accept)
+        send_headers: dict[str, str] = dict(headers or {})
+        if bearer is not None:
+            send_headers["Authorization"] = f"Bearer {bearer}"
+        label = f"{self.service} {method} {path}"
+
+        attempts = 0
+
+        def attempt(number: int) -> requests.Response:
+            nonlocal attempts
+            attempts = number
+            response = self._session.request(
+                method,
+                url,
+                params=params,
+                json=json_body,
+                headers=send_headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+            logger.debug("%s -> %s (attempt %d)", label, response.status_code, number)
+            return response
+
+        def classify_result(response: requests.Response) -> RetryVerdict | None:
+            status = response.status_code
+            if status in accepted or status < 400:
+                return None
+            retry_after = parse_retry_after(response.headers, self._clock)
+            if status in ALWAYS_RETRIED_STATUSES or (safe and status in IDEMPOTENT_RETRIED_STATUSES):
+                return RetryVerdict(f"HTTP {status}", retry_after, throttled=status == 429)
+            return None
+
+        def classify_error(exc: Exception) -> RetryVerdict | None:
+            if not isinstance(exc, requests.RequestException) or _certificate_failure(exc):
+                return None
+            before = _sent_before_failure(exc)
+            if before is None:
+                return None
+            if before or safe:
+                return RetryVerdict(f"{type(exc).__name__} ({'not sent' if before else 'no answer'})")
+            return None
+
+        try:
+            response = self.retrier.run(
+                attempt, label=label, classify_result=classify_result, classify_error=classify_error
+            )
+        except requests.RequestException as exc:
+            logger.warning("%s: no answer (%s)", label, type(exc).__name__)
+            raise self._connection_error(exc, method, path, attempts) from None
+        content = response.content
+        status = response.status_code
+        if 200 <= status < 300 or status in accepted:
+            return ApiResponse(
+                method=method,
+                path=path,
+                status=status,
+                headers=CaseInsensitiveDict(response.headers),
+                content=content,
+                attempts=attempts,
+                service=self.service,
+            )
+        self.stats.record_failure()
+        answer = ApiResponse(
+            method=method,
+            path=path,
+            status=status,
+            headers=CaseInsensitiveDict(response.headers),
+            content=content,
+            attempts=attempts,
+            service=self.service,
+            reason=response.reason or "",
+        )
+        error = error_from_response(answer, self._clock)
+        logger.info("%s -> %s %s", label, status, error.code or "")
+        raise error
+
+    def _connection_error(
+        self, exc: requests.RequestException, method: str, path: str, attempts: int
+    ) -> ApiConnectionError:
+        if _certificate_failure(exc) or _sent_before_failure(exc) is None:
+            code, message = "CertificateVerificationFailed", "TLS certificate verification failed"
+        elif isinstance(exc, requests.exceptions.Timeout):
+            code, message = "Timeout", f"no answer within the timeout ({type(exc).__name__})"
+        else:
+            code, message = "ConnectionError", f"the connection failed ({type(exc).__name__})"
+        return ApiConnectionError(
+            message,
+            status=None,
+            code=code,
+            method=method,
+            path=path,
+            service=self.service,
+            attempts=attempts,
+        )
+
+
+def _short(message: str) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 1] + "…"
+
+
+def timeouts_from(settings: Settings) -> tuple[float, float]:
+    """``(connect, read)`` seconds: ``http_timeout_seconds`` to read, at most 10 s of it to connect."""
+    read = float(settings.http_timeout_seconds)
+    return (min(10.0, read), read)
