@@ -203,8 +203,9 @@ def test_distro_defaults_would_leave_the_machine(
     """Why :data:`OFFLINE_DISTRO_ENV` exists (and proof that the child's network guard works)."""
     for name in OFFLINE_DISTRO_ENV:
         monkeypatch.delenv(name, raising=False)
+    defaults = {k: v for k, v in sandbox_env.items() if k not in OFFLINE_DISTRO_ENV}
 
-    attempts = _run_child(sandbox_env)
+    attempts = _run_child(defaults)
 
     assert "dns 169.254.169.254" in attempts  # the azure_vm resource detector asks the VM's IMDS
     assert sb.appinsights.custom_events("CredentialRemediation")  # telemetry itself still came here
