@@ -16,11 +16,13 @@ error (one line on stderr saying what to fix).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
@@ -95,7 +97,12 @@ def main(
     """Run the CLI; returns the exit code."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    args = _parser().parse_args(argv)
+    try:
+        # argparse writes usage errors and --help to sys.stderr / sys.stdout and exits.
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     as_json = bool(getattr(args, "json", False))
     dry_run = bool(getattr(args, "dry_run", False))
     logging.basicConfig(
@@ -160,7 +167,7 @@ def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     events = parse_events(text, vault_origin=runtime.settings.vault_origin)
-    combined = Report(dry_run=dry_run)
+    combined = Report(dry_run=dry_run, correlation_id=str(uuid.uuid4()))
     healer, ledger = runtime.healer, runtime.ledger
     for event in events:
         if event.kind is Kind.SECRET_NEW_VERSION and not event.foreign_vault and event.secret_name:

@@ -85,7 +85,15 @@ class Action(StrEnum):
 HOLDS_CURRENT = frozenset({Action.UPDATED, Action.CURRENT})
 # Actions that mean "something needs a person or a later run" (exit code 1).
 PROBLEMS = frozenset(
-    {Action.REJECTED, Action.BLOCKED, Action.LIMITED, Action.BUSY, Action.FAILED, Action.UNBOUND}
+    {
+        Action.REJECTED,
+        Action.BLOCKED,
+        Action.LIMITED,
+        Action.BUSY,
+        Action.FAILED,
+        Action.UNBOUND,
+        Action.DEFERRED,
+    }
 )
 
 

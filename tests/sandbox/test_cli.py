@@ -1,0 +1,268 @@
+"""The operator CLI (``python -m remediation``) through the sandbox: exit codes and output."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediation.cli import main
+from remediation.ledger import SqliteLedger
+from sandbox import Sandbox
+from sandbox.keyvault import EventSchema
+from sandbox.server import RecordedRequest
+from tests.support.world import World, build_world
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass
+class Cli:
+    world: World
+    env: dict[str, str]
+    state_path: Path
+
+    @property
+    def sb(self) -> Sandbox:
+        return self.world.sb
+
+    def __call__(self, *argv: str, env: dict[str, str] | None = None) -> Result:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(list(argv), environ=self.env if env is None else env, stdout=out, stderr=err)
+        return Result(code, out.getvalue(), err.getvalue())
+
+
+Make = Callable[..., Cli]
+
+
+@pytest.fixture
+def make(sb: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Make:
+    """Build a world and the CLI's environment (applied to ``os.environ`` too, for CA trust)."""
+
+    def make(**kwargs: Any) -> Cli:
+        world = build_world(sb, **kwargs)
+        state_path = tmp_path / "ledger.db"
+        env = world.env(state_path)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return Cli(world, env, state_path)
+
+    return make
+
+
+def patches(sb: Sandbox) -> list[RecordedRequest]:
+    return sb.requests.find("powerbi.update_datasource")
+
+
+def powerbi_requests(sb: Sandbox) -> list[RecordedRequest]:
+    return sb.requests.find(service="powerbi")
+
+
+def powerbi_writes(sb: Sandbox) -> list[RecordedRequest]:
+    return [r for r in powerbi_requests(sb) if r.method != "GET"]
+
+
+# -- heal ---------------------------------------------------------------------------------------
+def test_heal_secret_prints_a_table_and_exits_0(make: Make) -> None:
+    cli = make(sources=2)
+    cli.world.rotate()
+    cli.world.fail_scheduled_refreshes()
+
+    result = cli("heal", "--secret", cli.world.secret_name)
+
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0].split() == ["WHAT", "BINDING", "VERSION", "ACTION", "REASON"]
+    assert sum(1 for line in lines if " updated " in line) == 2
+    assert sum(1 for line in lines if " refreshed " in line) == 2
+    assert cli.world.version[:8] in result.out
+    assert len(patches(cli.sb)) == 2
+
+
+def test_heal_secret_json_report(make: Make) -> None:
+    cli = make(sources=2)
+    cli.world.rotate()
+
+    result = cli("--json", "heal", "--secret", cli.world.secret_name)
+
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["exitCode"] == 0 and report["dryRun"] is False
+    assert sorted(t["datasource_id"] for t in report["targets"]) == sorted(cli.world.datasource_ids)
+    assert {t["action"] for t in report["targets"]} == {"updated"}
+    assert {t["secret_version"] for t in report["targets"]} == {cli.world.version}
+
+
+def test_heal_with_an_unbound_secret_exits_2_with_one_line(make: Make) -> None:
+    cli = make()
+
+    result = cli("heal", "--secret", "no-such-secret")
+
+    assert result.code == 2
+    assert result.out == ""
+    assert len(result.err.strip().splitlines()) == 1
+    assert "no-such-secret" in result.err
+    assert powerbi_writes(cli.sb) == []
+
+
+def test_bad_bindings_exit_2_naming_binding_and_field_before_any_power_bi_call(make: Make) -> None:
+    cli = make()
+    bindings = cli.world.bindings()
+    bindings["bindings"][0]["credentialType"] = "Kerberos"
+    env = {**cli.env, "REMEDIATION_BINDINGS": json.dumps(bindings)}
+    cli.sb.requests.clear()
+
+    for argv in (["heal", "--secret", cli.world.secret_name], ["sweep"], ["bindings", "check"]):
+        result = cli(*argv, env=env)
+        assert result.code == 2, argv
+        assert len(result.err.strip().splitlines()) == 1, result.err
+        assert cli.world.binding_name in result.err and "credentialType" in result.err
+    assert powerbi_requests(cli.sb) == []
+
+
+def test_a_usage_error_exits_2_on_the_given_stderr(make: Make) -> None:
+    cli = make()
+
+    result = cli("heal", "--secret", cli.world.secret_name, "--bogus")
+
+    assert result.code == 2
+    assert "--bogus" in result.err and result.out == ""
+    assert powerbi_requests(cli.sb) == []
+
+
+def test_missing_key_vault_url_exits_2(make: Make) -> None:
+    cli = make()
+    env = {k: v for k, v in cli.env.items() if k != "KEY_VAULT_URL"}
+
+    result = cli("heal", "--secret", cli.world.secret_name, env=env)
+
+    assert result.code == 2
+    assert "KEY_VAULT_URL" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert powerbi_writes(cli.sb) == []
+
+
+def test_a_rejected_target_exits_1(make: Make) -> None:
+    cli = make()
+    cli.world.rotate_sources_only()
+    cli.world.put_in_vault("Wrong#Password-0000")
+
+    result = cli("heal", "--secret", cli.world.secret_name)
+
+    assert result.code == 1
+    assert " rejected " in result.out
+    assert len(patches(cli.sb)) == 1
+    again = cli("heal", "--secret", cli.world.secret_name)
+    assert again.code == 1 and " blocked " in again.out
+    assert len(patches(cli.sb)) == 1
+
+
+# -- sweep --------------------------------------------------------------------------------------
+def test_sweep_dry_run_exits_0_and_changes_nothing(make: Make) -> None:
+    cli = make(sources=2)
+    cli.world.rotate()
+    cli.world.fail_scheduled_refreshes()
+
+    result = cli("--json", "sweep", "--dry-run")
+
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["dryRun"] is True
+    assert {t["action"] for t in report["targets"]} == {"would-update"}
+    assert "would-refresh" in {d["action"] for d in report["datasets"]}
+    assert powerbi_writes(cli.sb) == []
+    with SqliteLedger(cli.state_path) as ledger:
+        assert ledger.outcomes() == []
+        assert all(
+            ledger.target_state(cli.world.gateway_id, d).applied_version is None
+            for d in cli.world.datasource_ids
+        )
+    assert not any(d.schedule.enabled for d in cli.world.datasets)
+
+
+# -- replay -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("schema", ["EventGridSchema", "CloudEventSchema"])
+def test_replay_heals_once_even_when_the_event_comes_twice(
+    make: Make, tmp_path: Path, schema: EventSchema
+) -> None:
+    cli = make(sources=2)
+    events: list[dict[str, Any]] = []
+    cli.sb.vault.subscribe(events.append, schema)
+    cli.world.rotate()
+    cli.world.fail_scheduled_refreshes()
+    assert len(events) == 1
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps([events[0], events[0]]), encoding="utf-8")
+
+    result = cli("--json", "replay", str(path))
+
+    assert result.code == 0, result.err
+    report = result.json()
+    assert sorted(t["datasource_id"] for t in report["targets"]) == sorted(cli.world.datasource_ids)
+    assert {t["action"] for t in report["targets"]} == {"updated"}
+    assert len(patches(cli.sb)) == 2
+    assert all(d.schedule.enabled for d in cli.world.datasets)
+    assert [cli.sb.powerbi.history(d)[0].status for d in cli.world.datasets] == ["Completed"] * 2
+
+    again = cli("--json", "replay", str(path))  # a redelivery of the same batch
+    assert again.code == 0, again.err
+    assert again.json()["targets"] == []
+    assert len(patches(cli.sb)) == 2
+
+
+# -- history and bindings check -----------------------------------------------------------------
+def test_history_json_lists_outcomes(make: Make) -> None:
+    cli = make(sources=2)
+    cli.world.rotate()
+    assert cli("heal", "--secret", cli.world.secret_name).code == 0
+
+    result = cli("history", "--json")
+
+    assert result.code == 0, result.err
+    rows = result.json()
+    updated = [r for r in rows if r["action"] == "updated"]
+    assert sorted(r["datasource_id"] for r in updated) == sorted(cli.world.datasource_ids)
+    assert all(r["secret_version"] == cli.world.version for r in updated)
+    assert all(r["trigger"] == "cli" for r in rows)
+
+
+def test_bindings_check_exit_0_for_a_good_world(make: Make) -> None:
+    cli = make(sources=2)
+
+    result = cli("--json", "bindings", "check")
+
+    assert result.code == 0, result.err
+    rows = result.json()
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert powerbi_writes(cli.sb) == []
+
+
+def test_bindings_check_exit_1_when_a_target_does_not_exist(make: Make) -> None:
+    cli = make()
+    bindings = cli.world.bindings()
+    missing = str(uuid.uuid4())
+    bindings["bindings"][0]["targets"].append({"gatewayId": cli.world.gateway_id, "datasourceId": missing})
+    env = {**cli.env, "REMEDIATION_BINDINGS": json.dumps(bindings)}
+
+    result = cli("bindings", "check", env=env)
+
+    assert result.code == 1
+    line = next(line for line in result.out.splitlines() if missing in line)
+    assert "not found" in line
+    assert powerbi_writes(cli.sb) == []

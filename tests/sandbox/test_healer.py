@@ -1,0 +1,529 @@
+"""The healer through the sandbox, with the real SDK clients built by ``build_healer``.
+
+Each test builds its own world (``tests.support.world``) and asserts what a user would notice:
+the requests Power BI received, what the source systems saw, refresh history and schedules, and
+the ledger.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediation.cli import main
+from remediation.errors import RemediationError
+from remediation.healer import Action, Report
+from remediation.runtime import Runtime, build_healer
+from remediation.settings import Settings
+from sandbox import Sandbox
+from sandbox.powerbi import GATEWAY_UNREACHABLE, INVALID_CONNECTION_CREDENTIALS, Datasource, pbi_error
+from sandbox.server import RecordedRequest
+from tests.support.world import World, build_world
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
+
+UPN = "svc.dataflow@contoso.com"
+
+
+class Sleeps:
+    """A ``sleep`` that records what it was asked to wait and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@dataclass
+class Harness:
+    world: World
+    env: dict[str, str]
+    runtime: Runtime
+    sleeps: Sleeps
+    state_path: Path
+
+    @property
+    def sb(self) -> Sandbox:
+        return self.world.sb
+
+    @property
+    def healer(self) -> Any:
+        return self.runtime.healer
+
+
+Make = Callable[..., Harness]
+
+
+@pytest.fixture
+def make(sb: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Make]:
+    """Build a world (or take one), point the environment at it, and build the real healer."""
+    runtimes: list[Runtime] = []
+
+    def make(world: World | None = None, **kwargs: Any) -> Harness:
+        world = world or build_world(sb, **kwargs)
+        state_path = tmp_path / "ledger.db"
+        env = world.env(state_path)
+        for key, value in env.items():  # CA trust (REQUESTS_CA_BUNDLE...) is read from os.environ
+            monkeypatch.setenv(key, value)
+        sleeps = Sleeps()
+        runtime = build_healer(Settings.from_env(env), sleep=sleeps, poll_interval=0.01)
+        runtimes.append(runtime)
+        return Harness(world, env, runtime, sleeps, state_path)
+
+    yield make
+    for runtime in runtimes:
+        runtime.close()
+
+
+@pytest.fixture
+def port_443(sb: Sandbox) -> None:
+    if 443 not in sb.http.extra_ports_bound:
+        pytest.skip("port 443 could not be bound; msal's user-realm discovery needs it")
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def patches(sb: Sandbox) -> list[RecordedRequest]:
+    return sb.requests.find("powerbi.update_datasource")
+
+
+def powerbi_writes(sb: Sandbox) -> list[RecordedRequest]:
+    return [r for r in sb.requests.find(service="powerbi") if r.method != "GET"]
+
+
+def refresh_posts(sb: Sandbox) -> list[RecordedRequest]:
+    return sb.requests.find("powerbi.refresh_dataset")
+
+
+def actions(report: Report) -> list[str]:
+    return [o.action or "" for o in report.outcomes]
+
+
+def target_actions(report: Report) -> list[str]:
+    return [o.action or "" for o in report.targets()]
+
+
+def dataset_actions(report: Report) -> list[str]:
+    return [o.action or "" for o in report.datasets()]
+
+
+def latest_status(world: World, index: int = 0) -> str:
+    return world.sb.powerbi.history(world.datasets[index])[0].status
+
+
+def stored_matches_source(ds: Datasource) -> bool:
+    cred = ds.credential
+    assert cred is not None
+    source = ds.source
+    if source.credential_type in ("Basic", "Windows"):
+        return cred.data == {"username": source.username, "password": source.secret}
+    if source.credential_type == "Key":
+        return cred.data == {"key": source.secret}
+    if source.credential_type == "SAS":
+        return cred.data == {"token": source.secret}
+    return False
+
+
+def failed_attempts(ds: Datasource) -> int:
+    return sum(1 for a in ds.update_attempts if a.outcome != "ok")
+
+
+# -- credential types and encryption ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("credential_type", "datasource_type", "username"),
+    [
+        ("Basic", "Sql", "svc_pbi"),
+        ("Windows", "Folder", "CONTOSO\\svc_pbi"),
+        ("Key", "AzureTables", None),
+        ("SAS", "AzureBlobs", None),
+    ],
+)
+def test_each_credential_type_is_healed_after_rotation(
+    make: Make, credential_type: str, datasource_type: str, username: str | None
+) -> None:
+    h = make(credential_type=credential_type, datasource_type=datasource_type, username=username)
+    w = h.world
+    version = w.rotate()
+
+    report = h.healer.heal_secret(w.secret_name)
+
+    assert target_actions(report) == [Action.UPDATED]
+    assert report.exit_code == 0
+    (patch,) = patches(h.sb)
+    assert patch.status == 200
+    assert patch.body["credentialDetails"]["credentialType"] == credential_type
+    assert stored_matches_source(w.datasources[0])
+    assert w.sources[0].history[-1] == "ok" and w.sources[0].total_failures == 0
+    assert h.runtime.ledger.target_state(w.gateway_id, w.datasource_ids[0]).holds(w.secret_name, version)
+
+
+@pytest.mark.parametrize("bits", [1024, 2048])
+def test_both_gateway_encryption_schemes_are_accepted(make: Make, bits: int) -> None:
+    h = make(bits=bits)
+    w = h.world
+    w.rotate()
+
+    report = h.healer.heal_secret(w.secret_name)
+
+    assert target_actions(report) == [Action.UPDATED]
+    (patch,) = patches(h.sb)
+    details = patch.body["credentialDetails"]
+    assert details["encryptionAlgorithm"] == "RSA-OAEP"
+    assert w.secret not in details["credentials"]
+    if bits == 1024:  # 128-byte blocks, base64 once
+        assert len(base64.b64decode(details["credentials"])) % 128 == 0
+    else:  # base64(rsa(keys)) (256 bytes -> 344 chars) + base64(blob)
+        assert len(base64.b64decode(details["credentials"][:344])) == 256
+    assert stored_matches_source(w.datasources[0])
+
+
+def test_cloud_gateway_sources_get_plain_json(make: Make) -> None:
+    h = make(cloud=True)
+    w = h.world
+    w.rotate()
+
+    report = h.healer.heal_secret(w.secret_name)
+
+    assert target_actions(report) == [Action.UPDATED]
+    (patch,) = patches(h.sb)
+    details = patch.body["credentialDetails"]
+    assert details["encryptionAlgorithm"] == "None"
+    assert isinstance(details["credentials"], str)
+    data = {e["name"]: e["value"] for e in json.loads(details["credentials"])["credentialData"]}
+    assert data == {"username": "svc_pbi", "password": w.secret}
+    assert stored_matches_source(w.datasources[0])
+
+
+@pytest.mark.usefixtures("port_443")
+def test_oauth2_caller_identity_updates_as_the_user_without_a_token(make: Make, sb: Sandbox) -> None:
+    password = "Correct#Horse-Battery-1"
+    sb.entra.add_app(name="healer")
+    sb.entra.add_user(UPN, password)
+    w = build_world(
+        sb,
+        cloud=True,
+        credential_type="OAuth2",
+        datasource_type="Extension",
+        username=UPN,
+        secret=password,
+        secret_name="pbi-service-account",
+        binding_name="dataflow",
+        caller_identity_only=True,
+        oauth2="caller-identity",
+    )
+    h = make(w)
+    new_password = "Rotated#Horse-Battery-2"
+    sb.entra.set_user_password(UPN, new_password)
+    version = w.put_in_vault(new_password)
+
+    report = h.healer.heal_secret(w.secret_name)
+
+    assert target_actions(report) == [Action.UPDATED], report.to_dict()
+    (patch,) = patches(sb)
+    assert patch.status == 200
+    assert patch.token_kind == "user" and (patch.principal or "").lower() == UPN
+    details = patch.body["credentialDetails"]
+    assert details["credentialType"] == "OAuth2"
+    assert details["useCallerAADIdentity"] is True
+    assert details["encryptionAlgorithm"] == "None"
+    assert "accessToken" not in details["credentials"]
+    assert new_password not in json.dumps(patch.body)
+    cred = w.datasources[0].credential
+    assert cred is not None and (cred.signed_in_as or "").lower() == UPN
+    assert h.runtime.ledger.target_state(w.gateway_id, w.datasource_ids[0]).holds(w.secret_name, version)
+
+
+# -- rotation, retry of failed refreshes, idempotence --------------------------------------------
+def test_rotation_patches_each_target_once_and_retries_the_failed_refresh(make: Make) -> None:
+    h = make(sources=2)
+    w = h.world
+    w.rotate()
+    w.fail_scheduled_refreshes()  # the old password fails; Power BI switches the schedule off
+    assert [latest_status(w, i) for i in range(2)] == ["Failed", "Failed"]
+    assert not any(d.schedule.enabled for d in w.datasets)
+
+    report = h.healer.heal_secret(w.secret_name)
+
+    assert sorted(target_actions(report)) == [Action.UPDATED, Action.UPDATED]
+    found = patches(h.sb)
+    assert len(found) == 2
+    assert sorted(r.path.rsplit("/", 1)[-1] for r in found) == sorted(w.datasource_ids)
+    assert dataset_actions(report) == [Action.REFRESHED, Action.REFRESHED]
+    assert all(o.refresh_state == "Completed" for o in report.datasets())
+    assert [latest_status(w, i) for i in range(2)] == ["Completed", "Completed"]
+    assert all(d.schedule.enabled for d in w.datasets)
+    assert len(refresh_posts(h.sb)) == 2
+    assert report.exit_code == 0
+
+
+def test_healing_the_same_secret_twice_sends_nothing_the_second_time(make: Make) -> None:
+    h = make(sources=3)
+    w = h.world
+    w.rotate()
+    first = h.healer.heal_secret(w.secret_name)
+    assert target_actions(first) == [Action.UPDATED] * 3
+    before = len(powerbi_writes(h.sb))
+
+    second = h.healer.heal_secret(w.secret_name)
+
+    assert target_actions(second) == [Action.CURRENT] * 3
+    assert len(patches(h.sb)) == 3
+    assert len(powerbi_writes(h.sb)) == before
+    assert second.exit_code == 0
+
+
+# -- lockout safety -----------------------------------------------------------------------------
+def test_a_wrong_secret_is_presented_once_and_never_again_until_a_new_version(make: Make) -> None:
+    h = make()
+    w = h.world
+    ds, source = w.datasources[0], w.sources[0]
+    right = h.sb.rotate_source_only(source.id)  # the source changes, Key Vault is not told
+    w.fail_scheduled_refreshes()  # the stale stored password fails the refresh
+    wrong_version = w.put_in_vault("Wrong#Password-0000")
+
+    first = h.healer.heal_secret(w.secret_name)
+    assert target_actions(first) == [Action.REJECTED]
+    assert first.exit_code == 1
+    assert len(patches(h.sb)) == 1 and failed_attempts(ds) == 1
+
+    for _ in range(3):
+        again = h.healer.heal_secret(w.secret_name)
+        assert target_actions(again) == [Action.BLOCKED]
+        assert again.exit_code == 1
+        swept = h.healer.sweep()
+        assert Action.BLOCKED in target_actions(swept)
+        assert swept.exit_code == 1
+        h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
+    assert len(patches(h.sb)) == 1 and failed_attempts(ds) == 1
+    assert refresh_posts(h.sb) == []
+    state = h.runtime.ledger.target_state(w.gateway_id, w.datasource_ids[0])
+    assert state.is_rejected(wrong_version)
+
+    good_version = w.put_in_vault(right)
+    healed = h.healer.heal_secret(w.secret_name)
+
+    assert target_actions(healed) == [Action.UPDATED]
+    assert [o.secret_version for o in healed.targets()] == [good_version]
+    assert len(patches(h.sb)) == 2
+    assert stored_matches_source(ds)
+    assert latest_status(w) == "Completed" and w.datasets[0].schedule.enabled
+    assert not source.locked
+    assert source.failed_attempts == 0
+    assert source.total_failures <= 2  # the scheduled refresh and the one rejected PATCH
+
+
+# -- transient faults ---------------------------------------------------------------------------
+def test_throttling_and_transient_faults_are_ridden_out(make: Make) -> None:
+    h = make(sources=2)
+    w = h.world
+    w.rotate()
+    w.fail_scheduled_refreshes()
+    h.sb.faults.throttle("powerbi.update_datasource", 1, times=2)
+    h.sb.faults.add("powerbi.refresh_history", status=503)
+    h.sb.faults.add("powerbi.get_gateway", drop=True)
+
+    report = h.healer.heal_secret(w.secret_name)
+
+    assert sorted(target_actions(report)) == [Action.UPDATED, Action.UPDATED], report.to_dict()
+    assert h.sb.faults.pending() == 0
+    assert [p.status for p in patches(h.sb)].count(429) == 2
+    patched = [p for p in patches(h.sb) if p.status == 200]
+    assert sorted(p.path.rsplit("/", 1)[-1] for p in patched) == sorted(w.datasource_ids)
+    assert max(h.sleeps.waits) >= 1.0
+    assert all(stored_matches_source(d) for d in w.datasources)
+    assert [latest_status(w, i) for i in range(2)] == ["Completed", "Completed"]
+    assert not any(s.locked for s in w.sources)
+
+
+# -- dataset diagnosis --------------------------------------------------------------------------
+def test_a_gateway_failure_changes_no_credentials_and_says_what_to_do(make: Make) -> None:
+    h = make()
+    w = h.world
+    h.sb.powerbi.add_refresh(w.datasets[0], status="Failed", service_exception=pbi_error(GATEWAY_UNREACHABLE))
+
+    report = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
+
+    assert actions(report) == [Action.NOT_CREDENTIAL]
+    (outcome,) = report.outcomes
+    assert "gateway" in (outcome.reason or "").lower()
+    assert len((outcome.reason or "").split(". ", 1)[-1]) > 10  # a fix follows the diagnosis
+    assert patches(h.sb) == [] and powerbi_writes(h.sb) == []
+    assert report.exit_code == 0
+
+
+def test_no_second_refresh_while_one_runs(make: Make) -> None:
+    h = make()
+    w = h.world
+    h.sb.powerbi.add_refresh(
+        w.datasets[0], status="Failed", service_exception=pbi_error(INVALID_CONNECTION_CREDENTIALS)
+    )
+    # what a refresh-failed event reports; meanwhile someone starts a long refresh
+    (failed,) = h.runtime.powerbi.get_refresh_history_in_group(w.workspace_id, w.dataset_ids[0], top=1)
+    h.sb.powerbi.set_refresh_duration(3600)
+    h.sb.powerbi.start_refresh(w.datasets[0], refresh_type="OnDemand")
+
+    from_history = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
+    from_event = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0], latest=failed)
+
+    assert actions(from_history) == [Action.REFRESH_RUNNING]
+    assert dataset_actions(from_event) == [Action.REFRESH_RUNNING]
+    assert refresh_posts(h.sb) == []
+    assert len([r for r in h.sb.powerbi.history(w.datasets[0]) if r.running]) == 1
+
+
+def test_a_credential_failure_is_healed_and_the_disabled_schedule_turned_back_on(make: Make) -> None:
+    h = make()
+    w = h.world
+    w.rotate()
+    w.fail_scheduled_refreshes()
+    assert not w.datasets[0].schedule.enabled
+
+    report = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
+
+    assert target_actions(report) == [Action.UPDATED]
+    assert dataset_actions(report) == [Action.REFRESHED]
+    assert w.datasets[0].schedule.enabled
+    (schedule,) = h.sb.requests.find("powerbi.update_refresh_schedule")
+    assert schedule.body == {"value": {"enabled": True}} and schedule.status == 200
+    assert latest_status(w) == "Completed"
+
+
+# -- dry run ------------------------------------------------------------------------------------
+def test_dry_run_changes_nothing(make: Make) -> None:
+    h = make(sources=2)
+    w = h.world
+    w.rotate()
+    w.fail_scheduled_refreshes()
+    ledger = h.runtime.ledger
+    states_before = [ledger.target_state(w.gateway_id, d) for d in w.datasource_ids]
+
+    reports = [
+        h.healer.heal_secret(w.secret_name, dry_run=True),
+        h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0], dry_run=True),
+        h.healer.heal_target(w.gateway_id, w.datasource_ids[1], dry_run=True),
+        h.healer.sweep(dry_run=True),
+    ]
+
+    assert Action.WOULD_UPDATE in target_actions(reports[0])
+    assert Action.WOULD_REFRESH in dataset_actions(reports[0])
+    assert all(r.dry_run for r in reports)
+    assert powerbi_writes(h.sb) == []
+    assert [ledger.target_state(w.gateway_id, d) for d in w.datasource_ids] == states_before
+    assert ledger.outcomes() == []
+    assert all(ledger.refresh_posts(d, time.strftime("%Y-%m-%d", time.gmtime())) == 0 for d in w.dataset_ids)
+    assert [latest_status(w, i) for i in range(2)] == ["Failed", "Failed"]
+    assert not any(d.schedule.enabled for d in w.datasets)
+
+
+# -- scale --------------------------------------------------------------------------------------
+def test_two_hundred_targets_on_one_secret(make: Make) -> None:
+    h = make(sources=200, bits=2048)
+    w = h.world
+    h.sb.powerbi.set_refresh_duration(0)
+    w.rotate()
+
+    started = time.monotonic()
+    report = h.healer.heal_secret(w.secret_name)
+    elapsed = time.monotonic() - started
+
+    assert target_actions(report) == [Action.UPDATED] * 200
+    assert len(patches(h.sb)) == 200
+    assert len({r.path for r in patches(h.sb)}) == 200
+    assert all(stored_matches_source(d) for d in w.datasources)
+    assert report.exit_code == 0
+    assert elapsed < 15, f"{elapsed:.1f} s"
+
+
+# -- the reconciler -----------------------------------------------------------------------------
+def test_sweep_fixes_drift_and_failed_refreshes_no_event_reported(make: Make) -> None:
+    h = make(sources=2)
+    w = h.world
+    first_version = w.version
+    assert target_actions(h.healer.heal_secret(w.secret_name)) == [Action.UPDATED] * 2
+    new_version = w.rotate()  # the event is lost: nobody calls heal_secret
+    h.sb.powerbi.start_refresh(w.datasets[0])  # and a scheduled refresh fails; nobody reports it
+    h.sb.powerbi.settle()
+    assert latest_status(w, 0) == "Failed" and h.sb.powerbi.history(w.datasets[1]) == []
+    ledger = h.runtime.ledger
+    assert ledger.target_state(w.gateway_id, w.datasource_ids[0]).holds(w.secret_name, first_version)
+    patched = len(patches(h.sb))
+
+    report = h.healer.sweep()
+
+    assert sorted(target_actions(report)) == [Action.UPDATED] * 2
+    assert {o.secret_version for o in report.targets()} == {new_version}
+    assert len(patches(h.sb)) == patched + 2
+    refreshed = [o for o in report.datasets() if o.action == Action.REFRESHED]
+    assert [o.dataset_id for o in refreshed] == [w.dataset_ids[0]]
+    assert latest_status(w, 0) == "Completed" and w.datasets[0].schedule.enabled
+    assert all(
+        ledger.target_state(w.gateway_id, d).holds(w.secret_name, new_version) for d in w.datasource_ids
+    )
+    assert report.exit_code == 0
+
+
+# -- no secret anywhere -------------------------------------------------------------------------
+def test_no_secret_value_in_logs_reports_ledger_or_errors(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = "Zq7-NEVER-SHOW-" + secrets.token_hex(6)
+    right = marker + "-right"
+    wrong = marker + "-wrong"
+    caplog.set_level(logging.DEBUG)
+    h = make(sources=2, secret=marker + "-initial")
+    w = h.world
+    texts: list[str] = []
+
+    w.rotate(right)
+    w.fail_scheduled_refreshes()
+    texts.append(json.dumps(h.healer.heal_secret(w.secret_name).to_dict()))
+    # a wrong version: rejected, then blocked
+    w.rotate_sources_only(marker + "-elsewhere")
+    w.put_in_vault(wrong)
+    rejected = h.healer.heal_secret(w.secret_name)
+    assert Action.REJECTED in target_actions(rejected)
+    texts.append(json.dumps(rejected.to_dict()))
+    texts.append(json.dumps(h.healer.sweep().to_dict()))
+    texts.extend(repr(o) for o in rejected.outcomes)
+    # the CLI too, verbose, table and JSON
+    w.rotate(marker + "-cli")
+    w.fail_scheduled_refreshes()
+    for argv in (["-v", "heal", "--secret", w.secret_name], ["--json", "sweep"], ["history", "--json"]):
+        out, err = io.StringIO(), io.StringIO()
+        assert main(argv, environ=h.env, stdout=out, stderr=err) in (0, 1)
+        texts += [out.getvalue(), err.getvalue()]
+    # errors raised by the clients
+    h.sb.faults.add("keyvault", status=500, times=5)
+    with pytest.raises(RemediationError) as raised:
+        h.runtime.keyvault.get_secret(w.secret_name)
+    texts += [str(raised.value), repr(raised.value)]
+    assert h.sb.faults.pending() == 0
+    h.sb.faults.add("powerbi.update_datasource", status=400, body=pbi_error(INVALID_CONNECTION_CREDENTIALS))
+    w.put_in_vault(marker + "-last")
+    texts.append(json.dumps(h.healer.heal_secret(w.secret_name).to_dict()))
+
+    texts += [r.getMessage() for r in caplog.records]
+    texts += [caplog.text]
+    texts += [repr(r.args) for r in caplog.records]
+    ledger_bytes = b"".join(p.read_bytes() for p in h.state_path.parent.glob(h.state_path.name + "*"))
+    with sqlite3.connect(h.state_path) as db:
+        tables = [t for (t,) in db.execute("select name from sqlite_master where type='table'")]
+        for table in tables:
+            texts += [repr(row) for row in db.execute(f"select * from {table}")]  # noqa: S608
+
+    assert len(patches(h.sb)) >= 4  # the secret did travel, to Power BI only
+    assert texts and caplog.records
+    assert marker.encode() not in ledger_bytes
+    leaks = [t for t in texts if marker in t]
+    assert leaks == []

@@ -1,0 +1,206 @@
+"""A typical world in a started sandbox, for tests and demos of the healer.
+
+    world = build_world(sb, sources=3)            # one secret feeding 3 SQL data sources
+    env = world.env(state_path=tmp_path / "ledger.db")
+    version = world.rotate()                       # every source changes, then Key Vault
+
+What it makes: a service principal (the sandbox's default app, so ``sb.env()`` carries its
+credentials), a workspace with the app as member, one gateway (on-premises with a ``bits`` RSA
+key, or the cloud gateway) whose admin is the app, ``sources`` source systems sharing one
+credential (lockout threshold 5), one gateway data source and one dataset per source (owned by
+the app's client id, the principal Power BI compares, so schedule updates are allowed), the Key
+Vault secret holding the current credential, and the bindings JSON for all of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox import Sandbox
+from sandbox.entra import App
+from sandbox.powerbi import Dataset, Datasource, Gateway, Workspace
+from sandbox.sources import SourceSystem
+from sandbox.world import generate_password
+
+_USERNAME_TYPES = ("Basic", "Windows", "OAuth2")
+
+
+@dataclass
+class World:
+    sb: Sandbox
+    app: App
+    workspace: Workspace
+    gateway: Gateway
+    secret_name: str
+    binding_name: str
+    credential_type: str
+    username: str | None
+    secret: str  # the current credential (password, key or token)
+    version: str  # the current Key Vault version
+    sources: list[SourceSystem] = field(default_factory=list)
+    datasources: list[Datasource] = field(default_factory=list)
+    datasets: list[Dataset] = field(default_factory=list)
+    oauth2: str | None = None  # "caller-identity" for OAuth2 bindings
+
+    # -- ids ---------------------------------------------------------------------------------
+    @property
+    def workspace_id(self) -> str:
+        return self.workspace.id
+
+    @property
+    def gateway_id(self) -> str:
+        return self.gateway.id
+
+    @property
+    def datasource_ids(self) -> list[str]:
+        return [d.id for d in self.datasources]
+
+    @property
+    def dataset_ids(self) -> list[str]:
+        return [d.id for d in self.datasets]
+
+    # -- bindings ------------------------------------------------------------------------------
+    def binding(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "name": self.binding_name,
+            "secret": self.secret_name,
+            "credentialType": self.credential_type,
+        }
+        if self.username is not None and self.credential_type in _USERNAME_TYPES:
+            entry["username"] = self.username
+        if self.oauth2 is not None:
+            entry["oauth2"] = self.oauth2
+        entry["targets"] = [{"gatewayId": d.gateway_id, "datasourceId": d.id} for d in self.datasources]
+        return entry
+
+    def bindings(self, *extra: dict[str, Any]) -> dict[str, Any]:
+        """The bindings document (this world's binding plus ``extra`` ones)."""
+        return {"bindings": [self.binding(), *extra], "watch": {"workspaces": [self.workspace.id]}}
+
+    def bindings_json(self, *extra: dict[str, Any]) -> str:
+        return json.dumps(self.bindings(*extra))
+
+    def env(self, state_path: str | os.PathLike[str], **overrides: str) -> dict[str, str]:
+        """The product's environment: ``sb.env()`` plus the ledger path and the bindings JSON."""
+        env = self.sb.env(
+            REMEDIATION_STATE_PATH=os.fspath(state_path),
+            REMEDIATION_BINDINGS=self.bindings_json(),
+        )
+        env.update(overrides)
+        return env
+
+    # -- what happens ----------------------------------------------------------------------------
+    def rotate(self, new_secret: str | None = None) -> str:
+        """Every source changes its credential, then Key Vault gets the new version (notifying
+        subscribers). Returns the new version."""
+        new_secret = new_secret if new_secret is not None else generate_password()
+        for source in self.sources:
+            self.sb.sources.set_secret(source.id, new_secret)
+        self.secret = new_secret
+        self.version = self.sb.vault.set_secret(self.secret_name, new_secret)
+        return self.version
+
+    def rotate_sources_only(self, new_secret: str | None = None) -> str:
+        """The sources change but Key Vault is not told (it now holds a wrong secret)."""
+        new_secret = new_secret if new_secret is not None else generate_password()
+        for source in self.sources:
+            self.sb.sources.set_secret(source.id, new_secret)
+        self.secret = new_secret
+        return new_secret
+
+    def put_in_vault(self, value: str) -> str:
+        """A new Key Vault version holding ``value`` (right or wrong); returns the version."""
+        self.version = self.sb.vault.set_secret(self.secret_name, value)
+        return self.version
+
+    def fail_scheduled_refreshes(self) -> None:
+        """Run a scheduled refresh of every dataset now (with the stored credential)."""
+        for dataset in self.datasets:
+            self.sb.powerbi.start_refresh(dataset)
+        self.sb.powerbi.settle()
+
+    def stored_secret(self, datasource: Datasource) -> str | None:
+        """What Power BI holds for ``datasource`` (the password, key or token)."""
+        credential = datasource.credential
+        if credential is None:
+            return None
+        data = credential.data
+        return data.get("password") or data.get("key") or data.get("token")
+
+
+def build_world(
+    sb: Sandbox,
+    *,
+    sources: int = 1,
+    bits: int = 2048,
+    cloud: bool = False,
+    credential_type: str = "Basic",
+    datasource_type: str = "Sql",
+    username: str | None = "svc_pbi",
+    secret: str | None = None,
+    secret_name: str = "sql-sales-password",
+    binding_name: str = "sales-sql",
+    app: App | None = None,
+    lockout_threshold: int | None = 5,
+    caller_identity_only: bool = False,
+    oauth2: str | None = None,
+    prefix: str = "src",
+) -> World:
+    """Make the world described in the module docstring in the started sandbox ``sb``.
+
+    ``credential_type``/``datasource_type`` pick the kind of sources (Basic SQL by default;
+    ``Key``/``SAS``/``Windows``/``OAuth2`` work too). For OAuth2 caller identity pass
+    ``username`` = a user's UPN (register it with ``sb.entra.add_user``), ``secret`` = its
+    password, ``caller_identity_only=True`` and ``oauth2="caller-identity"``; the user is made
+    gateway admin as well, since the update is made with the user's own token.
+    """
+    pbi = sb.powerbi
+    app = app or sb.entra.default_app or sb.entra.add_app(name="healer")
+    principal = app.client_id
+    secret = secret if secret is not None else generate_password()
+    user = username if credential_type in _USERNAME_TYPES else None
+
+    workspace = pbi.add_workspace(f"{binding_name} workspace", members=[principal])
+    admins = [principal] + ([user] if credential_type == "OAuth2" and user else [])
+    gateway = (
+        pbi.add_cloud_gateway(f"{binding_name} cloud", admins=admins)
+        if cloud
+        else pbi.add_gateway(f"{binding_name} gateway", bits=bits, admins=admins)
+    )
+    version = sb.vault.set_secret(secret_name, secret)
+    world = World(
+        sb=sb,
+        app=app,
+        workspace=workspace,
+        gateway=gateway,
+        secret_name=secret_name,
+        binding_name=binding_name,
+        credential_type=credential_type,
+        username=user,
+        secret=secret,
+        version=version,
+        oauth2=oauth2,
+    )
+    for i in range(sources):
+        source = sb.sources.add(
+            f"{binding_name}-{prefix}-{i}",
+            credential_type=credential_type,
+            username=user,
+            secret=secret,
+            lockout_threshold=lockout_threshold,
+        )
+        datasource = pbi.add_datasource(
+            gateway,
+            source,
+            datasource_type=datasource_type,
+            credential_type=credential_type,
+            caller_identity_only=caller_identity_only,
+        )
+        dataset = pbi.add_dataset(workspace, f"{source.id} model", [datasource], owner=principal)
+        world.sources.append(source)
+        world.datasources.append(datasource)
+        world.datasets.append(dataset)
+    return world
