@@ -461,7 +461,13 @@ class Healer:
                 token = self._user_token(binding, secret)()
                 body = update_datasource_request(credential_details(binding, resolved, encrypt=None))
             else:
-                gateway = self._gateway(target.gateway_id, run)
+                try:
+                    gateway = self._gateway(target.gateway_id, run)
+                except PowerBINotAuthorized:
+                    # A cloud data source's gateway is visible to owners of a dataset using it.
+                    if not (binding.take_over and self._take_over_for(target, run)):
+                        raise
+                    gateway = self._gateway(target.gateway_id, run)
                 encrypt = None
                 if gateway.public_key is not None:
                     encrypt = partial(encrypt_credentials, key=gateway.public_key)
@@ -499,14 +505,18 @@ class Healer:
             self.powerbi.update_datasource(target.gateway_id, target.datasource_id, body, token=token)
         except PowerBINotAuthorized:
             # A cloud data source needs the caller to own a dataset that uses it (Take Over).
-            if not binding.take_over or token is not None:
+            if not binding.take_over or token is not None or not self._take_over_for(target, run):
                 raise
-            owner_of = self._dataset_using(target, run)
-            if owner_of is None:
-                raise
-            self.powerbi.take_over_in_group(*owner_of)
-            logger.info("took over dataset %s to update %s", owner_of[1], target.datasource_id)
             self.powerbi.update_datasource(target.gateway_id, target.datasource_id, body)
+
+    def _take_over_for(self, target: Target, run: _Run) -> bool:
+        """Take over a dataset that uses ``target`` (bindings with ``takeOver`` only)."""
+        owner_of = self._dataset_using(target, run)
+        if owner_of is None:
+            return False
+        self.powerbi.take_over_in_group(*owner_of)
+        logger.info("took over dataset %s to update %s", owner_of[1], target.datasource_id)
+        return True
 
     def _user_token(self, binding: Binding, secret: SecretValue) -> Callable[[], str]:
         if self._user_tokens is None:

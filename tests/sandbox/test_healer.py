@@ -527,3 +527,48 @@ def test_no_secret_value_in_logs_reports_ledger_or_errors(
     assert marker.encode() not in ledger_bytes
     leaks = [t for t in texts if marker in t]
     assert leaks == []
+
+
+def _runtime_with_bindings(h: Harness, bindings: dict[str, Any]) -> Runtime:
+    env = {**h.env, "REMEDIATION_BINDINGS": json.dumps(bindings)}
+    runtime = build_healer(Settings.from_env(env), sleep=h.sleeps, poll_interval=0.01)
+    return runtime
+
+
+def test_match_targets_are_found_by_connection_details_across_gateways(make: Make) -> None:
+    h = make(sources=3)
+    w = h.world
+    chosen = w.datasources[1]
+    binding = {**w.binding(), "targets": [{"match": {"datasourceType": "Sql",
+                                                     "server": chosen.connection_details["server"].upper()}}]}
+    runtime = _runtime_with_bindings(h, {"bindings": [binding]})
+    try:
+        w.rotate()
+        report = runtime.healer.heal_secret(w.secret_name, retry_refreshes=False)
+    finally:
+        runtime.close()
+
+    assert [(o.datasource_id, o.action) for o in report.targets()] == [(chosen.id, Action.UPDATED)]
+    assert [r.path.rsplit("/", 1)[-1] for r in patches(h.sb)] == [chosen.id]
+
+
+def test_a_cloud_source_owned_by_someone_else_is_taken_over_only_when_allowed(make: Make) -> None:
+    h = make(cloud=True)
+    w = h.world
+    w.datasets[0].owner = "someone.else@contoso.com"
+    w.gateway.admins.discard(w.app.client_id)  # only dataset ownership lets it update a cloud source
+    w.rotate()
+
+    refused = h.healer.heal_secret(w.secret_name, retry_refreshes=False)
+    runtime = _runtime_with_bindings(h, {"bindings": [{**w.binding(), "takeOver": True}],
+                                         "watch": {"workspaces": [w.workspace.id]}})
+    try:
+        allowed = runtime.healer.heal_secret(w.secret_name, retry_refreshes=False)
+    finally:
+        runtime.close()
+
+    assert target_actions(refused) == [Action.FAILED]
+    assert target_actions(allowed) == [Action.UPDATED]
+    assert [r.status for r in h.sb.requests.find("powerbi.take_over")] == [200]
+    assert w.datasets[0].owner == w.app.client_id
+    assert stored_matches_source(w.datasources[0])
