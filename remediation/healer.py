@@ -338,14 +338,12 @@ class Healer:
         say(f"{len(failed)} datasets whose last refresh failed")
         for workspace_id, dataset_id, latest in failed:
             if self._out_of_time(run):
-                run.add(
-                    self._dataset_outcome(
-                        run,
-                        workspace_id,
-                        dataset_id,
-                        Action.DEFERRED,
-                        "the sweep's time budget ran out; the next sweep continues",
-                    )
+                self._report_dataset(
+                    run,
+                    workspace_id,
+                    dataset_id,
+                    Action.DEFERRED,
+                    "the sweep's time budget ran out; the next sweep continues",
                 )
                 continue
             self._heal_dataset(workspace_id, dataset_id, run, latest=latest)
@@ -539,24 +537,7 @@ class Healer:
     def _heal_dataset(
         self, workspace_id: str, dataset_id: str, run: _Run, latest: Refresh | None = None
     ) -> None:
-        def report(
-            action: Action,
-            reason: str,
-            *,
-            refresh_request_id: str | None = None,
-            refresh_state: str | None = None,
-        ) -> None:
-            run.add(
-                self._dataset_outcome(
-                    run,
-                    workspace_id,
-                    dataset_id,
-                    action,
-                    reason,
-                    refresh_request_id=refresh_request_id,
-                    refresh_state=refresh_state,
-                )
-            )
+        report = partial(self._report_dataset, run, workspace_id, dataset_id)
 
         try:
             if latest is None:
@@ -611,20 +592,12 @@ class Healer:
                     report(Action.FAILED, str(exc))
                     continue
             if binding is None:
-                run.add(
-                    replace(
-                        self._dataset_outcome(
-                            run,
-                            workspace_id,
-                            dataset_id,
-                            Action.UNBOUND,
-                            f"data source {source.datasource_type} "
-                            f"{dict(source.connection_details)} has no binding: add one "
-                            "to the bindings file so it can be healed",
-                        ),
-                        gateway_id=source.gateway_id.lower(),
-                        datasource_id=source.datasource_id.lower(),
-                    )
+                report(
+                    Action.UNBOUND,
+                    f"data source {source.datasource_type} {dict(source.connection_details)} has no "
+                    "binding: add one to the bindings file so it can be healed",
+                    gateway_id=source.gateway_id.lower(),
+                    datasource_id=source.datasource_id.lower(),
                 )
                 continue
             resolved.append(
@@ -691,24 +664,7 @@ class Healer:
     def _refresh(self, workspace_id: str, dataset_id: str, run: _Run) -> None:
         """Retry the refresh: never while one runs, within the daily budget, schedule re-enabled."""
 
-        def report(
-            action: Action,
-            reason: str,
-            *,
-            refresh_request_id: str | None = None,
-            refresh_state: str | None = None,
-        ) -> None:
-            run.add(
-                self._dataset_outcome(
-                    run,
-                    workspace_id,
-                    dataset_id,
-                    action,
-                    reason,
-                    refresh_request_id=refresh_request_id,
-                    refresh_state=refresh_state,
-                )
-            )
+        report = partial(self._report_dataset, run, workspace_id, dataset_id)
 
         now = self._clock()
         day = utc_day(now)
@@ -922,7 +878,7 @@ class Healer:
     def _out_of_time(self, run: _Run) -> bool:
         return run.deadline is not None and self._clock() >= run.deadline
 
-    def _dataset_outcome(
+    def _report_dataset(
         self,
         run: _Run,
         workspace_id: str,
@@ -932,18 +888,25 @@ class Healer:
         *,
         refresh_request_id: str | None = None,
         refresh_state: str | None = None,
+        gateway_id: str | None = None,
+        datasource_id: str | None = None,
     ) -> Outcome:
+        """Record a dataset outcome (with the data source it concerns, when one is named)."""
         logger.info("dataset %s/%s: %s — %s", workspace_id, dataset_id, action.value, reason)
-        return Outcome(
-            time=self._clock(),
-            trigger=run.trigger,
-            correlation_id=run.correlation_id,
-            workspace_id=workspace_id,
-            dataset_id=dataset_id,
-            action=action.value,
-            reason=reason,
-            refresh_request_id=refresh_request_id,
-            refresh_state=refresh_state,
+        return run.add(
+            Outcome(
+                time=self._clock(),
+                trigger=run.trigger,
+                correlation_id=run.correlation_id,
+                workspace_id=workspace_id,
+                dataset_id=dataset_id,
+                action=action.value,
+                reason=reason,
+                refresh_request_id=refresh_request_id,
+                refresh_state=refresh_state,
+                gateway_id=gateway_id,
+                datasource_id=datasource_id,
+            )
         )
 
     def _finish(self, run: _Run) -> Report:
