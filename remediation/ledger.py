@@ -711,15 +711,36 @@ _SELECT_TARGET: Final = """
 _INSERT_TARGET: Final = """
     INSERT INTO targets (gateway_id, datasource_id, applied_secret, applied_version, applied_at,
                          rejections, attempts, lease_owner, lease_id, lease_expires, etag)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+    VALUES (:gateway_id, :datasource_id, :applied_secret, :applied_version, :applied_at,
+            :rejections, :attempts, :lease_owner, :lease_id, :lease_expires, 1)
     ON CONFLICT (gateway_id, datasource_id) DO NOTHING
 """
 _REPLACE_TARGET: Final = """
-    UPDATE targets SET applied_secret = ?, applied_version = ?, applied_at = ?, rejections = ?, attempts = ?,
-                       lease_owner = ?, lease_id = ?, lease_expires = ?, etag = etag + 1
-    WHERE gateway_id = ? AND datasource_id = ? AND etag = ?
+    UPDATE targets SET applied_secret = :applied_secret, applied_version = :applied_version,
+                       applied_at = :applied_at, rejections = :rejections, attempts = :attempts,
+                       lease_owner = :lease_owner, lease_id = :lease_id, lease_expires = :lease_expires,
+                       etag = etag + 1
+    WHERE gateway_id = :gateway_id AND datasource_id = :datasource_id AND etag = :etag
     RETURNING etag
 """
+
+
+def _target_params(record: TargetRecord) -> dict[str, object]:
+    """The named parameters of :data:`_INSERT_TARGET` / :data:`_REPLACE_TARGET` for ``record``."""
+    return {
+        "gateway_id": record.gateway_id,
+        "datasource_id": record.datasource_id,
+        "applied_secret": record.applied_secret,
+        "applied_version": record.applied_version,
+        "applied_at": record.applied_at,
+        "rejections": record.rejections_json(),
+        "attempts": record.attempts_json(),
+        "lease_owner": record.lease_owner,
+        "lease_id": record.lease_id,
+        "lease_expires": record.lease_expires,
+    }
+
+
 _INSERT_OUTCOME: Final = """
     INSERT INTO outcomes ("time", "trigger", correlation_id, binding, secret_name, secret_version,
                           gateway_id, datasource_id, workspace_id, dataset_id, "action", reason,
@@ -870,21 +891,7 @@ class SqliteLedger(EntityLedgerBase):
 
     def _insert_target(self, record: TargetRecord) -> str | None:
         with self._db() as db:
-            cursor = db.execute(
-                _INSERT_TARGET,
-                (
-                    record.gateway_id,
-                    record.datasource_id,
-                    record.applied_secret,
-                    record.applied_version,
-                    record.applied_at,
-                    record.rejections_json(),
-                    record.attempts_json(),
-                    record.lease_owner,
-                    record.lease_id,
-                    record.lease_expires,
-                ),
-            )
+            cursor = db.execute(_INSERT_TARGET, _target_params(record))
             return "1" if cursor.rowcount == 1 else None
 
     def _replace_target(self, record: TargetRecord, if_match: str) -> str | None:
@@ -893,22 +900,7 @@ class SqliteLedger(EntityLedgerBase):
         except ValueError:
             return None
         with self._db() as db:
-            rows = db.execute(
-                _REPLACE_TARGET,
-                (
-                    record.applied_secret,
-                    record.applied_version,
-                    record.applied_at,
-                    record.rejections_json(),
-                    record.attempts_json(),
-                    record.lease_owner,
-                    record.lease_id,
-                    record.lease_expires,
-                    record.gateway_id,
-                    record.datasource_id,
-                    expected,
-                ),
-            ).fetchall()
+            rows = db.execute(_REPLACE_TARGET, {**_target_params(record), "etag": expected}).fetchall()
         return str(rows[0][0]) if rows else None
 
     # -- events, outcomes, refresh budget -----------------------------------------------------
