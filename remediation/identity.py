@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msal
 from azure.core.credentials import TokenCredential
@@ -212,6 +212,39 @@ def build_azure_credential(settings: Settings, *, policy: RetryPolicy | None = N
     return ManagedIdentityCredential(**transport_options)
 
 
+_App = TypeVar("_App", msal.ConfidentialClientApplication, msal.PublicClientApplication)
+
+
+def _msal_application(
+    factory: type[_App], settings: Settings, authority: str, principal: str, **kwargs: Any
+) -> _App:
+    """An msal application for ``authority``; instance discovery and authority validation only
+    for Microsoft's own hosts. Authority problems become :class:`AuthenticationError`."""
+    microsoft = settings.authority_is_microsoft
+    try:
+        return factory(
+            settings.client_id,
+            authority=authority,
+            validate_authority=microsoft,
+            instance_discovery=microsoft,
+            timeout=timeouts_from(settings),
+            **kwargs,
+        )
+    except ValueError as exc:  # msal reports a bad tenant/authority this way
+        raise AuthenticationError(
+            f"the authority {authority} was refused: {_first_line(str(exc))}",
+            principal=principal,
+            error="invalid_authority",
+            hint="check AZURE_TENANT_ID and AZURE_AUTHORITY_HOST",
+        ) from None
+    except OSError as exc:
+        raise AuthenticationError(
+            f"the authority could not be reached ({type(exc).__name__})",
+            principal=principal,
+            error="connection_error",
+        ) from None
+
+
 # --- Power BI as the product -----------------------------------------------------------------
 class PowerBITokenProvider:
     """Bearer tokens for Power BI as the product's own identity; call it to get one.
@@ -266,29 +299,13 @@ class PowerBITokenProvider:
     def _msal_app(self) -> msal.ConfidentialClientApplication:
         if self._app is None:
             settings = self._settings
-            microsoft = settings.authority_is_microsoft
-            try:
-                self._app = msal.ConfidentialClientApplication(
-                    settings.client_id,
-                    client_credential=settings.client_secret,
-                    authority=f"{settings.authority_host.rstrip('/')}/{settings.tenant_id}",
-                    validate_authority=microsoft,
-                    instance_discovery=microsoft,
-                    timeout=timeouts_from(settings),
-                )
-            except ValueError as exc:  # msal reports a bad tenant/authority this way
-                raise AuthenticationError(
-                    f"the authority for tenant {settings.tenant_id} was refused: {_first_line(str(exc))}",
-                    principal=self.principal,
-                    error="invalid_authority",
-                    hint="check AZURE_TENANT_ID and AZURE_AUTHORITY_HOST",
-                ) from None
-            except OSError as exc:
-                raise AuthenticationError(
-                    f"the authority could not be reached ({type(exc).__name__})",
-                    principal=self.principal,
-                    error="connection_error",
-                ) from None
+            self._app = _msal_application(
+                msal.ConfidentialClientApplication,
+                settings,
+                f"{settings.authority_host.rstrip('/')}/{settings.tenant_id}",
+                self.principal,
+                client_credential=settings.client_secret,
+            )
         return self._app
 
     def _acquire_msal(self, now: float) -> _Token:
@@ -427,28 +444,9 @@ class UserTokenProvider:
 
     def _public_app(self) -> msal.PublicClientApplication:
         if self._app is None:
-            microsoft = self._settings.authority_is_microsoft
-            try:
-                self._app = msal.PublicClientApplication(
-                    self._settings.client_id,
-                    authority=self._authority,
-                    validate_authority=microsoft,
-                    instance_discovery=microsoft,
-                    timeout=timeouts_from(self._settings),
-                )
-            except ValueError as exc:
-                raise AuthenticationError(
-                    f"the authority {self._authority} was refused: {_first_line(str(exc))}",
-                    principal=self.username,
-                    error="invalid_authority",
-                    hint="check AZURE_TENANT_ID and AZURE_AUTHORITY_HOST",
-                ) from None
-            except OSError as exc:
-                raise AuthenticationError(
-                    f"the authority could not be reached ({type(exc).__name__})",
-                    principal=self.username,
-                    error="connection_error",
-                ) from None
+            self._app = _msal_application(
+                msal.PublicClientApplication, self._settings, self._authority, self.username
+            )
         return self._app
 
     def _acquire(self) -> _Token:
