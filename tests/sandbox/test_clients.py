@@ -40,6 +40,7 @@ from remediation.settings import Settings
 from sandbox import Sandbox
 from sandbox.entra import App
 from sandbox.powerbi import Dataset, Datasource, Gateway, Workspace
+from tests.support.clock import Sleeps
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
 
@@ -47,14 +48,6 @@ OLD = "Old#Passw0rd-4a1f"
 NEW = "New#Passw0rd-77c2"
 UPN = "svc.dataflow@contoso.com"
 USER_PASSWORD = "Correct#Horse-Battery-1"
-
-
-class Sleeps:
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @dataclass

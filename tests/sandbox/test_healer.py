@@ -29,21 +29,12 @@ from remediation.settings import Settings
 from sandbox import Sandbox
 from sandbox.powerbi import GATEWAY_UNREACHABLE, INVALID_CONNECTION_CREDENTIALS, Datasource, pbi_error
 from sandbox.server import RecordedRequest
+from tests.support.clock import Sleeps
 from tests.support.world import World, build_world
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
 
 UPN = "svc.dataflow@contoso.com"
-
-
-class Sleeps:
-    """A ``sleep`` that records what it was asked to wait and returns at once."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @dataclass
