@@ -910,9 +910,7 @@ class Healer:
         )
 
     def _finish(self, run: _Run) -> Report:
-        secrets_seen = list(run.secrets.values())
-        run.secrets.clear()  # the values leave memory with the run
-        del secrets_seen
+        run.secrets.clear()  # the secret values are not kept past the command
         if not run.dry_run:
             for outcome in run.outcomes:
                 try:
