@@ -1,7 +1,9 @@
 """Who the product is when it calls Key Vault and Power BI, and how it gets its tokens.
 
 * :func:`build_azure_credential`: the ``azure-identity`` credential for Key Vault. A service
-  principal (``AZURE_TENANT_ID`` + ``AZURE_CLIENT_ID`` + ``AZURE_CLIENT_SECRET``) when one is
+  principal (``AZURE_TENANT_ID`` + ``AZURE_CLIENT_ID`` + ``AZURE_CLIENT_SECRET``, or
+  ``AZURE_CLIENT_CERTIFICATE_PATH`` [+ ``AZURE_CLIENT_CERTIFICATE_PASSWORD``] instead of the
+  secret: a PEM file with the private key and the certificate, or a .pfx) when one is
   configured, else the managed identity (user-assigned when ``AZURE_CLIENT_ID`` is set without a
   secret, system-assigned otherwise).
 * :class:`PowerBITokenProvider`: bearer tokens for the Power BI REST API as the product itself,
@@ -33,7 +35,12 @@ from typing import Any, Protocol, TypeVar
 import msal
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
-from azure.identity import ClientSecretCredential, CredentialUnavailableError, ManagedIdentityCredential
+from azure.identity import (
+    CertificateCredential,
+    ClientSecretCredential,
+    CredentialUnavailableError,
+    ManagedIdentityCredential,
+)
 
 from remediation.errors import ConfigError, RemediationError
 from remediation.http import RetryPolicy, restore_exception, timeouts_from
@@ -190,26 +197,81 @@ def build_azure_credential(settings: Settings, *, policy: RetryPolicy | None = N
         "retry_backoff_factor": policy.base_delay,
         "retry_backoff_max": policy.max_delay,
     }
-    if settings.client_secret:
+    if settings.client_secret or settings.client_certificate_path:
+        which = "AZURE_CLIENT_SECRET" if settings.client_secret else "AZURE_CLIENT_CERTIFICATE_PATH"
         if not settings.client_id or not settings.tenant_id:
             raise ConfigError(
-                "AZURE_CLIENT_SECRET is set but AZURE_CLIENT_ID or AZURE_TENANT_ID is not; "
-                "set all three for a service principal, or none of the secret for a managed identity"
+                f"{which} is set but AZURE_CLIENT_ID or AZURE_TENANT_ID is not; set all three for a "
+                f"service principal, or leave {which} unset for a managed identity"
             )
         logger.debug("Azure credential: service principal %s", settings.client_id)
-        return ClientSecretCredential(
+        common: dict[str, Any] = {
+            "authority": settings.authority_host,
+            "disable_instance_discovery": not settings.authority_is_microsoft,
+            **transport_options,
+        }
+        if settings.client_secret:
+            return ClientSecretCredential(
+                settings.tenant_id, settings.client_id, settings.client_secret, **common
+            )
+        return CertificateCredential(
             settings.tenant_id,
             settings.client_id,
-            settings.client_secret,
-            authority=settings.authority_host,
-            disable_instance_discovery=not settings.authority_is_microsoft,
-            **transport_options,
+            certificate_data=_certificate_file(settings).data,
+            password=settings.client_certificate_password,
+            **common,
         )
     if settings.client_id:
         logger.debug("Azure credential: user-assigned managed identity %s", settings.client_id)
         return ManagedIdentityCredential(client_id=settings.client_id, **transport_options)
     logger.debug("Azure credential: system-assigned managed identity")
     return ManagedIdentityCredential(**transport_options)
+
+
+_PEM_KEY = re.compile(r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", re.S)
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+@dataclass(frozen=True, repr=False)
+class _CertificateFile:
+    data: bytes  # PEM (private key + certificate) or PKCS#12
+    is_pem: bool
+
+
+def _certificate_file(settings: Settings) -> _CertificateFile:
+    """Read ``AZURE_CLIENT_CERTIFICATE_PATH`` (PEM with key and certificate, or a .pfx/.p12)."""
+    path = settings.client_certificate_path or ""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"AZURE_CLIENT_CERTIFICATE_PATH={path}: cannot be read ({exc.strerror})") from None
+    is_pem = b"-----BEGIN" in data
+    if is_pem and (b"PRIVATE KEY-----" not in data or b"CERTIFICATE-----" not in data):
+        raise ConfigError(
+            f"AZURE_CLIENT_CERTIFICATE_PATH={path}: a PEM file needs both the private key and the certificate"
+        )
+    return _CertificateFile(data, is_pem)
+
+
+def _msal_client_credential(settings: Settings) -> str | dict[str, Any]:
+    """msal's ``client_credential``: the secret, or the certificate (signed assertions, SHA-256
+    thumbprint and PS256, as msal does when it is given the public certificate)."""
+    if settings.client_secret:
+        return settings.client_secret
+    certificate = _certificate_file(settings)
+    passphrase = settings.client_certificate_password
+    if not certificate.is_pem:
+        return {"private_key_pfx_path": settings.client_certificate_path, "passphrase": passphrase}
+    text = certificate.data.decode("ascii", "replace")
+    key = _PEM_KEY.search(text)
+    cert = _PEM_CERT.search(text)
+    if key is None or cert is None:  # _certificate_file saw the markers; a broken block is here
+        raise ConfigError(f"AZURE_CLIENT_CERTIFICATE_PATH={settings.client_certificate_path}: malformed PEM")
+    credential: dict[str, Any] = {"private_key": key.group(0), "public_certificate": cert.group(0)}
+    if passphrase:
+        credential["passphrase"] = passphrase
+    return credential
 
 
 _App = TypeVar("_App", msal.ConfidentialClientApplication, msal.PublicClientApplication)
@@ -271,7 +333,7 @@ class PowerBITokenProvider:
         self._lock = threading.Lock()
         self._token: _Token | None = None
         self._app: msal.ConfidentialClientApplication | None = None
-        self._use_msal = settings.has_client_secret and credential is None
+        self._use_msal = settings.uses_service_principal and credential is None
         if self._use_msal and not settings.tenant_id:
             raise ConfigError("AZURE_TENANT_ID is not set; a service principal needs its tenant id")
         self._credential = credential
@@ -304,7 +366,7 @@ class PowerBITokenProvider:
                 settings,
                 f"{settings.authority_host.rstrip('/')}/{settings.tenant_id}",
                 self.principal,
-                client_credential=settings.client_secret,
+                client_credential=_msal_client_credential(settings),
             )
         return self._app
 

@@ -107,6 +107,8 @@ class Settings:
     tenant_id: str | None = None
     client_id: str | None = None
     client_secret: str | None = None
+    client_certificate_path: str | None = None
+    client_certificate_password: str | None = None
     bindings: str | None = None
     state_path: str = DEFAULT_STATE_PATH
     storage: StorageSettings | None = None
@@ -150,6 +152,8 @@ class Settings:
             tenant_id=env.text("AZURE_TENANT_ID"),
             client_id=env.text("AZURE_CLIENT_ID"),
             client_secret=env.secret("AZURE_CLIENT_SECRET"),
+            client_certificate_path=env.text("AZURE_CLIENT_CERTIFICATE_PATH"),
+            client_certificate_password=env.secret("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
             bindings=env.raw("REMEDIATION_BINDINGS"),
             state_path=env.text("REMEDIATION_STATE_PATH") or DEFAULT_STATE_PATH,
             storage=env.storage(),
@@ -164,6 +168,13 @@ class Settings:
             sweep_budget_seconds=env.integer("REMEDIATION_SWEEP_BUDGET", 240, 10, 3600),
             lease_seconds=env.integer("REMEDIATION_LEASE_SECONDS", 300, 30, 86400),
         )
+
+    def __post_init__(self) -> None:
+        if self.client_secret and self.client_certificate_path:
+            raise ConfigError(
+                "AZURE_CLIENT_SECRET and AZURE_CLIENT_CERTIFICATE_PATH are both set; "
+                "set one of them for the service principal"
+            )
 
     # -- derived -----------------------------------------------------------------------------------
     def require_key_vault_url(self) -> str:
@@ -210,11 +221,21 @@ class Settings:
         """True when a service principal (client id + secret) is configured."""
         return bool(self.client_id and self.client_secret)
 
+    @property
+    def has_client_certificate(self) -> bool:
+        """True when a service principal (client id + certificate file) is configured."""
+        return bool(self.client_id and self.client_certificate_path)
+
+    @property
+    def uses_service_principal(self) -> bool:
+        """A service principal (secret or certificate) rather than the managed identity."""
+        return self.has_client_secret or self.has_client_certificate
+
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "client_secret" and value is not None:
+            if f.name in ("client_secret", "client_certificate_password") and value is not None:
                 shown.append(f"{f.name}=<redacted>")
             else:
                 shown.append(f"{f.name}={value!r}")

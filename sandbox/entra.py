@@ -35,9 +35,16 @@ import json
 import logging
 import secrets
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sandbox.server import HTTPError, Response
 
@@ -49,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 TokenKind = Literal["app", "user", "managed_identity"]
 
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 POWERBI_AUDIENCE = "https://analysis.windows.net/powerbi/api"
 KEYVAULT_AUDIENCE = "https://vault.azure.net"
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
@@ -84,6 +92,7 @@ class App:
     secret: str | None
     name: str = "app"
     object_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    certificates: list[x509.Certificate] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -135,10 +144,17 @@ class Entra:
 
     # -- principals --------------------------------------------------------------------------
     def add_app(self, client_id: str | None = None, secret: str | None = None, *,
-                name: str = "app", default: bool = True) -> App:
-        """Register a service principal (confidential client). The first is the default one."""
-        app = App(client_id or str(uuid.uuid4()),
-                  secret if secret is not None else "sbx~" + secrets.token_urlsafe(24), name)
+                name: str = "app", default: bool = True, certificate: bytes | None = None) -> App:
+        """Register a service principal (confidential client). The first is the default one.
+
+        With ``certificate`` (PEM) the app signs in with certificate assertions and has no
+        secret unless one is given.
+        """
+        if secret is None and certificate is None:
+            secret = "sbx~" + secrets.token_urlsafe(24)
+        app = App(client_id or str(uuid.uuid4()), secret, name)
+        if certificate is not None:
+            app.certificates.append(x509.load_pem_x509_certificate(certificate))
         with self._lock:
             self.apps[app.client_id] = app
             if default and self.default_app is None:
@@ -344,17 +360,18 @@ class Entra:
 
     # Token endpoint -------------------------------------------------------------------------
     def _token(self, request: Request) -> Response:
-        self._check_tenant(request.params["tenant"])
+        tenant = request.params["tenant"]
+        self._check_tenant(tenant)
         form = request.form()
         grant_type = form.get("grant_type", "")
         if not grant_type:
             raise self._missing_parameter("grant_type")
         if grant_type == "client_credentials":
-            return self._client_credentials(form)
+            return self._client_credentials(form, tenant)
         if grant_type == "password":
-            return self._password(form)
+            return self._password(form, tenant)
         if grant_type == "refresh_token":
-            return self._refresh(form)
+            return self._refresh(form, tenant)
         raise self._fail(400, "unsupported_grant_type", 70003,
                          f"The app requested an unsupported grant type '{grant_type}'.")
 
@@ -362,7 +379,7 @@ class Entra:
         return self._fail(400, "invalid_request", 900144,
                           f"The request body must contain the following parameter: '{name}'.")
 
-    def _authenticate_client(self, form: dict[str, str], *, confidential: bool) -> App:
+    def _authenticate_client(self, form: dict[str, str], *, confidential: bool, tenant: str) -> App:
         """The calling app; a confidential client must prove its secret."""
         client_id = form.get("client_id", "")
         if not client_id:
@@ -378,9 +395,8 @@ class Entra:
                 "your authentication request to the wrong tenant.",
             )
         if "client_assertion" in form and "client_secret" not in form:
-            raise self._fail(401, "invalid_client", 700027,
-                             "Client assertion failed signature validation. (The sandbox accepts client "
-                             "secrets only.)")
+            self._verify_client_assertion(app, form, tenant)
+            return app
         secret = form.get("client_secret")
         if secret is None and not confidential:
             return app  # public client flow
@@ -396,6 +412,67 @@ class Entra:
             )
         return app
 
+    def _verify_client_assertion(self, app: App, form: dict[str, str], tenant: str) -> None:
+        """A ``private_key_jwt`` client assertion (RFC 7523) signed with a registered certificate.
+
+        As Entra ID does: the certificate is found by ``x5t#S256`` (or the legacy SHA-1 ``x5t``),
+        RS256 and PS256 signatures are accepted, ``iss`` and ``sub`` must be the client id, ``aud``
+        the token endpoint, and ``exp``/``nbf`` must hold by the wall clock (the client's clock,
+        not the sandbox's, signed the assertion).
+        """
+        if form.get("client_assertion_type") != JWT_BEARER:
+            raise self._fail(400, "invalid_request", 50027,
+                             f"client_assertion_type must be '{JWT_BEARER}'.")
+        try:
+            head_b64, claims_b64, signature_b64 = form["client_assertion"].split(".")
+            header = json.loads(_b64url_decode(head_b64))
+            claims = json.loads(_b64url_decode(claims_b64))
+            signature = _b64url_decode(signature_b64)
+        except (ValueError, UnicodeDecodeError):
+            header = claims = None
+            signature = b""
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            raise self._fail(401, "invalid_client", 50027, "Invalid JWT token. The token is malformed.")
+        certificate = self._assertion_certificate(app, header)
+        public_key = certificate.public_key()
+        signed = f"{head_b64}.{claims_b64}".encode("ascii")
+        alg = header.get("alg")
+        if not isinstance(public_key, rsa.RSAPublicKey) or alg not in ("RS256", "PS256"):
+            raise self._fail(401, "invalid_client", 5002738, f"Signing algorithm {alg!r} is not supported.")
+        pad: asym_padding.AsymmetricPadding = (
+            asym_padding.PKCS1v15() if alg == "RS256"
+            else asym_padding.PSS(mgf=asym_padding.MGF1(hashes.SHA256()), salt_length=asym_padding.PSS.AUTO)
+        )
+        try:
+            public_key.verify(signature, signed, pad, hashes.SHA256())
+        except InvalidSignature:
+            raise self._fail(401, "invalid_client", 700027,
+                             "Client assertion contains an invalid signature.") from None
+        if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
+            raise self._fail(401, "invalid_client", 700021,
+                             "Client assertion application identifier doesn't match 'client_id' parameter.")
+        endpoint = f"{self._sb.url}/{tenant}/oauth2/v2.0/token"
+        if claims.get("aud") != endpoint:
+            raise self._fail(401, "invalid_client", 700212,
+                             f"The client assertion's audience must be the token endpoint {endpoint}.")
+        now = time.time()
+        exp, nbf = claims.get("exp"), claims.get("nbf", now)
+        if not isinstance(exp, (int, float)) or not isinstance(nbf, (int, float)) \
+                or exp <= now - 300 or nbf > now + 300:
+            raise self._fail(401, "invalid_client", 700024,
+                             "Client assertion is not within its valid time range.")
+
+    def _assertion_certificate(self, app: App, header: dict[str, Any]) -> x509.Certificate:
+        # Thumbprints are base64url; msal keeps the padding, other clients drop it.
+        sha256 = str(header.get("x5t#S256", "")).rstrip("=")
+        sha1 = str(header.get("x5t", "")).rstrip("=")
+        for certificate in app.certificates:
+            if sha256 == _b64url(certificate.fingerprint(hashes.SHA256())) \
+                    or sha1 == _b64url(certificate.fingerprint(hashes.SHA1())):  # noqa: S303
+                return certificate
+        raise self._fail(401, "invalid_client", 700027,
+                         "Client assertion failed signature validation. [Reason - The key was not found.]")
+
     def _resource_of(self, scope: str) -> tuple[str, str]:
         """(audience, permission) of a scope: ``https://x/api/.default`` -> (``https://x/api``, ...)."""
         resource, _, permission = scope.rpartition("/")
@@ -404,8 +481,8 @@ class Entra:
             return GRAPH_AUDIENCE, scope
         return _RESOURCE_APP_IDS.get(resource.lower(), resource), permission
 
-    def _client_credentials(self, form: dict[str, str]) -> Response:
-        app = self._authenticate_client(form, confidential=True)
+    def _client_credentials(self, form: dict[str, str], tenant: str) -> Response:
+        app = self._authenticate_client(form, confidential=True, tenant=tenant)
         scope = form.get("scope", "").strip()
         if not scope:
             raise self._missing_parameter("scope")
@@ -436,8 +513,8 @@ class Entra:
             return GRAPH_AUDIENCE, (f"{GRAPH_AUDIENCE}/User.Read",), "offline_access" in requested
         return audiences.pop(), resource_scopes, "offline_access" in requested
 
-    def _password(self, form: dict[str, str]) -> Response:
-        app = self._authenticate_client(form, confidential=False)
+    def _password(self, form: dict[str, str], tenant: str) -> Response:
+        app = self._authenticate_client(form, confidential=False, tenant=tenant)
         for name in ("username", "password", "scope"):
             if not form.get(name):
                 raise self._missing_parameter(name)
@@ -458,8 +535,8 @@ class Entra:
         audience, resource_scopes, offline = self._user_scopes(form["scope"])
         return self._user_token_response(app, user, audience, resource_scopes, form["scope"], offline)
 
-    def _refresh(self, form: dict[str, str]) -> Response:
-        app = self._authenticate_client(form, confidential=False)
+    def _refresh(self, form: dict[str, str], tenant: str) -> Response:
+        app = self._authenticate_client(form, confidential=False, tenant=tenant)
         token = form.get("refresh_token", "")
         if not token:
             raise self._missing_parameter("refresh_token")
@@ -563,3 +640,11 @@ class Entra:
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -10,10 +10,12 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from remediation.errors import ConfigError
 from remediation.gateway_crypto import encrypt_credentials
 from remediation.http import ApiError, CallStats, HttpPipeline
 from remediation.identity import (
@@ -40,6 +42,7 @@ from remediation.settings import Settings
 from sandbox import Sandbox
 from sandbox.entra import App
 from sandbox.powerbi import Dataset, Datasource, Gateway, Workspace
+from tests.support.certs import make_client_certificate
 from tests.support.clock import Sleeps
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
@@ -229,6 +232,68 @@ def test_the_managed_identity_gets_power_bi_tokens_when_there_is_no_secret(
     assert provider() == token
     info = world.sb.entra.tokens[token]
     assert (info.kind, info.principal) == ("managed_identity", mi.client_id)
+
+
+def _certificate_app(world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *,
+                     pfx_password: bytes | None = None) -> App:
+    """A service principal that signs in with a certificate file instead of a secret."""
+    cert = make_client_certificate()
+    app = world.sb.entra.add_app(name="cert-healer", certificate=cert.cert_pem, default=False)
+    world.sb.powerbi.add_member(world.workspace, app.client_id)
+    path = tmp_path / ("healer.pfx" if pfx_password is not None else "healer.pem")
+    path.write_bytes(cert.pfx(pfx_password) if pfx_password is not None else cert.pem)
+    monkeypatch.delenv("AZURE_CLIENT_SECRET")
+    monkeypatch.setenv("AZURE_CLIENT_ID", app.client_id)
+    monkeypatch.setenv("AZURE_CLIENT_CERTIFICATE_PATH", str(path))
+    if pfx_password:
+        monkeypatch.setenv("AZURE_CLIENT_CERTIFICATE_PASSWORD", pfx_password.decode())
+    return app
+
+
+def test_a_certificate_service_principal_gets_power_bi_tokens_from_a_pem_file(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    app = _certificate_app(world, monkeypatch, tmp_path)
+    settings = Settings.from_env()
+    provider = PowerBITokenProvider(settings)
+
+    groups = PowerBIClient(settings.powerbi_api_url, provider, world.pipeline()).get_groups()
+
+    assert provider.kind == "service_principal"
+    assert [g.id for g in groups] == [world.workspace.id]
+    (issued,) = [t for t in world.sb.entra.tokens_issued("app") if t.principal == app.client_id]
+    assert issued.audience == "https://analysis.windows.net/powerbi/api"
+    (token_call,) = world.sb.requests.find("entra.token")
+    form = token_call.raw_body.decode()
+    assert "client_assertion=" in form and "client_secret" not in form
+
+
+def test_a_certificate_service_principal_reads_key_vault_from_a_password_protected_pfx(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    app = _certificate_app(world, monkeypatch, tmp_path, pfx_password=b"Pfx#Pass-1")
+    world.sb.vault.set_secret("sql-sales-password", NEW, notify=False)
+
+    secret = world.keyvault(Settings.from_env()).get_secret("sql-sales-password")
+
+    assert secret.value == NEW
+    assert [t.principal for t in world.sb.entra.tokens_issued("app")] == [app.client_id]
+
+
+def test_certificate_settings_that_cannot_work_are_config_errors(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AZURE_CLIENT_CERTIFICATE_PATH", str(tmp_path / "missing.pem"))
+    with pytest.raises(ConfigError, match="AZURE_CLIENT_SECRET and AZURE_CLIENT_CERTIFICATE_PATH"):
+        Settings.from_env()
+    monkeypatch.delenv("AZURE_CLIENT_SECRET")
+    with pytest.raises(ConfigError, match="missing.pem: cannot be read"):
+        build_azure_credential(Settings.from_env())
+    key_only = tmp_path / "key-only.pem"
+    key_only.write_bytes(make_client_certificate().key_pem)
+    monkeypatch.setenv("AZURE_CLIENT_CERTIFICATE_PATH", str(key_only))
+    with pytest.raises(ConfigError, match="needs both the private key and the certificate"):
+        PowerBITokenProvider(Settings.from_env())()
 
 
 @pytest.mark.usefixtures("port_443")

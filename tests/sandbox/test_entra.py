@@ -15,9 +15,11 @@ import msal
 import pytest
 import requests
 from azure.identity import ClientSecretCredential, ManagedIdentityCredential
+from cryptography.hazmat.primitives import hashes
 
 from sandbox import Sandbox
 from sandbox.entra import KEYVAULT_AUDIENCE, POWERBI_AUDIENCE, App
+from tests.support.certs import make_client_certificate
 
 pytestmark = pytest.mark.sandbox
 
@@ -244,3 +246,44 @@ def test_openid_configuration_points_every_endpoint_at_the_sandbox(
     endpoints = {k: v for k, v in config.items() if k.endswith(("_endpoint", "_uri"))}
     assert endpoints and all(v.startswith(sb.url + "/") for v in endpoints.values())
     assert requests.get(config["jwks_uri"], timeout=10).json() == {"keys": []}
+
+
+@pytest.mark.parametrize("style", ["public_certificate", "thumbprint"])
+def test_msal_signs_in_with_a_certificate_assertion(
+    sb: Sandbox, sandbox_env: dict[str, str], style: str
+) -> None:
+    # msal signs PS256 with x5t#S256 when it has the certificate, RS256 with x5t from a thumbprint.
+    cert = make_client_certificate()
+    app = sb.entra.add_app(name="cert-app", certificate=cert.cert_pem)
+    credential: dict[str, str] = {"private_key": cert.key_pem.decode()}
+    if style == "public_certificate":
+        credential["public_certificate"] = cert.cert_pem.decode()
+    else:
+        credential["thumbprint"] = cert.cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303
+    cca = msal.ConfidentialClientApplication(app.client_id, client_credential=credential,
+                                             authority=f"{sb.url}/{sb.entra.tenant_id}",
+                                             instance_discovery=False)
+
+    result = cca.acquire_token_for_client([PBI_SCOPE])
+
+    assert "access_token" in result, result
+    (issued,) = sb.entra.tokens_issued("app")
+    assert (issued.principal, issued.audience) == (app.client_id, POWERBI_AUDIENCE)
+
+
+def test_an_assertion_signed_by_another_certificate_is_refused(
+    sb: Sandbox, sandbox_env: dict[str, str]
+) -> None:
+    registered, other = make_client_certificate(), make_client_certificate()
+    app = sb.entra.add_app(name="cert-app", certificate=registered.cert_pem)
+    impostor = {"private_key": other.key_pem.decode(),
+                "thumbprint": registered.cert.fingerprint(hashes.SHA1()).hex()}  # noqa: S303
+    cca = msal.ConfidentialClientApplication(app.client_id, client_credential=impostor,
+                                             authority=f"{sb.url}/{sb.entra.tenant_id}",
+                                             instance_discovery=False)
+
+    result = cca.acquire_token_for_client([PBI_SCOPE])
+
+    assert "access_token" not in result
+    assert "AADSTS700027" in result["error_description"]
+    assert sb.entra.tokens_issued("app") == []
