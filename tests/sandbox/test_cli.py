@@ -143,6 +143,7 @@ def test_a_usage_error_exits_2_on_the_given_stderr(make: Make) -> None:
 
     assert result.code == 2
     assert "--bogus" in result.err and result.out == ""
+    assert len(result.err.strip().splitlines()) == 1
     assert powerbi_requests(cli.sb) == []
 
 
