@@ -42,8 +42,10 @@ from remediation.identity import AuthenticationError
 from remediation.keyvault import KeyVaultClient, SecretValue
 from remediation.ledger import Lease, LeaseLost, Ledger, Outcome, TargetState, utc_day
 from remediation.powerbi import (
+    EntityNotFound,
     Gateway,
     GatewayDatasource,
+    InvalidId,
     PowerBIClient,
     PowerBINotAuthorized,
     Refresh,
@@ -302,9 +304,24 @@ class Healer:
     ) -> Report:
         """Diagnose the dataset's last refresh; if it failed for credentials, reapply the current
         secret to its bound data sources and retry the refresh. Anything else is reported with
-        the fix a person needs, and no credential is touched."""
+        the fix a person needs, and no credential is touched.
+
+        Raises :class:`NotBound` when the dataset does not exist or the identity cannot see it.
+        """
+        workspace_id, dataset_id = workspace_id.lower(), dataset_id.lower()
+        if latest is None:
+            try:
+                history = self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=1)
+            except (EntityNotFound, InvalidId):
+                raise NotBound(
+                    f"dataset {dataset_id} was not found in workspace {workspace_id}, or the identity "
+                    "is not a member of that workspace"
+                ) from None
+            except ApiError:
+                history = []  # reported by _heal_dataset, which reads it again
+            latest = history[0] if history else None
         run = self._start(trigger, correlation_id, dry_run)
-        self._heal_dataset(workspace_id.lower(), dataset_id.lower(), run, latest=latest)
+        self._heal_dataset(workspace_id, dataset_id, run, latest=latest)
         return self._finish(run)
 
     def sweep(

@@ -6,10 +6,11 @@ Functions app both call :func:`build_healer`.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from azure.core.credentials import TokenCredential
 
 from remediation.bindings import BindingSet, load_bindings
 from remediation.errors import ConfigError
@@ -23,10 +24,9 @@ from remediation.identity import (
 )
 from remediation.keyvault import KeyVaultClient
 from remediation.ledger import Ledger, SqliteLedger
+from remediation.ledger_tables import TableLedger
 from remediation.powerbi import PowerBIClient
 from remediation.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,18 +53,17 @@ def load_bindings_from(settings: Settings) -> BindingSet:
     return load_bindings(settings.bindings)
 
 
-def open_ledger(settings: Settings) -> Ledger:
-    """The embedded SQLite ledger at ``REMEDIATION_STATE_PATH``.
+def open_ledger(settings: Settings, *, credential: TokenCredential | None = None) -> Ledger:
+    """The ledger: in Table storage when the Functions app's storage account is configured
+    (``AzureWebJobsStorage``, or its identity-based ``__accountName`` / ``__tableServiceUri``,
+    signed in with ``credential`` or the product's Azure credential), otherwise the embedded
+    SQLite ledger at ``REMEDIATION_STATE_PATH``.
 
-    (The Table storage ledger for ``AzureWebJobsStorage`` comes with the Functions app; until
-    then a configured storage account is reported and the embedded ledger is used.)
+    Raises :class:`ConfigError` for unusable storage settings, :class:`LedgerError` when the
+    store cannot be opened.
     """
     if settings.storage is not None:
-        logger.warning(
-            "AzureWebJobsStorage is set, but the Table storage ledger is not built yet; "
-            "using the embedded ledger at %s",
-            settings.state_path,
-        )
+        return TableLedger.from_settings(settings, credential=credential)
     return SqliteLedger(settings.state_path)
 
 
@@ -84,7 +83,7 @@ def build_healer(
     keyvault = KeyVaultClient(settings, credential, stats=stats, sleep=sleep)
     pipeline = HttpPipeline.from_settings(settings, service="powerbi", stats=stats, sleep=sleep)
     powerbi = PowerBIClient(settings.powerbi_api_url, PowerBITokenProvider(settings), pipeline)
-    ledger = ledger if ledger is not None else open_ledger(settings)
+    ledger = ledger if ledger is not None else open_ledger(settings, credential=credential)
     user_cache = UserTokenCache()
 
     def user_tokens(username: str, password: Callable[[], str]) -> Callable[[], str]:
