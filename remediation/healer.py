@@ -20,6 +20,7 @@ Dry-run stops after deciding: no lease, no PATCH, no refresh, no ledger write.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -53,6 +54,7 @@ from remediation.powerbi import (
     RefreshQuotaExceeded,
 )
 from remediation.settings import Settings
+from remediation.telemetry import REDACTOR
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +184,7 @@ class _Run:
     deadline: float | None = None
     outcomes: list[Outcome] = field(default_factory=list)
     secrets: dict[str, SecretValue] = field(default_factory=dict)
+    redactions: list[int] = field(default_factory=list)
     gateways: dict[str, Gateway] = field(default_factory=dict)
     gateway_datasources: list[tuple[str, GatewayDatasource]] | None = None
     settled: dict[tuple[str, str], Outcome] = field(default_factory=dict)  # targets done this run
@@ -871,6 +874,8 @@ class Healer:
             if secret is None:
                 secret = self.keyvault.get_secret(name)
                 run.secrets[key] = secret
+                # While the value is in memory, the telemetry redactor masks it wherever it shows.
+                run.redactions.extend(REDACTOR.register(v) for v in _secret_parts(secret.value))
             return secret
 
     def _gateway(self, gateway_id: str, run: _Run) -> Gateway:
@@ -928,6 +933,9 @@ class Healer:
 
     def _finish(self, run: _Run) -> Report:
         run.secrets.clear()  # the secret values are not kept past the command
+        for handle in run.redactions:
+            REDACTOR.unregister(handle)
+        run.redactions.clear()
         if not run.dry_run:
             for outcome in run.outcomes:
                 try:
@@ -942,6 +950,20 @@ def _diagnose(refresh: Refresh) -> Diagnosis:
     if refresh.service_exception_json is not None:
         entry["serviceExceptionJson"] = refresh.service_exception_json
     return diagnose_refresh(entry)
+
+
+def _secret_parts(value: str) -> list[str]:
+    """The value, and the password inside a ``{"username", "password"}`` value (messages may show
+    the password alone)."""
+    parts = [value]
+    if value.lstrip().startswith("{"):
+        try:
+            doc = json.loads(value)
+        except (ValueError, RecursionError):
+            return parts
+        if isinstance(doc, dict) and isinstance(doc.get("password"), str) and doc["password"]:
+            parts.append(doc["password"])
+    return parts
 
 
 def _text_map(details: object) -> dict[str, str]:
