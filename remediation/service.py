@@ -91,7 +91,8 @@ class RemediationService:
         """One Event Grid / CloudEvents event. Raises :class:`EventError` for an unreadable one."""
         event = parse_event(raw, vault_origin=self.settings.vault_origin)
         result = self._dispatch(event, trigger)
-        logger.info("event %s (%s): %s", event.id, event.type, result.note)
+        level = logging.INFO if result.handled else logging.DEBUG  # ignored events are routine
+        logger.log(level, "event %s (%s): %s", event.id, event.type, result.note)
         return result
 
     def _dispatch(self, event: Event, trigger: str) -> EventResult:
