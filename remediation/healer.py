@@ -32,9 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import partial
+from typing import TypeVar
 
 from remediation.bindings import Binding, BindingSet, CredentialType, Target
-from remediation.credentials import credential_details, resolve_credential, update_datasource_request
+from remediation.credentials import (
+    ResolvedCredential,
+    credential_details,
+    resolve_credential,
+    update_datasource_request,
+)
 from remediation.diagnosis import Category, Diagnosis, diagnose_api_error, diagnose_refresh
 from remediation.errors import RemediationError
 from remediation.gateway_crypto import encrypt_credentials
@@ -43,6 +49,7 @@ from remediation.identity import AuthenticationError
 from remediation.keyvault import KeyVaultClient, SecretValue
 from remediation.ledger import Lease, LeaseLost, Ledger, Outcome, TargetState, utc_day
 from remediation.powerbi import (
+    DatasetDatasource,
     EntityNotFound,
     Gateway,
     GatewayDatasource,
@@ -57,6 +64,8 @@ from remediation.settings import Settings
 from remediation.telemetry import REDACTOR
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 UserTokenFactory = Callable[[str, Callable[[], str]], Callable[[], str]]
 """``(username, password_supplier) -> token provider`` for OAuth2 caller-identity bindings."""
@@ -99,6 +108,10 @@ PROBLEMS = frozenset(
         Action.DEFERRED,
     }
 )
+
+
+GATEWAY_CACHE_SECONDS = 3600.0
+"""How long a gateway's public key is reused across runs (a changed key is detected anyway)."""
 
 
 class NotBound(RemediationError):
@@ -236,6 +249,8 @@ class Healer:
         self._sleep = sleep
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._poll_interval = poll_interval
+        self._gateways: dict[str, tuple[Gateway, float]] = {}  # id -> (gateway, read at)
+        self._gateway_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------
     # Entry points
@@ -356,7 +371,9 @@ class Healer:
 
         failed = self._scan_failed_datasets(run, say)
         say(f"{len(failed)} datasets whose last refresh failed")
-        for workspace_id, dataset_id, latest in failed:
+
+        def heal(found: tuple[str, str, Refresh]) -> None:
+            workspace_id, dataset_id, latest = found
             if self._out_of_time(run):
                 self._report_dataset(
                     run,
@@ -365,21 +382,26 @@ class Healer:
                     Action.DEFERRED,
                     "the sweep's time budget ran out; the next sweep continues",
                 )
-                continue
+                return
             self._heal_dataset(workspace_id, dataset_id, run, latest=latest)
+
+        self._in_parallel(heal, failed)
         return self._finish(run)
 
     # ------------------------------------------------------------------------------------------
     # Targets
     # ------------------------------------------------------------------------------------------
-    def _heal_targets(self, resolved: Sequence[_Resolved], run: _Run) -> list[Outcome]:
-        if not resolved:
-            return []
-        workers = max(1, min(self.settings.concurrency, len(resolved)))
+    def _in_parallel(self, work: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+        """``work`` over ``items`` with the configured concurrency; results in item order.
+        (Every HTTP call also passes the pipeline's own limits, so nesting stays bounded.)"""
+        workers = max(1, min(self.settings.concurrency, len(items)))
         if workers == 1:
-            return [self._heal_one(item, run) for item in resolved]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="heal") as pool:
-            return list(pool.map(lambda item: self._heal_one(item, run), resolved))
+            return [work(item) for item in items]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="healer") as pool:
+            return list(pool.map(work, items))
+
+    def _heal_targets(self, resolved: Sequence[_Resolved], run: _Run) -> list[Outcome]:
+        return self._in_parallel(lambda item: self._heal_one(item, run), resolved)
 
     def _heal_one(self, item: _Resolved, run: _Run) -> Outcome:
         binding, target = item.binding, item.target
@@ -475,6 +497,7 @@ class Healer:
         try:
             resolved = resolve_credential(binding, secret.value)
             token: str | None = None
+            gateway: Gateway | None = None
             if binding.credential_type is CredentialType.OAUTH2:
                 token = self._user_token(binding, secret)()
                 body = update_datasource_request(credential_details(binding, resolved, encrypt=None))
@@ -486,10 +509,7 @@ class Healer:
                     if not (binding.take_over and self._take_over_for(target, run)):
                         raise
                     gateway = self._gateway(target.gateway_id, run)
-                encrypt = None
-                if gateway.public_key is not None:
-                    encrypt = partial(encrypt_credentials, key=gateway.public_key)
-                body = update_datasource_request(credential_details(binding, resolved, encrypt=encrypt))
+                body = _request_body(binding, resolved, gateway)
             del resolved
         except AuthenticationError as exc:
             if exc.credentials_rejected:
@@ -501,7 +521,16 @@ class Healer:
 
         self.ledger.record_attempt(lease, self._clock())
         try:
-            self._update(binding, target, body, token, run)
+            try:
+                self._update(binding, target, body, token, run)
+            except ApiError as exc:
+                fresh = None if gateway is None else self._fresh_key_after(exc, gateway, run)
+                if fresh is None:
+                    raise
+                # The gateway could not decrypt: its key changed since we cached it. Nothing reached
+                # the source, so sending again under the new key costs no sign-in attempt.
+                body = _request_body(binding, resolve_credential(binding, secret.value), fresh)
+                self._update(binding, target, body, token, run)
         except ApiError as exc:
             diagnosis = diagnose_api_error(
                 exc.status or 0, exc.code, message=exc.message, detail_codes=[c for c, _ in exc.details]
@@ -555,7 +584,12 @@ class Healer:
     # Datasets
     # ------------------------------------------------------------------------------------------
     def _heal_dataset(
-        self, workspace_id: str, dataset_id: str, run: _Run, latest: Refresh | None = None
+        self,
+        workspace_id: str,
+        dataset_id: str,
+        run: _Run,
+        latest: Refresh | None = None,
+        sources: Sequence[DatasetDatasource] | None = None,
     ) -> None:
         report = partial(self._report_dataset, run, workspace_id, dataset_id)
 
@@ -590,11 +624,12 @@ class Healer:
             )
             return
 
-        try:
-            sources = self.powerbi.get_datasources_in_group(workspace_id, dataset_id)
-        except ApiError as exc:
-            report(Action.FAILED, f"could not list the dataset's data sources: {exc}")
-            return
+        if sources is None:
+            try:
+                sources = self.powerbi.get_datasources_in_group(workspace_id, dataset_id)
+            except ApiError as exc:
+                report(Action.FAILED, f"could not list the dataset's data sources: {exc}")
+                return
         resolved: list[_Resolved] = []
         for source in sources:
             if not source.bound or source.gateway_id is None or source.datasource_id is None:
@@ -760,15 +795,19 @@ class Healer:
     def _retry_failed_refreshes(self, healed: set[tuple[str | None, str | None]], run: _Run) -> None:
         """After a secret change: refresh the datasets on the healed data sources whose last
         refresh failed for credentials."""
-        for workspace_id, dataset_id, latest in self._scan_failed_datasets(run, lambda _m: None):
+
+        def retry(found: tuple[str, str, Refresh]) -> None:
+            workspace_id, dataset_id, latest = found
             try:
                 sources = self.powerbi.get_datasources_in_group(workspace_id, dataset_id)
             except ApiError as exc:
                 logger.warning("dataset %s: cannot list data sources: %s", dataset_id, exc)
-                continue
+                return
             uses = {((s.gateway_id or "").lower(), (s.datasource_id or "").lower()) for s in sources}
             if uses & healed:
-                self._heal_dataset(workspace_id, dataset_id, run, latest=latest)
+                self._heal_dataset(workspace_id, dataset_id, run, latest=latest, sources=sources)
+
+        self._in_parallel(retry, self._scan_failed_datasets(run, lambda _m: None))
 
     def _scan_failed_datasets(self, run: _Run, say: Callable[[str], None]) -> list[tuple[str, str, Refresh]]:
         """Datasets (in the watched workspaces, or all visible) whose last refresh failed for
@@ -802,9 +841,7 @@ class Healer:
                 return pair[0], pair[1], history[0]
             return None
 
-        workers = max(1, min(self.settings.concurrency, len(datasets)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan") as pool:
-            return [found for found in pool.map(latest, datasets) if found is not None]
+        return [found for found in self._in_parallel(latest, datasets) if found is not None]
 
     # ------------------------------------------------------------------------------------------
     # Resolution and caches
@@ -879,12 +916,40 @@ class Healer:
             return secret
 
     def _gateway(self, gateway_id: str, run: _Run) -> Gateway:
+        """The gateway and its public key, cached across runs for :data:`GATEWAY_CACHE_SECONDS`
+        (a stale key is noticed by :meth:`_fresh_key_after`)."""
         with run.key_lock(f"gateway:{gateway_id}"):
-            gateway = run.gateways.get(gateway_id)
-            if gateway is None:
-                gateway = self.powerbi.get_gateway(gateway_id)
-                run.gateways[gateway_id] = gateway
+            with self._gateway_lock:
+                cached = self._gateways.get(gateway_id)
+            if cached is not None and self._clock() - cached[1] < GATEWAY_CACHE_SECONDS:
+                return cached[0]
+            gateway = self.powerbi.get_gateway(gateway_id)
+            with self._gateway_lock:
+                self._gateways[gateway_id] = (gateway, self._clock())
+            run.gateways[gateway_id] = gateway
             return gateway
+
+    def _fresh_key_after(self, exc: ApiError, used: Gateway, run: _Run) -> Gateway | None:
+        """After ``DM_GWPipeline_UnknownError``: if ``used`` came from an earlier run's cache and
+        the gateway's key has changed since, the gateway with its new key; else None (the error
+        stands). Concurrent targets on one gateway read the new key once."""
+        if exc.code != "DM_GWPipeline_UnknownError" or used.public_key is None:
+            return None
+        with run.key_lock(f"gateway:{used.id}"):
+            with self._gateway_lock:
+                current = self._gateways.get(used.id)
+            if current is not None and current[0].public_key != used.public_key:
+                return current[0]  # another target already read the new key
+            if run.gateways.get(used.id) is used:
+                return None  # read during this very run: the key is not stale
+            fresh = self.powerbi.get_gateway(used.id)
+            with self._gateway_lock:
+                self._gateways[used.id] = (fresh, self._clock())
+            run.gateways[used.id] = fresh
+        if fresh.public_key is None or fresh.public_key == used.public_key:
+            return None
+        logger.info("gateway %s has a new public key; sending again under it", used.id)
+        return fresh
 
     # ------------------------------------------------------------------------------------------
     # Bookkeeping
@@ -950,6 +1015,14 @@ def _diagnose(refresh: Refresh) -> Diagnosis:
     if refresh.service_exception_json is not None:
         entry["serviceExceptionJson"] = refresh.service_exception_json
     return diagnose_refresh(entry)
+
+
+def _request_body(binding: Binding, resolved: ResolvedCredential, gateway: Gateway) -> dict[str, object]:
+    """The PATCH body: encrypted for an on-premises gateway, plain for a cloud data source."""
+    encrypt = None
+    if gateway.public_key is not None:
+        encrypt = partial(encrypt_credentials, key=gateway.public_key)
+    return update_datasource_request(credential_details(binding, resolved, encrypt=encrypt))
 
 
 def _secret_parts(value: str) -> list[str]:

@@ -27,6 +27,7 @@ from remediation.healer import Action, Report
 from remediation.runtime import Runtime, build_healer
 from remediation.settings import Settings
 from sandbox import Sandbox
+from sandbox.gateway_keys import GatewayKeyPair
 from sandbox.powerbi import GATEWAY_UNREACHABLE, INVALID_CONNECTION_CREDENTIALS, Datasource, pbi_error
 from sandbox.server import RecordedRequest
 from tests.support.clock import Sleeps
@@ -563,3 +564,24 @@ def test_a_cloud_source_owned_by_someone_else_is_taken_over_only_when_allowed(ma
     assert [r.status for r in h.sb.requests.find("powerbi.take_over")] == [200]
     assert w.datasets[0].owner == w.app.client_id
     assert stored_matches_source(w.datasources[0])
+
+
+def test_a_gateway_key_is_read_once_across_runs_and_a_changed_key_is_picked_up(make: Make) -> None:
+    h = make(sources=2)
+    w = h.world
+    w.rotate()
+    h.healer.heal_secret(w.secret_name, retry_refreshes=False)
+    w.rotate()
+    h.healer.heal_secret(w.secret_name, retry_refreshes=False)
+    assert len(h.sb.requests.find("powerbi.get_gateway")) == 1  # cached across runs
+
+    w.gateway.keys = GatewayKeyPair.generate(2048)  # the gateway was reinstalled: a new key
+    w.rotate()
+    report = h.healer.heal_secret(w.secret_name, retry_refreshes=False)
+
+    assert target_actions(report) == [Action.UPDATED, Action.UPDATED]
+    assert len(h.sb.requests.find("powerbi.get_gateway")) == 2
+    statuses = [r.status for r in patches(h.sb)]
+    assert statuses[:4] == [200, 200, 200, 200] and sorted(statuses[4:]) == [200, 200, 400, 400]
+    assert all(stored_matches_source(ds) for ds in w.datasources)
+    assert all(ds.source.total_failures == 0 for ds in w.datasources)  # undecryptable: no sign-in happened
