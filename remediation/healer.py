@@ -327,6 +327,7 @@ class Healer:
         Raises :class:`NotBound` when the dataset does not exist or the identity cannot see it.
         """
         workspace_id, dataset_id = workspace_id.lower(), dataset_id.lower()
+        fresh = latest is None
         if latest is None:
             try:
                 history = self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=1)
@@ -339,7 +340,7 @@ class Healer:
                 history = []  # reported by _heal_dataset, which reads it again
             latest = history[0] if history else None
         run = self._start(trigger, correlation_id, dry_run)
-        self._heal_dataset(workspace_id, dataset_id, run, latest=latest)
+        self._heal_dataset(workspace_id, dataset_id, run, latest=latest, latest_is_fresh=fresh)
         return self._finish(run)
 
     def sweep(
@@ -383,7 +384,7 @@ class Healer:
                     "the sweep's time budget ran out; the next sweep continues",
                 )
                 return
-            self._heal_dataset(workspace_id, dataset_id, run, latest=latest)
+            self._heal_dataset(workspace_id, dataset_id, run, latest=latest, latest_is_fresh=True)
 
         self._in_parallel(heal, failed)
         return self._finish(run)
@@ -590,6 +591,8 @@ class Healer:
         run: _Run,
         latest: Refresh | None = None,
         sources: Sequence[DatasetDatasource] | None = None,
+        *,
+        latest_is_fresh: bool = False,
     ) -> None:
         report = partial(self._report_dataset, run, workspace_id, dataset_id)
 
@@ -670,7 +673,7 @@ class Healer:
             )
             return
         if all(o.action in HOLDS_CURRENT or o.action == Action.WOULD_UPDATE for o in outcomes):
-            self._refresh(workspace_id, dataset_id, run)
+            self._refresh(workspace_id, dataset_id, run, check_running=not latest_is_fresh)
         else:
             report(
                 Action.FAILED,
@@ -716,15 +719,23 @@ class Healer:
                     f"Key Vault as a new version of {item.binding.secret!r}",
                 )
 
-    def _refresh(self, workspace_id: str, dataset_id: str, run: _Run) -> None:
-        """Retry the refresh: never while one runs, within the daily budget, schedule re-enabled."""
+    def _refresh(self, workspace_id: str, dataset_id: str, run: _Run, *, check_running: bool) -> None:
+        """Retry the refresh: never while one runs, within the daily budget, schedule re-enabled.
+
+        ``check_running`` reads the history first; it is skipped when this run has just read it
+        (a refresh started since is refused by Power BI and reported as running, not retried).
+        """
 
         report = partial(self._report_dataset, run, workspace_id, dataset_id)
 
         now = self._clock()
         day = utc_day(now)
         try:
-            history = self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=1)
+            history = (
+                self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=1)
+                if check_running
+                else []
+            )
             if history and history[0].running:
                 report(
                     Action.REFRESH_RUNNING,
@@ -805,7 +816,9 @@ class Healer:
                 return
             uses = {((s.gateway_id or "").lower(), (s.datasource_id or "").lower()) for s in sources}
             if uses & healed:
-                self._heal_dataset(workspace_id, dataset_id, run, latest=latest, sources=sources)
+                self._heal_dataset(
+                    workspace_id, dataset_id, run, latest=latest, sources=sources, latest_is_fresh=True
+                )
 
         self._in_parallel(retry, self._scan_failed_datasets(run, lambda _m: None))
 
