@@ -113,6 +113,7 @@ class Settings:
     state_path: str = DEFAULT_STATE_PATH
     storage: StorageSettings | None = None
     appinsights_connection_string: str | None = None
+    appinsights_authentication_string: str | None = None
     powerbi_scope_override: str | None = None
     concurrency: int = 8
     refresh_daily_budget: int = 3
@@ -158,6 +159,7 @@ class Settings:
             state_path=env.text("REMEDIATION_STATE_PATH") or DEFAULT_STATE_PATH,
             storage=env.storage(),
             appinsights_connection_string=env.text("APPLICATIONINSIGHTS_CONNECTION_STRING"),
+            appinsights_authentication_string=env.text("APPLICATIONINSIGHTS_AUTHENTICATION_STRING"),
             powerbi_scope_override=env.scope("POWERBI_SCOPE"),
             concurrency=env.integer("REMEDIATION_CONCURRENCY", 8, 1, 64),
             refresh_daily_budget=env.integer("REMEDIATION_REFRESH_BUDGET", 3, 0, 8),

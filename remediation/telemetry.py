@@ -63,6 +63,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import count
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, quote_plus
@@ -71,6 +72,8 @@ from remediation.ledger import Outcome
 from remediation.settings import Settings
 
 if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
     from remediation.healer import Report
     from remediation.http import StatsSnapshot
 
@@ -464,6 +467,8 @@ class Telemetry:
 
     def __init__(self, settings: Settings, *, redactor: Redactor = REDACTOR) -> None:
         self._connection_string = settings.appinsights_connection_string
+        # Entra ID ingestion (Application Insights with local auth off).
+        self._authentication_string = settings.appinsights_authentication_string
         self._redactor = redactor
         # The product's own credentials are masked for the life of the process.
         for value in (settings.client_secret, settings.client_certificate_password):
@@ -496,7 +501,9 @@ class Telemetry:
             return True
         with _CONFIGURE_LOCK:
             if _CONFIGURED_WITH is None:
-                _configure_azure_monitor(self._connection_string, self._redactor)
+                _configure_azure_monitor(
+                    self._connection_string, self._redactor, authentication_string=self._authentication_string
+                )
                 _CONFIGURED_WITH = self._connection_string
                 install_log_redaction(self._redactor)  # the distro's handler exists now
             elif self._connection_string != _CONFIGURED_WITH:
@@ -621,13 +628,67 @@ def _scalar(value: object) -> str | int | float:
     return str(value)
 
 
-def _configure_azure_monitor(connection_string: str, redactor: Redactor) -> None:
-    """The one call of ``configure_azure_monitor`` (imports the distro: ~0.5-1 s, so only here)."""
+AUTHENTICATION_STRING_VARIABLE: Final = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
+
+
+@dataclass(frozen=True)
+class AadIngestion:
+    """Entra ID ingestion as ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING`` asks for it.
+
+    ``client_id`` is the user-assigned managed identity's client id; None means the
+    system-assigned identity.
+    """
+
+    client_id: str | None = None
+
+
+def parse_authentication_string(value: str | None) -> AadIngestion | None:
+    """``ClientId=<guid>;Authorization=AAD`` (the Functions host's format) -> :class:`AadIngestion`.
+
+    Keys are matched case-insensitively, values trimmed. None when the string is unset or does
+    not say ``Authorization=AAD`` (then ingestion uses the connection string alone).
+    """
+    if not value:
+        return None
+    parts: dict[str, str] = {}
+    for item in value.split(";"):
+        key, sep, val = item.partition("=")
+        if sep:
+            parts[key.strip().lower()] = val.strip()
+    if parts.get("authorization", "").lower() != "aad":
+        return None
+    return AadIngestion(client_id=parts.get("clientid") or None)
+
+
+def azure_monitor_credential(authentication_string: str | None) -> TokenCredential | None:
+    """The credential the exporter signs ingestion with, or None for key-based ingestion."""
+    aad = parse_authentication_string(authentication_string)
+    if aad is None:
+        return None
+    from azure.identity import ManagedIdentityCredential
+
+    if aad.client_id:
+        return ManagedIdentityCredential(client_id=aad.client_id)
+    return ManagedIdentityCredential()
+
+
+def _configure_azure_monitor(
+    connection_string: str, redactor: Redactor, *, authentication_string: str | None = None
+) -> None:
+    """The one call of ``configure_azure_monitor`` (imports the distro: ~0.5-1 s, so only here).
+
+    With ``authentication_string`` saying ``Authorization=AAD`` the exporter signs ingestion
+    with the managed identity (user-assigned with ``ClientId=``), as Application Insights with
+    local authentication disabled requires.
+    """
     from azure.monitor.opentelemetry import configure_azure_monitor
     from opentelemetry.sdk.resources import Resource
 
     span_processor, log_processor = _otel_processors(redactor)
+    credential = azure_monitor_credential(authentication_string)
+    extra: dict[str, Any] = {} if credential is None else {"credential": credential}
     configure_azure_monitor(
+        **extra,
         connection_string=connection_string,
         # Only the product's logger tree is exported (not azure.*, urllib3, the worker's own).
         logger_name=TELEMETRY_LOGGER,

@@ -1,0 +1,113 @@
+"""Every setting the code reads is set by the Bicep, in local.settings.json.example and in README.
+
+The code's settings: what remediation/settings.py reads, the %...% expressions of function_app.py,
+and what the Functions host / telemetry need at run time. The Bicep must also set every setting
+of local.settings.json.example. Settings that mean nothing in Azure are listed below with why.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.infra._tools import ROOT, app_settings_in_bicep
+
+# Read by the runtime rather than remediation/settings.py.
+RUNTIME_SETTINGS = {
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",  # the Functions host and the telemetry exporter
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",  # Entra ID ingestion (host, remediation/telemetry.py)
+    "AzureWebJobsStorage__accountName",  # the host's identity-based storage
+    "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__clientId",
+}
+
+# Not set in Azure, on purpose.
+NOT_IN_AZURE = {
+    "REQUESTS_CA_BUNDLE": "trust for the local sandbox's test CA; Azure endpoints use public CAs",
+    "SSL_CERT_FILE": "as REQUESTS_CA_BUNDLE",
+    "REMEDIATION_STATE_PATH": "the embedded SQLite ledger; in Azure the ledger is in Table storage",
+    "AzureWebJobsStorage": "a connection string (it may carry an account key); Azure uses the "
+    "identity-based AzureWebJobsStorage__accountName/__credential/__clientId instead",
+    "AzureWebJobsStorage__tableServiceUri": "derived from AzureWebJobsStorage__accountName",
+    "AZURE_CLIENT_SECRET": "service principal secret: Azure uses the managed identity, and a secret "
+    "never goes into an app setting",
+    "AZURE_CLIENT_CERTIFICATE_PATH": "service principal certificate: as AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD": "as AZURE_CLIENT_CERTIFICATE_PATH",
+    "FUNCTIONS_WORKER_RUNTIME": "Flex Consumption takes the runtime from functionAppConfig.runtime "
+    "and does not accept this setting",
+}
+
+# Meaningful only on a developer's machine, or covered by another name: not required in the
+# example file / the README table.
+NOT_IN_EXAMPLE = {
+    "AzureWebJobsStorage__accountName": "the example uses the AzureWebJobsStorage connection string",
+    "AzureWebJobsStorage__credential": "as AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__clientId": "as AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__tableServiceUri": "as AzureWebJobsStorage__accountName",
+}
+NOT_IN_README = {
+    "AzureWebJobsStorage__credential": "host plumbing of identity-based storage, set by the Bicep",
+    "AzureWebJobsStorage__clientId": "as AzureWebJobsStorage__credential",
+}
+
+
+def code_settings() -> set[str]:
+    settings_py = (ROOT / "remediation" / "settings.py").read_text(encoding="utf-8")
+    reader = r"\b(?:env|self)\.(?:text|raw|secret|integer|https_url|scope)\(\s*\"([A-Za-z_]\w*)\""
+    read = set(re.findall(reader, settings_py))
+    function_app = (ROOT / "function_app.py").read_text(encoding="utf-8")
+    read |= set(re.findall(r"%([A-Za-z_]\w*)%", function_app))
+    return read | RUNTIME_SETTINGS
+
+
+def example_settings() -> set[str]:
+    example = json.loads((ROOT / "local.settings.json.example").read_text(encoding="utf-8"))
+    return set(example["Values"])
+
+
+def readme_configuration() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Configuration")
+    end = readme.find("\n## ", start + 1)
+    return readme[start : end if end != -1 else None]
+
+
+def documented(name: str, table: str) -> bool:
+    if f"`{name}`" in table:
+        return True
+    base, sep, suffix = name.partition("__")
+    return bool(sep) and f"`{base}`" in table and f"`__{suffix}`" in table
+
+
+def test_the_settings_the_code_reads_were_found() -> None:
+    found = code_settings()
+    for name in ("KEY_VAULT_URL", "REMEDIATION_BINDINGS", "REMEDIATION_SWEEP_SCHEDULE", "POWERBI_SCOPE"):
+        assert name in found, name
+
+
+def test_every_setting_is_set_by_the_bicep() -> None:
+    bicep = app_settings_in_bicep()
+    wanted = (code_settings() | example_settings()) - NOT_IN_AZURE.keys()
+    missing = sorted(wanted - bicep)
+    assert not missing, (
+        "set these in infra/modules/functionapp.bicep (siteConfig.appSettings), or list them in "
+        f"NOT_IN_AZURE with the reason: {missing}"
+    )
+    stale = sorted(NOT_IN_AZURE.keys() & bicep)
+    assert not stale, f"listed as not set in Azure, but the Bicep sets them: {stale}"
+
+
+def test_every_setting_the_code_reads_is_in_the_example_file() -> None:
+    missing = sorted(code_settings() - example_settings() - NOT_IN_EXAMPLE.keys())
+    assert not missing, f"add these to local.settings.json.example: {missing}"
+
+
+def test_every_setting_the_code_reads_is_in_the_readme_configuration_table() -> None:
+    table = readme_configuration()
+    missing = sorted(n for n in code_settings() - NOT_IN_README.keys() if not documented(n, table))
+    assert not missing, f"document these in README.md's Configuration table: {missing}"
+
+
+def test_every_bicep_setting_is_known() -> None:
+    unknown = sorted(app_settings_in_bicep() - code_settings() - example_settings())
+    assert not unknown, f"the Bicep sets settings nothing reads or documents: {unknown}"
