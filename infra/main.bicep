@@ -87,6 +87,9 @@ param leaseSeconds int = 300
 @description('POWERBI_API_URL: the Power BI REST base of your cloud.')
 param powerBiApiUrl string = 'https://api.powerbi.com/v1.0/myorg'
 
+@description('POWERBI_PUBLIC_CLIENT_ID: app registration (public client flows allowed) that signs in the service accounts of OAuth2 caller-identity bindings; the managed identity cannot. Empty: no such bindings.')
+param powerBiPublicClientId string = ''
+
 @description('POWERBI_SCOPE: token scope override. Empty: derived from the API host (sovereign clouds included).')
 param powerBiScope string = ''
 
@@ -245,6 +248,7 @@ module functionApp 'modules/functionapp.bicep' = {
     leaseSeconds: leaseSeconds
     powerBiApiUrl: powerBiApiUrl
     powerBiScope: powerBiScope
+    powerBiPublicClientId: powerBiPublicClientId
     authorityHost: authorityHost
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB

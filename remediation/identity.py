@@ -278,14 +278,19 @@ _App = TypeVar("_App", msal.ConfidentialClientApplication, msal.PublicClientAppl
 
 
 def _msal_application(
-    factory: type[_App], settings: Settings, authority: str, principal: str, **kwargs: Any
+    factory: type[_App],
+    settings: Settings,
+    client_id: str | None,
+    authority: str,
+    principal: str,
+    **kwargs: Any,
 ) -> _App:
     """An msal application for ``authority``; instance discovery and authority validation only
     for Microsoft's own hosts. Authority problems become :class:`AuthenticationError`."""
     microsoft = settings.authority_is_microsoft
     try:
         return factory(
-            settings.client_id,
+            client_id,
             authority=authority,
             validate_authority=microsoft,
             instance_discovery=microsoft,
@@ -364,6 +369,7 @@ class PowerBITokenProvider:
             self._app = _msal_application(
                 msal.ConfidentialClientApplication,
                 settings,
+                settings.client_id,
                 f"{settings.authority_host.rstrip('/')}/{settings.tenant_id}",
                 self.principal,
                 client_credential=_msal_client_credential(settings),
@@ -473,10 +479,10 @@ class UserTokenProvider:
         cache: UserTokenCache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not settings.client_id:
+        if not settings.user_client_id:
             raise ConfigError(
-                "AZURE_CLIENT_ID is not set; OAuth2 caller-identity bindings need an app registration "
-                "that allows public client flows"
+                "POWERBI_PUBLIC_CLIENT_ID (or AZURE_CLIENT_ID) is not set; OAuth2 caller-identity bindings "
+                "need an app registration that allows public client flows"
             )
         if not username or not username.strip():
             raise ConfigError("a caller-identity binding needs a username")
@@ -489,7 +495,7 @@ class UserTokenProvider:
         self._app: msal.PublicClientApplication | None = None
         tenant = settings.tenant_id or "organizations"
         self._authority = f"{settings.authority_host.rstrip('/')}/{tenant}"
-        self._key = (self._authority.lower(), settings.client_id, self.username.lower())
+        self._key = (self._authority.lower(), settings.user_client_id, self.username.lower())
 
     def __call__(self) -> str:
         with self._lock:
@@ -507,7 +513,11 @@ class UserTokenProvider:
     def _public_app(self) -> msal.PublicClientApplication:
         if self._app is None:
             self._app = _msal_application(
-                msal.PublicClientApplication, self._settings, self._authority, self.username
+                msal.PublicClientApplication,
+                self._settings,
+                self._settings.user_client_id,
+                self._authority,
+                self.username,
             )
         return self._app
 

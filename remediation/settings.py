@@ -109,6 +109,7 @@ class Settings:
     client_secret: str | None = None
     client_certificate_path: str | None = None
     client_certificate_password: str | None = None
+    public_client_id: str | None = None
     bindings: str | None = None
     state_path: str = DEFAULT_STATE_PATH
     storage: StorageSettings | None = None
@@ -155,6 +156,7 @@ class Settings:
             client_secret=env.secret("AZURE_CLIENT_SECRET"),
             client_certificate_path=env.text("AZURE_CLIENT_CERTIFICATE_PATH"),
             client_certificate_password=env.secret("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+            public_client_id=env.text("POWERBI_PUBLIC_CLIENT_ID"),
             bindings=env.raw("REMEDIATION_BINDINGS"),
             state_path=env.text("REMEDIATION_STATE_PATH") or DEFAULT_STATE_PATH,
             storage=env.storage(),
@@ -227,6 +229,13 @@ class Settings:
     def has_client_certificate(self) -> bool:
         """True when a service principal (client id + certificate file) is configured."""
         return bool(self.client_id and self.client_certificate_path)
+
+    @property
+    def user_client_id(self) -> str | None:
+        """The app registration that signs users in for OAuth2 caller-identity bindings:
+        ``POWERBI_PUBLIC_CLIENT_ID``, else ``AZURE_CLIENT_ID`` (a managed identity's client id
+        cannot run the password grant, so a managed-identity deployment needs the former)."""
+        return self.public_client_id or self.client_id
 
     @property
     def uses_service_principal(self) -> bool:

@@ -66,6 +66,9 @@ param powerBiApiUrl string
 @description('POWERBI_SCOPE (empty: derived from the API host).')
 param powerBiScope string
 
+@description('POWERBI_PUBLIC_CLIENT_ID (empty: no OAuth2 caller-identity bindings).')
+param powerBiPublicClientId string
+
 @description('AZURE_AUTHORITY_HOST.')
 param authorityHost string
 
@@ -190,6 +193,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'POWERBI_SCOPE'
           value: powerBiScope
+        }
+        {
+          name: 'POWERBI_PUBLIC_CLIENT_ID'
+          value: powerBiPublicClientId
         }
         {
           name: 'REMEDIATION_BINDINGS'

@@ -316,6 +316,24 @@ def test_a_user_token_by_password_is_cached_and_asks_for_the_password_once(world
 
 
 @pytest.mark.usefixtures("port_443")
+def test_under_a_managed_identity_users_sign_in_through_the_public_client_registration(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mi = world.sb.entra.add_managed_identity()
+    public = world.sb.entra.add_app(name="healer-public-client", default=False)
+    world.sb.entra.add_user(UPN, USER_PASSWORD)
+    monkeypatch.delenv("AZURE_CLIENT_SECRET")
+    monkeypatch.setenv("AZURE_CLIENT_ID", mi.client_id)
+    monkeypatch.setenv("POWERBI_PUBLIC_CLIENT_ID", public.client_id)
+
+    token = UserTokenProvider(Settings.from_env(), UPN, lambda: USER_PASSWORD)()
+
+    (call,) = world.sb.requests.find("entra.token")
+    assert f"client_id={public.client_id}" in call.raw_body.decode()
+    assert world.sb.entra.tokens[token].principal == UPN
+
+
+@pytest.mark.usefixtures("port_443")
 def test_a_wrong_user_password_is_rejected_with_its_aadsts_code_and_never_echoed(world: World) -> None:
     world.sb.entra.add_user(UPN, USER_PASSWORD)
     with pytest.raises(AuthenticationError) as caught:
