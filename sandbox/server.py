@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import socket
 import ssl
@@ -222,12 +223,38 @@ class Fault:
     delay: float = 0.0  # extra seconds before answering
 
 
-class Faults:
-    """Per-route queues of canned answers, plus a per-request latency (seconds)."""
+@dataclass
+class _Bucket:
+    """A token bucket: ``rate`` tokens a second up to ``burst``; one token per request."""
 
-    def __init__(self) -> None:
+    rate: float
+    burst: float
+    retry_after: int
+    tokens: float
+    updated: float
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait(self) -> int:
+        """``Retry-After`` for a refused request: seconds until a token is there, rounded up."""
+        return max(self.retry_after, math.ceil((1.0 - self.tokens) / self.rate))
+
+
+class Faults:
+    """Per-route queues of canned answers, rate limits, plus a per-request latency (seconds).
+
+    A *scope* is a route name, a service name (``"powerbi"``) or ``"*"`` (every route).
+    ``clock`` (monotonic seconds) drives the rate limits' token buckets.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._queues: dict[str, list[Fault]] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._throttled: dict[str, int] = {}
+        self._clock = clock
         self.latency = 0.0
 
     def add(
@@ -251,9 +278,60 @@ class Faults:
         """Queue 429 answers with ``Retry-After`` (seconds), as Power BI and Key Vault send."""
         self.add(route, status=429, headers={"Retry-After": str(retry_after)}, times=times)
 
+    def rate_limit(
+        self, scope: str, per_second: float, *, burst: int | None = None, retry_after: int = 1
+    ) -> None:
+        """Answer 429 to requests in ``scope`` above ``per_second`` (a token bucket, full at first).
+
+        ``burst``: the bucket's size (default: one second's worth, at least 1). A refused request
+        takes no token; its ``Retry-After`` is the time until a token is there, in whole seconds
+        (rounded up), at least ``retry_after``. Replaces an earlier limit on the same scope.
+        """
+        if not (math.isfinite(per_second) and per_second > 0):
+            raise ValueError("per_second must be a finite number > 0")
+        size = float(burst) if burst is not None else max(1.0, float(math.ceil(per_second)))
+        if size < 1:
+            raise ValueError("burst must be at least 1")
+        if retry_after < 1:
+            raise ValueError("retry_after must be at least 1 second")
+        with self._lock:
+            self._buckets[scope] = _Bucket(per_second, size, retry_after, size, self._clock())
+
+    def clear_rate_limits(self) -> None:
+        """Remove every rate limit and zero the 429 counts."""
+        with self._lock:
+            self._buckets.clear()
+            self._throttled.clear()
+
+    def throttled(self, scope: str) -> int:
+        """How many 429s the rate limit on ``scope`` has served."""
+        with self._lock:
+            return self._throttled.get(scope, 0)
+
+    def admit(self, route: Route) -> int | None:
+        """Take a token from every bucket ``route`` falls under; ``Retry-After`` seconds if refused.
+
+        All or nothing: a refused request takes no token from any bucket.
+        """
+        with self._lock:
+            buckets = [(key, self._buckets[key]) for key in self._scopes(route) if key in self._buckets]
+            if not buckets:
+                return None
+            now = self._clock()
+            for _key, bucket in buckets:
+                bucket.refill(now)
+            refused = [(key, bucket) for key, bucket in buckets if bucket.tokens < 1.0]
+            if refused:
+                for key, _bucket in refused:
+                    self._throttled[key] = self._throttled.get(key, 0) + 1
+                return max(bucket.wait() for _key, bucket in refused)
+            for _key, bucket in buckets:
+                bucket.tokens -= 1.0
+            return None
+
     def take(self, route: Route) -> Fault | None:
         with self._lock:
-            for key in (route.name, route.service, "*"):
+            for key in self._scopes(route):
                 queue = self._queues.get(key)
                 if queue:
                     return queue.pop(0)
@@ -262,6 +340,10 @@ class Faults:
     def pending(self) -> int:
         with self._lock:
             return sum(len(q) for q in self._queues.values())
+
+    @staticmethod
+    def _scopes(route: Route) -> tuple[str, str, str]:
+        return (route.name, route.service, "*")
 
 
 class _DroppedConnection(Exception):
@@ -330,7 +412,12 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             else:
                 request.route, request.params = route.name, params
-                fault = sandbox.faults.take(route)
+                wait = sandbox.faults.admit(route)
+                fault = sandbox.faults.take(route) if wait is None else Fault(
+                    429,
+                    route.error(429, "TooManyRequests", "Rate limit is exceeded. Try again later."),
+                    {"Retry-After": str(wait)},
+                )
                 if fault is not None:
                     record.fault = "drop" if fault.drop else str(fault.status)
                     if fault.delay:

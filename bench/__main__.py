@@ -1,0 +1,575 @@
+"""``make bench`` / ``python -m bench``: the five benchmarks of the performance issue.
+
+Every run is on the sandbox with a fixed per-request latency L (``--latency``, default 50 ms), so
+the network, not this machine, sets the scale. Each row prints the measured time, its lower bound
+(L x the round trips that cannot be avoided, given the concurrency), their ratio, and the API calls
+made against the minimum for that flow. Results also go to ``bench/results/latest.json``.
+
+    python -m bench                 # everything (a few minutes)
+    python -m bench --quick         # small sizes and L = 10 ms (a smoke run)
+    python -m bench --only fanout   # one benchmark: heal, fanout, sweep, coldstart, throttling
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.worlds import SECRET, BenchWorld, build
+from sandbox import Sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass
+class Row:
+    benchmark: str
+    case: str
+    seconds: float
+    lower_bound: float | None
+    calls: int | None = None
+    min_calls: int | None = None
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        return None if not self.lower_bound else self.seconds / self.lower_bound
+
+    def line(self) -> str:
+        ratio = f"{self.ratio:5.2f}" if self.ratio is not None else "    -"
+        bound = f"{self.lower_bound:8.3f}" if self.lower_bound is not None else "       -"
+        calls = f"{self.calls}/{self.min_calls}" if self.calls is not None else "-"
+        head = f"{self.benchmark:<11} {self.case:<34}"
+        return f"{head} {self.seconds:8.3f} {bound} {ratio} {calls:>11}  {self.notes}"
+
+
+@contextmanager
+def sandbox(latency: float) -> Iterator[Sandbox]:
+    with Sandbox(serve_user_realm=False) as sb:
+        sb.faults.latency = latency
+        yield sb
+
+
+def api_calls(sb: Sandbox, since: int) -> int:
+    """Key Vault and Power BI requests recorded after index ``since`` (token calls excluded)."""
+    return sum(1 for r in sb.requests.all()[since:] if r.service in ("keyvault", "powerbi"))
+
+
+def runtime_for(world: BenchWorld, concurrency: int, state_dir: str) -> Any:
+    from remediation.runtime import build_healer
+    from remediation.settings import Settings
+
+    world.apply_env(
+        os.path.join(state_dir, f"{uuid.uuid4().hex}.sqlite"), REMEDIATION_CONCURRENCY=str(concurrency)
+    )
+    runtime = build_healer(Settings.from_env(), poll_interval=0.05)
+    # Tokens are cached after first use: acquire them before timing (the issue's lower bounds
+    # count them as cached).
+    runtime.keyvault.get_secret(SECRET)
+    runtime.powerbi.get_groups()
+    return runtime
+
+
+# -- 1. time to heal through the Event Grid function --------------------------------------------
+def bench_heal(latency: float, repeats: int, state_dir: str) -> list[Row]:
+    import azure.functions as func
+
+    import function_app
+    from remediation import service as service_module
+
+    rows = []
+    with sandbox(latency) as sb:
+        world = build(sb, targets=1)
+        world.apply_env(os.path.join(state_dir, "heal.sqlite"))
+        service_module.reset_service()
+        (fn,) = [f for f in function_app.app.get_functions() if f.get_function_name() == "keyvault_events"]
+        invoke = fn.get_user_function()
+        service = service_module.get_service()
+        healed_at: list[float] = []
+        original = service.runtime.powerbi.update_datasource
+
+        def timed(*args: Any, **kwargs: Any) -> None:
+            original(*args, **kwargs)
+            healed_at.append(time.perf_counter())
+
+        service.runtime.powerbi.update_datasource = timed  # type: ignore[method-assign]
+
+        def event(version: str) -> func.EventGridEvent:
+            return func.EventGridEvent(
+                id=str(uuid.uuid4()),
+                topic="/subscriptions/x/vaults/bench",
+                subject=SECRET,
+                event_type="Microsoft.KeyVault.SecretNewVersionCreated",
+                event_time=None,
+                data_version="1",
+                data={
+                    "Id": f"{sb.vault.url}secrets/{SECRET}/{version}",
+                    "VaultName": "bench",
+                    "ObjectType": "Secret",
+                    "ObjectName": SECRET,
+                    "Version": version,
+                },
+            )
+
+        samples: list[tuple[float, float, int]] = []
+        for attempt in range(repeats + 1):
+            version = world.rotate()
+            mark = len(sb.requests.all())
+            started = time.perf_counter()
+            invoke(event(version))
+            ended = time.perf_counter()
+            samples.append((healed_at[-1] - started, ended - started, api_calls(sb, mark)))
+            if attempt == 0:
+                cold = samples.pop()
+        service_module.reset_service()
+    heal = statistics.median(s[0] for s in samples)
+    whole = statistics.median(s[1] for s in samples)
+    calls = samples[-1][2]
+    rows.append(
+        Row(
+            "heal",
+            "cold (first event of a worker)",
+            cold[0],
+            None,
+            cold[2],
+            None,
+            "tokens, vault challenge and gateway key fetched on the way",
+        )
+    )
+    rows.append(Row("heal", "warm: event -> update accepted", heal, 2 * latency, None, 2, "secret + update"))
+    rows.append(
+        Row(
+            "heal",
+            "warm: whole invocation",
+            whole,
+            4 * latency,
+            calls,
+            4,
+            "+ list datasets and their last refresh (watched workspace)",
+        )
+    )
+    return rows
+
+
+# -- 2. fan-out -------------------------------------------------------------------------------
+def bench_fanout(
+    latency: float, sizes: list[int], concurrency: int, state_dir: str, compare_at: int
+) -> list[Row]:
+    rows = []
+    for n in sizes:
+        gateways = min(4, n)
+        with sandbox(latency) as sb:
+            world = build(sb, targets=n, gateways=gateways)
+            runtime = runtime_for(world, concurrency, state_dir)
+            world.rotate()
+            mark = len(sb.requests.all())
+            started = time.perf_counter()
+            report = runtime.healer.heal_secret(SECRET, retry_refreshes=False)
+            seconds = time.perf_counter() - started
+            calls = api_calls(sb, mark)
+            runtime.close()
+            assert all(o.action == "updated" for o in report.targets()), "fan-out did not heal everything"
+        bound = latency * (1 + math.ceil(gateways / concurrency) + math.ceil(n / concurrency))
+        rows.append(
+            Row(
+                "fanout",
+                f"N={n} G={gateways} c={concurrency}",
+                seconds,
+                bound,
+                calls,
+                n + gateways + 1,
+                "secret, gateway keys, one update per target",
+            )
+        )
+    if compare_at:
+        rows.extend(_compare_with_sequential(latency, compare_at, concurrency, state_dir))
+    return rows
+
+
+def _compare_with_sequential(latency: float, n: int, concurrency: int, state_dir: str) -> list[Row]:
+    """The same rotation handled as Microsoft's sample scripts do it (one data source after
+    another: update, then refresh) and by the healer (updates, then the failed refreshes)."""
+    from remediation.gateway_crypto import GatewayPublicKey, encrypt_credentials
+
+    rows = []
+    gateways = min(4, n)
+    with sandbox(latency) as sb:
+        world = build(sb, targets=n, gateways=gateways)
+        runtime = runtime_for(world, concurrency, state_dir)
+        world.rotate()
+        world.fail_refreshes(world.datasets)
+        token = runtime.powerbi._token_provider()  # the script's token, acquired beforehand
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        api = sb.powerbi.api_url
+        started = time.perf_counter()
+        password = runtime.keyvault.get_secret(SECRET).value
+        keys: dict[str, GatewayPublicKey] = {}
+        updated_at = 0.0
+        for datasource, dataset in zip(world.bound, world.datasets, strict=True):
+            gw = datasource.gateway.id
+            if gw not in keys:
+                keys[gw] = GatewayPublicKey.from_api(
+                    session.get(f"{api}/gateways/{gw}", timeout=30).json()["publicKey"]
+                )
+            plain = json.dumps(
+                {
+                    "credentialData": [
+                        {"name": "username", "value": "svc_pbi"},
+                        {"name": "password", "value": password},
+                    ]
+                }
+            )
+            body = {
+                "credentialDetails": {
+                    "credentialType": "Basic",
+                    "credentials": encrypt_credentials(plain, keys[gw]),
+                    "encryptedConnection": "Encrypted",
+                    "encryptionAlgorithm": "RSA-OAEP",
+                    "privacyLevel": "Organizational",
+                }
+            }
+            session.patch(
+                f"{api}/gateways/{gw}/datasources/{datasource.id}", json=body, timeout=30
+            ).raise_for_status()
+            updated_at = time.perf_counter()
+            session.post(
+                f"{api}/groups/{dataset.workspace.id}/datasets/{dataset.id}/refreshes",
+                json={"notifyOption": "NoNotification"},
+                timeout=30,
+            ).raise_for_status()
+        script_all = time.perf_counter() - started
+        script_updates = updated_at - started
+        runtime.close()
+
+    with sandbox(latency) as sb:
+        world = build(sb, targets=n, gateways=gateways)
+        runtime = runtime_for(world, concurrency, state_dir)
+        world.rotate()
+        world.fail_refreshes(world.datasets)
+        patched: list[float] = []
+        original = runtime.powerbi.update_datasource
+
+        def timed(*args: Any, **kwargs: Any) -> None:
+            original(*args, **kwargs)
+            patched.append(time.perf_counter())
+
+        runtime.powerbi.update_datasource = timed
+        mark = len(sb.requests.all())
+        started = time.perf_counter()
+        report = runtime.healer.heal_secret(SECRET)
+        ours_all = time.perf_counter() - started
+        ours_updates = max(patched) - started
+        calls = api_calls(sb, mark)
+        refreshed = sum(
+            1 for o in report.datasets() if o.action == "refreshed" and o.refresh_state == "Completed"
+        )
+        runtime.close()
+    rows.append(
+        Row(
+            "sequential",
+            f"script: all {n} updated",
+            script_updates,
+            None,
+            None,
+            None,
+            f"healer is {script_updates / ours_updates:.1f}x faster",
+        )
+    )
+    rows.append(
+        Row(
+            "sequential",
+            f"healer: all {n} updated",
+            ours_updates,
+            latency * (2 + math.ceil(n / concurrency)),
+            None,
+            None,
+            "",
+        )
+    )
+    rows.append(
+        Row(
+            "sequential",
+            "script: updates + refresh POSTs",
+            script_all,
+            None,
+            2 * n + gateways + 1,
+            None,
+            f"healer is {script_all / ours_all:.1f}x faster end to end",
+        )
+    )
+    rows.append(
+        Row(
+            "sequential",
+            "healer: + scan, schedules, refreshes",
+            ours_all,
+            None,
+            calls,
+            None,
+            f"{refreshed}/{n} refreshes followed to Completed",
+        )
+    )
+    return rows
+
+
+# -- 3. sweep ---------------------------------------------------------------------------------
+def bench_sweep(
+    latency: float, workspaces: int, per_workspace: int, concurrency: int, state_dir: str
+) -> list[Row]:
+    total = workspaces * per_workspace
+    failing = max(1, total // 20)
+    with sandbox(latency) as sb:
+        world = build(
+            sb, targets=failing, gateways=4, workspaces=workspaces, datasets_per_workspace=per_workspace
+        )
+        runtime = runtime_for(world, concurrency, state_dir)
+        world.rotate()
+        bound_datasets = [d for d in world.datasets if d.datasources[0] in world.bound]
+        world.fail_refreshes(bound_datasets)
+        mark = len(sb.requests.all())
+        tracemalloc.start()
+        started = time.perf_counter()
+        report = runtime.healer.sweep(budget_seconds=3000)
+        seconds = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        calls = api_calls(sb, mark)
+        runtime.close()
+    healed = sum(1 for o in report.datasets() if o.action == "refreshed" and o.refresh_state == "Completed")
+    c = concurrency
+    # phases that depend on each other: secret, gateway keys, updates; dataset lists; last refresh
+    # of every dataset; per failed dataset: data sources, schedule, re-enable, refresh, one poll.
+    bound = latency * (
+        1
+        + math.ceil(4 / c)
+        + math.ceil(failing / c)
+        + math.ceil(workspaces / c)
+        + math.ceil(total / c)
+        + 5 * math.ceil(failing / c)
+    )
+    minimum = 1 + 4 + failing + workspaces + total + 5 * failing
+    return [
+        Row(
+            "sweep",
+            f"{workspaces}x{per_workspace} datasets, {failing} failed",
+            seconds,
+            bound,
+            calls,
+            minimum,
+            f"{healed}/{failing} healed and refreshed; peak traced memory {peak / 2**20:.0f} MiB "
+            "(healer and sandbox in one process)",
+            {"peak_bytes": peak},
+        )
+    ]
+
+
+# -- 4. cold start ------------------------------------------------------------------------------
+def _sdk_statement(env: dict[str, str]) -> str:
+    """Import every module that importing function_app loads, except our own, in the same order:
+    the exact third-party (and standard library) work the app cannot avoid with the SDKs it uses."""
+    probe = (
+        "import json, sys; before = set(sys.modules); import function_app; "
+        "print(json.dumps([m for m in sys.modules if m not in before "
+        "and not m.startswith(('remediation', 'function_app'))]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    names = json.loads(out.stdout.strip().splitlines()[-1])
+    return (
+        "import importlib\n"
+        f"for name in {names!r}:\n"
+        "    try: importlib.import_module(name)\n"
+        "    except Exception: pass"
+    )
+
+
+def _bytecode_env(state_dir: str) -> dict[str, str]:
+    """Compiled bytecode for our modules, as a deployed app has after its first start (pip already
+    compiled the SDKs; this machine sets PYTHONDONTWRITEBYTECODE, which would make every run pay
+    for compiling our sources)."""
+    prefix = os.path.join(state_dir, "pycache")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = prefix
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "remediation", "function_app.py"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    return env
+
+
+def _import_seconds(statement: str, runs: int, env: dict[str, str]) -> float:
+    code = f"import time\nt = time.perf_counter()\n{statement}\nprint(time.perf_counter() - t)"
+    times = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, env=env
+        )
+        times.append(float(out.stdout.strip().splitlines()[-1]))
+    return min(times)
+
+
+def bench_coldstart(latency: float, runs: int, state_dir: str) -> list[Row]:
+    env = _bytecode_env(state_dir)
+    sdk = _import_seconds(_sdk_statement(env), runs, env)
+    app = _import_seconds("import function_app", runs, env)
+    source_only = _import_seconds("import function_app", runs, dict(os.environ))
+    rows = [
+        Row("coldstart", "import the SDKs it cannot avoid", sdk, None),
+        Row("coldstart", "import function_app", app, sdk, notes="lower bound: the SDK imports"),
+        Row(
+            "coldstart",
+            "same, compiling our sources",
+            source_only,
+            sdk,
+            notes="no bytecode cache (PYTHONDONTWRITEBYTECODE)",
+        ),
+    ]
+    with sandbox(latency) as sb:
+        world = build(sb, targets=1)
+        env = {
+            **env,
+            **world.sb.env(
+                REMEDIATION_BINDINGS=world.bindings(),
+                REMEDIATION_STATE_PATH=os.path.join(state_dir, "cold.sqlite"),
+            ),
+            "TMPDIR": state_dir,
+        }
+        code = (
+            "import time; t = time.perf_counter(); import function_app, azure.functions as func; "
+            "r = func.HttpRequest('GET', 'https://x/api/remediations', body=b''); "
+            "(f,) = [f for f in function_app.app.get_functions() "
+            "if f.get_function_name() == 'remediations']; "
+            "resp = f.get_user_function()(r); assert resp.status_code == 200, resp.get_body(); "
+            "print(time.perf_counter() - t)"
+        )
+        times = []
+        for _ in range(runs):
+            out = subprocess.run(
+                [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+            )
+            times.append(float(out.stdout.strip().splitlines()[-1]))
+    rows.append(
+        Row(
+            "coldstart",
+            "import + first invocation + telemetry",
+            min(times),
+            None,
+            notes="GET /api/remediations with App Insights configured (sandbox)",
+        )
+    )
+    return rows
+
+
+# -- 5. under throttling -------------------------------------------------------------------------
+def bench_throttling(latency: float, n: int, rate: float, concurrency: int, state_dir: str) -> list[Row]:
+    from remediation.http import HttpPipeline
+
+    rows = []
+    for adaptive in (True, False):
+        with sandbox(latency) as sb:
+            world = build(sb, targets=n, gateways=2)
+            runtime = runtime_for(world, concurrency, state_dir)
+            if not adaptive:  # the comparison: the same healer without the adaptive limiter
+                runtime.powerbi._pipeline = HttpPipeline.from_settings(
+                    runtime.settings, service="powerbi", stats=runtime.stats, adaptive=False
+                )
+                runtime.powerbi._token_provider()
+            world.rotate()
+            sb.faults.rate_limit("powerbi.update_datasource", per_second=rate)
+            mark = len(sb.requests.all())
+            started = time.perf_counter()
+            report = runtime.healer.heal_secret(SECRET, retry_refreshes=False)
+            seconds = time.perf_counter() - started
+            calls = api_calls(sb, mark)
+            throttled = sb.faults.throttled("powerbi.update_datasource")
+            runtime.close()
+        healed = sum(1 for o in report.targets() if o.action == "updated")
+        label = "adaptive limiter" if adaptive else "limiter off"
+        rows.append(
+            Row(
+                "throttling",
+                f"N={n} at {rate:g}/s, c={concurrency}, {label}",
+                seconds,
+                n / rate,
+                calls,
+                n + 2 + 1,
+                f"{healed}/{n} healed, {throttled} answers were 429",
+                {"throttled": throttled},
+            )
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--latency", type=float, default=None, help="per-request latency in seconds (0.05)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="small sizes, L = 10 ms")
+    parser.add_argument(
+        "--only", choices=["heal", "fanout", "sweep", "coldstart", "throttling"], action="append"
+    )
+    args = parser.parse_args(argv)
+    latency = args.latency if args.latency is not None else (0.01 if args.quick else 0.05)
+    c = args.concurrency
+    chosen = set(args.only or ["heal", "fanout", "sweep", "coldstart", "throttling"])
+    state_dir = tempfile.mkdtemp(prefix="pbi-bench-")
+    os.environ.setdefault("TMPDIR", state_dir)
+    plans: dict[str, Callable[[], list[Row]]] = {
+        "heal": lambda: bench_heal(latency, 3 if args.quick else 7, state_dir),
+        "fanout": lambda: bench_fanout(
+            latency, [1, 10] if args.quick else [1, 10, 100, 1000], c, state_dir, 10 if args.quick else 100
+        ),
+        "sweep": lambda: bench_sweep(latency, *((5, 8) if args.quick else (50, 40)), c, state_dir),
+        "coldstart": lambda: bench_coldstart(latency, 2 if args.quick else 5, state_dir),
+        "throttling": lambda: bench_throttling(
+            latency, 20 if args.quick else 200, 10.0 if args.quick else 20.0, c, state_dir
+        ),
+    }
+    print(
+        f"# L = {latency * 1000:.0f} ms, concurrency {c}, {platform.python_implementation()} "
+        f"{platform.python_version()}, {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    print(f"{'benchmark':<11} {'case':<34} {'seconds':>8} {'bound':>8} {'ratio':>5} {'calls/min':>11}  notes")
+    rows: list[Row] = []
+    for name, plan in plans.items():
+        if name in chosen:
+            for row in plan():
+                rows.append(row)
+                print(row.line(), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "latency": latency,
+        "concurrency": c,
+        "quick": args.quick,
+        "when": time.time(),
+        "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
+    }
+    (RESULTS / "latest.json").write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
