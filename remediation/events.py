@@ -112,19 +112,14 @@ def parse_event(raw: object, *, vault_origin: tuple[str, str, int] | None, index
             event_id, event_type, kind, secret_name=name, secret_version=version, foreign_vault=foreign
         )
     if event_type.lower() == REFRESH_FAILED.lower():
-        workspace = _text(folded.get("workspaceid"))
-        dataset = _text(folded.get("datasetid"))
-        if not workspace or not _GUID.fullmatch(workspace) or not dataset or not _GUID.fullmatch(dataset):
-            raise EventError(f"event {event_id}: data.workspaceId and data.datasetId must be GUIDs")
-        request_id = _text(folded.get("requestid"))
-        return Event(
+        return _refresh_failed(
             event_id,
             event_type,
-            Kind.REFRESH_FAILED,
-            workspace_id=workspace.lower(),
-            dataset_id=dataset.lower(),
-            request_id=request_id.lower() if request_id and _GUID.fullmatch(request_id) else None,
-            error=(_text(folded.get("error")) or "")[:500] or None,
+            workspace=folded.get("workspaceid"),
+            dataset=folded.get("datasetid"),
+            request=folded.get("requestid"),
+            error=folded.get("error"),
+            names="data.workspaceId and data.datasetId",
         )
     if event_type.lower() == FABRIC_JOB_FAILED.lower():
         return _fabric_job_failed(event_id, event_type, folded)
@@ -139,18 +134,44 @@ def _fabric_job_failed(event_id: str, event_type: str, data: Mapping[str, object
     kind = (_text(data.get("itemkind")) or "").lower()
     if kind not in _SEMANTIC_MODEL_KINDS:
         return Event(event_id, event_type, Kind.OTHER)
-    workspace = _text(data.get("workspaceid"))
-    dataset = _text(data.get("itemid"))
-    if not workspace or not _GUID.fullmatch(workspace) or not dataset or not _GUID.fullmatch(dataset):
-        raise EventError(f"event {event_id}: data.workspaceId and data.itemId must be GUIDs")
-    job = _text(data.get("jobinstanceid"))
+    return _refresh_failed(
+        event_id,
+        event_type,
+        workspace=data.get("workspaceid"),
+        dataset=data.get("itemid"),
+        request=data.get("jobinstanceid"),
+        error=None,
+        names="data.workspaceId and data.itemId",
+    )
+
+
+def _refresh_failed(
+    event_id: str,
+    event_type: str,
+    *,
+    workspace: object,
+    dataset: object,
+    request: object,
+    error: object,
+    names: str,
+) -> Event:
+    """A refresh failure of dataset ``dataset`` in ``workspace`` (both must be GUIDs)."""
+    workspace_id, dataset_id, request_id = _text(workspace), _text(dataset), _text(request)
+    if (
+        not workspace_id
+        or not _GUID.fullmatch(workspace_id)
+        or not dataset_id
+        or not _GUID.fullmatch(dataset_id)
+    ):
+        raise EventError(f"event {event_id}: {names} must be GUIDs")
     return Event(
         event_id,
         event_type,
         Kind.REFRESH_FAILED,
-        workspace_id=workspace.lower(),
-        dataset_id=dataset.lower(),
-        request_id=job.lower() if job and _GUID.fullmatch(job) else None,
+        workspace_id=workspace_id.lower(),
+        dataset_id=dataset_id.lower(),
+        request_id=request_id.lower() if request_id and _GUID.fullmatch(request_id) else None,
+        error=(_text(error) or "")[:500] or None,
     )
 
 

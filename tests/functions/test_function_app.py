@@ -24,8 +24,8 @@ from remediation.service import RemediationService
 from remediation.settings import Settings
 from sandbox import Sandbox
 from sandbox.server import RecordedRequest
-from tests.sandbox.test_telemetry import GUARD
 from tests.support.azurite import Azurite
+from tests.support.network_guard import GUARD
 from tests.support.world import World, build_world
 
 pytestmark = pytest.mark.sandbox

@@ -28,32 +28,12 @@ import requests
 
 from sandbox import Sandbox, specs
 from sandbox.appinsights import INSTRUMENTATION_KEY
+from tests.support.network_guard import GUARD
 
 pytestmark = pytest.mark.sandbox
 
-CHILD = textwrap.dedent(
+CHILD = GUARD + textwrap.dedent(
     """
-    import json, logging, os, socket
-
-    # Refuse (and remember) any attempt to leave the machine: DNS for another host, or a connection
-    # to a non-loopback address.
-    LOCAL = {"127.0.0.1", "::1", "localhost"}
-    attempts = []
-    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-    def connect(self, address):
-        if isinstance(address, tuple) and address[0] not in LOCAL:
-            attempts.append(f"connect {address[0]}")
-            raise OSError("blocked by the test")
-        return real_connect(self, address)
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host is not None and host not in LOCAL:
-            attempts.append(f"dns {host}")
-            raise socket.gaierror("blocked by the test")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
 
     from azure.monitor.opentelemetry import configure_azure_monitor
     from opentelemetry import trace

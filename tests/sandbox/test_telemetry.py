@@ -24,6 +24,7 @@ from remediation.http import StatsSnapshot
 from remediation.ledger import Outcome
 from remediation.telemetry import MASK, OUTCOME_PROPERTIES, RedactingFilter, Redactor, outcome_properties
 from sandbox import Sandbox, specs
+from tests.support.network_guard import GUARD
 
 pytestmark = pytest.mark.sandbox
 
@@ -164,30 +165,6 @@ def test_outcome_properties_are_exactly_the_contract_as_strings_and_numbers() ->
 
 
 # -- End to end, in a child process -----------------------------------------------------------
-GUARD = textwrap.dedent(
-    """
-    import json, logging, os, socket, sys
-
-    LOCAL = {"127.0.0.1", "::1", "localhost"}
-    attempts = []
-    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
-
-    def connect(self, address):
-        if isinstance(address, tuple) and address[0] not in LOCAL:
-            attempts.append(f"connect {address[0]}")
-            raise OSError("blocked by the test")
-        return real_connect(self, address)
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host is not None and host not in LOCAL:
-            attempts.append(f"dns {host}")
-            raise socket.gaierror("blocked by the test")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
-    """
-)
-
 CHILD = GUARD + textwrap.dedent(
     """
     import requests
