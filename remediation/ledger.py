@@ -466,6 +466,18 @@ class EntityLedgerBase(abc.ABC):
     """
 
     @abc.abstractmethod
+    def close(self) -> None:
+        """Release the backend's connections."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @abc.abstractmethod
     def _get_target(self, gateway_id: str, datasource_id: str) -> TargetRecord | None:
         """The stored record with its current ``etag``, or None."""
 
@@ -795,14 +807,6 @@ class SqliteLedger(EntityLedgerBase):
 
     def __repr__(self) -> str:
         return f"SqliteLedger({self._path!r})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def path(self) -> str:

@@ -78,8 +78,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from time import sleep
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final
 
 from azure.core import MatchConditions
 from azure.core.credentials import TokenCredential
@@ -273,14 +272,6 @@ class TableLedger(EntityLedgerBase):
 
     def __repr__(self) -> str:
         return f"TableLedger({self._service.url!r}, table_prefix={self._prefix!r})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def table_names(self) -> tuple[str, ...]:
