@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from azure.core.credentials import TokenCredential
 
@@ -47,10 +48,21 @@ class Runtime:
         self.ledger.close()
 
 
+APP_ROOT = Path(__file__).resolve().parents[1]
+"""Where ``function_app.py`` lives: a relative bindings path is also looked for here."""
+
+
 def load_bindings_from(settings: Settings) -> BindingSet:
+    """The bindings of ``REMEDIATION_BINDINGS``: inline JSON, or a path (a relative one is taken
+    from the working directory, else from the app root, where a deployed ``bindings.json`` is)."""
     if not settings.bindings:
         raise ConfigError("REMEDIATION_BINDINGS is not set: give the path of the bindings file or its JSON")
-    return load_bindings(settings.bindings)
+    source = settings.bindings
+    if not source.lstrip().startswith("{"):
+        path = Path(source)
+        if not path.is_absolute() and not path.exists() and (APP_ROOT / path).exists():
+            source = str(APP_ROOT / path)
+    return load_bindings(source)
 
 
 def open_ledger(settings: Settings, *, credential: TokenCredential | None = None) -> Ledger:
