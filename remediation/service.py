@@ -125,9 +125,7 @@ class RemediationService:
                     ", ".join(names),
                 )
                 return EventResult(event.id, event.kind.value, True, "expiry warning reported")
-        elif event.kind is Kind.REFRESH_FAILED:
-            pass
-        else:
+        elif event.kind is not Kind.REFRESH_FAILED:
             return skip(f"event type {event.type} is not one the healer acts on")
 
         if not ledger.mark_event_seen(event.id, self._clock()):
@@ -142,7 +140,7 @@ class RemediationService:
                 report = healer.heal_dataset(
                     event.workspace_id or "",
                     event.dataset_id or "",
-                    trigger="refresh-event",
+                    trigger=trigger,
                     correlation_id=event.id,
                 )
             except NotBound as exc:
