@@ -82,6 +82,8 @@ class Action(StrEnum):
     LIMITED = "attempt-limit"  # too many updates in the window; waiting for the window to pass
     BUSY = "busy"  # another writer holds the target's lease
     FAILED = "failed"  # an error that is not the source's verdict (network, permission, ...)
+    IN_DOUBT = "in-doubt"  # presented, but the verdict never came back: not presented again
+    SETTLING = "settling"  # the version is younger than REMEDIATION_SETTLE_SECONDS: later
     WOULD_UPDATE = "would-update"  # dry-run
     # datasets
     REFRESHED = "refreshed"  # a refresh was started (and followed: see refresh_state)
@@ -104,6 +106,8 @@ PROBLEMS = frozenset(
         Action.LIMITED,
         Action.BUSY,
         Action.FAILED,
+        Action.IN_DOUBT,
+        Action.SETTLING,
         Action.UNBOUND,
         Action.DEFERRED,
     }
@@ -164,6 +168,9 @@ class Report:
     outcomes: list[Outcome] = field(default_factory=list)
     dry_run: bool = False
     correlation_id: str = ""
+    retry_at: float | None = None
+    """Epoch seconds at which the same command should run again (a version still settling),
+    or None. The CLI waits for it; the Functions app re-queues the command with that delay."""
 
     @property
     def exit_code(self) -> int:
@@ -181,6 +188,7 @@ class Report:
             "correlationId": self.correlation_id,
             "dryRun": self.dry_run,
             "exitCode": self.exit_code,
+            "retryAt": self.retry_at,
             "targets": [o.to_dict() for o in self.targets()],
             "datasets": [o.to_dict() for o in self.datasets()],
         }
@@ -264,6 +272,7 @@ class Healer:
         trigger: str = "manual",
         correlation_id: str | None = None,
         retry_refreshes: bool = True,
+        deadline: float | None = None,
     ) -> Report:
         """Push Key Vault's current version of ``name`` to every target bound to it, then retry
         the refreshes that failed on those data sources.
@@ -275,7 +284,7 @@ class Healer:
         bindings = self.bindings.for_secret(name)
         if not bindings:
             raise NotBound(f"no binding uses the secret {name!r}")
-        run = self._start(trigger, correlation_id, dry_run)
+        run = self._start(trigger, correlation_id, dry_run, deadline)
         if version is not None:
             logger.info("secret %s: event announced version %s", name, version)
         resolved = self._resolve_targets(bindings, run)
@@ -298,11 +307,12 @@ class Healer:
         dry_run: bool = False,
         trigger: str = "manual",
         correlation_id: str | None = None,
+        deadline: float | None = None,
     ) -> Report:
         """Bring one gateway data source to its binding's current secret."""
         gateway_id, datasource_id = gateway_id.lower(), datasource_id.lower()
         binding = self.bindings.for_target(gateway_id, datasource_id)
-        run = self._start(trigger, correlation_id, dry_run)
+        run = self._start(trigger, correlation_id, dry_run, deadline)
         if binding is None:
             binding = self._binding_by_match(gateway_id, datasource_id, run)
         if binding is None:
@@ -319,6 +329,7 @@ class Healer:
         trigger: str = "manual",
         correlation_id: str | None = None,
         latest: Refresh | None = None,
+        deadline: float | None = None,
     ) -> Report:
         """Diagnose the dataset's last refresh; if it failed for credentials, reapply the current
         secret to its bound data sources and retry the refresh. Anything else is reported with
@@ -339,7 +350,7 @@ class Healer:
             except ApiError:
                 history = []  # reported by _heal_dataset, which reads it again
             latest = history[0] if history else None
-        run = self._start(trigger, correlation_id, dry_run)
+        run = self._start(trigger, correlation_id, dry_run, deadline)
         self._heal_dataset(workspace_id, dataset_id, run, latest=latest, latest_is_fresh=fresh)
         return self._finish(run)
 
@@ -351,6 +362,7 @@ class Healer:
         correlation_id: str | None = None,
         budget_seconds: float | None = None,
         progress: Callable[[str], None] | None = None,
+        deadline: float | None = None,
     ) -> Report:
         """The reconciler. First every binding's targets are brought to Key Vault's current
         version (a lost event must not matter), then the watched workspaces (or all visible
@@ -359,9 +371,9 @@ class Healer:
         Work not started within ``budget_seconds`` is reported as deferred; the next sweep
         picks it up (nothing is lost: the state is in Key Vault, Power BI and the ledger).
         """
-        run = self._start(trigger, correlation_id, dry_run)
+        run = self._start(trigger, correlation_id, dry_run, deadline)
         budget = self.settings.sweep_budget_seconds if budget_seconds is None else budget_seconds
-        run.deadline = run.started + budget
+        run.deadline = min(run.started + budget, deadline if deadline is not None else float("inf"))
         say = progress or (lambda _m: None)
 
         resolved: list[_Resolved] = []
@@ -967,12 +979,16 @@ class Healer:
     # ------------------------------------------------------------------------------------------
     # Bookkeeping
     # ------------------------------------------------------------------------------------------
-    def _start(self, trigger: str, correlation_id: str | None, dry_run: bool) -> _Run:
+    def _start(
+        self, trigger: str, correlation_id: str | None, dry_run: bool, deadline: float | None = None
+    ) -> _Run:
+        """A run; ``deadline`` (epoch seconds) bounds it: work not started by then is deferred."""
         return _Run(
             trigger=trigger,
             correlation_id=correlation_id or str(uuid.uuid4()),
             dry_run=dry_run,
             started=self._clock(),
+            deadline=deadline,
         )
 
     def _out_of_time(self, run: _Run) -> bool:

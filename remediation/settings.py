@@ -124,6 +124,7 @@ class Settings:
     http_timeout_seconds: int = 30
     sweep_budget_seconds: int = 240
     lease_seconds: int = 300
+    settle_seconds: int = 60
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -171,6 +172,7 @@ class Settings:
             http_timeout_seconds=env.integer("REMEDIATION_HTTP_TIMEOUT", 30, 1, 300),
             sweep_budget_seconds=env.integer("REMEDIATION_SWEEP_BUDGET", 240, 10, 3600),
             lease_seconds=env.integer("REMEDIATION_LEASE_SECONDS", 300, 30, 86400),
+            settle_seconds=env.integer("REMEDIATION_SETTLE_SECONDS", 60, 0, 3600),
         )
 
     def __post_init__(self) -> None:
