@@ -84,6 +84,11 @@ param sweepBudgetSeconds int = 240
 @description('REMEDIATION_LEASE_SECONDS: how long one writer holds a target.')
 param leaseSeconds int = 300
 
+@minValue(0)
+@maxValue(3600)
+@description('REMEDIATION_SETTLE_SECONDS: a Key Vault version is not presented before its created time plus this (rotations that write Key Vault before the source).')
+param settleSeconds int = 60
+
 @description('POWERBI_API_URL: the Power BI REST base of your cloud.')
 param powerBiApiUrl string = 'https://api.powerbi.com/v1.0/myorg'
 
@@ -246,6 +251,7 @@ module functionApp 'modules/functionapp.bicep' = {
     httpTimeoutSeconds: httpTimeoutSeconds
     sweepBudgetSeconds: sweepBudgetSeconds
     leaseSeconds: leaseSeconds
+    settleSeconds: settleSeconds
     powerBiApiUrl: powerBiApiUrl
     powerBiScope: powerBiScope
     powerBiPublicClientId: powerBiPublicClientId

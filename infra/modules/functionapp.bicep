@@ -60,6 +60,9 @@ param sweepBudgetSeconds int
 @description('REMEDIATION_LEASE_SECONDS.')
 param leaseSeconds int
 
+@description('REMEDIATION_SETTLE_SECONDS.')
+param settleSeconds int
+
 @description('POWERBI_API_URL.')
 param powerBiApiUrl string
 
@@ -237,6 +240,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'REMEDIATION_LEASE_SECONDS'
           value: string(leaseSeconds)
+        }
+        {
+          name: 'REMEDIATION_SETTLE_SECONDS'
+          value: string(settleSeconds)
         }
       ]
     }
