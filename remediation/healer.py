@@ -122,6 +122,13 @@ class NotBound(RemediationError):
     """The secret, data source or dataset named by a command is not in the bindings."""
 
 
+class SecretVersionNotFound(NotBound):
+    """An explicit version named by a command does not exist in Key Vault, or is disabled.
+
+    Nothing is sent: the operator asked for that version, and applying another one instead
+    would do something they did not ask for. (HTTP 404 ``SecretVersionNotFound``, exit 2.)"""
+
+
 @dataclass(frozen=True)
 class Decision:
     action: Action
