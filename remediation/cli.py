@@ -70,7 +70,16 @@ def _parser() -> argparse.ArgumentParser:
         "heal", parents=[common], help="heal a secret's targets, a dataset or a data source"
     )
     heal.add_argument("--secret", help="Key Vault secret name")
-    heal.add_argument("--version", help="the version an event announced (the current one is applied)")
+    heal.add_argument(
+        "--version",
+        help="a version that must exist and be enabled (the current version is what is applied)",
+    )
+    heal.add_argument(
+        "--present-again",
+        action="store_true",
+        help="present the current version once more although it was rejected or is in doubt "
+        "(only once the source is known to have it: each presentation may be a failed sign-in)",
+    )
     heal.add_argument("--workspace", help="workspace (group) id, with --dataset")
     heal.add_argument("--dataset", help="dataset id, with --workspace")
     heal.add_argument("--gateway", help="gateway id, with --datasource")
@@ -119,7 +128,7 @@ def main(
         command = _command(args)  # usage errors before anything is built
         runtime = build_healer(settings)
         try:
-            report = command(runtime, dry_run, _progress(err, as_json))
+            report = _run_settled(command, runtime, dry_run, _progress(err, as_json), err)
         finally:
             runtime.close()
     except (ConfigError, NotBound, EventError) as exc:
@@ -134,6 +143,34 @@ def main(
 
 Command = Callable[[Runtime, bool, Callable[[str], None]], Report]
 
+MAX_SETTLE_WAITS = 3
+"""How often the CLI waits for a settling version and runs the command again."""
+
+
+def _run_settled(
+    command: Command,
+    runtime: Runtime,
+    dry_run: bool,
+    say: Callable[[str], None],
+    err: TextIO,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+) -> Report:
+    """Run ``command``; while a version is still settling (``retry_at``), wait and run it again."""
+    report = command(runtime, dry_run, say)
+    for _ in range(MAX_SETTLE_WAITS):
+        if dry_run or report.retry_at is None:
+            break
+        wait = max(0.0, report.retry_at - clock())
+        print(
+            f"waiting {wait:.0f} s: a Key Vault version is younger than REMEDIATION_SETTLE_SECONDS",
+            file=err,
+        )
+        sleep(wait)
+        report = command(runtime, dry_run, say)
+    return report
+
 
 def _command(args: argparse.Namespace) -> Command:
     if args.command == "sweep":
@@ -141,19 +178,20 @@ def _command(args: argparse.Namespace) -> Command:
     if args.command == "replay":
         return lambda rt, dry, say: _replay(rt, args.file, dry)
     given = {k for k in ("secret", "workspace", "dataset", "gateway", "datasource") if getattr(args, k)}
+    again = bool(getattr(args, "present_again", False))
     if given == {"secret"}:
         return lambda rt, dry, say: rt.healer.heal_secret(
-            args.secret, args.version, dry_run=dry, trigger="cli"
+            args.secret, args.version, dry_run=dry, trigger="cli", present_again=again
         )
     if args.version:
         raise ConfigError("--version goes with --secret")
     if given == {"workspace", "dataset"}:
         return lambda rt, dry, say: rt.healer.heal_dataset(
-            args.workspace, args.dataset, dry_run=dry, trigger="cli"
+            args.workspace, args.dataset, dry_run=dry, trigger="cli", present_again=again
         )
     if given == {"gateway", "datasource"}:
         return lambda rt, dry, say: rt.healer.heal_target(
-            args.gateway, args.datasource, dry_run=dry, trigger="cli"
+            args.gateway, args.datasource, dry_run=dry, trigger="cli", present_again=again
         )
     raise ConfigError(
         "heal needs exactly one of: --secret NAME | --workspace W --dataset D | --gateway G --datasource S"
@@ -177,7 +215,7 @@ def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
                 continue
             part = healer.heal_secret(
                 event.secret_name,
-                event.secret_version,
+                event_version=event.secret_version,
                 dry_run=dry_run,
                 trigger="replay",
                 correlation_id=event.id,

@@ -58,3 +58,14 @@ def _rebuild_bindings_error(
     cls: type[BindingsError], problem: str, binding: str | None, field: str | None
 ) -> BindingsError:
     return cls(problem, binding=binding, field=field)
+
+
+class NotBound(RemediationError):
+    """The secret, data source or dataset named by a command is not in the bindings."""
+
+
+class SecretVersionNotFound(NotBound):
+    """An explicit version named by a command does not exist in Key Vault, or is disabled.
+
+    Nothing is sent: the operator asked for that version, and applying another one instead
+    would do something they did not ask for. (HTTP 404 ``SecretVersionNotFound``, exit 2.)"""

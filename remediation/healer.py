@@ -1,21 +1,31 @@
 """The healer: bring bound data sources to Key Vault's current secret, then retry what failed.
 
 Four entry points, one per trigger kind: :meth:`Healer.heal_secret` (a new secret version),
-:meth:`Healer.heal_dataset` (a refresh failed), :meth:`Healer.heal_target` (one data source) and
-:meth:`Healer.sweep` (the reconciler: drift between Key Vault and the ledger, and failed refreshes
-no event reported). Each returns a :class:`Report` of :class:`~remediation.ledger.Outcome`\\ s.
+:meth:`Healer.heal_dataset` (a dataset: its bound data sources, then its failed refresh),
+:meth:`Healer.heal_target` (one data source) and :meth:`Healer.sweep` (the reconciler: drift
+between Key Vault and the ledger, and failed refreshes no event reported). Each returns a
+:class:`Report` of :class:`~remediation.ledger.Outcome`\\ s.
 
-For every target the healer first *decides* (:func:`decide`, pure, from the ledger's state) and
-only then acts. The rules of DESIGN.md are enforced here:
+The rules of DESIGN.md are enforced here, above the target kinds:
 
 * idempotent: a target whose ledger says it holds version V is not patched with V again;
-* lockout-safe: a version the source rejected is never presented to that target again, and
-  credential updates per target are bounded per time window;
-* one writer per target: the update happens under the target's ledger lease;
-* non-credential failures change no credentials;
-* no secret value is ever put in an outcome, a log record or an exception message.
+* **per account, per secret version, at most one failed sign-in** (lockout counts per account):
+  a version nobody has accepted yet is presented to *one* target of the account first (a claim
+  in the ledger, so other runs, workers and instances wait), and fans out only once accepted; a
+  rejection, or a presentation whose verdict never came back (*in doubt*), stops that version
+  for every target of the account, in this run and later ones, until a new version or an
+  explicit operator action (``present_again``);
+* a version is not presented before Key Vault's ``created`` + ``REMEDIATION_SETTLE_SECONDS``
+  (rotations that write Key Vault before the source); the report's ``retry_at`` says when;
+* no refresh and no schedule re-enable while a credential-bearing source of the dataset is
+  rejected, blocked, in doubt, unhealed or unbound-and-possibly-failing;
+* one writer per target: a lease owned by the *run* (not the process), checked and renewed
+  before every attempt of the PATCH, long enough for the request's worst case;
+* credential updates per target are bounded per time window; non-credential failures change no
+  credentials; no secret value is ever put in an outcome, a log record or an exception message.
 
-Dry-run stops after deciding: no lease, no PATCH, no refresh, no ledger write.
+Every outcome is written to the ledger as it happens, so a run that dies still leaves what it
+did. Dry-run stops after deciding: no lease, no PATCH, no refresh, no ledger write.
 """
 
 from __future__ import annotations
@@ -29,11 +39,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from functools import partial
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TypeVar
 
+from remediation.accounts import account_key, source_locator, text_map
 from remediation.bindings import Binding, BindingSet, CredentialType, Target
 from remediation.credentials import (
     ResolvedCredential,
@@ -41,15 +51,14 @@ from remediation.credentials import (
     resolve_credential,
     update_datasource_request,
 )
-from remediation.diagnosis import Category, Diagnosis, diagnose_api_error, diagnose_refresh
-from remediation.errors import RemediationError
-from remediation.gateway_crypto import encrypt_credentials
+from remediation.decisions import Decision, account_decision, decide
+from remediation.errors import NotBound, RemediationError, SecretVersionNotFound
+from remediation.gateway_sources import GatewayKeys, request_body
 from remediation.http import ApiError
 from remediation.identity import AuthenticationError
-from remediation.keyvault import KeyVaultClient, SecretValue
-from remediation.ledger import Lease, LeaseLost, Ledger, Outcome, TargetState, utc_day
+from remediation.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
+from remediation.ledger import Claim, Lease, LeaseLost, Ledger, Outcome
 from remediation.powerbi import (
-    DatasetDatasource,
     EntityNotFound,
     Gateway,
     GatewayDatasource,
@@ -57,11 +66,27 @@ from remediation.powerbi import (
     PowerBIClient,
     PowerBINotAuthorized,
     Refresh,
-    RefreshAlreadyRunning,
-    RefreshQuotaExceeded,
 )
+from remediation.presentation import Verdict, VerdictOf, grant_verdict, patch_verdict
+from remediation.refresher import Refresher
+from remediation.report import HOLDS_CURRENT, PROBLEMS, Action, Report
+from remediation.runs import Resolved, Run
 from remediation.settings import Settings
 from remediation.telemetry import REDACTOR
+
+__all__ = [
+    "HOLDS_CURRENT",
+    "PROBLEMS",
+    "Action",
+    "Decision",
+    "Healer",
+    "NotBound",
+    "Report",
+    "SecretVersionNotFound",
+    "UserTokenFactory",
+    "account_decision",
+    "decide",
+]
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -71,168 +96,8 @@ UserTokenFactory = Callable[[str, Callable[[], str]], Callable[[], str]]
 """``(username, password_supplier) -> token provider`` for OAuth2 caller-identity bindings."""
 
 
-class Action(StrEnum):
-    """What happened to a target or a dataset. The first group changes nothing."""
-
-    # targets
-    UPDATED = "updated"  # the PATCH was accepted: the target holds the version now
-    CURRENT = "already-current"  # the ledger says the target holds the version: nothing sent
-    REJECTED = "rejected"  # the source refused the version just now; it will not be sent again
-    BLOCKED = "blocked"  # the source refused this version before; waiting for a new version
-    LIMITED = "attempt-limit"  # too many updates in the window; waiting for the window to pass
-    BUSY = "busy"  # another writer holds the target's lease
-    FAILED = "failed"  # an error that is not the source's verdict (network, permission, ...)
-    IN_DOUBT = "in-doubt"  # presented, but the verdict never came back: not presented again
-    SETTLING = "settling"  # the version is younger than REMEDIATION_SETTLE_SECONDS: later
-    WOULD_UPDATE = "would-update"  # dry-run
-    # datasets
-    REFRESHED = "refreshed"  # a refresh was started (and followed: see refresh_state)
-    WOULD_REFRESH = "would-refresh"  # dry-run
-    REFRESH_RUNNING = "refresh-running"  # a refresh already runs: no second one
-    REFRESH_BUDGET = "refresh-budget"  # the daily refresh budget for this dataset is used up
-    HEALTHY = "healthy"  # the last refresh did not fail
-    NOT_CREDENTIAL = "not-credential"  # it failed for a reason a credential cannot cure
-    UNBOUND = "unbound"  # a data source no binding covers
-    DEFERRED = "deferred"  # the sweep's time budget ran out before this
-
-
-# Actions after which a target holds the current version (exit code 0).
-HOLDS_CURRENT = frozenset({Action.UPDATED, Action.CURRENT})
-# Actions that mean "something needs a person or a later run" (exit code 1).
-PROBLEMS = frozenset(
-    {
-        Action.REJECTED,
-        Action.BLOCKED,
-        Action.LIMITED,
-        Action.BUSY,
-        Action.FAILED,
-        Action.IN_DOUBT,
-        Action.SETTLING,
-        Action.UNBOUND,
-        Action.DEFERRED,
-    }
-)
-
-
-GATEWAY_CACHE_SECONDS = 3600.0
-"""How long a gateway's public key is reused across runs (a changed key is detected anyway)."""
-
-
-class NotBound(RemediationError):
-    """The secret, data source or dataset named by a command is not in the bindings."""
-
-
-class SecretVersionNotFound(NotBound):
-    """An explicit version named by a command does not exist in Key Vault, or is disabled.
-
-    Nothing is sent: the operator asked for that version, and applying another one instead
-    would do something they did not ask for. (HTTP 404 ``SecretVersionNotFound``, exit 2.)"""
-
-
-@dataclass(frozen=True)
-class Decision:
-    action: Action
-    reason: str
-
-
-def decide(
-    state: TargetState,
-    secret: str,
-    version: str,
-    *,
-    now: float,
-    max_attempts: int,
-    window_seconds: float,
-) -> Decision:
-    """What to do for one target, from its ledger state alone (pure).
-
-    Order matters: a target that already holds the version is fine whatever else is true; a
-    version the source rejected stays blocked however long ago that was; only then do the
-    attempt bound and the update itself come in.
-    """
-    if state.holds(secret, version):
-        return Decision(Action.CURRENT, f"holds version {version} since the last update")
-    if state.is_rejected(version):
-        return Decision(
-            Action.BLOCKED,
-            f"the source rejected version {version} before; it is not presented again. Put the "
-            f"right value in Key Vault as a new version of {secret!r}",
-        )
-    attempts = state.attempts_since(now - window_seconds)
-    if attempts >= max_attempts:
-        return Decision(
-            Action.LIMITED,
-            f"{attempts} credential updates in the last {int(window_seconds)} s (limit {max_attempts}); "
-            "the next run after the window tries again",
-        )
-    return Decision(Action.UPDATED, f"holds {state.applied_version or 'an unknown version'}, not {version}")
-
-
-@dataclass
-class Report:
-    """The outcomes of one command, in the order they were produced."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-    dry_run: bool = False
-    correlation_id: str = ""
-    retry_at: float | None = None
-    """Epoch seconds at which the same command should run again (a version still settling),
-    or None. The CLI waits for it; the Functions app re-queues the command with that delay."""
-
-    @property
-    def exit_code(self) -> int:
-        """0: every target in scope holds the current secret (or, dry-run, could); 1: not."""
-        return 1 if any(o.action in PROBLEMS for o in self.outcomes) else 0
-
-    def targets(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.datasource_id is not None]
-
-    def datasets(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.datasource_id is None and o.dataset_id is not None]
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "correlationId": self.correlation_id,
-            "dryRun": self.dry_run,
-            "exitCode": self.exit_code,
-            "retryAt": self.retry_at,
-            "targets": [o.to_dict() for o in self.targets()],
-            "datasets": [o.to_dict() for o in self.datasets()],
-        }
-
-
-@dataclass
-class _Run:
-    """What one command learns as it goes: secrets and gateways are fetched once per run."""
-
-    trigger: str
-    correlation_id: str
-    dry_run: bool
-    started: float
-    deadline: float | None = None
-    outcomes: list[Outcome] = field(default_factory=list)
-    secrets: dict[str, SecretValue] = field(default_factory=dict)
-    redactions: list[int] = field(default_factory=list)
-    gateways: dict[str, Gateway] = field(default_factory=dict)
-    gateway_datasources: list[tuple[str, GatewayDatasource]] | None = None
-    settled: dict[tuple[str, str], Outcome] = field(default_factory=dict)  # targets done this run
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    key_locks: dict[str, threading.Lock] = field(default_factory=dict)
-
-    def add(self, outcome: Outcome) -> Outcome:
-        with self.lock:
-            self.outcomes.append(outcome)
-        return outcome
-
-    def key_lock(self, key: str) -> threading.Lock:
-        with self.lock:
-            return self.key_locks.setdefault(key, threading.Lock())
-
-
-@dataclass(frozen=True)
-class _Resolved:
-    binding: Binding
-    target: Target
+class _NotSent(Exception):
+    """Raised before a PATCH attempt that must not be sent (deadline, lost claim)."""
 
 
 class Healer:
@@ -262,10 +127,19 @@ class Healer:
         self._user_lock = threading.Lock()
         self._clock = clock
         self._sleep = sleep
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._poll_interval = poll_interval
-        self._gateways: dict[str, tuple[Gateway, float]] = {}  # id -> (gateway, read at)
-        self._gateway_lock = threading.Lock()
+        self.gateways = GatewayKeys(powerbi, clock=clock)
+        self.refresher = Refresher(
+            settings,
+            bindings,
+            powerbi=powerbi,
+            ledger=ledger,
+            targets=self,
+            clock=clock,
+            sleep=sleep,
+            poll_interval=poll_interval,
+        )
 
     # ------------------------------------------------------------------------------------------
     # Entry points
@@ -280,31 +154,40 @@ class Healer:
         correlation_id: str | None = None,
         retry_refreshes: bool = True,
         deadline: float | None = None,
+        present_again: bool = False,
+        event_version: str | None = None,
     ) -> Report:
         """Push Key Vault's current version of ``name`` to every target bound to it, then retry
         the refreshes that failed on those data sources.
 
-        ``version`` is the version an event announced. The healer always applies the *current*
-        version: events arrive late and out of order, and an older version is never right.
-        Raises :class:`NotBound` when no binding uses ``name``.
+        ``version`` is a version an operator named: it must exist and be enabled (else
+        :class:`SecretVersionNotFound`, nothing sent). ``event_version`` is the one an event
+        announced (only logged). Either way the healer applies the *current* version: events
+        arrive late and out of order, and an older version is never right. ``present_again`` is the operator's explicit "present it once more" for a current
+        version that is rejected or in doubt. Raises :class:`NotBound` when no binding uses ``name``.
         """
         bindings = self.bindings.for_secret(name)
         if not bindings:
             raise NotBound(f"no binding uses the secret {name!r}")
-        run = self._start(trigger, correlation_id, dry_run, deadline)
         if version is not None:
-            logger.info("secret %s: event announced version %s", name, version)
-        resolved = self._resolve_targets(bindings, run)
-        self._heal_targets(resolved, run)
-        if retry_refreshes:
-            healed = {
-                (o.gateway_id, o.datasource_id)
-                for o in run.outcomes
-                if o.action in (Action.UPDATED, Action.WOULD_UPDATE, Action.CURRENT)
-            }
-            if healed:
-                self._retry_failed_refreshes(healed, run)
-        return self._finish(run)
+            self._require_version(name, version)
+        if event_version is not None:
+            logger.info("secret %s: an event announced version %s", name, event_version)
+        run = self._start(trigger, correlation_id, dry_run, deadline, present_again)
+        try:
+            resolved = self._resolve_targets(bindings, run)
+            self.heal_targets(resolved, run)
+            if retry_refreshes:
+                healed = {
+                    (o.gateway_id, o.datasource_id)
+                    for o in run.outcomes
+                    if o.action in (Action.UPDATED, Action.WOULD_UPDATE, Action.CURRENT)
+                }
+                if healed:
+                    self.refresher.retry_failed_refreshes(healed, run)
+        finally:
+            report = self._finish(run)
+        return report
 
     def heal_target(
         self,
@@ -315,17 +198,22 @@ class Healer:
         trigger: str = "manual",
         correlation_id: str | None = None,
         deadline: float | None = None,
+        present_again: bool = False,
     ) -> Report:
         """Bring one gateway data source to its binding's current secret."""
         gateway_id, datasource_id = gateway_id.lower(), datasource_id.lower()
         binding = self.bindings.for_target(gateway_id, datasource_id)
-        run = self._start(trigger, correlation_id, dry_run, deadline)
-        if binding is None:
-            binding = self._binding_by_match(gateway_id, datasource_id, run)
-        if binding is None:
-            raise NotBound(f"no binding covers gateway {gateway_id} data source {datasource_id}")
-        self._heal_targets([_Resolved(binding, Target(gateway_id, datasource_id))], run)
-        return self._finish(run)
+        run = self._start(trigger, correlation_id, dry_run, deadline, present_again)
+        try:
+            locator = ""
+            if binding is None:
+                binding, locator = self._binding_by_match(gateway_id, datasource_id, run)
+            if binding is None:
+                raise NotBound(f"no binding covers gateway {gateway_id} data source {datasource_id}")
+            self.heal_targets([Resolved(binding, Target(gateway_id, datasource_id), locator)], run)
+        finally:
+            report = self._finish(run)
+        return report
 
     def heal_dataset(
         self,
@@ -337,10 +225,12 @@ class Healer:
         correlation_id: str | None = None,
         latest: Refresh | None = None,
         deadline: float | None = None,
+        present_again: bool = False,
     ) -> Report:
-        """Diagnose the dataset's last refresh; if it failed for credentials, reapply the current
-        secret to its bound data sources and retry the refresh. Anything else is reported with
-        the fix a person needs, and no credential is touched.
+        """Bring the dataset's bound data sources to Key Vault's current versions (exactly as
+        :meth:`heal_secret` does, same decisions and safety), then diagnose its last refresh: if
+        it failed for credentials and every credential-bearing source is now good, retry it.
+        Anything else is reported with the fix a person needs.
 
         Raises :class:`NotBound` when the dataset does not exist or the identity cannot see it.
         """
@@ -357,9 +247,14 @@ class Healer:
             except ApiError:
                 history = []  # reported by _heal_dataset, which reads it again
             latest = history[0] if history else None
-        run = self._start(trigger, correlation_id, dry_run, deadline)
-        self._heal_dataset(workspace_id, dataset_id, run, latest=latest, latest_is_fresh=fresh)
-        return self._finish(run)
+        run = self._start(trigger, correlation_id, dry_run, deadline, present_again)
+        try:
+            self.refresher.heal_dataset(
+                workspace_id, dataset_id, run, latest=latest, latest_is_fresh=fresh, heal_credentials=True
+            )
+        finally:
+            report = self._finish(run)
+        return report
 
     def sweep(
         self,
@@ -375,43 +270,58 @@ class Healer:
         version (a lost event must not matter), then the watched workspaces (or all visible
         ones) are scanned for refreshes that failed for credentials, which are healed.
 
-        Work not started within ``budget_seconds`` is reported as deferred; the next sweep
-        picks it up (nothing is lost: the state is in Key Vault, Power BI and the ledger).
+        Work not started within ``budget_seconds`` (or by ``deadline``) is reported as deferred;
+        the next sweep picks it up (the state is in Key Vault, Power BI and the ledger).
         """
         run = self._start(trigger, correlation_id, dry_run, deadline)
         budget = self.settings.sweep_budget_seconds if budget_seconds is None else budget_seconds
         run.deadline = min(run.started + budget, deadline if deadline is not None else float("inf"))
         say = progress or (lambda _m: None)
+        try:
+            resolved: list[Resolved] = []
+            for secret in self.bindings.secrets():
+                resolved.extend(self._resolve_targets(self.bindings.for_secret(secret), run))
+            say(f"checking {len(resolved)} bound data sources against Key Vault")
+            self.heal_targets(resolved, run)
 
-        resolved: list[_Resolved] = []
-        for secret in self.bindings.secrets():
-            resolved.extend(self._resolve_targets(self.bindings.for_secret(secret), run))
-        say(f"checking {len(resolved)} bound data sources against Key Vault")
-        self._heal_targets(resolved, run)
+            failed = self.refresher.scan_failed_datasets(run, say)
+            say(f"{len(failed)} datasets whose last refresh failed")
 
-        failed = self._scan_failed_datasets(run, say)
-        say(f"{len(failed)} datasets whose last refresh failed")
-
-        def heal(found: tuple[str, str, Refresh]) -> None:
-            workspace_id, dataset_id, latest = found
-            if self._out_of_time(run):
-                self._report_dataset(
-                    run,
-                    workspace_id,
-                    dataset_id,
-                    Action.DEFERRED,
-                    "the sweep's time budget ran out; the next sweep continues",
+            def heal(found: tuple[str, str, Refresh]) -> None:
+                workspace_id, dataset_id, latest = found
+                if run.out_of_time(self._clock()):
+                    self.refresher.report_dataset(
+                        run,
+                        workspace_id,
+                        dataset_id,
+                        Action.DEFERRED,
+                        "the sweep's time budget ran out; the next sweep continues",
+                    )
+                    return
+                self.refresher.heal_dataset(
+                    workspace_id, dataset_id, run, latest=latest, latest_is_fresh=True
                 )
-                return
-            self._heal_dataset(workspace_id, dataset_id, run, latest=latest, latest_is_fresh=True)
 
-        self._in_parallel(heal, failed)
-        return self._finish(run)
+            self.in_parallel(heal, failed)
+        finally:
+            report = self._finish(run)
+        return report
+
+    def _require_version(self, name: str, version: str) -> None:
+        """An explicit version must exist and be enabled; the value read is dropped at once."""
+        try:
+            self.keyvault.get_secret(name, version)
+        except (SecretNotFound, SecretDisabled) as exc:
+            raise SecretVersionNotFound(
+                f"secret {name!r} has no enabled version {version!r} in Key Vault "
+                f"({exc.code or 'not found'}); nothing was sent. Name an existing version, or leave "
+                "the version out to apply the current one"
+            ) from None
 
     # ------------------------------------------------------------------------------------------
     # Targets
     # ------------------------------------------------------------------------------------------
-    def _in_parallel(self, work: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    def in_parallel(self, work: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         """``work`` over ``items`` with the configured concurrency; results in item order.
         (Every HTTP call also passes the pipeline's own limits, so nesting stays bounded.)"""
         workers = max(1, min(self.settings.concurrency, len(items)))
@@ -420,10 +330,40 @@ class Healer:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="healer") as pool:
             return list(pool.map(work, items))
 
-    def _heal_targets(self, resolved: Sequence[_Resolved], run: _Run) -> list[Outcome]:
-        return self._in_parallel(lambda item: self._heal_one(item, run), resolved)
+    def heal_targets(self, resolved: Sequence[Resolved], run: Run) -> list[Outcome]:
+        """Heal ``resolved``, one account at a time per account: the first target of an account
+        that needs the version is its probe; the others follow, in parallel, once it accepted."""
+        groups: dict[str, list[int]] = {}
+        for index, item in enumerate(resolved):
+            groups.setdefault(self.account_of(item, run), []).append(index)
+        results: dict[int, Outcome] = {}
 
-    def _heal_one(self, item: _Resolved, run: _Run) -> Outcome:
+        def heal_account(indices: list[int]) -> None:
+            pending = list(indices)
+            while pending:
+                index = pending.pop(0)
+                outcome = self._heal_one(resolved[index], run)
+                results[index] = outcome
+                if outcome.action == Action.UPDATED:
+                    break  # accepted: the rest of the account may follow at once
+            done = self.in_parallel(lambda i: self._heal_one(resolved[i], run), pending)
+            results.update(zip(pending, done, strict=True))
+
+        self.in_parallel(heal_account, list(groups.values()))
+        return [results[i] for i in range(len(resolved))]
+
+    def account_of(self, item: Resolved, run: Run) -> str:
+        """The account key of a target (its secret's username may override the binding's)."""
+        binding = item.binding
+        username = binding.username
+        if binding.credential_type in (CredentialType.BASIC, CredentialType.WINDOWS):
+            try:
+                username = resolve_credential(binding, self.secret(binding.secret, run).value).username
+            except RemediationError:
+                return f"unresolved:{binding.name.lower()}"  # _heal_one reports why
+        return account_key(binding, username)
+
+    def _heal_one(self, item: Resolved, run: Run) -> Outcome:
         binding, target = item.binding, item.target
         started = self._clock()
         base = Outcome(
@@ -458,39 +398,94 @@ class Healer:
             previous = run.settled.get(target.key)
             if previous is not None:  # already handled in this run (e.g. a dataset retry after a heal)
                 return previous
-            outcome = self._heal_one_locked(item, run, done)
+            try:
+                outcome = self._heal_one_locked(item, run, done)
+            except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
+                logger.exception("target %s/%s failed", target.gateway_id, target.datasource_id)
+                outcome = done(Action.FAILED, f"internal error ({type(exc).__name__}); see the logs")
             run.settled[target.key] = outcome
             return outcome
 
-    def _heal_one_locked(self, item: _Resolved, run: _Run, done: Callable[..., Outcome]) -> Outcome:
+    def _heal_one_locked(self, item: Resolved, run: Run, done: Callable[..., Outcome]) -> Outcome:
         binding, target = item.binding, item.target
-        if self._out_of_time(run):
+        if run.out_of_time(self._clock()):
             return done(Action.DEFERRED, "the time budget ran out; the next run continues")
         try:
-            secret = self._secret(binding.secret, run)
+            secret = self.secret(binding.secret, run)
         except RemediationError as exc:
             return done(Action.FAILED, f"Key Vault: {exc}")
         version = secret.version
-        decision = self._decide(target, binding, version)
+        decision = self._decide(target, binding, version, run)
         if decision.action is not Action.UPDATED:
             return done(decision.action, decision.reason, version)
+        settles_at = self._settles_at(secret)
+        if settles_at is not None:
+            run.again_at(settles_at)
+            return done(
+                Action.SETTLING,
+                f"version {version} is presented from {_iso(settles_at)} "
+                f"(Key Vault created it at {_iso(settles_at - self.settings.settle_seconds)}; "
+                f"REMEDIATION_SETTLE_SECONDS={self.settings.settle_seconds}), so that a rotation that "
+                "writes Key Vault before the source is not mistaken for a wrong password",
+                version,
+            )
+        try:
+            resolved = resolve_credential(binding, secret.value)
+        except RemediationError as exc:
+            return done(Action.FAILED, str(exc), version)
+        account = account_key(binding, resolved.username)
+        blocked = self._account_check(account, binding, version, run)
+        if blocked is not None:
+            return done(blocked.action, blocked.reason, version)
         if run.dry_run:
             return done(Action.WOULD_UPDATE, decision.reason, version)
 
+        # Discovery (gateway kind and key) happens before the lease: it may be slow.
+        gateway: Gateway | None = None
+        if not binding.uses_caller_identity:
+            try:
+                gateway = self.gateways.gateway(target.gateway_id)
+            except RemediationError as exc:
+                return done(Action.FAILED, f"could not read gateway {target.gateway_id}: {exc}", version)
+
         lease = self.ledger.acquire_lease(
-            target.gateway_id, target.datasource_id, self.owner, self._clock(), self.settings.lease_seconds
+            target.gateway_id, target.datasource_id, run.owner, self._clock(), self.lease_ttl()
         )
         if lease is None:
-            return done(Action.BUSY, "another instance is updating this data source", version)
+            return done(Action.BUSY, "another run is updating this data source", version)
         try:
             # Decide again under the lease: the previous holder may have just applied it.
-            decision = self._decide(target, binding, version)
+            decision = self._decide(target, binding, version, run)
             if decision.action is not Action.UPDATED:
                 return done(decision.action, decision.reason, version)
-            action, reason = self._apply(binding, target, secret, lease, run)
+            claim, av = self.ledger.claim_presentation(
+                account,
+                binding.secret,
+                version,
+                locator=item.locator,
+                target=f"{target.gateway_id}/{target.datasource_id}",
+                owner=run.owner,
+                now=self._clock(),
+                ttl=self.lease_ttl(),
+            )
+            if claim is Claim.BUSY:
+                return done(
+                    Action.BUSY,
+                    f"another run ({av.probe_owner}) is presenting version {version} to account "
+                    f"{account.split(':', 1)[-1]} first (on {av.probe_target}); this data source follows "
+                    "once it is accepted",
+                    version,
+                )
+            if claim in (Claim.REJECTED, Claim.IN_DOUBT):
+                verdict = account_decision(av, present_again=False)
+                assert verdict is not None
+                return done(verdict.action, verdict.reason, version)
+            action, reason = self._present(
+                item, secret, resolved, gateway, lease, account, probe=claim is Claim.GRANTED, run=run
+            )
             return done(action, reason, version)
         except LeaseLost:
-            return done(Action.BUSY, "the lease was taken over by another instance", version)
+            return done(Action.BUSY, "the lease was taken over by another run", version)
         finally:
             try:
                 self.ledger.release_lease(lease)
@@ -499,7 +494,7 @@ class Healer:
                     "could not release the lease on %s/%s", target.gateway_id, target.datasource_id
                 )
 
-    def _decide(self, target: Target, binding: Binding, version: str) -> Decision:
+    def _decide(self, target: Target, binding: Binding, version: str, run: Run) -> Decision:
         state = self.ledger.target_state(target.gateway_id, target.datasource_id)
         return decide(
             state,
@@ -508,75 +503,212 @@ class Healer:
             now=self._clock(),
             max_attempts=self.settings.max_attempts,
             window_seconds=self.settings.attempt_window_seconds,
+            present_again=run.present_again,
         )
 
-    def _apply(
-        self, binding: Binding, target: Target, secret: SecretValue, lease: Lease, run: _Run
-    ) -> tuple[Action, str]:
-        """Build the payload, record the attempt, PATCH, and record the source's verdict."""
-        try:
-            resolved = resolve_credential(binding, secret.value)
-            token: str | None = None
-            gateway: Gateway | None = None
-            if binding.credential_type is CredentialType.OAUTH2:
-                token = self._user_token(binding, secret)()
-                body = update_datasource_request(credential_details(binding, resolved, encrypt=None))
-            else:
-                try:
-                    gateway = self._gateway(target.gateway_id, run)
-                except PowerBINotAuthorized:
-                    # A cloud data source's gateway is visible to owners of a dataset using it.
-                    if not (binding.take_over and self._take_over_for(target, run)):
-                        raise
-                    gateway = self._gateway(target.gateway_id, run)
-                body = _request_body(binding, resolved, gateway)
-            del resolved
-        except AuthenticationError as exc:
-            if exc.credentials_rejected:
-                self.ledger.record_rejected(lease, binding.secret, secret.version, self._clock())
-                return Action.REJECTED, f"Entra ID rejected the password of {binding.username}: {exc}"
-            return Action.FAILED, f"could not sign in as {binding.username}: {exc}"
-        except RemediationError as exc:
-            return Action.FAILED, str(exc)
-
-        self.ledger.record_attempt(lease, self._clock())
-        try:
-            try:
-                self._update(binding, target, body, token, run)
-            except ApiError as exc:
-                fresh = None if gateway is None else self._fresh_key_after(exc, gateway, run)
-                if fresh is None:
-                    raise
-                # The gateway could not decrypt: its key changed since we cached it. Nothing reached
-                # the source, so sending again under the new key costs no sign-in attempt.
-                body = _request_body(binding, resolve_credential(binding, secret.value), fresh)
-                self._update(binding, target, body, token, run)
-        except ApiError as exc:
-            diagnosis = diagnose_api_error(
-                exc.status or 0, exc.code, message=exc.message, detail_codes=[c for c, _ in exc.details]
-            )
-            if exc.status == 400 and diagnosis.credential_related:
-                self.ledger.record_rejected(lease, binding.secret, secret.version, self._clock())
-                return Action.REJECTED, (
-                    f"the source rejected version {secret.version} ({exc.code}); it will not be presented "
-                    f"again. {diagnosis.fix}"
+    def _account_check(self, account: str, binding: Binding, version: str, run: Run) -> Decision | None:
+        """The account's verdict on ``version``; with ``present_again`` an operator lifts it once."""
+        av = self.ledger.account_version(account, binding.secret, version)
+        if av.verdict is not None and run.present_again and not run.dry_run:
+            key = (account, binding.secret.lower(), version.lower())
+            with run.lock:
+                first = key not in run.allowed_again
+                run.allowed_again.add(key)
+            if first:
+                logger.warning(
+                    "operator: version %s of %s is presented to %s once more (was %s)",
+                    version,
+                    binding.secret,
+                    account,
+                    av.verdict,
                 )
-            return Action.FAILED, f"{diagnosis.message}. {diagnosis.fix}"
-        self.ledger.record_applied(lease, binding.secret, secret.version, self._clock())
-        return Action.UPDATED, f"now holds version {secret.version}"
+                self.ledger.allow_again(
+                    account, binding.secret, version, now=self._clock(), reason=f"operator ({run.trigger})"
+                )
+            return None
+        return account_decision(av, present_again=run.present_again and run.dry_run)
+
+    def _settles_at(self, secret: SecretValue) -> float | None:
+        """When ``secret`` may be presented, if that is still in the future."""
+        settle = self.settings.settle_seconds
+        if settle <= 0 or secret.created_on is None:
+            return None
+        at = secret.created_on.timestamp() + settle
+        return at if self._clock() < at else None
+
+    def lease_ttl(self) -> float:
+        """Long enough for a PATCH's worst case: a slot wait plus connect and read, twice over."""
+        worst = 2.0 * (min(10.0, self.settings.http_timeout_seconds) + self.settings.http_timeout_seconds)
+        return max(float(self.settings.lease_seconds), 2.0 * worst + 10.0)
+
+    def _present(
+        self,
+        item: Resolved,
+        secret: SecretValue,
+        resolved: ResolvedCredential,
+        gateway: Gateway | None,
+        lease: Lease,
+        account: str,
+        *,
+        probe: bool,
+        run: Run,
+    ) -> tuple[Action, str]:
+        """Present the version: password grant (caller identity), then the PATCH; record the
+        verdict for the target and, for a probe, for the account."""
+        binding, target = item.binding, item.target
+        held = [lease]
+
+        def before_attempt() -> None:
+            # Checked before every attempt (after any Retry-After wait): a PATCH is sent only on a
+            # lease and a claim that outlast its worst case.
+            now = self._clock()
+            if run.out_of_time(self._clock()):
+                raise _NotSent("the run's deadline passed")
+            held[0] = self.ledger.renew_lease(held[0], now, self.lease_ttl())
+            if probe:
+                claim, _ = self.ledger.claim_presentation(
+                    account,
+                    binding.secret,
+                    secret.version,
+                    locator=item.locator,
+                    target=f"{target.gateway_id}/{target.datasource_id}",
+                    owner=run.owner,
+                    now=now,
+                    ttl=self.lease_ttl(),
+                )
+                if claim is not Claim.GRANTED:
+                    raise _NotSent(f"the claim on the presentation is gone ({claim.value})")
+
+        token: str | None = None
+        if binding.credential_type is CredentialType.OAUTH2:
+            # The password grant is a sign-in of the account: it counts like a PATCH.
+            self.ledger.record_attempt(lease, self._clock())
+            try:
+                token = self._user_token(binding, secret)()
+            except AuthenticationError as exc:
+                return self._record(item, secret, account, lease, grant_verdict(exc), probe)
+            except RemediationError as exc:
+                return self._record(
+                    item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe
+                )
+            body = update_datasource_request(credential_details(binding, resolved, encrypt=None))
+        else:
+            assert gateway is not None
+            body = request_body(binding, resolved, gateway)
+            self.ledger.record_attempt(lease, self._clock())
+        try:
+            self._update(item, body, token, gateway, resolved, run, before_attempt)
+        except (_NotSent, LeaseLost) as exc:
+            return self._record(
+                item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, f"not sent: {exc}"), probe
+            )
+        except AuthenticationError as exc:
+            # The product's own sign-in to Power BI failed: nothing of the binding was presented.
+            return self._record(
+                item,
+                secret,
+                account,
+                lease,
+                VerdictOf(Verdict.NOT_PRESENTED, f"the product could not sign in to Power BI: {exc}"),
+                probe,
+            )
+        except ApiError as exc:
+            return self._record(item, secret, account, lease, patch_verdict(exc), probe)
+        except Exception as exc:  # noqa: BLE001 - the request may have been served: in doubt
+            logger.exception("PATCH of %s/%s", target.gateway_id, target.datasource_id)
+            verdict = VerdictOf(
+                Verdict.IN_DOUBT, f"the update ended in an unexpected error ({type(exc).__name__})"
+            )
+            return self._record(item, secret, account, lease, verdict, probe)
+        return self._record(item, secret, account, held[0], VerdictOf(Verdict.ACCEPTED, ""), probe)
 
     def _update(
-        self, binding: Binding, target: Target, body: dict[str, object], token: str | None, run: _Run
+        self,
+        item: Resolved,
+        body: dict[str, object],
+        token: str | None,
+        gateway: Gateway | None,
+        resolved: ResolvedCredential,
+        run: Run,
+        before_attempt: Callable[[], None],
     ) -> None:
+        """Send the PATCH; once more under a new gateway key (the gateway could not decrypt, so
+        nothing reached the source), or after Take Over (401: nothing was tested)."""
+        binding, target = item.binding, item.target
+
+        def send(payload: dict[str, object]) -> None:
+            self.powerbi.update_datasource(
+                target.gateway_id, target.datasource_id, payload, token=token, before_attempt=before_attempt
+            )
+
         try:
-            self.powerbi.update_datasource(target.gateway_id, target.datasource_id, body, token=token)
+            send(body)
         except PowerBINotAuthorized:
             # A cloud data source needs the caller to own a dataset that uses it (Take Over).
             if not binding.take_over or token is not None or not self._take_over_for(target, run):
                 raise
-            self.powerbi.update_datasource(target.gateway_id, target.datasource_id, body)
+            send(body)
+        except ApiError as exc:
+            fresh = None if gateway is None else self.gateways.fresh_key_after(exc, gateway)
+            if fresh is None:
+                raise
+            send(request_body(binding, resolved, fresh))
 
-    def _take_over_for(self, target: Target, run: _Run) -> bool:
+    def _record(
+        self,
+        item: Resolved,
+        secret: SecretValue,
+        account: str,
+        lease: Lease,
+        verdict: VerdictOf,
+        probe: bool,
+    ) -> tuple[Action, str]:
+        """Write the verdict (target and account) and say what it means."""
+        binding, target = item.binding, item.target
+        version, now = secret.version, self._clock()
+        who = account.split(":", 1)[-1]
+
+        def account_verdict(value: str, reason: str) -> None:
+            self.ledger.record_presentation(
+                account,
+                binding.secret,
+                version,
+                owner=lease.owner,
+                locator=item.locator,
+                verdict=value,
+                reason=f"{reason} [{target.gateway_id}/{target.datasource_id}]",
+                now=now,
+            )
+
+        if verdict.verdict is Verdict.ACCEPTED:
+            account_verdict("accepted", "accepted")
+            self.ledger.record_applied(lease, binding.secret, version, now)
+            return Action.UPDATED, f"now holds version {version}"
+        if verdict.verdict is Verdict.REJECTED:
+            account_verdict("rejected", verdict.reason)
+            self.ledger.record_rejected(lease, binding.secret, version, now)
+            return Action.REJECTED, (
+                f"version {version} was refused for account {who}: {verdict.reason}. It is not "
+                "presented to any data source of that account again; put the right value in Key Vault "
+                f"as a new version of {binding.secret!r}"
+            )
+        if verdict.verdict is Verdict.IN_DOUBT:
+            if probe:
+                account_verdict("in-doubt", verdict.reason)
+                return Action.IN_DOUBT, (
+                    f"{verdict.reason}: the source may have counted a failed sign-in, so version "
+                    f"{version} is not presented to account {who} again automatically. Check the data "
+                    "source, then heal with --present-again (or put a new version in Key Vault)"
+                )
+            return Action.FAILED, (
+                f"{verdict.reason}; version {version} was accepted for account {who} before, so the next run "
+                "presents it here again"
+            )
+        if probe:
+            self.ledger.release_presentation(account, binding.secret, version, owner=lease.owner)
+        return Action.FAILED, verdict.reason
+
+    def _take_over_for(self, target: Target, run: Run) -> bool:
         """Take over a dataset that uses ``target`` (bindings with ``takeOver`` only)."""
         owner_of = self._dataset_using(target, run)
         if owner_of is None:
@@ -601,320 +733,48 @@ class Healer:
         return provider
 
     # ------------------------------------------------------------------------------------------
-    # Datasets
-    # ------------------------------------------------------------------------------------------
-    def _heal_dataset(
-        self,
-        workspace_id: str,
-        dataset_id: str,
-        run: _Run,
-        latest: Refresh | None = None,
-        sources: Sequence[DatasetDatasource] | None = None,
-        *,
-        latest_is_fresh: bool = False,
-    ) -> None:
-        report = partial(self._report_dataset, run, workspace_id, dataset_id)
-
-        try:
-            if latest is None:
-                history = self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=1)
-                latest = history[0] if history else None
-        except ApiError as exc:
-            report(Action.FAILED, f"could not read the refresh history: {exc}")
-            return
-        if latest is None:
-            report(Action.HEALTHY, "the dataset has no refresh history")
-            return
-        if latest.running:
-            report(
-                Action.REFRESH_RUNNING,
-                "a refresh is running; nothing to do until it ends",
-                refresh_request_id=latest.request_id,
-                refresh_state=latest.status,
-            )
-            return
-        if not latest.failed:
-            report(Action.HEALTHY, f"the last refresh is {latest.status}", refresh_state=latest.status)
-            return
-        diagnosis = _diagnose(latest)
-        if not diagnosis.credential_related:
-            report(
-                Action.NOT_CREDENTIAL,
-                f"{diagnosis.message}. {diagnosis.fix}",
-                refresh_request_id=latest.request_id,
-                refresh_state=latest.status,
-            )
-            return
-
-        if sources is None:
-            try:
-                sources = self.powerbi.get_datasources_in_group(workspace_id, dataset_id)
-            except ApiError as exc:
-                report(Action.FAILED, f"could not list the dataset's data sources: {exc}")
-                return
-        resolved: list[_Resolved] = []
-        for source in sources:
-            if not source.bound or source.gateway_id is None or source.datasource_id is None:
-                continue
-            binding = self.bindings.for_target(source.gateway_id, source.datasource_id)
-            if binding is None:
-                try:
-                    binding = self.bindings.for_datasource(
-                        source.gateway_id,
-                        source.datasource_id,
-                        datasource_type=source.datasource_type or "",
-                        connection_details=_text_map(source.connection_details),
-                    )
-                except RemediationError as exc:
-                    report(Action.FAILED, str(exc))
-                    continue
-            if binding is None:
-                report(
-                    Action.UNBOUND,
-                    f"data source {source.datasource_type} {dict(source.connection_details)} has no "
-                    "binding: add one to the bindings file so it can be healed",
-                    gateway_id=source.gateway_id.lower(),
-                    datasource_id=source.datasource_id.lower(),
-                )
-                continue
-            resolved.append(
-                _Resolved(binding, Target(source.gateway_id.lower(), source.datasource_id.lower()))
-            )
-        outcomes = self._heal_targets(resolved, run)
-        if resolved and all(o.action in HOLDS_CURRENT or o.action == Action.WOULD_UPDATE for o in outcomes):
-            self._mark_rejected_if_current_failed(resolved, outcomes, latest, run)
-            outcomes = [o for o in run.outcomes if o.dataset_id is None and o in outcomes]
-        if not resolved:
-            report(
-                Action.UNBOUND,
-                "the refresh failed for credentials but none of the dataset's "
-                "data sources is bound: add a binding",
-            )
-            return
-        if all(o.action in HOLDS_CURRENT or o.action == Action.WOULD_UPDATE for o in outcomes):
-            self._refresh(workspace_id, dataset_id, run, check_running=not latest_is_fresh)
-        else:
-            report(
-                Action.FAILED,
-                "not refreshed: a data source of this dataset could not be healed (see its outcome)",
-            )
-
-    def _mark_rejected_if_current_failed(
-        self, resolved: Sequence[_Resolved], outcomes: Sequence[Outcome], latest: Refresh, run: _Run
-    ) -> None:
-        """A credential failure *after* the current version was applied means the source rejects
-        the current version itself. Then retrying would only count toward a lockout: the version
-        is recorded as rejected (so it is never presented again) and the refresh is not retried.
-        """
-        if run.dry_run or latest.start_time is None:
-            return
-        failed_at = latest.start_time.timestamp()
-        for item, outcome in zip(resolved, outcomes, strict=True):
-            if outcome.action != Action.CURRENT:
-                continue
-            state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
-            if state.applied_at is None or state.applied_at > failed_at or outcome.secret_version is None:
-                continue
-            lease = self.ledger.acquire_lease(
-                item.target.gateway_id,
-                item.target.datasource_id,
-                self.owner,
-                self._clock(),
-                self.settings.lease_seconds,
-            )
-            if lease is None:
-                continue
-            try:
-                self.ledger.record_rejected(lease, item.binding.secret, outcome.secret_version, self._clock())
-            finally:
-                self.ledger.release_lease(lease)
-            with run.lock:
-                index = run.outcomes.index(outcome)
-                run.outcomes[index] = replace(
-                    outcome,
-                    action=Action.BLOCKED.value,
-                    reason=f"a refresh failed for credentials after version {outcome.secret_version} was "
-                    "applied: the source rejects it, so it is not presented again. Put the right value in "
-                    f"Key Vault as a new version of {item.binding.secret!r}",
-                )
-
-    def _refresh(self, workspace_id: str, dataset_id: str, run: _Run, *, check_running: bool) -> None:
-        """Retry the refresh: never while one runs, within the daily budget, schedule re-enabled.
-
-        ``check_running`` reads the history first; it is skipped when this run has just read it
-        (a refresh started since is refused by Power BI and reported as running, not retried).
-        """
-
-        report = partial(self._report_dataset, run, workspace_id, dataset_id)
-
-        now = self._clock()
-        day = utc_day(now)
-        try:
-            history = (
-                self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=1)
-                if check_running
-                else []
-            )
-            if history and history[0].running:
-                report(
-                    Action.REFRESH_RUNNING,
-                    "a refresh is already running: not starting another",
-                    refresh_request_id=history[0].request_id,
-                    refresh_state=history[0].status,
-                )
-                return
-            used = self.ledger.refresh_posts(dataset_id, day)
-            if used >= self.settings.refresh_daily_budget:
-                report(
-                    Action.REFRESH_BUDGET,
-                    f"{used} refreshes started today (budget "
-                    f"{self.settings.refresh_daily_budget}); the next scheduled refresh will run",
-                )
-                return
-            schedule = self.powerbi.get_refresh_schedule_in_group(workspace_id, dataset_id)
-            if run.dry_run:
-                again = "" if schedule.enabled else " and re-enable its schedule"
-                report(Action.WOULD_REFRESH, f"would refresh the dataset{again}")
-                return
-            notes = []
-            if not schedule.enabled and schedule.days:
-                self.powerbi.update_refresh_schedule_in_group(workspace_id, dataset_id, True)
-                notes.append("schedule re-enabled")
-            self.ledger.record_refresh_post(dataset_id, day)
-            request = self.powerbi.refresh_dataset_in_group(workspace_id, dataset_id)
-        except RefreshAlreadyRunning:
-            report(Action.REFRESH_RUNNING, "a refresh is already running: not starting another")
-            return
-        except RefreshQuotaExceeded as exc:
-            report(Action.REFRESH_BUDGET, f"Power BI's daily refresh limit is reached: {exc}")
-            return
-        except ApiError as exc:
-            report(Action.FAILED, f"could not refresh: {exc}")
-            return
-        final = self._follow(workspace_id, dataset_id, request.request_id)
-        state = final.status if final is not None else "Unknown"
-        reason = f"refresh {state}"
-        if final is not None and final.failed:
-            reason += f": {_diagnose(final).message}"
-        elif final is None or final.running:
-            reason += f" after {self.settings.refresh_timeout_seconds} s; it goes on in Power BI"
-        if notes:
-            reason += f" ({', '.join(notes)})"
-        report(Action.REFRESHED, reason, refresh_request_id=request.request_id, refresh_state=state)
-
-    def _follow(self, workspace_id: str, dataset_id: str, request_id: str) -> Refresh | None:
-        """Poll the history until the refresh ``request_id`` ends or the time limit passes."""
-        deadline = self._clock() + self.settings.refresh_timeout_seconds
-        interval = min(self._poll_interval, 1.0)
-        last: Refresh | None = None
-        while True:
-            try:
-                for entry in self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=5):
-                    if (entry.request_id or "").lower() == request_id:
-                        last = entry
-                        break
-            except ApiError as exc:
-                logger.warning("following refresh %s: %s", request_id, exc)
-            if last is not None and not last.running:
-                return last
-            if self._clock() + interval > deadline:
-                return last
-            self._sleep(interval)
-            interval = min(interval * 2, self._poll_interval)
-
-    def _retry_failed_refreshes(self, healed: set[tuple[str | None, str | None]], run: _Run) -> None:
-        """After a secret change: refresh the datasets on the healed data sources whose last
-        refresh failed for credentials."""
-
-        def retry(found: tuple[str, str, Refresh]) -> None:
-            workspace_id, dataset_id, latest = found
-            try:
-                sources = self.powerbi.get_datasources_in_group(workspace_id, dataset_id)
-            except ApiError as exc:
-                logger.warning("dataset %s: cannot list data sources: %s", dataset_id, exc)
-                return
-            uses = {((s.gateway_id or "").lower(), (s.datasource_id or "").lower()) for s in sources}
-            if uses & healed:
-                self._heal_dataset(
-                    workspace_id, dataset_id, run, latest=latest, sources=sources, latest_is_fresh=True
-                )
-
-        self._in_parallel(retry, self._scan_failed_datasets(run, lambda _m: None))
-
-    def _scan_failed_datasets(self, run: _Run, say: Callable[[str], None]) -> list[tuple[str, str, Refresh]]:
-        """Datasets (in the watched workspaces, or all visible) whose last refresh failed for
-        credentials. One history call per dataset, concurrently."""
-        try:
-            workspaces = list(self.bindings.watch_workspaces) or [g.id for g in self.powerbi.get_groups()]
-        except ApiError as exc:
-            logger.warning("cannot list workspaces: %s", exc)
-            return []
-        datasets: list[tuple[str, str]] = []
-        for workspace_id in workspaces:
-            try:
-                datasets.extend(
-                    (workspace_id.lower(), d.id.lower())
-                    for d in self.powerbi.get_datasets_in_group(workspace_id)
-                    if d.is_refreshable is not False
-                )
-            except ApiError as exc:
-                logger.warning("workspace %s: cannot list datasets: %s", workspace_id, exc)
-        say(f"scanning {len(datasets)} datasets in {len(workspaces)} workspaces")
-
-        def latest(pair: tuple[str, str]) -> tuple[str, str, Refresh] | None:
-            if self._out_of_time(run):
-                return None
-            try:
-                history = self.powerbi.get_refresh_history_in_group(pair[0], pair[1], top=1)
-            except ApiError as exc:
-                logger.warning("dataset %s: cannot read refresh history: %s", pair[1], exc)
-                return None
-            if history and history[0].failed and _diagnose(history[0]).category is Category.CREDENTIAL:
-                return pair[0], pair[1], history[0]
-            return None
-
-        return [found for found in self._in_parallel(latest, datasets) if found is not None]
-
-    # ------------------------------------------------------------------------------------------
     # Resolution and caches
     # ------------------------------------------------------------------------------------------
-    def _resolve_targets(self, bindings: Iterable[Binding], run: _Run) -> list[_Resolved]:
-        resolved: list[_Resolved] = []
+    def _resolve_targets(self, bindings: Iterable[Binding], run: Run) -> list[Resolved]:
+        resolved: list[Resolved] = []
         seen: set[tuple[str, str]] = set()
         for binding in bindings:
             for target in binding.targets:
                 if target.key not in seen:
                     seen.add(target.key)
-                    resolved.append(_Resolved(binding, target))
+                    resolved.append(Resolved(binding, target))
             if binding.matches:
-                for gateway_id, datasource_id in self._matching_datasources(binding, run):
+                for gateway_id, datasource_id, locator in self._matching_datasources(binding, run):
                     if (gateway_id, datasource_id) not in seen:
                         seen.add((gateway_id, datasource_id))
-                        resolved.append(_Resolved(binding, Target(gateway_id, datasource_id)))
+                        resolved.append(Resolved(binding, Target(gateway_id, datasource_id), locator))
         return resolved
 
-    def _matching_datasources(self, binding: Binding, run: _Run) -> list[tuple[str, str]]:
+    def _matching_datasources(self, binding: Binding, run: Run) -> list[tuple[str, str, str]]:
         found = []
         for gateway_id, datasource in self._all_gateway_datasources(run):
-            details = _text_map(datasource.connection() or {})
+            details = text_map(datasource.connection() or {})
             if binding.matches_datasource(datasource.datasource_type or "", details):
                 explicit = self.bindings.for_target(gateway_id, datasource.id)
                 if explicit is None or explicit.name == binding.name:
-                    found.append((gateway_id, datasource.id.lower()))
+                    locator = source_locator(datasource.datasource_type, details)
+                    found.append((gateway_id, datasource.id.lower(), locator))
         return found
 
-    def _binding_by_match(self, gateway_id: str, datasource_id: str, run: _Run) -> Binding | None:
+    def _binding_by_match(self, gateway_id: str, datasource_id: str, run: Run) -> tuple[Binding | None, str]:
         for gw, datasource in self._all_gateway_datasources(run):
             if gw == gateway_id and datasource.id.lower() == datasource_id:
-                return self.bindings.for_datasource(
+                details = text_map(datasource.connection() or {})
+                binding = self.bindings.for_datasource(
                     gateway_id,
                     datasource_id,
                     datasource_type=datasource.datasource_type or "",
-                    connection_details=_text_map(datasource.connection() or {}),
+                    connection_details=details,
                 )
-        return None
+                return binding, source_locator(datasource.datasource_type, details)
+        return None, ""
 
-    def _all_gateway_datasources(self, run: _Run) -> list[tuple[str, GatewayDatasource]]:
+    def _all_gateway_datasources(self, run: Run) -> list[tuple[str, GatewayDatasource]]:
         """Every data source of every gateway the caller administers (once per run)."""
         with run.key_lock("gateway-datasources"):
             if run.gateway_datasources is None:
@@ -924,7 +784,7 @@ class Healer:
                 run.gateway_datasources = found
             return run.gateway_datasources
 
-    def _dataset_using(self, target: Target, run: _Run) -> tuple[str, str] | None:
+    def _dataset_using(self, target: Target, run: Run) -> tuple[str, str] | None:
         workspaces = list(self.bindings.watch_workspaces) or [g.id for g in self.powerbi.get_groups()]
         for workspace_id in workspaces:
             for dataset in self.powerbi.get_datasets_in_group(workspace_id):
@@ -936,7 +796,7 @@ class Healer:
                         return workspace_id, dataset.id
         return None
 
-    def _secret(self, name: str, run: _Run) -> SecretValue:
+    def secret(self, name: str, run: Run) -> SecretValue:
         key = name.lower()
         with run.key_lock(f"secret:{key}"):
             secret = run.secrets.get(key)
@@ -947,118 +807,53 @@ class Healer:
                 run.redactions.extend(REDACTOR.register(v) for v in _secret_parts(secret.value))
             return secret
 
-    def _gateway(self, gateway_id: str, run: _Run) -> Gateway:
-        """The gateway and its public key, cached across runs for :data:`GATEWAY_CACHE_SECONDS`
-        (a stale key is noticed by :meth:`_fresh_key_after`)."""
-        with run.key_lock(f"gateway:{gateway_id}"):
-            with self._gateway_lock:
-                cached = self._gateways.get(gateway_id)
-            if cached is not None and self._clock() - cached[1] < GATEWAY_CACHE_SECONDS:
-                return cached[0]
-            gateway = self.powerbi.get_gateway(gateway_id)
-            with self._gateway_lock:
-                self._gateways[gateway_id] = (gateway, self._clock())
-            run.gateways[gateway_id] = gateway
-            return gateway
-
-    def _fresh_key_after(self, exc: ApiError, used: Gateway, run: _Run) -> Gateway | None:
-        """After ``DM_GWPipeline_UnknownError``: if ``used`` came from an earlier run's cache and
-        the gateway's key has changed since, the gateway with its new key; else None (the error
-        stands). Concurrent targets on one gateway read the new key once."""
-        if exc.code != "DM_GWPipeline_UnknownError" or used.public_key is None:
-            return None
-        with run.key_lock(f"gateway:{used.id}"):
-            with self._gateway_lock:
-                current = self._gateways.get(used.id)
-            if current is not None and current[0].public_key != used.public_key:
-                return current[0]  # another target already read the new key
-            if run.gateways.get(used.id) is used:
-                return None  # read during this very run: the key is not stale
-            fresh = self.powerbi.get_gateway(used.id)
-            with self._gateway_lock:
-                self._gateways[used.id] = (fresh, self._clock())
-            run.gateways[used.id] = fresh
-        if fresh.public_key is None or fresh.public_key == used.public_key:
-            return None
-        logger.info("gateway %s has a new public key; sending again under it", used.id)
-        return fresh
-
     # ------------------------------------------------------------------------------------------
     # Bookkeeping
     # ------------------------------------------------------------------------------------------
     def _start(
-        self, trigger: str, correlation_id: str | None, dry_run: bool, deadline: float | None = None
-    ) -> _Run:
-        """A run; ``deadline`` (epoch seconds) bounds it: work not started by then is deferred."""
-        return _Run(
+        self,
+        trigger: str,
+        correlation_id: str | None,
+        dry_run: bool,
+        deadline: float | None = None,
+        present_again: bool = False,
+    ) -> Run:
+        """A run; ``deadline`` (epoch seconds) bounds it: work not started by then is deferred.
+        Its lease owner is its own (two invocations of one worker are two writers)."""
+        correlation_id = correlation_id or str(uuid.uuid4())
+        return Run(
             trigger=trigger,
-            correlation_id=correlation_id or str(uuid.uuid4()),
+            correlation_id=correlation_id,
             dry_run=dry_run,
             started=self._clock(),
+            owner=f"{self.owner}:{uuid.uuid4().hex[:12]}",
             deadline=deadline,
+            present_again=present_again,
+            persist=None if dry_run else self._persist,
         )
 
-    def _out_of_time(self, run: _Run) -> bool:
-        return run.deadline is not None and self._clock() >= run.deadline
+    def _persist(self, outcome: Outcome) -> None:
+        try:
+            self.ledger.add_outcome(outcome)
+        except RemediationError as exc:  # reported, never fatal: the outcome is still returned
+            logger.warning("could not record an outcome: %s", exc)
 
-    def _report_dataset(
-        self,
-        run: _Run,
-        workspace_id: str,
-        dataset_id: str,
-        action: Action,
-        reason: str,
-        *,
-        refresh_request_id: str | None = None,
-        refresh_state: str | None = None,
-        gateway_id: str | None = None,
-        datasource_id: str | None = None,
-    ) -> Outcome:
-        """Record a dataset outcome (with the data source it concerns, when one is named)."""
-        logger.info("dataset %s/%s: %s — %s", workspace_id, dataset_id, action.value, reason)
-        return run.add(
-            Outcome(
-                time=self._clock(),
-                trigger=run.trigger,
-                correlation_id=run.correlation_id,
-                workspace_id=workspace_id,
-                dataset_id=dataset_id,
-                action=action.value,
-                reason=reason,
-                refresh_request_id=refresh_request_id,
-                refresh_state=refresh_state,
-                gateway_id=gateway_id,
-                datasource_id=datasource_id,
-            )
-        )
-
-    def _finish(self, run: _Run) -> Report:
+    def _finish(self, run: Run) -> Report:
+        """End a run (also after an error): drop the secrets and their redactions."""
         run.secrets.clear()  # the secret values are not kept past the command
         for handle in run.redactions:
             REDACTOR.unregister(handle)
         run.redactions.clear()
-        if not run.dry_run:
-            for outcome in run.outcomes:
-                try:
-                    self.ledger.add_outcome(outcome)
-                except RemediationError as exc:  # pragma: no cover - reported, never fatal
-                    logger.warning("could not record an outcome: %s", exc)
-        return Report(outcomes=list(run.outcomes), dry_run=run.dry_run, correlation_id=run.correlation_id)
+        return Report(
+            outcomes=list(run.outcomes),
+            dry_run=run.dry_run,
+            correlation_id=run.correlation_id,
+            retry_at=run.retry_at,
+        )
 
 
-def _diagnose(refresh: Refresh) -> Diagnosis:
-    entry: dict[str, object] = {"status": refresh.status}
-    if refresh.service_exception_json is not None:
-        entry["serviceExceptionJson"] = refresh.service_exception_json
-    return diagnose_refresh(entry)
-
-
-def _request_body(binding: Binding, resolved: ResolvedCredential, gateway: Gateway) -> dict[str, object]:
-    """The PATCH body: encrypted for an on-premises gateway, plain for a cloud data source."""
-    encrypt = None
-    if gateway.public_key is not None:
-        encrypt = partial(encrypt_credentials, key=gateway.public_key)
-    return update_datasource_request(credential_details(binding, resolved, encrypt=encrypt))
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _secret_parts(value: str) -> list[str]:
@@ -1073,10 +868,3 @@ def _secret_parts(value: str) -> list[str]:
         if isinstance(doc, dict) and isinstance(doc.get("password"), str) and doc["password"]:
             parts.append(doc["password"])
     return parts
-
-
-def _text_map(details: object) -> dict[str, str]:
-    """Connection details as strings (the API's values are strings; anything else is dropped)."""
-    if not isinstance(details, dict):
-        return {}
-    return {str(k): v for k, v in details.items() if isinstance(v, str)}

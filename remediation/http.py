@@ -386,7 +386,15 @@ def restore_exception(cls: type[_E], args: tuple[Any, ...], state: dict[str, Any
 
 
 class ApiConnectionError(ApiError):
-    """No answer: connection refused or dropped, DNS, TLS, or a timeout (``code`` says which)."""
+    """No answer: connection refused or dropped, DNS, TLS, or a timeout (``code`` says which).
+
+    ``sent`` is False when the request certainly never reached the service (refused, connect
+    timeout, no request slot), True when it may have been served and the answer was lost.
+    """
+
+    def __init__(self, message: str, *, sent: bool = True, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.sent = sent
 
 
 class ResponseValidationError(ApiError):
@@ -794,7 +802,7 @@ def error_from_response(response: ApiResponse, clock: Callable[[], float] = time
     )
 
 
-def _sent_before_failure(exc: requests.RequestException) -> bool | None:
+def sent_before_failure(exc: requests.RequestException) -> bool | None:
     """Whether the request certainly never reached the server (True), maybe did (False).
 
     ``None``: a failure that must not be retried at all (certificate verification).
@@ -925,16 +933,25 @@ class HttpPipeline:
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
         accept: Iterable[int] = (),
+        presents_credentials: bool = False,
+        before_attempt: Callable[[], None] | None = None,
     ) -> ApiResponse:
         """Send a request with retries; a 2xx (or a status in ``accept``) is returned.
 
         ``bearer`` becomes ``Authorization: Bearer ...``. ``idempotent`` overrides the method's
-        default (see the module docstring). Raises :class:`ApiError` for any other status and
+        default (see the module docstring). ``presents_credentials`` marks a request whose serving
+        is a sign-in at a source system (the credentials PATCH): it is retried only when the
+        service certainly did not serve it (429, or not sent), never after a 5xx or a lost answer.
+        ``before_attempt`` is called before every attempt (after any wait), so a caller can check
+        and renew what the request needs (a lease); an exception it raises stops the call, and
+        that attempt is not sent. Raises :class:`ApiError` for any other status and
         :class:`ApiConnectionError` when no answer came.
         """
         method = method.upper()
         path = urlsplit(url).path or "/"
-        safe = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        safe = (
+            method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        ) and not presents_credentials
         accepted = frozenset(accept)
         send_headers: dict[str, str] = dict(headers or {})
         if bearer is not None:
@@ -946,6 +963,8 @@ class HttpPipeline:
 
         def attempt(number: int) -> requests.Response:
             nonlocal attempts, served_until
+            if before_attempt is not None:
+                before_attempt()
             attempts = number
             ticket = self._admit(label, served_until, method, path, number)
             try:
@@ -972,6 +991,9 @@ class HttpPipeline:
             if status in accepted or status < 400:
                 return None
             retry_after = parse_retry_after(response.headers, self._clock)
+            if presents_credentials:
+                # Only a 429 says the service did not serve it; a 503 may come after the test.
+                return RetryVerdict("HTTP 429", retry_after, throttled=True) if status == 429 else None
             if status in ALWAYS_RETRIED_STATUSES or (safe and status in IDEMPOTENT_RETRIED_STATUSES):
                 return RetryVerdict(f"HTTP {status}", retry_after, throttled=status == 429)
             return None
@@ -979,7 +1001,7 @@ class HttpPipeline:
         def classify_error(exc: Exception) -> RetryVerdict | None:
             if not isinstance(exc, requests.RequestException) or _certificate_failure(exc):
                 return None
-            before = _sent_before_failure(exc)
+            before = sent_before_failure(exc)
             if before is None:
                 return None
             if before or safe:
@@ -1039,6 +1061,7 @@ class HttpPipeline:
         if ticket is None:
             raise ApiConnectionError(
                 f"no request slot came free within {budget:g}s (limit {limiter.limit})",
+                sent=False,
                 status=None,
                 code="Timeout",
                 method=method,
@@ -1077,7 +1100,7 @@ class HttpPipeline:
     def _connection_error(
         self, exc: requests.RequestException, method: str, path: str, attempts: int
     ) -> ApiConnectionError:
-        if _certificate_failure(exc) or _sent_before_failure(exc) is None:
+        if _certificate_failure(exc) or sent_before_failure(exc) is None:
             code, message = "CertificateVerificationFailed", "TLS certificate verification failed"
         elif isinstance(exc, requests.exceptions.Timeout):
             code, message = "Timeout", f"no answer within the timeout ({type(exc).__name__})"
@@ -1085,6 +1108,7 @@ class HttpPipeline:
             code, message = "ConnectionError", f"the connection failed ({type(exc).__name__})"
         return ApiConnectionError(
             message,
+            sent=sent_before_failure(exc) is False,
             status=None,
             code=code,
             method=method,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import msal
+import requests
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 from azure.identity import (
@@ -43,7 +44,7 @@ from azure.identity import (
 )
 
 from remediation.errors import ConfigError, RemediationError
-from remediation.http import RetryPolicy, restore_exception, timeouts_from
+from remediation.http import RetryPolicy, restore_exception, sent_before_failure, timeouts_from
 from remediation.settings import Settings
 
 __all__ = [
@@ -530,10 +531,12 @@ class UserTokenProvider:
                 self.username, password, scopes=[self._settings.powerbi_scope]
             )
         except OSError as exc:
+            # "not_sent": the password certainly never left (refused, connect timeout): no sign-in.
+            unsent = isinstance(exc, requests.RequestException) and sent_before_failure(exc) is True
             raise AuthenticationError(
                 f"sign-in for {self.username} could not reach Entra ID ({type(exc).__name__})",
                 principal=self.username,
-                error="connection_error",
+                error="not_sent" if unsent else "connection_error",
             ) from None
         except Exception as exc:  # noqa: BLE001 - msal raises bare exceptions; never chain (no password)
             raise AuthenticationError(

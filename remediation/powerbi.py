@@ -507,6 +507,8 @@ class PowerBIClient:
         params: Mapping[str, str | int] | None = None,
         idempotent: bool | None = None,
         accept: Iterable[int] = (),
+        presents_credentials: bool = False,
+        before_attempt: Callable[[], None] | None = None,
     ) -> ApiResponse:
         if params:
             # OData system query options keep their literal "$" ($top, $skip), as Power BI documents.
@@ -522,6 +524,8 @@ class PowerBIClient:
                     json_body=json_body,
                     idempotent=idempotent,
                     accept=accept,
+                    presents_credentials=presents_credentials,
+                    before_attempt=before_attempt,
                 )
             except ApiError as exc:
                 # An expired token (clock skew past our early refresh) is worth one new token;
@@ -710,13 +714,16 @@ class PowerBIClient:
         request_body: Mapping[str, Any],
         *,
         token: str | None = None,
+        before_attempt: Callable[[], None] | None = None,
     ) -> None:
         """``Gateways_UpdateDatasource``: set a data source's credentials.
 
         ``request_body`` is the ``UpdateDatasourceRequest`` (``{"credentialDetails": {...}}``);
         it is never logged nor put into an error. ``token`` overrides the provider's token (an
         OAuth2 caller-identity update must be made with the data source owner's user token).
-        Not retried once the service may have tested the credentials (see :mod:`remediation.http`).
+        Serving it is a sign-in at the source: retried only after a 429 or when it was certainly
+        not sent, never after a 5xx or a lost answer (see :mod:`remediation.http`).
+        ``before_attempt`` runs before every attempt (the healer renews its lease there).
         """
         details = request_body.get("credentialDetails") if isinstance(request_body, Mapping) else None
         if not isinstance(details, Mapping):
@@ -724,7 +731,15 @@ class PowerBIClient:
         url = self._url(
             "gateways", _id("gateway_id", gateway_id), "datasources", _id("datasource_id", datasource_id)
         )
-        self._call("PATCH", url, token=token, json_body=dict(request_body), idempotent=False)
+        self._call(
+            "PATCH",
+            url,
+            token=token,
+            json_body=dict(request_body),
+            idempotent=False,
+            presents_credentials=True,
+            before_attempt=before_attempt,
+        )
 
 
 def _id(what: str, value: object) -> str:

@@ -399,3 +399,69 @@ def test_typed_errors_survive_pickling_with_their_fields() -> None:
     for error in (api, denied, auth, bad):
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error) and vars(copy) == vars(error)
+
+
+# --- requests that present credentials (the credentials PATCH) -----------------------------------
+@pytest.mark.sandbox
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_credential_presenting_request_is_never_retried_after_a_5xx(
+    sb: Sandbox, route: str, status: int
+) -> None:
+    """A 503 is retried for every other method, but Power BI may answer 503 after the gateway
+    tested the password: a second attempt would be a second sign-in."""
+    sb.faults.add("test.patch", status=status)
+    with pytest.raises(ApiError) as caught:
+        _pipeline(Recorder()).request("PATCH", f"{route}/ok", json_body={}, presents_credentials=True)
+    assert (caught.value.status, caught.value.attempts) == (status, 1)
+    assert len(sb.requests.find("test.patch")) == 1
+
+
+@pytest.mark.sandbox
+def test_a_credential_presenting_request_is_retried_after_a_429_and_checks_before_every_attempt(
+    sb: Sandbox, route: str
+) -> None:
+    sb.faults.throttle("test.patch", retry_after=3, times=2)
+    checks: list[int] = []
+    response = _pipeline(Recorder()).request(
+        "PATCH",
+        f"{route}/ok",
+        json_body={},
+        presents_credentials=True,
+        before_attempt=lambda: checks.append(len(checks)),
+    )
+    assert response.attempts == 3 and checks == [0, 1, 2]
+
+
+@pytest.mark.sandbox
+def test_what_before_attempt_raises_stops_the_call_and_nothing_more_is_sent(sb: Sandbox, route: str) -> None:
+    sb.faults.throttle("test.patch", retry_after=3, times=1)
+    calls = {"n": 0}
+
+    def lease_check() -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise LookupError("the lease is gone")
+
+    with pytest.raises(LookupError):
+        _pipeline(Recorder()).request(
+            "PATCH", f"{route}/ok", json_body={}, presents_credentials=True, before_attempt=lease_check
+        )
+    assert len(sb.requests.find("test.patch")) == 1
+
+
+@pytest.mark.sandbox
+def test_a_lost_answer_says_it_may_have_been_sent_and_a_refused_connection_that_it_was_not(
+    sb: Sandbox, route: str
+) -> None:
+    sb.faults.add("test.patch", drop=True)
+    with pytest.raises(ApiConnectionError) as caught:
+        _pipeline(Recorder()).request("PATCH", f"{route}/ok", json_body={}, presents_credentials=True)
+    assert caught.value.sent is True and caught.value.attempts == 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ApiConnectionError) as refused:
+        _pipeline(Recorder(), policy=RetryPolicy(max_attempts=2)).request(
+            "PATCH", f"https://127.0.0.1:{port}/t/ok", json_body={}, presents_credentials=True
+        )
+    assert refused.value.sent is False

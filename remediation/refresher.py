@@ -1,0 +1,490 @@
+"""Datasets: whether a failed refresh may be retried, and retrying it (refresh, schedule, follow-up).
+
+A refresh signs in to every data source of the dataset with its stored credential, and so does
+every scheduled slot once the schedule is back on: each is a possible failed sign-in on the
+accounts behind them. So a dataset is refreshed, and its schedule re-enabled, only when this run
+has seen every credential-bearing data source accepted or verified:
+
+* a source updated now (the PATCH's credential test accepted it), or
+* a source that holds the current version and was not shown wrong since: its version was applied
+  after the failed refresh, or the failure names another data source.
+
+A credential failure is blamed on a data source only when the failure names it (the
+``DataSourceKind``/``DataSourcePath`` details) or it is the dataset's only credential-bearing
+source; a failure after the current version was applied to that source proves the version
+wrong there (recorded as rejected, for the target and the account). A dataset with an unbound
+source that may be the failing one is not refreshed either.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Protocol, TypeVar
+
+from remediation.accounts import failed_source, source_locator, source_matches, text_map
+from remediation.bindings import BindingSet, Target
+from remediation.diagnosis import Category, Diagnosis, diagnose_refresh
+from remediation.errors import RemediationError
+from remediation.http import ApiError
+from remediation.keyvault import SecretValue
+from remediation.ledger import Ledger, Outcome, utc_day
+from remediation.powerbi import (
+    DatasetDatasource,
+    PowerBIClient,
+    Refresh,
+    RefreshAlreadyRunning,
+    RefreshQuotaExceeded,
+)
+from remediation.report import Action
+from remediation.runs import Resolved, Run
+from remediation.settings import Settings
+
+__all__ = ["Refresher", "TargetHealer"]
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+class TargetHealer(Protocol):
+    """What the refresher needs of the healer: healing targets under its rules."""
+
+    def heal_targets(self, resolved: Sequence[Resolved], run: Run) -> list[Outcome]: ...
+
+    def account_of(self, item: Resolved, run: Run) -> str: ...
+
+    def secret(self, name: str, run: Run) -> SecretValue: ...
+
+    def lease_ttl(self) -> float: ...
+
+    def in_parallel(self, work: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]: ...
+
+
+class Refresher:
+    """Heals datasets: their bound sources through the healer, then their refresh."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bindings: BindingSet,
+        *,
+        powerbi: PowerBIClient,
+        ledger: Ledger,
+        targets: TargetHealer,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        poll_interval: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.bindings = bindings
+        self.powerbi = powerbi
+        self.ledger = ledger
+        self._targets = targets
+        self._clock = clock
+        self._sleep = sleep
+        self._poll_interval = poll_interval
+
+    def heal_dataset(
+        self,
+        workspace_id: str,
+        dataset_id: str,
+        run: Run,
+        latest: Refresh | None = None,
+        sources: Sequence[DatasetDatasource] | None = None,
+        *,
+        latest_is_fresh: bool = False,
+        heal_credentials: bool = False,
+    ) -> None:
+        """Heal a dataset. ``heal_credentials``: bring its bound data sources to the current
+        versions even when its last refresh did not fail (an operator's or an event's heal)."""
+        report = partial(self.report_dataset, run, workspace_id, dataset_id)
+
+        try:
+            if latest is None:
+                history = self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=1)
+                latest = history[0] if history else None
+        except ApiError as exc:
+            report(Action.FAILED, f"could not read the refresh history: {exc}")
+            return
+        failed_for_credentials = latest is not None and latest.failed and diagnose(latest).credential_related
+        if not failed_for_credentials and not heal_credentials:
+            self._report_refresh_state(report, latest)
+            return
+
+        if sources is None:
+            try:
+                sources = self.powerbi.get_datasources_in_group(workspace_id, dataset_id)
+            except ApiError as exc:
+                report(Action.FAILED, f"could not list the dataset's data sources: {exc}")
+                return
+        resolved, unbound = self._dataset_bindings(sources, report)
+        credential_bearing = [s for s in sources if s.bound]
+
+        culprit: DatasetDatasource | None = None
+        named = failed_source(latest.service_exception_json) if failed_for_credentials and latest else None
+        if failed_for_credentials:
+            if named is not None:
+                matching = [
+                    s
+                    for s in credential_bearing
+                    if source_matches(named, s.datasource_type, s.connection_details)
+                ]
+                culprit = matching[0] if len(matching) == 1 else None
+            elif len(credential_bearing) == 1:
+                culprit = credential_bearing[0]
+            if culprit is not None and latest is not None:
+                self._reject_if_failed_after_apply(culprit, resolved, latest, run)
+
+        outcomes = self._targets.heal_targets(resolved, run)
+        if not failed_for_credentials:
+            self._report_refresh_state(report, latest)
+            return
+        assert latest is not None
+        if not resolved:
+            report(
+                Action.UNBOUND,
+                "the refresh failed for credentials but none of the dataset's "
+                "data sources is bound: add a binding",
+            )
+            return
+        culprit_key = None if culprit is None else _source_key(culprit)
+        if unbound and (culprit_key is None or culprit_key in {_source_key(s) for s in unbound}):
+            report(
+                Action.UNBOUND,
+                "not refreshed: the failure may come from a data source no binding covers, and a refresh "
+                "would only sign in with its wrong credential again; add a binding for it",
+            )
+            return
+        failed_at = latest.start_time.timestamp() if latest.start_time is not None else None
+        waiting: list[str] = []
+        for item, outcome in zip(resolved, outcomes, strict=True):
+            action = Action(outcome.action or Action.FAILED.value)
+            if action in (Action.UPDATED, Action.WOULD_UPDATE):
+                continue
+            if action is Action.CURRENT:
+                fixed_since = self._applied_after(item, failed_at)
+                if fixed_since or (culprit_key is not None and culprit_key != item.target.key):
+                    continue
+                waiting.append(
+                    f"{item.target.gateway_id}/{item.target.datasource_id} (unchanged since the failure)"
+                )
+                continue
+            waiting.append(f"{item.target.gateway_id}/{item.target.datasource_id} ({action.value})")
+        if waiting:
+            settling = any(o.action == Action.SETTLING for o in outcomes)
+            report(
+                Action.SETTLING
+                if settling and len(waiting) == sum(o.action == Action.SETTLING for o in outcomes)
+                else Action.BLOCKED,
+                "not refreshed, and its schedule is left as it is: a refresh signs in to every data source, "
+                "and these are not known to hold a working credential: " + ", ".join(waiting),
+                refresh_request_id=latest.request_id,
+                refresh_state=latest.status,
+            )
+            return
+        self._refresh(workspace_id, dataset_id, run, check_running=not latest_is_fresh)
+
+    def _report_refresh_state(self, report: Callable[..., Outcome], latest: Refresh | None) -> None:
+        if latest is None:
+            report(Action.HEALTHY, "the dataset has no refresh history")
+        elif latest.running:
+            report(
+                Action.REFRESH_RUNNING,
+                "a refresh is running; nothing to do until it ends",
+                refresh_request_id=latest.request_id,
+                refresh_state=latest.status,
+            )
+        elif not latest.failed:
+            report(Action.HEALTHY, f"the last refresh is {latest.status}", refresh_state=latest.status)
+        else:
+            diagnosis = diagnose(latest)
+            report(
+                Action.NOT_CREDENTIAL,
+                f"{diagnosis.message}. {diagnosis.fix}",
+                refresh_request_id=latest.request_id,
+                refresh_state=latest.status,
+            )
+
+    def _dataset_bindings(
+        self, sources: Sequence[DatasetDatasource], report: Callable[..., Outcome]
+    ) -> tuple[list[Resolved], list[DatasetDatasource]]:
+        """The dataset's bound targets, and its credential-bearing sources that have no binding."""
+        resolved: list[Resolved] = []
+        unbound: list[DatasetDatasource] = []
+        for source in sources:
+            if not source.bound or source.gateway_id is None or source.datasource_id is None:
+                continue
+            details = text_map(source.connection_details)
+            binding = self.bindings.for_target(source.gateway_id, source.datasource_id)
+            if binding is None:
+                try:
+                    binding = self.bindings.for_datasource(
+                        source.gateway_id,
+                        source.datasource_id,
+                        datasource_type=source.datasource_type or "",
+                        connection_details=details,
+                    )
+                except RemediationError as exc:
+                    report(Action.FAILED, str(exc))
+                    unbound.append(source)
+                    continue
+            if binding is None:
+                unbound.append(source)
+                report(
+                    Action.UNBOUND,
+                    f"data source {source.datasource_type} {dict(source.connection_details)} has no "
+                    "binding: add one to the bindings file so it can be healed",
+                    gateway_id=source.gateway_id.lower(),
+                    datasource_id=source.datasource_id.lower(),
+                )
+                continue
+            resolved.append(
+                Resolved(
+                    binding,
+                    Target(source.gateway_id.lower(), source.datasource_id.lower()),
+                    source_locator(source.datasource_type, details),
+                )
+            )
+        return resolved, unbound
+
+    def _applied_after(self, item: Resolved, failed_at: float | None) -> bool:
+        state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
+        return failed_at is not None and state.applied_at is not None and state.applied_at > failed_at
+
+    def _reject_if_failed_after_apply(
+        self, culprit: DatasetDatasource, resolved: Sequence[Resolved], latest: Refresh, run: Run
+    ) -> None:
+        """A credential failure of ``culprit`` *after* the current version was applied to it means
+        its source rejects that version: that refresh was the version's one failed sign-in. It is
+        recorded as rejected (target and account), so it is never presented again and the dataset
+        is not refreshed again on it."""
+        if run.dry_run or latest.start_time is None:
+            return
+        failed_at = latest.start_time.timestamp()
+        key = _source_key(culprit)
+        for item in resolved:
+            if item.target.key != key:
+                continue
+            state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
+            if state.applied_at is None or state.applied_at > failed_at or state.applied_version is None:
+                return
+            try:
+                secret = self._targets.secret(item.binding.secret, run)
+            except RemediationError:
+                return
+            if not state.holds(item.binding.secret, secret.version):
+                return  # it holds an older version: healing it is the cure
+            account = self._targets.account_of(item, run)
+            reason = (
+                f"a refresh failed for credentials on this data source after version {secret.version} "
+                f"was applied (refresh {latest.request_id or 'without id'})"
+            )
+            self.ledger.record_presentation(
+                account,
+                item.binding.secret,
+                secret.version,
+                owner=run.owner,
+                locator=item.locator,
+                verdict="rejected",
+                reason=reason,
+                now=self._clock(),
+            )
+            lease = self.ledger.acquire_lease(
+                item.target.gateway_id,
+                item.target.datasource_id,
+                run.owner,
+                self._clock(),
+                self._targets.lease_ttl(),
+            )
+            if lease is not None:
+                try:
+                    self.ledger.record_rejected(lease, item.binding.secret, secret.version, self._clock())
+                finally:
+                    self.ledger.release_lease(lease)
+            return
+
+    def _refresh(self, workspace_id: str, dataset_id: str, run: Run, *, check_running: bool) -> None:
+        """Retry the refresh: never while one runs, within the daily budget, schedule re-enabled.
+
+        ``check_running`` reads the history first; it is skipped when this run has just read it
+        (a refresh started since is refused by Power BI and reported as running, not retried).
+        """
+
+        report = partial(self.report_dataset, run, workspace_id, dataset_id)
+
+        now = self._clock()
+        day = utc_day(now)
+        try:
+            history = (
+                self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=1)
+                if check_running
+                else []
+            )
+            if history and history[0].running:
+                report(
+                    Action.REFRESH_RUNNING,
+                    "a refresh is already running: not starting another",
+                    refresh_request_id=history[0].request_id,
+                    refresh_state=history[0].status,
+                )
+                return
+            used = self.ledger.refresh_posts(dataset_id, day)
+            if used >= self.settings.refresh_daily_budget:
+                report(
+                    Action.REFRESH_BUDGET,
+                    f"{used} refreshes started today (budget "
+                    f"{self.settings.refresh_daily_budget}); the next scheduled refresh will run",
+                )
+                return
+            schedule = self.powerbi.get_refresh_schedule_in_group(workspace_id, dataset_id)
+            if run.dry_run:
+                again = "" if schedule.enabled else " and re-enable its schedule"
+                report(Action.WOULD_REFRESH, f"would refresh the dataset{again}")
+                return
+            notes = []
+            if not schedule.enabled and schedule.days:
+                self.powerbi.update_refresh_schedule_in_group(workspace_id, dataset_id, True)
+                notes.append("schedule re-enabled")
+            self.ledger.record_refresh_post(dataset_id, day)
+            request = self.powerbi.refresh_dataset_in_group(workspace_id, dataset_id)
+        except RefreshAlreadyRunning:
+            report(Action.REFRESH_RUNNING, "a refresh is already running: not starting another")
+            return
+        except RefreshQuotaExceeded as exc:
+            report(Action.REFRESH_BUDGET, f"Power BI's daily refresh limit is reached: {exc}")
+            return
+        except ApiError as exc:
+            report(Action.FAILED, f"could not refresh: {exc}")
+            return
+        final = self._follow(workspace_id, dataset_id, request.request_id, run)
+        state = final.status if final is not None else "Unknown"
+        reason = f"refresh {state}"
+        if final is not None and final.failed:
+            reason += f": {diagnose(final).message}"
+        elif final is None or final.running:
+            reason += " within this run's time; it goes on in Power BI"
+        if notes:
+            reason += f" ({', '.join(notes)})"
+        report(Action.REFRESHED, reason, refresh_request_id=request.request_id, refresh_state=state)
+
+    def _follow(self, workspace_id: str, dataset_id: str, request_id: str, run: Run) -> Refresh | None:
+        """Poll the history until the refresh ``request_id`` ends, the follow-up time limit or the
+        run's deadline passes."""
+        deadline = self._clock() + self.settings.refresh_timeout_seconds
+        if run.deadline is not None:
+            deadline = min(deadline, run.deadline)
+        interval = min(self._poll_interval, 1.0)
+        last: Refresh | None = None
+        while True:
+            try:
+                for entry in self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=5):
+                    if (entry.request_id or "").lower() == request_id:
+                        last = entry
+                        break
+            except ApiError as exc:
+                logger.warning("following refresh %s: %s", request_id, exc)
+            if last is not None and not last.running:
+                return last
+            if self._clock() + interval > deadline:
+                return last
+            self._sleep(interval)
+            interval = min(interval * 2, self._poll_interval)
+
+    def retry_failed_refreshes(self, healed: set[tuple[str | None, str | None]], run: Run) -> None:
+        """After a secret change: refresh the datasets on the healed data sources whose last
+        refresh failed for credentials."""
+
+        def retry(found: tuple[str, str, Refresh]) -> None:
+            workspace_id, dataset_id, latest = found
+            try:
+                sources = self.powerbi.get_datasources_in_group(workspace_id, dataset_id)
+            except ApiError as exc:
+                logger.warning("dataset %s: cannot list data sources: %s", dataset_id, exc)
+                return
+            uses = {((s.gateway_id or "").lower(), (s.datasource_id or "").lower()) for s in sources}
+            if uses & healed:
+                self.heal_dataset(
+                    workspace_id, dataset_id, run, latest=latest, sources=sources, latest_is_fresh=True
+                )
+
+        self._targets.in_parallel(retry, self.scan_failed_datasets(run, lambda _m: None))
+
+    def scan_failed_datasets(self, run: Run, say: Callable[[str], None]) -> list[tuple[str, str, Refresh]]:
+        """Datasets (in the watched workspaces, or all visible) whose last refresh failed for
+        credentials. One history call per dataset, concurrently."""
+        try:
+            workspaces = list(self.bindings.watch_workspaces) or [g.id for g in self.powerbi.get_groups()]
+        except ApiError as exc:
+            logger.warning("cannot list workspaces: %s", exc)
+            return []
+        datasets: list[tuple[str, str]] = []
+        for workspace_id in workspaces:
+            try:
+                datasets.extend(
+                    (workspace_id.lower(), d.id.lower())
+                    for d in self.powerbi.get_datasets_in_group(workspace_id)
+                    if d.is_refreshable is not False
+                )
+            except ApiError as exc:
+                logger.warning("workspace %s: cannot list datasets: %s", workspace_id, exc)
+        say(f"scanning {len(datasets)} datasets in {len(workspaces)} workspaces")
+
+        def latest(pair: tuple[str, str]) -> tuple[str, str, Refresh] | None:
+            if run.out_of_time(self._clock()):
+                return None
+            try:
+                history = self.powerbi.get_refresh_history_in_group(pair[0], pair[1], top=1)
+            except ApiError as exc:
+                logger.warning("dataset %s: cannot read refresh history: %s", pair[1], exc)
+                return None
+            if history and history[0].failed and diagnose(history[0]).category is Category.CREDENTIAL:
+                return pair[0], pair[1], history[0]
+            return None
+
+        return [found for found in self._targets.in_parallel(latest, datasets) if found is not None]
+
+    def report_dataset(
+        self,
+        run: Run,
+        workspace_id: str,
+        dataset_id: str,
+        action: Action,
+        reason: str,
+        *,
+        refresh_request_id: str | None = None,
+        refresh_state: str | None = None,
+        gateway_id: str | None = None,
+        datasource_id: str | None = None,
+    ) -> Outcome:
+        """Record a dataset outcome (with the data source it concerns, when one is named)."""
+        logger.info("dataset %s/%s: %s — %s", workspace_id, dataset_id, action.value, reason)
+        return run.add(
+            Outcome(
+                time=self._clock(),
+                trigger=run.trigger,
+                correlation_id=run.correlation_id,
+                workspace_id=workspace_id,
+                dataset_id=dataset_id,
+                action=action.value,
+                reason=reason,
+                refresh_request_id=refresh_request_id,
+                refresh_state=refresh_state,
+                gateway_id=gateway_id,
+                datasource_id=datasource_id,
+            )
+        )
+
+
+def diagnose(refresh: Refresh) -> Diagnosis:
+    """The diagnosis of a refresh-history entry."""
+    entry: dict[str, object] = {"status": refresh.status}
+    if refresh.service_exception_json is not None:
+        entry["serviceExceptionJson"] = refresh.service_exception_json
+    return diagnose_refresh(entry)
+
+
+def _source_key(source: DatasetDatasource) -> tuple[str, str]:
+    return (source.gateway_id or "").lower(), (source.datasource_id or "").lower()

@@ -1,0 +1,86 @@
+"""What a command did: the actions a target or a dataset can end in, and the report of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from remediation.ledger import Outcome
+
+__all__ = ["HOLDS_CURRENT", "PROBLEMS", "Action", "Report"]
+
+
+class Action(StrEnum):
+    """What happened to a target or a dataset. The first group changes nothing."""
+
+    # targets
+    UPDATED = "updated"  # the PATCH was accepted: the target holds the version now
+    CURRENT = "already-current"  # the ledger says the target holds the version: nothing sent
+    REJECTED = "rejected"  # the source refused the version just now; it will not be sent again
+    BLOCKED = "blocked"  # refused before (here or elsewhere on the account); waiting for a new version
+    LIMITED = "attempt-limit"  # too many updates in the window; waiting for the window to pass
+    BUSY = "busy"  # another writer holds the target's lease, or presents the version first
+    FAILED = "failed"  # an error that is not the source's verdict (network, permission, ...)
+    IN_DOUBT = "in-doubt"  # presented, but the verdict never came back: not presented again
+    SETTLING = "settling"  # the version is younger than REMEDIATION_SETTLE_SECONDS: later
+    WOULD_UPDATE = "would-update"  # dry-run
+    # datasets
+    REFRESHED = "refreshed"  # a refresh was started (and followed: see refresh_state)
+    WOULD_REFRESH = "would-refresh"  # dry-run
+    REFRESH_RUNNING = "refresh-running"  # a refresh already runs: no second one
+    REFRESH_BUDGET = "refresh-budget"  # the daily refresh budget for this dataset is used up
+    HEALTHY = "healthy"  # the last refresh did not fail
+    NOT_CREDENTIAL = "not-credential"  # it failed for a reason a credential cannot cure
+    UNBOUND = "unbound"  # a data source no binding covers
+    DEFERRED = "deferred"  # the time budget ran out before this
+
+
+# Actions after which a target holds the current version (exit code 0).
+HOLDS_CURRENT = frozenset({Action.UPDATED, Action.CURRENT})
+# Actions that mean "something needs a person or a later run" (exit code 1).
+PROBLEMS = frozenset(
+    {
+        Action.REJECTED,
+        Action.BLOCKED,
+        Action.LIMITED,
+        Action.BUSY,
+        Action.FAILED,
+        Action.IN_DOUBT,
+        Action.SETTLING,
+        Action.UNBOUND,
+        Action.DEFERRED,
+    }
+)
+
+
+@dataclass
+class Report:
+    """The outcomes of one command, in the order they were produced."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    dry_run: bool = False
+    correlation_id: str = ""
+    retry_at: float | None = None
+    """Epoch seconds at which the same command should run again (a version still settling),
+    or None. The CLI waits for it; the Functions app re-queues the command with that delay."""
+
+    @property
+    def exit_code(self) -> int:
+        """0: every target in scope holds the current secret (or, dry-run, could); 1: not."""
+        return 1 if any(o.action in PROBLEMS for o in self.outcomes) else 0
+
+    def targets(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.datasource_id is not None and o.dataset_id is None]
+
+    def datasets(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.dataset_id is not None]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "correlationId": self.correlation_id,
+            "dryRun": self.dry_run,
+            "exitCode": self.exit_code,
+            "retryAt": self.retry_at,
+            "targets": [o.to_dict() for o in self.targets()],
+            "datasets": [o.to_dict() for o in self.datasets()],
+        }

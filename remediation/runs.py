@@ -1,0 +1,63 @@
+"""One run of a command: what it learns as it goes, and the targets it works on."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from remediation.bindings import Binding, Target
+from remediation.keyvault import SecretValue
+from remediation.ledger import Outcome
+from remediation.powerbi import GatewayDatasource
+
+__all__ = ["Resolved", "Run"]
+
+
+@dataclass
+class Run:
+    """What one command learns as it goes: secrets and gateways are fetched once per run."""
+
+    trigger: str
+    correlation_id: str
+    dry_run: bool
+    started: float
+    owner: str
+    deadline: float | None = None
+    present_again: bool = False
+    outcomes: list[Outcome] = field(default_factory=list)
+    secrets: dict[str, SecretValue] = field(default_factory=dict)
+    redactions: list[int] = field(default_factory=list)
+    gateway_datasources: list[tuple[str, GatewayDatasource]] | None = None
+    settled: dict[tuple[str, str], Outcome] = field(default_factory=dict)  # targets done this run
+    allowed_again: set[tuple[str, str, str]] = field(default_factory=set)
+    retry_at: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    key_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    persist: Callable[[Outcome], None] | None = None
+
+    def add(self, outcome: Outcome) -> Outcome:
+        with self.lock:
+            self.outcomes.append(outcome)
+        if self.persist is not None:
+            self.persist(outcome)
+        return outcome
+
+    def key_lock(self, key: str) -> threading.Lock:
+        with self.lock:
+            return self.key_locks.setdefault(key, threading.Lock())
+
+    def out_of_time(self, now: float) -> bool:
+        """True once the run's deadline has passed: work not started by then is deferred."""
+        return self.deadline is not None and now >= self.deadline
+
+    def again_at(self, when: float) -> None:
+        with self.lock:
+            self.retry_at = when if self.retry_at is None else min(self.retry_at, when)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    binding: Binding
+    target: Target
+    locator: str = ""  # where at the source it signs in, when known (see accounts.source_locator)
