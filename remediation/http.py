@@ -14,7 +14,8 @@ Retry decisions (what is retried, and why):
   The wait is the ``Retry-After`` header (delta-seconds or an HTTP-date; ``retry-after-ms`` and
   ``x-ms-retry-after-ms`` too), capped at :attr:`RetryPolicy.max_retry_after`; without the
   header, the exponential backoff below.
-* **503** is retried for every method: "Service Unavailable" means the request was not taken on.
+* **503** is retried for every method: "Service Unavailable" means the request was not taken on
+  (except for a request that presents credentials, below).
 * **500, 502, 504, read timeouts and connections dropped after the request was sent** are retried
   only for *idempotent* calls, because the service may already have acted. GET/HEAD/PUT/DELETE
   are idempotent; a POST or PATCH is idempotent only when its caller says so
@@ -35,8 +36,11 @@ Two POST/PATCH calls are deliberately *not* marked idempotent:
 * the credentials ``PATCH .../datasources/{id}``: the body is the same on every attempt, so it is
   idempotent in HTTP terms, but Power BI tests the credentials against the source system while
   serving it. After a 500/502/504 or a read timeout the password may already have been presented;
-  presenting it again from a tight loop is how accounts get locked. Whether to try again is the
-  healer's decision (bounded attempts per target and time window), not the transport's.
+  presenting it again from a tight loop is how accounts get locked. It is sent with
+  ``presents_credentials=True``: retried only after a 429 or a failure before sending, never after
+  any 5xx (a 503 too may come after the test) or a lost answer, and ``before_attempt`` lets the
+  healer renew its lease before every attempt. Whether to present it again later is the healer's
+  decision (the per-account verdicts in the ledger), not the transport's.
 
 Backoff is exponential with full jitter: before retry ``n`` (1-based) the wait is
 ``rand() * min(max_delay, base_delay * 2 ** (n - 1))``. Attempts are bounded by
