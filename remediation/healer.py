@@ -30,6 +30,7 @@ did. Dry-run stops after deciding: no lease, no PATCH, no refresh, no ledger wri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -580,9 +581,13 @@ class Healer:
                     raise _NotSent(f"the claim on the presentation is gone ({claim.value})")
 
         token: str | None = None
-        if binding.credential_type is CredentialType.OAUTH2:
-            # The password grant is a sign-in of the account: it counts like a PATCH.
+        try:
+            # The attempt counts toward the per-target bound (a password grant too: it is a sign-in).
             self.ledger.record_attempt(lease, self._clock())
+        except LeaseLost:
+            lost = VerdictOf(Verdict.NOT_PRESENTED, "the lease was taken over before sending")
+            return self._record(item, secret, account, lease, lost, probe)
+        if binding.credential_type is CredentialType.OAUTH2:
             try:
                 token = self._user_token(binding, secret)()
             except AuthenticationError as exc:
@@ -595,7 +600,6 @@ class Healer:
         else:
             assert gateway is not None
             body = request_body(binding, resolved, gateway)
-            self.ledger.record_attempt(lease, self._clock())
         try:
             self._update(item, body, token, gateway, resolved, run, before_attempt)
         except (_NotSent, LeaseLost) as exc:
@@ -686,7 +690,8 @@ class Healer:
             return Action.UPDATED, f"now holds version {version}"
         if verdict.verdict is Verdict.REJECTED:
             account_verdict("rejected", verdict.reason)
-            self.ledger.record_rejected(lease, binding.secret, version, now)
+            with contextlib.suppress(LeaseLost):  # recorded all the same: a rejection is a fact
+                self.ledger.record_rejected(lease, binding.secret, version, now)
             return Action.REJECTED, (
                 f"version {version} was refused for account {who}: {verdict.reason}. It is not "
                 "presented to any data source of that account again; put the right value in Key Vault "
