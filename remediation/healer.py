@@ -164,8 +164,9 @@ class Healer:
         ``version`` is a version an operator named: it must exist and be enabled (else
         :class:`SecretVersionNotFound`, nothing sent). ``event_version`` is the one an event
         announced (only logged). Either way the healer applies the *current* version: events
-        arrive late and out of order, and an older version is never right. ``present_again`` is the operator's explicit "present it once more" for a current
-        version that is rejected or in doubt. Raises :class:`NotBound` when no binding uses ``name``.
+        arrive late and out of order, and an older version is never right. ``present_again`` is
+        the operator's explicit "present it once more" for a current version that is rejected or
+        in doubt. Raises :class:`NotBound` when no binding uses ``name``.
         """
         bindings = self.bindings.for_secret(name)
         if not bindings:
