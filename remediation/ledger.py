@@ -10,6 +10,15 @@ leaving them to callers:
   lease (a set union cannot conflict with anybody, and forgetting a rejection invites an account
   lockout). Credential-update attempts are kept with their timestamps (the newest
   :data:`MAX_ATTEMPTS_KEPT`), so the healer can bound attempts per time window.
+* **At most one failed sign-in per account and secret version.** Lockout policies count failed
+  sign-ins per *account*, whatever the number of data sources signing in as it. Per
+  ``(account, secret, version)`` the ledger keeps an :class:`AccountVersion`: before presenting a
+  version the healer *claims* the presentation (:meth:`Ledger.claim_presentation`); of any number
+  of concurrent claimers one is granted the *probe* and the others are told to wait, until the
+  version is accepted somewhere (then it fans out freely to that locator). A rejection, or a
+  presentation whose verdict never came back (the probe expired: the presenter died or lost the
+  answer), stops the version for that account for good; only an operator's
+  :meth:`Ledger.allow_again` lets it be presented once more. These records are never pruned.
 * **One writer per target.** A lease per target: it is granted when there is none, when the
   current one has expired (``now >= expires``: crash safety, a dead writer's lease is taken over)
   or when the same owner asks again (a renewal). Every grant is a compare-and-swap on the target's
@@ -33,17 +42,25 @@ entity insert or a conditional (``If-Match`` ETag) replace, never a multi-row tr
 :class:`EntityLedgerBase` implements all target semantics (leases, applied, rejected, attempts)
 on top of three primitives -- read one target entity, insert it if absent, replace it if its
 ETag still matches -- so a Table storage backend only supplies those primitives plus the
-simple single-entity operations for events, outcomes and refresh counters. Suggested mapping:
+simple single-entity operations for events, outcomes and refresh counters. Presentation
+verdicts per account (:class:`AccountVersion`) are built the same way, on three primitives of
+their own. Suggested mapping:
 
 ===============  ===========================  =============================================
 table            PartitionKey / RowKey        properties
 ===============  ===========================  =============================================
 targets          gateway id / datasource id   applied*, rejections (JSON), attempts (JSON),
                                               lease_owner, lease_id, lease_expires; ETag
+accounts         account / secret ``|``       account, secret_name, secret_version, verdict,
+                 version (keys derived: the   reason, verdict_at, accepted (JSON), probe_*,
+                 account is any text)         presentations, overrides; ETag
 seenevents       first 2 chars / event id     seen_at (insert; 409 Conflict = duplicate)
 outcomes         UTC day / inverted time+uuid Outcome fields (newest first within a day)
 refreshposts     UTC day / dataset id         posts (conditional replace on ETag)
 ===============  ===========================  =============================================
+
+In SQLite the accounts table is ``account_versions``, one row per (account, secret, version),
+``accepted`` a JSON column, so every change stays a one-row write.
 
 :class:`SqliteLedger` is the embedded backend (``REMEDIATION_STATE_PATH``): one SQLite file in WAL
 mode with a busy timeout, safe for a pool of threads and for several processes at once.
@@ -60,21 +77,26 @@ import re
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from time import monotonic, sleep
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Protocol, Self, TypeGuard, runtime_checkable
+from typing import TYPE_CHECKING, Final, Literal, Protocol, Self, TypeGuard, TypeVar, runtime_checkable
 
 from remediation.errors import RemediationError
 
 __all__ = [
     "DEFAULT_OUTCOME_RETENTION_SECONDS",
+    "MAX_ACCOUNT_LENGTH",
     "MAX_ATTEMPTS_KEPT",
+    "MAX_REASON_LENGTH",
     "SCHEMA_VERSION",
+    "AccountVersion",
+    "Claim",
     "EntityLedgerBase",
     "Lease",
     "LeaseLost",
@@ -92,7 +114,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """Version of the SQLite schema, kept in ``PRAGMA user_version``."""
 
 MAX_ATTEMPTS_KEPT: Final = 64
@@ -100,6 +122,12 @@ MAX_ATTEMPTS_KEPT: Final = 64
 
 DEFAULT_OUTCOME_RETENTION_SECONDS: Final = 90 * 86400.0
 """Outcomes older than this are removed by :meth:`Ledger.prune` unless told otherwise."""
+
+MAX_ACCOUNT_LENGTH: Final = 512
+"""Longest account key (characters, after normalisation) :class:`AccountVersion` accepts."""
+
+MAX_REASON_LENGTH: Final = 1000
+"""Longest reason kept in an :class:`AccountVersion` (a longer one is cut, marked with ``…``)."""
 
 _MAX_CAS_RETRIES: Final = 200
 _DAY_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -344,6 +372,76 @@ class PruneResult:
     refresh_days: int = 0
 
 
+class Claim(StrEnum):
+    """The answer of :meth:`Ledger.claim_presentation`: may the caller present the version now?"""
+
+    GRANTED = "granted"
+    """The caller presents the version now, and must record a verdict afterwards."""
+    ACCEPTED = "accepted"
+    """The version was accepted at this locator before: present it freely (fan-out)."""
+    BUSY = "busy"
+    """Another owner is presenting it first, right now (an unexpired probe): wait."""
+    REJECTED = "rejected"
+    """The account's source rejected it: never present it again automatically."""
+    IN_DOUBT = "in-doubt"
+    """It was presented and its verdict never recorded: never present it again automatically."""
+
+
+_REJECTED: Final = "rejected"
+_IN_DOUBT: Final = "in-doubt"
+_ACCEPTED: Final = "accepted"
+
+
+@dataclass(frozen=True)
+class AccountVersion:
+    """What the ledger knows about presenting one secret version to one account. No secret value.
+
+    An *account* is what a source's lockout policy counts failed sign-ins against; the healer
+    chooses its key (e.g. ``"user:contoso\\svc_pbi"`` or ``"secret:sql-key"``), and the ledger
+    treats it as opaque text (normalised with ``strip().lower()``, at most
+    :data:`MAX_ACCOUNT_LENGTH` characters). ``secret`` is the Key Vault secret's *name*.
+
+    ``verdict`` is None, ``"rejected"`` or ``"in-doubt"``; ``reason`` and ``verdict_at`` tell
+    why and when the verdict last changed (set, or cleared by an acceptance or an operator).
+    ``accepted`` lists the locators (source hosts, normalised to lower case; ``""`` = unknown)
+    where the version was accepted. The ``probe_*`` fields describe the one presentation in
+    flight, if any. ``presentations`` counts the probes granted (each is a possible failed
+    sign-in); ``overrides`` the times an operator allowed the version again. ``etag`` changes
+    with every write (None: never written).
+    """
+
+    account: str
+    secret: str
+    version: str
+    verdict: str | None = None
+    reason: str | None = None
+    verdict_at: float | None = None
+    accepted: tuple[str, ...] = ()
+    probe_owner: str | None = None
+    probe_locator: str | None = None
+    probe_target: str | None = None
+    probe_expires: float | None = None
+    presentations: int = 0
+    overrides: int = 0
+    etag: str | None = None
+
+    def probe_active(self, now: float) -> bool:
+        """True when a probe is in flight and has not expired at ``now``."""
+        return self.probe_owner is not None and self.probe_expires is not None and now < self.probe_expires
+
+    def accepted_json(self) -> str:
+        """``accepted`` as a JSON array of strings (the stored form)."""
+        return json.dumps(list(self.accepted))
+
+    @staticmethod
+    def parse_accepted(text: str | None) -> tuple[str, ...]:
+        """Read :meth:`accepted_json` back; raises :class:`LedgerError` if it is malformed."""
+        items = _json_list(text, "accepted")
+        if not all(isinstance(item, str) for item in items):
+            raise LedgerError("corrupt ledger record: accepted")
+        return tuple(str(item) for item in items)
+
+
 # ---------------------------------------------------------------------------------------------
 # Interface
 # ---------------------------------------------------------------------------------------------
@@ -446,6 +544,76 @@ class Ledger(Protocol):
         """Count one more refresh POST for the dataset on ``day``; returns the new count. Atomic."""
         ...
 
+    def account_version(self, account: str, secret: str, version: str) -> AccountVersion:
+        """What is known about presenting ``secret``/``version`` to ``account``; the empty state
+        (etag None) when nothing was ever recorded."""
+        ...
+
+    def claim_presentation(
+        self,
+        account: str,
+        secret: str,
+        version: str,
+        *,
+        locator: str,
+        target: str,
+        owner: str,
+        now: float,
+        ttl: float,
+    ) -> tuple[Claim, AccountVersion]:
+        """Ask to present ``version`` to ``account`` at ``locator`` (for ``target``); the answer
+        and the state after it. Checked in this order:
+
+        1. a verdict is set: :attr:`Claim.REJECTED` or :attr:`Claim.IN_DOUBT` (nothing written);
+        2. ``locator`` is in ``accepted``: :attr:`Claim.ACCEPTED` (nothing written);
+        3. a probe exists: ``owner``'s own: :attr:`Claim.GRANTED` again (expiry renewed to
+           ``now + ttl``, not counted as a new presentation); another owner's, unexpired
+           (``now < probe_expires``): :attr:`Claim.BUSY`; another owner's, expired: the presenter
+           stopped before recording a verdict, so the version becomes in doubt (verdict written,
+           probe cleared) and the answer is :attr:`Claim.IN_DOUBT`;
+        4. otherwise the caller gets the probe (``presentations`` + 1): :attr:`Claim.GRANTED`.
+
+        Atomic: of concurrent claimers with different owners exactly one is granted. A granted
+        caller must call :meth:`record_presentation` with the source's verdict (or "in-doubt"
+        when the answer was lost), and should claim again before presenting after ``ttl``.
+        """
+        ...
+
+    def record_presentation(
+        self,
+        account: str,
+        secret: str,
+        version: str,
+        *,
+        owner: str,
+        locator: str,
+        verdict: Literal["accepted", "rejected", "in-doubt"],
+        reason: str,
+        now: float,
+    ) -> AccountVersion:
+        """Record the source's verdict on a presentation; the new state. Always written (a
+        verdict is a fact, recorded even when the caller's probe expired or was taken).
+
+        "accepted" adds ``locator`` to ``accepted`` and clears an "in-doubt" verdict (the
+        version is proven good) but keeps a "rejected" one; "rejected" sets the verdict (over an
+        "in-doubt" one); "in-doubt" sets it unless the verdict is "rejected". ``owner``'s probe,
+        if it is the current one, is cleared. Raises ValueError for another verdict.
+        """
+        ...
+
+    def allow_again(
+        self, account: str, secret: str, version: str, *, now: float, reason: str
+    ) -> AccountVersion:
+        """An operator's explicit decision to let the version be presented to the account once
+        more: clears the verdict and any probe, counts an override, keeps ``accepted``; the new
+        state. The next claim is granted (once). ``reason`` (required) is kept for reports."""
+        ...
+
+    def account_versions(self, *, with_verdict_only: bool = True, limit: int = 1000) -> list[AccountVersion]:
+        """Account states with a verdict (or all of them), newest ``verdict_at`` first (never
+        set: last), at most ``limit``. Never pruned."""
+        ...
+
     def close(self) -> None:
         """Release the storage handle. Idempotent; any other call afterwards raises LedgerError."""
         ...
@@ -456,13 +624,18 @@ class Ledger(Protocol):
 # ---------------------------------------------------------------------------------------------
 
 
-class EntityLedgerBase(abc.ABC):
-    """Target semantics (leases, applied, rejected, attempts) over three storage primitives.
+_Entity = TypeVar("_Entity", TargetRecord, AccountVersion)
 
-    A backend supplies :meth:`_get_target`, :meth:`_insert_target` and :meth:`_replace_target`
-    (read one entity; insert if absent; replace if the ETag still matches), plus the remaining
-    :class:`Ledger` methods. Every target change here is read, compute, conditional write, retried
-    on a lost race; so two writers never both succeed from the same read.
+
+class EntityLedgerBase(abc.ABC):
+    """Target semantics (leases, applied, rejected, attempts) and account semantics (presentation
+    claims and verdicts) over single-entity storage primitives.
+
+    A backend supplies, per kind of entity, a read (``_get_target``, ``_get_account_version``),
+    an insert if absent (``_insert_*``) and a replace if the ETag still matches (``_replace_*``),
+    plus a scan of account states and the remaining :class:`Ledger` methods. Every change here is
+    read, compute, conditional write, retried on a lost race (:meth:`_compare_and_swap`); so two
+    writers never both succeed from the same read.
     """
 
     @abc.abstractmethod
@@ -489,27 +662,94 @@ class EntityLedgerBase(abc.ABC):
     def _replace_target(self, record: TargetRecord, if_match: str) -> str | None:
         """Replace the entity if its ETag is still ``if_match``; the new ETag, or None if not."""
 
+    @abc.abstractmethod
+    def _get_account_version(self, account: str, secret: str, version: str) -> AccountVersion | None:
+        """The stored account state with its current ``etag``, or None."""
+
+    @abc.abstractmethod
+    def _insert_account_version(self, record: AccountVersion) -> str | None:
+        """Insert ``record`` if no entity exists for its key; its new ETag, or None if one exists."""
+
+    @abc.abstractmethod
+    def _replace_account_version(self, record: AccountVersion, if_match: str) -> str | None:
+        """Replace the entity if its ETag is still ``if_match``; the new ETag, or None if not."""
+
+    @abc.abstractmethod
+    def _scan_account_versions(self, with_verdict_only: bool) -> Iterable[AccountVersion]:
+        """Every stored account state, in any order; a backend may leave out those without a
+        verdict when ``with_verdict_only`` (the caller filters, sorts and limits anyway)."""
+
+    @staticmethod
+    def _compare_and_swap(
+        what: str,
+        read: Callable[[], _Entity | None],
+        insert: Callable[[_Entity], str | None],
+        replace_if: Callable[[_Entity, str], str | None],
+        change: Callable[[_Entity | None], _Entity | None],
+    ) -> _Entity | None:
+        """Apply ``change`` (current entity or None -> new entity, or None for no write) atomically.
+
+        Returns the entity as written (with its new etag), or the current one (None if absent)
+        when ``change`` decided to write nothing. Raises :class:`LedgerConflict` after too many
+        lost races.
+        """
+        for attempt in range(_MAX_CAS_RETRIES):
+            current = read()
+            new = change(current)
+            if new is None:
+                return current
+            new = replace(new, etag=None)
+            if current is None or current.etag is None:
+                etag = insert(new)
+            else:
+                etag = replace_if(new, current.etag)
+            if etag is not None:
+                return replace(new, etag=etag)
+            sleep(random.random() * min(0.05, 0.0005 * 2 ** min(attempt, 7)))
+        raise LedgerConflict(f"too many concurrent writes to {what}")
+
     def _cas(
         self,
         gateway_id: str,
         datasource_id: str,
         change: Callable[[TargetRecord | None], TargetRecord | None],
     ) -> None:
-        """Apply ``change`` (current record or None -> new record, or None for no write) atomically."""
-        for attempt in range(_MAX_CAS_RETRIES):
-            current = self._get_target(gateway_id, datasource_id)
-            new = change(current)
-            if new is None:
-                return
-            new = replace(new, etag=None)
-            if current is None or current.etag is None:
-                etag = self._insert_target(new)
-            else:
-                etag = self._replace_target(new, current.etag)
-            if etag is not None:
-                return
-            sleep(random.random() * min(0.05, 0.0005 * 2 ** min(attempt, 7)))
-        raise LedgerConflict(f"too many concurrent writes to target {gateway_id}/{datasource_id}")
+        """Apply ``change`` to a target atomically (see :meth:`_compare_and_swap`)."""
+        self._compare_and_swap(
+            f"target {gateway_id}/{datasource_id}",
+            lambda: self._get_target(gateway_id, datasource_id),
+            self._insert_target,
+            self._replace_target,
+            change,
+        )
+
+    def _account_cas(
+        self, key: tuple[str, str, str], change: Callable[[AccountVersion], AccountVersion | None]
+    ) -> AccountVersion:
+        """Apply ``change`` (current or empty state -> new state, or None for no write) to an
+        account state atomically; the state afterwards."""
+        account, secret, version = key
+
+        def read() -> AccountVersion | None:
+            return self._read_account_version(account, secret, version)
+
+        def on_current(current: AccountVersion | None) -> AccountVersion | None:
+            return change(current or AccountVersion(account=account, secret=secret, version=version))
+
+        after = self._compare_and_swap(
+            f"account {account!r} for {secret}/{version}",
+            read,
+            self._insert_account_version,
+            self._replace_account_version,
+            on_current,
+        )
+        return after or AccountVersion(account=account, secret=secret, version=version)
+
+    def _read_account_version(self, account: str, secret: str, version: str) -> AccountVersion | None:
+        record = self._get_account_version(account, secret, version)
+        if record is not None:
+            _check_stored_account_version(record)
+        return record
 
     # -- Ledger methods ----------------------------------------------------------------------
 
@@ -649,6 +889,160 @@ class EntityLedgerBase(abc.ABC):
         _check_time(since, "since")
         return self.target_state(gateway_id, datasource_id).attempts_since(since)
 
+    # -- presentations per account -------------------------------------------------------------
+
+    def account_version(self, account: str, secret: str, version: str) -> AccountVersion:
+        """See :meth:`Ledger.account_version`."""
+        key = _account_key(account, secret, version)
+        record = self._read_account_version(*key)
+        return record if record is not None else AccountVersion(*key)
+
+    def claim_presentation(
+        self,
+        account: str,
+        secret: str,
+        version: str,
+        *,
+        locator: str,
+        target: str,
+        owner: str,
+        now: float,
+        ttl: float,
+    ) -> tuple[Claim, AccountVersion]:
+        """See :meth:`Ledger.claim_presentation`."""
+        key = _account_key(account, secret, version)
+        locator, target, owner = _locator(locator), target.strip(), _owner(owner)
+        now, ttl = _check_time(now, "now"), _check_positive(ttl, "ttl")
+        claim = Claim.BUSY
+        stale: tuple[str, str] | None = None
+
+        def change(record: AccountVersion) -> AccountVersion | None:
+            nonlocal claim, stale
+            stale = None
+            if record.verdict is not None:
+                claim = Claim.REJECTED if record.verdict == _REJECTED else Claim.IN_DOUBT
+                return None
+            if locator in record.accepted:
+                claim = Claim.ACCEPTED
+                return None
+            if record.probe_owner == owner:
+                claim = Claim.GRANTED
+                return replace(record, probe_expires=now + ttl)
+            if record.probe_active(now):
+                claim = Claim.BUSY
+                return None
+            if record.probe_owner is not None:
+                # The presenter stopped (crash, lost answer) without a verdict: the source may
+                # have counted a failed sign-in, so presenting the version again is not safe.
+                claim = Claim.IN_DOUBT
+                stale = (record.probe_owner, record.probe_target or "an unknown target")
+                return _without_probe(
+                    replace(
+                        record,
+                        verdict=_IN_DOUBT,
+                        reason=_reason(
+                            f"the run {stale[0]} presenting it to {stale[1]} stopped before its "
+                            "verdict was recorded"
+                        ),
+                        verdict_at=now,
+                    )
+                )
+            claim = Claim.GRANTED
+            return replace(
+                record,
+                probe_owner=owner,
+                probe_locator=locator,
+                probe_target=target,
+                probe_expires=now + ttl,
+                presentations=record.presentations + 1,
+            )
+
+        state = self._account_cas(key, change)
+        if stale is not None:
+            logger.warning(
+                "version %s of %s is in doubt for account %r: run %s presenting it to %s stopped "
+                "before its verdict was recorded",
+                key[2],
+                key[1],
+                key[0],
+                *stale,
+            )
+        return claim, state
+
+    def record_presentation(
+        self,
+        account: str,
+        secret: str,
+        version: str,
+        *,
+        owner: str,
+        locator: str,
+        verdict: Literal["accepted", "rejected", "in-doubt"],
+        reason: str,
+        now: float,
+    ) -> AccountVersion:
+        """See :meth:`Ledger.record_presentation`."""
+        key = _account_key(account, secret, version)
+        owner, locator, why = _owner(owner), _locator(locator), _reason(reason)
+        now = _check_time(now, "now")
+        if verdict not in (_ACCEPTED, _REJECTED, _IN_DOUBT):
+            raise ValueError("verdict must be 'accepted', 'rejected' or 'in-doubt'")
+
+        def change(record: AccountVersion) -> AccountVersion:
+            if record.probe_owner == owner:
+                record = _without_probe(record)
+            if verdict == _ACCEPTED:
+                if locator not in record.accepted:
+                    record = replace(record, accepted=(*record.accepted, locator))
+                if record.verdict == _IN_DOUBT:  # acceptance proves the version good
+                    record = replace(record, verdict=None, reason=why, verdict_at=now)
+                return record
+            if verdict == _IN_DOUBT and record.verdict == _REJECTED:
+                return record  # a rejection is the stronger fact: keep it
+            return replace(record, verdict=verdict, reason=why, verdict_at=now)
+
+        return self._account_cas(key, change)
+
+    def allow_again(
+        self, account: str, secret: str, version: str, *, now: float, reason: str
+    ) -> AccountVersion:
+        """See :meth:`Ledger.allow_again`."""
+        key = _account_key(account, secret, version)
+        now = _check_time(now, "now")
+        why = _reason(reason)
+        if why is None:
+            raise ValueError("reason must not be empty: say why the version may be presented again")
+
+        def change(record: AccountVersion) -> AccountVersion:
+            return _without_probe(
+                replace(record, verdict=None, reason=why, verdict_at=now, overrides=record.overrides + 1)
+            )
+
+        state = self._account_cas(key, change)
+        logger.warning(
+            "operator allowed version %s of %s to be presented to account %r again: %s",
+            key[2],
+            key[1],
+            key[0],
+            why,
+        )
+        return state
+
+    def account_versions(self, *, with_verdict_only: bool = True, limit: int = 1000) -> list[AccountVersion]:
+        """See :meth:`Ledger.account_versions`."""
+        if limit <= 0:
+            return []
+        records = list(self._scan_account_versions(with_verdict_only))
+        for record in records:
+            _check_stored_account_version(record)
+        if with_verdict_only:
+            records = [r for r in records if r.verdict is not None]
+
+        def newest_first(r: AccountVersion) -> tuple[bool, float, str, str, str]:
+            return (r.verdict_at is None, -(r.verdict_at or 0.0), r.account, r.secret, r.version)
+
+        return sorted(records, key=newest_first)[:limit]
+
 
 # ---------------------------------------------------------------------------------------------
 # SQLite backend
@@ -712,6 +1106,28 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID
         """,
     ),
+    # 1 -> 2: presentation verdicts per account (AccountVersion), one row per account and version.
+    (
+        """
+        CREATE TABLE IF NOT EXISTS account_versions (
+            account        TEXT NOT NULL,
+            secret_name    TEXT NOT NULL,
+            secret_version TEXT NOT NULL,
+            verdict        TEXT,
+            reason         TEXT,
+            verdict_at     REAL,
+            accepted       TEXT NOT NULL DEFAULT '[]',
+            probe_owner    TEXT,
+            probe_locator  TEXT,
+            probe_target   TEXT,
+            probe_expires  REAL,
+            presentations  INTEGER NOT NULL DEFAULT 0,
+            overrides      INTEGER NOT NULL DEFAULT 0,
+            etag           INTEGER NOT NULL,
+            PRIMARY KEY (account, secret_name, secret_version)
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -751,6 +1167,77 @@ def _target_params(record: TargetRecord) -> dict[str, object]:
         "lease_id": record.lease_id,
         "lease_expires": record.lease_expires,
     }
+
+
+_SELECT_ACCOUNT_VERSION: Final = """
+    SELECT account, secret_name, secret_version, verdict, reason, verdict_at, accepted,
+           probe_owner, probe_locator, probe_target, probe_expires, presentations, overrides, etag
+    FROM account_versions WHERE account = ? AND secret_name = ? AND secret_version = ?
+"""
+_SCAN_ACCOUNT_VERSIONS: Final = """
+    SELECT account, secret_name, secret_version, verdict, reason, verdict_at, accepted,
+           probe_owner, probe_locator, probe_target, probe_expires, presentations, overrides, etag
+    FROM account_versions WHERE (:all OR verdict IS NOT NULL)
+"""
+_INSERT_ACCOUNT_VERSION: Final = """
+    INSERT INTO account_versions (account, secret_name, secret_version, verdict, reason, verdict_at,
+                                  accepted, probe_owner, probe_locator, probe_target, probe_expires,
+                                  presentations, overrides, etag)
+    VALUES (:account, :secret_name, :secret_version, :verdict, :reason, :verdict_at,
+            :accepted, :probe_owner, :probe_locator, :probe_target, :probe_expires,
+            :presentations, :overrides, 1)
+    ON CONFLICT (account, secret_name, secret_version) DO NOTHING
+"""
+_REPLACE_ACCOUNT_VERSION: Final = """
+    UPDATE account_versions SET verdict = :verdict, reason = :reason, verdict_at = :verdict_at,
+                                accepted = :accepted, probe_owner = :probe_owner,
+                                probe_locator = :probe_locator, probe_target = :probe_target,
+                                probe_expires = :probe_expires, presentations = :presentations,
+                                overrides = :overrides, etag = etag + 1
+    WHERE account = :account AND secret_name = :secret_name AND secret_version = :secret_version
+      AND etag = :etag
+    RETURNING etag
+"""
+
+
+def _account_params(record: AccountVersion) -> dict[str, object]:
+    """The named parameters of :data:`_INSERT_ACCOUNT_VERSION` / :data:`_REPLACE_ACCOUNT_VERSION`."""
+    return {
+        "account": record.account,
+        "secret_name": record.secret,
+        "secret_version": record.version,
+        "verdict": record.verdict,
+        "reason": record.reason,
+        "verdict_at": record.verdict_at,
+        "accepted": record.accepted_json(),
+        "probe_owner": record.probe_owner,
+        "probe_locator": record.probe_locator,
+        "probe_target": record.probe_target,
+        "probe_expires": record.probe_expires,
+        "presentations": record.presentations,
+        "overrides": record.overrides,
+    }
+
+
+def _account_from_row(row: tuple[object, ...]) -> AccountVersion:
+    """An :class:`AccountVersion` from a row of :data:`_SELECT_ACCOUNT_VERSION`'s columns."""
+    account, secret, version = (_text(v) for v in row[:3])
+    return AccountVersion(
+        account=account,
+        secret=secret,
+        version=version,
+        verdict=_opt_text(row[3]),
+        reason=_opt_text(row[4]),
+        verdict_at=_opt_real(row[5]),
+        accepted=AccountVersion.parse_accepted(_opt_text(row[6])),
+        probe_owner=_opt_text(row[7]),
+        probe_locator=_opt_text(row[8]),
+        probe_target=_opt_text(row[9]),
+        probe_expires=_opt_real(row[10]),
+        presentations=_count(row[11]),
+        overrides=_count(row[12]),
+        etag=str(row[13]),
+    )
 
 
 _INSERT_OUTCOME: Final = """
@@ -907,6 +1394,34 @@ class SqliteLedger(EntityLedgerBase):
             rows = db.execute(_REPLACE_TARGET, {**_target_params(record), "etag": expected}).fetchall()
         return str(rows[0][0]) if rows else None
 
+    # -- account primitives -------------------------------------------------------------------
+
+    def _get_account_version(self, account: str, secret: str, version: str) -> AccountVersion | None:
+        with self._db() as db:
+            row = db.execute(_SELECT_ACCOUNT_VERSION, (account, secret, version)).fetchone()
+        return None if row is None else _account_from_row(row)
+
+    def _insert_account_version(self, record: AccountVersion) -> str | None:
+        with self._db() as db:
+            cursor = db.execute(_INSERT_ACCOUNT_VERSION, _account_params(record))
+            return "1" if cursor.rowcount == 1 else None
+
+    def _replace_account_version(self, record: AccountVersion, if_match: str) -> str | None:
+        try:
+            expected = int(if_match)
+        except ValueError:
+            return None
+        with self._db() as db:
+            rows = db.execute(
+                _REPLACE_ACCOUNT_VERSION, {**_account_params(record), "etag": expected}
+            ).fetchall()
+        return str(rows[0][0]) if rows else None
+
+    def _scan_account_versions(self, with_verdict_only: bool) -> list[AccountVersion]:
+        with self._db() as db:
+            rows = db.execute(_SCAN_ACCOUNT_VERSIONS, {"all": not with_verdict_only}).fetchall()
+        return [_account_from_row(row) for row in rows]
+
     # -- events, outcomes, refresh budget -----------------------------------------------------
 
     def mark_event_seen(self, event_id: str, now: float) -> bool:
@@ -1004,6 +1519,40 @@ def _owner(owner: str) -> str:
     return owner
 
 
+def _account_key(account: str, secret: str, version: str) -> tuple[str, str, str]:
+    """The normalised key of an :class:`AccountVersion`; ValueError when a part is empty or the
+    account is longer than :data:`MAX_ACCOUNT_LENGTH`."""
+    normalised = _norm(account, "account")
+    if len(normalised) > MAX_ACCOUNT_LENGTH:
+        raise ValueError(f"account must be at most {MAX_ACCOUNT_LENGTH} characters")
+    return normalised, _norm(secret, "secret"), _norm(version, "version")
+
+
+def _locator(locator: str) -> str:
+    """A normalised locator (source host); ``""`` stands for an unknown one."""
+    return locator.strip().lower()
+
+
+def _reason(reason: str) -> str | None:
+    """``reason`` stripped and cut to :data:`MAX_REASON_LENGTH` characters; None when empty."""
+    reason = reason.strip()
+    if len(reason) > MAX_REASON_LENGTH:
+        reason = reason[: MAX_REASON_LENGTH - 1] + "…"
+    return reason or None
+
+
+def _without_probe(record: AccountVersion) -> AccountVersion:
+    return replace(record, probe_owner=None, probe_locator=None, probe_target=None, probe_expires=None)
+
+
+def _check_stored_account_version(record: AccountVersion) -> None:
+    """Raise :class:`LedgerError` when a stored account state could not have been written here."""
+    if record.verdict is not None and record.verdict not in (_REJECTED, _IN_DOUBT):
+        raise LedgerError("corrupt ledger record: verdict")
+    if record.presentations < 0 or record.overrides < 0:
+        raise LedgerError("corrupt ledger record: counters")
+
+
 def _lease_key(lease: Lease) -> tuple[str, str]:
     return _norm(lease.gateway_id, "gateway_id"), _norm(lease.datasource_id, "datasource_id")
 
@@ -1033,6 +1582,30 @@ def _check_time(value: float, what: str) -> float:
 def _check_positive(value: float, what: str) -> float:
     if not _is_number(value) or value <= 0:
         raise ValueError(f"{what} must be a positive number of seconds")
+    return float(value)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise LedgerError("corrupt ledger record: account version")
+    return value
+
+
+def _opt_text(value: object) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LedgerError("corrupt ledger record: account version")
+    return value
+
+
+def _opt_real(value: object) -> float | None:
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise LedgerError("corrupt ledger record: account version")
     return float(value)
 
 

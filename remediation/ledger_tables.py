@@ -4,12 +4,13 @@
 (the same contract suite runs against both). Table storage has no multi-entity transactions
 across partitions, so every change is one entity: an insert (``409 Conflict`` when it exists) or a
 replace conditioned on the entity's ETag (``412 Precondition Failed`` when someone wrote first).
-The target rules (leases, applied, rejected, attempts) are implemented once in
-:class:`~remediation.ledger.EntityLedgerBase`; this module supplies its three primitives and the
-single-entity operations for events, outcomes and refresh counters.
+The target rules (leases, applied, rejected, attempts) and the account rules (presentation
+claims and verdicts) are implemented once in :class:`~remediation.ledger.EntityLedgerBase`; this
+module supplies their primitives and the single-entity operations for events, outcomes and
+refresh counters.
 
-Four tables, named ``{prefix}targets``, ``{prefix}events``, ``{prefix}outcomes`` and
-``{prefix}refreshes`` (created when missing):
+Five tables, named ``{prefix}targets``, ``{prefix}accounts``, ``{prefix}events``,
+``{prefix}outcomes`` and ``{prefix}refreshes`` (created when missing):
 
 ==========  ==============================  ===================================================
 table       PartitionKey / RowKey           properties
@@ -18,6 +19,10 @@ targets     gateway id / datasource id      gateway_id, datasource_id, applied_s
             (see *keys* below)              applied_version, applied_at, rejections (JSON),
                                             attempts (JSON), lease_owner, lease_id,
                                             lease_expires, write_id; the ETag is the version
+accounts    account / secret ``|`` version  account, secret_name, secret_version, verdict,
+            (see *keys* below)              reason, verdict_at, accepted (JSON), probe_owner,
+                                            probe_locator, probe_target, probe_expires,
+                                            presentations, overrides, write_id; ETag
 events      sha256(id)[:2] / sha256(id)     event_id, seen_at, write_id (insert only: a
                                             ``409`` means "seen before")
 outcomes    inverted day ``-`` ``YYYYMMDD``  the fields of :class:`Outcome` that are not None,
@@ -38,6 +43,11 @@ Why this layout:
   they are, so the table reads naturally; any other id becomes ``~`` + its SHA-256 hex (a plain
   id never starts with ``~``, so the two cannot collide). The ids themselves are always kept as
   properties.
+* **Accounts** are one partition per account (the healer's account key, opaque text such as
+  ``user:contoso\\svc_pbi``, so usually hashed as above), with one entity per secret version:
+  RowKey ``{secret}|{version}``, each part encoded as above (``|`` occurs in neither). Every
+  claim or verdict is one conditional replace of that entity. ``accepted`` is chunked like
+  ``rejections``.
 * **Events** are keyed by the SHA-256 of the normalised id (any Event Grid id is a valid key that
   way), spread over 256 partitions by its first two hex digits. Dedupe is an insert: atomic by
   construction.
@@ -97,6 +107,7 @@ from remediation.identity import build_azure_credential
 from remediation.ledger import (
     _MAX_CAS_RETRIES,
     DEFAULT_OUTCOME_RETENTION_SECONDS,
+    AccountVersion,
     EntityLedgerBase,
     LedgerConflict,
     LedgerError,
@@ -119,9 +130,9 @@ __all__ = ["DEFAULT_TABLE_PREFIX", "TableLedger"]
 logger = logging.getLogger(__name__)
 
 DEFAULT_TABLE_PREFIX: Final = "healer"
-"""Prefix of the four table names (``healertargets``, ``healerevents``, ...)."""
+"""Prefix of the five table names (``healertargets``, ``healerevents``, ...)."""
 
-_TABLE_SUFFIXES: Final = ("targets", "events", "outcomes", "refreshes")
+_TABLE_SUFFIXES: Final = ("targets", "events", "outcomes", "refreshes", "accounts")
 # Table names: alphanumeric, 3-63 characters, starting with a letter; the longest suffix is 9.
 _PREFIX_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9]{0,53}")
 _PLAIN_KEY_RE: Final = re.compile(r"[a-z0-9][a-z0-9._:@=+-]{0,254}")
@@ -155,7 +166,7 @@ class TableLedger(EntityLedgerBase):
 
     Build it with :meth:`from_settings` (the product's ``AzureWebJobsStorage`` settings),
     :meth:`from_connection_string`, or from a ready :class:`TableServiceClient`. Opening creates
-    the four tables when missing. Several processes and hosts may open the same tables at once:
+    the five tables when missing. Several processes and hosts may open the same tables at once:
     every write is a single-entity insert or ETag-conditioned replace.
 
     Raises :class:`LedgerError` (from the constructor and every method) when the service cannot
@@ -196,6 +207,7 @@ class TableLedger(EntityLedgerBase):
         self._events = clients["events"]
         self._outcomes = clients["outcomes"]
         self._refreshes = clients["refreshes"]
+        self._accounts = clients["accounts"]
 
     @classmethod
     def from_connection_string(
@@ -275,7 +287,7 @@ class TableLedger(EntityLedgerBase):
 
     @property
     def table_names(self) -> tuple[str, ...]:
-        """The four table names: targets, events, outcomes, refreshes."""
+        """The five table names: targets, events, outcomes, refreshes, accounts."""
         return tuple(self._prefix + suffix for suffix in _TABLE_SUFFIXES)
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -436,6 +448,25 @@ class TableLedger(EntityLedgerBase):
     def _replace_target(self, record: TargetRecord, if_match: str) -> str | None:
         return self._replace(self._targets, _target_entity(record), if_match)
 
+    # -- account primitives -------------------------------------------------------------------
+
+    def _get_account_version(self, account: str, secret: str, version: str) -> AccountVersion | None:
+        entity = self._get(self._accounts, _key(account), _account_row_key(secret, version))
+        return None if entity is None else _account_from_entity(entity)
+
+    def _insert_account_version(self, record: AccountVersion) -> str | None:
+        return self._create(self._accounts, _account_entity(record))
+
+    def _replace_account_version(self, record: AccountVersion, if_match: str) -> str | None:
+        return self._replace(self._accounts, _account_entity(record), if_match)
+
+    def _scan_account_versions(self, with_verdict_only: bool) -> list[AccountVersion]:
+        """A scan of the whole accounts table (one entity per account and version ever claimed):
+        there is no index on verdicts, and the base class filters and sorts."""
+        with self._storage(f"query {self._accounts.table_name}"):
+            entities = list(self._accounts.list_entities())
+        return [_account_from_entity({**e, "etag": e.metadata.get("etag")}) for e in entities]
+
     # -- events -------------------------------------------------------------------------------
 
     def mark_event_seen(self, event_id: str, now: float) -> bool:
@@ -517,7 +548,7 @@ class TableLedger(EntityLedgerBase):
         """See :meth:`Ledger.refresh_posts`."""
         dataset, day = _norm(dataset_id, "dataset_id"), _day(day)
         entity = self._get(self._refreshes, day, _key(dataset))
-        return 0 if entity is None else _posts(entity)
+        return 0 if entity is None else _count(entity, "posts")
 
     def record_refresh_post(self, dataset_id: str, day: str) -> int:
         """See :meth:`Ledger.record_refresh_post`. Read, then insert or ETag-conditioned replace,
@@ -526,7 +557,7 @@ class TableLedger(EntityLedgerBase):
         pk, rk = day, _key(dataset)
         for attempt in range(_MAX_CAS_RETRIES):
             current = self._get(self._refreshes, pk, rk)
-            posts = 1 if current is None else _posts(current) + 1
+            posts = 1 if current is None else _count(current, "posts") + 1
             entity = {
                 "PartitionKey": pk,
                 "RowKey": rk,
@@ -575,7 +606,7 @@ class TableLedger(EntityLedgerBase):
         if self._closed:
             return
         self._closed = True
-        self._close_clients((self._targets, self._events, self._outcomes, self._refreshes))
+        self._close_clients((self._targets, self._events, self._outcomes, self._refreshes, self._accounts))
         try:
             self._service.close()
         except Exception:  # noqa: BLE001 - closing is best effort
@@ -602,6 +633,62 @@ def _outcome_partition(at: float) -> str:
     """``{99999999 - YYYYMMDD}-{YYYYMMDD}``: newer days sort first."""
     day = int(datetime.fromtimestamp(at, tz=UTC).strftime("%Y%m%d"))
     return f"{_INVERT_DAY - day:08d}-{day:08d}"
+
+
+def _account_row_key(secret: str, version: str) -> str:
+    """``{secret}|{version}``, each encoded by :func:`_key` (which never yields ``|``)."""
+    return f"{_key(secret)}|{_key(version)}"
+
+
+def _account_entity(record: AccountVersion) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "PartitionKey": _key(record.account),
+        "RowKey": _account_row_key(record.secret, record.version),
+        "account": record.account,
+        "secret_name": record.secret,
+        "secret_version": record.version,
+        "presentations": record.presentations,
+        "overrides": record.overrides,
+        "write_id": uuid.uuid4().hex,
+    }
+    optional: dict[str, object] = {
+        "verdict": record.verdict,
+        "reason": record.reason,
+        "verdict_at": None if record.verdict_at is None else float(record.verdict_at),
+        "probe_owner": record.probe_owner,
+        "probe_locator": record.probe_locator,
+        "probe_target": record.probe_target,
+        "probe_expires": None if record.probe_expires is None else float(record.probe_expires),
+    }
+    entity.update({name: value for name, value in optional.items() if value is not None})
+    _write_chunked(entity, "accepted", record.accepted_json())
+    return entity
+
+
+def _account_from_entity(entity: Mapping[str, Any]) -> AccountVersion:
+    account, secret, version = (
+        _opt_str(entity, "account"),
+        _opt_str(entity, "secret_name"),
+        _opt_str(entity, "secret_version"),
+    )
+    if account is None or secret is None or version is None:
+        raise LedgerError("corrupt ledger record: account version")
+    return AccountVersion(
+        account=account,
+        secret=secret,
+        version=version,
+        verdict=_opt_str(entity, "verdict"),
+        reason=_opt_str(entity, "reason"),
+        verdict_at=_opt_float(entity, "verdict_at"),
+        accepted=AccountVersion.parse_accepted(_read_chunked(entity, "accepted")),
+        probe_owner=_opt_str(entity, "probe_owner"),
+        probe_locator=_opt_str(entity, "probe_locator"),
+        probe_target=_opt_str(entity, "probe_target"),
+        probe_expires=_opt_float(entity, "probe_expires"),
+        presentations=_count(entity, "presentations"),
+        overrides=_count(entity, "overrides"),
+        etag=str(entity["etag"]),
+    )
 
 
 def _target_entity(record: TargetRecord) -> dict[str, Any]:
@@ -664,10 +751,10 @@ def _opt_float(entity: Mapping[str, Any], name: str) -> float | None:
     return float(value)
 
 
-def _posts(entity: Mapping[str, Any]) -> int:
-    value = entity.get("posts")
+def _count(entity: Mapping[str, Any], name: str) -> int:
+    value = entity.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise LedgerError("corrupt ledger record: posts")
+        raise LedgerError(f"corrupt ledger record: {name}")
     return value
 
 

@@ -21,7 +21,11 @@ from typing import Any, TypeVar
 import pytest
 
 from remediation.ledger import (
+    MAX_ACCOUNT_LENGTH,
     MAX_ATTEMPTS_KEPT,
+    MAX_REASON_LENGTH,
+    AccountVersion,
+    Claim,
     Lease,
     LeaseLost,
     Ledger,
@@ -39,6 +43,9 @@ SECRET = "sql-sales-password"
 V1 = "0123456789abcdef0123456789abcdef"
 V2 = "fedcba9876543210fedcba9876543210"
 V3 = "11111111111111111111111111111111"
+ACCOUNT = "user:contoso\\svc_pbi"
+HOST = "sql01.contoso.local"
+TARGET = f"{GW.lower()}/{DS.lower()}"
 
 
 def race(n: int, fn: Callable[[int], T]) -> list[T]:
@@ -71,6 +78,56 @@ def _process_race_worker(
         results.put((owner, won, seen))
     finally:
         ledger.close()
+
+
+def _process_claim_worker(
+    factory: LedgerFactory, owner: str, accounts: int, barrier: Any, results: Any
+) -> None:
+    """Child process: open the store together with the other child, then claim a presentation of
+    the same version to every account."""
+    barrier.wait(timeout=30)
+    ledger = factory()
+    try:
+        barrier.wait(timeout=30)
+        claims = [
+            ledger.claim_presentation(
+                f"account-{i}", SECRET, V1, locator=HOST, target=TARGET, owner=owner, now=T0, ttl=60.0
+            )[0].value
+            for i in range(accounts)
+        ]
+        results.put((owner, claims))
+    finally:
+        ledger.close()
+
+
+def _run_processes(target: Callable[..., None], make_ledger: LedgerFactory, count: int) -> dict[str, Any]:
+    """Run ``target(make_ledger, "proc-N", count, barrier, results)`` in two spawned processes;
+    what each put on the queue, by owner. Fails early when a child dies."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=target, args=(make_ledger, f"proc-{n}", count, barrier, results)) for n in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    outcome: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while len(outcome) < len(procs) and time.monotonic() < deadline:
+            try:
+                owner, *found = results.get(timeout=0.05)
+                outcome[owner] = found
+            except queue.Empty:
+                if any(proc.exitcode not in (None, 0) for proc in procs):
+                    break  # a child died: fail now rather than at the deadline
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    return outcome
 
 
 class LedgerContract:
@@ -223,34 +280,8 @@ class LedgerContract:
         assert sum(lease is not None for lease in leases) == 1
 
     def test_processes_racing_for_leases_get_exactly_one_winner(self, make_ledger: LedgerFactory) -> None:
-        ctx = multiprocessing.get_context("spawn")
         targets = 25
-        barrier = ctx.Barrier(2)
-        results = ctx.Queue()
-        procs = [
-            ctx.Process(
-                target=_process_race_worker, args=(make_ledger, f"proc-{n}", targets, barrier, results)
-            )
-            for n in range(2)
-        ]
-        for proc in procs:
-            proc.start()
-        outcome: dict[str, tuple[list[int], list[int]]] = {}
-        try:
-            deadline = time.monotonic() + 60
-            while len(outcome) < len(procs) and time.monotonic() < deadline:
-                try:
-                    owner, won, seen = results.get(timeout=0.05)
-                    outcome[owner] = (won, seen)
-                except queue.Empty:
-                    if any(proc.exitcode not in (None, 0) for proc in procs):
-                        break  # a child died: fail now rather than at the deadline
-        finally:
-            for proc in procs:
-                proc.join(timeout=5)
-                if proc.is_alive():
-                    proc.kill()
-        assert [proc.exitcode for proc in procs] == [0, 0]
+        outcome = _run_processes(_process_race_worker, make_ledger, targets)
         (won_0, seen_0), (won_1, seen_1) = outcome["proc-0"], outcome["proc-1"]
         assert sorted(won_0 + won_1) == list(range(targets))  # every target: exactly one winner
         assert sorted(seen_0 + seen_1) == list(range(targets))  # every event: exactly one first sight
@@ -418,3 +449,361 @@ class LedgerContract:
         assert ledger.refresh_posts("dataset-1", utc_day(T0)) == 0
         assert ledger.refresh_posts("dataset-1", utc_day(T0 + 86400)) == 1
         assert ledger.refresh_posts("dataset-1", utc_day(T0 + 2 * 86400)) == 1
+
+    # -- presentations per account --------------------------------------------------------------
+
+    @staticmethod
+    def _claim(
+        ledger: Ledger,
+        owner: str = "run-a",
+        now: float = T0,
+        *,
+        locator: str = HOST,
+        version: str = V1,
+        account: str = ACCOUNT,
+        ttl: float = 60.0,
+    ) -> tuple[Claim, AccountVersion]:
+        return ledger.claim_presentation(
+            account, SECRET, version, locator=locator, target=TARGET, owner=owner, now=now, ttl=ttl
+        )
+
+    @staticmethod
+    def _record(
+        ledger: Ledger,
+        verdict: Any,
+        owner: str = "run-a",
+        now: float = T0 + 1,
+        *,
+        locator: str = HOST,
+        version: str = V1,
+        reason: str = "the source said so",
+    ) -> AccountVersion:
+        return ledger.record_presentation(
+            ACCOUNT, SECRET, version, owner=owner, locator=locator, verdict=verdict, reason=reason, now=now
+        )
+
+    def test_unknown_account_version_has_the_empty_state(self, ledger: Ledger) -> None:
+        state = ledger.account_version(ACCOUNT.upper(), SECRET.upper(), V1.upper())
+        assert state == AccountVersion(account=ACCOUNT, secret=SECRET, version=V1)
+        assert state.etag is None and state.presentations == 0 and state.accepted == ()
+        assert ledger.account_versions() == [] and ledger.account_versions(with_verdict_only=False) == []
+
+    def test_first_claim_is_granted_and_counts_a_presentation(self, ledger: Ledger) -> None:
+        claim, state = self._claim(ledger, "run-a", T0, ttl=30.0)
+        assert claim is Claim.GRANTED
+        assert (state.probe_owner, state.probe_locator, state.probe_target) == ("run-a", HOST, TARGET)
+        assert state.probe_expires == T0 + 30.0 and state.presentations == 1 and state.verdict is None
+        assert state.etag is not None
+        assert ledger.account_version(ACCOUNT, SECRET, V1) == state
+
+    def test_another_owner_is_busy_while_the_probe_lasts(self, ledger: Ledger) -> None:
+        _, granted = self._claim(ledger, "run-a", T0)
+        for now in (T0, T0 + 1, T0 + 59.9):
+            claim, state = self._claim(ledger, "run-b", now, locator="other.contoso.local")
+            assert claim is Claim.BUSY
+            assert state == granted  # nothing written
+        assert ledger.account_version(ACCOUNT, SECRET, V1).presentations == 1
+
+    def test_the_same_owner_is_granted_again_without_a_new_presentation(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0)
+        claim, state = self._claim(ledger, "run-a", T0 + 50)
+        assert claim is Claim.GRANTED
+        assert state.probe_expires == T0 + 110 and state.presentations == 1
+        assert self._claim(ledger, "run-b", T0 + 100)[0] is Claim.BUSY  # renewed, so still busy
+
+    def test_an_expired_probe_of_another_owner_makes_the_version_in_doubt(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0, ttl=60.0)
+        claim, state = self._claim(ledger, "run-b", T0 + 60.0)  # now >= expires: expired
+        assert claim is Claim.IN_DOUBT
+        assert state.verdict == "in-doubt" and state.verdict_at == T0 + 60.0
+        assert state.reason is not None and "run-a" in state.reason and TARGET in state.reason
+        assert state.probe_owner is None and state.probe_expires is None and state.probe_target is None
+        assert state.presentations == 1
+        assert ledger.account_version(ACCOUNT, SECRET, V1) == state
+        for owner in ("run-a", "run-b", "run-c"):  # nobody presents it again, the old owner neither
+            again, unchanged = self._claim(ledger, owner, T0 + 100)
+            assert again is Claim.IN_DOUBT and unchanged == state
+
+    def test_a_verdict_is_checked_before_acceptance_and_acceptance_before_a_probe(
+        self, ledger: Ledger
+    ) -> None:
+        other = "other.contoso.local"
+        self._claim(ledger, "run-a", T0)
+        self._record(ledger, "accepted", "run-a", T0 + 1)
+        assert self._claim(ledger, "run-b", T0 + 2, locator=other)[0] is Claim.GRANTED
+        assert self._claim(ledger, "run-c", T0 + 3)[0] is Claim.ACCEPTED  # despite run-b's probe
+        assert self._claim(ledger, "run-c", T0 + 3, locator=other)[0] is Claim.BUSY
+        self._record(ledger, "rejected", "run-b", T0 + 4, locator=other)
+        claim, state = self._claim(ledger, "run-c", T0 + 5)  # accepted here, but rejected by the account
+        assert claim is Claim.REJECTED and state.accepted == (HOST,)
+
+    def test_acceptance_adds_the_locator_once_and_clears_the_probe(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0)
+        first = self._record(ledger, "accepted", "run-a", T0 + 1)
+        second = self._record(ledger, "accepted", "run-b", T0 + 2)
+        assert first.accepted == second.accepted == (HOST,)
+        assert first.probe_owner is None and first.verdict is None
+        assert second.etag != first.etag  # a verdict is always written
+        for owner in ("run-a", "run-b", "run-c"):
+            claim, state = self._claim(ledger, owner, T0 + 3)
+            assert claim is Claim.ACCEPTED and state == second  # fan-out writes nothing
+        assert self._claim(ledger, "run-c", T0 + 4, locator="")[0] is Claim.GRANTED  # another locator
+        state = self._record(ledger, "accepted", "run-c", T0 + 5, locator="")
+        assert state.accepted == (HOST, "") and state.presentations == 2
+
+    def test_acceptance_clears_in_doubt_but_keeps_a_rejection(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0)
+        assert self._record(ledger, "in-doubt", "run-a", T0 + 1).verdict == "in-doubt"
+        state = self._record(ledger, "accepted", "run-b", T0 + 2, reason="accepted by the source")
+        assert state.verdict is None and state.accepted == (HOST,)
+        assert (state.reason, state.verdict_at) == ("accepted by the source", T0 + 2)
+        assert self._claim(ledger, "run-c", T0 + 3)[0] is Claim.ACCEPTED
+
+        self._claim(ledger, "run-a", T0, version=V2)
+        self._record(ledger, "rejected", "run-a", T0 + 1, version=V2, reason="login failed")
+        state = self._record(ledger, "accepted", "run-b", T0 + 2, version=V2)
+        assert state.verdict == "rejected" and state.reason == "login failed" and state.verdict_at == T0 + 1
+        assert state.accepted == (HOST,)
+        assert self._claim(ledger, "run-c", T0 + 3, version=V2)[0] is Claim.REJECTED
+
+    def test_a_rejection_overrides_in_doubt_and_in_doubt_never_overrides_a_rejection(
+        self, ledger: Ledger
+    ) -> None:
+        self._record(ledger, "in-doubt", "run-a", T0 + 1, reason="read timeout")
+        state = self._record(ledger, "rejected", "run-b", T0 + 2, reason="login failed")
+        assert (state.verdict, state.reason, state.verdict_at) == ("rejected", "login failed", T0 + 2)
+        state = self._record(ledger, "in-doubt", "run-c", T0 + 3, reason="connection dropped")
+        assert (state.verdict, state.reason, state.verdict_at) == ("rejected", "login failed", T0 + 2)
+        # a later in-doubt replaces an earlier in-doubt's explanation (the presenter knows better)
+        self._record(ledger, "in-doubt", "run-a", T0 + 1, version=V2, reason="stopped")
+        state = self._record(ledger, "in-doubt", "run-a", T0 + 4, version=V2, reason="read timeout")
+        assert (state.verdict, state.reason, state.verdict_at) == ("in-doubt", "read timeout", T0 + 4)
+
+    def test_a_verdict_is_recorded_even_when_the_probe_was_lost_or_taken(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0, ttl=10.0)
+        assert self._claim(ledger, "run-b", T0 + 10)[0] is Claim.IN_DOUBT  # run-a's probe expired
+        state = self._record(ledger, "rejected", "run-a", T0 + 11, reason="login failed")
+        assert state.verdict == "rejected" and state.reason == "login failed"  # the late answer is a fact
+
+        self._claim(ledger, "run-a", T0, version=V2)
+        ledger.allow_again(ACCOUNT, SECRET, V2, now=T0 + 1, reason="operator")  # clears run-a's probe
+        assert self._claim(ledger, "run-b", T0 + 2, version=V2)[0] is Claim.GRANTED
+        state = self._record(ledger, "in-doubt", "run-a", T0 + 3, version=V2, reason="read timeout")
+        assert state.verdict == "in-doubt" and state.probe_owner == "run-b"  # only the owner's probe goes
+        state = self._record(ledger, "rejected", "run-b", T0 + 4, version=V2)
+        assert state.probe_owner is None and state.verdict == "rejected"
+
+    def test_allow_again_grants_one_more_presentation(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0)
+        self._record(ledger, "accepted", "run-a", T0 + 1, locator="other.contoso.local")
+        self._claim(ledger, "run-a", T0 + 2)
+        self._record(ledger, "rejected", "run-a", T0 + 3)
+        assert self._claim(ledger, "run-b", T0 + 4)[0] is Claim.REJECTED
+        state = ledger.allow_again(ACCOUNT, SECRET, V1, now=T0 + 5, reason="password fixed at the source")
+        assert state.verdict is None and state.overrides == 1 and state.probe_owner is None
+        assert (state.reason, state.verdict_at) == ("password fixed at the source", T0 + 5)
+        assert state.accepted == ("other.contoso.local",) and state.presentations == 2
+        assert ledger.account_version(ACCOUNT, SECRET, V1) == state
+        assert self._claim(ledger, "run-b", T0 + 6)[0] is Claim.GRANTED
+        assert self._claim(ledger, "run-c", T0 + 7)[0] is Claim.BUSY  # once, not for everybody
+        assert ledger.account_version(ACCOUNT, SECRET, V1).presentations == 3
+
+    def test_allow_again_clears_an_in_flight_probe_and_an_unknown_version(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0)
+        state = ledger.allow_again(ACCOUNT, SECRET, V1, now=T0 + 1, reason="operator")
+        assert state.probe_owner is None and state.overrides == 1
+        state = ledger.allow_again(ACCOUNT, SECRET, V3, now=T0 + 1, reason="operator")
+        assert state.overrides == 1 and state.etag is not None and state.presentations == 0
+
+    def test_keys_and_locators_are_normalised(self, ledger: Ledger) -> None:
+        claim, state = ledger.claim_presentation(
+            f"  {ACCOUNT.upper()} ",
+            f" {SECRET.upper()}",
+            V1.upper(),
+            locator=f" {HOST.upper()} ",
+            target=TARGET,
+            owner=" run-a ",
+            now=T0,
+            ttl=60.0,
+        )
+        assert claim is Claim.GRANTED
+        assert (state.account, state.secret, state.version) == (ACCOUNT, SECRET, V1)
+        assert (state.probe_locator, state.probe_owner) == (HOST, "run-a")
+        state = ledger.record_presentation(
+            ACCOUNT.title(),
+            SECRET,
+            V1,
+            owner="run-a",
+            locator=HOST.upper(),
+            verdict="accepted",
+            reason="",
+            now=T0,
+        )
+        assert state.accepted == (HOST,) and state.probe_owner is None
+        assert self._claim(ledger, "run-b", T0 + 1, locator=f"\t{HOST.title()}")[0] is Claim.ACCEPTED
+
+    def test_bad_arguments_are_refused(self, ledger: Ledger) -> None:
+        def claim(**overrides: Any) -> tuple[Claim, AccountVersion]:
+            args: dict[str, Any] = {
+                "account": ACCOUNT,
+                "secret": SECRET,
+                "version": V1,
+                "locator": HOST,
+                "target": TARGET,
+                "owner": "run-a",
+                "now": T0,
+                "ttl": 60.0,
+            }
+            args.update(overrides)
+            return ledger.claim_presentation(
+                args.pop("account"), args.pop("secret"), args.pop("version"), **args
+            )
+
+        bad_claims: list[dict[str, Any]] = [
+            {"account": " "},
+            {"secret": ""},
+            {"version": "\t"},
+            {"account": "a" * (MAX_ACCOUNT_LENGTH + 1)},
+            {"owner": " "},
+            {"now": float("nan")},
+            {"now": float("inf")},
+            {"ttl": 0.0},
+            {"ttl": -1.0},
+            {"ttl": float("nan")},
+        ]
+        for overrides in bad_claims:
+            with pytest.raises(ValueError):
+                claim(**overrides)
+        with pytest.raises(ValueError):
+            ledger.account_version("", SECRET, V1)
+        with pytest.raises(ValueError):
+            self._record(ledger, "maybe")
+        with pytest.raises(ValueError):
+            self._record(ledger, "accepted", owner="")
+        with pytest.raises(ValueError):
+            self._record(ledger, "rejected", now=float("nan"))
+        with pytest.raises(ValueError):
+            ledger.allow_again(ACCOUNT, SECRET, V1, now=T0, reason=" ")
+        with pytest.raises(ValueError):
+            ledger.allow_again(ACCOUNT, "", V1, now=T0, reason="operator")
+        with pytest.raises(ValueError):
+            ledger.allow_again(ACCOUNT, SECRET, V1, now=float("-inf"), reason="operator")
+        assert ledger.account_versions(with_verdict_only=False) == []  # nothing was written
+        assert claim(account="a" * MAX_ACCOUNT_LENGTH)[0] is Claim.GRANTED
+
+    def test_accounts_are_opaque_text(self, ledger: Ledger) -> None:
+        odd = ["user:contoso\\svc_pbi", "a/b#c?d", "tab\tand\u00e9\u4e2d", "secret:sql-key", "~" + "f" * 64]
+        for i, account in enumerate(odd):
+            claim, _ = self._claim(ledger, f"run-{i}", T0, account=account)
+            assert claim is Claim.GRANTED
+            ledger.record_presentation(
+                account,
+                SECRET,
+                V1,
+                owner=f"run-{i}",
+                locator=HOST,
+                verdict="rejected",
+                reason=account,
+                now=T0 + i,
+            )
+        for account in odd:
+            state = ledger.account_version(account, SECRET, V1)
+            assert (state.account, state.reason, state.verdict) == (account, account, "rejected")
+        assert ledger.account_version("a/b#c", SECRET, V1).etag is None  # a different account
+        assert [s.account for s in ledger.account_versions()] == odd[::-1]
+
+    def test_verdicts_are_per_account_and_per_version(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0)
+        self._record(ledger, "rejected", "run-a", T0 + 1)
+        assert self._claim(ledger, "run-b", T0 + 2, version=V2)[0] is Claim.GRANTED
+        assert self._claim(ledger, "run-b", T0 + 2, account="secret:other")[0] is Claim.GRANTED
+        other_secret = ledger.claim_presentation(
+            ACCOUNT, "other-secret", V1, locator=HOST, target=TARGET, owner="run-b", now=T0, ttl=60.0
+        )
+        assert other_secret[0] is Claim.GRANTED
+
+    def test_account_versions_lists_newest_verdict_first(self, ledger: Ledger) -> None:
+        versions = [f"{i:032x}" for i in range(5)]
+        for _i, version in enumerate(versions):
+            self._claim(ledger, "run-a", T0, version=version)
+        self._record(ledger, "rejected", now=T0 + 30, version=versions[0])
+        self._record(ledger, "in-doubt", now=T0 + 10, version=versions[1])
+        self._record(ledger, "rejected", now=T0 + 20, version=versions[2])
+        self._record(ledger, "accepted", now=T0 + 40, version=versions[3])
+        listed = ledger.account_versions()
+        assert [(s.version, s.verdict) for s in listed] == [
+            (versions[0], "rejected"),
+            (versions[2], "rejected"),
+            (versions[1], "in-doubt"),
+        ]
+        assert [s.version for s in ledger.account_versions(limit=2)] == [versions[0], versions[2]]
+        assert ledger.account_versions(limit=0) == []
+        every = ledger.account_versions(with_verdict_only=False)
+        assert {s.version for s in every} == set(versions) and len(every) == 5
+        assert [s.version for s in every[:3]] == [versions[0], versions[2], versions[1]]
+        assert every[3].probe_owner == "run-a" or every[4].probe_owner == "run-a"  # never a verdict: last
+
+    def test_every_account_write_changes_the_etag(self, ledger: Ledger) -> None:
+        etags = [self._claim(ledger, "run-a", T0)[1].etag]
+        etags.append(self._claim(ledger, "run-a", T0 + 1)[1].etag)  # renewal
+        etags.append(self._record(ledger, "in-doubt", now=T0 + 2).etag)
+        etags.append(self._record(ledger, "accepted", now=T0 + 3).etag)
+        etags.append(ledger.allow_again(ACCOUNT, SECRET, V1, now=T0 + 4, reason="operator").etag)
+        assert None not in etags and len(set(etags)) == len(etags)
+        assert ledger.account_version(ACCOUNT, SECRET, V1).etag == etags[-1]
+
+    def test_a_long_reason_is_cut(self, ledger: Ledger) -> None:
+        state = self._record(ledger, "rejected", reason="x" * (MAX_REASON_LENGTH + 50))
+        assert state.reason is not None and len(state.reason) == MAX_REASON_LENGTH
+        assert ledger.account_version(ACCOUNT, SECRET, V1).reason == state.reason
+
+    def test_account_versions_survive_reopening_and_pruning(self, make_ledger: LedgerFactory) -> None:
+        first = make_ledger()
+        self._claim(first, "run-a", T0)
+        self._record(first, "rejected", "run-a", T0 + 1)
+        self._claim(first, "run-a", T0, version=V2)
+        self._record(first, "accepted", "run-a", T0 + 1, version=V2)
+        first.prune(T0 + 1000 * 86400, 86400, outcome_retention_seconds=86400)
+        expected = (first.account_version(ACCOUNT, SECRET, V1), first.account_version(ACCOUNT, SECRET, V2))
+        first.close()
+        second = make_ledger()
+        try:
+            assert (
+                second.account_version(ACCOUNT, SECRET, V1),
+                second.account_version(ACCOUNT, SECRET, V2),
+            ) == (expected)
+            assert expected[0].verdict == "rejected" and expected[1].accepted == (HOST,)
+            assert self._claim(second, "run-b", T0 + 2)[0] is Claim.REJECTED
+            assert self._claim(second, "run-b", T0 + 2, version=V2)[0] is Claim.ACCEPTED
+        finally:
+            second.close()
+
+    def test_threads_racing_to_claim_a_presentation_get_exactly_one_grant(self, ledger: Ledger) -> None:
+        claims = race(16, lambda i: self._claim(ledger, f"run-{i}", T0)[0])
+        assert sorted(claims) == sorted([Claim.GRANTED] + [Claim.BUSY] * 15)
+        state = ledger.account_version(ACCOUNT, SECRET, V1)
+        assert state.presentations == 1 and state.probe_owner == f"run-{claims.index(Claim.GRANTED)}"
+
+    def test_threads_racing_on_an_expired_probe_all_find_it_in_doubt(self, ledger: Ledger) -> None:
+        self._claim(ledger, "crashed", T0, ttl=5.0)
+        claims = race(16, lambda i: self._claim(ledger, f"run-{i}", T0 + 10)[0])
+        assert claims == [Claim.IN_DOUBT] * 16
+        state = ledger.account_version(ACCOUNT, SECRET, V1)
+        assert state.presentations == 1 and state.reason is not None and "crashed" in state.reason
+
+    def test_processes_racing_to_claim_presentations_get_exactly_one_grant(
+        self, make_ledger: LedgerFactory
+    ) -> None:
+        accounts = 20
+        outcome = _run_processes(_process_claim_worker, make_ledger, accounts)
+        (claims_0,), (claims_1,) = outcome["proc-0"], outcome["proc-1"]
+        for i in range(accounts):
+            assert sorted((claims_0[i], claims_1[i])) == ["busy", "granted"], i
+        ledger = make_ledger()
+        try:
+            for i in range(accounts):
+                state = ledger.account_version(f"account-{i}", SECRET, V1)
+                winner = "proc-0" if claims_0[i] == "granted" else "proc-1"
+                assert state.probe_owner == winner and state.presentations == 1
+        finally:
+            ledger.close()

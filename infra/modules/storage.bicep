@@ -36,6 +36,7 @@ var ledgerTables = [
   'healerevents'
   'healeroutcomes'
   'healerrefreshes'
+  'healeraccounts'
 ]
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {

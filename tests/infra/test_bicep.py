@@ -89,7 +89,7 @@ def test_flex_consumption_with_identity_based_storage() -> None:
         "allowBlobPublicAccess: false",
     ):
         assert fact in storage, fact
-    for table in ("healertargets", "healerevents", "healeroutcomes", "healerrefreshes"):
+    for table in ("healertargets", "healerevents", "healeroutcomes", "healerrefreshes", "healeraccounts"):
         assert f"'{table}'" in storage
     monitoring = (INFRA / "modules" / "monitoring.bicep").read_text(encoding="utf-8")
     assert "DisableLocalAuth: true" in monitoring

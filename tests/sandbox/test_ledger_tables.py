@@ -17,7 +17,16 @@ from azure.data.tables import TableServiceClient
 
 import remediation.ledger_tables as ledger_tables
 from remediation.errors import ConfigError
-from remediation.ledger import Ledger, LedgerError, Outcome, Rejection, SqliteLedger, TargetRecord
+from remediation.ledger import (
+    AccountVersion,
+    Claim,
+    Ledger,
+    LedgerError,
+    Outcome,
+    Rejection,
+    SqliteLedger,
+    TargetRecord,
+)
 from remediation.ledger_tables import TableLedger
 from remediation.runtime import open_ledger
 from remediation.settings import Settings
@@ -27,6 +36,12 @@ from tests.support.azurite import ACCOUNT_KEY, Azurite, start_azurite
 pytestmark = pytest.mark.azurite
 
 OUTCOME_FIELDS = {f.name for f in dataclasses.fields(Outcome)}
+ACCOUNT_PROPERTIES = {
+    *(f.name for f in dataclasses.fields(AccountVersion)),
+    "secret_name",
+    "secret_version",
+    "write_id",
+} - {"secret", "version", "etag"}
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +91,43 @@ def _at(text: str) -> float:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
-def test_table_ledger_satisfies_the_ledger_protocol(tables: TableLedger, prefix: str) -> None:
+def test_table_ledger_satisfies_the_ledger_protocol(
+    tables: TableLedger, service: TableServiceClient, prefix: str
+) -> None:
     assert isinstance(tables, Ledger)
-    assert tables.table_names == tuple(f"{prefix}{s}" for s in ("targets", "events", "outcomes", "refreshes"))
+    suffixes = ("targets", "events", "outcomes", "refreshes", "accounts")
+    assert tables.table_names == tuple(f"{prefix}{s}" for s in suffixes)
+    names = {t.name for t in service.list_tables()}
+    assert set(tables.table_names) <= names
+
+
+def test_account_entity_has_valid_keys_and_readable_properties(
+    tables: TableLedger, service: TableServiceClient, prefix: str
+) -> None:
+    odd_part = "user:CONTOSO\\svc_pbi/#?\t"
+    account = odd_part + "x" * (512 - len(odd_part))  # the longest account key
+    claim, _ = tables.claim_presentation(
+        account, SECRET, V1, locator="SQL01", target=f"{GW}/{DS}", owner="run-a", now=T0, ttl=60.0
+    )
+    assert claim is Claim.GRANTED
+    tables.record_presentation(
+        account, SECRET, V1, owner="run-a", locator="sql01", verdict="accepted", reason="", now=T0 + 1
+    )
+    tables.claim_presentation(
+        "secret:sql-key", SECRET, V1, locator="", target="t", owner="run-a", now=T0, ttl=60.0
+    )
+    entities = {e["account"]: e for e in service.get_table_client(f"{prefix}accounts").list_entities()}
+    odd, plain = entities[account.strip().lower()], entities["secret:sql-key"]
+    for entity in (odd, plain):
+        for key in (entity["PartitionKey"], entity["RowKey"]):
+            assert len(key.encode("utf-8")) <= 1024
+            assert not set(key) & set("/\\#?") and all(ord(c) >= 0x20 and c != "\x7f" for c in key)
+    assert odd["PartitionKey"].startswith("~") and plain["PartitionKey"] == "secret:sql-key"
+    assert odd["RowKey"] == plain["RowKey"] == f"{SECRET}|{V1}"
+    assert (odd["secret_name"], odd["secret_version"], odd["accepted"]) == (SECRET, V1, '["sql01"]')
+    assert odd["presentations"] == 1 and "probe_owner" not in odd and "verdict" not in odd
+    assert plain["probe_owner"] == "run-a" and plain["probe_expires"] == T0 + 60.0
+    assert set(odd) - {"PartitionKey", "RowKey"} <= ACCOUNT_PROPERTIES
 
 
 def test_target_entity_is_keyed_by_gateway_and_datasource(

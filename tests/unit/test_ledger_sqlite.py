@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from remediation.ledger import (
+    _MIGRATIONS,
     SCHEMA_VERSION,
+    AccountVersion,
+    Claim,
     Lease,
     Ledger,
     LedgerError,
@@ -41,6 +44,22 @@ EXPECTED_SCHEMA = {
     "seen_events": ["event_id", "seen_at"],
     "outcomes": ["id", *(f.name for f in dataclasses.fields(Outcome))],
     "refresh_posts": ["dataset_id", "day", "posts"],
+    "account_versions": [
+        "account",
+        "secret_name",
+        "secret_version",
+        "verdict",
+        "reason",
+        "verdict_at",
+        "accepted",
+        "probe_owner",
+        "probe_locator",
+        "probe_target",
+        "probe_expires",
+        "presentations",
+        "overrides",
+        "etag",
+    ],
 }
 
 
@@ -94,6 +113,62 @@ def test_records_have_no_field_for_a_secret_value() -> None:
     for record in (Outcome, TargetState, Lease):
         names = [f.name for f in dataclasses.fields(record)]
         assert [n for n in names if SECRET_VALUE_NAME.search(n)] == [], record.__name__
+    # AccountVersion.secret is the Key Vault secret's *name* (the healer's interface spells it so).
+    names = [f.name for f in dataclasses.fields(AccountVersion)]
+    assert [n for n in names if SECRET_VALUE_NAME.search(n)] == ["secret"]
+
+
+def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    conn = sqlite3.connect(path)  # a ledger file as the version 1 code wrote it
+    for statement in _MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO targets (gateway_id, datasource_id, applied_secret, applied_version, applied_at, etag) "
+        "VALUES (?, ?, ?, ?, ?, 7)",
+        (GW.lower(), DS.lower(), SECRET, V1, T0),
+    )
+    conn.execute("INSERT INTO seen_events (event_id, seen_at) VALUES ('evt-1', ?)", (T0,))
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    assert "account_versions" not in _columns(path)
+
+    with SqliteLedger(path) as ledger:
+        assert ledger.target_state(GW, DS).applied_version == V1
+        assert ledger.target_state(GW, DS).etag == "7"
+        assert ledger.mark_event_seen("evt-1", T0) is False
+        claim, _ = ledger.claim_presentation(
+            "user:svc", SECRET, V1, locator="host", target="gw/ds", owner="run-a", now=T0, ttl=60.0
+        )
+        assert claim is Claim.GRANTED
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    finally:
+        conn.close()
+    assert _columns(path) == EXPECTED_SCHEMA
+    with SqliteLedger(path) as ledger:  # opening a migrated file changes nothing
+        assert ledger.account_version("user:svc", SECRET, V1).probe_owner == "run-a"
+
+
+def test_corrupt_account_record_raises_ledger_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with SqliteLedger(path) as ledger:
+        ledger.record_presentation(
+            "user:svc", SECRET, V1, owner="run-a", locator="", verdict="rejected", reason="no", now=T0
+        )
+    for corruption in ("accepted = 'not json'", "verdict = 'perhaps'", "presentations = -1"):
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE account_versions SET accepted = '[]', verdict = 'rejected', presentations = 0")
+        conn.execute(f"UPDATE account_versions SET {corruption}")
+        conn.commit()
+        conn.close()
+        with SqliteLedger(path) as ledger:
+            with pytest.raises(LedgerError, match="corrupt"):
+                ledger.account_version("user:svc", SECRET, V1)
+            with pytest.raises(LedgerError, match="corrupt"):
+                ledger.account_versions()
 
 
 def test_outcome_to_dict_round_trips_and_rejects_wrong_types() -> None:
