@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from remediation.accounts import account_key, source_locator, text_map
 from remediation.bindings import Binding, BindingSet, CredentialType, Target
@@ -673,7 +673,7 @@ class Healer:
         version, now = secret.version, self._clock()
         who = account.split(":", 1)[-1]
 
-        def account_verdict(value: str, reason: str) -> None:
+        def account_verdict(value: Literal["accepted", "rejected", "in-doubt"], reason: str) -> None:
             self.ledger.record_presentation(
                 account,
                 binding.secret,

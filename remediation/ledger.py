@@ -566,8 +566,9 @@ class Ledger(Protocol):
 
         1. a verdict is set: :attr:`Claim.REJECTED` or :attr:`Claim.IN_DOUBT` (nothing written);
         2. ``locator`` is in ``accepted``: :attr:`Claim.ACCEPTED` (nothing written);
-        3. a probe exists: ``owner``'s own: :attr:`Claim.GRANTED` again (expiry renewed to
-           ``now + ttl``, not counted as a new presentation); another owner's, unexpired
+        3. a probe exists: ``owner``'s own for the same ``target``: :attr:`Claim.GRANTED` again
+           (expiry renewed to ``now + ttl``, not counted as a new presentation); ``owner``'s own
+           for another target: :attr:`Claim.BUSY` (one presentation at a time); another owner's, unexpired
            (``now < probe_expires``): :attr:`Claim.BUSY`; another owner's, expired: the presenter
            stopped before recording a verdict, so the version becomes in doubt (verdict written,
            probe cleared) and the answer is :attr:`Claim.IN_DOUBT`;
@@ -599,6 +600,12 @@ class Ledger(Protocol):
         "in-doubt" one); "in-doubt" sets it unless the verdict is "rejected". ``owner``'s probe,
         if it is the current one, is cleared. Raises ValueError for another verdict.
         """
+        ...
+
+    def release_presentation(self, account: str, secret: str, version: str, *, owner: str) -> AccountVersion:
+        """Give up ``owner``'s probe without a verdict: the request certainly never reached the
+        source (not sent, throttled, refused before any test), so nothing was counted and the
+        next claim may be granted. Another owner's probe is left alone; the state afterwards."""
         ...
 
     def allow_again(
@@ -925,10 +932,12 @@ class EntityLedgerBase(abc.ABC):
             if locator in record.accepted:
                 claim = Claim.ACCEPTED
                 return None
-            if record.probe_owner == owner:
-                claim = Claim.GRANTED
+            if record.probe_owner == owner and record.probe_target == target:
+                claim = Claim.GRANTED  # the same presentation, renewed
                 return replace(record, probe_expires=now + ttl)
-            if record.probe_active(now):
+            if record.probe_active(now) or record.probe_owner == owner:
+                # One presentation at a time, even for one owner: a run's second target of the
+                # account waits for the first one's verdict.
                 claim = Claim.BUSY
                 return None
             if record.probe_owner is not None:
@@ -1000,6 +1009,16 @@ class EntityLedgerBase(abc.ABC):
             if verdict == _IN_DOUBT and record.verdict == _REJECTED:
                 return record  # a rejection is the stronger fact: keep it
             return replace(record, verdict=verdict, reason=why, verdict_at=now)
+
+        return self._account_cas(key, change)
+
+    def release_presentation(self, account: str, secret: str, version: str, *, owner: str) -> AccountVersion:
+        """See :meth:`Ledger.release_presentation`."""
+        key = _account_key(account, secret, version)
+        owner = _owner(owner)
+
+        def change(record: AccountVersion) -> AccountVersion | None:
+            return _without_probe(record) if record.probe_owner == owner else None
 
         return self._account_cas(key, change)
 

@@ -511,6 +511,33 @@ class LedgerContract:
         assert state.probe_expires == T0 + 110 and state.presentations == 1
         assert self._claim(ledger, "run-b", T0 + 100)[0] is Claim.BUSY  # renewed, so still busy
 
+    def test_one_owner_presents_to_one_target_at_a_time(self, ledger: Ledger) -> None:
+        """A run's second target of the account waits for the first one's verdict: two probes at
+        once would be two possible failed sign-ins."""
+        self._claim(ledger, "run-a", T0)
+        claim, state = ledger.claim_presentation(
+            ACCOUNT,
+            SECRET,
+            V1,
+            locator="other.contoso.local",
+            target="g/second",
+            owner="run-a",
+            now=T0,
+            ttl=60.0,
+        )
+        assert claim is Claim.BUSY and state.presentations == 1 and state.probe_target == TARGET
+
+    def test_a_released_probe_counts_nothing_and_lets_the_next_claim_through(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0)
+        assert ledger.release_presentation(ACCOUNT, SECRET, V1, owner="run-b").probe_owner == "run-a"
+        released = ledger.release_presentation(ACCOUNT, SECRET, V1, owner="run-a")
+        assert released.probe_owner is None and released.verdict is None
+        claim, state = self._claim(ledger, "run-b", T0 + 1)
+        assert claim is Claim.GRANTED and state.probe_owner == "run-b"
+        # A released probe never turns into "in doubt" when its time would have run out.
+        assert self._claim(ledger, "run-c", T0 + 1000)[0] is Claim.IN_DOUBT  # run-b's expired, not run-a's
+        assert "run-b" in (ledger.account_version(ACCOUNT, SECRET, V1).reason or "")
+
     def test_an_expired_probe_of_another_owner_makes_the_version_in_doubt(self, ledger: Ledger) -> None:
         self._claim(ledger, "run-a", T0, ttl=60.0)
         claim, state = self._claim(ledger, "run-b", T0 + 60.0)  # now >= expires: expired
