@@ -111,6 +111,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import jsonschema
 
 from sandbox import specs
+from sandbox.accounts import Cause
 from sandbox.entra import POWERBI_AUDIENCE, TokenInfo, TokenRejected
 from sandbox.gateway_keys import GatewayDecryptError, GatewayKeyPair
 from sandbox.server import HTTPError, Request, Response
@@ -669,7 +670,7 @@ class PowerBI:
         """Sign in to each data source with the stored credential; the first failure decides."""
         refresh.end = refresh.ends_at
         for datasource in dataset.datasources:
-            result = self._sign_in(datasource, datasource.credential)
+            result = self._sign_in(datasource, datasource.credential, cause="refresh")
             if result == "ok":
                 continue
             refresh.status = "Failed"
@@ -688,8 +689,9 @@ class PowerBI:
             return
         refresh.status = "Completed"
 
-    def _sign_in(self, datasource: Datasource, credential: StoredCredential | None) -> SignInResult:
-        """One connection attempt through the gateway with ``credential`` (counted by the source)."""
+    def _sign_in(self, datasource: Datasource, credential: StoredCredential | None, *,
+                 cause: Cause) -> SignInResult:
+        """One connection attempt through the gateway with ``credential`` (counted by the account)."""
         if not datasource.gateway.online:
             return "unreachable"
         if credential is None:
@@ -701,7 +703,7 @@ class PowerBI:
             if info is None or info.kind != "user" or info.expires_at <= self._sb.clock.now():
                 return "invalid"
             data = {"username": info.principal}
-        return self._sb.sources.check(datasource.source.id, credential.credential_type, data)
+        return self._sb.sources.check(datasource.source.id, credential.credential_type, data, cause=cause)
 
     # -- routing ---------------------------------------------------------------------------------
     def _register_routes(self) -> None:
@@ -1138,7 +1140,7 @@ class PowerBI:
         caller = self._authenticate(request)
         with self._lock:
             datasource = self._gateway_datasource(caller, request)
-            result = self._sign_in(datasource, datasource.credential)
+            result = self._sign_in(datasource, datasource.credential, cause="status-check")
         if result == "ok":
             return Response(200)
         if result == "unreachable":
@@ -1205,7 +1207,7 @@ class PowerBI:
             applied_at=self._sb.clock.now(), applied_by=caller.principal, signed_in_as=signed_in_as,
         )
         with self._lock:
-            result = self._sign_in(datasource, credential)
+            result = self._sign_in(datasource, credential, cause="update-test")
             if result == "unreachable":
                 raise refuse(400, pbi_error(GATEWAY_UNREACHABLE), data)
             if result != "ok":
