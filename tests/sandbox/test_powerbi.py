@@ -125,6 +125,13 @@ def update_body(credentials: str, *, credential_type: str = "Basic", algorithm: 
     return body
 
 
+# The only caller-identity payload known to work (DESIGN.md): no ``credentials`` key at all.
+CALLER_IDENTITY_DETAILS: dict[str, Any] = {
+    "credentialType": "OAuth2", "encryptedConnection": "Encrypted", "encryptionAlgorithm": "None",
+    "privacyLevel": "Organizational", "useCallerAADIdentity": True,
+}
+
+
 def encrypted_basic(key: dict[str, str], username: str, password: str) -> dict[str, Any]:
     ciphertext = encrypt_credentials(basic_credentials(username, password), GatewayPublicKey.from_api(key))
     body = update_body(ciphertext)
@@ -391,9 +398,7 @@ def test_oauth2_caller_identity_sources_accept_only_the_owner_signing_in_as_them
     dataset = world.pbi.add_dataset(world.workspace, "Flows", [datasource], owner=OWNER)
     world.pbi.add_member(world.workspace, OWNER)
     path = f"/gateways/{cloud.id}/datasources/{datasource.id}"
-    caller_identity = update_body(json.dumps({"credentialData": ""}), credential_type="OAuth2",
-                                  algorithm="None", useCallerAADIdentity=True)
-    specs.validate_powerbi_request("Gateways_UpdateDatasource", caller_identity)
+    caller_identity = {"credentialDetails": CALLER_IDENTITY_DETAILS}
     owner = world.user_token(OWNER)
     payload_token = update_body(json.dumps({"credentialData": [{"name": "accessToken", "value": owner}]}),
                                 credential_type="OAuth2", algorithm="None")
