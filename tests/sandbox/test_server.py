@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -200,3 +203,20 @@ def test_before_processing_faults_never_reach_the_handler(sb: Sandbox, work: lis
         sb.faults.release_held()
         assert answer.result().status_code == 201
     assert work == ["c"]
+
+
+def test_a_client_process_killed_while_its_answer_is_held_leaves_the_work_done(
+        sb: Sandbox, sandbox_env: dict[str, str], work: list[str]) -> None:
+    sb.faults.add("test.work", after=True, hold=True)
+    code = f"import requests; requests.post({sb.url + '/work/a'!r}, timeout=30)"
+    client = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **sandbox_env})
+    try:
+        assert sb.faults.wait_held("test.work", timeout=20)
+        client.kill()
+        client.wait(timeout=10)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert sb.faults.release_held() == 1
+    assert work == ["a"] and sb.requests.find("test.work")[0].processed_status == 201
+    assert requests.post(f"{sb.url}/work/b", timeout=5).status_code == 201  # the server carries on
