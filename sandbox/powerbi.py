@@ -3,8 +3,9 @@
 It serves ``/v1.0/myorg/...`` in the shapes of Microsoft's swagger (``specs/powerbi``) and
 behaves the way the platform does where the healer depends on it (DESIGN.md, "Facts of the
 platform"): on-premises gateways hold a real RSA key and decrypt what they receive, every
-credential update is tested against the source system (which counts failed sign-ins and locks
-out), refreshes sign in with the *stored* credential and fail with
+credential update is tested against the source system (whose account counts failed sign-ins
+from every cause -- update tests, refreshes, status checks -- and locks out; see
+:mod:`sandbox.accounts`), refreshes sign in with the *stored* credential and fail with
 ``DM_GWPipeline_Gateway_InvalidConnectionCredentials`` when it is stale, and a credential
 failure switches the refresh schedule off.
 
@@ -67,7 +68,7 @@ Behaviours that had to be decided (the real service documents none of them preci
   ``DMTS_InvalidEncryptionAlgorithmError``) and strict JSON (otherwise ``InvalidRequest``).
   The service then tests the connection like the real one does: wrong or locked-out
   credentials -> 400 ``DM_GWPipeline_Gateway_InvalidConnectionCredentials`` (counted by the
-  source), unreachable -> 400 ``DM_GWPipeline_Client_GatewayUnreachable``; nothing is stored
+  source's account), unreachable -> 400 ``DM_GWPipeline_Client_GatewayUnreachable``; nothing is stored
   unless the source accepted it.
 * **OAuth2 "caller identity only" sources** (dataflows, SharePoint): app / managed identity
   callers -> ``PowerBINotAuthorizedException``; a payload carrying an ``accessToken`` -> 400
