@@ -1194,7 +1194,9 @@ class PowerBI:
         caller = self._authenticate(request)
         body = self._json(request, required=True)
         details_in = body.get("credentialDetails") if isinstance(body, dict) else None
-        caller_identity = isinstance(details_in, dict) and details_in.get("useCallerAADIdentity") is True
+        if not isinstance(details_in, dict):
+            details_in = {}
+        caller_identity = details_in.get("useCallerAADIdentity") is True
         if caller_identity and "credentials" in details_in:
             # The only payload known to work has no ``credentials`` key at all (DESIGN.md); an
             # empty OAuth2 credential may be read as "no token", so the sandbox refuses it.
