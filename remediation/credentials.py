@@ -8,7 +8,7 @@ Three steps, none of them doing I/O:
    (the swagger's examples: ``{"credentialData":[{"name":"username","value":...},...]}``).
 3. :func:`credential_details` wraps it, encrypted for an on-premises gateway (``RSA-OAEP``, with
    the ``encrypt`` callable from :mod:`remediation.gateway_crypto`) or plain for a cloud data
-   source (``None``); OAuth2 caller-identity bindings send no secret at all.
+   source (``None``); OAuth2 caller-identity bindings send no secret and no ``credentials`` key.
 
 The secret lives only inside :class:`ResolvedCredential` and the strings returned by
 :func:`credentials_json` / :func:`credential_details`; no repr, str or exception message here
@@ -40,8 +40,7 @@ ENCRYPTION_NONE = "None"
 ENCRYPTION_RSA_OAEP = "RSA-OAEP"
 
 EMPTY_CREDENTIALS = '{"credentialData":""}'
-"""``credentials`` with no credential data: the swagger's Anonymous example, also what an
-OAuth2 ``useCallerAADIdentity`` update sends (the caller's own token is the credential)."""
+"""``credentials`` with no credential data: the swagger's Anonymous example."""
 
 
 class SecretValueError(RemediationError):
@@ -172,7 +171,8 @@ def credentials_json(resolved: ResolvedCredential) -> str:
     elif ctype is CredentialType.SAS:
         data = [{"name": "token", "value": resolved.secret}]
     elif ctype in (CredentialType.ANONYMOUS, CredentialType.OAUTH2):
-        # OAuth2 here is always the caller's identity: the token is the caller's, not in the body.
+        # OAuth2 here is always the caller's identity: the token is the caller's, not in the body
+        # (and credential_details sends no ``credentials`` at all for it).
         return EMPTY_CREDENTIALS
     else:  # pragma: no cover - every CredentialType is handled above
         raise ValueError(f"unsupported credential type {ctype!r}")
@@ -190,8 +190,11 @@ def credential_details(
     ``encrypt`` is given for on-premises gateway data sources (it turns the credentials JSON into
     the gateway's ciphertext; ``encryptionAlgorithm`` becomes ``RSA-OAEP``) and ``None`` for cloud
     data sources (plain JSON, ``None``). OAuth2 caller-identity bindings carry no secret, so
-    ``encrypt`` is not used for them: ``useCallerAADIdentity`` is true, ``credentials`` is
-    :data:`EMPTY_CREDENTIALS` and the algorithm is ``None``.
+    ``encrypt`` is not used for them: the details are exactly the payload the Power BI product
+    group reported working, ``credentialType`` OAuth2, ``encryptedConnection``,
+    ``encryptionAlgorithm`` ``None``, ``privacyLevel`` and ``useCallerAADIdentity`` true, with
+    **no** ``credentials`` key although the swagger lists it as required (an empty OAuth2
+    credential is a different request, and may be read as "no token").
     """
     if resolved.credential_type is not binding.credential_type:
         raise ValueError(
@@ -200,10 +203,12 @@ def credential_details(
         )
     details: dict[str, object] = {"credentialType": binding.credential_type.value}
     if binding.credential_type is CredentialType.OAUTH2:
-        details["credentials"] = EMPTY_CREDENTIALS
-        details["useCallerAADIdentity"] = True
+        details["encryptedConnection"] = binding.encrypted_connection.value
         details["encryptionAlgorithm"] = ENCRYPTION_NONE
-    elif encrypt is not None:
+        details["privacyLevel"] = binding.privacy_level.value
+        details["useCallerAADIdentity"] = True
+        return details
+    if encrypt is not None:
         details["credentials"] = encrypt(credentials_json(resolved))
         details["encryptionAlgorithm"] = ENCRYPTION_RSA_OAEP
     else:

@@ -39,8 +39,10 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
     cloud = pbi.add_cloud_gateway("Cloud", admins=[app.client_id])
 
     sales_pw = "Initial#Sales1"
-    sql_sales = sb.sources.add("sqlsales", credential_type="Basic", username="svc_pbi", secret=sales_pw)
-    sql_dw = sb.sources.add("sqldw", credential_type="Basic", username="svc_pbi", secret=sales_pw)
+    # One service account behind both SQL servers: its failed sign-ins count together.
+    svc_pbi = sb.sources.add_account("CONTOSO\\svc_pbi", username="svc_pbi", secret=sales_pw)
+    sql_sales = sb.sources.add("sqlsales", credential_type="Basic", account=svc_pbi)
+    sql_dw = sb.sources.add("sqldw", credential_type="Basic", account=svc_pbi)
     azure_sql = sb.sources.add(
         "finance-azsql", credential_type="Basic", username="pbi_reader", secret="Initial#Finance1"
     )

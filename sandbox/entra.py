@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sandbox.accounts import DEFAULT_LOCKOUT_THRESHOLD, Account
 from sandbox.server import HTTPError, Response
 
 if TYPE_CHECKING:
@@ -97,10 +98,21 @@ class App:
 
 @dataclass
 class User:
+    """An Entra user. Its password and lockout state are its :class:`~sandbox.accounts.Account`'s
+    (the same model source systems sign in with), so a password grant counts like any sign-in."""
+
     upn: str
-    password: str
+    account: Account = field(repr=False)
     object_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     disabled: bool = False
+
+    @property
+    def password(self) -> str:
+        return self.account.secret or ""
+
+    @password.setter
+    def password(self, value: str) -> None:
+        self.account.set_secret(value)
 
 
 @dataclass
@@ -161,15 +173,35 @@ class Entra:
                 self.default_app = app
         return app
 
-    def add_user(self, upn: str, password: str) -> User:
-        user = User(upn, password)
+    def add_user(self, upn: str, password: str | None = None, *, account: Account | None = None,
+                 lockout_threshold: int | None = DEFAULT_LOCKOUT_THRESHOLD) -> User:
+        """An Entra user signing in as an account of ``sb.sources``.
+
+        Without ``account`` the account named ``upn`` is used when it exists (``password``, when
+        given, then becomes its secret), or made (with ``password`` and ``lockout_threshold``;
+        Entra's smart lockout is 10 by default, the sandbox is stricter). Data sources that sign
+        in as this user (OAuth2) may share the same account: ``sb.sources.add(..., account=upn)``.
+        """
+        sources = self._sb.sources
+        if account is None:
+            account = sources.find_account(upn)
+            if account is None:
+                account = sources.add_account(upn, username=upn, secret=password,
+                                              lockout_threshold=lockout_threshold)
+            elif password is not None:
+                account.set_secret(password)
+        elif password is not None:
+            account.set_secret(password)
+        user = User(upn, account)
         with self._lock:
             self.users[upn.lower()] = user
         return user
 
-    def set_user_password(self, upn: str, password: str) -> None:
+    def set_user_password(self, upn: str, password: str, *, at: float | None = None) -> None:
+        """Change the user's password now, or when the sandbox clock reaches ``at``."""
         with self._lock:
-            self.users[upn.lower()].password = password
+            user = self.users[upn.lower()]
+        user.account.set_secret(password, at=at)
 
     def add_managed_identity(self, client_id: str | None = None) -> ManagedIdentity:
         mi = ManagedIdentity(client_id or str(uuid.uuid4()))
@@ -529,7 +561,17 @@ class Entra:
             )
         if user.disabled:
             raise self._fail(400, "invalid_grant", 50057, "The user account is disabled.")
-        if not secrets.compare_digest(form["password"].encode(), user.password.encode()):
+        presented = form["password"]
+        result = user.account.sign_in(
+            lambda _username, secret: secret is not None
+            and secrets.compare_digest(presented.encode(), secret.encode()),
+            presented, cause="password-grant", via="entra",
+        )
+        if result == "locked":
+            raise self._fail(400, "invalid_grant", 50053,
+                             "Your account is locked because the user tried to sign in too many times "
+                             "with an incorrect user ID or password.")
+        if result != "ok":
             raise self._fail(400, "invalid_grant", 50126,
                              "Error validating credentials due to invalid username or password.")
         audience, resource_scopes, offline = self._user_scopes(form["scope"])
@@ -636,10 +678,6 @@ class Entra:
             if query.get("mi_res_id"):
                 return None  # the sandbox models no ARM resource ids
         return self.system_identity
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _b64url(data: bytes) -> str:

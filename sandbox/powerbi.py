@@ -3,8 +3,9 @@
 It serves ``/v1.0/myorg/...`` in the shapes of Microsoft's swagger (``specs/powerbi``) and
 behaves the way the platform does where the healer depends on it (DESIGN.md, "Facts of the
 platform"): on-premises gateways hold a real RSA key and decrypt what they receive, every
-credential update is tested against the source system (which counts failed sign-ins and locks
-out), refreshes sign in with the *stored* credential and fail with
+credential update is tested against the source system (whose account counts failed sign-ins
+from every cause -- update tests, refreshes, status checks -- and locks out; see
+:mod:`sandbox.accounts`), refreshes sign in with the *stored* credential and fail with
 ``DM_GWPipeline_Gateway_InvalidConnectionCredentials`` when it is stale, and a credential
 failure switches the refresh schedule off.
 
@@ -54,8 +55,12 @@ Behaviours that had to be decided (the real service documents none of them preci
   ``GET /groups/{g}/datasets/{d}/datasources``. What ``GET /gateways/{thatId}`` answers is not
   documented; here it is 200 ``{"id", "name", "type": "Cloud"}`` *without* ``publicKey`` for a
   gateway admin or the owner of a dataset using one of its data sources (403 otherwise), so
-  a client tells cloud from on-premises by the absence of the key. It is never listed by
-  ``GET /gateways`` unless the caller was made its admin.
+  a client tells cloud from on-premises by the absence of the key. That is the default
+  (``owners``) of a switch per cloud gateway (:data:`CloudGatewayAnswer`,
+  :meth:`PowerBI.set_cloud_gateway_answer`): the field has also seen ``{"id"}`` alone, 404
+  ``PowerBIEntityNotFound`` and 401/403 ``PowerBINotAuthorizedException``. ``GET /gateways``
+  lists only on-premises gateways; a dataset's ``isOnPremGatewayRequired`` is true iff one of
+  its data sources is on an on-premises gateway.
 * **Update Datasource** validates the body against ``UpdateDatasourceRequest``, then: on-prem
   needs ``RSA-OAEP`` and a ciphertext the gateway can decrypt *and* parse -- anything else
   (plain text, tampering, malformed JSON inside) is ``DM_GWPipeline_UnknownError``, because it
@@ -63,7 +68,7 @@ Behaviours that had to be decided (the real service documents none of them preci
   ``DMTS_InvalidEncryptionAlgorithmError``) and strict JSON (otherwise ``InvalidRequest``).
   The service then tests the connection like the real one does: wrong or locked-out
   credentials -> 400 ``DM_GWPipeline_Gateway_InvalidConnectionCredentials`` (counted by the
-  source), unreachable -> 400 ``DM_GWPipeline_Client_GatewayUnreachable``; nothing is stored
+  source's account), unreachable -> 400 ``DM_GWPipeline_Client_GatewayUnreachable``; nothing is stored
   unless the source accepted it.
 * **OAuth2 "caller identity only" sources** (dataflows, SharePoint): app / managed identity
   callers -> ``PowerBINotAuthorizedException``; a payload carrying an ``accessToken`` -> 400
@@ -111,6 +116,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import jsonschema
 
 from sandbox import specs
+from sandbox.accounts import Cause
 from sandbox.entra import POWERBI_AUDIENCE, TokenInfo, TokenRejected
 from sandbox.gateway_keys import GatewayDecryptError, GatewayKeyPair
 from sandbox.server import HTTPError, Request, Response
@@ -120,11 +126,13 @@ if TYPE_CHECKING:
     from sandbox.world import Sandbox
 
 __all__ = [
+    "CLOUD_GATEWAY_ANSWERS",
     "CREDENTIALS_NOT_SPECIFIED",
     "GATEWAY_UNREACHABLE",
     "INVALID_CONNECTION_CREDENTIALS",
     "SHARED_DAILY_REFRESH_LIMIT",
     "UNKNOWN_GATEWAY_ERROR",
+    "CloudGatewayAnswer",
     "Dataset",
     "Datasource",
     "Gateway",
@@ -232,6 +240,16 @@ class UpdateAttempt:
     data: dict[str, str] | None = field(default=None, repr=False)  # None when never decoded
 
 
+CloudGatewayAnswer = Literal["owners", "id-only", "not-found", "unauthorized", "forbidden"]
+"""What ``GET /gateways/{id}`` answers for a cloud data source's virtual gateway (all are seen):
+``owners``: 200 ``{id, name, type: Cloud}`` to admins and owners of a dataset using it, 403 to
+others; ``id-only``: 200 ``{id}`` to anyone; ``not-found``: 404 ``PowerBIEntityNotFound``;
+``unauthorized`` / ``forbidden``: 401 / 403 ``PowerBINotAuthorizedException``."""
+
+CLOUD_GATEWAY_ANSWERS: tuple[CloudGatewayAnswer, ...] = (
+    "owners", "id-only", "not-found", "unauthorized", "forbidden")
+
+
 @dataclass(eq=False)
 class Gateway:
     id: str
@@ -240,6 +258,7 @@ class Gateway:
     keys: GatewayKeyPair | None = field(default=None, repr=False)
     admins: set[str] = field(default_factory=set)
     online: bool = True  # an offline gateway can neither decrypt nor connect
+    get_answer: CloudGatewayAnswer = "owners"  # cloud gateways only: see CloudGatewayAnswer
     datasources: dict[str, Datasource] = field(default_factory=dict, repr=False)
 
 
@@ -490,12 +509,26 @@ class PowerBI:
             self.gateways[gateway.id] = gateway
         return gateway
 
-    def add_cloud_gateway(self, name: str = "Cloud", *, admins: Iterable[str] = ()) -> Gateway:
-        """The virtual gateway cloud data sources report as their ``gatewayId`` (no public key)."""
+    def add_cloud_gateway(self, name: str = "Cloud", *, admins: Iterable[str] = (),
+                          get_answer: CloudGatewayAnswer = "owners") -> Gateway:
+        """The virtual gateway cloud data sources report as their ``gatewayId`` (no public key).
+
+        ``get_answer``: what ``GET /gateways/{id}`` answers for it (:data:`CloudGatewayAnswer`).
+        """
         gateway = Gateway(str(uuid.uuid4()), name, cloud=True, admins=set(admins))
+        self.set_cloud_gateway_answer(gateway, get_answer)
         with self._lock:
             self.gateways[gateway.id] = gateway
         return gateway
+
+    def set_cloud_gateway_answer(self, gateway: Gateway, answer: CloudGatewayAnswer) -> None:
+        """Switch what ``GET /gateways/{id}`` answers for the cloud gateway ``gateway``."""
+        if not gateway.cloud:
+            raise ValueError("only a cloud gateway's answer can be switched")
+        if answer not in CLOUD_GATEWAY_ANSWERS:
+            raise ValueError(f"answer must be one of {', '.join(CLOUD_GATEWAY_ANSWERS)}")
+        with self._lock:
+            gateway.get_answer = answer
 
     def grant_gateway_admin(self, gateway: Gateway, principal: str) -> None:
         with self._lock:
@@ -669,7 +702,7 @@ class PowerBI:
         """Sign in to each data source with the stored credential; the first failure decides."""
         refresh.end = refresh.ends_at
         for datasource in dataset.datasources:
-            result = self._sign_in(datasource, datasource.credential)
+            result = self._sign_in(datasource, datasource.credential, cause="refresh")
             if result == "ok":
                 continue
             refresh.status = "Failed"
@@ -688,8 +721,9 @@ class PowerBI:
             return
         refresh.status = "Completed"
 
-    def _sign_in(self, datasource: Datasource, credential: StoredCredential | None) -> SignInResult:
-        """One connection attempt through the gateway with ``credential`` (counted by the source)."""
+    def _sign_in(self, datasource: Datasource, credential: StoredCredential | None, *,
+                 cause: Cause) -> SignInResult:
+        """One connection attempt through the gateway with ``credential`` (counted by the account)."""
         if not datasource.gateway.online:
             return "unreachable"
         if credential is None:
@@ -701,7 +735,7 @@ class PowerBI:
             if info is None or info.kind != "user" or info.expires_at <= self._sb.clock.now():
                 return "invalid"
             data = {"username": info.principal}
-        return self._sb.sources.check(datasource.source.id, credential.credential_type, data)
+        return self._sb.sources.check(datasource.source.id, credential.credential_type, data, cause=cause)
 
     # -- routing ---------------------------------------------------------------------------------
     def _register_routes(self) -> None:
@@ -804,8 +838,9 @@ class PowerBI:
         return request.json(_bad_request)
 
     @staticmethod
-    def _validate_body(operation_id: str, body: Any) -> None:
-        problems = request_problems(operation_id, body)
+    def _validate_body(operation_id: str, body: Any, *, allow_missing: Iterable[str] = ()) -> None:
+        """400 unless ``body`` matches the swagger; ``allow_missing`` names problems to overlook."""
+        problems = [p for p in request_problems(operation_id, body) if p not in set(allow_missing)]
         if problems:
             definition, _ = _body_validator(operation_id)
             raise _bad_request(f"The request body does not match {definition}: " + "; ".join(problems[:10]))
@@ -1105,18 +1140,28 @@ class PowerBI:
 
     # -- gateways --------------------------------------------------------------------------------
     def _get_gateways(self, request: Request) -> Response:
+        """On-premises gateways the caller administers (cloud gateways are never listed)."""
         caller = self._authenticate(request)
         with self._lock:
             value = [self._gateway_json(g) for g in self.gateways.values()
-                     if _contains(g.admins, caller.principal)]
+                     if not g.cloud and _contains(g.admins, caller.principal)]
         return Response(200, self._odata("gateways", value))
 
     def _get_gateway(self, request: Request) -> Response:
         caller = self._authenticate(request)
+        context = f"{self.api_url}/$metadata#gateways/$entity"
         with self._lock:
+            found = self.gateways.get(self._path_id(request, "gateway"))
+            answer = found.get_answer if found is not None and found.cloud else "owners"
+            if answer == "not-found":
+                raise _not_found()
+            if answer in ("unauthorized", "forbidden"):
+                raise HTTPError(401 if answer == "unauthorized" else 403, pbi_error(NOT_AUTHORIZED))
+            if answer == "id-only" and found is not None:
+                return Response(200, {"@odata.context": context, "id": found.id})
             gateway = self._gateway(caller, request)
             body = self._gateway_json(gateway)
-        return Response(200, {"@odata.context": f"{self.api_url}/$metadata#gateways/$entity", **body})
+        return Response(200, {"@odata.context": context, **body})
 
     def _get_gateway_datasources(self, request: Request) -> Response:
         caller = self._authenticate(request)
@@ -1138,7 +1183,7 @@ class PowerBI:
         caller = self._authenticate(request)
         with self._lock:
             datasource = self._gateway_datasource(caller, request)
-            result = self._sign_in(datasource, datasource.credential)
+            result = self._sign_in(datasource, datasource.credential, cause="status-check")
         if result == "ok":
             return Response(200)
         if result == "unreachable":
@@ -1148,14 +1193,25 @@ class PowerBI:
     def _update_datasource(self, request: Request) -> Response:
         caller = self._authenticate(request)
         body = self._json(request, required=True)
-        self._validate_body("Gateways_UpdateDatasource", body)
+        details_in = body.get("credentialDetails") if isinstance(body, dict) else None
+        if not isinstance(details_in, dict):
+            details_in = {}
+        caller_identity = details_in.get("useCallerAADIdentity") is True
+        if caller_identity and "credentials" in details_in:
+            # The only payload known to work has no ``credentials`` key at all (DESIGN.md); an
+            # empty OAuth2 credential may be read as "no token", so the sandbox refuses it.
+            raise _bad_request("credentialDetails/credentials: must be absent with "
+                               "useCallerAADIdentity (the caller's own token is the credential)")
+        # The swagger lists ``credentials`` as required; a caller-identity update omits it.
+        self._validate_body("Gateways_UpdateDatasource", body,
+                            allow_missing=("credentialDetails: 'credentials' is a required property",)
+                            if caller_identity else ())
         details: dict[str, Any] = body["credentialDetails"]
         if not isinstance(details, dict):
             raise _bad_request("The request body does not match UpdateDatasourceRequest: "
                                "credentialDetails: must be an object")
         credential_type: str = details["credentialType"]
         algorithm: str = details["encryptionAlgorithm"]
-        caller_identity = details.get("useCallerAADIdentity") is True
         if caller_identity and credential_type != "OAuth2":
             raise _bad_request("credentialDetails/useCallerAADIdentity: only valid with "
                                "credentialType OAuth2")
@@ -1172,12 +1228,19 @@ class PowerBI:
             return HTTPError(status, error)
 
         # The gateway (on-prem) or the service (cloud) turns ``credentials`` into name/value pairs.
-        if gateway.cloud or keys is None:
+        data: dict[str, str]
+        if caller_identity:
+            # Nothing to decrypt: the credential is the caller's token; the gateway must be up.
+            if algorithm != "None":
+                raise refuse(400, pbi_error(INVALID_ENCRYPTION_ALGORITHM))
+            if not online:
+                raise refuse(400, pbi_error(GATEWAY_UNREACHABLE))
+            data = {}
+        elif gateway.cloud or keys is None:
             if algorithm != "None":
                 raise refuse(400, pbi_error(INVALID_ENCRYPTION_ALGORITHM))
             try:
-                data = parse_credentials(credential_type, details["credentials"],
-                                         caller_identity=caller_identity)
+                data = parse_credentials(credential_type, details["credentials"])
             except _CredentialFormatError as exc:
                 raise refuse(400, _invalid_request(f"credentialDetails/credentials: {exc}")) from None
         else:
@@ -1187,7 +1250,7 @@ class PowerBI:
                 raise refuse(400, pbi_error(UNKNOWN_GATEWAY_ERROR))
             try:
                 plaintext = keys.decrypt(details["credentials"])
-                data = parse_credentials(credential_type, plaintext, caller_identity=caller_identity)
+                data = parse_credentials(credential_type, plaintext)
             except (GatewayDecryptError, _CredentialFormatError) as exc:
                 logger.info("sandbox powerbi: gateway %s refused credentials: %s", gateway.id, exc)
                 raise refuse(400, pbi_error(UNKNOWN_GATEWAY_ERROR)) from None
@@ -1205,7 +1268,7 @@ class PowerBI:
             applied_at=self._sb.clock.now(), applied_by=caller.principal, signed_in_as=signed_in_as,
         )
         with self._lock:
-            result = self._sign_in(datasource, credential)
+            result = self._sign_in(datasource, credential, cause="update-test")
             if result == "unreachable":
                 raise refuse(400, pbi_error(GATEWAY_UNREACHABLE), data)
             if result != "ok":

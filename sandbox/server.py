@@ -4,7 +4,9 @@ One threaded HTTPS server on 127.0.0.1 serves every stand-in (Entra ID, Key Vaul
 Application Insights ingestion). Each service module registers named routes on a
 :class:`Router`; every request is recorded in :class:`Recorder` so that tests can assert
 exactly what a client did; :class:`Faults` queues canned failures per route (429 with
-``Retry-After``, 5xx, a dropped connection) and adds a per-request latency for benchmarks.
+``Retry-After``, 5xx, a dropped connection, an answer held back), before the handler runs or
+after it (the request was processed, its answer is lost), and adds a per-request latency for
+benchmarks.
 
 Handlers never let a Python exception escape as a traceback: :class:`HTTPError` becomes the
 service's own error shape, and any other exception becomes a 500 in that shape too.
@@ -173,7 +175,8 @@ class RecordedRequest:
     token_kind: str | None = None  # "app" | "user" | "managed_identity" | None
     principal: str | None = None
     at: float = 0.0
-    fault: str | None = None
+    fault: str | None = None  # "503", "drop", "after-drop", "after-503", "after-hold+answer", ...
+    processed_status: int | None = None  # after-processing faults: what the handler answered
 
 
 class Recorder:
@@ -216,11 +219,38 @@ class Recorder:
 
 @dataclass
 class Fault:
-    status: int = 503
+    """A canned failure of one request.
+
+    Before processing (``after=False``, the default) the handler never runs: the answer is
+    ``status`` (503 unless given) or, with ``drop``, no answer at all, ``delay`` seconds late.
+    After processing (``after=True``) the handler has run -- the source tested the credential,
+    Power BI stored or refused it -- and then the answer is lost: ``drop`` closes the connection,
+    ``status`` replaces the real answer (a 5xx after the work was done), ``delay`` holds the real
+    answer back (wall-clock seconds, so a client's read timeout fires) and ``hold`` blocks it until
+    :meth:`Faults.release_held`. Without ``drop`` or ``status`` the real answer goes out in the end.
+    """
+
+    status: int | None = None
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the connection without an answer
     delay: float = 0.0  # extra seconds before answering
+    after: bool = False  # apply once the handler ran (the request was processed)
+    hold: bool = False  # block the answer until released
+
+    def describe(self) -> str:
+        what = "drop" if self.drop else str(self.status) if self.status is not None else "answer"
+        if self.hold:
+            what = f"hold+{what}"
+        return f"after-{what}" if self.after else what
+
+
+class _Held:
+    """A request whose answer waits for :meth:`Faults.release_held`."""
+
+    def __init__(self, route: Route) -> None:
+        self.scopes = Faults._scopes(route)
+        self.released = threading.Event()
 
 
 @dataclass
@@ -255,24 +285,70 @@ class Faults:
         self._buckets: dict[str, _Bucket] = {}
         self._throttled: dict[str, int] = {}
         self._clock = clock
+        self._held: list[_Held] = []
+        self._held_changed = threading.Condition(self._lock)
         self.latency = 0.0
+        self.hold_timeout = 300.0  # a held answer goes out by itself after this (wall seconds)
 
     def add(
         self,
         route: str,
         *,
-        status: int = 503,
+        status: int | None = None,
         body: Any = None,
         headers: Mapping[str, str] | None = None,
         drop: bool = False,
         times: int = 1,
         delay: float = 0.0,
+        after: bool = False,
+        hold: bool = False,
     ) -> None:
-        """Queue ``times`` canned answers for ``route`` (a route name, a service name or ``"*"``)."""
+        """Queue ``times`` canned answers for ``route`` (a route name, a service name or ``"*"``).
+
+        See :class:`Fault`. Before processing, ``status`` defaults to 503; after processing
+        (``after=True``) it defaults to the handler's own answer.
+        """
+        if not after and status is None and not hold:
+            status = 503
+        if delay < 0:
+            raise ValueError("delay must be >= 0")
         with self._lock:
             self._queues.setdefault(route, []).extend(
-                Fault(status, body, dict(headers or {}), drop, delay) for _ in range(times)
+                Fault(status, body, dict(headers or {}), drop, delay, after, hold) for _ in range(times)
             )
+
+    # -- held answers --------------------------------------------------------------------------
+    def wait_held(self, route: str, timeout: float = 10.0) -> bool:
+        """Wait until a request of ``route`` (name, service or ``"*"``) is being held; True if so."""
+        with self._held_changed:
+            return self._held_changed.wait_for(
+                lambda: any(route in h.scopes for h in self._held), timeout=timeout)
+
+    def held(self, route: str = "*") -> int:
+        """How many answers of ``route`` are being held now."""
+        with self._lock:
+            return sum(1 for h in self._held if route in h.scopes)
+
+    def release_held(self, route: str = "*") -> int:
+        """Let the held answers of ``route`` go (answered, dropped or failed as queued); how many."""
+        with self._lock:
+            released = [h for h in self._held if route in h.scopes]
+            for h in released:
+                h.released.set()
+                self._held.remove(h)
+            self._held_changed.notify_all()
+        return len(released)
+
+    def _hold(self, route: Route) -> None:
+        held = _Held(route)
+        with self._held_changed:
+            self._held.append(held)
+            self._held_changed.notify_all()
+        held.released.wait(self.hold_timeout)
+        with self._held_changed:
+            if held in self._held:
+                self._held.remove(held)
+            self._held_changed.notify_all()
 
     def throttle(self, route: str, retry_after: int = 1, times: int = 1) -> None:
         """Queue 429 answers with ``Retry-After`` (seconds), as Power BI and Key Vault send."""
@@ -400,6 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
             raw_body=body,
             at=time.time(),
         )
+        recorded = False
         try:
             if sandbox.faults.latency:
                 time.sleep(sandbox.faults.latency)
@@ -418,31 +495,54 @@ class _Handler(BaseHTTPRequestHandler):
                     route.error(429, "TooManyRequests", "Rate limit is exceeded. Try again later."),
                     {"Retry-After": str(wait)},
                 )
-                if fault is not None:
-                    record.fault = "drop" if fault.drop else str(fault.status)
+                if fault is None:
+                    response = _call(route, request)
+                elif not fault.after:
+                    record.fault = fault.describe()
+                    if fault.hold:
+                        sandbox.faults._hold(route)
                     if fault.delay:
                         time.sleep(fault.delay)
                     if fault.drop:
                         raise _DroppedConnection()
-                    body_ = fault.body if fault.body is not None else route.error(
-                        fault.status, _fault_code(fault.status), "Injected fault."
-                    )
-                    response = Response(fault.status, body_, dict(fault.headers))
+                    if fault.status is None:
+                        response = _call(route, request)
+                    else:
+                        response = _fault_response(route, fault, fault.status)
                 else:
                     response = _call(route, request)
+                    record.fault = fault.describe()
+                    record.processed_status = response.status
+                    if fault.status is not None:
+                        response = _fault_response(route, fault, fault.status)
+                    # Recorded now: the work is done, whatever becomes of the answer.
+                    _note_caller(record, request)
+                    record.status = 0 if fault.drop else response.status
+                    sandbox.recorder.add(record)
+                    recorded = True
+                    if fault.hold:
+                        sandbox.faults._hold(route)
+                    if fault.delay:
+                        time.sleep(fault.delay)
+                    if fault.drop:
+                        raise _DroppedConnection()
         except _DroppedConnection:
-            record.status = 0
-            sandbox.recorder.add(record)
+            if not recorded:
+                record.status = 0
+                _note_caller(record, request)
+                sandbox.recorder.add(record)
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
-        if request.token is not None:
-            record.token_kind = getattr(request.token, "kind", None)
-            record.principal = getattr(request.token, "principal", None)
-        record.status = response.status
-        sandbox.recorder.add(record)
-        self._send(response)
+        if not recorded:
+            _note_caller(record, request)
+            record.status = response.status
+            sandbox.recorder.add(record)
+        try:
+            self._send(response)
+        except OSError:  # the client went away (e.g. killed while its answer was held)
+            self.close_connection = True
 
     def _send(self, response: Response) -> None:
         data, headers = response.encode()
@@ -465,6 +565,19 @@ def _call(route: Route, request: Request) -> Response:
     except Exception:  # noqa: BLE001 - a sandbox answers in the service's shape, never a traceback
         logger.exception("sandbox handler %s failed", route.name)
         return Response(500, route.error(500, "InternalServerError", "The sandbox failed to serve this."))
+
+
+def _note_caller(record: RecordedRequest, request: Request) -> None:
+    if request.token is not None:
+        record.token_kind = getattr(request.token, "kind", None)
+        record.principal = getattr(request.token, "principal", None)
+
+
+def _fault_response(route: Route, fault: Fault, status: int) -> Response:
+    body = fault.body
+    if body is None:
+        body = route.error(status, _fault_code(status), "Injected fault.")
+    return Response(status, body, dict(fault.headers))
 
 
 def _fault_code(status: int) -> str:
@@ -553,6 +666,7 @@ class HTTPSService:
             self._threads.append(thread)
 
     def stop(self) -> None:
+        self.faults.release_held()
         for server in self._servers:
             server.shutdown()
             server.server_close()

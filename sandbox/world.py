@@ -1,14 +1,16 @@
 """The sandbox: one HTTPS server and a world of Azure and Power BI stand-ins.
 
     with Sandbox() as sb:
-        sql = sb.sources.add("sql-sales", username="svc_pbi", password="Old#1")
+        svc = sb.sources.add_account("CONTOSO\\svc_pbi", username="svc_pbi", secret="Old#1")
+        sql = sb.sources.add("sql-sales", account=svc)
         ...
         env = sb.env()   # the product's environment (contract of DESIGN.md), pointing here
 
 Services (each in its own module, each registering its routes on the shared router):
 ``sb.entra`` (Entra ID + App Service managed identity), ``sb.vault`` (Key Vault secrets),
 ``sb.powerbi`` (Power BI REST), ``sb.appinsights`` (ingestion), ``sb.sources`` (the systems
-behind the data sources, which hold the real passwords). ``sb.requests`` records every request;
+behind the data sources and the accounts they sign in as, which hold the real passwords and
+count failed sign-ins). ``sb.requests`` records every request;
 ``sb.faults`` queues failures and sets latency.
 """
 
@@ -18,7 +20,7 @@ import json
 import os
 import secrets
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from sandbox.appinsights import AppInsights
 from sandbox.clock import Clock
@@ -28,6 +30,8 @@ from sandbox.powerbi import PowerBI
 from sandbox.server import Faults, HTTPSService, Recorder, Router
 from sandbox.sources import Sources
 from sandbox.tls import make_tls
+
+RotationOrder = Literal["source-first", "vault-first"]
 
 USER_REALM_PORT = 443  # msal's user-realm discovery always calls port 443 of the authority host
 
@@ -89,19 +93,35 @@ class Sandbox:
 
     # -- what happens in the world -----------------------------------------------------------
     def rotate(self, source_id: str, secret_name: str, new_secret: str | None = None,
-               *, username: str | None = None, as_json: bool = False) -> str:
-        """A rotation as it happens in production: the source's password changes and a new
-        version of ``secret_name`` is written to Key Vault (which notifies its subscribers).
+               *, username: str | None = None, as_json: bool = False,
+               order: RotationOrder = "source-first", delay: float = 0.0) -> str:
+        """A rotation as it happens in production: the password of the account behind
+        ``source_id`` (a source id, or an account name) changes and a new version of
+        ``secret_name`` is written to Key Vault (which notifies its subscribers at once).
 
-        ``as_json`` stores ``{"username", "password"}`` (rotation schemes that alternate
-        accounts). Returns the new Key Vault version.
+        ``order="source-first"``: the account changes, then Key Vault. ``"vault-first"`` (as
+        Microsoft's SQL rotation sample does): Key Vault first, the account only once the sandbox
+        clock reaches now + ``delay`` seconds (right after the write when ``delay`` is 0), so for a
+        while Key Vault holds a password the source does not know yet. ``as_json`` stores
+        ``{"username", "password"}`` (rotation schemes that alternate accounts). Returns the new
+        Key Vault version.
         """
+        if order not in ("source-first", "vault-first"):
+            raise ValueError(f"order must be 'source-first' or 'vault-first', not {order!r}")
+        if delay < 0 or (delay and order == "source-first"):
+            raise ValueError("delay is for vault-first rotations, in seconds >= 0")
         new_secret = new_secret if new_secret is not None else generate_password()
-        self.sources.set_secret(source_id, new_secret, username=username)
+        account = self.sources.account_of(source_id)
         value = new_secret
         if as_json:
-            value = json.dumps({"username": self.sources.get(source_id).username, "password": new_secret})
+            value = json.dumps({"username": username if username is not None else account.username,
+                                "password": new_secret})
+        if order == "source-first":
+            account.set_secret(new_secret, username=username)
+            return self.vault.set_secret(secret_name, value)
+        at = self.clock.now() + delay
         version: str = self.vault.set_secret(secret_name, value)
+        account.set_secret(new_secret, username=username, at=at if delay else None)
         return version
 
     def rotate_source_only(self, source_id: str, new_secret: str | None = None) -> str:
@@ -110,6 +130,7 @@ class Sandbox:
         new_secret = new_secret if new_secret is not None else generate_password()
         self.sources.set_secret(source_id, new_secret)
         return new_secret
+
 
     # -- addresses ---------------------------------------------------------------------------
     @property

@@ -510,7 +510,6 @@ def test_an_oauth2_caller_identity_update_uses_the_owners_user_token(world: Worl
     body = {
         "credentialDetails": {
             "credentialType": "OAuth2",
-            "credentials": json.dumps({"credentialData": ""}),
             "encryptedConnection": "Encrypted",
             "encryptionAlgorithm": "None",
             "privacyLevel": "Organizational",

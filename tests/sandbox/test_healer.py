@@ -229,7 +229,7 @@ def test_oauth2_caller_identity_updates_as_the_user_without_a_token(make: Make, 
     assert details["credentialType"] == "OAuth2"
     assert details["useCallerAADIdentity"] is True
     assert details["encryptionAlgorithm"] == "None"
-    assert "accessToken" not in details["credentials"]
+    assert "credentials" not in details  # exactly the payload known to work (issue 9, point 1)
     assert new_password not in json.dumps(patch.body)
     cred = w.datasources[0].credential
     assert cred is not None and (cred.signed_in_as or "").lower() == UPN

@@ -125,6 +125,13 @@ def update_body(credentials: str, *, credential_type: str = "Basic", algorithm: 
     return body
 
 
+# The only caller-identity payload known to work (DESIGN.md): no ``credentials`` key at all.
+CALLER_IDENTITY_DETAILS: dict[str, Any] = {
+    "credentialType": "OAuth2", "encryptedConnection": "Encrypted", "encryptionAlgorithm": "None",
+    "privacyLevel": "Organizational", "useCallerAADIdentity": True,
+}
+
+
 def encrypted_basic(key: dict[str, str], username: str, password: str) -> dict[str, Any]:
     ciphertext = encrypt_credentials(basic_credentials(username, password), GatewayPublicKey.from_api(key))
     body = update_body(ciphertext)
@@ -391,9 +398,7 @@ def test_oauth2_caller_identity_sources_accept_only_the_owner_signing_in_as_them
     dataset = world.pbi.add_dataset(world.workspace, "Flows", [datasource], owner=OWNER)
     world.pbi.add_member(world.workspace, OWNER)
     path = f"/gateways/{cloud.id}/datasources/{datasource.id}"
-    caller_identity = update_body(json.dumps({"credentialData": ""}), credential_type="OAuth2",
-                                  algorithm="None", useCallerAADIdentity=True)
-    specs.validate_powerbi_request("Gateways_UpdateDatasource", caller_identity)
+    caller_identity = {"credentialDetails": CALLER_IDENTITY_DETAILS}
     owner = world.user_token(OWNER)
     payload_token = update_body(json.dumps({"credentialData": [{"name": "accessToken", "value": owner}]}),
                                 credential_type="OAuth2", algorithm="None")
@@ -661,3 +666,142 @@ def test_a_real_clock_sandbox_from_the_shared_fixture_serves_the_same_world(
     assert world.patch(world.ds_path, encrypted_basic(key, "svc_pbi", NEW)).status_code == 200
     assert world.refresh().status_code == 202
     assert world.history()[0]["status"] == "Completed"
+
+
+# -- OAuth2 caller identity: the payload known to work, and nothing else ----------------------------
+def _caller_identity_world(world: World) -> tuple[str, Datasource, str]:
+    flow = world.sb.sources.add("dataflow", credential_type="OAuth2", username=OWNER)
+    cloud = world.pbi.add_cloud_gateway()
+    datasource = world.pbi.add_datasource(cloud, flow, datasource_type="Extension",
+                                          caller_identity_only=True, stored={"username": "left@contoso.com"})
+    world.pbi.add_dataset(world.workspace, "Flows", [datasource], owner=OWNER)
+    return f"/gateways/{cloud.id}/datasources/{datasource.id}", datasource, world.user_token(OWNER)
+
+
+@pytest.mark.parametrize("credentials", ['{"credentialData":""}', '{"credentialData":[]}', ""])
+def test_a_caller_identity_update_carrying_credentials_is_refused(world: World, credentials: str) -> None:
+    path, datasource, owner = _caller_identity_world(world)
+    body = {"credentialDetails": {**CALLER_IDENTITY_DETAILS, "credentials": credentials}}
+
+    response = world.patch(path, body, token=owner)
+
+    assert_invalid_request(response, "credentialDetails/credentials", "must be absent",
+                           "useCallerAADIdentity")
+    assert datasource.credential is not None and datasource.credential.signed_in_as == "left@contoso.com"
+
+
+@pytest.mark.parametrize(("privacy", "encrypted"), [
+    ("Organizational", "Encrypted"), ("Private", "NotEncrypted"),
+    ("Public", "Encrypted"), ("None", "NotEncrypted"),
+])
+def test_the_exact_caller_identity_payload_is_accepted_without_credentials(
+        world: World, privacy: str, encrypted: str) -> None:
+    path, datasource, owner = _caller_identity_world(world)
+    details = {**CALLER_IDENTITY_DETAILS, "privacyLevel": privacy, "encryptedConnection": encrypted}
+    with pytest.raises(Exception, match="credentials"):  # the swagger alone would refuse it
+        specs.validate_powerbi_request("Gateways_UpdateDatasource", {"credentialDetails": details})
+
+    response = world.patch(path, {"credentialDetails": details}, token=owner)
+
+    assert response.status_code == 200, response.text
+    assert datasource.credential is not None and datasource.credential.signed_in_as == OWNER
+    assert datasource.credential.privacy_level == privacy
+
+
+def test_credentials_may_be_missing_only_from_a_caller_identity_update(world: World) -> None:
+    key = world.public_key(world.gateway)
+    body = encrypted_basic(key, "svc_pbi", NEW)
+    del body["credentialDetails"]["credentials"]
+    assert_invalid_request(world.patch(world.ds_path, body), "credentials", "required")
+    path, _, owner = _caller_identity_world(world)
+    not_caller = {"credentialDetails": {**CALLER_IDENTITY_DETAILS, "useCallerAADIdentity": False}}
+    assert_invalid_request(world.patch(path, not_caller, token=owner), "credentials", "required")
+    rsa = {"credentialDetails": {**CALLER_IDENTITY_DETAILS, "encryptionAlgorithm": "RSA-OAEP"}}
+    assert_pbi_error(world.patch(path, rsa, token=owner), 400, "DMTS_InvalidEncryptionAlgorithmError")
+
+
+# -- cloud gateways: what GET /gateways/{id} answers is a switch --------------------------------------
+def _cloud_world(world: World, **kwargs: Any) -> Gateway:
+    api = world.sb.sources.add("rest-api", credential_type="Key", secret="key-1")
+    cloud = world.pbi.add_cloud_gateway(**kwargs)
+    datasource = world.pbi.add_datasource(cloud, api, datasource_type="Web",
+                                          connection_details={"url": "https://api.contoso.com"})
+    world.pbi.add_dataset(world.workspace, "Web model", [datasource], owner=APP)
+    return cloud
+
+
+def test_a_cloud_gateway_is_by_default_visible_only_to_owners_of_a_dataset_using_it(world: World) -> None:
+    cloud = _cloud_world(world)
+    answer = world.call("GET", f"/gateways/{cloud.id}")
+    assert answer.status_code == 200 and answer.json()["type"] == "Cloud" and "publicKey" not in answer.json()
+    outsider = world.user_token("someone@contoso.com")
+    refused = world.call("GET", f"/gateways/{cloud.id}", token=outsider)
+    assert_pbi_error(refused, 403, "PowerBINotAuthorizedException")
+
+
+def test_a_cloud_gateway_can_answer_its_id_alone(world: World) -> None:
+    cloud = _cloud_world(world, get_answer="id-only")
+    answer = world.call("GET", f"/gateways/{cloud.id}")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert {k: v for k, v in body.items() if k != "@odata.context"} == {"id": cloud.id}
+
+
+@pytest.mark.parametrize(("mode", "status", "code"), [
+    ("not-found", 404, "PowerBIEntityNotFound"),
+    ("unauthorized", 401, "PowerBINotAuthorizedException"),
+    ("forbidden", 403, "PowerBINotAuthorizedException"),
+])
+def test_a_cloud_gateway_can_answer_404_401_or_403(world: World, mode: Any, status: int, code: str) -> None:
+    cloud = _cloud_world(world)
+    world.pbi.set_cloud_gateway_answer(cloud, mode)
+    assert_pbi_error(world.call("GET", f"/gateways/{cloud.id}"), status, code)
+    # Only the single-gateway GET: its data sources stay reachable to the dataset owner.
+    datasources = world.call("GET", f"/gateways/{cloud.id}/datasources")
+    assert datasources.status_code == 200 and len(datasources.json()["value"]) == 1
+
+
+def test_the_answer_switch_is_for_cloud_gateways_only(world: World) -> None:
+    with pytest.raises(ValueError, match="cloud"):
+        world.pbi.set_cloud_gateway_answer(world.gateway, "not-found")
+    with pytest.raises(ValueError, match="one of"):
+        world.pbi.set_cloud_gateway_answer(_cloud_world(world), "teapot")  # type: ignore[arg-type]
+
+
+def test_get_gateways_lists_only_on_premises_gateways(world: World) -> None:
+    cloud = _cloud_world(world, admins=[APP])  # even for its admin
+    listed = world.call("GET", "/gateways")
+    assert listed.status_code == 200
+    assert [g["id"] for g in listed.json()["value"]] == [world.gateway.id]
+    specs.validate_powerbi_response("Gateways_GetGateways", 200, listed.json())
+    assert cloud.id not in {g["id"] for g in listed.json()["value"]}
+
+
+def test_a_dataset_says_whether_it_needs_an_on_premises_gateway(world: World) -> None:
+    cloud = _cloud_world(world)
+    web = next(d for d in world.workspace.datasets.values() if d.name == "Web model")
+    mixed = world.pbi.add_dataset(world.workspace, "Mixed", [*web.datasources, world.datasource], owner=APP)
+    listed = world.call("GET", f"/groups/{world.workspace.id}/datasets").json()["value"]
+    datasets = {d["id"]: d for d in listed}
+    assert datasets[world.dataset.id]["isOnPremGatewayRequired"] is True
+    assert datasets[web.id]["isOnPremGatewayRequired"] is False
+    assert datasets[mixed.id]["isOnPremGatewayRequired"] is True
+    single = world.call("GET", f"/groups/{world.workspace.id}/datasets/{web.id}").json()
+    assert single["isOnPremGatewayRequired"] is False and cloud.cloud
+
+
+# -- an Update Datasource whose answer is lost after the source tested it -----------------------------
+def test_a_patch_whose_answer_is_dropped_was_tested_and_stored(world: World) -> None:
+    key = world.public_key(world.gateway)
+    world.sb.faults.add("powerbi.update_datasource", after=True, drop=True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        world.patch(world.ds_path, encrypted_basic(key, "svc_pbi", NEW))
+    assert world.datasource.credential is not None and world.datasource.credential.data["password"] == NEW
+    assert world.source.history == ["ok"]
+
+    world.sb.faults.add("powerbi.update_datasource", after=True, status=503)
+    lost = world.patch(world.ds_path, encrypted_basic(key, "svc_pbi", "Pw!wrong"))
+    assert lost.status_code == 503  # the source refused it, the caller never learns that
+    assert world.source.history == ["ok", "invalid"] and world.source.account.failures_of("Pw!wrong") == 1
+    [dropped, failed] = world.sb.requests.find("powerbi.update_datasource")
+    assert (dropped.processed_status, failed.processed_status) == (200, 400)

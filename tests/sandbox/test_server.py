@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -110,3 +114,109 @@ def test_port_443_serves_the_same_routes_for_msal_user_realm_discovery(sb: Sandb
     if 443 not in sb.http.extra_ports_bound:
         pytest.skip("port 443 cannot be bound here (not root)")
     assert requests.post("https://127.0.0.1:443/echo/realm", timeout=5).json()["word"] == "realm"
+
+
+# -- faults after processing: the work is done, the answer is lost ---------------------------------
+@pytest.fixture
+def work(sb: Sandbox, sandbox_env: dict[str, str]) -> list[str]:
+    """A route that records each request it processed (the 'work')."""
+    done: list[str] = []
+
+    def handler(request: Request) -> Response:
+        done.append(request.params["item"])
+        return Response(201, {"stored": request.params["item"]})
+
+    sb.router.add("test", "test.work", "POST", r"/work/(?P<item>\w+)", handler, _error)
+    return done
+
+
+def test_a_drop_after_processing_does_the_work_and_loses_the_answer(sb: Sandbox, work: list[str]) -> None:
+    sb.faults.add("test.work", after=True, drop=True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(f"{sb.url}/work/a", timeout=5)
+    assert requests.post(f"{sb.url}/work/b", timeout=5).status_code == 201
+
+    assert work == ["a", "b"]
+    first, second = sb.requests.find("test.work")
+    assert (first.fault, first.status, first.processed_status) == ("after-drop", 0, 201)
+    assert (second.fault, second.status, second.processed_status) == (None, 201, None)
+
+
+def test_a_5xx_after_processing_replaces_an_answer_the_handler_gave(sb: Sandbox, work: list[str]) -> None:
+    sb.faults.add("test.work", after=True, status=503)
+    response = requests.post(f"{sb.url}/work/a", timeout=5)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "ServiceUnavailable"
+    assert work == ["a"]
+    [recorded] = sb.requests.find("test.work")
+    assert (recorded.fault, recorded.status, recorded.processed_status) == ("after-503", 503, 201)
+
+
+def test_a_delay_after_processing_makes_a_client_read_timeout_fire(sb: Sandbox, work: list[str]) -> None:
+    sb.faults.add("test.work", after=True, delay=0.5)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(f"{sb.url}/work/a", timeout=(5, 0.1))
+    assert work == ["a"]  # processed although the client gave up
+    sb.faults.add("test.work", after=True, delay=0.1)
+    assert requests.post(f"{sb.url}/work/b", timeout=5).status_code == 201  # late, but answered
+
+
+def test_a_held_answer_waits_for_release_after_processing(sb: Sandbox, work: list[str]) -> None:
+    sb.faults.add("test.work", after=True, hold=True)
+    assert not sb.faults.wait_held("test.work", timeout=0.01)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(requests.post, f"{sb.url}/work/a", timeout=5)
+
+        assert sb.faults.wait_held("test.work", timeout=5)
+        assert sb.faults.wait_held("test", timeout=0) and sb.faults.held("test.work") == 1
+        assert work == ["a"] and not answer.done()
+        [recorded] = sb.requests.find("test.work")  # recorded once processed
+        assert (recorded.fault, recorded.processed_status) == ("after-hold+answer", 201)
+        assert sb.faults.release_held("test.work") == 1
+
+        assert answer.result().status_code == 201
+    assert sb.faults.held() == 0
+
+
+def test_a_held_drop_lets_a_test_kill_the_client_first(sb: Sandbox, work: list[str]) -> None:
+    sb.faults.add("test.work", after=True, hold=True, drop=True)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(requests.post, f"{sb.url}/work/a", timeout=5)
+        assert sb.faults.wait_held("test.work", timeout=5)
+        sb.faults.release_held()
+        with pytest.raises(requests.exceptions.ConnectionError):
+            answer.result()
+    assert work == ["a"] and sb.requests.find("test.work")[0].fault == "after-hold+drop"
+
+
+def test_before_processing_faults_never_reach_the_handler(sb: Sandbox, work: list[str]) -> None:
+    sb.faults.add("test.work", drop=True)
+    sb.faults.add("test.work", status=500)
+    sb.faults.add("test.work", hold=True)  # held before processing, then served normally
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(f"{sb.url}/work/a", timeout=5)
+    assert requests.post(f"{sb.url}/work/b", timeout=5).status_code == 500
+    assert work == []
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(requests.post, f"{sb.url}/work/c", timeout=5)
+        assert sb.faults.wait_held("test.work", timeout=5)
+        assert work == []
+        sb.faults.release_held()
+        assert answer.result().status_code == 201
+    assert work == ["c"]
+
+
+def test_a_client_process_killed_while_its_answer_is_held_leaves_the_work_done(
+        sb: Sandbox, sandbox_env: dict[str, str], work: list[str]) -> None:
+    sb.faults.add("test.work", after=True, hold=True)
+    code = f"import requests; requests.post({sb.url + '/work/a'!r}, timeout=30)"
+    client = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **sandbox_env})
+    try:
+        assert sb.faults.wait_held("test.work", timeout=20)
+        client.kill()
+        client.wait(timeout=10)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert sb.faults.release_held() == 1
+    assert work == ["a"] and sb.requests.find("test.work")[0].processed_status == 201
+    assert requests.post(f"{sb.url}/work/b", timeout=5).status_code == 201  # the server carries on

@@ -2,12 +2,16 @@
 
     world = build_world(sb, sources=3)            # one secret feeding 3 SQL data sources
     env = world.env(state_path=tmp_path / "ledger.db")
-    version = world.rotate()                       # every source changes, then Key Vault
+    version = world.rotate()                       # the account changes, then Key Vault
+    world.rotate(order="vault-first", delay=30)    # Key Vault now, the account 30 s later
+    world.account.failures_by_fingerprint()        # {fingerprint: failed sign-ins}
 
 What it makes: a service principal (the sandbox's default app, so ``sb.env()`` carries its
 credentials), a workspace with the app as member, one gateway (on-premises with a ``bits`` RSA
-key, or the cloud gateway) whose admin is the app, ``sources`` source systems sharing one
-credential (lockout threshold 5), one gateway data source and one dataset per source (owned by
+key, or the cloud gateway) whose admin is the app, ``sources`` source systems signing in as
+**one shared account** (one secret, one service account: the real case; lockout threshold 5;
+``shared_account=False`` gives each source its own account), one gateway data source and one
+dataset per source (owned by
 the app's client id, the principal Power BI compares, so schedule updates are allowed), the Key
 Vault secret holding the current credential, and the bindings JSON for all of it.
 """
@@ -20,10 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox import Sandbox
+from sandbox.accounts import Account
 from sandbox.entra import App
 from sandbox.powerbi import Dataset, Datasource, Gateway, Workspace
 from sandbox.sources import SourceSystem
-from sandbox.world import generate_password
+from sandbox.world import RotationOrder, generate_password
 
 _USERNAME_TYPES = ("Basic", "Windows", "OAuth2")
 
@@ -41,6 +46,7 @@ class World:
     secret: str  # the current credential (password, key or token)
     version: str  # the current Key Vault version
     sources: list[SourceSystem] = field(default_factory=list)
+    accounts: list[Account] = field(default_factory=list)  # one when shared (the default)
     datasources: list[Datasource] = field(default_factory=list)
     datasets: list[Dataset] = field(default_factory=list)
     oauth2: str | None = None  # "caller-identity" for OAuth2 bindings
@@ -61,6 +67,19 @@ class World:
     @property
     def dataset_ids(self) -> list[str]:
         return [d.id for d in self.datasets]
+
+    @property
+    def account(self) -> Account:
+        """The account the sources sign in as (the first one with ``shared_account=False``)."""
+        return self.accounts[0]
+
+    def failed_sign_ins(self) -> int:
+        """Refused sign-ins of this world's accounts, from every cause."""
+        return sum(a.total_failures for a in self.accounts)
+
+    def worst_repeat(self) -> int:
+        """The most refused sign-ins of one account with one presented value (the promise: <= 1)."""
+        return max((n for a in self.accounts for n in a.failures_by_fingerprint().values()), default=0)
 
     # -- bindings ------------------------------------------------------------------------------
     def binding(self) -> dict[str, Any]:
@@ -93,23 +112,37 @@ class World:
         return env
 
     # -- what happens ----------------------------------------------------------------------------
-    def rotate(self, new_secret: str | None = None) -> str:
-        """Every source changes its credential, then Key Vault gets the new version (notifying
-        subscribers). Returns the new version."""
+    def rotate(self, new_secret: str | None = None, *, order: RotationOrder = "source-first",
+               delay: float = 0.0) -> str:
+        """A rotation: ``source-first`` changes every account, then Key Vault gets the new version
+        (notifying subscribers); ``vault-first`` writes Key Vault first and changes the accounts
+        when the sandbox clock reaches now + ``delay`` (see :meth:`Sandbox.rotate`). Returns the
+        new version."""
+        if order not in ("source-first", "vault-first"):
+            raise ValueError(f"order must be 'source-first' or 'vault-first', not {order!r}")
+        if delay < 0 or (delay and order == "source-first"):
+            raise ValueError("delay is for vault-first rotations, in seconds >= 0")
         new_secret = new_secret if new_secret is not None else generate_password()
-        for source in self.sources:
-            self.sb.sources.set_secret(source.id, new_secret)
         self.secret = new_secret
+        if order == "source-first":
+            self._change_accounts(new_secret)
+            self.version = self.sb.vault.set_secret(self.secret_name, new_secret)
+            return self.version
+        at = self.sb.clock.now() + delay
         self.version = self.sb.vault.set_secret(self.secret_name, new_secret)
+        self._change_accounts(new_secret, at=at if delay else None)
         return self.version
 
     def rotate_sources_only(self, new_secret: str | None = None) -> str:
-        """The sources change but Key Vault is not told (it now holds a wrong secret)."""
+        """The accounts change but Key Vault is not told (it now holds a wrong secret)."""
         new_secret = new_secret if new_secret is not None else generate_password()
-        for source in self.sources:
-            self.sb.sources.set_secret(source.id, new_secret)
+        self._change_accounts(new_secret)
         self.secret = new_secret
         return new_secret
+
+    def _change_accounts(self, secret: str, *, at: float | None = None) -> None:
+        for account in self.accounts:
+            account.set_secret(secret, at=at)
 
     def put_in_vault(self, value: str) -> str:
         """A new Key Vault version holding ``value`` (right or wrong); returns the version."""
@@ -148,6 +181,8 @@ def build_world(
     caller_identity_only: bool = False,
     oauth2: str | None = None,
     prefix: str = "src",
+    shared_account: bool = True,
+    account_name: str | None = None,
 ) -> World:
     """Make the world described in the module docstring in the started sandbox ``sb``.
 
@@ -155,7 +190,12 @@ def build_world(
     ``Key``/``SAS``/``Windows``/``OAuth2`` work too). For OAuth2 caller identity pass
     ``username`` = a user's UPN (register it with ``sb.entra.add_user``), ``secret`` = its
     password, ``caller_identity_only=True`` and ``oauth2="caller-identity"``; the user is made
-    gateway admin as well, since the update is made with the user's own token.
+    gateway admin as well, since the update is made with the user's own token; the sources
+    then sign in as the Entra user's own account (a password grant and a refresh count alike).
+
+    ``shared_account`` (default): every source signs in as one account, ``account_name``
+    (default ``"{binding_name}-{prefix}\\{username or credential type}"``); ``False``: each source
+    has its own account, named after the source.
     """
     pbi = sb.powerbi
     app = app or sb.entra.default_app or sb.entra.add_app(name="healer")
@@ -184,14 +224,21 @@ def build_world(
         version=version,
         oauth2=oauth2,
     )
+    shared: Account | None = None
+    if shared_account:
+        name = account_name or f"{binding_name}-{prefix}\\{user or credential_type.lower()}"
+        existing = sb.sources.find_account(user) if credential_type == "OAuth2" and user else None
+        shared = existing or sb.sources.add_account(name, username=user, secret=secret,
+                                                   lockout_threshold=lockout_threshold)
+        world.accounts.append(shared)
     for i in range(sources):
-        source = sb.sources.add(
-            f"{binding_name}-{prefix}-{i}",
-            credential_type=credential_type,
-            username=user,
-            secret=secret,
-            lockout_threshold=lockout_threshold,
-        )
+        source_id = f"{binding_name}-{prefix}-{i}"
+        if shared is not None:
+            source = sb.sources.add(source_id, credential_type=credential_type, account=shared)
+        else:
+            source = sb.sources.add(source_id, credential_type=credential_type, username=user,
+                                    secret=secret, lockout_threshold=lockout_threshold)
+            world.accounts.append(source.account)
         datasource = pbi.add_datasource(
             gateway,
             source,

@@ -282,15 +282,34 @@ def test_oauth2_caller_identity_details_send_no_secret() -> None:
     resolved = resolve_credential(b, PASSWORD)
     for encrypt in (None, fake_encrypt):
         details = credential_details(b, resolved, encrypt=encrypt)
+        # Exactly the payload reported working: no ``credentials`` key at all.
+        assert update_datasource_request(details) == {
+            "credentialDetails": {
+                "credentialType": "OAuth2",
+                "encryptedConnection": "Encrypted",
+                "encryptionAlgorithm": "None",
+                "privacyLevel": "Organizational",
+                "useCallerAADIdentity": True,
+            }
+        }
+        assert "credentials" not in details
+        assert PASSWORD not in json.dumps(details)
+
+
+@pytest.mark.parametrize("level", list(PrivacyLevel))
+def test_oauth2_caller_identity_details_take_privacy_and_encryption_from_the_binding(
+    level: PrivacyLevel,
+) -> None:
+    for connection in EncryptedConnection:
+        b = binding(CredentialType.OAUTH2, privacy_level=level, encrypted_connection=connection)
+        details = credential_details(b, resolve_credential(b, PASSWORD), encrypt=None)
         assert details == {
             "credentialType": "OAuth2",
-            "credentials": '{"credentialData":""}',
-            "useCallerAADIdentity": True,
+            "encryptedConnection": connection.value,
             "encryptionAlgorithm": "None",
-            "encryptedConnection": "Encrypted",
-            "privacyLevel": "Organizational",
+            "privacyLevel": level.value,
+            "useCallerAADIdentity": True,
         }
-        assert PASSWORD not in json.dumps(details)
 
 
 def test_details_refuse_a_credential_of_another_type() -> None:
@@ -313,7 +332,6 @@ CASES = [
     (CredentialType.WINDOWS, fake_encrypt),
     (CredentialType.KEY, None),
     (CredentialType.SAS, None),
-    (CredentialType.OAUTH2, None),
 ]
 
 
