@@ -110,7 +110,10 @@ class Refresher:
             report(Action.FAILED, f"could not read the refresh history: {exc}")
             return
         failed_for_credentials = latest is not None and latest.failed and diagnose(latest).credential_related
-        if not failed_for_credentials and not heal_credentials:
+        failed_otherwise = latest is not None and latest.failed and not failed_for_credentials
+        if failed_otherwise or (not failed_for_credentials and not heal_credentials):
+            # A failure a credential cannot cure changes no credential (the gateway is offline, the
+            # source unreachable...): PATCHing would only add sign-ins, or fail the same way.
             self._report_refresh_state(report, latest)
             return
 

@@ -1,10 +1,10 @@
 """A small, realistic world for ``python -m sandbox`` and ``make demo``.
 
-Contoso's Sales workspace has two datasets on two on-premises gateways (a current 2048-bit
-one and a legacy 1024-bit one), both reading SQL Server as the service account ``svc_pbi``,
-whose password lives in Key Vault as ``sql-sales-password``; and a Finance dataset on a cloud
-Azure SQL source with its own secret. The healer runs as a service principal that is a
-gateway admin and owns the datasets.
+Contoso's Sales workspace has six datasets on two on-premises gateways (a current 2048-bit
+one and a legacy 1024-bit one), all reading SQL Server as one service account,
+``CONTOSO\\svc_pbi``, whose password lives in Key Vault as ``sql-sales-password``; and a
+Finance dataset on a cloud Azure SQL source with its own secret. The healer runs as a service
+principal that is a gateway admin and owns the datasets.
 """
 
 from __future__ import annotations
@@ -58,10 +58,25 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
     ds_fin = pbi.add_datasource(
         cloud, azure_sql, connection_details={"server": "finance.database.windows.net", "database": "Finance"}
     )
+    # Four regional marts on the sales server, read by the same service account.
+    regions = []
+    for region in ("EU", "US", "APAC", "LATAM"):
+        source = sb.sources.add(f"sqlsales-{region.lower()}", credential_type="Basic", account=svc_pbi)
+        regions.append(
+            pbi.add_datasource(
+                gateway,
+                source,
+                connection_details={"server": "sqlsales.contoso.local", "database": f"Sales{region}"},
+            )
+        )
     datasets = [
         pbi.add_dataset(workspace, "Sales Model", [ds_sales], owner=app.client_id),
         pbi.add_dataset(workspace, "Sales DW", [ds_dw], owner=app.client_id),
         pbi.add_dataset(workspace, "Finance", [ds_fin], owner=app.client_id),
+        *(
+            pbi.add_dataset(workspace, f"Sales {r}", [d], owner=app.client_id)
+            for r, d in zip(("EU", "US", "APAC", "LATAM"), regions, strict=True)
+        ),
     ]
     bindings = {
         "bindings": [
@@ -73,6 +88,7 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
                 "targets": [
                     {"gatewayId": gateway.id, "datasourceId": ds_sales.id},
                     {"gatewayId": legacy.id, "datasourceId": ds_dw.id},
+                    *({"gatewayId": gateway.id, "datasourceId": d.id} for d in regions),
                 ],
             },
             {
@@ -89,7 +105,7 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
         workspace,
         [gateway, legacy, cloud],
         [sql_sales, sql_dw, azure_sql],
-        [ds_sales, ds_dw, ds_fin],
+        [ds_sales, ds_dw, ds_fin, *regions],
         datasets,
         bindings,
     )

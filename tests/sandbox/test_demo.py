@@ -17,8 +17,10 @@ def test_the_demo_heals_a_rotation_and_never_locks_the_account() -> None:
                           text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
+    assert "6 settling" in out  # the vault-first version waits for its settle time
     assert "Scheduled refreshes: Sales Model=Failed, Sales DW=Failed" in out
     assert "Healed. Refreshes: Sales Model=Completed, Sales DW=Completed" in out
-    assert "Power BI saw 2 credential updates" in out
-    assert "locked accounts: none" in out
+    assert "Power BI saw 6 credential updates" in out and "failed sign-ins with the new password: 0" in out
+    assert "First run: 5 blocked, 1 rejected" in out  # one data source of the account first
+    assert "failed sign-ins with the wrong password: 1; account locked: False" in out
     assert "Wrong#Password1" not in out

@@ -323,7 +323,7 @@ def test_throttling_and_transient_faults_are_ridden_out(make: Make) -> None:
     w.fail_scheduled_refreshes()
     h.sb.faults.throttle("powerbi.update_datasource", 1, times=2)
     h.sb.faults.add("powerbi.refresh_history", status=503)
-    h.sb.faults.add("powerbi.get_gateway", drop=True)
+    h.sb.faults.add("powerbi.get_gateways", drop=True)
 
     report = h.healer.heal_secret(w.secret_name)
 
@@ -368,7 +368,9 @@ def test_no_second_refresh_while_one_runs(make: Make) -> None:
     from_history = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
     from_event = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0], latest=failed)
 
-    assert actions(from_history) == [Action.REFRESH_RUNNING]
+    # A dataset heal brings its bound data sources to the current version first (issue 9.3).
+    assert target_actions(from_history) == [Action.UPDATED]
+    assert dataset_actions(from_history) == [Action.REFRESH_RUNNING]
     assert dataset_actions(from_event) == [Action.REFRESH_RUNNING]
     assert refresh_posts(h.sb) == []
     assert len([r for r in h.sb.powerbi.history(w.datasets[0]) if r.running]) == 1
@@ -573,15 +575,18 @@ def test_a_gateway_key_is_read_once_across_runs_and_a_changed_key_is_picked_up(m
     h.healer.heal_secret(w.secret_name, retry_refreshes=False)
     w.rotate()
     h.healer.heal_secret(w.secret_name, retry_refreshes=False)
-    assert len(h.sb.requests.find("powerbi.get_gateway")) == 1  # cached across runs
+    # The on-premises gateways and their keys come from one GET /gateways, cached across runs.
+    assert len(h.sb.requests.find("powerbi.get_gateways")) == 1
+    assert h.sb.requests.find("powerbi.get_gateway") == []
 
     w.gateway.keys = GatewayKeyPair.generate(2048)  # the gateway was reinstalled: a new key
     w.rotate()
     report = h.healer.heal_secret(w.secret_name, retry_refreshes=False)
 
     assert target_actions(report) == [Action.UPDATED, Action.UPDATED]
-    assert len(h.sb.requests.find("powerbi.get_gateway")) == 2
+    assert len(h.sb.requests.find("powerbi.get_gateway")) == 1  # the new key, read once
     statuses = [r.status for r in patches(h.sb)]
-    assert statuses[:4] == [200, 200, 200, 200] and sorted(statuses[4:]) == [200, 200, 400, 400]
+    # The first target could not be decrypted and was sent again; the second got the new key.
+    assert statuses[:4] == [200, 200, 200, 200] and statuses[4:] == [400, 200, 200]
     assert all(stored_matches_source(ds) for ds in w.datasources)
     assert all(ds.source.total_failures == 0 for ds in w.datasources)  # undecryptable: no sign-in happened

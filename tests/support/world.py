@@ -103,10 +103,15 @@ class World:
         return json.dumps(self.bindings(*extra))
 
     def env(self, state_path: str | os.PathLike[str], **overrides: str) -> dict[str, str]:
-        """The product's environment: ``sb.env()`` plus the ledger path and the bindings JSON."""
+        """The product's environment: ``sb.env()`` plus the ledger path and the bindings JSON.
+
+        The settle time is 0 here (these worlds rotate source-first, so nothing needs to settle);
+        tests of the settle time pass ``REMEDIATION_SETTLE_SECONDS`` themselves.
+        """
         env = self.sb.env(
             REMEDIATION_STATE_PATH=os.fspath(state_path),
             REMEDIATION_BINDINGS=self.bindings_json(),
+            REMEDIATION_SETTLE_SECONDS="0",
         )
         env.update(overrides)
         return env
