@@ -60,6 +60,7 @@ from remediation.powerbi import (
     RefreshAlreadyRunning,
     RefreshQuotaExceeded,
 )
+from remediation.redact import describe_datasource, mask_urls
 from remediation.settings import Settings
 from remediation.telemetry import REDACTOR
 
@@ -440,7 +441,7 @@ class Healer:
             outcome = replace(
                 base,
                 action=action.value,
-                reason=reason,
+                reason=mask_urls(reason),
                 secret_version=version,
                 duration=round(self._clock() - started, 3),
             )
@@ -671,8 +672,8 @@ class Healer:
             if binding is None:
                 report(
                     Action.UNBOUND,
-                    f"data source {source.datasource_type} {dict(source.connection_details)} has no "
-                    "binding: add one to the bindings file so it can be healed",
+                    f"data source {describe_datasource(source.datasource_type, source.connection_details)} "
+                    "has no binding: add one to the bindings file so it can be healed",
                     gateway_id=source.gateway_id.lower(),
                     datasource_id=source.datasource_id.lower(),
                 )
@@ -1024,7 +1025,7 @@ class Healer:
                 workspace_id=workspace_id,
                 dataset_id=dataset_id,
                 action=action.value,
-                reason=reason,
+                reason=mask_urls(reason),
                 refresh_request_id=refresh_request_id,
                 refresh_state=refresh_state,
                 gateway_id=gateway_id,

@@ -53,9 +53,15 @@ TOKEN = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJzdmNAY29udG9zby5jb20ifQ
             f"AccountName=a;AccountKey={MASK};EndpointSuffix=x",
         ),
         ("SharedAccessKeyName=n;SharedAccessKey=abc=;", f"SharedAccessKeyName=n;SharedAccessKey={MASK};"),
-        ("https://a/c?sv=2020&sig=abc%2Fdef&se=1", f"https://a/c?sv=2020&sig={MASK}&se=1"),
+        ("https://a/c?sv=2020&sig=abc%2Fdef&se=1", f"https://a/c?sv={MASK}&sig={MASK}&se={MASK}"),
+        ("https://f.azurewebsites.net/api/x?code=c0de&api-version=2", f"https://f.azurewebsites.net/api/x?code={MASK}&api-version=2"),
+        (
+            "data source Web {'url': 'https://api.contoso.com/v1?apikey=k3y'} failed",
+            f"data source Web {{'url': 'https://api.contoso.com/v1?apikey={MASK}'}} failed",
+        ),
+        ("x-api-key: k3y, api_key=k3y", f"x-api-key: {MASK}, api_key={MASK}"),
         ("SharedAccessSignature sr=x&sig=y&se=1", f"SharedAccessSignature {MASK}"),
-        ("https://user:pa55@host/x", f"https://user:{MASK}@host/x"),
+        ("https://user:pa55@host/x", f"https://{MASK}@host/x"),
         (
             '{"credentialData":[{"name":"username","value":"u"},{"name":"password","value":"p\\"w"}]}',
             f'{{"credentialData":[{{"name":"username","value":"u"}},{{"name":"password","value":"{MASK}"}}]}}',
@@ -87,7 +93,7 @@ def test_redact_is_idempotent() -> None:
     once = redactor.redact(text)
 
     assert redactor.redact(once) == once
-    assert once == f"GET https://u:{MASK}@h/x?probe={MASK}&sig={MASK} Bearer {MASK} password: '{MASK}'"
+    assert once == f"GET https://{MASK}@h/x?probe={MASK}&sig={MASK} Bearer {MASK} password: '{MASK}'"
 
 
 def test_credential_data_inside_a_json_string_is_masked_at_every_escape_level() -> None:
