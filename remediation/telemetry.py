@@ -84,6 +84,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVENTS_LOGGER",
+    "LIBRARY_LOG_LEVELS",
     "MASK",
     "OUTCOME_EVENT",
     "OUTCOME_PROPERTIES",
@@ -97,6 +98,7 @@ __all__ = [
     "install_log_redaction",
     "outcome_properties",
     "redact",
+    "set_library_log_levels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -357,6 +359,22 @@ def install_log_redaction(redactor: Redactor = REDACTOR) -> RedactingFilter:
 _INSTALL_LOCK = threading.Lock()
 _FILTER: RedactingFilter | None = None
 
+LIBRARY_LOG_LEVELS: Final[Mapping[str, int]] = {
+    # The Azure SDK logs every request's URL and headers at INFO. host.json's ``logLevel`` only
+    # filters the host's own categories, not the Python worker's loggers, so it is set here.
+    "azure.core.pipeline.policies.http_logging_policy": logging.WARNING,
+}
+"""Levels for libraries' loggers, set by :func:`set_library_log_levels`."""
+
+
+def set_library_log_levels(levels: Mapping[str, int] = LIBRARY_LOG_LEVELS) -> None:
+    """Give each logger of ``levels`` its level, unless one was set explicitly (not NOTSET), so
+    an operator's own ``logging`` configuration (e.g. DEBUG to see the requests) wins."""
+    for name, level in levels.items():
+        library = logging.getLogger(name)
+        if library.level == logging.NOTSET:
+            library.setLevel(level)
+
 
 def _otel_processors(redactor: Redactor) -> tuple[object, object]:
     """A span processor and a log record processor that redact, built on first use (lazy import)."""
@@ -493,11 +511,13 @@ class Telemetry:
     def configure(self) -> bool:
         """Configure the Azure Monitor distro for this process, once; True when exporting.
 
-        Without a connection string this only installs the log redaction filter. A second
-        :class:`Telemetry` with another connection string cannot re-point the process-global
-        providers: it logs a warning and keeps the first configuration.
+        Without a connection string this only installs the log redaction filter and sets the
+        levels of :data:`LIBRARY_LOG_LEVELS`. A second :class:`Telemetry` with another connection
+        string cannot re-point the process-global providers: it logs a warning and keeps the first
+        configuration.
         """
         global _CONFIGURED_WITH
+        set_library_log_levels()
         install_log_redaction(self._redactor)
         if self._connection_string is None:
             return False

@@ -59,6 +59,10 @@ def make(sb: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Make:
         world = build_world(sb, **kwargs)
         state_path = tmp_path / "ledger.db"
         env = world.env(state_path)
+        # In this process the CLI must not configure the exporter (process-global providers):
+        # CLI telemetry is proven in a child process in test_cli_telemetry.py.
+        env.pop("APPLICATIONINSIGHTS_CONNECTION_STRING")
+        monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING", raising=False)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         return Cli(world, env, state_path)

@@ -383,3 +383,23 @@ def test_a_report_goes_to_the_standard_log_and_an_outcomes_own_ids_win_over_the_
     )
     assert (vars(inherited)["correlationId"], vars(inherited)["trigger"]) == ("corr-9", "http")
     assert "action=refreshed dataset=ws-1/dset-1" in own.getMessage()
+
+
+def test_configure_sets_the_azure_sdk_http_logging_policy_to_warning_unless_set_explicitly() -> None:
+    from remediation.settings import Settings
+    from remediation.telemetry import LIBRARY_LOG_LEVELS, Telemetry
+
+    name = "azure.core.pipeline.policies.http_logging_policy"
+    sdk = logging.getLogger(name)
+    original = sdk.level
+    assert LIBRARY_LOG_LEVELS[name] == logging.WARNING
+    try:
+        sdk.setLevel(logging.NOTSET)
+        assert Telemetry(Settings()).configure() is False  # no connection string: still applied
+        assert not sdk.isEnabledFor(logging.INFO) and sdk.isEnabledFor(logging.WARNING)
+
+        sdk.setLevel(logging.DEBUG)  # an operator's own choice wins
+        Telemetry(Settings()).configure()
+        assert sdk.level == logging.DEBUG
+    finally:
+        sdk.setLevel(original)
