@@ -28,6 +28,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -35,6 +36,7 @@ from remediation.errors import ConfigError, RemediationError
 from remediation.events import EventError, Kind, parse_events
 from remediation.healer import Action, NotBound, Report
 from remediation.ledger import Outcome
+from remediation.redact import mask_urls
 from remediation.runtime import Runtime, build_healer, load_bindings_from, open_ledger
 from remediation.settings import Settings
 from remediation.telemetry import Telemetry, redact
@@ -226,6 +228,8 @@ def _history(settings: Settings, args: argparse.Namespace, out: TextIO, as_json:
         rows = ledger.outcomes(since=time.time() - args.hours * 3600, limit=args.limit)
     finally:
         ledger.close()
+    # Rows recorded before outcomes were masked may still hold a URL's key: mask it on the way out.
+    rows = [replace(o, reason=mask_urls(o.reason)) if o.reason else o for o in rows]
     if as_json:
         json.dump([o.to_dict() for o in rows], out, indent=2)
         out.write("\n")
