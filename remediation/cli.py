@@ -8,6 +8,10 @@
     --dry-run                  plan only: no update, no refresh, no ledger write
     --json                     the report as JSON on stdout
 
+With ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set, ``heal``, ``sweep`` and ``replay`` send their
+outcomes to Application Insights as ``CredentialRemediation`` events (trigger ``cli``, redacted
+like the Functions app's) and flush them before exiting; without it nothing is configured.
+
 Exit codes: 0 every target in scope holds the current secret (healed now or already) or there was
 nothing to do; 1 some target failed, was rejected, or stays blocked; 2 usage or configuration
 error (one line on stderr saying what to fix).
@@ -24,6 +28,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -31,10 +36,14 @@ from remediation.errors import ConfigError, RemediationError
 from remediation.events import EventError, Kind, parse_events
 from remediation.healer import Action, NotBound, Report
 from remediation.ledger import Outcome
+from remediation.redact import mask_urls
 from remediation.runtime import Runtime, build_healer, load_bindings_from, open_ledger
 from remediation.settings import Settings
+from remediation.telemetry import Telemetry, redact
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+TRIGGER = "cli"
+"""The ``trigger`` of every outcome and ``CredentialRemediation`` event of the CLI (replay too)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,11 +123,12 @@ def main(
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     as_json = bool(getattr(args, "json", False))
     dry_run = bool(getattr(args, "dry_run", False))
-    logging.basicConfig(
-        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=err,
-    )
+    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    console = logging.StreamHandler(err)
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    console.setLevel(level)  # the INFO outcome event records show only with --verbose
+    logging.basicConfig(level=level, handlers=[console])
+    telemetry: Telemetry | None = None
     try:
         settings = Settings.from_env(os.environ if environ is None else environ)
         if args.command == "history":
@@ -126,19 +136,38 @@ def main(
         if args.command == "bindings":
             return _bindings_check(settings, out, as_json)
         command = _command(args)  # usage errors before anything is built
+        # Before the healer is built, so its calls are reported as dependencies; without
+        # APPLICATIONINSIGHTS_CONNECTION_STRING this only installs the log redaction filter.
+        telemetry = Telemetry(settings)
+        telemetry.configure()
         runtime = build_healer(settings)
         try:
-            report = _run_settled(command, runtime, dry_run, _progress(err, as_json), err)
+
+            def reported(rt: Runtime, dry: bool, say: Callable[[str], None]) -> Report:
+                started, before = time.monotonic(), rt.stats.snapshot()
+                report = command(rt, dry, say)
+                telemetry.emit_outcomes(
+                    report,
+                    trigger=TRIGGER,
+                    stats=rt.stats.snapshot() - before,
+                    duration=time.monotonic() - started,
+                )
+                return report
+
+            report = _run_settled(reported, runtime, dry_run, _progress(err, as_json), err)
         finally:
             runtime.close()
+        _print_report(report, out, as_json)
+        return report.exit_code
     except (ConfigError, NotBound, EventError) as exc:
-        print(f"error: {exc}", file=err)
+        print(f"error: {redact(str(exc))}", file=err)
         return EXIT_USAGE
     except RemediationError as exc:
-        print(f"error: {exc}", file=err)
+        print(f"error: {redact(str(exc))}", file=err)
         return EXIT_PROBLEM
-    _print_report(report, out, as_json)
-    return report.exit_code
+    finally:
+        if telemetry is not None and not telemetry.flush():
+            print("warning: not every telemetry item was sent to Application Insights", file=err)
 
 
 Command = Callable[[Runtime, bool, Callable[[str], None]], Report]
@@ -174,24 +203,24 @@ def _run_settled(
 
 def _command(args: argparse.Namespace) -> Command:
     if args.command == "sweep":
-        return lambda rt, dry, say: rt.healer.sweep(dry_run=dry, trigger="cli", progress=say)
+        return lambda rt, dry, say: rt.healer.sweep(dry_run=dry, trigger=TRIGGER, progress=say)
     if args.command == "replay":
         return lambda rt, dry, say: _replay(rt, args.file, dry)
     given = {k for k in ("secret", "workspace", "dataset", "gateway", "datasource") if getattr(args, k)}
     again = bool(getattr(args, "present_again", False))
     if given == {"secret"}:
         return lambda rt, dry, say: rt.healer.heal_secret(
-            args.secret, args.version, dry_run=dry, trigger="cli", present_again=again
+            args.secret, args.version, dry_run=dry, trigger=TRIGGER, present_again=again
         )
     if args.version:
         raise ConfigError("--version goes with --secret")
     if given == {"workspace", "dataset"}:
         return lambda rt, dry, say: rt.healer.heal_dataset(
-            args.workspace, args.dataset, dry_run=dry, trigger="cli", present_again=again
+            args.workspace, args.dataset, dry_run=dry, trigger=TRIGGER, present_again=again
         )
     if given == {"gateway", "datasource"}:
         return lambda rt, dry, say: rt.healer.heal_target(
-            args.gateway, args.datasource, dry_run=dry, trigger="cli", present_again=again
+            args.gateway, args.datasource, dry_run=dry, trigger=TRIGGER, present_again=again
         )
     raise ConfigError(
         "heal needs exactly one of: --secret NAME | --workspace W --dataset D | --gateway G --datasource S"
@@ -217,7 +246,7 @@ def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
                 event.secret_name,
                 event_version=event.secret_version,
                 dry_run=dry_run,
-                trigger="replay",
+                trigger=TRIGGER,
                 correlation_id=event.id,
             )
         elif event.kind is Kind.REFRESH_FAILED and event.workspace_id and event.dataset_id:
@@ -227,7 +256,7 @@ def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
                 event.workspace_id,
                 event.dataset_id,
                 dry_run=dry_run,
-                trigger="replay",
+                trigger=TRIGGER,
                 correlation_id=event.id,
             )
         else:
@@ -242,6 +271,8 @@ def _history(settings: Settings, args: argparse.Namespace, out: TextIO, as_json:
         rows = ledger.outcomes(since=time.time() - args.hours * 3600, limit=args.limit)
     finally:
         ledger.close()
+    # Rows recorded before outcomes were masked may still hold a URL's key: mask it on the way out.
+    rows = [replace(o, reason=mask_urls(o.reason)) if o.reason else o for o in rows]
     if as_json:
         json.dump([o.to_dict() for o in rows], out, indent=2)
         out.write("\n")

@@ -69,6 +69,7 @@ from remediation.powerbi import (
     Refresh,
 )
 from remediation.presentation import Verdict, VerdictOf, grant_verdict, patch_verdict
+from remediation.redact import mask_urls
 from remediation.refresher import Refresher
 from remediation.report import HOLDS_CURRENT, PROBLEMS, Action, Report
 from remediation.runs import Resolved, Run
@@ -382,7 +383,7 @@ class Healer:
             outcome = replace(
                 base,
                 action=action.value,
-                reason=reason,
+                reason=mask_urls(reason),
                 secret_version=version,
                 duration=round(self._clock() - started, 3),
             )

@@ -38,6 +38,7 @@ from remediation.powerbi import (
     RefreshAlreadyRunning,
     RefreshQuotaExceeded,
 )
+from remediation.redact import describe_datasource, mask_urls
 from remediation.report import Action
 from remediation.runs import Resolved, Run
 from remediation.settings import Settings
@@ -238,8 +239,8 @@ class Refresher:
                 unbound.append(source)
                 report(
                     Action.UNBOUND,
-                    f"data source {source.datasource_type} {dict(source.connection_details)} has no "
-                    "binding: add one to the bindings file so it can be healed",
+                    f"data source {describe_datasource(source.datasource_type, source.connection_details)} "
+                    "has no binding: add one to the bindings file so it can be healed",
                     gateway_id=source.gateway_id.lower(),
                     datasource_id=source.datasource_id.lower(),
                 )
@@ -472,7 +473,7 @@ class Refresher:
                 workspace_id=workspace_id,
                 dataset_id=dataset_id,
                 action=action.value,
-                reason=reason,
+                reason=mask_urls(reason),
                 refresh_request_id=refresh_request_id,
                 refresh_state=refresh_state,
                 gateway_id=gateway_id,

@@ -22,10 +22,14 @@ INFO line per outcome), so a console or the Functions host log shows them.
   characters each, joined by dots;
 * key/value forms of secrets, as ``k=v``, ``k: v`` and JSON ``"k": "v"``, for ``access_token``,
   ``refresh_token``, ``id_token``, ``client_secret``, ``client_assertion``, ``password``,
-  ``passwd``, ``pwd``, ``AccountKey``, ``SharedAccessKey``, ``SharedAccessSignature`` and ``sig``
+  ``passwd``, ``pwd``, ``AccountKey``, ``SharedAccessKey``, ``SharedAccessSignature``, ``sig``,
+  ``apikey`` / ``api-key`` / ``api_key`` and ``subscription-key``
   (case-insensitive; camelCase and snake_case), e.g. storage connection strings and SAS URLs;
 * Power BI ``credentialData`` pairs ``{"name": "password"|"key"|"token"|..., "value": "..."}``;
-* the password in URL user info (``https://user:password@host``);
+* in every URL (``scheme://...``): the user info (``https://user:password@host``) and the value
+  of every query and fragment parameter (``?apikey=``, ``?code=``, ``?sig=&sv=``,
+  ``#access_token=``...; names are kept, and the values of ``api-version``, ``$top``, ``$skip``),
+  by :func:`remediation.redact.mask_urls`, which the healer also applies to every outcome;
 * every value registered with :meth:`Redactor.register` while it is registered -- verbatim and as
   it appears JSON-escaped, ``repr``-escaped and URL-encoded. The healer registers each secret
   value it holds for the length of a run; :class:`Telemetry` registers ``AZURE_CLIENT_SECRET``
@@ -69,6 +73,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote, quote_plus
 
 from remediation.ledger import Outcome
+from remediation.redact import MASK, mask_urls
 from remediation.settings import Settings
 
 if TYPE_CHECKING:
@@ -79,6 +84,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVENTS_LOGGER",
+    "LIBRARY_LOG_LEVELS",
     "MASK",
     "OUTCOME_EVENT",
     "OUTCOME_PROPERTIES",
@@ -92,6 +98,7 @@ __all__ = [
     "install_log_redaction",
     "outcome_properties",
     "redact",
+    "set_library_log_levels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,7 +111,6 @@ OUTCOME_EVENT: Final = "CredentialRemediation"
 SECRET_EXPIRY_EVENT: Final = "CredentialSecretExpiry"
 SERVICE_NAME: Final = "pbi-credential-healer"
 CUSTOM_EVENT_ATTRIBUTE: Final = "microsoft.custom_event.name"
-MASK: Final = "[REDACTED]"
 
 OUTCOME_PROPERTIES: Final = (
     "trigger",
@@ -140,6 +146,7 @@ _JWT = re.compile(
 _SECRET_KEYS = (
     r"access_?token|refresh_?token|id_?token|client_?secret|client_?assertion|password|passwd|pwd"
     r"|account_?key|shared_?access_?key|shared_?access_?signature|sig"
+    r"|api[-_]?key|subscription[-_]?key"
 )
 _KEY_VALUE = re.compile(
     rf"(?i)(?<![A-Za-z0-9_])((?:{_SECRET_KEYS})[\"']?\s*[=:]\s*)(?!{re.escape(MASK)})"
@@ -152,7 +159,6 @@ _CREDENTIAL_DATA = re.compile(
     r"(?i)(\\*)\"name\1\"\s*:\s*\1\"(?:password|key|token|accesstoken|secret)\1\"\s*,\s*"
     r"\1\"value\1\"\s*:\s*\1\""
 )
-_URL_PASSWORD = re.compile(r"(://[^/\s:@\"']+:)[^/\s@\"']+@")
 
 
 def _mask_key_value(match: re.Match[str]) -> str:
@@ -254,12 +260,12 @@ class Redactor:
         pattern = self._pattern  # one atomic read: a consistent snapshot
         if pattern is not None:
             text = pattern.sub(MASK, text)
+        text = mask_urls(text)
         text = _mask_json_values(text)
         text = _AUTH_SCHEME.sub(rf"\1\2{MASK}", text)
         text = _SAS_HEADER.sub(rf"\1\2{MASK}", text)
         text = _KEY_VALUE.sub(_mask_key_value, text)
-        text = _JWT.sub(MASK, text)
-        return _URL_PASSWORD.sub(rf"\1{MASK}@", text)
+        return _JWT.sub(MASK, text)
 
     def redact_value(self, value: Any) -> Any:
         """Strings redacted; lists/tuples/dicts of them redacted recursively; others unchanged."""
@@ -352,6 +358,22 @@ def install_log_redaction(redactor: Redactor = REDACTOR) -> RedactingFilter:
 
 _INSTALL_LOCK = threading.Lock()
 _FILTER: RedactingFilter | None = None
+
+LIBRARY_LOG_LEVELS: Final[Mapping[str, int]] = {
+    # The Azure SDK logs every request's URL and headers at INFO. host.json's ``logLevel`` only
+    # filters the host's own categories, not the Python worker's loggers, so it is set here.
+    "azure.core.pipeline.policies.http_logging_policy": logging.WARNING,
+}
+"""Levels for libraries' loggers, set by :func:`set_library_log_levels`."""
+
+
+def set_library_log_levels(levels: Mapping[str, int] = LIBRARY_LOG_LEVELS) -> None:
+    """Give each logger of ``levels`` its level, unless one was set explicitly (not NOTSET), so
+    an operator's own ``logging`` configuration (e.g. DEBUG to see the requests) wins."""
+    for name, level in levels.items():
+        library = logging.getLogger(name)
+        if library.level == logging.NOTSET:
+            library.setLevel(level)
 
 
 def _otel_processors(redactor: Redactor) -> tuple[object, object]:
@@ -489,11 +511,13 @@ class Telemetry:
     def configure(self) -> bool:
         """Configure the Azure Monitor distro for this process, once; True when exporting.
 
-        Without a connection string this only installs the log redaction filter. A second
-        :class:`Telemetry` with another connection string cannot re-point the process-global
-        providers: it logs a warning and keeps the first configuration.
+        Without a connection string this only installs the log redaction filter and sets the
+        levels of :data:`LIBRARY_LOG_LEVELS`. A second :class:`Telemetry` with another connection
+        string cannot re-point the process-global providers: it logs a warning and keeps the first
+        configuration.
         """
         global _CONFIGURED_WITH
+        set_library_log_levels()
         install_log_redaction(self._redactor)
         if self._connection_string is None:
             return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from remediation.cli import main
-from remediation.ledger import SqliteLedger
+from remediation.ledger import Outcome, SqliteLedger
 from sandbox import Sandbox
 from sandbox.keyvault import EventSchema
 from sandbox.server import RecordedRequest
@@ -59,6 +60,10 @@ def make(sb: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Make:
         world = build_world(sb, **kwargs)
         state_path = tmp_path / "ledger.db"
         env = world.env(state_path)
+        # In this process the CLI must not configure the exporter (process-global providers):
+        # CLI telemetry is proven in a child process in test_cli_telemetry.py.
+        env.pop("APPLICATIONINSIGHTS_CONNECTION_STRING")
+        monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING", raising=False)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         return Cli(world, env, state_path)
@@ -241,6 +246,19 @@ def test_history_json_lists_outcomes(make: Make) -> None:
     assert sorted(r["datasource_id"] for r in updated) == sorted(cli.world.datasource_ids)
     assert all(r["secret_version"] == cli.world.version for r in updated)
     assert all(r["trigger"] == "cli" for r in rows)
+
+
+def test_history_masks_a_urls_key_in_rows_recorded_before_outcomes_were_masked(make: Make) -> None:
+    cli = make()
+    old = "data source Web {'url': 'https://api.contoso.com/v1?apikey=Zk3y-old-row'} has no binding"
+    with SqliteLedger(cli.state_path) as ledger:
+        ledger.add_outcome(Outcome(time=time.time(), trigger="timer", action="unbound", reason=old))
+
+    table, as_json = cli("history"), cli("history", "--json")
+
+    assert table.code == as_json.code == 0
+    assert "Zk3y-old-row" not in table.out + as_json.out
+    assert [r["reason"] for r in as_json.json()] == [old.replace("Zk3y-old-row", "[REDACTED]")]
 
 
 def test_bindings_check_exit_0_for_a_good_world(make: Make) -> None:

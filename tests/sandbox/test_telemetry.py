@@ -53,9 +53,15 @@ TOKEN = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJzdmNAY29udG9zby5jb20ifQ
             f"AccountName=a;AccountKey={MASK};EndpointSuffix=x",
         ),
         ("SharedAccessKeyName=n;SharedAccessKey=abc=;", f"SharedAccessKeyName=n;SharedAccessKey={MASK};"),
-        ("https://a/c?sv=2020&sig=abc%2Fdef&se=1", f"https://a/c?sv=2020&sig={MASK}&se=1"),
+        ("https://a/c?sv=2020&sig=abc%2Fdef&se=1", f"https://a/c?sv={MASK}&sig={MASK}&se={MASK}"),
+        ("https://f.azurewebsites.net/api/x?code=c0de&api-version=2", f"https://f.azurewebsites.net/api/x?code={MASK}&api-version=2"),
+        (
+            "data source Web {'url': 'https://api.contoso.com/v1?apikey=k3y'} failed",
+            f"data source Web {{'url': 'https://api.contoso.com/v1?apikey={MASK}'}} failed",
+        ),
+        ("x-api-key: k3y, api_key=k3y", f"x-api-key: {MASK}, api_key={MASK}"),
         ("SharedAccessSignature sr=x&sig=y&se=1", f"SharedAccessSignature {MASK}"),
-        ("https://user:pa55@host/x", f"https://user:{MASK}@host/x"),
+        ("https://user:pa55@host/x", f"https://{MASK}@host/x"),
         (
             '{"credentialData":[{"name":"username","value":"u"},{"name":"password","value":"p\\"w"}]}',
             f'{{"credentialData":[{{"name":"username","value":"u"}},{{"name":"password","value":"{MASK}"}}]}}',
@@ -87,7 +93,7 @@ def test_redact_is_idempotent() -> None:
     once = redactor.redact(text)
 
     assert redactor.redact(once) == once
-    assert once == f"GET https://u:{MASK}@h/x?probe={MASK}&sig={MASK} Bearer {MASK} password: '{MASK}'"
+    assert once == f"GET https://{MASK}@h/x?probe={MASK}&sig={MASK} Bearer {MASK} password: '{MASK}'"
 
 
 def test_credential_data_inside_a_json_string_is_masked_at_every_escape_level() -> None:
@@ -377,3 +383,23 @@ def test_a_report_goes_to_the_standard_log_and_an_outcomes_own_ids_win_over_the_
     )
     assert (vars(inherited)["correlationId"], vars(inherited)["trigger"]) == ("corr-9", "http")
     assert "action=refreshed dataset=ws-1/dset-1" in own.getMessage()
+
+
+def test_configure_sets_the_azure_sdk_http_logging_policy_to_warning_unless_set_explicitly() -> None:
+    from remediation.settings import Settings
+    from remediation.telemetry import LIBRARY_LOG_LEVELS, Telemetry
+
+    name = "azure.core.pipeline.policies.http_logging_policy"
+    sdk = logging.getLogger(name)
+    original = sdk.level
+    assert LIBRARY_LOG_LEVELS[name] == logging.WARNING
+    try:
+        sdk.setLevel(logging.NOTSET)
+        assert Telemetry(Settings()).configure() is False  # no connection string: still applied
+        assert not sdk.isEnabledFor(logging.INFO) and sdk.isEnabledFor(logging.WARNING)
+
+        sdk.setLevel(logging.DEBUG)  # an operator's own choice wins
+        Telemetry(Settings()).configure()
+        assert sdk.level == logging.DEBUG
+    finally:
+        sdk.setLevel(original)
