@@ -28,11 +28,17 @@ def decide(
 ) -> Decision:
     """What to do for one target, from its ledger state alone (pure).
 
-    Order matters: a target that already holds the version is fine whatever else is true; a
-    version the source rejected stays blocked however long ago that was (unless an operator
-    asks to present it once more); only then do the attempt bound and the update come in.
+    Order matters: a target that already holds the version is fine, unless the source rejected
+    that version *since* it was applied (a refresh failed on it: the password changed behind Key
+    Vault's back); a version the source rejected stays blocked however long ago that was (unless
+    an operator asks to present it once more); only then do the attempt bound and the update.
     """
-    if state.holds(secret, version):
+    wanted = version.strip().lower()
+    disproved = any(
+        r.version == wanted and state.applied_at is not None and r.at >= state.applied_at
+        for r in state.rejections
+    )
+    if state.holds(secret, version) and not disproved:
         return Decision(Action.CURRENT, f"holds version {version} since the last update")
     if state.is_rejected(version) and not present_again:
         return Decision(

@@ -14,9 +14,6 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,59 +27,12 @@ from sandbox import Sandbox
 from sandbox.gateway_keys import GatewayKeyPair
 from sandbox.powerbi import GATEWAY_UNREACHABLE, INVALID_CONNECTION_CREDENTIALS, Datasource, pbi_error
 from sandbox.server import RecordedRequest
-from tests.support.clock import Sleeps
+from tests.support.harness import Harness, Make
 from tests.support.world import World, build_world
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
 
 UPN = "svc.dataflow@contoso.com"
-
-
-@dataclass
-class Harness:
-    world: World
-    env: dict[str, str]
-    runtime: Runtime
-    sleeps: Sleeps
-    state_path: Path
-
-    @property
-    def sb(self) -> Sandbox:
-        return self.world.sb
-
-    @property
-    def healer(self) -> Any:
-        return self.runtime.healer
-
-
-Make = Callable[..., Harness]
-
-
-@pytest.fixture
-def make(sb: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Make]:
-    """Build a world (or take one), point the environment at it, and build the real healer."""
-    runtimes: list[Runtime] = []
-
-    def make(world: World | None = None, **kwargs: Any) -> Harness:
-        world = world or build_world(sb, **kwargs)
-        state_path = tmp_path / "ledger.db"
-        env = world.env(state_path)
-        for key, value in env.items():  # CA trust (REQUESTS_CA_BUNDLE...) is read from os.environ
-            monkeypatch.setenv(key, value)
-        sleeps = Sleeps()
-        runtime = build_healer(Settings.from_env(env), sleep=sleeps, poll_interval=0.01)
-        runtimes.append(runtime)
-        return Harness(world, env, runtime, sleeps, state_path)
-
-    yield make
-    for runtime in runtimes:
-        runtime.close()
-
-
-@pytest.fixture
-def port_443(sb: Sandbox) -> None:
-    if 443 not in sb.http.extra_ports_bound:
-        pytest.skip("port 443 could not be bound; msal's user-realm discovery needs it")
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -40,12 +40,37 @@ def test_holding_the_version_wins_over_an_old_rejection_of_it() -> None:
     assert verdict(s) is Action.CURRENT
 
 
-@pytest.mark.parametrize(("action", "code"), [
-    (Action.UPDATED, 0), (Action.CURRENT, 0), (Action.WOULD_UPDATE, 0), (Action.REFRESHED, 0),
-    (Action.NOT_CREDENTIAL, 0), (Action.REJECTED, 1), (Action.BLOCKED, 1), (Action.LIMITED, 1),
-    (Action.BUSY, 1), (Action.FAILED, 1), (Action.UNBOUND, 1), (Action.DEFERRED, 1),
-])
+@pytest.mark.parametrize(
+    ("action", "code"),
+    [
+        (Action.UPDATED, 0),
+        (Action.CURRENT, 0),
+        (Action.WOULD_UPDATE, 0),
+        (Action.REFRESHED, 0),
+        (Action.NOT_CREDENTIAL, 0),
+        (Action.REJECTED, 1),
+        (Action.BLOCKED, 1),
+        (Action.LIMITED, 1),
+        (Action.BUSY, 1),
+        (Action.FAILED, 1),
+        (Action.UNBOUND, 1),
+        (Action.DEFERRED, 1),
+    ],
+)
 def test_exit_code_says_whether_every_target_holds_the_current_secret(action: Action, code: int) -> None:
-    report = Report(outcomes=[Outcome(time=NOW, action=Action.UPDATED.value),
-                              Outcome(time=NOW, action=action.value)])
+    report = Report(
+        outcomes=[Outcome(time=NOW, action=Action.UPDATED.value), Outcome(time=NOW, action=action.value)]
+    )
     assert report.exit_code == code
+
+
+def test_a_version_rejected_after_it_was_applied_is_blocked_although_the_target_holds_it() -> None:
+    """A refresh failed on the version after it was applied: the source changed behind Key Vault's
+    back, and presenting it (or refreshing on it) again would be another failed sign-in."""
+    s = state(
+        applied_secret="pw",
+        applied_version=V2,
+        applied_at=NOW - 60,
+        rejections=(Rejection("pw", V2, NOW - 5),),
+    )
+    assert verdict(s) is Action.BLOCKED
