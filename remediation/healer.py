@@ -177,6 +177,7 @@ class Healer:
         if event_version is not None:
             logger.info("secret %s: an event announced version %s", name, event_version)
         run = self._start(trigger, correlation_id, dry_run, deadline, present_again)
+        run.named_version = version
         try:
             resolved = self._resolve_targets(bindings, run)
             self.heal_targets(resolved, run)
@@ -380,6 +381,9 @@ class Healer:
         )
 
         def done(action: Action, reason: str, version: str | None = None) -> Outcome:
+            named = run.named_version
+            if named and version and named.lower() != version.lower() and action in HOLDS_CURRENT:
+                reason += f" (version {named} was named; Key Vault's current version is what is applied)"
             outcome = replace(
                 base,
                 action=action.value,

@@ -25,6 +25,7 @@ class Run:
     owner: str
     deadline: float | None = None
     present_again: bool = False
+    named_version: str | None = None  # an operator's --version (the current one is applied)
     outcomes: list[Outcome] = field(default_factory=list)
     secrets: dict[str, SecretValue] = field(default_factory=dict)
     redactions: list[int] = field(default_factory=list)

@@ -541,3 +541,65 @@ def test_a_gateway_key_is_read_once_across_runs_and_a_changed_key_is_picked_up(m
     assert statuses[:4] == [200, 200, 200, 200] and statuses[4:] == [400, 200, 200]
     assert all(stored_matches_source(ds) for ds in w.datasources)
     assert all(ds.source.total_failures == 0 for ds in w.datasources)  # undecryptable: no sign-in happened
+
+
+# -- cloud gateways whose gateway cannot be read (issue 9.2) -----------------------------------------
+@pytest.mark.parametrize("answer", ["id-only", "not-found", "unauthorized", "forbidden"])
+def test_a_cloud_source_is_healed_whatever_its_virtual_gateway_answers(make: Make, answer: str) -> None:
+    """``GET /gateways/{id}`` of a cloud data source's gateway answers without a key, 404, 401 or
+    403 in the field; none of them may stop the heal, and the credential goes in plain JSON."""
+    h = make(cloud=True)
+    w = h.world
+    h.sb.powerbi.set_cloud_gateway_answer(w.gateway, answer)  # type: ignore[arg-type]
+    w.rotate()
+
+    report = h.healer.heal_secret(w.secret_name)
+
+    assert target_actions(report) == [Action.UPDATED], report.to_dict()
+    (patch,) = patches(h.sb)
+    assert patch.body["credentialDetails"]["encryptionAlgorithm"] == "None"
+    assert stored_matches_source(w.datasources[0])
+
+
+# -- a dataset heal heals its credentials (issue 9.3) -------------------------------------------------
+def test_healing_a_dataset_brings_its_sources_to_the_current_version_even_after_a_good_refresh(
+    make: Make,
+) -> None:
+    h = make(sources=2)
+    w = h.world
+    h.sb.powerbi.start_refresh(w.datasets[0])
+    h.sb.powerbi.settle()
+    assert latest_status(w) == "Completed"
+    w.rotate()  # a rotation whose event was lost; the last refresh (before it) was fine
+
+    report = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
+    again = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
+
+    assert target_actions(report) == [Action.UPDATED]
+    assert dataset_actions(report) == [Action.HEALTHY]
+    assert target_actions(again) == [Action.CURRENT]
+    assert refresh_posts(h.sb) == []  # nothing failed: no refresh
+    assert w.stored_secret(w.datasources[0]) == w.secret
+    assert w.stored_secret(w.datasources[1]) != w.secret  # another dataset's source: not in scope
+
+
+# -- an explicit version must exist (issue 9.4) -------------------------------------------------------
+def test_an_explicit_version_that_key_vault_lacks_or_disabled_is_refused_and_nothing_sent(make: Make) -> None:
+    from remediation.healer import SecretVersionNotFound
+
+    h = make()
+    w = h.world
+    old = w.version
+    w.rotate()
+    h.sb.vault.disable(w.secret_name, old)
+
+    for version in ("0" * 32, old):
+        with pytest.raises(SecretVersionNotFound, match="nothing was sent"):
+            h.healer.heal_secret(w.secret_name, version)
+    assert powerbi_writes(h.sb) == []
+
+    h.sb.vault.enable(w.secret_name, old)
+    report = h.healer.heal_secret(w.secret_name, old)  # an existing, older version: the current one
+    assert target_actions(report) == [Action.UPDATED]
+    (outcome,) = report.targets()
+    assert outcome.secret_version == w.version and f"version {old} was named" in (outcome.reason or "")
