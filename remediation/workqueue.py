@@ -30,7 +30,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -196,7 +196,7 @@ class WorkCommand:
         if not isinstance(raw, dict):
             raise WorkMessageError("the message is not a JSON object")
         try:
-            kind = WorkKind(raw.get("kind"))
+            kind = WorkKind(str(raw.get("kind")))
         except ValueError:
             raise WorkMessageError("kind must be secret, dataset or target") from None
         allowed = _COMMON | set(_FIELDS[kind]) | ({"version"} if kind is WorkKind.SECRET else set())
@@ -351,11 +351,8 @@ class WorkQueue:
 
     def create_queue(self) -> None:
         """Create the queue if it does not exist. Raises :class:`WorkQueueError`."""
-        with self._service("create the queue"):
-            try:
-                self._client.create_queue()
-            except ResourceExistsError:
-                pass
+        with self._service("create the queue"), suppress(ResourceExistsError):
+            self._client.create_queue()
         self._created = True
 
     def send(self, command: WorkCommand, *, delay: float = 0.0) -> str:
@@ -373,7 +370,7 @@ class WorkQueue:
                 break
             except _QueueMissing:
                 if not first:
-                    raise WorkQueueError(f"queue {self.name} does not exist and could not be created") from None
+                    raise WorkQueueError(f"queue {self.name} is missing and could not be created") from None
                 self.create_queue()
         logger.info(
             "queued %s command %s (attempt %d) visible in %d s",
