@@ -509,3 +509,24 @@ def test_two_workers_racing_on_two_deliveries_update_each_target_once(queued: Wo
             worker.close()
 
     assert sorted(p.path.rsplit("/", 1)[-1] for p in patches(queued.sb)) == sorted(queued.datasource_ids)
+
+
+# -- host.json agrees with the code -------------------------------------------------------------
+def test_host_json_matches_how_the_queue_is_written_and_how_long_runs_may_take() -> None:
+    from azure.storage.queue import TextBase64EncodePolicy
+
+    from remediation.service import HTTP_RUN_SECONDS, RUN_SECONDS
+    from tests.functions.host import FUNCTIONS
+
+    host = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())
+    queues = host["extensions"]["queues"]
+    assert queues["messageEncoding"] == "base64"
+    queue = WorkQueue.from_connection_string("UseDevelopmentStorage=true", QUEUE)
+    assert isinstance(queue._client._message_encode_policy, TextBase64EncodePolicy)
+    queue.close()
+    assert 1 <= queues["maxDequeueCount"] <= 10  # a failing message ends in the poison queue
+    hours, minutes, seconds = (int(p) for p in host["functionTimeout"].split(":"))
+    timeout = hours * 3600 + minutes * 60 + seconds
+    assert timeout >= RUN_SECONDS + 30 and HTTP_RUN_SECONDS < 230
+    trigger = FUNCTIONS["remediation_work"].get_trigger()
+    assert trigger.queue_name == "%REMEDIATION_WORK_QUEUE%"
