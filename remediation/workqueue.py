@@ -34,14 +34,16 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from remediation.errors import ConfigError, RemediationError
 from remediation.settings import Settings
+
+if TYPE_CHECKING:  # the queue SDK is imported when a queue is opened, not with the commands
+    from azure.core.credentials import TokenCredential
+    from azure.storage.queue import QueueClient
 
 __all__ = [
     "MAX_DELAY_SECONDS",
@@ -276,6 +278,8 @@ class WorkQueue:
     @classmethod
     def from_connection_string(cls, connection_string: str, queue_name: str, **options: Any) -> WorkQueue:
         """Raises :class:`ConfigError` for a malformed connection string (never quoted)."""
+        from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
         try:
             client = QueueClient.from_connection_string(
                 connection_string,
@@ -332,6 +336,8 @@ class WorkQueue:
             from remediation.identity import build_azure_credential
 
             credential = build_azure_credential(settings)
+        from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
         client = QueueClient(
             endpoint,
             settings.work_queue,
