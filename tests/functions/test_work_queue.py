@@ -530,3 +530,44 @@ def test_host_json_matches_how_the_queue_is_written_and_how_long_runs_may_take()
     assert timeout >= RUN_SECONDS + 30 and HTTP_RUN_SECONDS < 230
     trigger = FUNCTIONS["remediation_work"].get_trigger()
     assert trigger.queue_name == "%REMEDIATION_WORK_QUEUE%"
+
+
+# -- settings -----------------------------------------------------------------------------------
+class _NoToken:
+    """A token credential that is never asked (nothing is sent in this test)."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        raise AssertionError("no request expected")
+
+
+def test_the_work_queue_follows_the_storage_settings() -> None:
+    from remediation.errors import ConfigError
+
+    identity = Settings.from_env({"AzureWebJobsStorage__accountName": "healerstore"})
+    assert identity.work_queue == "remediation-work"
+    queue = WorkQueue.from_settings(identity, credential=_NoToken())  # type: ignore[arg-type]
+    assert queue._client.url.startswith("https://healerstore.queue.core.windows.net/remediation-work")
+    queue.close()
+    custom = Settings.from_env(
+        {
+            "AzureWebJobsStorage__accountName": "healerstore",
+            "AzureWebJobsStorage__queueServiceUri": "https://q.example.net/",
+            "REMEDIATION_WORK_QUEUE": "my-work",
+        }
+    )
+    queue = WorkQueue.from_settings(custom, credential=_NoToken())  # type: ignore[arg-type]
+    assert queue._client.url.startswith("https://q.example.net/my-work")
+    queue.close()
+    for bad in ({"REMEDIATION_WORK_QUEUE": "Bad_Name"}, {"REMEDIATION_WORK_QUEUE": "a--b"}):
+        with pytest.raises(ConfigError, match="REMEDIATION_WORK_QUEUE"):
+            Settings.from_env(bad)
+    clear = Settings.from_env(
+        {
+            "AzureWebJobsStorage__accountName": "healerstore",
+            "AzureWebJobsStorage__queueServiceUri": "http://q.example.net",
+        }
+    )
+    with pytest.raises(ConfigError, match="https"):
+        WorkQueue.from_settings(clear, credential=_NoToken())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="storage account"):
+        WorkQueue.from_settings(Settings.from_env({}))
