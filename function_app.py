@@ -1,15 +1,19 @@
 """Azure Functions entry point (Python v2 programming model): thin adapters only.
 
 Each function turns its trigger into a call on :mod:`remediation.service`, which knows nothing of
-Azure Functions; the service is built on first use, once per worker.
+Azure Functions; the service is built on first use, once per worker. Importing this module loads
+only ``azure.functions`` (what indexing needs): the product is imported on the first invocation.
 
-- ``keyvault_events``  Event Grid (Key Vault system topic): SecretNewVersionCreated heals; near
-                       expiry / expired are reported as warnings.
-- ``refresh_events``   Event Grid (custom topic): ``PowerBI.RefreshFailed`` (and Fabric's
-                       ``Microsoft.Fabric.ItemJobFailed`` for semantic models) heals the dataset.
-- ``sweep``            timer, ``%REMEDIATION_SWEEP_SCHEDULE%`` (every 15 minutes by default).
-- ``remediate``        ``POST /api/remediate`` (function key).
-- ``remediations``     ``GET /api/remediations?since=...`` (function key).
+- ``keyvault_events``   Event Grid (Key Vault system topic), Event Grid or CloudEvents 1.0 schema:
+                        SecretNewVersionCreated heals; near expiry / expired are warnings.
+- ``refresh_events``    Event Grid (custom topic): ``PowerBI.RefreshFailed`` (and Fabric's
+                        ``Microsoft.Fabric.ItemJobFailed`` for semantic models) heals the dataset.
+- ``remediation_work``  queue ``%REMEDIATION_WORK_QUEUE%`` on ``AzureWebJobsStorage``: the
+                        commands the push triggers queued (with a storage account).
+- ``sweep``             timer, ``%REMEDIATION_SWEEP_SCHEDULE%`` (every 15 minutes by default).
+- ``remediate``         ``POST /api/remediate`` (function key); 202 + status URL when queued.
+- ``remediations``      ``GET /api/remediations?since=...`` (function key).
+- ``remediation_status`` ``GET /api/remediations/{correlationId}`` (function key).
 """
 
 from __future__ import annotations
@@ -17,19 +21,35 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
-from remediation.errors import RemediationError
-from remediation.events import EventError
-from remediation.service import Answer, RemediationService, error, get_service
+if TYPE_CHECKING:
+    from remediation.service import Answer, RemediationService
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 logger = logging.getLogger("remediation.functions")
 
 
-def _event(event: func.EventGridEvent) -> dict[str, Any]:
+def _service() -> RemediationService:
+    from remediation.service import get_service
+
+    return get_service()
+
+
+def _event(event: func.EventGridEvent | func.CloudEvent) -> dict[str, Any]:
+    """The event as the JSON it came in: the converter gives a ``CloudEvent`` for a CloudEvents
+    1.0 subscription, an ``EventGridEvent`` otherwise (the parameter's annotation is the same)."""
+    if isinstance(event, func.CloudEvent):
+        return {
+            "id": event.id,
+            "type": event.type,
+            "source": event.source,
+            "subject": event.subject,
+            "specversion": event.specversion,
+            "data": event.get_json(),
+        }
     return {
         "id": event.id,
         "eventType": event.event_type,
@@ -41,12 +61,14 @@ def _event(event: func.EventGridEvent) -> dict[str, Any]:
 
 
 def _handle(event: func.EventGridEvent, trigger: str) -> None:
-    service = get_service()
+    from remediation.events import EventError
+
+    service = _service()
     try:
         service.handle_event(_event(event), trigger=trigger)
     except EventError as exc:
         # A malformed event will not get better by redelivery: acknowledge it, say why.
-        logger.warning("event %s ignored: %s", event.id, exc)
+        logger.warning("event %s ignored: %s", str(event.id)[:128], exc)
     finally:
         service.telemetry.flush()
 
@@ -63,6 +85,16 @@ def refresh_events(event: func.EventGridEvent) -> None:
     _handle(event, "refresh-event")
 
 
+@app.function_name("remediation_work")
+@app.queue_trigger(arg_name="msg", queue_name="%REMEDIATION_WORK_QUEUE%", connection="AzureWebJobsStorage")
+def remediation_work(msg: func.QueueMessage) -> None:
+    service = _service()
+    try:
+        service.process_work(msg.get_body(), dequeue_count=msg.dequeue_count)
+    finally:
+        service.telemetry.flush()
+
+
 @app.function_name("sweep")
 @app.timer_trigger(
     arg_name="timer", schedule="%REMEDIATION_SWEEP_SCHEDULE%", run_on_startup=False, use_monitor=True
@@ -70,7 +102,7 @@ def refresh_events(event: func.EventGridEvent) -> None:
 def sweep(timer: func.TimerRequest) -> None:
     if timer.past_due:
         logger.info("the sweep is running late")
-    service = get_service()
+    service = _service()
     try:
         service.sweep()
     finally:
@@ -79,13 +111,19 @@ def sweep(timer: func.TimerRequest) -> None:
 
 def _respond(answer: Answer) -> func.HttpResponse:
     status, body = answer
-    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
+    headers = {"Location": body["statusUrl"]} if status == 202 and "statusUrl" in body else None
+    return func.HttpResponse(
+        json.dumps(body), status_code=status, mimetype="application/json", headers=headers
+    )
 
 
 def _http(call: Callable[[RemediationService], Answer]) -> func.HttpResponse:
     """Run ``call`` on the service; any failure still answers in JSON, without a traceback."""
+    from remediation.errors import RemediationError
+    from remediation.service import error
+
     try:
-        service = get_service()
+        service = _service()
     except RemediationError as exc:
         logger.error("the service could not start: %s", exc)
         return _respond(error(500, "ConfigurationError", str(exc)))
@@ -104,8 +142,10 @@ def _http(call: Callable[[RemediationService], Answer]) -> func.HttpResponse:
 @app.function_name("remediate")
 @app.route(route="remediate", methods=["POST"])
 def remediate(req: func.HttpRequest) -> func.HttpResponse:
-    body = req.get_body()
-    return _http(lambda service: service.remediate(body))
+    from remediation.service import status_base
+
+    body, base = req.get_body(), status_base(req.url)
+    return _http(lambda service: service.remediate(body, status_base=base))
 
 
 @app.function_name("remediations")
@@ -113,3 +153,10 @@ def remediate(req: func.HttpRequest) -> func.HttpResponse:
 def remediations(req: func.HttpRequest) -> func.HttpResponse:
     query = dict(req.params)
     return _http(lambda service: service.recent(query))
+
+
+@app.function_name("remediation_status")
+@app.route(route="remediations/{correlationId}", methods=["GET"])
+def remediation_status(req: func.HttpRequest) -> func.HttpResponse:
+    correlation_id = req.route_params.get("correlationId", "")
+    return _http(lambda service: service.status(correlation_id))

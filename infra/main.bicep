@@ -89,6 +89,11 @@ param leaseSeconds int = 300
 @description('REMEDIATION_SETTLE_SECONDS: a Key Vault version is not presented before its created time plus this (rotations that write Key Vault before the source).')
 param settleSeconds int = 60
 
+@description('REMEDIATION_WORK_QUEUE: the Storage queue (on the app\'s storage account) of the commands push triggers defer; its poison queue is <name>-poison.')
+@minLength(3)
+@maxLength(56)
+param workQueueName string = 'remediation-work'
+
 @description('POWERBI_API_URL: the Power BI REST base of your cloud.')
 param powerBiApiUrl string = 'https://api.powerbi.com/v1.0/myorg'
 
@@ -189,6 +194,7 @@ module storage 'modules/storage.bicep' = {
     tags: tags
     deploymentContainerName: deploymentContainerName
     deadLetterContainerName: deadLetterContainerName
+    workQueueName: workQueueName
     identityPrincipalId: identity.outputs.principalId
     operatorPrincipalId: operatorPrincipalId
     operatorPrincipalType: operatorPrincipalType
@@ -252,6 +258,7 @@ module functionApp 'modules/functionapp.bicep' = {
     sweepBudgetSeconds: sweepBudgetSeconds
     leaseSeconds: leaseSeconds
     settleSeconds: settleSeconds
+    workQueueName: workQueueName
     powerBiApiUrl: powerBiApiUrl
     powerBiScope: powerBiScope
     powerBiPublicClientId: powerBiPublicClientId

@@ -513,6 +513,11 @@ class Ledger(Protocol):
         """
         ...
 
+    def event_seen(self, event_id: str) -> bool:
+        """Whether ``event_id`` has been marked (and not pruned). Read-only: callers that must
+        not drop a redelivery check this first and mark the event only after handling it."""
+        ...
+
     def prune(
         self,
         now: float,
@@ -1453,6 +1458,13 @@ class SqliteLedger(EntityLedgerBase):
                 (event, now),
             )
             return cursor.rowcount == 1
+
+    def event_seen(self, event_id: str) -> bool:
+        """See :meth:`Ledger.event_seen`."""
+        event = _norm(event_id, "event_id")
+        with self._db() as db:
+            row = db.execute("SELECT 1 FROM seen_events WHERE event_id = ?", (event,)).fetchone()
+            return row is not None
 
     def prune(
         self,

@@ -483,6 +483,11 @@ class TableLedger(EntityLedgerBase):
         }
         return self._create(self._events, entity) is not None
 
+    def event_seen(self, event_id: str) -> bool:
+        """See :meth:`Ledger.event_seen`. One point read."""
+        digest = hashlib.sha256(_norm(event_id, "event_id").encode("utf-8")).hexdigest()
+        return self._get(self._events, digest[:2], digest) is not None
+
     # -- outcomes -----------------------------------------------------------------------------
 
     def add_outcome(self, outcome: Outcome) -> None:

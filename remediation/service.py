@@ -8,9 +8,19 @@ Validation at this boundary is strict: unknown fields, wrong types, ids that are
 bodies over :data:`MAX_BODY_BYTES` are refused with a 4xx JSON error saying what is wrong
 (``{"error": {"code", "message"}}``), never a traceback, never a secret.
 
-Event dedupe is by event id in the ledger (Event Grid delivers at least once). An event is marked
-seen before it is handled, so a handler that fails is not retried for that event; the sweep
-reconciles whatever it left (a lost event must not matter: DESIGN.md).
+Long work leaves the push triggers (DESIGN.md: Event Grid waits seconds, the HTTP front end
+cuts at about 230 s). With a storage account configured (``AzureWebJobsStorage``), an event or
+a ``POST /api/remediate`` is validated, put on the work queue (:mod:`remediation.workqueue`) as
+a :class:`WorkCommand`, and answered; :meth:`RemediationService.process_work` runs it from the
+queue-triggered function. Without one (the embedded SQLite mode) the command runs inline. A
+report with ``retry_at`` (a version still settling) is run again then: re-queued with that delay,
+or, inline, after a sleep bounded by the run's deadline. Every run has a deadline below
+``host.json``'s ``functionTimeout`` (:data:`RUN_SECONDS`; :data:`HTTP_RUN_SECONDS` for an inline
+HTTP run).
+
+Event dedupe is by event id (a queued command's correlation id) in the ledger: Event Grid and the
+queue deliver at least once. A command is marked done only *after* it was handled, so a failed
+invocation's redelivery runs it again (the healer is idempotent) instead of being dropped.
 """
 
 from __future__ import annotations
@@ -20,18 +30,23 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from remediation.errors import ConfigError, RemediationError
 from remediation.events import Event, EventError, Kind, parse_event
-from remediation.healer import NotBound, Report
+from remediation.healer import NotBound, Report, SecretVersionNotFound
 from remediation.http import StatsSnapshot
+from remediation.keyvault import SecretDisabled, SecretNotFound
+from remediation.powerbi import EntityNotFound, InvalidId
 from remediation.runtime import Runtime, build_healer
 from remediation.settings import Settings
 from remediation.telemetry import Telemetry
+from remediation.workqueue import MAX_DELAY_SECONDS, WorkCommand, WorkKind, WorkMessageError, WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +62,17 @@ _SHAPES: tuple[frozenset[str], ...] = (
 )
 _KNOWN = frozenset().union(*_SHAPES) | {"dryRun"}
 
+_CORRELATION = re.compile(r"[0-9A-Za-z._:@+=-]{1,128}")
+
 Answer = tuple[int, dict[str, Any]]
+
+RUN_SECONDS = 540.0
+"""Deadline of a run (event, queue, sweep): ``host.json``'s ``functionTimeout`` (600 s) less a
+minute to record outcomes, re-queue and answer."""
+HTTP_RUN_SECONDS = 200.0
+"""Deadline of an inline HTTP run (embedded mode, dry runs): the front end cuts at about 230 s."""
+MAX_SETTLE_ATTEMPTS = 48
+"""Re-runs of one command for a settling version before it is left to the sweep."""
 
 
 def error(status: int, code: str, message: str) -> Answer:
@@ -67,28 +92,49 @@ class EventResult:
 
 
 class RemediationService:
-    """One per worker: the healer, its ledger, and telemetry."""
+    """One per worker: the healer, its ledger, telemetry, and (with a storage account) the work queue."""
 
-    def __init__(self, runtime: Runtime, telemetry: Telemetry, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        runtime: Runtime,
+        telemetry: Telemetry,
+        *,
+        work_queue: WorkQueue | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.runtime = runtime
         self.telemetry = telemetry
+        self.work_queue = work_queue
         self._clock = clock
+        self._sleep = sleep
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemediationService:
         """Built on the worker's first invocation. Telemetry is configured first, so the calls
-        that follow are reported as dependencies (importing this module configures nothing)."""
+        that follow are reported as dependencies (importing this module configures nothing).
+        With a storage account the work queue is used; without one commands run inline."""
         telemetry = Telemetry(settings)
         telemetry.configure()
-        return cls(build_healer(settings), telemetry)
+        runtime = build_healer(settings)
+        work_queue = WorkQueue.from_settings(settings) if settings.storage is not None else None
+        return cls(runtime, telemetry, work_queue=work_queue)
 
     @property
     def settings(self) -> Settings:
         return self.runtime.settings
 
+    def close(self) -> None:
+        self.runtime.close()
+        if self.work_queue is not None:
+            self.work_queue.close()
+
     # -- events ---------------------------------------------------------------------------------
     def handle_event(self, raw: Mapping[str, Any], *, trigger: str = "eventgrid") -> EventResult:
-        """One Event Grid / CloudEvents event. Raises :class:`EventError` for an unreadable one."""
+        """One Event Grid / CloudEvents event. Raises :class:`EventError` for an unreadable one.
+
+        With the work queue, the command is queued and this returns at once; otherwise it runs
+        inline (waiting for a settling version within the deadline)."""
         event = parse_event(raw, vault_origin=self.settings.vault_origin)
         result = self._dispatch(event, trigger)
         level = logging.INFO if result.handled else logging.DEBUG  # ignored events are routine
@@ -128,30 +174,121 @@ class RemediationService:
         elif event.kind is not Kind.REFRESH_FAILED:
             return skip(f"event type {event.type} is not one the healer acts on")
 
-        if not ledger.mark_event_seen(event.id, self._clock()):
-            return skip("a duplicate delivery: already handled")
-        started, before = self._clock(), self.runtime.stats.snapshot()
-        if event.kind is Kind.SECRET_NEW_VERSION:
-            report = healer.heal_secret(
-                event.secret_name or "", event.secret_version, trigger=trigger, correlation_id=event.id
-            )
-        else:
-            try:
-                report = healer.heal_dataset(
-                    event.workspace_id or "",
-                    event.dataset_id or "",
-                    trigger=trigger,
-                    correlation_id=event.id,
+        try:
+            if event.kind is Kind.SECRET_NEW_VERSION:
+                command = WorkCommand.secret(
+                    event.secret_name or "", event.secret_version, trigger=trigger, correlation_id=event.id
                 )
-            except NotBound as exc:
-                return skip(str(exc))
-        self._emit(report, started, before)
+            else:
+                command = WorkCommand.dataset(
+                    event.workspace_id or "", event.dataset_id or "", trigger=trigger, correlation_id=event.id
+                )
+        except ValueError as exc:
+            raise EventError(f"event {event.id[:128]}: {exc}") from None
+        if ledger.event_seen(command.correlation_id):
+            return skip("a duplicate delivery: already handled")
+        if self.work_queue is not None:
+            self.work_queue.send(command)
+            return EventResult(event.id, event.kind.value, True, "queued")
+        try:
+            report = self._run_inline(command, deadline=self._clock() + RUN_SECONDS)
+        except NotBound as exc:
+            ledger.mark_event_seen(command.correlation_id, self._clock())
+            return skip(str(exc))
         return EventResult(event.id, event.kind.value, True, f"{len(report.outcomes)} outcomes", report)
+
+    # -- commands -------------------------------------------------------------------------------
+    def run_command(self, command: WorkCommand, *, deadline: float, dry_run: bool = False) -> Report:
+        """Run ``command`` once through the healer, bounded by ``deadline`` (epoch seconds), and
+        emit its outcomes. Raises :class:`NotBound` (and :class:`SecretVersionNotFound`)."""
+        healer = self.runtime.healer
+        started, before = self._clock(), self.runtime.stats.snapshot()
+        common: dict[str, Any] = {
+            "dry_run": dry_run,
+            "trigger": command.trigger,
+            "correlation_id": command.correlation_id,
+            "deadline": deadline,
+        }
+        if command.kind is WorkKind.SECRET:
+            report = healer.heal_secret(command.secret_name or "", command.version, **common)
+        elif command.kind is WorkKind.DATASET:
+            report = healer.heal_dataset(command.workspace_id or "", command.dataset_id or "", **common)
+        else:
+            report = healer.heal_target(command.gateway_id or "", command.datasource_id or "", **common)
+        self._emit(report, started, before)
+        return report
+
+    def _run_inline(self, command: WorkCommand, *, deadline: float, dry_run: bool = False) -> Report:
+        """Run ``command`` now; while its report asks for a later run (a settling version) and
+        that time is before ``deadline``, sleep until then and run it again. Marks an event-like
+        command done (its correlation id) once it was handled, not before."""
+        while True:
+            report = self.run_command(command, deadline=deadline, dry_run=dry_run)
+            retry_at = None if dry_run else report.retry_at
+            if retry_at is None:
+                break
+            if retry_at > deadline or command.attempt + 1 >= MAX_SETTLE_ATTEMPTS:
+                logger.warning(
+                    "%s command %s: a version is still settling until %s, past this run's deadline; "
+                    "the sweep will present it",
+                    command.kind.value,
+                    command.correlation_id,
+                    datetime.fromtimestamp(retry_at, UTC).isoformat(),
+                )
+                break
+            self._sleep(max(retry_at - self._clock(), 0.0))
+            command = command.again()
+        if not dry_run:
+            self.runtime.ledger.mark_event_seen(command.correlation_id, self._clock())
+        return report
+
+    def process_work(self, message: str | bytes, *, dequeue_count: int | None = None) -> Report | None:
+        """One message of the work queue (the queue-triggered function).
+
+        A malformed message, or one for something no longer bound, is logged and dropped (None);
+        a command already done is dropped too. A report with ``retry_at`` re-queues the same
+        command with that delay (capped at 7 days); otherwise the command is marked done.
+        Service errors propagate, so the host retries the message (then moves it to the poison
+        queue after ``maxDequeueCount``)."""
+        try:
+            command = WorkCommand.parse(message)
+        except WorkMessageError as exc:
+            logger.warning("work message dropped (dequeue count %s): %s", dequeue_count, exc)
+            return None
+        ledger = self.runtime.ledger
+        if ledger.event_seen(command.correlation_id):
+            logger.info("work %s: already done, dropped", command.correlation_id)
+            return None
+        started = self._clock()
+        try:
+            report = self.run_command(command, deadline=started + RUN_SECONDS)
+        except NotBound as exc:
+            logger.warning("work %s dropped: %s", command.correlation_id, exc)
+            ledger.mark_event_seen(command.correlation_id, self._clock())
+            return None
+        if report.retry_at is not None:
+            if command.attempt + 1 >= MAX_SETTLE_ATTEMPTS:
+                logger.warning(
+                    "work %s: still settling after %d attempts; left to the sweep",
+                    command.correlation_id,
+                    command.attempt + 1,
+                )
+            else:
+                delay = min(max(report.retry_at - self._clock(), 0.0), float(MAX_DELAY_SECONDS))
+                self._queue().send(command.again(), delay=delay)
+                return report
+        ledger.mark_event_seen(command.correlation_id, self._clock())
+        return report
+
+    def _queue(self) -> WorkQueue:
+        if self.work_queue is None:
+            raise ConfigError("the work queue needs a storage account: set AzureWebJobsStorage")
+        return self.work_queue
 
     # -- timer ----------------------------------------------------------------------------------
     def sweep(self) -> Report:
         started, before = self._clock(), self.runtime.stats.snapshot()
-        report = self.runtime.healer.sweep(trigger="timer")
+        report = self.runtime.healer.sweep(trigger="timer", deadline=started + RUN_SECONDS)
         self._emit(report, started, before)
         try:
             self.runtime.ledger.prune(self._clock(), retention_seconds=7 * 86400)
@@ -160,8 +297,13 @@ class RemediationService:
         return report
 
     # -- HTTP -----------------------------------------------------------------------------------
-    def remediate(self, body: bytes) -> Answer:
-        """``POST /api/remediate``: validate the body, run the command, answer with its report."""
+    def remediate(self, body: bytes, *, status_base: str | None = None) -> Answer:
+        """``POST /api/remediate``: validate the body, then run the command.
+
+        With the work queue (and not a dry run) the command is checked synchronously (bound,
+        explicit version exists) and queued: **202** ``{"correlationId", "status": "queued",
+        "statusUrl"}`` where ``statusUrl`` is ``{status_base}/{correlationId}``. Otherwise it runs
+        inline and the answer is its report (200)."""
         parsed = _json_object(body)
         if isinstance(parsed, tuple):
             return parsed
@@ -195,21 +337,32 @@ class RemediationService:
             if not pattern.fullmatch(parsed[name]):
                 return error(400, "InvalidField", f"{name} must be {what}")
 
-        healer = self.runtime.healer
-        started, before = self._clock(), self.runtime.stats.snapshot()
+        correlation_id = str(uuid.uuid4())
+        if "secretName" in given:
+            command = WorkCommand.secret(
+                parsed["secretName"], parsed.get("version"), trigger="http", correlation_id=correlation_id
+            )
+        elif "datasetId" in given:
+            command = WorkCommand.dataset(
+                parsed["workspaceId"], parsed["datasetId"], trigger="http", correlation_id=correlation_id
+            )
+        else:
+            command = WorkCommand.target(
+                parsed["gatewayId"], parsed["datasourceId"], trigger="http", correlation_id=correlation_id
+            )
         try:
-            if "secretName" in given:
-                report = healer.heal_secret(
-                    parsed["secretName"], parsed.get("version"), dry_run=dry_run, trigger="http"
-                )
-            elif "datasetId" in given:
-                report = healer.heal_dataset(
-                    parsed["workspaceId"], parsed["datasetId"], dry_run=dry_run, trigger="http"
-                )
-            else:
-                report = healer.heal_target(
-                    parsed["gatewayId"], parsed["datasourceId"], dry_run=dry_run, trigger="http"
-                )
+            if self.work_queue is not None and not dry_run:
+                self._check_exists(command)
+                self.work_queue.send(command)
+                status_url = f"{(status_base or '/api/remediations').rstrip('/')}/{command.correlation_id}"
+                return 202, {
+                    "correlationId": command.correlation_id,
+                    "status": "queued",
+                    "statusUrl": status_url,
+                }
+            report = self._run_inline(command, deadline=self._clock() + HTTP_RUN_SECONDS, dry_run=dry_run)
+        except SecretVersionNotFound as exc:
+            return error(404, "SecretVersionNotFound", str(exc))
         except NotBound as exc:
             return error(404, "NotFound", str(exc))
         except ConfigError as exc:
@@ -218,8 +371,59 @@ class RemediationService:
         except RemediationError as exc:
             logger.error("remediation failed: %s", exc)
             return error(502, "UpstreamError", str(exc))
-        self._emit(report, started, before)
         return 200, report.to_dict()
+
+    def _check_exists(self, command: WorkCommand) -> None:
+        """What a queued command is checked for before the 202: that it is bound, and that an
+        explicit version exists and is enabled. Raises :class:`NotBound` /
+        :class:`SecretVersionNotFound` (other client errors propagate)."""
+        bindings = self.runtime.bindings
+        if command.kind is WorkKind.SECRET:
+            name = command.secret_name or ""
+            if not bindings.for_secret(name):
+                raise NotBound(f"no binding uses the secret {name!r}")
+            if command.version is not None:
+                try:
+                    self.runtime.keyvault.get_secret(name, command.version)  # the value is dropped
+                except (SecretNotFound, SecretDisabled):
+                    raise SecretVersionNotFound(
+                        f"secret {name!r} has no enabled version {command.version}"
+                    ) from None
+        elif command.kind is WorkKind.TARGET:
+            gateway, datasource = command.gateway_id or "", command.datasource_id or ""
+            if bindings.for_target(gateway, datasource) is None and not any(
+                b.matches for b in bindings.bindings
+            ):
+                raise NotBound(f"no binding covers gateway {gateway} data source {datasource}")
+        else:
+            workspace, dataset = command.workspace_id or "", command.dataset_id or ""
+            try:
+                self.runtime.powerbi.get_refresh_history_in_group(workspace, dataset, top=1)
+            except (EntityNotFound, InvalidId):
+                raise NotBound(
+                    f"dataset {dataset} was not found in workspace {workspace}, or the identity "
+                    "is not a member of that workspace"
+                ) from None
+
+    def status(self, correlation_id: str) -> Answer:
+        """``GET /api/remediations/{correlationId}``: the outcomes of one command from the ledger,
+        and whether it is ``queued`` (nothing yet), ``running`` (outcomes, not done: e.g. a version
+        still settling) or ``done``."""
+        if not _CORRELATION.fullmatch(correlation_id):
+            return error(400, "InvalidParameter", "correlationId must be the id a 202 answer gave")
+        now = self._clock()
+        outcomes = [
+            o
+            for o in self.runtime.ledger.outcomes(since=now - 7 * 86400, limit=5000)
+            if o.correlation_id == correlation_id
+        ]
+        done = self.runtime.ledger.event_seen(correlation_id)
+        state = "done" if done else ("running" if outcomes else "queued")
+        return 200, {
+            "correlationId": correlation_id,
+            "status": state,
+            "outcomes": [o.to_dict() for o in reversed(outcomes)],
+        }
 
     def recent(self, query: Mapping[str, str]) -> Answer:
         """``GET /api/remediations?since=ISO-8601&limit=N``: outcomes from the ledger, newest first."""
@@ -259,6 +463,15 @@ class RemediationService:
         self.telemetry.emit_outcomes(report, stats=stats, duration=self._clock() - started)
 
 
+def status_base(request_url: str) -> str:
+    """Where ``GET /api/remediations/{id}`` lives, from the URL ``POST /api/remediate`` came in
+    on: same scheme, host and route prefix; the query (which may hold the function key) dropped."""
+    parts = urlsplit(request_url)
+    path = parts.path.rstrip("/")
+    prefix = path.rsplit("/", 1)[0] if "/" in path else ""
+    return urlunsplit((parts.scheme, parts.netloc, f"{prefix}/remediations", "", ""))
+
+
 def _json_object(body: bytes) -> dict[str, Any] | Answer:
     if len(body) > MAX_BODY_BYTES:
         return error(413, "BodyTooLarge", f"the body is over {MAX_BODY_BYTES} bytes")
@@ -291,7 +504,7 @@ def reset_service() -> None:
     global _service
     with _service_lock:
         if _service is not None:
-            _service.runtime.close()
+            _service.close()
         _service = None
 
 
@@ -303,4 +516,5 @@ __all__ = [
     "error",
     "get_service",
     "reset_service",
+    "status_base",
 ]

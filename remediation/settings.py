@@ -60,6 +60,9 @@ _POWERBI_SCOPES: dict[str, str] = {
 
 _INT = re.compile(r"[+-]?[0-9]+")
 _STORAGE_ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
+_QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+DEFAULT_WORK_QUEUE = "remediation-work"
+"""``REMEDIATION_WORK_QUEUE``: the Storage queue of deferred and long work (the Functions app)."""
 
 
 def powerbi_scope_for(api_url: str) -> str:
@@ -80,6 +83,7 @@ class StorageSettings:
     connection_string: str | None = None
     account_name: str | None = None
     table_service_uri: str | None = None
+    queue_service_uri: str | None = None
 
     @property
     def uses_identity(self) -> bool:
@@ -90,7 +94,7 @@ class StorageSettings:
         secret = None if self.connection_string is None else "<redacted>"
         return (
             f"StorageSettings(connection_string={secret}, account_name={self.account_name!r}, "
-            f"table_service_uri={self.table_service_uri!r})"
+            f"table_service_uri={self.table_service_uri!r}, queue_service_uri={self.queue_service_uri!r})"
         )
 
 
@@ -125,6 +129,7 @@ class Settings:
     sweep_budget_seconds: int = 240
     lease_seconds: int = 300
     settle_seconds: int = 60
+    work_queue: str = DEFAULT_WORK_QUEUE
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -173,6 +178,7 @@ class Settings:
             sweep_budget_seconds=env.integer("REMEDIATION_SWEEP_BUDGET", 240, 10, 3600),
             lease_seconds=env.integer("REMEDIATION_LEASE_SECONDS", 300, 30, 86400),
             settle_seconds=env.integer("REMEDIATION_SETTLE_SECONDS", 60, 0, 3600),
+            work_queue=env.queue_name("REMEDIATION_WORK_QUEUE"),
         )
 
     def __post_init__(self) -> None:
@@ -352,6 +358,7 @@ class _Env:
         connection_string = self.secret("AzureWebJobsStorage")
         account_name = self.text("AzureWebJobsStorage__accountName")
         table_uri = self.text("AzureWebJobsStorage__tableServiceUri")
+        queue_uri = self.text("AzureWebJobsStorage__queueServiceUri")
         if account_name is not None and not _STORAGE_ACCOUNT.fullmatch(account_name):
             raise ConfigError(
                 f"AzureWebJobsStorage__accountName={_shown(account_name)} is not a storage account "
@@ -365,9 +372,26 @@ class _Env:
                     "set it like https://ACCOUNT.table.core.windows.net"
                 )
             table_uri = table_uri.rstrip("/")
+        if queue_uri is not None:
+            parts = urlsplit(queue_uri)
+            if parts.scheme.lower() not in ("https", "http") or not parts.hostname or "@" in parts.netloc:
+                raise ConfigError(
+                    "AzureWebJobsStorage__queueServiceUri is not a queue endpoint URL; "
+                    "set it like https://ACCOUNT.queue.core.windows.net"
+                )
+            queue_uri = queue_uri.rstrip("/")
         if connection_string is None and account_name is None and table_uri is None:
             return None
-        return StorageSettings(connection_string, account_name, table_uri)
+        return StorageSettings(connection_string, account_name, table_uri, queue_uri)
+
+    def queue_name(self, name: str) -> str:
+        value = self.text(name) or DEFAULT_WORK_QUEUE
+        if not _QUEUE_NAME.fullmatch(value) or "--" in value:
+            raise ConfigError(
+                f"{name}={_shown(value)} is not a Storage queue name; use 3 to 63 lower-case letters, "
+                "digits and single hyphens, starting and ending with a letter or digit"
+            )
+        return value
 
 
 def _shown(value: str) -> str:

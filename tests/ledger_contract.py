@@ -369,6 +369,12 @@ class LedgerContract:
         assert ledger.mark_event_seen("EVT-1", T0 + 2) is False
         assert ledger.mark_event_seen("evt-2", T0 + 2) is True
 
+    def test_event_seen_reads_without_marking(self, ledger: Ledger) -> None:
+        assert ledger.event_seen("EVT-3") is False
+        assert ledger.event_seen("EVT-3") is False  # asking does not mark it
+        assert ledger.mark_event_seen("EVT-3", T0) is True
+        assert ledger.event_seen("evt-3") is True
+
     def test_threads_racing_on_one_event_see_it_new_exactly_once(self, ledger: Ledger) -> None:
         firsts = race(16, lambda i: ledger.mark_event_seen("dup-event", T0 + i))
         assert firsts.count(True) == 1

@@ -63,6 +63,9 @@ param leaseSeconds int
 @description('REMEDIATION_SETTLE_SECONDS.')
 param settleSeconds int
 
+@description('REMEDIATION_WORK_QUEUE (the queue trigger reads it as %REMEDIATION_WORK_QUEUE%).')
+param workQueueName string
+
 @description('POWERBI_API_URL.')
 param powerBiApiUrl string
 
@@ -244,6 +247,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'REMEDIATION_SETTLE_SECONDS'
           value: string(settleSeconds)
+        }
+        {
+          name: 'REMEDIATION_WORK_QUEUE'
+          value: workQueueName
         }
       ]
     }

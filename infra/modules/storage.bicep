@@ -1,5 +1,6 @@
 // The Functions host's storage account: the deployment package container, the host's own blobs
-// (AzureWebJobsStorage), the ledger tables and the Event Grid dead-letter container. Reached
+// (AzureWebJobsStorage), the ledger tables, the work queue (and its poison queue) and the Event
+// Grid dead-letter container. Reached
 // through Entra ID only: shared keys are off.
 @description('Name of the storage account (st<token>).')
 param name string
@@ -16,6 +17,9 @@ param deploymentContainerName string
 @description('Container Event Grid dead-letters undeliverable events to (read back with `python -m remediation replay`).')
 param deadLetterContainerName string
 
+@description('The work queue (REMEDIATION_WORK_QUEUE); the host moves messages that keep failing to <name>-poison.')
+param workQueueName string = 'remediation-work'
+
 @description('Principal id of the app\'s user-assigned identity.')
 param identityPrincipalId string
 
@@ -29,6 +33,7 @@ param operatorPrincipalType string = 'User'
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
+var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 
 // The tables of remediation/ledger_tables.py (it also creates them if missing).
 var ledgerTables = [
@@ -87,6 +92,18 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   resource tableService 'tableServices' = {
     name: 'default'
   }
+
+  resource queueService 'queueServices' = {
+    name: 'default'
+
+    resource workQueue 'queues' = {
+      name: workQueueName
+    }
+
+    resource poisonQueue 'queues' = {
+      name: '${workQueueName}-poison'
+    }
+  }
 }
 
 resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = [for table in ledgerTables: {
@@ -95,8 +112,7 @@ resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-
 }]
 
 // Blob Data Owner on the account: the Functions host's blob use (deployment package, timer
-// locks, host keys) needs it (Microsoft's Flex Consumption samples grant exactly this). No
-// queue role: the app has no queue or blob trigger, so the host uses no queues.
+// locks, host keys) needs it (Microsoft's Flex Consumption samples grant exactly this).
 resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(account.id, identityPrincipalId, storageBlobDataOwner)
   scope: account
@@ -114,6 +130,18 @@ resource tableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   scope: account
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributor)
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Queue Data Contributor on the account: the app sends to the work queue (remediation/workqueue.py),
+// and the host's queue trigger reads, hides, deletes and moves poison messages.
+resource queueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(account.id, identityPrincipalId, storageQueueDataContributor)
+  scope: account
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataContributor)
     principalId: identityPrincipalId
     principalType: 'ServicePrincipal'
   }

@@ -1,5 +1,8 @@
-"""The Functions app, called through its registered functions with real ``azure.functions`` objects
-against the sandbox (the Functions host itself cannot be installed here)."""
+"""The Functions app, invoked as the worker invokes it: trigger payloads shaped as the host sends
+them, turned into arguments by ``azure.functions``' own converters (:mod:`tests.functions.host`),
+against the sandbox (the Functions host itself cannot be installed here). These run in the
+embedded mode (no storage account: commands run inline); ``test_work_queue.py`` covers the
+queued mode against Azurite."""
 
 from __future__ import annotations
 
@@ -9,33 +12,32 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import azure.functions as func
 import pytest
-from azure.functions.timer import TimerRequest
 
-import function_app
 from remediation import service as service_module
-from remediation.service import RemediationService
-from remediation.settings import Settings
 from sandbox import Sandbox
 from sandbox.server import RecordedRequest
-from tests.support.azurite import Azurite
+from tests.functions.host import (
+    FUNCTIONS,
+    HttpAnswer,
+    annotation_is_accepted,
+    converter,
+    event_datum,
+    http_datum,
+    invoke,
+    timer_datum,
+)
 from tests.support.network_guard import GUARD
 from tests.support.world import World, build_world
 
 pytestmark = pytest.mark.sandbox
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "specs" / "eventgrid" / "samples"
-FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}
-
-
-def call(name: str, *args: Any) -> Any:
-    return FUNCTIONS[name].get_user_function()(*args)
 
 
 @pytest.fixture
@@ -60,22 +62,11 @@ def writes(sb: Sandbox) -> list[RecordedRequest]:
     return [r for r in sb.requests.find(service="powerbi") if r.method != "GET"]
 
 
-def eventgrid_event(raw: dict[str, Any]) -> func.EventGridEvent:
-    """What the Functions host hands the function, for either schema."""
-    return func.EventGridEvent(
-        id=raw["id"],
-        data=raw["data"],
-        topic=raw.get("topic") or raw.get("source", ""),
-        subject=raw.get("subject", ""),
-        event_type=raw.get("eventType") or raw["type"],
-        event_time=None,
-        data_version=raw.get("dataVersion", "1"),
-    )
-
-
 def key_vault_event(sample: str, world: World, version: str) -> dict[str, Any]:
     """Microsoft's sample, pointed at the sandbox vault, the world's secret and ``version``."""
     raw: dict[str, Any] = copy.deepcopy(json.loads((SAMPLES / sample).read_text()))
+    if "type" in raw:  # CloudEvents 1.0 requires specversion; Microsoft's sample leaves it out
+        raw.setdefault("specversion", "1.0")
     raw["data"]["Id"] = f"{world.sb.vault.url}secrets/{world.secret_name}/{version}"
     raw["data"]["ObjectName"] = world.secret_name
     raw["data"]["Version"] = version
@@ -83,22 +74,13 @@ def key_vault_event(sample: str, world: World, version: str) -> dict[str, Any]:
     return raw
 
 
-def http(
-    method: str, route: str, body: bytes = b"", params: dict[str, str] | None = None
-) -> func.HttpRequest:
-    return func.HttpRequest(
-        method,
-        f"https://healer.azurewebsites.net/api/{route}",
-        body=body,
-        params=params or {},
-        headers={"Content-Type": "application/json"},
-    )
+def post(body: bytes, *, body_type: str = "bytes") -> HttpAnswer:
+    answer: HttpAnswer = invoke("remediate", http_datum("POST", "remediate", body, body_type=body_type))
+    return answer
 
 
-def answer(response: func.HttpResponse) -> tuple[int, dict[str, Any]]:
-    assert response.mimetype == "application/json"
-    body: dict[str, Any] = json.loads(response.get_body())
-    return response.status_code, body
+def answer(response: HttpAnswer) -> tuple[int, dict[str, Any]]:
+    return response.status, response.json()
 
 
 # -- the deployed surface ------------------------------------------------------------------------
@@ -109,7 +91,16 @@ def test_the_deployed_surface_is_exactly_these_functions() -> None:
         bindings = sorted((b.name, b.type) for b in fn.get_bindings())
         extra = {
             k: getattr(trigger, k, None)
-            for k in ("schedule", "run_on_startup", "use_monitor", "route", "methods", "auth_level")
+            for k in (
+                "schedule",
+                "run_on_startup",
+                "use_monitor",
+                "route",
+                "methods",
+                "auth_level",
+                "queue_name",
+                "connection",
+            )
         }
         surface[name] = (trigger.type, bindings, {k: v for k, v in extra.items() if v is not None})
 
@@ -134,7 +125,44 @@ def test_the_deployed_surface_is_exactly_these_functions() -> None:
             [("$return", "http"), ("req", "httpTrigger")],
             {"route": "remediations", "methods": methods("GET"), "auth_level": func.AuthLevel.FUNCTION},
         ),
+        "remediation_status": (
+            "httpTrigger",
+            [("$return", "http"), ("req", "httpTrigger")],
+            {
+                "route": "remediations/{correlationId}",
+                "methods": methods("GET"),
+                "auth_level": func.AuthLevel.FUNCTION,
+            },
+        ),
+        "remediation_work": (
+            "queueTrigger",
+            [("msg", "queueTrigger")],
+            {"queue_name": "%REMEDIATION_WORK_QUEUE%", "connection": "AzureWebJobsStorage"},
+        ),
     }
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_the_worker_accepts_every_trigger_annotation(name: str) -> None:
+    assert annotation_is_accepted(name)
+
+
+@pytest.mark.parametrize(
+    ("sample", "shape"),
+    [
+        ("spec_event-grid-schema_secret_new_version_created.json", func.EventGridEvent),
+        ("spec_cloud-events-schema_secret_new_version_created.json", func.CloudEvent),
+    ],
+)
+def test_the_converter_builds_an_event_grid_event_or_a_cloud_event(sample: str, shape: type) -> None:
+    raw = json.loads((SAMPLES / sample).read_text())
+    if "type" in raw:
+        raw.setdefault("specversion", "1.0")
+
+    built = converter("eventGridTrigger").decode(event_datum(raw), trigger_metadata={})
+
+    assert type(built) is shape  # the function's annotation is EventGridEvent either way
+    assert built.id == raw["id"] and built.get_json() == raw["data"]
 
 
 # -- Key Vault events ---------------------------------------------------------------------------
@@ -150,10 +178,10 @@ def test_a_new_secret_version_heals_every_target_once_even_when_delivered_twice(
     world: World, sample: str
 ) -> None:
     version = world.rotate()
-    event = eventgrid_event(key_vault_event(sample, world, version))
+    event = event_datum(key_vault_event(sample, world, version))
 
-    call("keyvault_events", event)
-    call("keyvault_events", event)  # Event Grid delivers at least once
+    invoke("keyvault_events", event)
+    invoke("keyvault_events", event)  # Event Grid delivers at least once
 
     assert sorted(p.path.rsplit("/", 1)[-1] for p in patches(world.sb)) == sorted(world.datasource_ids)
     assert all(world.stored_secret(ds) == world.secret for ds in world.datasources)
@@ -165,8 +193,8 @@ def test_a_key_vault_event_of_another_vault_or_an_unbound_secret_is_ignored(worl
     unbound = key_vault_event("spec_event-grid-schema_secret_new_version_created.json", world, "a" * 32)
     unbound["data"]["Id"] = f"{world.sb.vault.url}secrets/some-other-secret/{'a' * 32}"
 
-    call("keyvault_events", eventgrid_event(foreign))
-    call("keyvault_events", eventgrid_event(unbound))
+    invoke("keyvault_events", event_datum(foreign))
+    invoke("keyvault_events", event_datum(unbound))
 
     assert patches(world.sb) == []
 
@@ -178,7 +206,7 @@ def test_near_expiry_and_expired_secrets_are_warnings_that_change_nothing(
         raw = key_vault_event("spec_event-grid-schema_secret_new_version_created.json", world, world.version)
         raw["eventType"] = event_type
         raw["id"] = event_type
-        call("keyvault_events", eventgrid_event(raw))
+        invoke("keyvault_events", event_datum(raw))
 
     assert writes(world.sb) == []
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -191,7 +219,7 @@ def test_a_malformed_event_is_acknowledged_and_changes_nothing(
     raw = key_vault_event("spec_event-grid-schema_secret_new_version_created.json", world, world.version)
     raw["data"] = {"VaultName": "x"}  # no Id
 
-    call("keyvault_events", eventgrid_event(raw))
+    invoke("keyvault_events", event_datum(raw))
 
     assert writes(world.sb) == []
     assert any("ignored" in r.getMessage() for r in caplog.records)
@@ -232,7 +260,7 @@ def test_a_refresh_failure_event_heals_that_dataset_and_refreshes_it(world: Worl
     world.rotate()
     world.fail_scheduled_refreshes()
 
-    call("refresh_events", eventgrid_event(_refresh_failed(world, 0, fabric=fabric)))
+    invoke("refresh_events", event_datum(_refresh_failed(world, 0, fabric=fabric)))
 
     assert [p.path.rsplit("/", 1)[-1] for p in patches(world.sb)] == [world.datasource_ids[0]]
     assert world.sb.powerbi.history(world.datasets[0])[0].status == "Completed"
@@ -244,7 +272,7 @@ def test_the_timer_sweep_heals_what_no_event_reported(world: World) -> None:
     world.rotate()
     world.fail_scheduled_refreshes()
 
-    call("sweep", TimerRequest(past_due=True))
+    invoke("sweep", timer_datum(past_due=True))
 
     assert len(patches(world.sb)) == 2
     assert [world.sb.powerbi.history(d)[0].status for d in world.datasets] == ["Completed", "Completed"]
@@ -254,9 +282,7 @@ def test_the_timer_sweep_heals_what_no_event_reported(world: World) -> None:
 def test_post_remediate_heals_a_secret_and_answers_with_the_report(world: World) -> None:
     version = world.rotate()
 
-    status, body = answer(
-        call("remediate", http("POST", "remediate", json.dumps({"secretName": world.secret_name}).encode()))
-    )
+    status, body = answer(post(json.dumps({"secretName": world.secret_name}).encode()))
 
     assert status == 200
     assert {t["action"] for t in body["targets"]} == {"updated"}
@@ -271,7 +297,7 @@ def test_post_remediate_dry_run_plans_and_writes_nothing(world: World) -> None:
     before = len(writes(world.sb))
     request = {"workspaceId": world.workspace_id, "datasetId": world.dataset_ids[0], "dryRun": True}
 
-    status, body = answer(call("remediate", http("POST", "remediate", json.dumps(request).encode())))
+    status, body = answer(post(json.dumps(request).encode()))
 
     assert status == 200 and body["dryRun"] is True
     assert [t["action"] for t in body["targets"]] == ["would-update"]
@@ -309,7 +335,7 @@ def test_post_remediate_dry_run_plans_and_writes_nothing(world: World) -> None:
 def test_bad_requests_get_a_json_error_that_says_what_is_wrong(
     world: World, body: bytes, status: int, code: str
 ) -> None:
-    got_status, got = answer(call("remediate", http("POST", "remediate", body)))
+    got_status, got = answer(post(body))
 
     assert (got_status, got["error"]["code"]) == (status, code)
     assert got["error"]["message"] and "Traceback" not in got["error"]["message"]
@@ -322,7 +348,7 @@ def test_a_configuration_fault_is_a_json_500_without_a_traceback(
     monkeypatch.setenv("REMEDIATION_BINDINGS", '{"bindings": [{"name": "x"}]}')
     service_module.reset_service()
 
-    status, body = answer(call("remediate", http("POST", "remediate", b'{"secretName": "pw"}')))
+    status, body = answer(post(b'{"secretName": "pw"}'))
 
     assert status == 500 and body["error"]["code"] == "ConfigurationError"
     assert "Traceback" not in json.dumps(body)
@@ -330,71 +356,31 @@ def test_a_configuration_fault_is_a_json_500_without_a_traceback(
 
 def test_get_remediations_lists_recent_outcomes(world: World) -> None:
     world.rotate()
-    call("remediate", http("POST", "remediate", json.dumps({"secretName": world.secret_name}).encode()))
+    post(json.dumps({"secretName": world.secret_name}).encode())
 
     status, body = answer(
-        call("remediations", http("GET", "remediations", params={"since": "2020-01-01T00:00:00Z"}))
+        invoke("remediations", http_datum("GET", "remediations", params={"since": "2020-01-01T00:00:00Z"}))
     )
     assert status == 400  # more than 90 days ago
 
-    status, body = answer(call("remediations", http("GET", "remediations", params={"code": "function-key"})))
+    status, body = answer(invoke("remediations", http_datum("GET", "remediations")))
     assert status == 200
     assert sorted(o["datasource_id"] for o in body["outcomes"] if o["datasource_id"]) == sorted(
         world.datasource_ids
     )
 
-    status, body = answer(call("remediations", http("GET", "remediations", params={"since": "yesterday"})))
+    status, body = answer(
+        invoke("remediations", http_datum("GET", "remediations", params={"since": "yesterday"}))
+    )
     assert (status, body["error"]["code"]) == (400, "InvalidParameter")
-
-
-# -- two workers, one Table storage ledger ------------------------------------------------------
-def test_two_workers_racing_on_one_event_update_each_target_once(
-    world: World, azurite: Azurite, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AzureWebJobsStorage", azurite.connection_string)
-    settings = Settings.from_env()
-    workers = [RemediationService.from_settings(settings) for _ in range(2)]
-    version = world.rotate()
-    world.sb.faults.latency = 0.02  # widen the window in which both could act
-    events = [
-        key_vault_event("spec_event-grid-schema_secret_new_version_created.json", world, version)
-        for _ in workers
-    ]
-    for index, event in enumerate(events):
-        event["id"] = f"delivery-{index}"  # two different deliveries (e.g. two subscriptions)
-    start = threading.Barrier(len(workers))
-
-    def run(worker: RemediationService, event: dict[str, Any]) -> Callable[[], None]:
-        def go() -> None:
-            start.wait()
-            worker.handle_event(event)
-
-        return go
-
-    threads = [threading.Thread(target=run(w, e)) for w, e in zip(workers, events, strict=True)]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-    finally:
-        for worker in workers:
-            worker.runtime.close()
-
-    assert sorted(p.path.rsplit("/", 1)[-1] for p in patches(world.sb)) == sorted(world.datasource_ids)
 
 
 # -- telemetry, end to end ----------------------------------------------------------------------
 CHILD = GUARD + textwrap.dedent(
     """
-    from azure.functions import EventGridEvent
-    import function_app
+    from tests.functions.host import event_datum, invoke
 
-    raw = json.loads(sys.argv[1])
-    event = EventGridEvent(id=raw["id"], data=raw["data"], topic=raw["topic"], subject=raw["subject"],
-                           event_type=raw["eventType"], event_time=None, data_version="1")
-    (fn,) = [f for f in function_app.app.get_functions() if f.get_function_name() == "keyvault_events"]
-    fn.get_user_function()(event)
+    invoke("keyvault_events", event_datum(json.loads(sys.argv[1])))
     print(json.dumps({"attempts": attempts}))
     """
 )

@@ -29,6 +29,7 @@ NOT_IN_AZURE = {
     "AzureWebJobsStorage": "a connection string (it may carry an account key); Azure uses the "
     "identity-based AzureWebJobsStorage__accountName/__credential/__clientId instead",
     "AzureWebJobsStorage__tableServiceUri": "derived from AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__queueServiceUri": "derived from AzureWebJobsStorage__accountName",
     "AZURE_CLIENT_SECRET": "service principal secret: Azure uses the managed identity, and a secret "
     "never goes into an app setting",
     "AZURE_CLIENT_CERTIFICATE_PATH": "service principal certificate: as AZURE_CLIENT_SECRET",
@@ -44,6 +45,7 @@ NOT_IN_EXAMPLE = {
     "AzureWebJobsStorage__credential": "as AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__clientId": "as AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__tableServiceUri": "as AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__queueServiceUri": "as AzureWebJobsStorage__accountName",
 }
 NOT_IN_README = {
     "AzureWebJobsStorage__credential": "host plumbing of identity-based storage, set by the Bicep",
@@ -53,7 +55,7 @@ NOT_IN_README = {
 
 def code_settings() -> set[str]:
     settings_py = (ROOT / "remediation" / "settings.py").read_text(encoding="utf-8")
-    reader = r"\b(?:env|self)\.(?:text|raw|secret|integer|https_url|scope)\(\s*\"([A-Za-z_]\w*)\""
+    reader = r"\b(?:env|self)\.(?:text|raw|secret|integer|https_url|scope|queue_name)\(\s*\"([A-Za-z_]\w*)\""
     read = set(re.findall(reader, settings_py))
     function_app = (ROOT / "function_app.py").read_text(encoding="utf-8")
     read |= set(re.findall(r"%([A-Za-z_]\w*)%", function_app))

@@ -1,4 +1,5 @@
-"""Start Azurite's Table service (npm package ``azurite``, installed by ``make test``) for a test.
+"""Start Azurite's Table service, and on request its Queue service (npm package ``azurite``,
+installed by ``make test``), for a test.
 
 It listens on a free 127.0.0.1 port with in-memory persistence and its telemetry off, and is
 stopped by whoever started it.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 AZURITE_TABLE = ROOT / "node_modules" / ".bin" / "azurite-table"
+AZURITE_QUEUE = ROOT / "node_modules" / ".bin" / "azurite-queue"
 
 # Azurite's well-known development account (public, documented by Microsoft; not a secret).
 ACCOUNT = "devstoreaccount1"
@@ -24,21 +26,27 @@ ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 class Azurite:
     port: int
     process: subprocess.Popen[bytes]
+    queue_port: int | None = None
+    queue_process: subprocess.Popen[bytes] | None = None
 
     @property
     def connection_string(self) -> str:
+        queue = "" if self.queue_port is None else f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{ACCOUNT};"
         return (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"TableEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};"
+            f"TableEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};{queue}"
         )
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        for process in (self.process, self.queue_process):
+            if process is None:
+                continue
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
 
 
 def _free_port() -> int:
@@ -47,13 +55,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_azurite(timeout: float = 30.0) -> Azurite:
-    """Start ``azurite-table`` and wait until it accepts connections."""
-    if not AZURITE_TABLE.exists():
-        raise RuntimeError(f"{AZURITE_TABLE} is missing: run `make test` (it runs `npm install`).")
+def _start(binary: Path, service: str, timeout: float) -> tuple[int, subprocess.Popen[bytes]]:
+    """Start ``azurite-{service}`` on a free loopback port and wait until it accepts connections."""
+    if not binary.exists():
+        raise RuntimeError(f"{binary} is missing: run `make test` (it runs `npm install`).")
     port = _free_port()
     process = subprocess.Popen(
-        [str(AZURITE_TABLE), "--tableHost", "127.0.0.1", "--tablePort", str(port),
+        [str(binary), f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port),
          "--inMemoryPersistence", "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -63,11 +71,26 @@ def start_azurite(timeout: float = 30.0) -> Azurite:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             err = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise RuntimeError(f"azurite-table exited with {process.returncode}: {err[-500:]}")
+            raise RuntimeError(f"azurite-{service} exited with {process.returncode}: {err[-500:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return Azurite(port, process)
+                return port, process
         except OSError:
             time.sleep(0.05)
     process.kill()
-    raise RuntimeError("azurite-table did not start in time")
+    process.wait(timeout=5)
+    raise RuntimeError(f"azurite-{service} did not start in time")
+
+
+def start_azurite(timeout: float = 30.0, *, queue: bool = False) -> Azurite:
+    """Start ``azurite-table`` (and ``azurite-queue`` when ``queue``) and wait until they accept
+    connections; the connection string then names both endpoints."""
+    port, process = _start(AZURITE_TABLE, "table", timeout)
+    server = Azurite(port, process)
+    if queue:
+        try:
+            server.queue_port, server.queue_process = _start(AZURITE_QUEUE, "queue", timeout)
+        except BaseException:
+            server.stop()
+            raise
+    return server
