@@ -240,7 +240,7 @@ def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
         if event.kind is Kind.SECRET_NEW_VERSION and not event.foreign_vault and event.secret_name:
             if not healer.bindings.for_secret(event.secret_name):
                 continue
-            if not dry_run and not ledger.mark_event_seen(event.id, time.time()):
+            if not dry_run and ledger.event_seen(event.id):
                 continue
             part = healer.heal_secret(
                 event.secret_name,
@@ -250,7 +250,7 @@ def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
                 correlation_id=event.id,
             )
         elif event.kind is Kind.REFRESH_FAILED and event.workspace_id and event.dataset_id:
-            if not dry_run and not ledger.mark_event_seen(event.id, time.time()):
+            if not dry_run and ledger.event_seen(event.id):
                 continue
             part = healer.heal_dataset(
                 event.workspace_id,
@@ -261,6 +261,8 @@ def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
             )
         else:
             continue
+        if not dry_run:  # done once handled, so a replay that failed half-way can be run again
+            ledger.mark_event_seen(event.id, time.time())
         combined.outcomes.extend(part.outcomes)
     return combined
 

@@ -60,7 +60,8 @@ _SHAPES: tuple[frozenset[str], ...] = (
     frozenset({"workspaceId", "datasetId"}),
     frozenset({"gatewayId", "datasourceId"}),
 )
-_KNOWN = frozenset().union(*_SHAPES) | {"dryRun"}
+_OPTIONS = frozenset({"dryRun", "presentAgain"})
+_KNOWN = frozenset().union(*_SHAPES) | _OPTIONS
 
 _CORRELATION = re.compile(r"[0-9A-Za-z._:@+=-]{1,128}")
 
@@ -177,7 +178,11 @@ class RemediationService:
         try:
             if event.kind is Kind.SECRET_NEW_VERSION:
                 command = WorkCommand.secret(
-                    event.secret_name or "", event.secret_version, trigger=trigger, correlation_id=event.id
+                    event.secret_name or "",
+                    None,
+                    event_version=event.secret_version,
+                    trigger=trigger,
+                    correlation_id=event.id,
                 )
             else:
                 command = WorkCommand.dataset(
@@ -208,9 +213,12 @@ class RemediationService:
             "trigger": command.trigger,
             "correlation_id": command.correlation_id,
             "deadline": deadline,
+            "present_again": command.present_again,
         }
         if command.kind is WorkKind.SECRET:
-            report = healer.heal_secret(command.secret_name or "", command.version, **common)
+            report = healer.heal_secret(
+                command.secret_name or "", command.version, event_version=command.event_version, **common
+            )
         elif command.kind is WorkKind.DATASET:
             report = healer.heal_dataset(command.workspace_id or "", command.dataset_id or "", **common)
         else:
@@ -314,10 +322,11 @@ class RemediationService:
                 "UnknownField",
                 f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KNOWN))}",
             )
-        dry_run = parsed.get("dryRun", False)
-        if not isinstance(dry_run, bool):
-            return error(400, "InvalidField", "dryRun must be true or false")
-        given = frozenset(parsed) - {"dryRun"}
+        dry_run, present_again = parsed.get("dryRun", False), parsed.get("presentAgain", False)
+        for name, flag in (("dryRun", dry_run), ("presentAgain", present_again)):
+            if not isinstance(flag, bool):
+                return error(400, "InvalidField", f"{name} must be true or false")
+        given = frozenset(parsed) - _OPTIONS
         if given not in _SHAPES:
             return error(
                 400,
@@ -350,6 +359,9 @@ class RemediationService:
             command = WorkCommand.target(
                 parsed["gatewayId"], parsed["datasourceId"], trigger="http", correlation_id=correlation_id
             )
+        if present_again:
+            logger.warning("operator: present the current version once more (%s)", command.correlation_id)
+        command = command.with_present_again(present_again)
         try:
             if self.work_queue is not None and not dry_run:
                 self._check_exists(command)

@@ -99,15 +99,17 @@ _FIELDS: Final[Mapping[WorkKind, tuple[str, ...]]] = {
     WorkKind.DATASET: ("workspaceId", "datasetId"),
     WorkKind.TARGET: ("gatewayId", "datasourceId"),
 }
-_COMMON: Final = frozenset({"kind", "trigger", "correlationId", "attempt"})
+_COMMON: Final = frozenset({"kind", "trigger", "correlationId", "attempt", "presentAgain"})
 
 
 @dataclass(frozen=True)
 class WorkCommand:
     """One healer command: which entry point, on what, for which trigger and correlation id.
 
-    ``attempt`` counts re-runs of the same command (a version still settling). Build one with the
-    class methods, which validate like :meth:`parse`.
+    ``attempt`` counts re-runs of the same command (a version still settling). ``version`` is a
+    version an operator named (it must exist); ``event_version`` one an event announced (only
+    logged). ``present_again`` is the operator's explicit "present it once more". Build one with
+    the class methods, which validate like :meth:`parse`.
     """
 
     kind: WorkKind
@@ -120,14 +122,37 @@ class WorkCommand:
     gateway_id: str | None = None
     datasource_id: str | None = None
     attempt: int = 0
+    event_version: str | None = None
+    present_again: bool = False
 
     @classmethod
     def secret(
-        cls, name: str, version: str | None, *, trigger: str, correlation_id: str, attempt: int = 0
+        cls,
+        name: str,
+        version: str | None,
+        *,
+        trigger: str,
+        correlation_id: str,
+        attempt: int = 0,
+        event_version: str | None = None,
+        present_again: bool = False,
     ) -> WorkCommand:
         return cls._checked(
-            cls(WorkKind.SECRET, trigger, correlation_id, secret_name=name, version=version, attempt=attempt)
+            cls(
+                WorkKind.SECRET,
+                trigger,
+                correlation_id,
+                secret_name=name,
+                version=version,
+                attempt=attempt,
+                event_version=event_version,
+                present_again=present_again,
+            )
         )
+
+    def with_present_again(self, present_again: bool) -> WorkCommand:
+        """The same command with the operator's "present it once more" set or not."""
+        return replace(self, present_again=present_again)
 
     @classmethod
     def dataset(
@@ -169,11 +194,15 @@ class WorkCommand:
             body["secretName"] = self.secret_name
             if self.version is not None:
                 body["version"] = self.version
+            if self.event_version is not None:
+                body["eventVersion"] = self.event_version
         elif self.kind is WorkKind.DATASET:
             body.update(workspaceId=self.workspace_id, datasetId=self.dataset_id)
         else:
             body.update(gatewayId=self.gateway_id, datasourceId=self.datasource_id)
         body.update(trigger=self.trigger, correlationId=self.correlation_id, attempt=self.attempt)
+        if self.present_again:
+            body["presentAgain"] = True
         return body
 
     def to_message(self) -> str:
@@ -201,23 +230,31 @@ class WorkCommand:
             kind = WorkKind(str(raw.get("kind")))
         except ValueError:
             raise WorkMessageError("kind must be secret, dataset or target") from None
-        allowed = _COMMON | set(_FIELDS[kind]) | ({"version"} if kind is WorkKind.SECRET else set())
+        allowed = (
+            _COMMON | set(_FIELDS[kind]) | ({"version", "eventVersion"} if kind is WorkKind.SECRET else set())
+        )
         unknown = sorted(str(k)[:40] for k in set(raw) - allowed)
         if unknown:
             raise WorkMessageError(f"unknown field(s) for a {kind.value} command: {', '.join(unknown)}")
         attempt = raw.get("attempt", 0)
         if isinstance(attempt, bool) or not isinstance(attempt, int):
             raise WorkMessageError("attempt must be a whole number")
-        for name in (*_FIELDS[kind], "trigger", "correlationId", *(["version"] if "version" in raw else [])):
+        optional = [name for name in ("version", "eventVersion") if name in raw]
+        for name in (*_FIELDS[kind], "trigger", "correlationId", *optional):
             if not isinstance(raw.get(name), str):
                 raise WorkMessageError(f"{name} must be a string")
+        again = raw.get("presentAgain", False)
+        if not isinstance(again, bool):
+            raise WorkMessageError("presentAgain must be true or false")
         common = {"trigger": raw["trigger"], "correlation_id": raw["correlationId"], "attempt": attempt}
         try:
             if kind is WorkKind.SECRET:
-                return cls.secret(raw["secretName"], raw.get("version"), **common)
+                return cls.secret(
+                    raw["secretName"], raw.get("version"), event_version=raw.get("eventVersion"), **common
+                ).with_present_again(again)
             if kind is WorkKind.DATASET:
-                return cls.dataset(raw["workspaceId"], raw["datasetId"], **common)
-            return cls.target(raw["gatewayId"], raw["datasourceId"], **common)
+                return cls.dataset(raw["workspaceId"], raw["datasetId"], **common).with_present_again(again)
+            return cls.target(raw["gatewayId"], raw["datasourceId"], **common).with_present_again(again)
         except ValueError as exc:
             raise WorkMessageError(str(exc)) from None
 
@@ -230,8 +267,9 @@ class WorkCommand:
         ]
         if command.kind is WorkKind.SECRET:
             checks.append(("secretName", command.secret_name, _SECRET_NAME, "a Key Vault secret name"))
-            if command.version is not None:
-                checks.append(("version", command.version, _VERSION, "a Key Vault version (32 hex)"))
+            for name, value in (("version", command.version), ("eventVersion", command.event_version)):
+                if value is not None:
+                    checks.append((name, value, _VERSION, "a Key Vault version (32 hex)"))
         elif command.kind is WorkKind.DATASET:
             checks += [
                 ("workspaceId", command.workspace_id, _GUID, "a GUID"),
