@@ -417,6 +417,11 @@ class Faults:
         with self._lock:
             return sum(len(q) for q in self._queues.values())
 
+    def clear(self) -> None:
+        """Drop every queued fault that has not been served yet."""
+        with self._lock:
+            self._queues.clear()
+
     @staticmethod
     def _scopes(route: Route) -> tuple[str, str, str]:
         return (route.name, route.service, "*")

@@ -571,3 +571,41 @@ def test_the_work_queue_follows_the_storage_settings() -> None:
         WorkQueue.from_settings(clear, credential=_NoToken())  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="storage account"):
         WorkQueue.from_settings(Settings.from_env({}))
+
+
+def test_a_fresh_key_vault_version_is_queued_again_until_it_has_settled(
+    queued: World, work: WorkQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real healer, the real settle time: an event that arrives as the version is written
+    presents nothing, and the queue gets the same command back, hidden until it has settled."""
+    monkeypatch.setenv("REMEDIATION_SETTLE_SECONDS", "90")
+    service_module.reset_service()
+    version = queued.rotate(order="vault-first", delay=30)
+    service = get_service()
+    assert service.work_queue is not None
+    calls = _spy(service.work_queue)
+    invoke("keyvault_events", event_datum(key_vault_event(KV_EVENT, queued, version)))
+
+    assert pump(work) == 1
+
+    assert patches(queued.sb) == []
+    again = calls[-1]
+    assert 80 <= again["visibility_timeout"] <= 91
+    assert WorkCommand.parse(str(again["content"])).attempt == 1
+    assert queued.account.failures_of(queued.secret) == 0
+
+
+def test_an_operator_presents_an_in_doubt_version_again_over_http(
+    embedded: World,
+) -> None:
+    version = embedded.rotate()
+    embedded.sb.faults.add("powerbi.update_datasource", after=True, drop=True)
+    first = post({"secretName": embedded.secret_name})
+    assert {t["action"] for t in first.json()["targets"]} == {"in-doubt"}
+
+    again = post({"secretName": embedded.secret_name, "presentAgain": True})
+
+    assert again.status == 200
+    assert {t["action"] for t in again.json()["targets"]} == {"updated"}
+    assert {t["secret_version"] for t in again.json()["targets"]} == {version}
+    assert post({"secretName": embedded.secret_name, "presentAgain": "yes"}).status == 400
