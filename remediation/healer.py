@@ -384,6 +384,11 @@ class Healer:
             named = run.named_version
             if named and version and named.lower() != version.lower() and action in HOLDS_CURRENT:
                 reason += f" (version {named} was named; Key Vault's current version is what is applied)"
+            if run.present_again and action in (Action.UPDATED, Action.REJECTED, Action.IN_DOUBT):
+                reason += (
+                    " [presented again at the operator's request (--present-again / presentAgain): "
+                    "each such presentation may be one more failed sign-in]"
+                )
             outcome = replace(
                 base,
                 action=action.value,

@@ -285,3 +285,46 @@ def test_bindings_check_exit_1_when_a_target_does_not_exist(make: Make) -> None:
     line = next(line for line in result.out.splitlines() if missing in line)
     assert "not found" in line
     assert powerbi_writes(cli.sb) == []
+
+
+# -- explicit versions, the operator's way out, settling versions (issues 9.4 and 10) -------------
+def test_a_version_key_vault_does_not_have_exits_2_in_one_line_and_sends_nothing(make: Make) -> None:
+    cli = make()
+    cli.world.rotate()
+
+    result = cli("heal", "--secret", cli.world.secret_name, "--version", "0" * 32)
+
+    assert result.code == 2
+    assert len(result.err.strip().splitlines()) == 1 and "nothing was sent" in result.err
+    assert powerbi_writes(cli.sb) == []
+
+
+def test_present_again_presents_an_in_doubt_version_once_more_and_says_so(make: Make) -> None:
+    cli = make(sources=2)
+    cli.world.rotate()
+    cli.sb.faults.add("powerbi.update_datasource", after=True, drop=True)
+    doubt = cli("--json", "heal", "--secret", cli.world.secret_name)
+    assert doubt.code == 1 and {t["action"] for t in doubt.json()["targets"]} == {"in-doubt"}
+    assert cli("heal", "--secret", cli.world.secret_name).code == 1  # not presented again on its own
+    assert len(patches(cli.sb)) == 1
+
+    again = cli("--json", "heal", "--secret", cli.world.secret_name, "--present-again")
+
+    assert again.code == 0, again.err
+    targets = again.json()["targets"]
+    assert {t["action"] for t in targets} == {"updated"}
+    assert all("operator's request" in t["reason"] for t in targets)
+    assert len(patches(cli.sb)) == 3
+
+
+def test_the_cli_waits_for_a_settling_version_then_heals(make: Make) -> None:
+    cli = make()
+    cli.world.rotate()
+
+    result = cli(
+        "heal", "--secret", cli.world.secret_name, env={**cli.env, "REMEDIATION_SETTLE_SECONDS": "1"}
+    )
+
+    assert result.code == 0, result.out + result.err
+    assert "waiting" in result.err and "REMEDIATION_SETTLE_SECONDS" in result.err
+    assert " updated " in result.out and len(patches(cli.sb)) == 1
