@@ -121,6 +121,7 @@ from remediation.ledger import (
     utc_day,
 )
 from remediation.settings import Settings
+from remediation.storage_errors import describe_storage_error
 
 if TYPE_CHECKING:
     from remediation.ledger import Ledger
@@ -146,9 +147,6 @@ _INVERT_SEQ: Final = 10**20
 _BATCH: Final = 100
 """Most operations in one entity-group transaction (all in one partition)."""
 _MAX_EVENT_ID_KEPT: Final = 1024
-_SECRET_IN_TEXT: Final = re.compile(
-    r"(?i)\b(accountkey|sharedaccesssignature|sig|signature|token|password)=[^;&\s\"']*"
-)
 
 # Defaults for clients built here (the SDK's own default is 10 retries with 2-minute backoffs,
 # which would hold a healer invocation for many minutes when storage is down).
@@ -303,19 +301,7 @@ class TableLedger(EntityLedgerBase):
             raise LedgerError(f"table storage: {what} failed: {self._describe(exc)}") from None
 
     def _describe(self, exc: AzureError) -> str:
-        parts = [type(exc).__name__]
-        if isinstance(exc, HttpResponseError):
-            if exc.status_code is not None:
-                parts.append(str(exc.status_code))
-            code = getattr(exc, "error_code", None)
-            if code:
-                parts.append(str(code))
-        lines = str(exc.message or exc).strip().splitlines()
-        text = f"{' '.join(parts)}: {lines[0] if lines else ''}"
-        for secret in self._redact:
-            text = text.replace(secret, "<redacted>")
-        text = _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}=<redacted>", text)
-        return text if len(text) <= 300 else text[:299] + "…"
+        return describe_storage_error(exc, self._redact)
 
     @staticmethod
     def _close_clients(clients: Iterable[TableClient]) -> None:

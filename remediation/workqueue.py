@@ -36,10 +36,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
 from remediation.errors import ConfigError, RemediationError
 from remediation.settings import Settings
+from remediation.storage_errors import describe_storage_error
 
 if TYPE_CHECKING:  # the queue SDK is imported when a queue is opened, not with the commands
     from azure.core.credentials import TokenCredential
@@ -68,9 +69,6 @@ _SECRET_NAME: Final = re.compile(r"[0-9A-Za-z-]{1,127}")
 _VERSION: Final = re.compile(r"[0-9A-Fa-f]{32}")
 _TRIGGER: Final = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _CORRELATION: Final = re.compile(r"[0-9A-Za-z._:@+=-]{1,128}")
-_SECRET_IN_TEXT: Final = re.compile(
-    r"(?i)\b(accountkey|sharedaccesssignature|sig|signature|token|password)=[^;&\s\"']*"
-)
 _CLIENT_OPTIONS: Final[Mapping[str, Any]] = {
     "retry_total": 3,
     "retry_backoff_factor": 0.5,
@@ -473,19 +471,7 @@ class WorkQueue:
             raise WorkQueueError(f"queue {self.name}: {what} failed: {self._describe(exc)}") from None
 
     def _describe(self, exc: AzureError) -> str:
-        parts = [type(exc).__name__]
-        if isinstance(exc, HttpResponseError):
-            if exc.status_code is not None:
-                parts.append(str(exc.status_code))
-            code = getattr(exc, "error_code", None)
-            if code:
-                parts.append(str(code))
-        lines = str(exc.message or exc).strip().splitlines()
-        text = f"{' '.join(parts)}: {lines[0] if lines else ''}"
-        for secret in self._redact:
-            text = text.replace(secret, "<redacted>")
-        text = _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}=<redacted>", text)
-        return text if len(text) <= 300 else text[:299] + "…"
+        return describe_storage_error(exc, self._redact)
 
 
 class _QueueMissing(Exception):
