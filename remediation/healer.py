@@ -548,10 +548,15 @@ class Healer:
         at = secret.created_on.timestamp() + settle
         return at if self._clock() < at else None
 
+    def _worst_case(self) -> float:
+        """The longest one PATCH attempt can take: a wait for a request slot (at most the
+        timeout budget) plus connect and read."""
+        return 2.0 * (min(10.0, self.settings.http_timeout_seconds) + self.settings.http_timeout_seconds)
+
     def lease_ttl(self) -> float:
-        """Long enough for a PATCH's worst case: a slot wait plus connect and read, twice over."""
-        worst = 2.0 * (min(10.0, self.settings.http_timeout_seconds) + self.settings.http_timeout_seconds)
-        return max(float(self.settings.lease_seconds), 2.0 * worst + 10.0)
+        """Leases and presentation claims: ``REMEDIATION_LEASE_SECONDS``, and always at least
+        twice a PATCH's worst case (so one is never renewed on every attempt)."""
+        return max(float(self.settings.lease_seconds), 2.0 * self._worst_case() + 10.0)
 
     def _present(
         self,
@@ -569,15 +574,18 @@ class Healer:
         verdict for the target and, for a probe, for the account."""
         binding, target = item.binding, item.target
         held = [lease]
+        claim_until = [lease.expires]  # the probe was claimed with the lease's lifetime
 
         def before_attempt() -> None:
             # Checked before every attempt (after any Retry-After wait): a PATCH is sent only on a
-            # lease and a claim that outlast its worst case.
+            # lease and a claim that outlast its worst case; they are renewed when they would not.
             now = self._clock()
-            if run.out_of_time(self._clock()):
+            if run.out_of_time(now):
                 raise _NotSent("the run's deadline passed")
-            held[0] = self.ledger.renew_lease(held[0], now, self.lease_ttl())
-            if probe:
+            if held[0].expires - now < self._worst_case() + 5.0:
+                held[0] = self.ledger.renew_lease(held[0], now, self.lease_ttl())
+            if probe and claim_until[0] - now < self._worst_case() + 5.0:
+                claim_until[0] = now + self.lease_ttl()
                 claim, _ = self.ledger.claim_presentation(
                     account,
                     binding.secret,

@@ -597,8 +597,9 @@ class Ledger(Protocol):
         reason: str,
         now: float,
     ) -> AccountVersion:
-        """Record the source's verdict on a presentation; the new state. Always written (a
-        verdict is a fact, recorded even when the caller's probe expired or was taken).
+        """Record the source's verdict on a presentation; the new state. Written even when the
+        caller's probe expired or was taken (a verdict is a fact); an acceptance the record
+        already holds (a fan-out target at an accepted locator) writes nothing.
 
         "accepted" adds ``locator`` to ``accepted`` and clears an "in-doubt" verdict (the
         version is proven good) but keeps a "rejected" one; "rejected" sets the verdict (over an
@@ -1002,7 +1003,8 @@ class EntityLedgerBase(abc.ABC):
         if verdict not in (_ACCEPTED, _REJECTED, _IN_DOUBT):
             raise ValueError("verdict must be 'accepted', 'rejected' or 'in-doubt'")
 
-        def change(record: AccountVersion) -> AccountVersion:
+        def change(record: AccountVersion) -> AccountVersion | None:
+            before = record
             if record.probe_owner == owner:
                 record = _without_probe(record)
             if verdict == _ACCEPTED:
@@ -1010,7 +1012,7 @@ class EntityLedgerBase(abc.ABC):
                     record = replace(record, accepted=(*record.accepted, locator))
                 if record.verdict == _IN_DOUBT:  # acceptance proves the version good
                     record = replace(record, verdict=None, reason=why, verdict_at=now)
-                return record
+                return None if record == before else record  # a known acceptance: no write
             if verdict == _IN_DOUBT and record.verdict == _REJECTED:
                 return record  # a rejection is the stronger fact: keep it
             return replace(record, verdict=verdict, reason=why, verdict_at=now)
