@@ -38,6 +38,9 @@ __all__ = [
     "PrivacyLevel",
     "Target",
     "TargetMatch",
+    "binding_problems",
+    "binding_warnings",
+    "is_windows_account_name",
     "load_bindings",
     "parse_bindings",
 ]
@@ -239,6 +242,50 @@ class BindingSet:
         for b in self.bindings:
             seen.setdefault(b.secret.casefold(), b.secret)
         return list(seen.values())
+
+
+# -- advice for `bindings check` (pure) ---------------------------------------------------------
+_DOWN_LEVEL = re.compile(r"[^\\/@\s]+\\[^\\/@\s]+")  # CONTOSO\svc
+_UPN = re.compile(r"[^\\/@\s]+@[^\\/@\s]+\.[^\\/@\s]+")  # svc@contoso.com
+_PLACEHOLDER = re.compile(r"<[^<>]*>")
+
+
+def is_windows_account_name(username: str) -> bool:
+    """True for the two forms Windows authentication takes: ``DOMAIN\\user`` or a UPN."""
+    name = username.strip()
+    return bool(_DOWN_LEVEL.fullmatch(name) or _UPN.fullmatch(name))
+
+
+def binding_problems(binding: Binding) -> list[str]:
+    """What would make this binding fail at its source although the file is valid (each one a
+    sentence saying what to change). A Windows username that is neither ``DOMAIN\\user`` nor a
+    UPN: the gateway signs in as a local user of its own machine, and the source refuses it."""
+    problems: list[str] = []
+    username = binding.username
+    if username is not None and _PLACEHOLDER.search(username):
+        problems.append(f"username {username!r} is a placeholder of a draft: put the account here")
+    elif (
+        username is not None
+        and binding.credential_type is CredentialType.WINDOWS
+        and not is_windows_account_name(username)
+    ):
+        problems.append(
+            f"username {username!r} is neither DOMAIN\\user nor a UPN (user@domain.com): Windows "
+            "sources refuse it; write the account with its domain"
+        )
+    return problems
+
+
+def binding_warnings(binding: Binding) -> list[str]:
+    """What a person should know before this binding is used (it still works)."""
+    warnings: list[str] = []
+    if binding.take_over:
+        warnings.append(
+            "takeOver: true makes the identity the owner of each dataset using a cloud target; "
+            "Power BI then resets the credentials of that dataset's other cloud data sources, "
+            "which must be bound too (or be re-entered by hand)"
+        )
+    return warnings
 
 
 # -- loading ------------------------------------------------------------------------------------
