@@ -277,7 +277,7 @@ _ACCOUNT_RULES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
         ),
         "the account is locked at the source",
         "Nothing is presented to a locked account: every attempt is another failed sign-in. Unlock "
-        "it (SQL Server: ALTER LOGIN <name> WITH PASSWORD = '<current>' UNLOCK; Active Directory: "
+        "it (SQL Server: ALTER LOGIN ... UNLOCK; Active Directory: "
         "Unlock account), find what kept sending an old password, " + _AFTER_UNLOCK + ".",
     ),
     (
