@@ -165,6 +165,10 @@ class Binding:
     take_over: bool = False
     targets: tuple[Target, ...] = ()
     matches: tuple[TargetMatch, ...] = ()
+    # Whether the file set them (else the defaults above are sent: Power BI requires both in an
+    # update and reports neither for an existing data source, so they cannot be kept as they are).
+    privacy_level_given: bool = field(default=False, compare=False)
+    encrypted_connection_given: bool = field(default=False, compare=False)
 
     @property
     def uses_caller_identity(self) -> bool:
@@ -279,6 +283,20 @@ def binding_problems(binding: Binding) -> list[str]:
 def binding_warnings(binding: Binding) -> list[str]:
     """What a person should know before this binding is used (it still works)."""
     warnings: list[str] = []
+    unset = [
+        f"{key} ({value})"
+        for key, value, given in (
+            ("privacyLevel", binding.privacy_level.value, binding.privacy_level_given),
+            ("encryptedConnection", binding.encrypted_connection.value, binding.encrypted_connection_given),
+        )
+        if not given
+    ]
+    if unset:
+        warnings.append(
+            f"{' and '.join(unset)} not set: a credential change must carry both and Power BI does not "
+            "report a data source's current ones, so these defaults take the place of what an admin "
+            "may have chosen; write the data source's own values in the binding to keep them"
+        )
     if binding.take_over:
         warnings.append(
             "takeOver: true makes the identity the owner of each dataset using a cloud target; "
@@ -451,6 +469,8 @@ def _parse_binding(raw: object, index: int) -> tuple[Binding, tuple[int, ...]]:
         take_over=take_over,
         targets=targets,
         matches=matches,
+        privacy_level_given="privacyLevel" in raw,
+        encrypted_connection_given="encryptedConnection" in raw,
     )
     return binding, positions
 

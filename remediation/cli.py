@@ -305,10 +305,14 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
     the exit code 1; ``ok (...)`` rows carry a warning a person should read."""
     bindings = load_bindings_from(settings)
     runtime = build_healer(settings, bindings=bindings)
-    rows: list[dict[str, str]] = []
+    rows: list[dict[str, object]] = []
 
-    def row(binding: str, gateway: str, datasource: str, status: str) -> None:
-        rows.append({"binding": binding, "gateway": gateway, "datasource": datasource, "status": status})
+    def row(binding: str, gateway: str, datasource: str, status: str, warnings: Sequence[str] = ()) -> None:
+        entry: dict[str, object] = {"binding": binding, "gateway": gateway, "datasource": datasource}
+        entry["status"] = status
+        if warnings:
+            entry["warnings"] = list(warnings)
+        rows.append(entry)
 
     try:
         gateways = {g.id.lower(): g for g in runtime.powerbi.get_gateways()}
@@ -316,8 +320,14 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
         for binding in bindings.bindings:
             for problem in binding_problems(binding):
                 row(binding.name, "-", "-", problem)
-            for warning in binding_warnings(binding):
-                row(binding.name, "-", "-", f"ok (warning: {warning})")
+            warnings = binding_warnings(binding)
+            if binding.matches:
+                warnings.append(
+                    "a match selects by type, server, database, url and path, not by account: Power "
+                    "BI does not report which account a data source signs in as, so every data source "
+                    f"it selects is given {binding.name!r}'s credentials; bind by id the ones that sign "
+                    "in as another account"
+                )
             for target in binding.targets:
                 found = next(
                     (
@@ -345,7 +355,7 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
                     )
                 else:
                     status = "ok"
-                row(binding.name, target.gateway_id, target.datasource_id, status)
+                row(binding.name, target.gateway_id, target.datasource_id, status, warnings)
             for match in binding.matches:
                 hits = [
                     (gid, d.id)
@@ -353,25 +363,26 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
                     for d in items
                     if match.matches(d.datasource_type or "", _strings(d.connection() or {}))
                 ]
-                note = (
-                    "ok (match; the account is not compared: Power BI does not report which account "
-                    f"a data source signs in as, so each of these will be given {binding.name}'s "
-                    "credentials: bind by id if some sign in as another account)"
-                )
                 for gid, did in hits:
-                    row(binding.name, gid, did, note)
+                    row(binding.name, gid, did, "ok (match)", warnings)
                 if not hits:
-                    row(binding.name, "-", "-", "match selects no data source")
+                    row(binding.name, "-", "-", "match selects no data source", warnings)
     finally:
         runtime.close()
     if as_json:
         json.dump(rows, out, indent=2)
         out.write("\n")
     else:
-        width = max([len(r["binding"]) for r in rows] + [7])
+        width = max([len(str(r["binding"])) for r in rows] + [7])
+        said: set[str] = set()
         for r in rows:
-            out.write(f"{r['binding']:<{width}}  {r['gateway']}  {r['datasource']}  {r['status']}\n")
-    return EXIT_OK if all(r["status"].startswith("ok") for r in rows) else EXIT_PROBLEM
+            out.write(f"{r['binding']!s:<{width}}  {r['gateway']}  {r['datasource']}  {r['status']}\n")
+        for r in rows:
+            for warning in r.get("warnings", []):  # type: ignore[attr-defined]
+                if f"{r['binding']}: {warning}" not in said:
+                    said.add(f"{r['binding']}: {warning}")
+                    out.write(f"warning: {r['binding']}: {warning}\n")
+    return EXIT_OK if all(str(r["status"]).startswith("ok") for r in rows) else EXIT_PROBLEM
 
 
 def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO, as_json: bool) -> int:

@@ -214,6 +214,21 @@ def test_bindings_check_flags_a_windows_username_without_domain_and_warns_about_
     env = dict(tenant["env"], REMEDIATION_BINDINGS=json.dumps({"bindings": [binding]}))
     code, out, _ = run(env, "--json", "bindings", "check")
     assert code == 1
-    statuses = [r["status"] for r in json.loads(out)]
-    assert any("neither DOMAIN\\user nor a UPN" in s for s in statuses)
-    assert any(s.startswith("ok (warning: takeOver") and "resets the credentials" in s for s in statuses)
+    rows = json.loads(out)
+    assert any("neither DOMAIN\\user nor a UPN" in r["status"] for r in rows)
+    warnings = [w for r in rows for w in r.get("warnings", [])]
+    assert any(w.startswith("takeOver") and "resets the credentials" in w for w in warnings)
+    assert any("privacyLevel (Organizational)" in w for w in warnings)
+
+
+def test_bindings_check_says_a_match_does_not_compare_accounts(sb: Sandbox, tenant: dict[str, Any]) -> None:
+    windows: World = tenant["windows"]
+    server = windows.datasources[0].connection_details["server"]
+    binding = {"name": "by-server", "secret": "etl", "credentialType": "Windows", "username": "CONTOSO\\svc",
+               "privacyLevel": "Organizational", "encryptedConnection": "Encrypted",
+               "targets": [{"match": {"server": server}}]}
+    env = dict(tenant["env"], REMEDIATION_BINDINGS=json.dumps({"bindings": [binding]}))
+    code, out, _ = run(env, "bindings", "check")
+    assert code == 0
+    assert "ok (match)" in out
+    assert "warning: by-server: a match selects by type, server, database, url and path, not by" in out

@@ -35,7 +35,18 @@ def test_a_draft_placeholder_is_a_problem() -> None:
     assert "placeholder" in problem
 
 
+SET = {"privacyLevel": "Private", "encryptedConnection": "NotEncrypted"}
+
+
 def test_take_over_warns_that_other_cloud_sources_lose_their_credentials() -> None:
-    (warning,) = binding_warnings(_binding(credentialType="Key", takeOver=True))
+    (warning,) = binding_warnings(_binding(credentialType="Key", takeOver=True, **SET))
     assert "resets the credentials" in warning
-    assert binding_warnings(_binding(credentialType="Key")) == []
+    assert binding_warnings(_binding(credentialType="Key", **SET)) == []
+
+
+def test_unset_privacy_and_encryption_say_which_defaults_replace_the_admins_choice() -> None:
+    (warning,) = binding_warnings(_binding(credentialType="Key"))
+    assert warning.startswith("privacyLevel (Organizational) and encryptedConnection (Encrypted) not set")
+    assert "does not report" in warning
+    (warning,) = binding_warnings(_binding(credentialType="Key", privacyLevel="Private"))
+    assert warning.startswith("encryptedConnection (Encrypted) not set")
