@@ -3,7 +3,8 @@
     heal --secret NAME [--version V] | --workspace W --dataset D | --gateway G --datasource S
     sweep                      what the timer runs
     replay FILE                Event Grid or CloudEvents JSON (one event or an array), e.g. dead-lettered
-    history [--hours H]        recent outcomes from the ledger
+    history [--hours H] [--figures]
+                               recent outcomes from the ledger (or figures per binding and day)
     bindings check             validate the bindings file and resolve its targets against Power BI
     discover [--json|--csv] [--propose FILE]
                                read-only inventory of the data sources, their datasets and bindings
@@ -39,6 +40,7 @@ from remediation import discover
 from remediation.bindings import BindingSet, binding_problems, binding_warnings
 from remediation.errors import ConfigError, RemediationError
 from remediation.events import EventError, Kind, parse_events
+from remediation.figures import figures
 from remediation.healer import Action, NotBound, Report
 from remediation.ledger import Outcome
 from remediation.redact import mask_urls
@@ -105,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", parents=[common], help="recent outcomes from the ledger")
     history.add_argument("--hours", type=float, default=24.0, help="how far back (default 24)")
     history.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
+    history.add_argument(
+        "--figures",
+        action="store_true",
+        help="per binding and day: healed, rejected, in doubt, blocked, deferred; rotation to healed refresh",
+    )
     bindings = sub.add_parser("bindings", parents=[common], help="bindings file tools")
     bindings.add_argument("action", choices=["check"], help="check: validate and resolve against Power BI")
     discover = sub.add_parser(
@@ -291,6 +298,23 @@ def _history(settings: Settings, args: argparse.Namespace, out: TextIO, as_json:
         ledger.close()
     # Rows recorded before outcomes were masked may still hold a URL's key: mask it on the way out.
     rows = [replace(o, reason=mask_urls(o.reason)) if o.reason else o for o in rows]
+    if args.figures:
+        doc = figures(rows)
+        if as_json:
+            json.dump(doc, out, indent=2)
+            out.write("\n")
+            return EXIT_OK
+        out.write("BINDING  DAY  HEALED  REJECTED  IN-DOUBT  BLOCKED  DEFERRED\n")
+        for f in doc["byBinding"]:
+            out.write(
+                f"{f['binding']}  {f['day']}  {f['healed']}  {f['rejected']}  {f['inDoubt']}  "
+                f"{f['blocked']}  {f['deferred']}\n"
+            )
+        for r in doc["rotationToHealed"]:
+            out.write(
+                f"{r['secretName']}@{r['secretVersion'][:8]}: healed refresh {r['seconds']:.0f} s after\n"
+            )
+        return EXIT_OK
     if as_json:
         json.dump([o.to_dict() for o in rows], out, indent=2)
         out.write("\n")
