@@ -224,6 +224,14 @@ def scan(
             status = None
         return group, dataset, sources, status
 
+    # Cloud data sources: Power BI says their credential type only on their (virtual) gateway.
+    def credential_type(source: DiscoveredSource) -> tuple[DiscoveredSource, str | None]:
+        assert source.gateway_id is not None and source.datasource_id is not None
+        try:
+            return source, powerbi.get_datasource(source.gateway_id, source.datasource_id).credential_type
+        except ApiError:
+            return source, None
+
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for group, dataset, sources, status in pool.map(read, datasets):
@@ -238,15 +246,13 @@ def scan(
                 existing = found.setdefault(source.key, source)
                 if use not in existing.datasets:
                     existing.datasets.append(use)
-
-    # Cloud data sources: Power BI says their credential type only on their (virtual) gateway.
-    for source in found.values():
-        if source.credential_type is None and source.gateway_id and source.datasource_id:
-            try:
-                item = powerbi.get_datasource(source.gateway_id, source.datasource_id)
-            except ApiError:
-                continue
-            source.credential_type = item.credential_type
+        unknown = [
+            s for s in found.values() if s.credential_type is None and s.gateway_id and s.datasource_id
+        ]
+        if unknown:
+            progress(f"reading {len(unknown)} cloud data sources")
+        for source, ctype in pool.map(credential_type, unknown):
+            source.credential_type = ctype
 
     for source in found.values():
         _attach_binding(source, bindings)
