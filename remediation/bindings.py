@@ -38,6 +38,9 @@ __all__ = [
     "PrivacyLevel",
     "Target",
     "TargetMatch",
+    "binding_problems",
+    "binding_warnings",
+    "is_windows_account_name",
     "load_bindings",
     "parse_bindings",
 ]
@@ -162,6 +165,10 @@ class Binding:
     take_over: bool = False
     targets: tuple[Target, ...] = ()
     matches: tuple[TargetMatch, ...] = ()
+    # Whether the file set them (else the defaults above are sent: Power BI requires both in an
+    # update and reports neither for an existing data source, so they cannot be kept as they are).
+    privacy_level_given: bool = field(default=False, compare=False)
+    encrypted_connection_given: bool = field(default=False, compare=False)
 
     @property
     def uses_caller_identity(self) -> bool:
@@ -239,6 +246,64 @@ class BindingSet:
         for b in self.bindings:
             seen.setdefault(b.secret.casefold(), b.secret)
         return list(seen.values())
+
+
+# -- advice for `bindings check` (pure) ---------------------------------------------------------
+_DOWN_LEVEL = re.compile(r"[^\\/@\s]+\\[^\\/@\s]+")  # CONTOSO\svc
+_UPN = re.compile(r"[^\\/@\s]+@[^\\/@\s]+\.[^\\/@\s]+")  # svc@contoso.com
+_PLACEHOLDER = re.compile(r"<[^<>]*>")
+
+
+def is_windows_account_name(username: str) -> bool:
+    """True for the two forms Windows authentication takes: ``DOMAIN\\user`` or a UPN."""
+    name = username.strip()
+    return bool(_DOWN_LEVEL.fullmatch(name) or _UPN.fullmatch(name))
+
+
+def binding_problems(binding: Binding) -> list[str]:
+    """What would make this binding fail at its source although the file is valid (each one a
+    sentence saying what to change). A Windows username that is neither ``DOMAIN\\user`` nor a
+    UPN: the gateway signs in as a local user of its own machine, and the source refuses it."""
+    problems: list[str] = []
+    username = binding.username
+    if username is not None and _PLACEHOLDER.search(username):
+        problems.append(f"username {username!r} is a placeholder of a draft: put the account here")
+    elif (
+        username is not None
+        and binding.credential_type is CredentialType.WINDOWS
+        and not is_windows_account_name(username)
+    ):
+        problems.append(
+            f"username {username!r} is neither DOMAIN\\user nor a UPN (user@domain.com): Windows "
+            "sources refuse it; write the account with its domain"
+        )
+    return problems
+
+
+def binding_warnings(binding: Binding) -> list[str]:
+    """What a person should know before this binding is used (it still works)."""
+    warnings: list[str] = []
+    unset = [
+        f"{key} ({value})"
+        for key, value, given in (
+            ("privacyLevel", binding.privacy_level.value, binding.privacy_level_given),
+            ("encryptedConnection", binding.encrypted_connection.value, binding.encrypted_connection_given),
+        )
+        if not given
+    ]
+    if unset:
+        warnings.append(
+            f"{' and '.join(unset)} not set: a credential change must carry both and Power BI does not "
+            "report a data source's current ones, so these defaults take the place of what an admin "
+            "may have chosen; write the data source's own values in the binding to keep them"
+        )
+    if binding.take_over:
+        warnings.append(
+            "takeOver: true makes the identity the owner of each dataset using a cloud target; "
+            "Power BI then resets the credentials of that dataset's other cloud data sources, "
+            "which must be bound too (or be re-entered by hand)"
+        )
+    return warnings
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -404,6 +469,8 @@ def _parse_binding(raw: object, index: int) -> tuple[Binding, tuple[int, ...]]:
         take_over=take_over,
         targets=targets,
         matches=matches,
+        privacy_level_given="privacyLevel" in raw,
+        encrypted_connection_given="encryptedConnection" in raw,
     )
     return binding, positions
 

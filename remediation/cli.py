@@ -3,8 +3,11 @@
     heal --secret NAME [--version V] | --workspace W --dataset D | --gateway G --datasource S
     sweep                      what the timer runs
     replay FILE                Event Grid or CloudEvents JSON (one event or an array), e.g. dead-lettered
-    history [--hours H]        recent outcomes from the ledger
+    history [--hours H] [--figures]
+                               recent outcomes from the ledger (or figures per binding and day)
     bindings check             validate the bindings file and resolve its targets against Power BI
+    discover [--json|--csv] [--propose FILE]
+                               read-only inventory of the data sources, their datasets and bindings
     --dry-run                  plan only: no update, no refresh, no ledger write
     --json                     the report as JSON on stdout
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import logging
 import os
@@ -32,12 +36,15 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TextIO
 
+from remediation import discover
+from remediation.bindings import BindingSet, binding_problems, binding_warnings
 from remediation.errors import ConfigError, RemediationError
 from remediation.events import EventError, Kind, parse_events
+from remediation.figures import figures
 from remediation.healer import Action, NotBound, Report
 from remediation.ledger import Outcome
 from remediation.redact import mask_urls
-from remediation.runtime import Runtime, build_healer, load_bindings_from, open_ledger
+from remediation.runtime import Runtime, build_healer, build_powerbi, load_bindings_from, open_ledger
 from remediation.settings import Settings
 from remediation.telemetry import Telemetry, redact
 
@@ -100,8 +107,22 @@ def _parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", parents=[common], help="recent outcomes from the ledger")
     history.add_argument("--hours", type=float, default=24.0, help="how far back (default 24)")
     history.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
+    history.add_argument(
+        "--figures",
+        action="store_true",
+        help="per binding and day: healed, rejected, in doubt, blocked, deferred; rotation to healed refresh",
+    )
     bindings = sub.add_parser("bindings", parents=[common], help="bindings file tools")
     bindings.add_argument("action", choices=["check"], help="check: validate and resolve against Power BI")
+    discover = sub.add_parser(
+        "discover", parents=[common], help="read-only inventory: data sources, datasets, bindings"
+    )
+    discover.add_argument("--csv", action="store_true", help="print the inventory as CSV")
+    discover.add_argument(
+        "--propose",
+        metavar="FILE",
+        help="write a draft bindings file for the unbound data sources (fill in the <...> placeholders)",
+    )
     return parser
 
 
@@ -135,6 +156,8 @@ def main(
             return _history(settings, args, out, as_json)
         if args.command == "bindings":
             return _bindings_check(settings, out, as_json)
+        if args.command == "discover":
+            return _discover(settings, args, out, err, as_json)
         command = _command(args)  # usage errors before anything is built
         # Before the healer is built, so its calls are reported as dependencies; without
         # APPLICATIONINSIGHTS_CONNECTION_STRING this only installs the log redaction filter.
@@ -275,6 +298,23 @@ def _history(settings: Settings, args: argparse.Namespace, out: TextIO, as_json:
         ledger.close()
     # Rows recorded before outcomes were masked may still hold a URL's key: mask it on the way out.
     rows = [replace(o, reason=mask_urls(o.reason)) if o.reason else o for o in rows]
+    if args.figures:
+        doc = figures(rows)
+        if as_json:
+            json.dump(doc, out, indent=2)
+            out.write("\n")
+            return EXIT_OK
+        out.write("BINDING  DAY  HEALED  REJECTED  IN-DOUBT  BLOCKED  DEFERRED\n")
+        for f in doc["byBinding"]:
+            out.write(
+                f"{f['binding']}  {f['day']}  {f['healed']}  {f['rejected']}  {f['inDoubt']}  "
+                f"{f['blocked']}  {f['deferred']}\n"
+            )
+        for r in doc["rotationToHealed"]:
+            out.write(
+                f"{r['secretName']}@{r['secretVersion'][:8]}: healed refresh {r['seconds']:.0f} s after\n"
+            )
+        return EXIT_OK
     if as_json:
         json.dump([o.to_dict() for o in rows], out, indent=2)
         out.write("\n")
@@ -284,14 +324,34 @@ def _history(settings: Settings, args: argparse.Namespace, out: TextIO, as_json:
 
 
 def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
-    """Validate the file (exit 2 if invalid), then look every target up in Power BI."""
+    """Validate the file (exit 2 if invalid), then look every target up in Power BI (GETs only;
+    never the status check, which signs in). Rows whose status does not start with ``ok`` make
+    the exit code 1; ``ok (...)`` rows carry a warning a person should read."""
     bindings = load_bindings_from(settings)
     runtime = build_healer(settings, bindings=bindings)
-    rows: list[dict[str, str]] = []
+    rows: list[dict[str, object]] = []
+
+    def row(binding: str, gateway: str, datasource: str, status: str, warnings: Sequence[str] = ()) -> None:
+        entry: dict[str, object] = {"binding": binding, "gateway": gateway, "datasource": datasource}
+        entry["status"] = status
+        if warnings:
+            entry["warnings"] = list(warnings)
+        rows.append(entry)
+
     try:
         gateways = {g.id.lower(): g for g in runtime.powerbi.get_gateways()}
         by_gateway = {gid: runtime.powerbi.get_datasources(gid) for gid in gateways}
         for binding in bindings.bindings:
+            for problem in binding_problems(binding):
+                row(binding.name, "-", "-", problem)
+            warnings = binding_warnings(binding)
+            if binding.matches:
+                warnings.append(
+                    "a match selects by type, server, database, url and path, not by account: Power "
+                    "BI does not report which account a data source signs in as, so every data source "
+                    f"it selects is given {binding.name!r}'s credentials; bind by id the ones that sign "
+                    "in as another account"
+                )
             for target in binding.targets:
                 found = next(
                     (
@@ -301,9 +361,14 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
                     ),
                     None,
                 )
+                if found is None and target.gateway_id not in gateways:
+                    # A cloud data source (its virtual gateway is never listed): read it directly.
+                    with contextlib.suppress(RemediationError):
+                        found = runtime.powerbi.get_datasource(target.gateway_id, target.datasource_id)
                 if found is None:
                     status = (
-                        "gateway not visible: add the identity as a gateway admin"
+                        "gateway not visible: add the identity as a gateway admin (on-premises) "
+                        "or make it the owner of a dataset using the source (cloud)"
                         if target.gateway_id not in gateways
                         else "data source not found on the gateway"
                     )
@@ -314,14 +379,7 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
                     )
                 else:
                     status = "ok"
-                rows.append(
-                    {
-                        "binding": binding.name,
-                        "gateway": target.gateway_id,
-                        "datasource": target.datasource_id,
-                        "status": status,
-                    }
-                )
+                row(binding.name, target.gateway_id, target.datasource_id, status, warnings)
             for match in binding.matches:
                 hits = [
                     (gid, d.id)
@@ -329,29 +387,76 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
                     for d in items
                     if match.matches(d.datasource_type or "", _strings(d.connection() or {}))
                 ]
-                rows.extend(
-                    {"binding": binding.name, "gateway": gid, "datasource": did, "status": "ok (match)"}
-                    for gid, did in hits
-                )
+                for gid, did in hits:
+                    row(binding.name, gid, did, "ok (match)", warnings)
                 if not hits:
-                    rows.append(
-                        {
-                            "binding": binding.name,
-                            "gateway": "-",
-                            "datasource": "-",
-                            "status": "match selects no data source",
-                        }
-                    )
+                    row(binding.name, "-", "-", "match selects no data source", warnings)
     finally:
         runtime.close()
     if as_json:
         json.dump(rows, out, indent=2)
         out.write("\n")
     else:
-        width = max([len(r["binding"]) for r in rows] + [7])
+        width = max([len(str(r["binding"])) for r in rows] + [7])
+        said: set[str] = set()
         for r in rows:
-            out.write(f"{r['binding']:<{width}}  {r['gateway']}  {r['datasource']}  {r['status']}\n")
-    return EXIT_OK if all(r["status"].startswith("ok") for r in rows) else EXIT_PROBLEM
+            out.write(f"{r['binding']!s:<{width}}  {r['gateway']}  {r['datasource']}  {r['status']}\n")
+        for r in rows:
+            for warning in r.get("warnings", []):  # type: ignore[attr-defined]
+                if f"{r['binding']}: {warning}" not in said:
+                    said.add(f"{r['binding']}: {warning}")
+                    out.write(f"warning: {r['binding']}: {warning}\n")
+    return EXIT_OK if all(str(r["status"]).startswith("ok") for r in rows) else EXIT_PROBLEM
+
+
+def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO, as_json: bool) -> int:
+    """Read-only inventory (GET requests only, no ledger, no Key Vault); see remediation.discover."""
+    if as_json and args.csv:
+        raise ConfigError("discover takes --json or --csv, not both")
+    bindings = load_bindings_from(settings) if settings.bindings else BindingSet()
+    powerbi = build_powerbi(settings)
+    live = err.isatty() and not (as_json or args.csv)
+    try:
+        inventory = discover.scan(
+            powerbi,
+            bindings,
+            workspaces=bindings.watch_workspaces,
+            progress=(lambda m: print(f"\r\033[K… {m}", end="", file=err, flush=True))
+            if live
+            else (lambda _m: None),
+            concurrency=settings.concurrency,
+        )
+    finally:
+        powerbi.pipeline.close()
+        if live:
+            print("\r\033[K", end="", file=err, flush=True)
+    if as_json:
+        json.dump(discover.to_json(inventory), out, indent=2)
+        out.write("\n")
+    elif args.csv:
+        csv.writer(out, lineterminator="\n").writerows(discover.to_csv_rows(inventory))
+    else:
+        out.write("\n".join(discover.table_lines(inventory)) + "\n")
+    if (as_json or args.csv) and inventory.problems:
+        for problem in inventory.problems:
+            print(f"warning: {problem}", file=err)
+    if args.propose:
+        draft = discover.propose_bindings(inventory.sources)
+        try:
+            with open(args.propose, "x", encoding="utf-8") as fh:
+                json.dump(draft, fh, indent=2)
+                fh.write("\n")
+        except FileExistsError:
+            raise ConfigError(f"{args.propose} exists; --propose does not overwrite a file") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.propose}: {exc.strerror}") from None
+        print(
+            f"wrote {args.propose}: {len(draft['bindings'])} draft bindings for "
+            f"{sum(len(b['targets']) for b in draft['bindings'])} unbound data sources; "
+            "fill in every <...> placeholder, then run: python -m remediation bindings check",
+            file=err,
+        )
+    return EXIT_OK
 
 
 def _strings(details: dict[str, object]) -> dict[str, str]:

@@ -15,6 +15,7 @@ free text (it can carry customer content); messages are our words plus the error
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,6 +40,11 @@ class Category(StrEnum):
     REFRESH_RUNNING = "refresh_running"
     QUOTA = "quota"
     PERMISSION = "permission"  # the caller may not do this (gateway admin / dataset owner missing)
+    # The account cannot sign in whatever password it is given: locked, disabled, expired, its
+    # password expired, or named in a form the source refuses. Not ``credential``: the healer
+    # presents nothing on a refresh failure like this, and a PATCH answered like this blocks the
+    # version for the account (every presentation would be one more failed sign-in).
+    ACCOUNT = "account"
     UNKNOWN = "unknown"
     NONE = "none"  # no failure
 
@@ -51,6 +57,15 @@ class Diagnosis:
     code: str | None
     message: str
     fix: str
+    cause: str | None = None
+    """Which of the usual causes, where the source's words tell: ``password`` (the password
+    changed), ``windows-share``, ``oauth-expired``, ``account-locked``, ``account-disabled``,
+    ``account-expired``, ``password-expired``, ``username-format``, ``database-access``."""
+
+    @property
+    def blocks_account(self) -> bool:
+        """True when nothing may be presented to the account until it is fixed at the source."""
+        return self.category is Category.ACCOUNT
 
     @property
     def credential_related(self) -> bool:
@@ -222,6 +237,147 @@ _QUOTA = _folded(_QUOTA_CODES)
 _PERMISSION = _folded(_PERMISSION_CODES)
 
 
+# -- the usual causes, from the source's own words -----------------------------------------------
+# Only ever used to refine a classification (never quoted: the text can carry customer content).
+# Account states come first: no password cures them. Wording from Microsoft's documentation of
+# SQL Server errors 18452/18470/18486/18487/18488, Windows system errors 1326/1330/1331/1793/1909
+# and Entra ID's AADSTS codes (see specs/SOURCES.md, "Diagnosis payloads").
+_AFTER_UNLOCK = (
+    "then present the version again with `python -m remediation heal --secret NAME "
+    '--present-again` (HTTP: "presentAgain": true), or put a new version in Key Vault'
+)
+_ACCOUNT_RULES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    (
+        "password-expired",
+        (
+            "password of the account has expired",
+            "password of the account must be changed",
+            "password for this account has expired",
+            "password has expired",
+            "password must be changed",
+            "must change password",
+            r"\b18487\b",
+            r"\b18488\b",
+            "aadsts50055",
+        ),
+        "the account's password expired at the source",
+        "Change the password at the source and store it in Key Vault as a new version; the healer "
+        "applies it. Presenting the old one would only add failed sign-ins, so nothing is presented.",
+    ),
+    (
+        "account-locked",
+        (
+            "account is currently locked out",
+            "account is locked",
+            "account has been locked",
+            "account locked",
+            "locked out",
+            r"\b18486\b",
+            "aadsts50053",
+        ),
+        "the account is locked at the source",
+        "Nothing is presented to a locked account: every attempt is another failed sign-in. Unlock "
+        "it (SQL Server: ALTER LOGIN ... UNLOCK; Active Directory: "
+        "Unlock account), find what kept sending an old password, " + _AFTER_UNLOCK + ".",
+    ),
+    (
+        "account-disabled",
+        (
+            "account is disabled",
+            "account is currently disabled",
+            "account has been disabled",
+            "user account is disabled",
+            r"\b18470\b",
+            "aadsts50057",
+        ),
+        "the account is disabled at the source",
+        "Enable the account at the source (SQL Server: ALTER LOGIN <name> ENABLE; Active Directory: "
+        "Enable account) or bind another one; nothing is presented meanwhile; " + _AFTER_UNLOCK + ".",
+    ),
+    (
+        "account-expired",
+        ("user's account has expired", "account has expired"),
+        "the account expired at the source",
+        "Extend the account's expiry date at the source (Active Directory: Account expires) or bind "
+        "another one; nothing is presented meanwhile; " + _AFTER_UNLOCK + ".",
+    ),
+    (
+        "username-format",
+        ("untrusted domain", r"\b18452\b"),
+        "the source refused the form of the user name (a user without its domain, or from an "
+        "untrusted domain)",
+        "Windows authentication needs DOMAIN\\user or user@domain.com: fix the binding's "
+        "username (`bindings check` flags it), then " + _AFTER_UNLOCK.removeprefix("then ") + ".",
+    ),
+)
+_ACCOUNT_PATTERNS = tuple(
+    (cause, re.compile("|".join(w if w.startswith("\\") else re.escape(w) for w in words)), what, fix)
+    for cause, words, what, fix in _ACCOUNT_RULES
+)
+_DATABASE_ACCESS = re.compile(r"cannot open database|\b4060\b")
+_OAUTH_EXPIRED = re.compile(
+    r"aadsts700082|aadsts70008\b|refresh token has expired|token has expired|access token is expired|"
+    r"oauth.{0,40}expired|expired.{0,40}oauth"
+)
+_BAD_LOGON = re.compile(
+    r"user name or password is incorrect|username or password is incorrect|"
+    r"unknown user name or bad password|logon failure|\b1326\b"
+)
+_FILE_KINDS = frozenset({"file", "folder", "sharepoint folder"})
+
+
+def _texts(error: ServiceError) -> str:
+    """The error's free text and detail values, case-folded, for wording checks only."""
+    return "\n".join([error.description or "", *(v for _, v in error.details)]).casefold()
+
+
+def _detail(error: ServiceError, code: str) -> str | None:
+    wanted = code.casefold()
+    for name, value in error.details:
+        if name.casefold() == wanted:
+            return re.sub(r"</?ccon>", "", value).strip()
+    return None
+
+
+def _refined(rule: _Rule, error: ServiceError) -> tuple[_Rule, str | None]:
+    """The rule with the cause the source's words tell; an account state overrides credential,
+    source and unknown rules (it only ever makes the healer present less)."""
+    if rule.category not in (Category.CREDENTIAL, Category.SOURCE, Category.UNKNOWN):
+        return rule, None
+    texts = _texts(error)
+    for cause, pattern, what, fix in _ACCOUNT_PATTERNS:
+        if pattern.search(texts):
+            return _Rule(Category.ACCOUNT, what, fix), cause
+    if rule.category is not Category.CREDENTIAL:
+        return rule, None
+    if _DATABASE_ACCESS.search(texts):
+        # SQL Server 4060: the login signed in; it cannot open the database. No password cures it.
+        return (
+            _Rule(
+                Category.SOURCE,
+                "the source accepted the sign-in but cannot open the database",
+                "Check the database name of the data source and that the login has a user in that "
+                "database; the password is not the problem, so it was not changed.",
+            ),
+            "database-access",
+        )
+    code = (error.code or "").casefold()
+    if code == "dmts_oauthtokenrefreshfailederror" or _OAUTH_EXPIRED.search(texts):
+        return _CREDENTIAL["dmts_oauthtokenrefreshfailederror"], "oauth-expired"
+    kind = (_detail(error, "Microsoft.Data.Mashup.CredentialError.DataSourceKind") or "").casefold()
+    if kind in _FILE_KINDS or (_BAD_LOGON.search(texts) and "\\\\" in texts):
+        return (
+            _Rule(
+                Category.CREDENTIAL,
+                "the Windows credentials no longer work for the file share",
+                "The healer applies the current Key Vault version; if the password did not change, "
+                "check that the account may still read the share (share and NTFS permissions).",
+            ),
+            "windows-share",
+        )
+    return rule, "password"
+
+
 # -- parsing --------------------------------------------------------------------------------------
 def parse_service_exception(value: object) -> ServiceError | None:
     """The :class:`ServiceError` in a ``serviceExceptionJson`` value (or an error body); never raises.
@@ -301,8 +457,13 @@ def _classify(error: ServiceError, context: str) -> Diagnosis:
     wording = (error.description or "").casefold()
 
     def diagnosis(rule: _Rule) -> Diagnosis:
+        rule, cause = _refined(rule, error)
         return Diagnosis(
-            rule.category, code, f"{context}: {rule.what}" + (f" ({code})" if code else ""), rule.fix
+            rule.category,
+            code,
+            f"{context}: {rule.what}" + (f" ({code})" if code else ""),
+            rule.fix,
+            cause,
         )
 
     # Gateway faults first: if the gateway itself is the problem, credentials cannot be the cure.
@@ -415,6 +576,7 @@ def diagnose_api_error(
     *,
     message: str | None = None,
     detail_codes: Sequence[str] = (),
+    details: Sequence[tuple[str, str]] = (),
 ) -> Diagnosis:
     """Classify a Power BI API error answer, chiefly the credential PATCH's.
 
@@ -422,13 +584,15 @@ def diagnose_api_error(
     ``DM_GWPipeline_Gateway_InvalidConnectionCredentials`` means the source rejected the secret
     (that version must not be presented again), and ``DM_GWPipeline_UnknownError`` means the
     gateway could not use what it was sent (usually encryption: a stale public key).
-    ``message`` (the error's text) is only searched for known wording, never quoted.
+    ``message`` (the error's text) and the values of ``details`` (``pbi.error.details`` as
+    ``(code, value)``) are only searched for known wording, never quoted: a rejection that says
+    the account is locked, disabled or expired is :attr:`Category.ACCOUNT`.
     """
     context = "Power BI refused the request"
     error = ServiceError(
         code.strip() if code and code.strip() else None,
         message,
-        tuple((c, "") for c in detail_codes),
+        tuple(details) + tuple((c, "") for c in detail_codes if c not in {d for d, _ in details}),
     )
     folded = (error.code or "").casefold()
     suffix = f" ({error.code})" if error.code else ""
@@ -460,11 +624,15 @@ def diagnose_api_error(
             "Power BI had an internal error: try again later; credentials were not changed.",
         )
     if folded == "dm_gwpipeline_gateway_invalidconnectioncredentials":
+        rule, cause = _refined(_CREDENTIAL[folded], error)
+        if rule.category is not Category.CREDENTIAL:
+            return Diagnosis(rule.category, error.code, f"{context}: {rule.what}{suffix}", rule.fix, cause)
         return Diagnosis(
             Category.CREDENTIAL,
             error.code,
             f"{context}: the data source rejected the new credentials{suffix}",
             _FIX_REJECTED,
+            cause,
         )
     if folded == "dm_gwpipeline_unknownerror":
         return Diagnosis(

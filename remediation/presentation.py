@@ -65,9 +65,10 @@ def patch_verdict(exc: ApiError) -> VerdictOf:
             Verdict.IN_DOUBT,
             f"Power BI answered HTTP {status} ({exc.code or 'no code'}); it may have tested it",
         )
-    diagnosis = diagnose_api_error(
-        status, exc.code, message=exc.message, detail_codes=[c for c, _ in exc.details]
-    )
+    diagnosis = diagnose_api_error(status, exc.code, message=exc.message, details=exc.details)
+    if status == 400 and diagnosis.blocks_account:
+        # Locked, disabled, expired, or a user name the source refuses: no retry can help.
+        return VerdictOf(Verdict.REJECTED, f"the source refused the account ({exc.code}): {diagnosis.fix}")
     if status == 400 and diagnosis.credential_related:
         return VerdictOf(Verdict.REJECTED, f"the source rejected it ({exc.code}). {diagnosis.fix}")
     return VerdictOf(Verdict.NOT_PRESENTED, f"{diagnosis.message}. {diagnosis.fix}")

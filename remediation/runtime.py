@@ -79,6 +79,12 @@ def open_ledger(settings: Settings, *, credential: TokenCredential | None = None
     return SqliteLedger(settings.state_path)
 
 
+def build_powerbi(settings: Settings) -> PowerBIClient:
+    """A Power BI client alone (``discover`` needs nothing else: no ledger, no Key Vault)."""
+    pipeline = HttpPipeline.from_settings(settings, service="powerbi", stats=CallStats())
+    return PowerBIClient(settings.powerbi_api_url, PowerBITokenProvider(settings), pipeline)
+
+
 def build_healer(
     settings: Settings,
     *,

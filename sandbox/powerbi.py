@@ -473,6 +473,9 @@ class PowerBI:
         self.shared_refresh_limit: int = SHARED_DAILY_REFRESH_LIMIT
         self.not_authorized_status = 403
         self.token_expired_status = 401
+        # Off: a locked account is answered like a wrong password (what these tests were built on).
+        # On: like SQL Server, whose message then says the account is locked (error 18486).
+        self.report_lockouts = False
         self._next_refresh_id = 100_000
         self._route_patterns: list[re.Pattern[str]] = []
         self._register_routes()
@@ -711,7 +714,7 @@ class PowerBI:
             elif result == "unreachable":
                 error = pbi_error(GATEWAY_UNREACHABLE)
             else:
-                error = _credentials_error(datasource)
+                error = _credentials_error(datasource, locked=result == "locked" and self.report_lockouts)
             refresh.service_exception = json.dumps(error, separators=(",", ":"))
             if result != "unreachable":
                 # Power BI turns the schedule off after a credential failure.
@@ -1272,7 +1275,8 @@ class PowerBI:
             if result == "unreachable":
                 raise refuse(400, pbi_error(GATEWAY_UNREACHABLE), data)
             if result != "ok":
-                raise refuse(400, _credentials_error(datasource), data)
+                locked = result == "locked" and self.report_lockouts
+                raise refuse(400, _credentials_error(datasource, locked=locked), data)
             datasource.credential = credential
             datasource.credential_type = credential_type
             datasource.credential_history.append(credential)
@@ -1289,8 +1293,9 @@ class PowerBI:
                               dict(data) if data is not None else None))
 
 
-def _credentials_error(datasource: Datasource) -> dict[str, Any]:
-    """``DM_GWPipeline_Gateway_InvalidConnectionCredentials`` as a refresh or an update reports it."""
+def _credentials_error(datasource: Datasource, *, locked: bool = False) -> dict[str, Any]:
+    """``DM_GWPipeline_Gateway_InvalidConnectionCredentials`` as a refresh or an update reports it;
+    ``locked``: the source's message is SQL Server's error 18486 (the account is locked out)."""
     kind = "SQL" if datasource.datasource_type.lower() == "sql" else datasource.datasource_type
     cd = datasource.connection_details
     path = ";".join(v for v in (cd.get("server"), cd.get("database")) if v) or next(
@@ -1298,6 +1303,8 @@ def _credentials_error(datasource: Datasource) -> dict[str, Any]:
     return pbi_error(INVALID_CONNECTION_CREDENTIALS, [
         _detail("DM_ErrorDetailNameCode_UnderlyingErrorCode", "-2147467259"),
         _detail("DM_ErrorDetailNameCode_UnderlyingErrorMessage",
+                f"<ccon>Login failed for user '{datasource.source.account.name}' because the account is "
+                "currently locked out. The system administrator can unlock it. </ccon>" if locked else
                 f"<ccon>The credentials provided for the {kind} source are invalid. "
                 f"(Source at {path}.)</ccon>"),
         _detail("DM_ErrorDetailNameCode_UnderlyingHResult", "-2147467259"),

@@ -1,0 +1,459 @@
+"""Inventory: every data source the identity can reach, who uses it, and which binding covers it.
+
+``python -m remediation discover`` answers the question the Power BI error page leaves people
+with (*which dataset uses which credentials?*) before they write a bindings file. It is
+**read-only**: only ``GET`` requests, and none of them signs in at a source (the data source
+*status* check does, so it is never called), no ledger, no Key Vault.
+
+Two halves:
+
+* :func:`scan` (I/O): on-premises gateway data sources (``GET /gateways``, ``.../datasources``)
+  and the data sources of every dataset in every workspace the identity sees
+  (``GET /groups/{g}/datasets/{d}/datasources``), each dataset with its last refresh status
+  (``GET .../refreshes?$top=1``). Cloud data sources appear only through datasets; Power BI says
+  their credential type only when the identity may read them on their (virtual) gateway.
+* pure functions: :func:`masked_details` (secrets in URLs and connection strings masked),
+  :func:`to_json`, :func:`to_csv_rows`, :func:`table_lines` and :func:`propose_bindings` (a draft
+  bindings file for the data sources no binding covers, grouped by type, server, database, url,
+  path and credential type, with placeholder secret names and usernames that must be filled in).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from remediation.bindings import BINDABLE_TYPES, BindingSet, CredentialType
+from remediation.errors import BindingsError
+from remediation.http import ApiError
+from remediation.powerbi import DatasetDatasource, GatewayDatasource, PowerBIClient
+from remediation.redact import MASK, datasource_host, describe_datasource, mask_urls
+
+__all__ = [
+    "PLACEHOLDER_SECRET",
+    "PLACEHOLDER_USERNAME",
+    "DatasetUse",
+    "DiscoveredSource",
+    "Inventory",
+    "is_placeholder",
+    "masked_details",
+    "propose_bindings",
+    "scan",
+    "table_lines",
+    "to_csv_rows",
+    "to_json",
+]
+
+PLACEHOLDER_SECRET = "<Key Vault secret name>"
+"""Not a valid secret name: ``bindings check`` refuses the draft until it is replaced."""
+PLACEHOLDER_USERNAME = "<username>"
+PLACEHOLDER_UPN = "<owner@contoso.com>"
+_PLACEHOLDER = re.compile(r"^<[^<>]*>$")
+
+# key=value pairs of connection strings that carry secrets (ODBC, OLE DB, storage, SAS).
+_SECRET_PAIR = re.compile(
+    r"(?i)\b(password|pwd|accountkey|sharedaccesskey|sharedaccesssignature|sig|token|apikey|"
+    r"api_key|secret|client_secret)(\s*=\s*)([^;&\s\"']*)"
+)
+_DETAIL_KEYS = ("server", "database", "url", "path")
+_NAME_CHARS = re.compile(r"[^a-z0-9]+")
+
+Progress = Callable[[str], None]
+
+
+def is_placeholder(value: object) -> bool:
+    """True for a draft's ``<...>`` placeholders (a proposed file not yet filled in)."""
+    return isinstance(value, str) and bool(_PLACEHOLDER.match(value.strip()))
+
+
+# -- model ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetUse:
+    """A dataset that uses a data source, and how its last refresh ended (None: never refreshed)."""
+
+    workspace_id: str
+    dataset_id: str
+    last_refresh_status: str | None
+
+
+@dataclass
+class DiscoveredSource:
+    """One data source. ``connection_details`` is already masked; ids are lower-case or None
+    (a dataset's data source that no gateway data source backs)."""
+
+    gateway_id: str | None
+    datasource_id: str | None
+    datasource_type: str | None
+    connection_details: dict[str, Any]
+    credential_type: str | None
+    on_premises: bool
+    binding: str | None = None
+    binding_problem: str | None = None
+    datasets: list[DatasetUse] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The gateway data source's ids; a source no gateway data source backs, its details."""
+        if self.gateway_id and self.datasource_id:
+            return (self.gateway_id, self.datasource_id, "")
+        return ("", "", json.dumps(self.connection_details, sort_keys=True))
+
+    @property
+    def description(self) -> str:
+        return describe_datasource(self.datasource_type, self.connection_details)
+
+
+@dataclass
+class Inventory:
+    """What a scan found, in a stable order, and what it could not read (no secret in it)."""
+
+    sources: list[DiscoveredSource]
+    gateways: int = 0
+    workspaces: int = 0
+    datasets: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def unbound(self) -> list[DiscoveredSource]:
+        return [s for s in self.sources if s.binding is None and s.datasource_id is not None]
+
+
+# -- masking (pure) ---------------------------------------------------------------------------------
+def _mask_text(text: str) -> str:
+    return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", mask_urls(text))
+
+
+def masked_details(details: Mapping[str, Any] | str | None) -> dict[str, Any]:
+    """``connectionDetails`` as an object with every URL's user info and parameter values and
+    every ``password=`` / ``key=`` style pair masked; a JSON string is decoded first. Nested
+    JSON strings (extension data source paths) are masked as text."""
+    value: object = details
+    if isinstance(details, str):
+        try:
+            value = json.loads(details) if details.strip() else {}
+        except ValueError:
+            return {"value": _mask_text(details)}
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): _mask_value(v) for k, v in value.items()}
+
+
+def _mask_value(value: object) -> object:
+    if isinstance(value, str):
+        return _mask_text(value)
+    if isinstance(value, Mapping):
+        return {str(k): _mask_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_value(v) for v in value]
+    return value
+
+
+def _strings(details: Mapping[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in details.items() if isinstance(v, str)}
+
+
+# -- scan (I/O) -------------------------------------------------------------------------------------
+def scan(
+    powerbi: PowerBIClient,
+    bindings: BindingSet,
+    *,
+    workspaces: Sequence[str] = (),
+    progress: Progress = lambda _m: None,
+    concurrency: int = 8,
+) -> Inventory:
+    """Read every reachable data source (GET requests only; no status check: it signs in).
+
+    ``workspaces``: extra workspace ids to read besides those ``GET /groups`` lists (the watched
+    ones). Failures to read one gateway or dataset are kept in :attr:`Inventory.problems` and the
+    scan goes on; a failure of ``GET /groups`` itself raises :class:`ApiError`.
+    """
+    found: dict[tuple[str, str, str], DiscoveredSource] = {}
+    inventory = Inventory(sources=[])
+
+    progress("reading gateways")
+    try:
+        gateways = powerbi.get_gateways()
+    except ApiError as exc:
+        inventory.problems.append(f"cannot list gateways ({exc.code or exc.status})")
+        gateways = []
+    inventory.gateways = len(gateways)
+    on_prem = {g.id.lower() for g in gateways if g.public_key is not None}
+    for index, gateway in enumerate(gateways, 1):
+        progress(f"gateway {index}/{len(gateways)}: reading its data sources")
+        try:
+            items = powerbi.get_datasources(gateway.id)
+        except ApiError as exc:
+            inventory.problems.append(
+                f"gateway {gateway.id}: cannot list data sources ({exc.code or exc.status})"
+            )
+            continue
+        for item in items:
+            source = _from_gateway(item, on_premises=gateway.id.lower() in on_prem)
+            found.setdefault(source.key, source)
+
+    progress("reading workspaces")
+    groups = [g.id.lower() for g in powerbi.get_groups()]
+    for extra in workspaces:
+        if extra.lower() not in groups:
+            groups.append(extra.lower())
+    inventory.workspaces = len(groups)
+
+    datasets: list[tuple[str, str]] = []
+    for index, group in enumerate(groups, 1):
+        progress(f"workspace {index}/{len(groups)}: listing datasets")
+        try:
+            datasets.extend((group, d.id.lower()) for d in powerbi.get_datasets_in_group(group))
+        except ApiError as exc:
+            inventory.problems.append(f"workspace {group}: cannot list datasets ({exc.code or exc.status})")
+    inventory.datasets = len(datasets)
+
+    def read(pair: tuple[str, str]) -> tuple[str, str, list[DatasetDatasource] | str, str | None]:
+        group, dataset = pair
+        try:
+            sources = powerbi.get_datasources_in_group(group, dataset)
+        except ApiError as exc:
+            return group, dataset, f"cannot list its data sources ({exc.code or exc.status})", None
+        try:
+            history = powerbi.get_refresh_history_in_group(group, dataset, top=1)
+            status = history[0].status if history else None
+        except ApiError:
+            status = None
+        return group, dataset, sources, status
+
+    # Cloud data sources: Power BI says their credential type only on their (virtual) gateway.
+    def credential_type(source: DiscoveredSource) -> tuple[DiscoveredSource, str | None]:
+        assert source.gateway_id is not None and source.datasource_id is not None
+        try:
+            return source, powerbi.get_datasource(source.gateway_id, source.datasource_id).credential_type
+        except ApiError:
+            return source, None
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        for group, dataset, sources, status in pool.map(read, datasets):
+            done += 1
+            progress(f"dataset {done}/{len(datasets)}")
+            if isinstance(sources, str):
+                inventory.problems.append(f"dataset {group}/{dataset}: {sources}")
+                continue
+            use = DatasetUse(group, dataset, status)
+            for ds in sources:
+                source = _from_dataset(ds)
+                existing = found.setdefault(source.key, source)
+                if use not in existing.datasets:
+                    existing.datasets.append(use)
+        unknown = [
+            s for s in found.values() if s.credential_type is None and s.gateway_id and s.datasource_id
+        ]
+        if unknown:
+            progress(f"reading {len(unknown)} cloud data sources")
+        for source, ctype in pool.map(credential_type, unknown):
+            source.credential_type = ctype
+
+    for source in found.values():
+        _attach_binding(source, bindings)
+        source.datasets.sort(key=lambda u: (u.workspace_id, u.dataset_id))
+    inventory.sources = sorted(found.values(), key=lambda s: (not s.on_premises, s.key))
+    return inventory
+
+
+def _from_gateway(item: GatewayDatasource, *, on_premises: bool) -> DiscoveredSource:
+    return DiscoveredSource(
+        gateway_id=item.gateway_id.lower(),
+        datasource_id=item.id.lower(),
+        datasource_type=item.datasource_type,
+        connection_details=masked_details(item.connection_details),
+        credential_type=item.credential_type,
+        on_premises=on_premises,
+    )
+
+
+def _from_dataset(item: DatasetDatasource) -> DiscoveredSource:
+    return DiscoveredSource(
+        gateway_id=item.gateway_id.lower() if item.gateway_id else None,
+        datasource_id=item.datasource_id.lower() if item.datasource_id else None,
+        datasource_type=item.datasource_type,
+        connection_details=masked_details(item.connection_details),
+        credential_type=None,
+        on_premises=False,
+    )
+
+
+def _attach_binding(source: DiscoveredSource, bindings: BindingSet) -> None:
+    if not source.gateway_id or not source.datasource_id:
+        return
+    try:
+        binding = bindings.for_datasource(
+            source.gateway_id,
+            source.datasource_id,
+            datasource_type=source.datasource_type or "",
+            connection_details=_strings(source.connection_details),
+        )
+    except BindingsError as exc:
+        source.binding_problem = str(exc)
+        return
+    source.binding = binding.name if binding is not None else None
+
+
+# -- output (pure) ----------------------------------------------------------------------------------
+def to_json(inventory: Inventory) -> dict[str, Any]:
+    """The ``--json`` document: ``{"datasources": [...]}`` exactly as DESIGN.md lists it."""
+    return {
+        "datasources": [
+            {
+                "gatewayId": s.gateway_id,
+                "datasourceId": s.datasource_id,
+                "datasourceType": s.datasource_type,
+                "connectionDetails": s.connection_details,
+                "credentialType": s.credential_type,
+                "binding": s.binding,
+                "datasets": [
+                    {
+                        "workspaceId": u.workspace_id,
+                        "datasetId": u.dataset_id,
+                        "lastRefreshStatus": u.last_refresh_status,
+                    }
+                    for u in s.datasets
+                ],
+            }
+            for s in inventory.sources
+        ]
+    }
+
+
+CSV_HEADER = (
+    "gatewayId",
+    "datasourceId",
+    "datasourceType",
+    "connectionDetails",
+    "credentialType",
+    "binding",
+    "datasets",
+)
+
+
+def to_csv_rows(inventory: Inventory) -> list[list[str]]:
+    """Header and one row per data source; ``connectionDetails`` as compact JSON, ``datasets``
+    as ``workspace/dataset:status`` separated by spaces."""
+    rows = [list(CSV_HEADER)]
+    for s in inventory.sources:
+        uses = " ".join(f"{u.workspace_id}/{u.dataset_id}:{u.last_refresh_status or '-'}" for u in s.datasets)
+        rows.append(
+            [
+                s.gateway_id or "",
+                s.datasource_id or "",
+                s.datasource_type or "",
+                json.dumps(s.connection_details, separators=(",", ":"), sort_keys=True),
+                s.credential_type or "",
+                s.binding or "",
+                uses,
+            ]
+        )
+    return rows
+
+
+def table_lines(inventory: Inventory) -> list[str]:
+    """A readable table: where, what, credential type, binding, datasets and their last refresh."""
+    headers = ["SOURCE", "GATEWAY", "DATASOURCE", "CREDENTIAL", "BINDING", "DATASETS (LAST REFRESH)"]
+    rows: list[list[str]] = []
+    for s in inventory.sources:
+        failed = sum(1 for u in s.datasets if (u.last_refresh_status or "").casefold() == "failed")
+        uses = f"{len(s.datasets)}" + (f" ({failed} failed)" if failed else "")
+        where = ("on-prem " if s.on_premises else "cloud ") + s.description
+        binding = s.binding or ("AMBIGUOUS" if s.binding_problem else "-")
+        rows.append(
+            [
+                where,
+                (s.gateway_id or "-")[:8],
+                (s.datasource_id or "-")[:8],
+                s.credential_type or "?",
+                binding,
+                uses,
+            ]
+        )
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    unbound = len(inventory.unbound)
+    lines.append("")
+    lines.append(
+        f"{len(inventory.sources)} data sources ({unbound} not bound) on {inventory.gateways} gateways, "
+        f"used by {inventory.datasets} datasets in {inventory.workspaces} workspaces."
+    )
+    lines += [f"warning: {p}" for p in inventory.problems]
+    lines += [f"warning: {s.binding_problem}" for s in inventory.sources if s.binding_problem]
+    return lines
+
+
+# -- proposal (pure) --------------------------------------------------------------------------------
+def propose_bindings(sources: Iterable[DiscoveredSource]) -> dict[str, Any]:
+    """A draft bindings document for ``sources`` that no binding covers.
+
+    Data sources sharing type, server, database, url, path and credential type become one
+    binding with explicit ``{"gatewayId", "datasourceId"}`` targets (never a broad ``match``).
+    ``secret`` and ``username`` are ``<...>`` placeholders: the draft is refused (the secret
+    name is invalid) until a person fills them in. Anonymous sources have nothing to rotate,
+    sources without a gateway data source or a known credential type cannot be bound: skipped.
+    """
+    groups: dict[tuple[str, ...], list[DiscoveredSource]] = {}
+    for s in sources:
+        if s.binding is not None or not s.gateway_id or not s.datasource_id:
+            continue
+        ctype = _bindable(s.credential_type)
+        if ctype is None:
+            continue
+        lowered = {str(k).casefold(): v for k, v in s.connection_details.items()}
+        details = tuple(str(lowered.get(k, "")).casefold() for k in _DETAIL_KEYS)
+        key = ((s.datasource_type or "").casefold(), *details, ctype.value)
+        groups.setdefault(key, []).append(s)
+
+    bindings: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda s: s.key)
+        first = members[0]
+        ctype = CredentialType(key[-1])
+        entry: dict[str, Any] = {
+            "name": _unique_name(_name_for(first), names),
+            "secret": PLACEHOLDER_SECRET,
+            "credentialType": ctype.value,
+        }
+        if ctype is CredentialType.OAUTH2:
+            entry["oauth2"] = "caller-identity"
+            entry["username"] = PLACEHOLDER_UPN
+        elif ctype in (CredentialType.BASIC, CredentialType.WINDOWS):
+            entry["username"] = PLACEHOLDER_USERNAME
+        entry["targets"] = [{"gatewayId": m.gateway_id, "datasourceId": m.datasource_id} for m in members]
+        bindings.append(entry)
+    return {"bindings": bindings}
+
+
+def _bindable(credential_type: str | None) -> CredentialType | None:
+    for member in BINDABLE_TYPES:
+        if credential_type is not None and credential_type.casefold() == member.value.casefold():
+            return member
+    return None
+
+
+def _name_for(source: DiscoveredSource) -> str:
+    """``sql-sales-db`` from the type, the host's first label and the database (when different)."""
+    lowered = {str(k).casefold(): v for k, v in source.connection_details.items()}
+    host = datasource_host(source.connection_details) or ""
+    parts = [source.datasource_type or "source", host.split(".", 1)[0]]
+    database = lowered.get("database")
+    if isinstance(database, str) and database.casefold() != parts[1].casefold():
+        parts.append(database)
+    words = [_NAME_CHARS.sub("-", p.casefold()).strip("-") for p in parts]
+    return "-".join(w for w in words if w)[:60] or "binding"
+
+
+def _unique_name(base: str, taken: set[str]) -> str:
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name)
+    return name
