@@ -60,6 +60,7 @@ from remediation.identity import AuthenticationError
 from remediation.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
 from remediation.ledger import Claim, Lease, LeaseLost, Ledger, Outcome
 from remediation.powerbi import (
+    DatasetDatasource,
     EntityNotFound,
     Gateway,
     GatewayDatasource,
@@ -69,7 +70,7 @@ from remediation.powerbi import (
     Refresh,
 )
 from remediation.presentation import Verdict, VerdictOf, grant_verdict, patch_verdict
-from remediation.redact import mask_urls
+from remediation.redact import describe_datasource, mask_urls
 from remediation.refresher import Refresher
 from remediation.report import HOLDS_CURRENT, PROBLEMS, Action, Report
 from remediation.runs import Resolved, Run
@@ -96,6 +97,10 @@ _R = TypeVar("_R")
 
 UserTokenFactory = Callable[[str, Callable[[], str]], Callable[[], str]]
 """``(username, password_supplier) -> token provider`` for OAuth2 caller-identity bindings."""
+
+
+class TakeOverRefused(RemediationError):
+    """Take Over was needed and refused (nothing was presented); the message says why."""
 
 
 class _NotSent(Exception):
@@ -637,6 +642,10 @@ class Healer:
             )
         except ApiError as exc:
             return self._record(item, secret, account, lease, patch_verdict(exc), probe)
+        except TakeOverRefused as exc:
+            return self._record(
+                item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe
+            )
         except Exception as exc:  # noqa: BLE001 - the request may have been served: in doubt
             logger.exception("PATCH of %s/%s", target.gateway_id, target.datasource_id)
             verdict = VerdictOf(
@@ -668,8 +677,9 @@ class Healer:
             send(body)
         except PowerBINotAuthorized:
             # A cloud data source needs the caller to own a dataset that uses it (Take Over).
-            if not binding.take_over or token is not None or not self._take_over_for(target, run):
+            if not binding.take_over or token is not None:
                 raise
+            self._take_over_for(target, run)
             send(body)
         except ApiError as exc:
             fresh = None if gateway is None else self.gateways.fresh_key_after(exc, gateway)
@@ -732,14 +742,55 @@ class Healer:
             self.ledger.release_presentation(account, binding.secret, version, owner=lease.owner)
         return Action.FAILED, verdict.reason
 
-    def _take_over_for(self, target: Target, run: Run) -> bool:
-        """Take over a dataset that uses ``target`` (bindings with ``takeOver`` only)."""
-        owner_of = self._dataset_using(target, run)
-        if owner_of is None:
+    def _take_over_for(self, target: Target, run: Run) -> None:
+        """Take over a dataset that uses ``target`` (bindings with ``takeOver`` only).
+
+        Take Over resets the credentials of the dataset's other cloud data sources, so it is
+        refused (:class:`TakeOverRefused`, nothing presented) when one of them has no binding
+        that could put its credential back. Raises it too when no dataset uses ``target``.
+        """
+        found = self._dataset_using(target, run)
+        if found is None:
+            raise TakeOverRefused(
+                f"no dataset in the watched workspaces uses {target.gateway_id}/{target.datasource_id}, "
+                "so there is none to take over; make the identity a user of the data source instead"
+            )
+        workspace_id, dataset_id, sources = found
+        others = [s for s in sources if s.bound and _source_key(s) != target.key]
+        unbound = [
+            s
+            for s in others
+            if self.bindings.for_target(s.gateway_id or "", s.datasource_id or "") is None
+            and not self._matched(s)
+        ]
+        if unbound:
+            first = describe_datasource(unbound[0].datasource_type, unbound[0].connection_details)
+            raise TakeOverRefused(
+                f"not taking over dataset {dataset_id}: Take Over resets the credentials of its other "
+                f"data sources, and {len(unbound)} of them ({first}{', …' if len(unbound) > 1 else ''}) "
+                "have no binding to put them back. Bind them, or give the identity access to the data "
+                "source another way"
+            )
+        self.powerbi.take_over_in_group(workspace_id, dataset_id)
+        logger.warning(
+            "took over dataset %s to update %s; its other data sources' credentials are reset by Power BI",
+            dataset_id,
+            target.datasource_id,
+        )
+
+    def _matched(self, source: DatasetDatasource) -> bool:
+        try:
+            return (
+                self.bindings.for_datasource(
+                    source.gateway_id or "",
+                    source.datasource_id or "",
+                    datasource_type=source.datasource_type or "",
+                    connection_details=text_map(source.connection_details),
+                )
+                is not None
+            )
+        except RemediationError:
             return False
-        self.powerbi.take_over_in_group(*owner_of)
-        logger.info("took over dataset %s to update %s", owner_of[1], target.datasource_id)
-        return True
 
     def _user_token(self, binding: Binding, secret: SecretValue) -> Callable[[], str]:
         if self._user_tokens is None:
@@ -808,16 +859,14 @@ class Healer:
                 run.gateway_datasources = found
             return run.gateway_datasources
 
-    def _dataset_using(self, target: Target, run: Run) -> tuple[str, str] | None:
+    def _dataset_using(self, target: Target, run: Run) -> tuple[str, str, list[DatasetDatasource]] | None:
+        """A dataset (workspace, id, its data sources) that uses ``target``, or None."""
         workspaces = list(self.bindings.watch_workspaces) or [g.id for g in self.powerbi.get_groups()]
         for workspace_id in workspaces:
             for dataset in self.powerbi.get_datasets_in_group(workspace_id):
-                for source in self.powerbi.get_datasources_in_group(workspace_id, dataset.id):
-                    if (
-                        (source.gateway_id or "").lower(),
-                        (source.datasource_id or "").lower(),
-                    ) == target.key:
-                        return workspace_id, dataset.id
+                sources = self.powerbi.get_datasources_in_group(workspace_id, dataset.id)
+                if any(_source_key(s) == target.key for s in sources):
+                    return workspace_id, dataset.id, sources
         return None
 
     def secret(self, name: str, run: Run) -> SecretValue:
@@ -892,3 +941,7 @@ def _secret_parts(value: str) -> list[str]:
         if isinstance(doc, dict) and isinstance(doc.get("password"), str) and doc["password"]:
             parts.append(doc["password"])
     return parts
+
+
+def _source_key(source: DatasetDatasource) -> tuple[str, str]:
+    return (source.gateway_id or "").lower(), (source.datasource_id or "").lower()

@@ -519,6 +519,31 @@ def test_a_cloud_source_owned_by_someone_else_is_taken_over_only_when_allowed(ma
     assert stored_matches_source(w.datasources[0])
 
 
+def test_no_take_over_of_a_dataset_whose_other_sources_could_not_be_put_back(make: Make) -> None:
+    """Take Over resets the credentials of the dataset's other data sources: with one of them
+    unbound, the healer refuses, presents nothing, and says why."""
+    h = make(cloud=True)
+    w = h.world
+    w.datasets[0].owner = "someone.else@contoso.com"
+    w.gateway.admins.discard(w.app.client_id)
+    other_source = h.sb.sources.add("other-cloud", credential_type="Basic", username="u", secret="S#1")
+    other = h.sb.powerbi.add_datasource(w.gateway, other_source, connection_details={"server": "other.example"})
+    w.datasets[0].datasources.append(other)
+    w.rotate()
+    runtime = _runtime_with_bindings(h, {"bindings": [{**w.binding(), "takeOver": True}],
+                                         "watch": {"workspaces": [w.workspace.id]}})
+    try:
+        report = runtime.healer.heal_secret(w.secret_name, retry_refreshes=False)
+    finally:
+        runtime.close()
+
+    (outcome,) = report.targets()
+    assert outcome.action == Action.FAILED and "not taking over" in (outcome.reason or "")
+    assert h.sb.requests.find("powerbi.take_over") == []
+    assert w.datasets[0].owner == "someone.else@contoso.com"
+    assert w.account.failures_of(w.secret) == 0
+
+
 def test_a_gateway_key_is_read_once_across_runs_and_a_changed_key_is_picked_up(make: Make) -> None:
     h = make(sources=2)
     w = h.world
