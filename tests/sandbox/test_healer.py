@@ -527,7 +527,8 @@ def test_no_take_over_of_a_dataset_whose_other_sources_could_not_be_put_back(mak
     w.datasets[0].owner = "someone.else@contoso.com"
     w.gateway.admins.discard(w.app.client_id)
     other_source = h.sb.sources.add("other-cloud", credential_type="Basic", username="u", secret="S#1")
-    other = h.sb.powerbi.add_datasource(w.gateway, other_source, connection_details={"server": "other.example"})
+    details = {"server": "other.example"}
+    other = h.sb.powerbi.add_datasource(w.gateway, other_source, connection_details=details)
     w.datasets[0].datasources.append(other)
     w.rotate()
     runtime = _runtime_with_bindings(h, {"bindings": [{**w.binding(), "takeOver": True}],
