@@ -112,6 +112,9 @@ class Refresher:
             return
         failed_for_credentials = latest is not None and latest.failed and diagnose(latest).credential_related
         failed_otherwise = latest is not None and latest.failed and not failed_for_credentials
+        if failed_otherwise and latest is not None and diagnose(latest).category is Category.ACCOUNT:
+            self._block_account(workspace_id, dataset_id, latest, sources, run, report)
+            return
         if failed_otherwise or (not failed_for_credentials and not heal_credentials):
             # A failure a credential cannot cure changes no credential (the gateway is offline, the
             # source unreachable...): PATCHing would only add sign-ins, or fail the same way.
@@ -190,6 +193,69 @@ class Refresher:
             )
             return
         self._refresh(workspace_id, dataset_id, run, check_running=not latest_is_fresh)
+
+    def _block_account(
+        self,
+        workspace_id: str,
+        dataset_id: str,
+        latest: Refresh,
+        sources: Sequence[DatasetDatasource] | None,
+        run: Run,
+        report: Callable[..., Outcome],
+    ) -> None:
+        """The refresh failed because the account cannot sign in at all (locked, disabled,
+        expired): every presentation would be one more failed sign-in, and none can cure it. The
+        current version is stopped for the account the failure names (until a new version or
+        ``--present-again``), nothing is sent, and the dataset is reported ``blocked``."""
+        diagnosis = diagnose(latest)
+        blocked: list[str] = []
+        if not run.dry_run:
+            try:
+                if sources is None:
+                    sources = self.powerbi.get_datasources_in_group(workspace_id, dataset_id)
+            except ApiError as exc:
+                logger.warning("dataset %s: cannot list data sources: %s", dataset_id, exc)
+                sources = []
+            resolved, _ = self._dataset_bindings(sources, lambda *_a, **_k: None)  # type: ignore[arg-type]
+            named = failed_source(latest.service_exception_json)
+            credential_bearing = [s for s in sources if s.bound]
+            if named is not None:
+                culprits = [
+                    s
+                    for s in credential_bearing
+                    if source_matches(named, s.datasource_type, s.connection_details)
+                ]
+            else:
+                culprits = credential_bearing if len(credential_bearing) == 1 else []
+            keys = {_source_key(s) for s in culprits}
+            for item in resolved:
+                if item.target.key not in keys:
+                    continue
+                try:
+                    secret = self._targets.secret(item.binding.secret, run)
+                except RemediationError:
+                    continue
+                account = self._targets.account_of(item, run)
+                self.ledger.record_presentation(
+                    account,
+                    item.binding.secret,
+                    secret.version,
+                    owner=run.owner,
+                    locator=item.locator,
+                    verdict="rejected",
+                    reason=f"a refresh reported the account unusable: {diagnosis.message}",
+                    now=self._clock(),
+                )
+                blocked.append(account.split(":", 1)[-1])
+        who = f" (account {', '.join(sorted(set(blocked)))})" if blocked else ""
+        report(
+            Action.BLOCKED,
+            f"{diagnosis.message}{who}. {diagnosis.fix} Nothing is presented to that account until a new "
+            "version is in Key Vault or an operator heals with --present-again: each attempt would be one "
+            "more failed sign-in",
+            refresh_request_id=latest.request_id,
+            refresh_state=latest.status,
+        )
 
     def _report_refresh_state(self, report: Callable[..., Outcome], latest: Refresh | None) -> None:
         if latest is None:

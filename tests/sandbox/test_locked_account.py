@@ -47,7 +47,7 @@ def test_a_refresh_failing_on_a_locked_account_is_reported_and_changes_nothing(
     sb.requests.clear()
     code, report = run(env, "heal", "--workspace", w.workspace_id, "--dataset", w.dataset_ids[0])
     (dataset,) = report["datasets"]
-    assert dataset["action"] == "not-credential"
+    assert code == 1 and dataset["action"] == "blocked"  # a person must act: exit 1
     assert "locked" in dataset["reason"] and "Unlock" in dataset["reason"]
     assert "--present-again" in dataset["reason"]
     code, report = run(env, "sweep")
