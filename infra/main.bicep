@@ -79,6 +79,11 @@ param httpTimeoutSeconds int = 30
 @description('REMEDIATION_SWEEP_BUDGET: seconds a sweep may start new work (keep it under host.json functionTimeout).')
 param sweepBudgetSeconds int = 240
 
+@minValue(0)
+@maxValue(2592000)
+@description('REMEDIATION_INVENTORY_REFRESH: every dataset\'s data sources are read again within this many seconds (0: every sweep).')
+param inventoryRefreshSeconds int = 86400
+
 @minValue(30)
 @maxValue(86400)
 @description('REMEDIATION_LEASE_SECONDS: how long one writer holds a target.')
@@ -256,6 +261,7 @@ module functionApp 'modules/functionapp.bicep' = {
     refreshTimeoutSeconds: refreshTimeoutSeconds
     httpTimeoutSeconds: httpTimeoutSeconds
     sweepBudgetSeconds: sweepBudgetSeconds
+    inventoryRefreshSeconds: inventoryRefreshSeconds
     leaseSeconds: leaseSeconds
     settleSeconds: settleSeconds
     workQueueName: workQueueName

@@ -30,6 +30,7 @@ class Run:
     secrets: dict[str, SecretValue] = field(default_factory=dict)
     redactions: list[int] = field(default_factory=list)
     gateway_datasources: list[tuple[str, GatewayDatasource]] | None = None
+    workspaces: list[str] | None = None  # the watched (or visible) workspaces, read once per run
     settled: dict[tuple[str, str], Outcome] = field(default_factory=dict)  # targets done this run
     allowed_again: set[tuple[str, str, str]] = field(default_factory=set)
     retry_at: float | None = None
