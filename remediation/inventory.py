@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from remediation.accounts import text_map
 from remediation.bindings import BindingSet
@@ -51,7 +51,11 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-InParallel = Callable[[Callable[[_T], _R], Sequence[_T]], list[_R]]
+
+class InParallel(Protocol):
+    """``work`` over ``items`` concurrently, results in item order (:meth:`Healer.in_parallel`)."""
+
+    def __call__(self, work: Callable[[_T], _R], items: Sequence[_T], /) -> list[_R]: ...
 
 
 def fingerprint(dataset: Dataset) -> str:
@@ -87,7 +91,7 @@ class Inventory:
         powerbi: PowerBIClient,
         ledger: Ledger,
         refresh_seconds: float,
-        in_parallel: InParallel[object, object],
+        in_parallel: InParallel,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.bindings = bindings
@@ -161,14 +165,21 @@ class Inventory:
         result = Sync()
         now = self._clock()
         to_read: list[tuple[int, float, str, Dataset, DatasetRecord | None]] = []
-        for workspace in self.workspaces(run):
-            stored = {r.dataset_id: r for r in self.ledger.inventory(workspace)}
+        workspaces = self.workspaces(run)
+
+        def listing(workspace: str) -> list[Dataset] | None:
             try:
-                listed = self.powerbi.get_datasets_in_group(workspace)
+                return self.powerbi.get_datasets_in_group(workspace)
             except ApiError as exc:
                 logger.warning(
                     "workspace %s: cannot list datasets, its inventory is kept: %s", workspace, exc
                 )
+                return None
+
+        listings: list[list[Dataset] | None] = self._in_parallel(listing, workspaces)
+        for workspace, listed in zip(workspaces, listings, strict=True):
+            stored = {r.dataset_id: r for r in self.ledger.inventory(workspace)}
+            if listed is None:
                 result.records.extend(stored.values())
                 continue
             seen: set[str] = set()
@@ -217,7 +228,7 @@ class Inventory:
                 workspace, dataset.id.lower(), fingerprint(dataset), self._clock(), _sources(sources)
             )
 
-        answers = self._in_parallel(read, to_read)  # type: ignore[arg-type]
+        answers = self._in_parallel(read, to_read)
         fresh: dict[tuple[str, str], DatasetRecord] = {}
         vanished: set[tuple[str, str]] = set()
         changed: list[DatasetRecord] = []
