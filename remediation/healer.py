@@ -278,6 +278,7 @@ class Healer:
         the next sweep picks it up (the state is in Key Vault, Power BI and the ledger).
         """
         run = self._start(trigger, correlation_id, dry_run, deadline)
+        run.summarise = True  # a sweep over 1 000 current targets records one row, not 1 000
         budget = self.settings.sweep_budget_seconds if budget_seconds is None else budget_seconds
         run.deadline = min(run.started + budget, deadline if deadline is not None else float("inf"))
         say = progress or (lambda _m: None)
@@ -855,11 +856,38 @@ class Healer:
         for handle in run.redactions:
             REDACTOR.unregister(handle)
         run.redactions.clear()
+        recorded: list[Outcome] | None = None
+        if run.quiet:
+            summary = self._summary(run)
+            if run.persist is not None:
+                run.persist(summary)
+            quiet = {id(o) for o in run.quiet}
+            recorded = [o for o in run.outcomes if id(o) not in quiet] + [summary]
         return Report(
             outcomes=list(run.outcomes),
             dry_run=run.dry_run,
             correlation_id=run.correlation_id,
+            recorded=recorded,
             retry_at=run.retry_at,
+        )
+
+    def _summary(self, run: Run) -> Outcome:
+        """One outcome for the targets a summarising run found already current: how many, of
+        which secrets and versions (no target ids: the report returned to the caller has them)."""
+        versions = sorted({f"{o.secret_name} {o.secret_version}" for o in run.quiet})
+        shown = ", ".join(versions[:5]) + (f" and {len(versions) - 5} more" if len(versions) > 5 else "")
+        count = len(run.quiet)
+        return Outcome(
+            time=self._clock(),
+            trigger=run.trigger,
+            correlation_id=run.correlation_id,
+            action=Action.CURRENT.value,
+            reason=(
+                f"{count} bound data source{'s' if count != 1 else ''} already held the current version "
+                f"({shown}): nothing was sent. One summary per run; changes and problems are recorded "
+                "one by one"
+            ),
+            duration=round(self._clock() - run.started, 3),
         )
 
 

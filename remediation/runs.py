@@ -11,7 +11,11 @@ from remediation.keyvault import SecretValue
 from remediation.ledger import Outcome
 from remediation.powerbi import GatewayDatasource
 
-__all__ = ["Resolved", "Run"]
+__all__ = ["QUIET_ACTION", "Resolved", "Run"]
+
+QUIET_ACTION = "already-current"
+"""The action a summarising run records once, as a count: a target that already holds the
+current version (nothing was sent, nothing changed)."""
 
 
 @dataclass
@@ -37,11 +41,19 @@ class Run:
     lock: threading.Lock = field(default_factory=threading.Lock)
     key_locks: dict[str, threading.Lock] = field(default_factory=dict)
     persist: Callable[[Outcome], None] | None = None
+    summarise: bool = False
+    """Record targets found already current as one summary at the end (sweeps), not one by one."""
+    quiet: list[Outcome] = field(default_factory=list)  # the outcomes the summary stands for
 
     def add(self, outcome: Outcome) -> Outcome:
+        """Keep the outcome (the caller's report lists it) and record it (ledger, as it happens),
+        unless it is a repetition that the run's summary will stand for."""
+        quiet = self.summarise and outcome.action == QUIET_ACTION and outcome.dataset_id is None
         with self.lock:
             self.outcomes.append(outcome)
-        if self.persist is not None:
+            if quiet:
+                self.quiet.append(outcome)
+        if self.persist is not None and not quiet:
             self.persist(outcome)
         return outcome
 

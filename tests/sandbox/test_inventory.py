@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from remediation.healer import Action, Report
+from remediation.settings import Settings
+from remediation.telemetry import Telemetry
 from sandbox import Sandbox
 from sandbox.powerbi import Dataset
 from tests.support.harness import Harness, Make
@@ -51,6 +53,10 @@ def history_reads(sb: Sandbox, since: int) -> list[str]:
         for r in sb.requests.all()[since:]
         if r.route == "powerbi.refresh_history"
     ]
+
+
+def patches_sent(sb: Sandbox) -> int:
+    return len(sb.requests.find("powerbi.update_datasource"))
 
 
 def mark(sb: Sandbox) -> int:
@@ -187,3 +193,46 @@ def test_an_unscanned_tail_is_reported_deferred_and_reached_by_the_next_sweep(ma
     report = h.healer.sweep(budget_seconds=100)
     assert history_reads(h.sb, since) == [*order[1:], order[0]]
     assert deferred(report) == [] and report.exit_code == 0
+
+
+def test_a_sweep_over_a_thousand_current_targets_records_one_summary_row_and_one_event(make: Make) -> None:
+    h = make(sources=1000)
+    w, ledger = h.world, h.runtime.ledger
+    now = time.time()
+    for datasource_id in w.datasource_ids:  # every target already holds the current version
+        lease = ledger.acquire_lease(w.gateway_id, datasource_id, "setup", now, 60.0)
+        assert lease is not None
+        ledger.record_applied(lease, w.secret_name, w.version, now)
+        ledger.release_lease(lease)
+    h.healer.sweep()  # builds the inventory
+    before = len(ledger.outcomes(limit=10_000))
+
+    report = h.healer.sweep()
+
+    assert [o.action for o in report.targets()] == [Action.CURRENT] * 1000  # the caller sees each
+    assert report.exit_code == 0 and patches_sent(h.sb) == 0
+    rows = ledger.outcomes(limit=10_000)[: len(ledger.outcomes(limit=10_000)) - before]
+    (summary,) = rows
+    assert summary.action == Action.CURRENT and summary.correlation_id == report.correlation_id
+    assert summary.datasource_id is None and "1000 bound data sources already held" in (summary.reason or "")
+    assert w.version in (summary.reason or "")
+    assert report.recorded_outcomes() == [summary]
+    assert Telemetry(Settings()).emit_outcomes(report) == 1
+
+
+def test_changes_and_problems_are_still_recorded_one_by_one_beside_the_summary(make: Make) -> None:
+    h = make(sources=3)
+    w, ledger = h.world, h.runtime.ledger
+    h.healer.heal_secret(w.secret_name)
+    h.sb.powerbi.add_refresh(w.datasets[2], status="Failed")
+    ledger_rows = len(ledger.outcomes())
+
+    assert h.healer.sweep().exit_code == 0
+
+    rows = ledger.outcomes()[: len(ledger.outcomes()) - ledger_rows]
+    assert sorted(o.action or "" for o in rows) == sorted([Action.CURRENT, Action.REFRESHED])
+    (refreshed,) = [o for o in rows if o.action == Action.REFRESHED]
+    assert refreshed.dataset_id == w.dataset_ids[2]
+    assert "3 bound data sources already held" in next(
+        o.reason or "" for o in rows if o.action == Action.CURRENT
+    )
