@@ -31,6 +31,7 @@ did. Dry-run stops after deciding: no lease, no PATCH, no refresh, no ledger wri
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -55,7 +56,7 @@ from remediation.credentials import (
 from remediation.decisions import Decision, account_decision, decide
 from remediation.errors import NotBound, RemediationError, SecretVersionNotFound
 from remediation.gateway_sources import GatewayKeys, request_body
-from remediation.http import ApiError
+from remediation.http import ApiError, ThrottledPastDeadline, deadline_scope
 from remediation.identity import AuthenticationError
 from remediation.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
 from remediation.ledger import Claim, Lease, LeaseLost, Ledger, Outcome
@@ -333,7 +334,9 @@ class Healer:
         if workers == 1:
             return [work(item) for item in items]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="healer") as pool:
-            return list(pool.map(work, items))
+            # Each task runs in a copy of the caller's context (the run's deadline scope goes along).
+            futures = [pool.submit(contextvars.copy_context().run, work, item) for item in items]
+            return [f.result() for f in futures]
 
     def heal_targets(self, resolved: Sequence[Resolved], run: Run) -> list[Outcome]:
         """Heal ``resolved``, one account at a time per account: the first target of an account
@@ -408,6 +411,8 @@ class Healer:
                 return previous
             try:
                 outcome = self._heal_one_locked(item, run, done)
+            except ThrottledPastDeadline as exc:
+                outcome = done(Action.DEFERRED, str(exc))
             except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
                 logger.exception("target %s/%s failed", target.gateway_id, target.datasource_id)
                 outcome = done(Action.FAILED, f"internal error ({type(exc).__name__}); see the logs")
@@ -453,6 +458,8 @@ class Healer:
         if not binding.uses_caller_identity:
             try:
                 gateway = self.gateways.gateway(target.gateway_id)
+            except ThrottledPastDeadline as exc:
+                return done(Action.DEFERRED, str(exc), version)
             except RemediationError as exc:
                 return done(Action.FAILED, f"could not read gateway {target.gateway_id}: {exc}", version)
 
@@ -613,6 +620,10 @@ class Healer:
             return self._record(
                 item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, f"not sent: {exc}"), probe
             )
+        except ThrottledPastDeadline as exc:
+            # Power BI asked to wait past the run's deadline: nothing was served; a later run goes on.
+            self._record(item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe)
+            return Action.DEFERRED, f"{exc}"
         except AuthenticationError as exc:
             # The product's own sign-in to Power BI failed: nothing of the binding was presented.
             return self._record(
@@ -833,7 +844,7 @@ class Healer:
         """A run; ``deadline`` (epoch seconds) bounds it: work not started by then is deferred.
         Its lease owner is its own (two invocations of one worker are two writers)."""
         correlation_id = correlation_id or str(uuid.uuid4())
-        return Run(
+        run = Run(
             trigger=trigger,
             correlation_id=correlation_id,
             dry_run=dry_run,
@@ -843,6 +854,9 @@ class Healer:
             present_again=present_again,
             persist=None if dry_run else self._persist,
         )
+        # Throttling waits that would outlast the run's deadline are not begun (the work is deferred).
+        run.scopes.enter_context(deadline_scope(lambda: run.deadline, self._clock))
+        return run
 
     def _persist(self, outcome: Outcome) -> None:
         try:
@@ -852,6 +866,7 @@ class Healer:
 
     def _finish(self, run: Run) -> Report:
         """End a run (also after an error): drop the secrets and their redactions."""
+        run.scopes.close()
         run.secrets.clear()  # the secret values are not kept past the command
         for handle in run.redactions:
             REDACTOR.unregister(handle)

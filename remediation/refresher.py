@@ -28,7 +28,7 @@ from remediation.accounts import failed_source, source_locator, source_matches, 
 from remediation.bindings import BindingSet, Target
 from remediation.diagnosis import Category, Diagnosis, diagnose_refresh
 from remediation.errors import RemediationError
-from remediation.http import ApiError
+from remediation.http import ApiError, ThrottledPastDeadline
 from remediation.inventory import Inventory
 from remediation.keyvault import SecretValue
 from remediation.ledger import DatasetRecord, Ledger, Outcome, utc_day
@@ -371,6 +371,9 @@ class Refresher:
         except RefreshQuotaExceeded as exc:
             report(Action.REFRESH_BUDGET, f"Power BI's daily refresh limit is reached: {exc}")
             return
+        except ThrottledPastDeadline as exc:
+            report(Action.DEFERRED, f"not refreshed: {exc}")
+            return
         except ApiError as exc:
             report(Action.FAILED, f"could not refresh: {exc}")
             return
@@ -485,6 +488,8 @@ class Refresher:
                 return unreached
             try:
                 history = self.powerbi.get_refresh_history_in_group(pair[0], pair[1], top=1)
+            except ThrottledPastDeadline:
+                return unreached
             except ApiError as exc:
                 logger.warning("dataset %s: cannot read refresh history: %s", pair[1], exc)
                 return None

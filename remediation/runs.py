@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from remediation.bindings import Binding, Target
@@ -44,6 +45,7 @@ class Run:
     summarise: bool = False
     """Record targets found already current as one summary at the end (sweeps), not one by one."""
     quiet: list[Outcome] = field(default_factory=list)  # the outcomes the summary stands for
+    scopes: ExitStack = field(default_factory=ExitStack)  # closed when the run ends
 
     def add(self, outcome: Outcome) -> Outcome:
         """Keep the outcome (the caller's report lists it) and record it (ledger, as it happens),
