@@ -808,6 +808,11 @@ class Healer:
             return run.gateway_datasources
 
     def _dataset_using(self, target: Target, run: Run) -> tuple[str, str] | None:
+        """A dataset that uses ``target``: from the stored inventory when it knows one (no Power BI
+        call: this runs under the target's lease), else by a scan."""
+        for record in self.refresher.inventory.known():
+            if any(source.key == target.key for source in record.sources):
+                return record.workspace_id, record.dataset_id
         workspaces = list(self.bindings.watch_workspaces) or [g.id for g in self.powerbi.get_groups()]
         for workspace_id in workspaces:
             for dataset in self.powerbi.get_datasets_in_group(workspace_id):

@@ -136,15 +136,19 @@ class Inventory:
         """True when the dataset uses one of the ``(gatewayId, datasourceId)`` in ``keys``."""
         return any(source.key in keys for source in record.sources)
 
+    def known(self) -> list[DatasetRecord]:
+        """The stored inventory of the watched workspaces (all stored, without a watch list)."""
+        if not self.bindings.watch_workspaces:
+            return self.ledger.inventory()
+        records: list[DatasetRecord] = []
+        for workspace in sorted({w.lower() for w in self.bindings.watch_workspaces}):
+            records.extend(self.ledger.inventory(workspace))
+        return records
+
     def stored(self, run: Run) -> list[DatasetRecord]:
         """The stored inventory of the watched workspaces, with no call to Power BI; built by a
         :meth:`sync` when nothing was ever stored for them."""
-        if self.bindings.watch_workspaces:
-            records: list[DatasetRecord] = []
-            for workspace in sorted({w.lower() for w in self.bindings.watch_workspaces}):
-                records.extend(self.ledger.inventory(workspace))
-        else:
-            records = self.ledger.inventory()
+        records = self.known()
         if records:
             return records
         try:
