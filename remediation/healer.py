@@ -425,6 +425,8 @@ class Healer:
             return done(Action.DEFERRED, "the time budget ran out; the next run continues")
         try:
             secret = self.secret(binding.secret, run)
+        except ThrottledPastDeadline as exc:
+            return done(Action.DEFERRED, f"Key Vault: {exc}")
         except RemediationError as exc:
             return done(Action.FAILED, f"Key Vault: {exc}")
         version = secret.version

@@ -217,7 +217,7 @@ def check_deadline(wait: float, *, label: str) -> None:
     deadline = None if scope is None else scope[0]()
     if scope is not None and deadline is not None and scope[1]() + wait > deadline:
         raise ThrottledPastDeadline(
-            f"{label}: Power BI asked to wait {wait:.0f}s, past this run's deadline; left to a later run",
+            f"{label}: the service asked to wait {wait:.0f}s, past this run's deadline; left to a later run",
             status=429,
             code="ThrottledPastDeadline",
             retry_after=wait,

@@ -236,3 +236,24 @@ def test_changes_and_problems_are_still_recorded_one_by_one_beside_the_summary(m
     assert "3 bound data sources already held" in next(
         o.reason or "" for o in rows if o.action == Action.CURRENT
     )
+
+
+def test_a_match_binding_selects_its_datasets_from_the_connection_details_the_inventory_keeps(
+    make: Make,
+) -> None:
+    h = make(sources=3)
+    w = h.world
+    chosen = w.datasources[1]
+    server = chosen.connection_details["server"]
+    binding = {**w.binding(), "targets": [{"match": {"datasourceType": "Sql", "server": server.upper()}}]}
+    bindings = {"bindings": [binding], "watch": {"workspaces": [w.workspace_id]}}
+    runtime = h.another_instance(REMEDIATION_BINDINGS=json.dumps(bindings))
+    add_unbound(h, 4)
+
+    since = mark(h.sb)
+    report = runtime.healer.sweep()
+
+    assert history_reads(h.sb, since) == [w.dataset_ids[1]]  # only the dataset on the matched source
+    assert report.exit_code == 0
+    (record,) = [r for r in runtime.ledger.inventory() if r.dataset_id == w.dataset_ids[1]]
+    assert record.sources[0].details()["server"] == server
