@@ -204,8 +204,11 @@ class Healer:
         correlation_id: str | None = None,
         deadline: float | None = None,
         present_again: bool = False,
+        retry_refreshes: bool = False,
     ) -> Report:
-        """Bring one gateway data source to its binding's current secret."""
+        """Bring one gateway data source to its binding's current secret; with
+        ``retry_refreshes`` (a part of a secret's fan-out), then retry the refreshes that failed
+        for credentials on the datasets that use it, as :meth:`heal_secret` does."""
         gateway_id, datasource_id = gateway_id.lower(), datasource_id.lower()
         binding = self.bindings.for_target(gateway_id, datasource_id)
         run = self._start(trigger, correlation_id, dry_run, deadline, present_again)
@@ -215,7 +218,11 @@ class Healer:
                 binding, locator = self._binding_by_match(gateway_id, datasource_id, run)
             if binding is None:
                 raise NotBound(f"no binding covers gateway {gateway_id} data source {datasource_id}")
-            self.heal_targets([Resolved(binding, Target(gateway_id, datasource_id), locator)], run)
+            (outcome,) = self.heal_targets(
+                [Resolved(binding, Target(gateway_id, datasource_id), locator)], run
+            )
+            if retry_refreshes and outcome.action in (Action.UPDATED, Action.CURRENT):
+                self.refresher.retry_failed_refreshes({(gateway_id, datasource_id)}, run)
         finally:
             report = self._finish(run)
         return report
@@ -312,6 +319,18 @@ class Healer:
         finally:
             report = self._finish(run)
         return report
+
+    def secret_targets(self, name: str) -> list[tuple[str, str]]:
+        """The ``(gatewayId, datasourceId)`` of every target bound to secret ``name`` (``match``
+        targets resolved), for a fan-out. Raises :class:`NotBound` when no binding uses it."""
+        bindings = self.bindings.for_secret(name)
+        if not bindings:
+            raise NotBound(f"no binding uses the secret {name!r}")
+        run = self._start("fanout", None, True)
+        try:
+            return [r.target.key for r in self._resolve_targets(bindings, run)]
+        finally:
+            self._finish(run)
 
     def _require_version(self, name: str, version: str) -> None:
         """An explicit version must exist and be enabled; the value read is dropped at once."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,11 +46,16 @@ from remediation.powerbi import Dataset, DatasetDatasource, EntityNotFound, Powe
 from remediation.redact import mask_urls
 from remediation.runs import Run
 
-__all__ = ["Inventory", "Sync", "fingerprint"]
+__all__ = ["CACHE_SECONDS", "Inventory", "Sync", "fingerprint"]
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+
+
+CACHE_SECONDS = 60.0
+"""How long the stored inventory read by an event or a heal is reused in memory (a sweep always
+reads the ledger, and refreshes this copy)."""
 
 
 class InParallel(Protocol):
@@ -100,6 +106,8 @@ class Inventory:
         self.refresh_seconds = refresh_seconds
         self._in_parallel = in_parallel
         self._clock = clock
+        self._cache: tuple[float, list[DatasetRecord]] | None = None
+        self._cache_lock = threading.Lock()
 
     # -- which workspaces, which datasets ---------------------------------------------------------
     def workspaces(self, run: Run) -> list[str]:
@@ -137,13 +145,25 @@ class Inventory:
         return any(source.key in keys for source in record.sources)
 
     def known(self) -> list[DatasetRecord]:
-        """The stored inventory of the watched workspaces (all stored, without a watch list)."""
+        """The stored inventory of the watched workspaces (all stored, without a watch list),
+        kept in memory for :data:`CACHE_SECONDS`: the many small runs of a fan-out (one per
+        target) would otherwise each read all of it from the ledger."""
+        now = self._clock()
+        with self._cache_lock:
+            if self._cache is not None and 0 <= now - self._cache[0] < CACHE_SECONDS:
+                return list(self._cache[1])
         if not self.bindings.watch_workspaces:
-            return self.ledger.inventory()
-        records: list[DatasetRecord] = []
-        for workspace in sorted({w.lower() for w in self.bindings.watch_workspaces}):
-            records.extend(self.ledger.inventory(workspace))
+            records = self.ledger.inventory()
+        else:
+            records = []
+            for workspace in sorted({w.lower() for w in self.bindings.watch_workspaces}):
+                records.extend(self.ledger.inventory(workspace))
+        self._remember(now, records)
         return records
+
+    def _remember(self, now: float, records: list[DatasetRecord]) -> None:
+        with self._cache_lock:
+            self._cache = (now, list(records))
 
     def stored(self, run: Run) -> list[DatasetRecord]:
         """The stored inventory of the watched workspaces, with no call to Power BI; built by a
@@ -256,6 +276,8 @@ class Inventory:
             if (r.workspace_id, r.dataset_id) not in vanished
         ]
         result.records.extend(fresh.values())
+        if not run.dry_run:
+            self._remember(now, result.records)
         logger.info(
             "inventory: %d datasets in %d workspaces, %d data source reads, %d not read",
             len(result.records),

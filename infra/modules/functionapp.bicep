@@ -60,6 +60,9 @@ param sweepBudgetSeconds int
 @description('REMEDIATION_INVENTORY_REFRESH (seconds).')
 param inventoryRefreshSeconds int
 
+@description('REMEDIATION_FANOUT_TARGETS.')
+param fanoutTargets int
+
 @description('REMEDIATION_LEASE_SECONDS.')
 param leaseSeconds int
 
@@ -246,6 +249,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'REMEDIATION_INVENTORY_REFRESH'
           value: string(inventoryRefreshSeconds)
+        }
+        {
+          name: 'REMEDIATION_FANOUT_TARGETS'
+          value: string(fanoutTargets)
         }
         {
           name: 'REMEDIATION_LEASE_SECONDS'
