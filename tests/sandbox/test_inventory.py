@@ -257,3 +257,33 @@ def test_a_match_binding_selects_its_datasets_from_the_connection_details_the_in
     assert report.exit_code == 0
     (record,) = [r for r in runtime.ledger.inventory() if r.dataset_id == w.dataset_ids[1]]
     assert record.sources[0].details()["server"] == server
+
+
+def test_new_datasets_whose_sources_were_not_read_in_time_are_deferred_and_read_first_next(
+    make: Make,
+) -> None:
+    now = [time.time()]
+    h = make(sources=2, env={"REMEDIATION_CONCURRENCY": "1"}, clock=lambda: now[0])
+    add_unbound(h, 3)
+    powerbi = h.runtime.powerbi
+    read_sources: Callable[..., Any] = powerbi.get_datasources_in_group
+
+    def slow_sources(*args: Any, **kwargs: Any) -> Any:
+        now[0] += 10.0  # each data source list takes 10 s of the sweep's budget
+        return read_sources(*args, **kwargs)
+
+    powerbi.get_datasources_in_group = slow_sources
+
+    since = mark(h.sb)
+    report = h.healer.sweep(budget_seconds=25)
+    assert calls(h.sb, since, "get_datasources") == 3
+    new, tail = sorted(deferred(report), key=lambda o: "new to the inventory" not in (o.reason or ""))
+    assert "2 datasets new to the inventory were not read" in (new.reason or "")
+    assert "refresh history" in (tail.reason or "")  # and no time was left for the history either
+    assert report.exit_code == 1 and len(h.runtime.ledger.inventory()) == 3
+
+    since = mark(h.sb)
+    report = h.healer.sweep(budget_seconds=100)
+    assert calls(h.sb, since, "get_datasources") == 2  # only the two left over
+    assert deferred(report) == [] and report.exit_code == 0
+    assert len(h.runtime.ledger.inventory()) == 5
