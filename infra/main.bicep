@@ -79,6 +79,16 @@ param httpTimeoutSeconds int = 30
 @description('REMEDIATION_SWEEP_BUDGET: seconds a sweep may start new work (keep it under host.json functionTimeout).')
 param sweepBudgetSeconds int = 240
 
+@minValue(0)
+@maxValue(2592000)
+@description('REMEDIATION_INVENTORY_REFRESH: every dataset\'s data sources are read again within this many seconds (0: every sweep).')
+param inventoryRefreshSeconds int = 86400
+
+@minValue(0)
+@maxValue(100000)
+@description('REMEDIATION_FANOUT_TARGETS: a queued secret heal with more targets than this becomes one queued message per target, spread over instances (0: never).')
+param fanoutTargets int = 100
+
 @minValue(30)
 @maxValue(86400)
 @description('REMEDIATION_LEASE_SECONDS: how long one writer holds a target.')
@@ -256,6 +266,8 @@ module functionApp 'modules/functionapp.bicep' = {
     refreshTimeoutSeconds: refreshTimeoutSeconds
     httpTimeoutSeconds: httpTimeoutSeconds
     sweepBudgetSeconds: sweepBudgetSeconds
+    inventoryRefreshSeconds: inventoryRefreshSeconds
+    fanoutTargets: fanoutTargets
     leaseSeconds: leaseSeconds
     settleSeconds: settleSeconds
     workQueueName: workQueueName

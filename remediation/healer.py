@@ -31,6 +31,7 @@ did. Dry-run stops after deciding: no lease, no PATCH, no refresh, no ledger wri
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -55,7 +56,7 @@ from remediation.credentials import (
 from remediation.decisions import Decision, account_decision, decide
 from remediation.errors import NotBound, RemediationError, SecretVersionNotFound
 from remediation.gateway_sources import GatewayKeys, request_body
-from remediation.http import ApiError
+from remediation.http import ApiError, ThrottledPastDeadline, deadline_scope
 from remediation.identity import AuthenticationError
 from remediation.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
 from remediation.ledger import Claim, Lease, LeaseLost, Ledger, Outcome
@@ -208,8 +209,11 @@ class Healer:
         correlation_id: str | None = None,
         deadline: float | None = None,
         present_again: bool = False,
+        retry_refreshes: bool = False,
     ) -> Report:
-        """Bring one gateway data source to its binding's current secret."""
+        """Bring one gateway data source to its binding's current secret; with
+        ``retry_refreshes`` (a part of a secret's fan-out), then retry the refreshes that failed
+        for credentials on the datasets that use it, as :meth:`heal_secret` does."""
         gateway_id, datasource_id = gateway_id.lower(), datasource_id.lower()
         binding = self.bindings.for_target(gateway_id, datasource_id)
         run = self._start(trigger, correlation_id, dry_run, deadline, present_again)
@@ -219,7 +223,11 @@ class Healer:
                 binding, locator = self._binding_by_match(gateway_id, datasource_id, run)
             if binding is None:
                 raise NotBound(f"no binding covers gateway {gateway_id} data source {datasource_id}")
-            self.heal_targets([Resolved(binding, Target(gateway_id, datasource_id), locator)], run)
+            (outcome,) = self.heal_targets(
+                [Resolved(binding, Target(gateway_id, datasource_id), locator)], run
+            )
+            if retry_refreshes and outcome.action in (Action.UPDATED, Action.CURRENT):
+                self.refresher.retry_failed_refreshes({(gateway_id, datasource_id)}, run)
         finally:
             report = self._finish(run)
         return report
@@ -283,6 +291,7 @@ class Healer:
         the next sweep picks it up (the state is in Key Vault, Power BI and the ledger).
         """
         run = self._start(trigger, correlation_id, dry_run, deadline)
+        run.summarise = True  # a sweep over 1 000 current targets records one row, not 1 000
         budget = self.settings.sweep_budget_seconds if budget_seconds is None else budget_seconds
         run.deadline = min(run.started + budget, deadline if deadline is not None else float("inf"))
         say = progress or (lambda _m: None)
@@ -316,6 +325,18 @@ class Healer:
             report = self._finish(run)
         return report
 
+    def secret_targets(self, name: str) -> list[tuple[str, str]]:
+        """The ``(gatewayId, datasourceId)`` of every target bound to secret ``name`` (``match``
+        targets resolved), for a fan-out. Raises :class:`NotBound` when no binding uses it."""
+        bindings = self.bindings.for_secret(name)
+        if not bindings:
+            raise NotBound(f"no binding uses the secret {name!r}")
+        run = self._start("fanout", None, True)
+        try:
+            return [r.target.key for r in self._resolve_targets(bindings, run)]
+        finally:
+            self._finish(run)
+
     def _require_version(self, name: str, version: str) -> None:
         """An explicit version must exist and be enabled; the value read is dropped at once."""
         try:
@@ -337,7 +358,9 @@ class Healer:
         if workers == 1:
             return [work(item) for item in items]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="healer") as pool:
-            return list(pool.map(work, items))
+            # Each task runs in a copy of the caller's context (the run's deadline scope goes along).
+            futures = [pool.submit(contextvars.copy_context().run, work, item) for item in items]
+            return [f.result() for f in futures]
 
     def heal_targets(self, resolved: Sequence[Resolved], run: Run) -> list[Outcome]:
         """Heal ``resolved``, one account at a time per account: the first target of an account
@@ -417,6 +440,8 @@ class Healer:
                 return previous
             try:
                 outcome = self._heal_one_locked(item, run, done)
+            except ThrottledPastDeadline as exc:
+                outcome = done(Action.DEFERRED, str(exc))
             except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
                 logger.exception("target %s/%s failed", target.gateway_id, target.datasource_id)
                 outcome = done(Action.FAILED, f"internal error ({type(exc).__name__}); see the logs")
@@ -429,6 +454,8 @@ class Healer:
             return done(Action.DEFERRED, "the time budget ran out; the next run continues")
         try:
             secret = self.secret(binding.secret, run)
+        except ThrottledPastDeadline as exc:
+            return done(Action.DEFERRED, f"Key Vault: {exc}")
         except RemediationError as exc:
             return done(Action.FAILED, f"Key Vault: {exc}")
         version = secret.version
@@ -462,6 +489,8 @@ class Healer:
         if not binding.uses_caller_identity:
             try:
                 gateway = self.gateways.gateway(target.gateway_id)
+            except ThrottledPastDeadline as exc:
+                return done(Action.DEFERRED, str(exc), version)
             except RemediationError as exc:
                 return done(Action.FAILED, f"could not read gateway {target.gateway_id}: {exc}", version)
 
@@ -630,6 +659,10 @@ class Healer:
             return self._record(
                 item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, f"not sent: {exc}"), probe
             )
+        except ThrottledPastDeadline as exc:
+            # Power BI asked to wait past the run's deadline: nothing was served; a later run goes on.
+            self._record(item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe)
+            return Action.DEFERRED, f"{exc}"
         except AuthenticationError as exc:
             # The product's own sign-in to Power BI failed: nothing of the binding was presented.
             return self._record(
@@ -860,7 +893,21 @@ class Healer:
             return run.gateway_datasources
 
     def _dataset_using(self, target: Target, run: Run) -> tuple[str, str, list[DatasetDatasource]] | None:
-        """A dataset (workspace, id, its data sources) that uses ``target``, or None."""
+        """A dataset (workspace, id, its data sources) that uses ``target``: from the stored
+        inventory when it knows one (no Power BI call: this runs under the target's lease), else
+        by a scan."""
+        for record in self.refresher.inventory.known():
+            if any(source.key == target.key for source in record.sources):
+                sources = [
+                    DatasetDatasource(
+                        datasource_type=s.datasource_type,
+                        connection_details=s.details(),
+                        gateway_id=s.gateway_id,
+                        datasource_id=s.datasource_id,
+                    )
+                    for s in record.sources
+                ]
+                return record.workspace_id, record.dataset_id, sources
         workspaces = list(self.bindings.watch_workspaces) or [g.id for g in self.powerbi.get_groups()]
         for workspace_id in workspaces:
             for dataset in self.powerbi.get_datasets_in_group(workspace_id):
@@ -894,7 +941,7 @@ class Healer:
         """A run; ``deadline`` (epoch seconds) bounds it: work not started by then is deferred.
         Its lease owner is its own (two invocations of one worker are two writers)."""
         correlation_id = correlation_id or str(uuid.uuid4())
-        return Run(
+        run = Run(
             trigger=trigger,
             correlation_id=correlation_id,
             dry_run=dry_run,
@@ -904,6 +951,9 @@ class Healer:
             present_again=present_again,
             persist=None if dry_run else self._persist,
         )
+        # Throttling waits that would outlast the run's deadline are not begun (the work is deferred).
+        run.scopes.enter_context(deadline_scope(lambda: run.deadline, self._clock))
+        return run
 
     def _persist(self, outcome: Outcome) -> None:
         try:
@@ -913,15 +963,43 @@ class Healer:
 
     def _finish(self, run: Run) -> Report:
         """End a run (also after an error): drop the secrets and their redactions."""
+        run.scopes.close()
         run.secrets.clear()  # the secret values are not kept past the command
         for handle in run.redactions:
             REDACTOR.unregister(handle)
         run.redactions.clear()
+        recorded: list[Outcome] | None = None
+        if run.quiet:
+            summary = self._summary(run)
+            if run.persist is not None:
+                run.persist(summary)
+            quiet = {id(o) for o in run.quiet}
+            recorded = [o for o in run.outcomes if id(o) not in quiet] + [summary]
         return Report(
             outcomes=list(run.outcomes),
             dry_run=run.dry_run,
             correlation_id=run.correlation_id,
+            recorded=recorded,
             retry_at=run.retry_at,
+        )
+
+    def _summary(self, run: Run) -> Outcome:
+        """One outcome for the targets a summarising run found already current: how many, of
+        which secrets and versions (no target ids: the report returned to the caller has them)."""
+        versions = sorted({f"{o.secret_name} {o.secret_version}" for o in run.quiet})
+        shown = ", ".join(versions[:5]) + (f" and {len(versions) - 5} more" if len(versions) > 5 else "")
+        count = len(run.quiet)
+        return Outcome(
+            time=self._clock(),
+            trigger=run.trigger,
+            correlation_id=run.correlation_id,
+            action=Action.CURRENT.value,
+            reason=(
+                f"{count} bound data source{'s' if count != 1 else ''} already held the current version "
+                f"({shown}): nothing was sent. One summary per run; changes and problems are recorded "
+                "one by one"
+            ),
+            duration=round(self._clock() - run.started, 3),
         )
 
 

@@ -12,8 +12,11 @@ Retry decisions (what is retried, and why):
 
 * **429** is retried for every method: the service refused the request before doing anything.
   The wait is the ``Retry-After`` header (delta-seconds or an HTTP-date; ``retry-after-ms`` and
-  ``x-ms-retry-after-ms`` too), capped at :attr:`RetryPolicy.max_retry_after`; without the
-  header, the exponential backoff below.
+  ``x-ms-retry-after-ms`` too), as long as the service asks (:attr:`RetryPolicy.max_retry_after`,
+  an hour, only guards against nonsense) but never past the run's deadline
+  (:func:`deadline_scope`): a wait that would end after it raises :class:`ThrottledPastDeadline`
+  at once, so the caller reports the work as deferred instead of holding the invocation; without
+  the header, the exponential backoff below.
 * **503** is retried for every method: "Service Unavailable" means the request was not taken on
   (except for a request that presents credentials, below).
 * **500, 502, 504, read timeouts and connections dropped after the request was sent** are retried
@@ -59,7 +62,10 @@ attempt passes an AIMD limiter shared by all callers of the pipeline:
 * a **429 halves** ``limit`` (multiplicative decrease) and sets a **shared pause**: no caller sends
   anything until the ``Retry-After`` moment (capped like the retry wait). The pause is shared
   because the other threads' requests would otherwise keep hitting the limit the service has just
-  reported; one 429 stops the whole pipeline, not only the thread that drew it.
+  reported; one 429 stops the whole pipeline, not only the thread that drew it. With a
+  :class:`SharedPause` (the ledger's, :mod:`remediation.throttle`) the pause also holds across
+  processes and instances calling as the same principal: a 429 writes its end there, and every
+  pipeline reads it (cached for a moment) before sending.
 * the decrease happens **once per window**: a 429 for a request that was sent before the last
   decrease (it was already in flight when the first 429 came back) was caused by the old limit
   and is not news, so a burst of such 429s halves the limit once.
@@ -88,6 +94,7 @@ tokens, credentials) are never logged, and no exception raised here contains a r
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import json
 import logging
@@ -96,9 +103,10 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -153,13 +161,14 @@ class RetryPolicy:
 
     ``max_attempts`` counts the first try (5 = one try and up to four retries); ``base_delay`` and
     ``max_delay`` bound the exponential backoff; ``max_retry_after`` caps a server's
-    ``Retry-After`` (a larger value is waited only up to the cap).
+    ``Retry-After`` (a larger value is waited only up to the cap; an hour by default: Power BI is
+    waited as long as it asks, and the run's deadline, not this cap, is what usually stops it).
     """
 
     max_attempts: int = 5
     base_delay: float = 0.5
     max_delay: float = 30.0
-    max_retry_after: float = 120.0
+    max_retry_after: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -181,6 +190,50 @@ class RetryPolicy:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)
         return self.backoff(retry, rand)
+
+
+_DEADLINE: contextvars.ContextVar[tuple[Callable[[], float | None], Callable[[], float]] | None] = (
+    contextvars.ContextVar("remediation_deadline", default=None)
+)
+
+
+@contextmanager
+def deadline_scope(
+    deadline: Callable[[], float | None], clock: Callable[[], float] = time.time
+) -> Iterator[None]:
+    """Within this block (and in the threads it hands a copy of its context to), no throttling
+    wait is begun that would end after ``deadline()`` (seconds on ``clock``; None: no bound)."""
+    token = _DEADLINE.set((deadline, clock))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def check_deadline(wait: float, *, label: str) -> None:
+    """Raise :class:`ThrottledPastDeadline` when a throttling wait of ``wait`` seconds from now
+    would end after the enclosing :func:`deadline_scope`'s deadline."""
+    scope = _DEADLINE.get()
+    deadline = None if scope is None else scope[0]()
+    if scope is not None and deadline is not None and scope[1]() + wait > deadline:
+        raise ThrottledPastDeadline(
+            f"{label}: the service asked to wait {wait:.0f}s, past this run's deadline; left to a later run",
+            status=429,
+            code="ThrottledPastDeadline",
+            retry_after=wait,
+        )
+
+
+class SharedPause(Protocol):
+    """A throttling pause shared by every process calling a service as one principal."""
+
+    def resume_at(self) -> float:
+        """Epoch seconds before which nobody should send (``-inf``: no pause)."""
+        ...
+
+    def pause_until(self, at: float) -> None:
+        """A 429 asked everyone to wait until ``at`` (epoch seconds)."""
+        ...
 
 
 def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
@@ -401,6 +454,12 @@ class ApiConnectionError(ApiError):
         self.sent = sent
 
 
+class ThrottledPastDeadline(ApiError):
+    """The service asked to wait (a 429's ``Retry-After``, or a pause another caller or instance
+    drew) until after the run's deadline. The request was not served; the work is left to a later
+    run, which the caller reports as deferred. ``retry_after``: the seconds asked."""
+
+
 class ResponseValidationError(ApiError):
     """A 2xx answer whose body is not what the API documents (names the field that is wrong)."""
 
@@ -531,6 +590,8 @@ class Retrier:
             if verdict.throttled:
                 self.stats.record_throttled()
             wait = self.policy.delay(number, verdict.retry_after, self.rand)
+            if verdict.throttled:
+                check_deadline(wait, label=label)
             logger.info(
                 "%s: %s; retry %d/%d in %.2fs",
                 label,
@@ -862,6 +923,7 @@ class HttpPipeline:
         user_agent: str = "pbi-credential-healer/0.1",
         adaptive: bool = True,
         limiter: AdaptiveLimiter | None = None,
+        shared_pause: SharedPause | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -869,6 +931,8 @@ class HttpPipeline:
         self.timeout = timeout
         self.retrier = Retrier(policy, sleep=sleep, rand=rand, stats=stats)
         self._clock = clock
+        self.shared_pause = shared_pause
+        """The pause shared with other processes and instances (see the module docstring)."""
         self.limiter: AdaptiveLimiter | None = None
         if adaptive:
             self.limiter = limiter if limiter is not None else AdaptiveLimiter(concurrency)
@@ -964,9 +1028,11 @@ class HttpPipeline:
 
         attempts = 0
         served_until = -math.inf  # the end of a pause this call has waited out in the retry loop
+        served_shared = -math.inf  # the same, for the shared pause (epoch seconds)
 
         def attempt(number: int) -> requests.Response:
-            nonlocal attempts, served_until
+            nonlocal attempts, served_until, served_shared
+            served_shared = max(served_shared, self._wait_shared_pause(label, served_shared))
             if before_attempt is not None:
                 before_attempt()
             attempts = number
@@ -988,6 +1054,8 @@ class HttpPipeline:
             logger.debug("%s -> %s (attempt %d)", label, response.status_code, number)
             if ticket is not None:
                 served_until = max(served_until, self._settle(label, ticket, response))
+            if response.status_code == 429:
+                served_shared = max(served_shared, self._share_pause(response))
             return response
 
         def classify_result(response: requests.Response) -> RetryVerdict | None:
@@ -1059,9 +1127,11 @@ class HttpPipeline:
             self.stats.record_pause(seconds)
             logger.debug("%s: held %.2fs by a shared throttling pause", label, seconds)
 
-        ticket = limiter.acquire(
-            timeout=budget, sleep=self.retrier.sleep, served_until=served_until, on_pause=paused
-        )
+        def sleep(seconds: float) -> None:
+            check_deadline(seconds, label=label)
+            self.retrier.sleep(seconds)
+
+        ticket = limiter.acquire(timeout=budget, sleep=sleep, served_until=served_until, on_pause=paused)
         if ticket is None:
             raise ApiConnectionError(
                 f"no request slot came free within {budget:g}s (limit {limiter.limit})",
@@ -1074,6 +1144,34 @@ class HttpPipeline:
                 attempts=number,
             )
         return ticket
+
+    def _wait_shared_pause(self, label: str, served: float) -> float:
+        """Wait out a pause another process or instance drew (not one this call already waited);
+        the moment waited for, or ``-inf``."""
+        shared = self.shared_pause
+        if shared is None:
+            return -math.inf
+        at = shared.resume_at()
+        now = self._clock()
+        if at <= served or at <= now or at - now > self.policy.max_retry_after:
+            return -math.inf
+        check_deadline(at - now, label=label)
+        logger.info("%s: held %.2fs by a throttling pause shared across instances", label, at - now)
+        self.retrier.sleep(at - now)
+        self.stats.record_pause(at - now)
+        return at
+
+    def _share_pause(self, response: requests.Response) -> float:
+        """Tell the other instances about a 429's pause; its end (epoch seconds), or ``-inf``."""
+        retry_after = parse_retry_after(response.headers, self._clock)
+        if self.shared_pause is None or retry_after is None or retry_after <= 0:
+            return -math.inf
+        at = self._clock() + min(retry_after, self.policy.max_retry_after)
+        try:
+            self.shared_pause.pause_until(at)
+        except Exception:  # noqa: BLE001 - sharing is best effort; this process still waits
+            logger.warning("could not share a throttling pause", exc_info=True)
+        return at
 
     def _settle(self, label: str, ticket: LimiterTicket, response: requests.Response) -> float:
         """Tell the limiter how an attempt went; the end of the pause its 429 started, if any."""

@@ -57,6 +57,8 @@ accounts         account / secret ``|``       account, secret_name, secret_versi
 seenevents       first 2 chars / event id     seen_at (insert; 409 Conflict = duplicate)
 outcomes         UTC day / inverted time+uuid Outcome fields (newest first within a day)
 refreshposts     UTC day / dataset id         posts (conditional replace on ETag)
+inventory        workspace id / dataset id    fingerprint, learnt_at, sources (JSON), refreshable
+markers          "marker" / name              mark, set_at (the sweep's cursor, ...)
 ===============  ===========================  =============================================
 
 In SQLite the accounts table is ``account_versions``, one row per (account, secret, version),
@@ -97,7 +99,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "AccountVersion",
     "Claim",
+    "DatasetRecord",
     "EntityLedgerBase",
+    "InventorySource",
     "Lease",
     "LeaseLost",
     "Ledger",
@@ -114,7 +118,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """Version of the SQLite schema, kept in ``PRAGMA user_version``."""
 
 MAX_ATTEMPTS_KEPT: Final = 64
@@ -372,6 +376,96 @@ class PruneResult:
     refresh_days: int = 0
 
 
+@dataclass(frozen=True)
+class InventorySource:
+    """A gateway data source a dataset uses, as the inventory learnt it: its ids, its type and
+    the connection details a binding's ``match`` compares (strings, URLs masked). No credential."""
+
+    gateway_id: str
+    datasource_id: str
+    datasource_type: str | None = None
+    connection_details: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.gateway_id.lower(), self.datasource_id.lower()
+
+    def details(self) -> dict[str, str]:
+        return dict(self.connection_details)
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """The inventory's entry for one dataset: the gateway data sources it uses, learnt at
+    ``learnt_at`` (epoch seconds) from ``GET .../datasets/{d}/datasources``. ``fingerprint`` is
+    what the workspace's dataset list said of it then (a change means: read its sources again);
+    ``refreshable`` is False for datasets Power BI cannot refresh (their sources are not read)."""
+
+    workspace_id: str
+    dataset_id: str
+    fingerprint: str
+    learnt_at: float
+    sources: tuple[InventorySource, ...] = ()
+    refreshable: bool = True
+
+    def sources_json(self) -> str:
+        """``sources`` as the stored JSON array."""
+        return json.dumps(
+            [
+                {
+                    "gatewayId": s.gateway_id,
+                    "datasourceId": s.datasource_id,
+                    "datasourceType": s.datasource_type,
+                    "connectionDetails": dict(s.connection_details),
+                }
+                for s in self.sources
+            ],
+            separators=(",", ":"),
+        )
+
+    @staticmethod
+    def parse_sources(text: str | None) -> tuple[InventorySource, ...]:
+        """Read :meth:`sources_json` back; raises :class:`LedgerError` if it is malformed."""
+        out: list[InventorySource] = []
+        for item in _json_list(text, "sources"):
+            if not isinstance(item, dict):
+                raise LedgerError("corrupt ledger record: sources")
+            gateway, datasource = item.get("gatewayId"), item.get("datasourceId")
+            kind, details = item.get("datasourceType"), item.get("connectionDetails") or {}
+            if (
+                not isinstance(gateway, str)
+                or not isinstance(datasource, str)
+                or not isinstance(details, dict)
+            ):
+                raise LedgerError("corrupt ledger record: sources")
+            out.append(
+                InventorySource(
+                    gateway,
+                    datasource,
+                    kind if isinstance(kind, str) else None,
+                    tuple(sorted((str(k), v) for k, v in details.items() if isinstance(v, str))),
+                )
+            )
+        return tuple(out)
+
+
+def _normalised_record(record: DatasetRecord) -> DatasetRecord:
+    _check_time(record.learnt_at, "learnt_at")
+    return replace(
+        record,
+        workspace_id=_norm(record.workspace_id, "workspace_id"),
+        dataset_id=_norm(record.dataset_id, "dataset_id"),
+        sources=tuple(
+            replace(
+                s,
+                gateway_id=_norm(s.gateway_id, "gateway_id"),
+                datasource_id=_norm(s.datasource_id, "datasource_id"),
+            )
+            for s in record.sources
+        ),
+    )
+
+
 class Claim(StrEnum):
     """The answer of :meth:`Ledger.claim_presentation`: may the caller present the version now?"""
 
@@ -547,6 +641,30 @@ class Ledger(Protocol):
 
     def record_refresh_post(self, dataset_id: str, day: str) -> int:
         """Count one more refresh POST for the dataset on ``day``; returns the new count. Atomic."""
+        ...
+
+    def inventory(self, workspace_id: str | None = None) -> list[DatasetRecord]:
+        """The inventory's records of ``workspace_id`` (every workspace if None), in no order."""
+        ...
+
+    def put_inventory(self, records: Iterable[DatasetRecord]) -> None:
+        """Write inventory records (insert or replace, one entity each; batched per workspace
+        where the backend can). A record is an observation of Power BI, so a replace needs no
+        ETag: of two writers, each wrote what it saw, and a record older than the stored one
+        (``learnt_at``) does not replace it."""
+        ...
+
+    def drop_inventory(self, workspace_id: str, dataset_ids: Iterable[str]) -> None:
+        """Forget datasets that no longer exist (absent ones are ignored)."""
+        ...
+
+    def marker(self, name: str) -> str | None:
+        """A named value kept between runs (the sweep's scan cursor, the inventory's last full
+        read); None if never set."""
+        ...
+
+    def set_marker(self, name: str, value: str, now: float) -> None:
+        """Set the named value (one entity; the last writer wins)."""
         ...
 
     def account_version(self, account: str, secret: str, version: str) -> AccountVersion:
@@ -1154,6 +1272,27 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID
         """,
     ),
+    # 2 -> 3: the inventory of which datasets use which gateway data sources, and named markers.
+    (
+        """
+        CREATE TABLE IF NOT EXISTS inventory (
+            workspace_id TEXT NOT NULL,
+            dataset_id   TEXT NOT NULL,
+            fingerprint  TEXT NOT NULL,
+            learnt_at    REAL NOT NULL,
+            sources      TEXT NOT NULL DEFAULT '[]',
+            refreshable  INTEGER NOT NULL DEFAULT 1,
+            PRIMARY KEY (workspace_id, dataset_id)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS markers (
+            name   TEXT PRIMARY KEY,
+            mark   TEXT NOT NULL,
+            set_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -1284,6 +1423,14 @@ _SELECT_OUTCOMES: Final = """
     LIMIT :limit
 """
 _OUTCOME_COLUMNS: Final = tuple(f.name for f in fields(Outcome))
+_UPSERT_INVENTORY: Final = """
+    INSERT INTO inventory (workspace_id, dataset_id, fingerprint, learnt_at, sources, refreshable)
+    VALUES (:workspace_id, :dataset_id, :fingerprint, :learnt_at, :sources, :refreshable)
+    ON CONFLICT (workspace_id, dataset_id) DO UPDATE SET
+        fingerprint = excluded.fingerprint, learnt_at = excluded.learnt_at,
+        sources = excluded.sources, refreshable = excluded.refreshable
+    WHERE excluded.learnt_at >= inventory.learnt_at
+"""
 
 
 class SqliteLedger(EntityLedgerBase):
@@ -1520,6 +1667,70 @@ class SqliteLedger(EntityLedgerBase):
                 (dataset, day),
             ).fetchall()
         return int(rows[0][0])
+
+    # -- inventory and markers ----------------------------------------------------------------
+
+    def inventory(self, workspace_id: str | None = None) -> list[DatasetRecord]:
+        """See :meth:`Ledger.inventory`."""
+        query = "SELECT workspace_id, dataset_id, fingerprint, learnt_at, sources, refreshable FROM inventory"
+        params: tuple[str, ...] = ()
+        if workspace_id is not None:
+            query += " WHERE workspace_id = ?"
+            params = (_norm(workspace_id, "workspace_id"),)
+        with self._db() as db:
+            rows = db.execute(query, params).fetchall()
+        return [
+            DatasetRecord(
+                workspace_id=_text(row[0]),
+                dataset_id=_text(row[1]),
+                fingerprint=_text(row[2]),
+                learnt_at=float(_opt_real(row[3]) or 0.0),
+                sources=DatasetRecord.parse_sources(_opt_text(row[4])),
+                refreshable=bool(row[5]),
+            )
+            for row in rows
+        ]
+
+    def put_inventory(self, records: Iterable[DatasetRecord]) -> None:
+        """See :meth:`Ledger.put_inventory`. One upsert per record (each its own row write)."""
+        params = [
+            {
+                "workspace_id": r.workspace_id,
+                "dataset_id": r.dataset_id,
+                "fingerprint": r.fingerprint,
+                "learnt_at": r.learnt_at,
+                "sources": r.sources_json(),
+                "refreshable": int(r.refreshable),
+            }
+            for r in map(_normalised_record, records)
+        ]
+        if not params:
+            return
+        with self._db() as db:
+            db.executemany(_UPSERT_INVENTORY, params)
+
+    def drop_inventory(self, workspace_id: str, dataset_ids: Iterable[str]) -> None:
+        """See :meth:`Ledger.drop_inventory`."""
+        workspace = _norm(workspace_id, "workspace_id")
+        pairs = [(workspace, _norm(d, "dataset_id")) for d in dataset_ids]
+        with self._db() as db:
+            db.executemany("DELETE FROM inventory WHERE workspace_id = ? AND dataset_id = ?", pairs)
+
+    def marker(self, name: str) -> str | None:
+        """See :meth:`Ledger.marker`."""
+        with self._db() as db:
+            row = db.execute("SELECT mark FROM markers WHERE name = ?", (_norm(name, "name"),)).fetchone()
+        return None if row is None else _text(row[0])
+
+    def set_marker(self, name: str, value: str, now: float) -> None:
+        """See :meth:`Ledger.set_marker`."""
+        _check_time(now, "now")
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO markers (name, mark, set_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET mark = excluded.mark, set_at = excluded.set_at",
+                (_norm(name, "name"), value, now),
+            )
 
     def close(self) -> None:
         """See :meth:`Ledger.close`."""

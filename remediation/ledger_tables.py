@@ -9,8 +9,9 @@ claims and verdicts) are implemented once in :class:`~remediation.ledger.EntityL
 module supplies their primitives and the single-entity operations for events, outcomes and
 refresh counters.
 
-Five tables, named ``{prefix}targets``, ``{prefix}accounts``, ``{prefix}events``,
-``{prefix}outcomes`` and ``{prefix}refreshes`` (created when missing):
+Seven tables, named ``{prefix}targets``, ``{prefix}accounts``, ``{prefix}events``,
+``{prefix}outcomes``, ``{prefix}refreshes``, ``{prefix}inventory`` and ``{prefix}markers``
+(created when missing):
 
 ==========  ==============================  ===================================================
 table       PartitionKey / RowKey           properties
@@ -28,6 +29,10 @@ events      sha256(id)[:2] / sha256(id)     event_id, seen_at, write_id (insert 
 outcomes    inverted day ``-`` ``YYYYMMDD``  the fields of :class:`Outcome` that are not None,
             / inverted µs ``-`` sequence    and nothing else
 refreshes   ``YYYY-MM-DD`` / dataset id     dataset_id, posts, write_id (conditional replace)
+inventory   workspace id / dataset id       workspace_id, dataset_id, fingerprint, learnt_at,
+                                            sources (JSON, chunked), refreshable; upserted in
+                                            transactions of 100 per partition
+markers     ``marker`` / name               name, mark, set_at (upsert: last writer wins)
 ==========  ==============================  ===================================================
 
 Why this layout:
@@ -108,6 +113,7 @@ from remediation.ledger import (
     _MAX_CAS_RETRIES,
     DEFAULT_OUTCOME_RETENTION_SECONDS,
     AccountVersion,
+    DatasetRecord,
     EntityLedgerBase,
     LedgerConflict,
     LedgerError,
@@ -118,6 +124,7 @@ from remediation.ledger import (
     _check_time,
     _day,
     _norm,
+    _normalised_record,
     utc_day,
 )
 from remediation.settings import Settings
@@ -133,7 +140,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TABLE_PREFIX: Final = "healer"
 """Prefix of the five table names (``healertargets``, ``healerevents``, ...)."""
 
-_TABLE_SUFFIXES: Final = ("targets", "events", "outcomes", "refreshes", "accounts")
+_TABLE_SUFFIXES: Final = ("targets", "events", "outcomes", "refreshes", "accounts", "inventory", "markers")
 # Table names: alphanumeric, 3-63 characters, starting with a letter; the longest suffix is 9.
 _PREFIX_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9]{0,53}")
 _PLAIN_KEY_RE: Final = re.compile(r"[a-z0-9][a-z0-9._:@=+-]{0,254}")
@@ -164,7 +171,7 @@ class TableLedger(EntityLedgerBase):
 
     Build it with :meth:`from_settings` (the product's ``AzureWebJobsStorage`` settings),
     :meth:`from_connection_string`, or from a ready :class:`TableServiceClient`. Opening creates
-    the five tables when missing. Several processes and hosts may open the same tables at once:
+    the tables when missing. Several processes and hosts may open the same tables at once:
     every write is a single-entity insert or ETag-conditioned replace.
 
     Raises :class:`LedgerError` (from the constructor and every method) when the service cannot
@@ -206,6 +213,8 @@ class TableLedger(EntityLedgerBase):
         self._outcomes = clients["outcomes"]
         self._refreshes = clients["refreshes"]
         self._accounts = clients["accounts"]
+        self._inventory = clients["inventory"]
+        self._markers = clients["markers"]
 
     @classmethod
     def from_connection_string(
@@ -285,7 +294,7 @@ class TableLedger(EntityLedgerBase):
 
     @property
     def table_names(self) -> tuple[str, ...]:
-        """The five table names: targets, events, outcomes, refreshes, accounts."""
+        """The table names: targets, events, outcomes, refreshes, accounts, inventory, markers."""
         return tuple(self._prefix + suffix for suffix in _TABLE_SUFFIXES)
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -565,6 +574,86 @@ class TableLedger(EntityLedgerBase):
             self._backoff(attempt)
         raise LedgerConflict(f"too many concurrent refresh counts for dataset {dataset} on {day}")
 
+    # -- inventory and markers ----------------------------------------------------------------
+
+    def inventory(self, workspace_id: str | None = None) -> list[DatasetRecord]:
+        """See :meth:`Ledger.inventory`. One partition query per workspace (all: a table scan)."""
+        with self._storage(f"query {self._inventory.table_name}"):
+            if workspace_id is None:
+                entities = list(self._inventory.list_entities())
+            else:
+                entities = list(
+                    self._inventory.query_entities(
+                        "PartitionKey eq @pk", parameters={"pk": _key(_norm(workspace_id, "workspace_id"))}
+                    )
+                )
+        return [_record_from_entity(e) for e in entities]
+
+    def put_inventory(self, records: Iterable[DatasetRecord]) -> None:
+        """See :meth:`Ledger.put_inventory`. Upserts in entity-group transactions of up to 100
+        per partition (workspace); an entity newer than the record is left as it is (read
+        first: a transaction cannot be conditioned on a property)."""
+        by_partition: dict[str, dict[str, DatasetRecord]] = {}
+        for record in map(_normalised_record, records):
+            by_partition.setdefault(_key(record.workspace_id), {})[_key(record.dataset_id)] = record
+        for pk, rows in by_partition.items():
+            newer = {
+                str(e["RowKey"])
+                for e in self._stored_learnt(pk)
+                if str(e["RowKey"]) in rows
+                and float(e.get("learnt_at") or 0.0) > rows[str(e["RowKey"])].learnt_at
+            }
+            entities = [_record_entity(r) for rk, r in rows.items() if rk not in newer]
+            for start in range(0, len(entities), _BATCH):
+                batch = entities[start : start + _BATCH]
+                with self._storage(f"upsert into {self._inventory.table_name}"):
+                    self._inventory.submit_transaction(
+                        [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in batch]
+                    )
+
+    def _stored_learnt(self, pk: str) -> list[Any]:
+        with self._storage(f"query {self._inventory.table_name}"):
+            return list(
+                self._inventory.query_entities(
+                    "PartitionKey eq @pk", parameters={"pk": pk}, select=["RowKey", "learnt_at"]
+                )
+            )
+
+    def drop_inventory(self, workspace_id: str, dataset_ids: Iterable[str]) -> None:
+        """See :meth:`Ledger.drop_inventory`. Deletes in transactions of up to 100."""
+        pk = _key(_norm(workspace_id, "workspace_id"))
+        keys = sorted({_key(_norm(d, "dataset_id")) for d in dataset_ids})
+        for start in range(0, len(keys), _BATCH):
+            batch = [{"PartitionKey": pk, "RowKey": rk} for rk in keys[start : start + _BATCH]]
+            with self._storage(f"delete in {self._inventory.table_name}"):
+                try:
+                    self._inventory.submit_transaction([("delete", e) for e in batch])
+                    continue
+                except HttpResponseError as exc:
+                    if exc.status_code not in (400, 404):
+                        raise
+            for entity in batch:  # one was gone already: delete the rest one by one
+                with self._storage(f"delete in {self._inventory.table_name}"):
+                    self._inventory.delete_entity(entity["PartitionKey"], entity["RowKey"])
+
+    def marker(self, name: str) -> str | None:
+        """See :meth:`Ledger.marker`. One point read."""
+        entity = self._get(self._markers, "marker", _key(_norm(name, "name")))
+        return None if entity is None else _opt_str(entity, "mark")
+
+    def set_marker(self, name: str, value: str, now: float) -> None:
+        """See :meth:`Ledger.set_marker`. One upsert."""
+        key = _norm(name, "name")
+        entity = {
+            "PartitionKey": "marker",
+            "RowKey": _key(key),
+            "name": key,
+            "mark": value,
+            "set_at": _check_time(now, "now"),
+        }
+        with self._storage(f"upsert into {self._markers.table_name}"):
+            self._markers.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
     # -- housekeeping -------------------------------------------------------------------------
 
     def prune(
@@ -597,7 +686,17 @@ class TableLedger(EntityLedgerBase):
         if self._closed:
             return
         self._closed = True
-        self._close_clients((self._targets, self._events, self._outcomes, self._refreshes, self._accounts))
+        self._close_clients(
+            (
+                self._targets,
+                self._events,
+                self._outcomes,
+                self._refreshes,
+                self._accounts,
+                self._inventory,
+                self._markers,
+            )
+        )
         try:
             self._service.close()
         except Exception:  # noqa: BLE001 - closing is best effort
@@ -679,6 +778,35 @@ def _account_from_entity(entity: Mapping[str, Any]) -> AccountVersion:
         presentations=_count(entity, "presentations"),
         overrides=_count(entity, "overrides"),
         etag=str(entity["etag"]),
+    )
+
+
+def _record_entity(record: DatasetRecord) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "PartitionKey": _key(record.workspace_id),
+        "RowKey": _key(record.dataset_id),
+        "workspace_id": record.workspace_id,
+        "dataset_id": record.dataset_id,
+        "fingerprint": record.fingerprint,
+        "learnt_at": float(record.learnt_at),
+        "refreshable": record.refreshable,
+    }
+    _write_chunked(entity, "sources", record.sources_json())
+    return entity
+
+
+def _record_from_entity(entity: Mapping[str, Any]) -> DatasetRecord:
+    workspace, dataset = _opt_str(entity, "workspace_id"), _opt_str(entity, "dataset_id")
+    if workspace is None or dataset is None:
+        raise LedgerError("corrupt ledger record: inventory")
+    refreshable = entity.get("refreshable", True)
+    return DatasetRecord(
+        workspace_id=workspace,
+        dataset_id=dataset,
+        fingerprint=_opt_str(entity, "fingerprint") or "",
+        learnt_at=_opt_float(entity, "learnt_at") or 0.0,
+        sources=DatasetRecord.parse_sources(_read_chunked(entity, "sources")),
+        refreshable=bool(refreshable),
     )
 
 

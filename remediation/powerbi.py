@@ -147,6 +147,7 @@ class Dataset:
     configured_by: str | None = None
     is_refreshable: bool | None = None
     is_on_prem_gateway_required: bool | None = None
+    created_date: str | None = None  # as Power BI spells it (only compared, never parsed)
 
 
 @dataclass(frozen=True)
@@ -378,6 +379,7 @@ def _dataset(response: ApiResponse, obj: object, where: str) -> Dataset:
         configured_by=r.opt_text("configuredBy"),
         is_refreshable=r.opt_bool("isRefreshable"),
         is_on_prem_gateway_required=r.opt_bool("isOnPremGatewayRequired"),
+        created_date=r.opt_text("createdDate"),
     )
 
 

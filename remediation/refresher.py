@@ -28,9 +28,10 @@ from remediation.accounts import failed_source, source_locator, source_matches, 
 from remediation.bindings import BindingSet, Target
 from remediation.diagnosis import Category, Diagnosis, diagnose_refresh
 from remediation.errors import RemediationError
-from remediation.http import ApiError
+from remediation.http import ApiError, ThrottledPastDeadline
+from remediation.inventory import Inventory
 from remediation.keyvault import SecretValue
-from remediation.ledger import Ledger, Outcome, utc_day
+from remediation.ledger import DatasetRecord, Ledger, Outcome, utc_day
 from remediation.powerbi import (
     DatasetDatasource,
     PowerBIClient,
@@ -46,6 +47,8 @@ from remediation.settings import Settings
 __all__ = ["Refresher", "TargetHealer"]
 
 logger = logging.getLogger(__name__)
+_CURSOR = "sweep-cursor"
+"""The ledger marker of the sweep's scan cursor: ``workspace/dataset`` where the next scan starts."""
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -87,6 +90,14 @@ class Refresher:
         self._clock = clock
         self._sleep = sleep
         self._poll_interval = poll_interval
+        self.inventory = Inventory(
+            bindings,
+            powerbi=powerbi,
+            ledger=ledger,
+            refresh_seconds=settings.inventory_refresh_seconds,
+            in_parallel=targets.in_parallel,
+            clock=clock,
+        )
 
     def heal_dataset(
         self,
@@ -426,6 +437,9 @@ class Refresher:
         except RefreshQuotaExceeded as exc:
             report(Action.REFRESH_BUDGET, f"Power BI's daily refresh limit is reached: {exc}")
             return
+        except ThrottledPastDeadline as exc:
+            report(Action.DEFERRED, f"not refreshed: {exc}")
+            return
         except ApiError as exc:
             report(Action.FAILED, f"could not refresh: {exc}")
             return
@@ -465,48 +479,83 @@ class Refresher:
 
     def retry_failed_refreshes(self, healed: set[tuple[str | None, str | None]], run: Run) -> None:
         """After a secret change: refresh the datasets on the healed data sources whose last
-        refresh failed for credentials."""
+        refresh failed for credentials. Which datasets those are comes from the stored inventory
+        (no scan of the tenant); only their refresh history is read."""
+        keys = {(g.lower(), d.lower()) for g, d in healed if g is not None and d is not None}
+        records = [
+            r for r in self.inventory.stored(run) if r.refreshable and self.inventory.uses_any(r, keys)
+        ]
+        failed = self._failed_among(records, run, cursor=None)
 
         def retry(found: tuple[str, str, Refresh]) -> None:
             workspace_id, dataset_id, latest = found
-            try:
-                sources = self.powerbi.get_datasources_in_group(workspace_id, dataset_id)
-            except ApiError as exc:
-                logger.warning("dataset %s: cannot list data sources: %s", dataset_id, exc)
-                return
-            uses = {((s.gateway_id or "").lower(), (s.datasource_id or "").lower()) for s in sources}
-            if uses & healed:
-                self.heal_dataset(
-                    workspace_id, dataset_id, run, latest=latest, sources=sources, latest_is_fresh=True
+            if run.out_of_time(self._clock()):
+                self.report_dataset(
+                    run,
+                    workspace_id,
+                    dataset_id,
+                    Action.DEFERRED,
+                    "the run's time ran out before this dataset",
                 )
+                return
+            self.heal_dataset(workspace_id, dataset_id, run, latest=latest, latest_is_fresh=True)
 
-        self._targets.in_parallel(retry, self.scan_failed_datasets(run, lambda _m: None))
+        self._targets.in_parallel(retry, failed)
 
     def scan_failed_datasets(self, run: Run, say: Callable[[str], None]) -> list[tuple[str, str, Refresh]]:
-        """Datasets (in the watched workspaces, or all visible) whose last refresh failed for
-        credentials. One history call per dataset, concurrently."""
+        """Datasets using bound data sources whose last refresh failed for credentials.
+
+        The inventory is brought up to date first (one dataset list per workspace, the data
+        sources of new, changed and due datasets); then one history call per dataset that uses a
+        bound data source, concurrently, starting where the previous sweep ran out of time (the
+        scan cursor, a ledger marker), so that a tenant too big for one sweep is still scanned
+        whole, over several. What is not reached is reported as deferred.
+        """
         try:
-            workspaces = list(self.bindings.watch_workspaces) or [g.id for g in self.powerbi.get_groups()]
+            sync = self.inventory.sync(run)
         except ApiError as exc:
             logger.warning("cannot list workspaces: %s", exc)
             return []
-        datasets: list[tuple[str, str]] = []
-        for workspace_id in workspaces:
-            try:
-                datasets.extend(
-                    (workspace_id.lower(), d.id.lower())
-                    for d in self.powerbi.get_datasets_in_group(workspace_id)
-                    if d.is_refreshable is not False
-                )
-            except ApiError as exc:
-                logger.warning("workspace %s: cannot list datasets: %s", workspace_id, exc)
-        say(f"scanning {len(datasets)} datasets in {len(workspaces)} workspaces")
+        records = [r for r in sync.records if r.refreshable and self.inventory.uses_bound(r)]
+        say(
+            f"inventory: {len(sync.records)} datasets, {len(records)} use bound data sources "
+            f"({sync.read} data source lists read)"
+        )
+        if sync.unread:
+            workspace_id, dataset_id = sync.unread[0]
+            self.report_dataset(
+                run,
+                workspace_id,
+                dataset_id,
+                Action.DEFERRED,
+                f"the data sources of {len(sync.unread)} datasets new to the inventory were not read "
+                "(time ran out, or Power BI failed; see the logs), starting with this one; the next sweep "
+                "reads them",
+            )
+        return self._failed_among(records, run, cursor=_CURSOR)
 
-        def latest(pair: tuple[str, str]) -> tuple[str, str, Refresh] | None:
+    def _failed_among(
+        self, records: Sequence[DatasetRecord], run: Run, *, cursor: str | None
+    ) -> list[tuple[str, str, Refresh]]:
+        """Read the last refresh of each dataset of ``records`` (in id order, from the ``cursor``
+        marker on when given); those that failed for credentials. A dataset not reached before
+        the run's deadline is reported as deferred (one outcome for all of them, naming the
+        first), and the cursor is left on it."""
+        pairs = sorted({(r.workspace_id, r.dataset_id) for r in records})
+        start = ""
+        if cursor is not None:
+            start = self.ledger.marker(cursor) or ""
+            at = next((i for i, pair in enumerate(pairs) if "/".join(pair) >= start), 0) if start else 0
+            pairs = pairs[at:] + pairs[:at]
+        unreached = object()
+
+        def latest(pair: tuple[str, str]) -> tuple[str, str, Refresh] | object | None:
             if run.out_of_time(self._clock()):
-                return None
+                return unreached
             try:
                 history = self.powerbi.get_refresh_history_in_group(pair[0], pair[1], top=1)
+            except ThrottledPastDeadline:
+                return unreached
             except ApiError as exc:
                 logger.warning("dataset %s: cannot read refresh history: %s", pair[1], exc)
                 return None
@@ -514,7 +563,23 @@ class Refresher:
                 return pair[0], pair[1], history[0]
             return None
 
-        return [found for found in self._targets.in_parallel(latest, datasets) if found is not None]
+        answers = self._targets.in_parallel(latest, pairs)
+        missed = [pair for pair, answer in zip(pairs, answers, strict=True) if answer is unreached]
+        if missed:
+            self.report_dataset(
+                run,
+                missed[0][0],
+                missed[0][1],
+                Action.DEFERRED,
+                f"time ran out before the refresh history of {len(missed)} of {len(pairs)} datasets using "
+                "the bound data sources was read, starting with this one"
+                + ("; the next sweep starts here" if cursor is not None else ""),
+            )
+        if cursor is not None and not run.dry_run:
+            following = "/".join(missed[0]) if missed else ""
+            if following != start:
+                self.ledger.set_marker(cursor, following, self._clock())
+        return [a for a in answers if isinstance(a, tuple)]
 
     def report_dataset(
         self,

@@ -60,6 +60,9 @@ class Report:
     outcomes: list[Outcome] = field(default_factory=list)
     dry_run: bool = False
     correlation_id: str = ""
+    recorded: list[Outcome] | None = None
+    """The outcomes as recorded in the ledger and emitted as telemetry, when that differs from
+    ``outcomes`` (a sweep records targets found already current as one summary outcome)."""
     retry_at: float | None = None
     """Epoch seconds at which the same command should run again (a version still settling),
     or None. The CLI waits for it; the Functions app re-queues the command with that delay."""
@@ -68,6 +71,11 @@ class Report:
     def exit_code(self) -> int:
         """0: every target in scope holds the current secret (or, dry-run, could); 1: not."""
         return 1 if any(o.action in PROBLEMS for o in self.outcomes) else 0
+
+    def recorded_outcomes(self) -> list[Outcome]:
+        """What goes to the ledger and to telemetry: changes and problems one by one, repetitions
+        as a summary."""
+        return self.outcomes if self.recorded is None else self.recorded
 
     def targets(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.datasource_id is not None and o.dataset_id is None]

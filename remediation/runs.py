@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from remediation.bindings import Binding, Target
@@ -11,7 +12,11 @@ from remediation.keyvault import SecretValue
 from remediation.ledger import Outcome
 from remediation.powerbi import GatewayDatasource
 
-__all__ = ["Resolved", "Run"]
+__all__ = ["QUIET_ACTION", "Resolved", "Run"]
+
+QUIET_ACTION = "already-current"
+"""The action a summarising run records once, as a count: a target that already holds the
+current version (nothing was sent, nothing changed)."""
 
 
 @dataclass
@@ -30,17 +35,27 @@ class Run:
     secrets: dict[str, SecretValue] = field(default_factory=dict)
     redactions: list[int] = field(default_factory=list)
     gateway_datasources: list[tuple[str, GatewayDatasource]] | None = None
+    workspaces: list[str] | None = None  # the watched (or visible) workspaces, read once per run
     settled: dict[tuple[str, str], Outcome] = field(default_factory=dict)  # targets done this run
     allowed_again: set[tuple[str, str, str]] = field(default_factory=set)
     retry_at: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     key_locks: dict[str, threading.Lock] = field(default_factory=dict)
     persist: Callable[[Outcome], None] | None = None
+    summarise: bool = False
+    """Record targets found already current as one summary at the end (sweeps), not one by one."""
+    quiet: list[Outcome] = field(default_factory=list)  # the outcomes the summary stands for
+    scopes: ExitStack = field(default_factory=ExitStack)  # closed when the run ends
 
     def add(self, outcome: Outcome) -> Outcome:
+        """Keep the outcome (the caller's report lists it) and record it (ledger, as it happens),
+        unless it is a repetition that the run's summary will stand for."""
+        quiet = self.summarise and outcome.action == QUIET_ACTION and outcome.dataset_id is None
         with self.lock:
             self.outcomes.append(outcome)
-        if self.persist is not None:
+            if quiet:
+                self.quiet.append(outcome)
+        if self.persist is not None and not quiet:
             self.persist(outcome)
         return outcome
 

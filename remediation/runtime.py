@@ -28,6 +28,7 @@ from remediation.ledger import Ledger, SqliteLedger
 from remediation.ledger_tables import TableLedger
 from remediation.powerbi import PowerBIClient
 from remediation.settings import Settings
+from remediation.throttle import LedgerPause
 
 
 @dataclass
@@ -99,9 +100,11 @@ def build_healer(
     stats = CallStats()
     credential = build_azure_credential(settings)
     keyvault = KeyVaultClient(settings, credential, stats=stats, sleep=sleep)
-    pipeline = HttpPipeline.from_settings(settings, service="powerbi", stats=stats, sleep=sleep)
-    powerbi = PowerBIClient(settings.powerbi_api_url, PowerBITokenProvider(settings), pipeline)
     ledger = ledger if ledger is not None else open_ledger(settings, credential=credential)
+    pipeline = HttpPipeline.from_settings(settings, service="powerbi", stats=stats, sleep=sleep)
+    # Power BI throttles per principal: a 429's pause holds for every instance (through the ledger).
+    pipeline.shared_pause = LedgerPause(ledger)
+    powerbi = PowerBIClient(settings.powerbi_api_url, PowerBITokenProvider(settings), pipeline)
     user_cache = UserTokenCache()
 
     def user_tokens(username: str, password: Callable[[], str]) -> Callable[[], str]:

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from remediation.errors import ConfigError, RemediationError
 from remediation.events import Event, EventError, Kind, parse_event
-from remediation.healer import NotBound, Report, SecretVersionNotFound
+from remediation.healer import Action, NotBound, Report, SecretVersionNotFound
 from remediation.http import StatsSnapshot
 from remediation.keyvault import SecretDisabled, SecretNotFound
 from remediation.powerbi import EntityNotFound, InvalidId
@@ -74,6 +74,9 @@ HTTP_RUN_SECONDS = 200.0
 """Deadline of an inline HTTP run (embedded mode, dry runs): the front end cuts at about 230 s."""
 MAX_SETTLE_ATTEMPTS = 48
 """Re-runs of one command for a settling version before it is left to the sweep."""
+BUSY_RETRY_SECONDS = 5.0
+"""How long a part of a fan-out that found its account's first presentation in flight elsewhere
+waits before it runs again (the probe's verdict usually comes within a second or two)."""
 
 
 def error(status: int, code: str, message: str) -> Answer:
@@ -222,7 +225,9 @@ class RemediationService:
         elif command.kind is WorkKind.DATASET:
             report = healer.heal_dataset(command.workspace_id or "", command.dataset_id or "", **common)
         else:
-            report = healer.heal_target(command.gateway_id or "", command.datasource_id or "", **common)
+            report = healer.heal_target(
+                command.gateway_id or "", command.datasource_id or "", retry_refreshes=command.part, **common
+            )
         self._emit(report, started, before)
         return report
 
@@ -264,16 +269,24 @@ class RemediationService:
             logger.warning("work message dropped (dequeue count %s): %s", dequeue_count, exc)
             return None
         ledger = self.runtime.ledger
-        if ledger.event_seen(command.correlation_id):
-            logger.info("work %s: already done, dropped", command.correlation_id)
+        if ledger.event_seen(command.done_key):
+            logger.info("work %s: already done, dropped", command.done_key)
             return None
         started = self._clock()
         try:
+            if self._fans_out(command):
+                return None
             report = self.run_command(command, deadline=started + RUN_SECONDS)
         except NotBound as exc:
-            logger.warning("work %s dropped: %s", command.correlation_id, exc)
-            ledger.mark_event_seen(command.correlation_id, self._clock())
+            logger.warning("work %s dropped: %s", command.done_key, exc)
+            ledger.mark_event_seen(command.done_key, self._clock())
             return None
+        busy = command.part and any(o.action == Action.BUSY for o in report.targets())
+        if busy and command.attempt + 1 < MAX_SETTLE_ATTEMPTS:
+            # Another instance presents the version to this account first (or holds the lease):
+            # this part runs again shortly, and then follows the accepted version (or stops).
+            self._queue().send(command.again(), delay=BUSY_RETRY_SECONDS)
+            return report
         if report.retry_at is not None:
             if command.attempt + 1 >= MAX_SETTLE_ATTEMPTS:
                 logger.warning(
@@ -285,8 +298,30 @@ class RemediationService:
                 delay = min(max(report.retry_at - self._clock(), 0.0), float(MAX_DELAY_SECONDS))
                 self._queue().send(command.again(), delay=delay)
                 return report
-        ledger.mark_event_seen(command.correlation_id, self._clock())
+        ledger.mark_event_seen(command.done_key, self._clock())
         return report
+
+    def _fans_out(self, command: WorkCommand) -> bool:
+        """A secret command with more than ``REMEDIATION_FANOUT_TARGETS`` targets becomes one
+        queued part per target, so that the platform spreads them over instances (the ledger's
+        decisions, claims and leases still rule each part); the command is then done."""
+        threshold = self.settings.fanout_targets
+        if command.kind is not WorkKind.SECRET or threshold <= 0 or command.version is not None:
+            return False
+        targets = self.runtime.healer.secret_targets(command.secret_name or "")
+        if len(targets) <= threshold:
+            return False
+        queue = self._queue()
+        for gateway_id, datasource_id in targets:
+            queue.send(command.fan_out(gateway_id, datasource_id))
+        logger.info(
+            "work %s: secret %s fanned out to %d queued targets",
+            command.correlation_id,
+            command.secret_name,
+            len(targets),
+        )
+        self.runtime.ledger.mark_event_seen(command.correlation_id, self._clock())
+        return True
 
     def _queue(self) -> WorkQueue:
         if self.work_queue is None:

@@ -127,6 +127,8 @@ class Settings:
     refresh_timeout_seconds: int = 600
     http_timeout_seconds: int = 30
     sweep_budget_seconds: int = 240
+    inventory_refresh_seconds: int = 86400
+    fanout_targets: int = 100
     lease_seconds: int = 300
     settle_seconds: int = 60
     work_queue: str = DEFAULT_WORK_QUEUE
@@ -176,6 +178,8 @@ class Settings:
             refresh_timeout_seconds=env.integer("REMEDIATION_REFRESH_TIMEOUT", 600, 0, 7200),
             http_timeout_seconds=env.integer("REMEDIATION_HTTP_TIMEOUT", 30, 1, 300),
             sweep_budget_seconds=env.integer("REMEDIATION_SWEEP_BUDGET", 240, 10, 3600),
+            inventory_refresh_seconds=env.integer("REMEDIATION_INVENTORY_REFRESH", 86400, 0, 30 * 86400),
+            fanout_targets=env.integer("REMEDIATION_FANOUT_TARGETS", 100, 0, 100_000),
             lease_seconds=env.integer("REMEDIATION_LEASE_SECONDS", 300, 30, 86400),
             settle_seconds=env.integer("REMEDIATION_SETTLE_SECONDS", 60, 0, 3600),
             work_queue=env.queue_name("REMEDIATION_WORK_QUEUE"),

@@ -544,7 +544,8 @@ class Telemetry:
         stats: StatsSnapshot | None = None,
         duration: float | None = None,
     ) -> int:
-        """One ``CredentialRemediation`` event per outcome; returns how many were emitted.
+        """One ``CredentialRemediation`` event per outcome; returns how many were emitted. Of a
+        report, its recorded outcomes (a sweep's already-current targets are one summary).
 
         ``report_or_outcomes`` is a healer :class:`~remediation.healer.Report` (its correlation
         id is the default) or any iterable of outcomes. ``stats`` are the run's API counters and
@@ -555,7 +556,7 @@ class Telemetry:
         if isinstance(report_or_outcomes, Iterable):
             outcomes = report_or_outcomes
         else:
-            outcomes = report_or_outcomes.outcomes
+            outcomes = report_or_outcomes.recorded_outcomes()
             correlation_id = correlation_id or report_or_outcomes.correlation_id or None
         emitted = 0
         for outcome in outcomes:

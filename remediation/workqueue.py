@@ -11,7 +11,11 @@ A message is one :class:`WorkCommand` as compact JSON, base64-encoded (the Funct
     {"kind": "secret", "secretName": "sql-sales-password", "version": "<32 hex>"?,
      "trigger": "eventgrid", "correlationId": "<id>", "attempt": 0}
     {"kind": "dataset", "workspaceId": "<guid>", "datasetId": "<guid>", ...}
-    {"kind": "target", "gatewayId": "<guid>", "datasourceId": "<guid>", ...}
+    {"kind": "target", "gatewayId": "<guid>", "datasourceId": "<guid>", "part": true?, ...}
+
+``part`` marks one target of a secret's fan-out (:meth:`WorkCommand.fan_out`): it keeps the
+secret command's correlation id (so its status shows every part) and is done on its own
+(:attr:`WorkCommand.done_key`), so that a redelivered part is dropped and the others are not.
 
 Messages carry ids and names only, never a secret value. :meth:`WorkCommand.parse` validates every
 field as strictly as the HTTP boundary does; a message it refuses is dropped by the caller (logged),
@@ -97,7 +101,7 @@ _FIELDS: Final[Mapping[WorkKind, tuple[str, ...]]] = {
     WorkKind.DATASET: ("workspaceId", "datasetId"),
     WorkKind.TARGET: ("gatewayId", "datasourceId"),
 }
-_COMMON: Final = frozenset({"kind", "trigger", "correlationId", "attempt", "presentAgain"})
+_COMMON: Final = frozenset({"kind", "trigger", "correlationId", "attempt", "presentAgain", "part"})
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,22 @@ class WorkCommand:
     attempt: int = 0
     event_version: str | None = None
     present_again: bool = False
+    part: bool = False
+
+    @property
+    def done_key(self) -> str:
+        """The ledger's "done" id of this command: its correlation id, or for a part of a fan-out
+        the correlation id and the target."""
+        if self.part:
+            return f"{self.correlation_id}|{self.gateway_id}|{self.datasource_id}"
+        return self.correlation_id
+
+    def fan_out(self, gateway_id: str, datasource_id: str) -> WorkCommand:
+        """One target of this secret command, as a part of its fan-out."""
+        command = WorkCommand.target(
+            gateway_id, datasource_id, trigger=self.trigger, correlation_id=self.correlation_id
+        )
+        return replace(command, part=True, present_again=self.present_again)
 
     @classmethod
     def secret(
@@ -201,6 +221,8 @@ class WorkCommand:
         body.update(trigger=self.trigger, correlationId=self.correlation_id, attempt=self.attempt)
         if self.present_again:
             body["presentAgain"] = True
+        if self.part:
+            body["part"] = True
         return body
 
     def to_message(self) -> str:
@@ -244,6 +266,9 @@ class WorkCommand:
         again = raw.get("presentAgain", False)
         if not isinstance(again, bool):
             raise WorkMessageError("presentAgain must be true or false")
+        part = raw.get("part", False)
+        if not isinstance(part, bool) or (part and kind is not WorkKind.TARGET):
+            raise WorkMessageError("part must be true or false, and only on a target command")
         common = {"trigger": raw["trigger"], "correlation_id": raw["correlationId"], "attempt": attempt}
         try:
             if kind is WorkKind.SECRET:
@@ -252,7 +277,8 @@ class WorkCommand:
                 ).with_present_again(again)
             if kind is WorkKind.DATASET:
                 return cls.dataset(raw["workspaceId"], raw["datasetId"], **common).with_present_again(again)
-            return cls.target(raw["gatewayId"], raw["datasourceId"], **common).with_present_again(again)
+            target = cls.target(raw["gatewayId"], raw["datasourceId"], **common)
+            return replace(target, part=part).with_present_again(again)
         except ValueError as exc:
             raise WorkMessageError(str(exc)) from None
 

@@ -26,6 +26,8 @@ from remediation.ledger import (
     MAX_REASON_LENGTH,
     AccountVersion,
     Claim,
+    DatasetRecord,
+    InventorySource,
     Lease,
     LeaseLost,
     Ledger,
@@ -838,5 +840,62 @@ class LedgerContract:
                 state = ledger.account_version(f"account-{i}", SECRET, V1)
                 winner = "proc-0" if claims_0[i] == "granted" else "proc-1"
                 assert state.probe_owner == winner and state.presentations == 1
+        finally:
+            ledger.close()
+
+    # -- the inventory of which datasets use which data sources, and markers --------------------
+
+    @staticmethod
+    def _dataset(
+        workspace: str, dataset: str, learnt_at: float = T0, *, fingerprint: str = "a"
+    ) -> DatasetRecord:
+        source = InventorySource(GW, DS, "Sql", (("database", "sales"), ("server", "sql01.contoso.local")))
+        return DatasetRecord(workspace, dataset, fingerprint, learnt_at, (source,))
+
+    def test_inventory_round_trips_and_is_read_per_workspace(self, ledger: Ledger) -> None:
+        assert ledger.inventory() == [] and ledger.inventory("WS-1") == []
+        ledger.put_inventory(
+            [self._dataset("WS-1", "DS-A"), self._dataset("ws-1", "ds-b"), self._dataset("ws-2", "ds-c")]
+        )
+        (a, b) = sorted(ledger.inventory("ws-1"), key=lambda r: r.dataset_id)
+        assert (a.workspace_id, a.dataset_id, a.fingerprint, a.learnt_at) == ("ws-1", "ds-a", "a", T0)
+        assert a.sources == (
+            InventorySource(
+                GW.lower(), DS.lower(), "Sql", (("database", "sales"), ("server", "sql01.contoso.local"))
+            ),
+        )
+        assert a.sources[0].details() == {"database": "sales", "server": "sql01.contoso.local"}
+        assert a.refreshable and b.dataset_id == "ds-b"
+        assert sorted(r.dataset_id for r in ledger.inventory()) == ["ds-a", "ds-b", "ds-c"]
+
+    def test_a_newer_observation_replaces_an_older_one_and_never_the_reverse(self, ledger: Ledger) -> None:
+        ledger.put_inventory([self._dataset("ws", "ds", T0, fingerprint="old")])
+        ledger.put_inventory([DatasetRecord("ws", "ds", "new", T0 + 10, (), refreshable=False)])
+        (record,) = ledger.inventory("ws")
+        assert (record.fingerprint, record.sources, record.refreshable) == ("new", (), False)
+        ledger.put_inventory([self._dataset("ws", "ds", T0 + 5, fingerprint="stale")])
+        assert ledger.inventory("ws")[0].fingerprint == "new"
+
+    def test_many_datasets_of_one_workspace_are_written_and_dropped(self, ledger: Ledger) -> None:
+        ledger.put_inventory(self._dataset("ws", f"ds-{i:03d}") for i in range(250))
+        assert len(ledger.inventory("ws")) == 250
+        ledger.drop_inventory("WS", [f"DS-{i:03d}" for i in range(0, 250, 2)] + ["never-seen"])
+        assert sorted(r.dataset_id for r in ledger.inventory("ws")) == [
+            f"ds-{i:03d}" for i in range(1, 250, 2)
+        ]
+
+    def test_inventory_and_markers_survive_reopening(self, make_ledger: LedgerFactory) -> None:
+        ledger = make_ledger()
+        try:
+            assert ledger.marker("sweep-cursor") is None
+            ledger.put_inventory([self._dataset("ws", "ds")])
+            ledger.set_marker("Sweep-Cursor", "ws/ds-1", T0)
+            ledger.set_marker("sweep-cursor", "ws/ds-2", T0 + 1)
+        finally:
+            ledger.close()
+        ledger = make_ledger()
+        try:
+            assert ledger.marker("SWEEP-CURSOR") == "ws/ds-2"
+            assert [r.dataset_id for r in ledger.inventory()] == ["ds"]
         finally:
             ledger.close()

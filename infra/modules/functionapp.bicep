@@ -57,6 +57,12 @@ param httpTimeoutSeconds int
 @description('REMEDIATION_SWEEP_BUDGET (seconds).')
 param sweepBudgetSeconds int
 
+@description('REMEDIATION_INVENTORY_REFRESH (seconds).')
+param inventoryRefreshSeconds int
+
+@description('REMEDIATION_FANOUT_TARGETS.')
+param fanoutTargets int
+
 @description('REMEDIATION_LEASE_SECONDS.')
 param leaseSeconds int
 
@@ -239,6 +245,14 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'REMEDIATION_SWEEP_BUDGET'
           value: string(sweepBudgetSeconds)
+        }
+        {
+          name: 'REMEDIATION_INVENTORY_REFRESH'
+          value: string(inventoryRefreshSeconds)
+        }
+        {
+          name: 'REMEDIATION_FANOUT_TARGETS'
+          value: string(fanoutTargets)
         }
         {
           name: 'REMEDIATION_LEASE_SECONDS'

@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -609,3 +610,82 @@ def test_an_operator_presents_an_in_doubt_version_again_over_http(
     assert {t["action"] for t in again.json()["targets"]} == {"updated"}
     assert {t["secret_version"] for t in again.json()["targets"]} == {version}
     assert post({"secretName": embedded.secret_name, "presentAgain": "yes"}).status == 400
+
+
+# -- a large fan-out spread over instances ------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_consumers_heal_a_500_target_secret_with_one_patch_per_target_under_the_same_rules(
+    sb: Sandbox, storage: Azurite, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, work: WorkQueue
+) -> None:
+    w = build_world(sb, sources=500)  # 500 data sources signing in as one account
+    _apply(w, monkeypatch, tmp_path)
+    monkeypatch.setenv("AzureWebJobsStorage", storage.connection_string)
+    monkeypatch.setenv("REMEDIATION_FANOUT_TARGETS", "100")
+    monkeypatch.setattr(service_module, "BUSY_RETRY_SECONDS", 0.2)
+    settings = Settings.from_env()
+    consumers = [RemediationService.from_settings(settings) for _ in range(2)]
+    version = w.rotate()
+    command = WorkCommand.secret(w.secret_name, None, trigger="eventgrid", correlation_id="rotation-1")
+    work.send(command)
+    work.send(command)  # Event Grid delivers at least once
+    errors: list[BaseException] = []
+
+    def consume(service: RemediationService) -> None:
+        """One instance's queue listener: batches of 8, run concurrently (as the host does)."""
+
+        def run(message: Any) -> None:
+            try:
+                service.process_work(message.content, dequeue_count=message.dequeue_count)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+            work.delete(message)
+
+        idle = 0
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            while idle < 6:
+                messages = work.receive(max_messages=8, visibility_timeout=120)
+                if not messages:
+                    idle += 1
+                    time.sleep(0.25)
+                    continue
+                idle = 0
+                list(pool.map(run, messages))
+
+    threads = [threading.Thread(target=consume, args=(c,)) for c in consumers]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        ledger = consumers[0].runtime.ledger
+        held = [ledger.target_state(w.gateway_id, d).holds(w.secret_name, version) for d in w.datasource_ids]
+        accounts = [
+            a
+            for a in ledger.account_versions(with_verdict_only=False)
+            if (a.secret, a.version) == (w.secret_name, version)
+        ]
+    finally:
+        for consumer in consumers:
+            consumer.close()
+
+    assert errors == []
+    served = [p.path.rsplit("/", 1)[-1] for p in patches(sb) if p.status == 200]
+    assert sorted(served) == sorted(w.datasource_ids)  # one PATCH per target, none twice
+    assert len(patches(sb)) == 500
+    assert all(held)
+    (account,) = accounts  # one account: one target presented first, the rest followed
+    assert account.presentations == 1 and account.verdict is None
+    assert w.failed_sign_ins() == 0
+    assert all(stored == w.secret for stored in (w.stored_secret(d) for d in w.datasources))
+
+
+def test_a_part_of_a_fan_out_round_trips_and_is_done_on_its_own() -> None:
+    parent = WorkCommand.secret("sql-sales-password", None, trigger="eventgrid", correlation_id="evt-1")
+    gateway, datasource = "6f1c2b9e-0a4d-4e7b-9a51-3c2d1e0f9a8b", "d2a7c0f4-5b6e-4c3d-8e9f-0a1b2c3d4e5f"
+    part = parent.fan_out(gateway.upper(), datasource)
+    assert WorkCommand.parse(part.to_message()) == part
+    assert (part.kind, part.correlation_id, part.part) == (WorkKind.TARGET, "evt-1", True)
+    assert part.done_key == f"evt-1|{gateway}|{datasource}" and parent.done_key == "evt-1"
+    with pytest.raises(WorkMessageError, match="part"):
+        WorkCommand.parse(json.dumps({**parent.to_dict(), "part": True}))

@@ -26,6 +26,8 @@ def test_the_quick_benchmarks_run_and_heal_what_they_measure(tmp_path: Path) -> 
             "heal",
             "--only",
             "fanout",
+            "--only",
+            "tenant",
             "--results",
             str(results),
         ],
@@ -43,3 +45,8 @@ def test_the_quick_benchmarks_run_and_heal_what_they_measure(tmp_path: Path) -> 
     assert all(r["seconds"] > 0 for r in rows)
     fanout = [r for r in rows if r["benchmark"] == "fanout"]
     assert all(r["calls"] == r["min_calls"] for r in fanout), fanout
+    tenant = [r for r in rows if r["benchmark"] == "tenant"]
+    assert [r["case"].split(": ")[1] for r in tenant] == ["first sweep", "steady sweep", "event"]
+    assert all(r["calls"] == r["min_calls"] and r["extra"]["exit"] == 0 for r in tenant), tenant
+    steady = tenant[1]
+    assert steady["calls"] <= steady["extra"]["issue_bound"]  # 1 + W + 2B + 5

@@ -152,14 +152,19 @@ def test_heal_sweep_and_replay_send_their_outcomes_with_trigger_cli_and_no_key_a
     assert "Web on api.contoso.com" in runs[5]["out"]
 
     ai = sb.appinsights
-    expected = len(outcomes) + len(_outcomes_of_table(runs[5]))
+    # A sweep records the targets it found already current as one summary outcome (one event).
+    quiet = [o for o in _outcomes(runs[4]) if o["action"] == "already-current" and o["dataset_id"] is None]
+    expected = len(outcomes) - len(quiet) + (1 if quiet else 0) + len(_outcomes_of_table(runs[5]))
 
     def arrived() -> list[dict[str, Any]]:
         found = ai.custom_events("CredentialRemediation")
         return found if len(found) >= expected else []
 
     cli_events = ai.wait_for(arrived)
+    assert quiet  # the sweep found the SQL sources current
     assert len(cli_events) == expected  # every outcome, once; flushed before each run returned
+    assert sum(e["properties"]["action"] == "already-current" and not e["properties"]["datasourceId"]
+               for e in cli_events) == 1
     assert {e["properties"]["trigger"] for e in cli_events} == {"cli"}
     reported = {e["properties"]["correlationId"] for e in cli_events}
     assert {json.loads(r["out"])["correlationId"] for r in runs[:3]} <= reported

@@ -288,6 +288,31 @@ def test_throttling_and_transient_faults_are_ridden_out(make: Make) -> None:
     assert not any(s.locked for s in w.sources)
 
 
+def test_a_retry_after_past_the_deadline_is_deferred_not_burnt_and_a_later_run_heals(make: Make) -> None:
+    h = make(sources=2)
+    w = h.world
+    w.rotate()
+    h.sb.faults.throttle("powerbi.update_datasource", retry_after=900, times=1)
+
+    report = h.healer.heal_secret(w.secret_name, deadline=time.time() + 120)
+
+    assert Action.DEFERRED in target_actions(report) and report.exit_code == 1
+    deferred = next(o for o in report.targets() if o.action == Action.DEFERRED)
+    assert "past this run's deadline" in (deferred.reason or "")
+    assert [p.status for p in patches(h.sb)] == [429]  # nothing was served, nothing waited
+    assert max(h.sleeps.waits, default=0.0) < 900
+    assert w.failed_sign_ins() == 0
+    # The pause is in the ledger: another instance does not send either before it ends.
+    other = h.another_instance()
+    again = other.healer.heal_secret(w.secret_name, deadline=time.time() + 120)
+    assert set(target_actions(again)) == {Action.DEFERRED} and len(patches(h.sb)) == 1
+
+    h.runtime.ledger.set_marker("throttle:powerbi", "0", time.time())  # the pause is over
+    healed = h.another_instance().healer.heal_secret(w.secret_name)
+    assert target_actions(healed) == [Action.UPDATED] * 2
+    assert all(stored_matches_source(d) for d in w.datasources) and w.failed_sign_ins() == 0
+
+
 # -- dataset diagnosis --------------------------------------------------------------------------
 def test_a_gateway_failure_changes_no_credentials_and_says_what_to_do(make: Make) -> None:
     h = make()

@@ -95,7 +95,7 @@ def test_table_ledger_satisfies_the_ledger_protocol(
     tables: TableLedger, service: TableServiceClient, prefix: str
 ) -> None:
     assert isinstance(tables, Ledger)
-    suffixes = ("targets", "events", "outcomes", "refreshes", "accounts")
+    suffixes = ("targets", "events", "outcomes", "refreshes", "accounts", "inventory", "markers")
     assert tables.table_names == tuple(f"{prefix}{s}" for s in suffixes)
     names = {t.name for t in service.list_tables()}
     assert set(tables.table_names) <= names

@@ -13,6 +13,7 @@ import pickle
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,12 +25,16 @@ from remediation.http import (
     CallStats,
     HttpPipeline,
     RetryPolicy,
+    ThrottledPastDeadline,
+    deadline_scope,
     parse_error_body,
     parse_retry_after,
 )
 from remediation.identity import AuthenticationError
 from remediation.keyvault import SecretAccessDenied
+from remediation.ledger import SqliteLedger
 from remediation.powerbi import InvalidId, RefreshAlreadyRunning
+from remediation.throttle import LedgerPause
 from sandbox import Sandbox
 from sandbox.server import HTTPError, Request, Response
 
@@ -465,3 +470,55 @@ def test_a_lost_answer_says_it_may_have_been_sent_and_a_refused_connection_that_
             "PATCH", f"https://127.0.0.1:{port}/t/ok", json_body={}, presents_credentials=True
         )
     assert refused.value.sent is False
+
+
+# --- Retry-After as long as asked, within the run's deadline; the pause shared across instances ---
+@pytest.mark.sandbox
+def test_a_retry_after_longer_than_two_minutes_is_waited_in_full_within_the_deadline(
+    sb: Sandbox, route: str
+) -> None:
+    sb.faults.throttle("test.get", retry_after=600, times=1)
+    sleep = Recorder()
+    with deadline_scope(lambda: NOW + 1000, clock=lambda: NOW):
+        response = _pipeline(sleep).request("GET", f"{route}/ok")
+    assert response.status == 200 and sleep.waits == [600.0]
+
+
+@pytest.mark.sandbox
+def test_a_retry_after_past_the_deadline_is_not_waited_and_says_so(sb: Sandbox, route: str) -> None:
+    sb.faults.throttle("test.get", retry_after=600, times=1)
+    sleep = Recorder()
+    with deadline_scope(lambda: NOW + 300, clock=lambda: NOW), pytest.raises(ThrottledPastDeadline) as caught:
+        _pipeline(sleep).request("GET", f"{route}/ok")
+    assert sleep.waits == [] and len(sb.requests.find("test.get")) == 1
+    assert (caught.value.status, caught.value.retry_after) == (429, 600.0)
+    assert "deadline" in str(caught.value)
+
+
+@pytest.mark.sandbox
+def test_a_pause_one_instance_drew_holds_the_others_through_the_ledger(
+    sb: Sandbox, route: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "ledger.db"
+    first, second = SqliteLedger(path), SqliteLedger(path)  # two instances, one ledger
+    try:
+        a_sleep, b_sleep = Recorder(), Recorder()
+        a, b = _pipeline(a_sleep), _pipeline(b_sleep)
+        a.shared_pause = LedgerPause(first, clock=lambda: NOW)
+        b.shared_pause = LedgerPause(second, clock=lambda: NOW)
+        sb.faults.throttle("test.get", retry_after=30, times=1)
+
+        assert a.request("GET", f"{route}/ok").attempts == 2  # drew the 429, waited, retried
+        assert a_sleep.waits == [30.0]
+        assert b.request("GET", f"{route}/ok").attempts == 1  # waited before sending anything
+        assert b_sleep.waits == [30.0]
+        assert [r.status for r in sb.requests.find("test.get")] == [429, 200, 200]
+
+        c = _pipeline(Recorder())  # a third instance, whose run ends in 10 s
+        c.shared_pause = LedgerPause(second, clock=lambda: NOW)
+        with deadline_scope(lambda: NOW + 10, clock=lambda: NOW), pytest.raises(ThrottledPastDeadline):
+            c.request("GET", f"{route}/ok")
+        assert len(sb.requests.find("test.get")) == 3  # nothing sent past the deadline
+    finally:
+        first.close()
+        second.close()

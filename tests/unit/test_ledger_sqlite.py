@@ -60,6 +60,8 @@ EXPECTED_SCHEMA = {
         "overrides",
         "etag",
     ],
+    "inventory": ["workspace_id", "dataset_id", "fingerprint", "learnt_at", "sources", "refreshable"],
+    "markers": ["name", "mark", "set_at"],
 }
 
 
@@ -144,7 +146,7 @@ def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path: Path) -> None
         assert claim is Claim.GRANTED
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     finally:
         conn.close()
     assert _columns(path) == EXPECTED_SCHEMA
