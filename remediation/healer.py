@@ -478,7 +478,7 @@ class Healer:
         except RemediationError as exc:
             return done(Action.FAILED, str(exc), version)
         account = account_key(binding, resolved.username)
-        blocked = self._account_check(account, binding, version, run)
+        blocked = self._account_check(account, binding, version, run, item.locator)
         if blocked is not None:
             return done(blocked.action, blocked.reason, version)
         if run.dry_run:
@@ -552,8 +552,14 @@ class Healer:
             present_again=run.present_again,
         )
 
-    def _account_check(self, account: str, binding: Binding, version: str, run: Run) -> Decision | None:
-        """The account's verdict on ``version``; with ``present_again`` an operator lifts it once."""
+    def _account_check(
+        self, account: str, binding: Binding, version: str, run: Run, locator: str = ""
+    ) -> Decision | None:
+        """The account's verdict on ``version``; with ``present_again`` an operator lifts it once.
+        (A version this run saw accepted at ``locator`` needs no second look: the claim under the
+        lease still checks the ledger before anything is sent.)"""
+        if (account, binding.secret.lower(), version.lower(), locator.lower()) in run.accepted:
+            return None
         av = self.ledger.account_version(account, binding.secret, version)
         if av.verdict is not None and run.present_again and not run.dry_run:
             key = (account, binding.secret.lower(), version.lower())
@@ -639,15 +645,15 @@ class Healer:
             self.ledger.record_attempt(lease, self._clock())
         except LeaseLost:
             lost = VerdictOf(Verdict.NOT_PRESENTED, "the lease was taken over before sending")
-            return self._record(item, secret, account, lease, lost, probe)
+            return self._record(item, secret, account, lease, lost, probe, run)
         if binding.credential_type is CredentialType.OAUTH2:
             try:
                 token = self._user_token(binding, secret)()
             except AuthenticationError as exc:
-                return self._record(item, secret, account, lease, grant_verdict(exc), probe)
+                return self._record(item, secret, account, lease, grant_verdict(exc), probe, run)
             except RemediationError as exc:
                 return self._record(
-                    item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe
+                    item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe, run
                 )
             body = update_datasource_request(credential_details(binding, resolved, encrypt=None))
         else:
@@ -657,11 +663,11 @@ class Healer:
             self._update(item, body, token, gateway, resolved, run, before_attempt)
         except (_NotSent, LeaseLost) as exc:
             return self._record(
-                item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, f"not sent: {exc}"), probe
+                item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, f"not sent: {exc}"), probe, run
             )
         except ThrottledPastDeadline as exc:
             # Power BI asked to wait past the run's deadline: nothing was served; a later run goes on.
-            self._record(item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe)
+            self._record(item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe, run)
             return Action.DEFERRED, f"{exc}"
         except AuthenticationError as exc:
             # The product's own sign-in to Power BI failed: nothing of the binding was presented.
@@ -672,20 +678,21 @@ class Healer:
                 lease,
                 VerdictOf(Verdict.NOT_PRESENTED, f"the product could not sign in to Power BI: {exc}"),
                 probe,
+                run,
             )
         except ApiError as exc:
-            return self._record(item, secret, account, lease, patch_verdict(exc), probe)
+            return self._record(item, secret, account, lease, patch_verdict(exc), probe, run)
         except TakeOverRefused as exc:
             return self._record(
-                item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe
+                item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe, run
             )
         except Exception as exc:  # noqa: BLE001 - the request may have been served: in doubt
             logger.exception("PATCH of %s/%s", target.gateway_id, target.datasource_id)
             verdict = VerdictOf(
                 Verdict.IN_DOUBT, f"the update ended in an unexpected error ({type(exc).__name__})"
             )
-            return self._record(item, secret, account, lease, verdict, probe)
-        return self._record(item, secret, account, held[0], VerdictOf(Verdict.ACCEPTED, ""), probe)
+            return self._record(item, secret, account, lease, verdict, probe, run)
+        return self._record(item, secret, account, held[0], VerdictOf(Verdict.ACCEPTED, ""), probe, run)
 
     def _update(
         self,
@@ -728,6 +735,7 @@ class Healer:
         lease: Lease,
         verdict: VerdictOf,
         probe: bool,
+        run: Run,
     ) -> tuple[Action, str]:
         """Write the verdict (target and account) and say what it means."""
         binding, target = item.binding, item.target
@@ -747,7 +755,11 @@ class Healer:
             )
 
         if verdict.verdict is Verdict.ACCEPTED:
-            account_verdict("accepted", "accepted")
+            known = (account, binding.secret.lower(), version.lower(), item.locator.lower())
+            if probe or known not in run.accepted:
+                account_verdict("accepted", "accepted")
+                with run.lock:
+                    run.accepted.add(known)
             self.ledger.record_applied(lease, binding.secret, version, now)
             return Action.UPDATED, f"now holds version {version}"
         if verdict.verdict is Verdict.REJECTED:

@@ -38,6 +38,8 @@ class Run:
     workspaces: list[str] | None = None  # the watched (or visible) workspaces, read once per run
     settled: dict[tuple[str, str], Outcome] = field(default_factory=dict)  # targets done this run
     allowed_again: set[tuple[str, str, str]] = field(default_factory=set)
+    # (account, secret, version, locator) this run saw accepted: its fan-out skips re-reading it
+    accepted: set[tuple[str, str, str, str]] = field(default_factory=set)
     retry_at: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     key_locks: dict[str, threading.Lock] = field(default_factory=dict)
