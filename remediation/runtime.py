@@ -24,7 +24,8 @@ from remediation.identity import (
     build_azure_credential,
 )
 from remediation.keyvault import KeyVaultClient
-from remediation.ledger import Ledger, SqliteLedger
+from remediation.ledger import Ledger
+from remediation.ledger_sqlite import SqliteLedger
 from remediation.ledger_tables import TableLedger
 from remediation.powerbi import PowerBIClient
 from remediation.settings import Settings

@@ -24,9 +24,9 @@ from remediation.ledger import (
     LedgerError,
     Outcome,
     Rejection,
-    SqliteLedger,
     TargetRecord,
 )
+from remediation.ledger_sqlite import SqliteLedger
 from remediation.ledger_tables import TableLedger
 from remediation.runtime import open_ledger
 from remediation.settings import Settings

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from remediation.cli import main
 from remediation.figures import figures
-from remediation.ledger import Outcome, SqliteLedger
+from remediation.ledger import Outcome
+from remediation.ledger_sqlite import SqliteLedger
 
 DAY = 1_796_000_000.0  # 2026-11-30
 INFRA = Path(__file__).resolve().parents[2] / "infra"

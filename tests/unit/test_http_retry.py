@@ -32,7 +32,7 @@ from remediation.http import (
 )
 from remediation.identity import AuthenticationError
 from remediation.keyvault import SecretAccessDenied
-from remediation.ledger import SqliteLedger
+from remediation.ledger_sqlite import SqliteLedger
 from remediation.powerbi import InvalidId, RefreshAlreadyRunning
 from remediation.throttle import LedgerPause
 from sandbox import Sandbox

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from remediation.ledger import (
-    _MIGRATIONS,
     SCHEMA_VERSION,
     AccountVersion,
     Claim,
@@ -19,9 +18,9 @@ from remediation.ledger import (
     Ledger,
     LedgerError,
     Outcome,
-    SqliteLedger,
     TargetState,
 )
+from remediation.ledger_sqlite import _MIGRATIONS, SqliteLedger
 from tests.ledger_contract import DS, GW, SECRET, T0, V1, LedgerContract, LedgerFactory
 
 # Column names that could only exist to hold a secret value.
