@@ -64,8 +64,9 @@ markers          "marker" / name              mark, set_at (the sweep's cursor, 
 In SQLite the accounts table is ``account_versions``, one row per (account, secret, version),
 ``accepted`` a JSON column, so every change stays a one-row write.
 
-:class:`~remediation.ledger_sqlite.SqliteLedger` is the embedded backend (``REMEDIATION_STATE_PATH``): one SQLite
-file in WAL mode with a busy timeout, safe for a pool of threads and for several processes at once.
+:class:`~remediation.ledger_sqlite.SqliteLedger` is the embedded backend
+(``REMEDIATION_STATE_PATH``): one SQLite file in WAL mode with a busy timeout, safe for a pool of
+threads and for several processes at once.
 """
 
 from __future__ import annotations
