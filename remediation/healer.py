@@ -48,7 +48,8 @@ from remediation.accounts import account_key, source_locator, text_map
 from remediation.bindings import Binding, BindingSet, CredentialType, Target
 from remediation.credentials import ResolvedCredential, resolve_credential
 from remediation.decisions import Decision, account_decision, decide
-from remediation.errors import NotBound, RemediationError, SecretVersionNotFound
+from remediation.errors import ConfigError, NotBound, RemediationError, SecretVersionNotFound
+from remediation.fabric import FabricClient
 from remediation.http import ApiError, ThrottledPastDeadline, deadline_scope
 from remediation.identity import AuthenticationError
 from remediation.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
@@ -61,6 +62,7 @@ from remediation.report import HOLDS_CURRENT, PROBLEMS, Action, Report
 from remediation.runs import Resolved, Run
 from remediation.settings import Settings
 from remediation.targets import Presented, TargetKind
+from remediation.targets.fabric import FabricKind
 from remediation.targets.gateway import GatewayKind, TakeOverRefused, UserTokenFactory
 from remediation.telemetry import REDACTOR
 
@@ -100,6 +102,7 @@ class Healer:
         keyvault: KeyVaultClient,
         ledger: Ledger,
         user_tokens: UserTokenFactory | None = None,
+        fabric: FabricClient | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         owner: str | None = None,
@@ -123,6 +126,7 @@ class Healer:
             clock=clock,
         )
         self.gateways = self.gateway_kind.gateways
+        self.fabric_kind = None if fabric is None else FabricKind(fabric)
         self.refresher = Refresher(
             settings,
             bindings,
@@ -470,7 +474,10 @@ class Healer:
             return done(Action.WOULD_UPDATE, decision.reason, version)
 
         # Discovery (e.g. the gateway's kind and key) happens before the lease: it may be slow.
-        kind = self.kind_of(target)
+        try:
+            kind = self.kind_of(target)
+        except RemediationError as exc:
+            return done(Action.FAILED, str(exc), version)
         try:
             found = kind.discover(item, run)
         except ThrottledPastDeadline as exc:
@@ -577,8 +584,15 @@ class Healer:
         return max(float(self.settings.lease_seconds), 2.0 * self._worst_case() + 10.0)
 
     def kind_of(self, target: Target) -> TargetKind:
-        """The target kind that reads, builds and sends ``target``'s credential."""
-        return self.gateway_kind
+        """The target kind that reads, builds and sends ``target``'s credential.
+
+        Raises :class:`~remediation.errors.ConfigError` for a Fabric connection when the healer
+        was built without a Fabric client."""
+        if target.connection_id is None:
+            return self.gateway_kind
+        if self.fabric_kind is None:
+            raise ConfigError("this healer has no Fabric client, so it cannot update Fabric connections")
+        return self.fabric_kind
 
     def _present(
         self,
