@@ -112,7 +112,7 @@ _BINDING_KEYS = (
     "targets",
 )
 _TARGET_KEYS = ("gatewayId", "datasourceId")
-_CONNECTION_KEYS = ("connectionId",)
+_CONNECTION_KEYS = ("connectionId", "keyVaultReference")
 _MATCH_KEYS = ("datasourceType", "server", "database", "url", "path")
 _MATCH_DETAIL_KEYS = ("server", "database", "url", "path")
 
@@ -130,11 +130,13 @@ class Target:
 
     gateway_id: str
     datasource_id: str
+    key_vault_reference: bool = field(default=False, compare=False)
+    """A Fabric connection whose credential is a Key Vault reference: the healer never sends it a copy."""
 
     @classmethod
-    def connection(cls, connection_id: str) -> Target:
+    def connection(cls, connection_id: str, *, key_vault_reference: bool = False) -> Target:
         """The target of Fabric connection ``connection_id`` (a GUID)."""
-        return cls(CONNECTIONS, connection_id.strip().lower())
+        return cls(CONNECTIONS, connection_id.strip().lower(), key_vault_reference)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -652,7 +654,15 @@ def _parse_targets(
             connection = _guid(
                 item.get("connectionId"), binding=label, field=where + ".connectionId", what="a connection id"
             )
-            target = Target.connection(connection)
+            reference = item.get("keyVaultReference", False)
+            if not isinstance(reference, bool):
+                raise BindingsError(
+                    "must be true or false (true: the connection reads this secret from Key Vault itself, "
+                    "so the healer never sends it a copy)",
+                    binding=label,
+                    field=where + ".keyVaultReference",
+                )
+            target = Target.connection(connection, key_vault_reference=reference)
             if target in targets:
                 raise BindingsError(
                     f"connection {connection} is listed twice in this binding", binding=label, field=where

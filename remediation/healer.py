@@ -441,6 +441,13 @@ class Healer:
         binding, target = item.binding, item.target
         if run.out_of_time(self._clock()):
             return done(Action.DEFERRED, "the time budget ran out; the next run continues")
+        if target.key_vault_reference:
+            # Fabric reads the current version itself at run time; a copy would replace the reference.
+            return done(
+                Action.REFERENCED,
+                f"connection {target.datasource_id} references Key Vault secret {binding.secret!r}: "
+                "Fabric reads its current version itself, so no copy is sent",
+            )
         try:
             secret = self.secret(binding.secret, run)
         except ThrottledPastDeadline as exc:

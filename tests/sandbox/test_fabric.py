@@ -278,3 +278,44 @@ def test_the_sandbox_answers_match_the_fabric_specs(make: Make, sb: Sandbox) -> 
         for m in f.gateway.members
     ]
     assert fabric_errors("ListGatewayMembersResponse", {"value": members}) == []
+
+
+def test_a_connection_that_references_key_vault_is_left_alone(make: Make, sb: Sandbox) -> None:
+    w = build_world(sb)
+    f = add_fabric(sb, w.app.client_id, credential_type="Basic", reference=True)
+    f.binding["targets"] = [{"connectionId": f.connection.id, "keyVaultReference": True}]
+    h = harness(make, sb, f, world=w)
+    f.rotate(sb)
+    report = h.healer.heal_secret(f.secret_name)
+    (outcome,) = targets(report, f.connection)
+    assert outcome.action == Action.REFERENCED
+    assert "no copy is sent" in outcome.reason
+    assert report.exit_code == 0
+    assert fabric_patches(sb) == []
+    assert f.connection.key_vault_reference is not None and f.connection.reference_overwritten == 0
+
+
+def test_bindings_check_reads_connections_and_says_which_could_reference_key_vault(
+    make: Make, sb: Sandbox
+) -> None:
+    from io import StringIO  # noqa: PLC0415
+
+    from remediation.cli import main  # noqa: PLC0415
+
+    w = build_world(sb)
+    cloud = add_fabric(sb, w.app.client_id, name="lake")
+    onprem = add_fabric(sb, w.app.client_id, connectivity="OnPremisesGateway", name="erp")
+    hidden = add_fabric(sb, "someone-else", name="hidden")
+    h = harness(make, sb, cloud, onprem, hidden, world=w)
+    out, err = StringIO(), StringIO()
+
+    code = main(["--json", "bindings", "check"], environ=h.env, stdout=out, stderr=err)
+
+    rows = {r["datasource"]: r for r in json.loads(out.getvalue())}
+    assert code == 1, err.getvalue()  # the hidden connection is a problem
+    assert rows[cloud.connection.id]["status"] == "ok"
+    assert any("could reference Key Vault" in x for x in rows[cloud.connection.id].get("warnings", []))
+    assert rows[onprem.connection.id]["status"] == "ok"
+    assert not any("could reference" in x for x in rows[onprem.connection.id].get("warnings", []))
+    assert rows[hidden.connection.id]["status"].startswith("connection not visible")
+    assert fabric_patches(sb) == []

@@ -229,3 +229,11 @@ def test_fabric_api_url_and_scope() -> None:
     sandbox = Settings.from_env({"FABRIC_API_URL": "https://127.0.0.1:8443/v1"})
     assert sandbox.fabric_api_url == "https://127.0.0.1:8443/v1"
     assert sandbox.fabric_scope == "https://api.fabric.microsoft.com/.default"
+
+
+def test_a_key_vault_reference_mark_must_be_a_boolean() -> None:
+    b = parse(targets=[{"connectionId": CONN, "keyVaultReference": True}])
+    assert b.targets[0].key_vault_reference is True
+    with pytest.raises(BindingsError) as info:
+        parse(targets=[{"connectionId": CONN, "keyVaultReference": "yes"}])
+    assert info.value.field == "targets[0].keyVaultReference"
