@@ -212,9 +212,12 @@ class Healer:
                 binding, locator = self._binding_by_match(gateway_id, datasource_id, run)
             if binding is None:
                 raise NotBound(f"no binding covers gateway {gateway_id} data source {datasource_id}")
-            (outcome,) = self.heal_targets(
-                [Resolved(binding, Target(gateway_id, datasource_id), locator)], run
+            # The binding's own target when it lists it (a Fabric connection's marks go along).
+            target = next(
+                (t for t in binding.targets if t.key == (gateway_id, datasource_id)),
+                Target(gateway_id, datasource_id),
             )
+            (outcome,) = self.heal_targets([Resolved(binding, target, locator)], run)
             if retry_refreshes and outcome.action in (Action.UPDATED, Action.CURRENT):
                 self.refresher.retry_failed_refreshes({(gateway_id, datasource_id)}, run)
         finally:

@@ -319,3 +319,14 @@ def test_bindings_check_reads_connections_and_says_which_could_reference_key_vau
     assert not any("could reference" in x for x in rows[onprem.connection.id].get("warnings", []))
     assert rows[hidden.connection.id]["status"].startswith("connection not visible")
     assert fabric_patches(sb) == []
+
+
+def test_a_referenced_connection_healed_as_one_target_is_left_alone_too(make: Make, sb: Sandbox) -> None:
+    w = build_world(sb)
+    f = add_fabric(sb, w.app.client_id, reference=True)
+    f.binding["targets"] = [{"connectionId": f.connection.id, "keyVaultReference": True}]
+    h = harness(make, sb, f, world=w)
+    f.rotate(sb)
+    report = h.healer.heal_target("connections", f.connection.id, retry_refreshes=True)
+    assert [o.action for o in report.targets()] == [Action.REFERENCED]
+    assert fabric_patches(sb) == [] and f.connection.reference_overwritten == 0

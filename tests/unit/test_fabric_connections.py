@@ -237,3 +237,13 @@ def test_a_key_vault_reference_mark_must_be_a_boolean() -> None:
     with pytest.raises(BindingsError) as info:
         parse(targets=[{"connectionId": CONN, "keyVaultReference": "yes"}])
     assert info.value.field == "targets[0].keyVaultReference"
+
+
+def test_a_fabric_connection_part_of_a_fan_out_survives_the_queue() -> None:
+    from remediation.workqueue import WorkCommand  # noqa: PLC0415
+
+    part = WorkCommand.secret("lake-secret", None, trigger="eventgrid", correlation_id="c1").fan_out(
+        CONNECTIONS, CONN
+    )
+    back = WorkCommand.parse(part.to_message())
+    assert (back.gateway_id, back.datasource_id, back.part) == (CONNECTIONS, CONN, True)
