@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from remediation import discover
-from remediation.bindings import Binding, BindingSet, Target, binding_problems, binding_warnings
+from remediation.bindings import CONNECTIONS, Binding, BindingSet, Target, binding_problems, binding_warnings
 from remediation.errors import ConfigError, RemediationError
 from remediation.events import EventError, Kind, parse_events
 from remediation.fabric import FabricEntityNotFound, FabricNotAuthorized
@@ -530,7 +530,9 @@ def _table(outcomes: Sequence[Outcome], out: TextIO, *, with_time: bool = False)
     headers = (["time"] if with_time else []) + ["what", "binding", "version", "action", "reason"]
     rows = []
     for o in outcomes:
-        if o.datasource_id:
+        if o.datasource_id and o.gateway_id == CONNECTIONS:
+            what = f"connection {o.datasource_id[:8]}…"
+        elif o.datasource_id:
             what = f"source {o.gateway_id[:8] if o.gateway_id else '?'}…/{o.datasource_id[:8]}…"
         else:
             what = f"dataset {(o.dataset_id or '?')[:8]}…"

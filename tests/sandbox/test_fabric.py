@@ -330,3 +330,19 @@ def test_a_referenced_connection_healed_as_one_target_is_left_alone_too(make: Ma
     report = h.healer.heal_target("connections", f.connection.id, retry_refreshes=True)
     assert [o.action for o in report.targets()] == [Action.REFERENCED]
     assert fabric_patches(sb) == [] and f.connection.reference_overwritten == 0
+
+
+def test_the_cli_names_a_connection_target_as_a_connection(make: Make, sb: Sandbox) -> None:
+    from io import StringIO  # noqa: PLC0415
+
+    from remediation.cli import main  # noqa: PLC0415
+
+    w = build_world(sb)
+    f = add_fabric(sb, w.app.client_id)
+    h = harness(make, sb, f, world=w)
+    new = f.rotate(sb)
+    out, err = StringIO(), StringIO()
+    code = main(["heal", "--secret", f.secret_name], environ=h.env, stdout=out, stderr=err)
+    assert code == 0, err.getvalue()
+    assert f"connection {f.connection.id[:8]}…" in out.getvalue()
+    assert "updated" in out.getvalue() and new not in out.getvalue() + err.getvalue()
