@@ -107,6 +107,9 @@ param workQueueName string = 'remediation-work'
 @description('POWERBI_API_URL: the Power BI REST base of your cloud.')
 param powerBiApiUrl string = 'https://api.powerbi.com/v1.0/myorg'
 
+@description('FABRIC_API_URL: the Fabric REST base (Fabric connection targets); the token scope is derived from its host.')
+param fabricApiUrl string = 'https://api.fabric.microsoft.com/v1'
+
 @description('POWERBI_PUBLIC_CLIENT_ID: app registration (public client flows allowed) that signs in the service accounts of OAuth2 caller-identity bindings; the managed identity cannot. Empty: no such bindings.')
 param powerBiPublicClientId string = ''
 
@@ -272,6 +275,7 @@ module functionApp 'modules/functionapp.bicep' = {
     settleSeconds: settleSeconds
     workQueueName: workQueueName
     powerBiApiUrl: powerBiApiUrl
+    fabricApiUrl: fabricApiUrl
     powerBiScope: powerBiScope
     powerBiPublicClientId: powerBiPublicClientId
     authorityHost: authorityHost

@@ -44,8 +44,11 @@ def account_key(binding: Binding, username: str | None) -> str:
     """The account a binding's credential signs in as, for the per-account rules.
 
     ``username`` is the resolved one (a JSON secret's ``username`` overrides the binding's).
-    Credentials without a user (Key, SAS, Anonymous) are their own account: the secret's name.
+    Credentials without a user (Key, SAS, Anonymous) are their own account: the secret's name;
+    a ServicePrincipal's account is its application (client id).
     """
+    if binding.credential_type is CredentialType.SERVICE_PRINCIPAL and binding.client_id:
+        return f"app:{binding.client_id.lower()}"  # Entra ID counts sign-ins per application
     if binding.credential_type in (CredentialType.BASIC, CredentialType.WINDOWS, CredentialType.OAUTH2):
         user = _bare_user(username or binding.username or "")
         if user:

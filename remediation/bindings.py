@@ -55,6 +55,8 @@ class CredentialType(StrEnum):
     SAS = "SAS"
     OAUTH2 = "OAuth2"
     ANONYMOUS = "Anonymous"
+    SERVICE_PRINCIPAL = "ServicePrincipal"
+    """Fabric connections only: the secret is the client secret; tenant and client id are the binding's."""
 
 
 class PrivacyLevel(StrEnum):
@@ -84,6 +86,9 @@ BINDABLE_TYPES: tuple[CredentialType, ...] = (
     CredentialType.SAS,
     CredentialType.OAUTH2,
 )
+# Types only Fabric connections take (``connectionId`` targets), and Fabric's spelling of SAS.
+FABRIC_ONLY_TYPES: tuple[CredentialType, ...] = (CredentialType.SERVICE_PRINCIPAL,)
+_TYPE_ALIASES = {"SharedAccessSignature": CredentialType.SAS}
 _USERNAME_TYPES = (CredentialType.BASIC, CredentialType.WINDOWS, CredentialType.OAUTH2)
 
 _E = TypeVar("_E", bound=StrEnum)
@@ -102,24 +107,45 @@ _BINDING_KEYS = (
     "encryptedConnection",
     "oauth2",
     "takeOver",
+    "tenantId",
+    "clientId",
     "targets",
 )
 _TARGET_KEYS = ("gatewayId", "datasourceId")
+_CONNECTION_KEYS = ("connectionId", "keyVaultReference")
 _MATCH_KEYS = ("datasourceType", "server", "database", "url", "path")
 _MATCH_DETAIL_KEYS = ("server", "database", "url", "path")
 
 
 # -- model --------------------------------------------------------------------------------------
+CONNECTIONS = "connections"
+"""The ``gateway_id`` of a Fabric connection target: its ledger key is ``("connections", id)``,
+beside the ``(gateway id, data source id)`` of gateway data sources (no GUID is "connections")."""
+
+
 @dataclass(frozen=True)
 class Target:
-    """One gateway data source, by id (both GUIDs, lower-case)."""
+    """One gateway data source, by id (both GUIDs, lower-case), or one Fabric connection
+    (``gateway_id`` :data:`CONNECTIONS`, ``datasource_id`` the connection id): see :meth:`connection`."""
 
     gateway_id: str
     datasource_id: str
+    key_vault_reference: bool = field(default=False, compare=False)
+    """A Fabric connection whose credential is a Key Vault reference: the healer never sends it a copy."""
+
+    @classmethod
+    def connection(cls, connection_id: str, *, key_vault_reference: bool = False) -> Target:
+        """The target of Fabric connection ``connection_id`` (a GUID)."""
+        return cls(CONNECTIONS, connection_id.strip().lower(), key_vault_reference)
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.gateway_id, self.datasource_id)
+
+    @property
+    def connection_id(self) -> str | None:
+        """The Fabric connection id, when the target is a connection."""
+        return self.datasource_id if self.gateway_id == CONNECTIONS else None
 
 
 @dataclass(frozen=True)
@@ -163,6 +189,8 @@ class Binding:
     encrypted_connection: EncryptedConnection = EncryptedConnection.ENCRYPTED
     oauth2_mode: OAuth2Mode | None = None
     take_over: bool = False
+    tenant_id: str | None = None  # ServicePrincipal: the tenant of the app whose secret rotates
+    client_id: str | None = None  # ServicePrincipal: that app's client id
     targets: tuple[Target, ...] = ()
     matches: tuple[TargetMatch, ...] = ()
     # Whether the file set them (else the defaults above are sent: Power BI requires both in an
@@ -457,7 +485,9 @@ def _parse_binding(raw: object, index: int) -> tuple[Binding, tuple[int, ...]]:
             field="takeOver",
         )
 
+    tenant_id, client_id = _principal(raw, credential_type, label)
     targets, positions, matches = _parse_targets(raw.get("targets"), label)
+    _check_target_kinds(credential_type, targets, matches, label)
     binding = Binding(
         name=name,
         secret=secret,
@@ -467,6 +497,8 @@ def _parse_binding(raw: object, index: int) -> tuple[Binding, tuple[int, ...]]:
         encrypted_connection=encrypted,
         oauth2_mode=oauth2_mode,
         take_over=take_over,
+        tenant_id=tenant_id,
+        client_id=client_id,
         targets=targets,
         matches=matches,
         privacy_level_given="privacyLevel" in raw,
@@ -475,8 +507,49 @@ def _parse_binding(raw: object, index: int) -> tuple[Binding, tuple[int, ...]]:
     return binding, positions
 
 
+def _principal(
+    raw: dict[str, Any], credential_type: CredentialType, label: str
+) -> tuple[str | None, str | None]:
+    """``tenantId`` and ``clientId``: required by ServicePrincipal bindings, refused by others."""
+    if credential_type is not CredentialType.SERVICE_PRINCIPAL:
+        for key in ("tenantId", "clientId"):
+            if key in raw:
+                raise BindingsError(
+                    f"only ServicePrincipal bindings take {key}; "
+                    f"remove it from this {credential_type} binding",
+                    binding=label,
+                    field=key,
+                )
+        return None, None
+    tenant = _guid(raw.get("tenantId"), binding=label, field="tenantId", what="the tenant id of the app")
+    client = _guid(raw.get("clientId"), binding=label, field="clientId", what="the client id of the app")
+    return tenant, client
+
+
+def _check_target_kinds(
+    credential_type: CredentialType, targets: Sequence[Target], matches: Sequence[TargetMatch], label: str
+) -> None:
+    """ServicePrincipal exists only for Fabric connections; OAuth2 only for gateway data sources
+    (Fabric's API has no OAuth2 credential: it needs an interactive sign-in)."""
+    gateway_targets = matches or any(t.connection_id is None for t in targets)
+    if credential_type is CredentialType.SERVICE_PRINCIPAL and gateway_targets:
+        raise BindingsError(
+            "ServicePrincipal credentials exist only for Fabric connections: "
+            'use {"connectionId": ...} targets',
+            binding=label,
+            field="targets",
+        )
+    if credential_type is CredentialType.OAUTH2 and any(t.connection_id is not None for t in targets):
+        raise BindingsError(
+            "Fabric connections take no OAuth2 credential through the API (it needs an interactive "
+            "sign-in); bind the gateway data source instead",
+            binding=label,
+            field="targets",
+        )
+
+
 def _credential_type(value: object, label: str) -> CredentialType:
-    allowed = ", ".join(BINDABLE_TYPES)
+    allowed = ", ".join(BINDABLE_TYPES + FABRIC_ONLY_TYPES)
     if value == CredentialType.ANONYMOUS:
         raise BindingsError(
             f"Anonymous data sources have no secret to rotate; remove this binding (allowed: {allowed})",
@@ -484,11 +557,15 @@ def _credential_type(value: object, label: str) -> CredentialType:
             field="credentialType",
         )
     if isinstance(value, str):
-        for member in BINDABLE_TYPES:
+        for member in BINDABLE_TYPES + FABRIC_ONLY_TYPES:
             if value == member.value:
                 return member
+        if value in _TYPE_ALIASES:
+            return _TYPE_ALIASES[value]
     raise BindingsError(
-        _not_allowed(value, [m.value for m in BINDABLE_TYPES]), binding=label, field="credentialType"
+        _not_allowed(value, [m.value for m in BINDABLE_TYPES + FABRIC_ONLY_TYPES]),
+        binding=label,
+        field="credentialType",
     )
 
 
@@ -572,6 +649,27 @@ def _parse_targets(
                 binding=label,
                 field=where,
             )
+        if "connectionId" in item:
+            _check_keys(item, _CONNECTION_KEYS, binding=label, where=where + ".")
+            connection = _guid(
+                item.get("connectionId"), binding=label, field=where + ".connectionId", what="a connection id"
+            )
+            reference = item.get("keyVaultReference", False)
+            if not isinstance(reference, bool):
+                raise BindingsError(
+                    "must be true or false (true: the connection reads this secret from Key Vault itself, "
+                    "so the healer never sends it a copy)",
+                    binding=label,
+                    field=where + ".keyVaultReference",
+                )
+            target = Target.connection(connection, key_vault_reference=reference)
+            if target in targets:
+                raise BindingsError(
+                    f"connection {connection} is listed twice in this binding", binding=label, field=where
+                )
+            targets.append(target)
+            positions.append(i)
+            continue
         if "match" in item:
             _check_keys(item, ("match",), binding=label, where=where + ".")
             matches.append(_parse_match(item["match"], label, where + ".match"))

@@ -37,15 +37,17 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from remediation import discover
-from remediation.bindings import BindingSet, binding_problems, binding_warnings
+from remediation.bindings import CONNECTIONS, Binding, BindingSet, Target, binding_problems, binding_warnings
 from remediation.errors import ConfigError, RemediationError
 from remediation.events import EventError, Kind, parse_events
+from remediation.fabric import FabricEntityNotFound, FabricNotAuthorized
 from remediation.figures import figures
 from remediation.healer import Action, NotBound, Report
 from remediation.ledger import Outcome
 from remediation.redact import mask_urls
 from remediation.runtime import Runtime, build_healer, build_powerbi, load_bindings_from, open_ledger
 from remediation.settings import Settings
+from remediation.targets.fabric import could_reference
 from remediation.telemetry import Telemetry, redact
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
@@ -353,6 +355,10 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
                     "in as another account"
                 )
             for target in binding.targets:
+                if target.connection_id is not None:
+                    status, advice = _check_connection(runtime, binding, target)
+                    row(binding.name, "connection", target.connection_id, status, [*warnings, *advice])
+                    continue
                 found = next(
                     (
                         d
@@ -407,6 +413,40 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
                     said.add(f"{r['binding']}: {warning}")
                     out.write(f"warning: {r['binding']}: {warning}\n")
     return EXIT_OK if all(str(r["status"]).startswith("ok") for r in rows) else EXIT_PROBLEM
+
+
+def _check_connection(runtime: Runtime, binding: Binding, target: Target) -> tuple[str, list[str]]:
+    """``bindings check`` for a Fabric connection target: a GET, never a test (it would sign in)."""
+    if runtime.fabric is None:  # pragma: no cover - build_healer always builds one
+        return "Fabric is not configured", []
+    connection_id = target.connection_id or ""
+    try:
+        connection = runtime.fabric.get_connection(connection_id)
+    except FabricNotAuthorized:
+        return (
+            "connection not visible: give the identity a role on it (User, or Owner) in Manage "
+            "connections and gateways",
+            [],
+        )
+    except FabricEntityNotFound:
+        return "connection not found", []
+    except RemediationError as exc:
+        return f"could not read the connection: {exc}", []
+    wanted = {"SAS": "SharedAccessSignature"}.get(
+        binding.credential_type.value, binding.credential_type.value
+    )
+    if target.key_vault_reference:
+        return "ok (Key Vault reference: Fabric reads the secret itself; never pushed)", []
+    advice: list[str] = []
+    if could_reference(connection, binding.credential_type):
+        advice.append(
+            f"connection {connection_id} ({connection.connection_type}, {wanted}) could reference Key Vault "
+            f"secret {binding.secret!r} instead of being pushed a copy on every rotation; once it does, mark "
+            'the target "keyVaultReference": true'
+        )
+    if connection.credential_type and connection.credential_type != wanted:
+        return f"credential type is {connection.credential_type} in Fabric, {wanted} here", advice
+    return "ok", advice
 
 
 def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO, as_json: bool) -> int:
@@ -490,7 +530,9 @@ def _table(outcomes: Sequence[Outcome], out: TextIO, *, with_time: bool = False)
     headers = (["time"] if with_time else []) + ["what", "binding", "version", "action", "reason"]
     rows = []
     for o in outcomes:
-        if o.datasource_id:
+        if o.datasource_id and o.gateway_id == CONNECTIONS:
+            what = f"connection {o.datasource_id[:8]}…"
+        elif o.datasource_id:
             what = f"source {o.gateway_id[:8] if o.gateway_id else '?'}…/{o.datasource_id[:8]}…"
         else:
             what = f"dataset {(o.dataset_id or '?')[:8]}…"

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -47,35 +46,24 @@ from typing import Literal, TypeVar
 
 from remediation.accounts import account_key, source_locator, text_map
 from remediation.bindings import Binding, BindingSet, CredentialType, Target
-from remediation.credentials import (
-    ResolvedCredential,
-    credential_details,
-    resolve_credential,
-    update_datasource_request,
-)
+from remediation.credentials import ResolvedCredential, resolve_credential
 from remediation.decisions import Decision, account_decision, decide
-from remediation.errors import NotBound, RemediationError, SecretVersionNotFound
-from remediation.gateway_sources import GatewayKeys, request_body
+from remediation.errors import ConfigError, NotBound, RemediationError, SecretVersionNotFound
+from remediation.fabric import FabricClient
 from remediation.http import ApiError, ThrottledPastDeadline, deadline_scope
 from remediation.identity import AuthenticationError
 from remediation.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
 from remediation.ledger import Claim, Lease, LeaseLost, Ledger, Outcome
-from remediation.powerbi import (
-    DatasetDatasource,
-    EntityNotFound,
-    Gateway,
-    GatewayDatasource,
-    InvalidId,
-    PowerBIClient,
-    PowerBINotAuthorized,
-    Refresh,
-)
-from remediation.presentation import Verdict, VerdictOf, grant_verdict, patch_verdict
-from remediation.redact import describe_datasource, mask_urls
+from remediation.powerbi import EntityNotFound, GatewayDatasource, InvalidId, PowerBIClient, Refresh
+from remediation.presentation import Verdict, VerdictOf
+from remediation.redact import mask_urls
 from remediation.refresher import Refresher
 from remediation.report import HOLDS_CURRENT, PROBLEMS, Action, Report
 from remediation.runs import Resolved, Run
 from remediation.settings import Settings
+from remediation.targets import Presented, TargetKind
+from remediation.targets.fabric import FabricKind
+from remediation.targets.gateway import GatewayKind, TakeOverRefused, UserTokenFactory
 from remediation.telemetry import REDACTOR
 
 __all__ = [
@@ -87,6 +75,7 @@ __all__ = [
     "NotBound",
     "Report",
     "SecretVersionNotFound",
+    "TakeOverRefused",
     "UserTokenFactory",
     "account_decision",
     "decide",
@@ -95,13 +84,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-
-UserTokenFactory = Callable[[str, Callable[[], str]], Callable[[], str]]
-"""``(username, password_supplier) -> token provider`` for OAuth2 caller-identity bindings."""
-
-
-class TakeOverRefused(RemediationError):
-    """Take Over was needed and refused (nothing was presented); the message says why."""
 
 
 class _NotSent(Exception):
@@ -120,6 +102,7 @@ class Healer:
         keyvault: KeyVaultClient,
         ledger: Ledger,
         user_tokens: UserTokenFactory | None = None,
+        fabric: FabricClient | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         owner: str | None = None,
@@ -130,14 +113,20 @@ class Healer:
         self.powerbi = powerbi
         self.keyvault = keyvault
         self.ledger = ledger
-        self._user_tokens = user_tokens
-        self._user_providers: dict[tuple[str, str, str], Callable[[], str]] = {}
-        self._user_lock = threading.Lock()
         self._clock = clock
         self._sleep = sleep
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._poll_interval = poll_interval
-        self.gateways = GatewayKeys(powerbi, clock=clock)
+        self.gateway_kind = GatewayKind(
+            powerbi=powerbi,
+            keyvault=keyvault,
+            bindings=bindings,
+            inventory=lambda: self.refresher.inventory,
+            user_tokens=user_tokens,
+            clock=clock,
+        )
+        self.gateways = self.gateway_kind.gateways
+        self.fabric_kind = None if fabric is None else FabricKind(fabric)
         self.refresher = Refresher(
             settings,
             bindings,
@@ -223,9 +212,12 @@ class Healer:
                 binding, locator = self._binding_by_match(gateway_id, datasource_id, run)
             if binding is None:
                 raise NotBound(f"no binding covers gateway {gateway_id} data source {datasource_id}")
-            (outcome,) = self.heal_targets(
-                [Resolved(binding, Target(gateway_id, datasource_id), locator)], run
+            # The binding's own target when it lists it (a Fabric connection's marks go along).
+            target = next(
+                (t for t in binding.targets if t.key == (gateway_id, datasource_id)),
+                Target(gateway_id, datasource_id),
             )
+            (outcome,) = self.heal_targets([Resolved(binding, target, locator)], run)
             if retry_refreshes and outcome.action in (Action.UPDATED, Action.CURRENT):
                 self.refresher.retry_failed_refreshes({(gateway_id, datasource_id)}, run)
         finally:
@@ -452,6 +444,13 @@ class Healer:
         binding, target = item.binding, item.target
         if run.out_of_time(self._clock()):
             return done(Action.DEFERRED, "the time budget ran out; the next run continues")
+        if target.key_vault_reference:
+            # Fabric reads the current version itself at run time; a copy would replace the reference.
+            return done(
+                Action.REFERENCED,
+                f"connection {target.datasource_id} references Key Vault secret {binding.secret!r}: "
+                "Fabric reads its current version itself, so no copy is sent",
+            )
         try:
             secret = self.secret(binding.secret, run)
         except ThrottledPastDeadline as exc:
@@ -484,15 +483,17 @@ class Healer:
         if run.dry_run:
             return done(Action.WOULD_UPDATE, decision.reason, version)
 
-        # Discovery (gateway kind and key) happens before the lease: it may be slow.
-        gateway: Gateway | None = None
-        if not binding.uses_caller_identity:
-            try:
-                gateway = self.gateways.gateway(target.gateway_id)
-            except ThrottledPastDeadline as exc:
-                return done(Action.DEFERRED, str(exc), version)
-            except RemediationError as exc:
-                return done(Action.FAILED, f"could not read gateway {target.gateway_id}: {exc}", version)
+        # Discovery (e.g. the gateway's kind and key) happens before the lease: it may be slow.
+        try:
+            kind = self.kind_of(target)
+        except RemediationError as exc:
+            return done(Action.FAILED, str(exc), version)
+        try:
+            found = kind.discover(item, run)
+        except ThrottledPastDeadline as exc:
+            return done(Action.DEFERRED, str(exc), version)
+        except RemediationError as exc:
+            return done(Action.FAILED, f"could not read {kind.describe(item)}: {exc}", version)
 
         lease = self.ledger.acquire_lease(
             target.gateway_id, target.datasource_id, run.owner, self._clock(), self.lease_ttl()
@@ -527,7 +528,7 @@ class Healer:
                 assert verdict is not None
                 return done(verdict.action, verdict.reason, version)
             action, reason = self._present(
-                item, secret, resolved, gateway, lease, account, probe=claim is Claim.GRANTED, run=run
+                kind, item, secret, resolved, found, lease, account, probe=claim is Claim.GRANTED, run=run
             )
             return done(action, reason, version)
         except LeaseLost:
@@ -598,12 +599,24 @@ class Healer:
         twice a PATCH's worst case (so one is never renewed on every attempt)."""
         return max(float(self.settings.lease_seconds), 2.0 * self._worst_case() + 10.0)
 
+    def kind_of(self, target: Target) -> TargetKind:
+        """The target kind that reads, builds and sends ``target``'s credential.
+
+        Raises :class:`~remediation.errors.ConfigError` for a Fabric connection when the healer
+        was built without a Fabric client."""
+        if target.connection_id is None:
+            return self.gateway_kind
+        if self.fabric_kind is None:
+            raise ConfigError("this healer has no Fabric client, so it cannot update Fabric connections")
+        return self.fabric_kind
+
     def _present(
         self,
+        kind: TargetKind,
         item: Resolved,
         secret: SecretValue,
         resolved: ResolvedCredential,
-        gateway: Gateway | None,
+        found: object,
         lease: Lease,
         account: str,
         *,
@@ -639,53 +652,37 @@ class Healer:
                 if claim is not Claim.GRANTED:
                     raise _NotSent(f"the claim on the presentation is gone ({claim.value})")
 
-        token: str | None = None
         try:
             # The attempt counts toward the per-target bound (a password grant too: it is a sign-in).
             self.ledger.record_attempt(lease, self._clock())
         except LeaseLost:
             lost = VerdictOf(Verdict.NOT_PRESENTED, "the lease was taken over before sending")
             return self._record(item, secret, account, lease, lost, probe, run)
-        if binding.credential_type is CredentialType.OAUTH2:
-            try:
-                token = self._user_token(binding, secret)()
-            except AuthenticationError as exc:
-                return self._record(item, secret, account, lease, grant_verdict(exc), probe, run)
-            except RemediationError as exc:
-                return self._record(
-                    item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe, run
-                )
-            body = update_datasource_request(credential_details(binding, resolved, encrypt=None))
-        else:
-            assert gateway is not None
-            body = request_body(binding, resolved, gateway)
         try:
-            self._update(item, body, token, gateway, resolved, run, before_attempt)
+            kind.send(item, secret, resolved, found, run, before_attempt)
+        except Presented as exc:
+            return self._record(item, secret, account, lease, exc.verdict, probe, run)
         except (_NotSent, LeaseLost) as exc:
             return self._record(
                 item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, f"not sent: {exc}"), probe, run
             )
         except ThrottledPastDeadline as exc:
-            # Power BI asked to wait past the run's deadline: nothing was served; a later run goes on.
+            # The service asked to wait past the run's deadline: nothing was served; a later run goes on.
             self._record(item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe, run)
             return Action.DEFERRED, f"{exc}"
         except AuthenticationError as exc:
-            # The product's own sign-in to Power BI failed: nothing of the binding was presented.
+            # The product's own sign-in to the service failed: nothing of the binding was presented.
             return self._record(
                 item,
                 secret,
                 account,
                 lease,
-                VerdictOf(Verdict.NOT_PRESENTED, f"the product could not sign in to Power BI: {exc}"),
+                VerdictOf(Verdict.NOT_PRESENTED, f"the product could not sign in to {kind.service}: {exc}"),
                 probe,
                 run,
             )
         except ApiError as exc:
-            return self._record(item, secret, account, lease, patch_verdict(exc), probe, run)
-        except TakeOverRefused as exc:
-            return self._record(
-                item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe, run
-            )
+            return self._record(item, secret, account, lease, kind.verdict(exc), probe, run)
         except Exception as exc:  # noqa: BLE001 - the request may have been served: in doubt
             logger.exception("PATCH of %s/%s", target.gateway_id, target.datasource_id)
             verdict = VerdictOf(
@@ -693,39 +690,6 @@ class Healer:
             )
             return self._record(item, secret, account, lease, verdict, probe, run)
         return self._record(item, secret, account, held[0], VerdictOf(Verdict.ACCEPTED, ""), probe, run)
-
-    def _update(
-        self,
-        item: Resolved,
-        body: dict[str, object],
-        token: str | None,
-        gateway: Gateway | None,
-        resolved: ResolvedCredential,
-        run: Run,
-        before_attempt: Callable[[], None],
-    ) -> None:
-        """Send the PATCH; once more under a new gateway key (the gateway could not decrypt, so
-        nothing reached the source), or after Take Over (401: nothing was tested)."""
-        binding, target = item.binding, item.target
-
-        def send(payload: dict[str, object]) -> None:
-            self.powerbi.update_datasource(
-                target.gateway_id, target.datasource_id, payload, token=token, before_attempt=before_attempt
-            )
-
-        try:
-            send(body)
-        except PowerBINotAuthorized:
-            # A cloud data source needs the caller to own a dataset that uses it (Take Over).
-            if not binding.take_over or token is not None:
-                raise
-            self._take_over_for(target, run)
-            send(body)
-        except ApiError as exc:
-            fresh = None if gateway is None else self.gateways.fresh_key_after(exc, gateway)
-            if fresh is None:
-                raise
-            send(request_body(binding, resolved, fresh))
 
     def _record(
         self,
@@ -787,71 +751,6 @@ class Healer:
             self.ledger.release_presentation(account, binding.secret, version, owner=lease.owner)
         return Action.FAILED, verdict.reason
 
-    def _take_over_for(self, target: Target, run: Run) -> None:
-        """Take over a dataset that uses ``target`` (bindings with ``takeOver`` only).
-
-        Take Over resets the credentials of the dataset's other cloud data sources, so it is
-        refused (:class:`TakeOverRefused`, nothing presented) when one of them has no binding
-        that could put its credential back. Raises it too when no dataset uses ``target``.
-        """
-        found = self._dataset_using(target, run)
-        if found is None:
-            raise TakeOverRefused(
-                f"no dataset in the watched workspaces uses {target.gateway_id}/{target.datasource_id}, "
-                "so there is none to take over; make the identity a user of the data source instead"
-            )
-        workspace_id, dataset_id, sources = found
-        others = [s for s in sources if s.bound and _source_key(s) != target.key]
-        unbound = [
-            s
-            for s in others
-            if self.bindings.for_target(s.gateway_id or "", s.datasource_id or "") is None
-            and not self._matched(s)
-        ]
-        if unbound:
-            first = describe_datasource(unbound[0].datasource_type, unbound[0].connection_details)
-            raise TakeOverRefused(
-                f"not taking over dataset {dataset_id}: Take Over resets the credentials of its other "
-                f"data sources, and {len(unbound)} of them ({first}{', …' if len(unbound) > 1 else ''}) "
-                "have no binding to put them back. Bind them, or give the identity access to the data "
-                "source another way"
-            )
-        self.powerbi.take_over_in_group(workspace_id, dataset_id)
-        logger.warning(
-            "took over dataset %s to update %s; its other data sources' credentials are reset by Power BI",
-            dataset_id,
-            target.datasource_id,
-        )
-
-    def _matched(self, source: DatasetDatasource) -> bool:
-        try:
-            return (
-                self.bindings.for_datasource(
-                    source.gateway_id or "",
-                    source.datasource_id or "",
-                    datasource_type=source.datasource_type or "",
-                    connection_details=text_map(source.connection_details),
-                )
-                is not None
-            )
-        except RemediationError:
-            return False
-
-    def _user_token(self, binding: Binding, secret: SecretValue) -> Callable[[], str]:
-        if self._user_tokens is None:
-            raise RemediationError(f"binding {binding.name!r} needs user tokens, which are not configured")
-        username = binding.username or ""
-        key = (username.lower(), binding.secret, secret.version)
-        with self._user_lock:
-            provider = self._user_providers.get(key)
-            if provider is None:
-                # The provider asks Key Vault again when it needs the password, so no copy is kept.
-                provider = self._user_tokens(
-                    username, lambda: self.keyvault.get_secret(secret.name, secret.version).value
-                )
-                self._user_providers[key] = provider
-        return provider
-
     # ------------------------------------------------------------------------------------------
     # Resolution and caches
     # ------------------------------------------------------------------------------------------
@@ -903,30 +802,6 @@ class Healer:
                     found.extend((gateway.id.lower(), d) for d in self.powerbi.get_datasources(gateway.id))
                 run.gateway_datasources = found
             return run.gateway_datasources
-
-    def _dataset_using(self, target: Target, run: Run) -> tuple[str, str, list[DatasetDatasource]] | None:
-        """A dataset (workspace, id, its data sources) that uses ``target``: from the stored
-        inventory when it knows one (no Power BI call: this runs under the target's lease), else
-        by a scan."""
-        for record in self.refresher.inventory.known():
-            if any(source.key == target.key for source in record.sources):
-                sources = [
-                    DatasetDatasource(
-                        datasource_type=s.datasource_type,
-                        connection_details=s.details(),
-                        gateway_id=s.gateway_id,
-                        datasource_id=s.datasource_id,
-                    )
-                    for s in record.sources
-                ]
-                return record.workspace_id, record.dataset_id, sources
-        workspaces = list(self.bindings.watch_workspaces) or [g.id for g in self.powerbi.get_groups()]
-        for workspace_id in workspaces:
-            for dataset in self.powerbi.get_datasets_in_group(workspace_id):
-                sources = self.powerbi.get_datasources_in_group(workspace_id, dataset.id)
-                if any(_source_key(s) == target.key for s in sources):
-                    return workspace_id, dataset.id, sources
-        return None
 
     def secret(self, name: str, run: Run) -> SecretValue:
         key = name.lower()
@@ -1031,7 +906,3 @@ def _secret_parts(value: str) -> list[str]:
         if isinstance(doc, dict) and isinstance(doc.get("password"), str) and doc["password"]:
             parts.append(doc["password"])
     return parts
-
-
-def _source_key(source: DatasetDatasource) -> tuple[str, str]:
-    return (source.gateway_id or "").lower(), (source.datasource_id or "").lower()

@@ -332,9 +332,10 @@ class PowerBITokenProvider:
         *,
         credential: TokenCredential | None = None,
         clock: Callable[[], float] = time.time,
+        scope: str | None = None,
     ) -> None:
         self._settings = settings
-        self._scope = settings.powerbi_scope
+        self._scope = scope or settings.powerbi_scope
         self._clock = clock
         self._lock = threading.Lock()
         self._token: _Token | None = None

@@ -24,6 +24,7 @@ class Action(StrEnum):
     IN_DOUBT = "in-doubt"  # presented, but the verdict never came back: not presented again
     SETTLING = "settling"  # the version is younger than REMEDIATION_SETTLE_SECONDS: later
     WOULD_UPDATE = "would-update"  # dry-run
+    REFERENCED = "key-vault-reference"  # a Fabric connection that reads the secret itself: no copy sent
     # datasets
     REFRESHED = "refreshed"  # a refresh was started (and followed: see refresh_state)
     WOULD_REFRESH = "would-refresh"  # dry-run
@@ -36,7 +37,7 @@ class Action(StrEnum):
 
 
 # Actions after which a target holds the current version (exit code 0).
-HOLDS_CURRENT = frozenset({Action.UPDATED, Action.CURRENT})
+HOLDS_CURRENT = frozenset({Action.UPDATED, Action.CURRENT, Action.REFERENCED})
 # Actions that mean "something needs a person or a later run" (exit code 1).
 PROBLEMS = frozenset(
     {

@@ -15,6 +15,7 @@ from azure.core.credentials import TokenCredential
 
 from remediation.bindings import BindingSet, load_bindings
 from remediation.errors import ConfigError
+from remediation.fabric import FabricClient
 from remediation.healer import Healer
 from remediation.http import CallStats, HttpPipeline
 from remediation.identity import (
@@ -43,10 +44,13 @@ class Runtime:
     keyvault: KeyVaultClient
     powerbi: PowerBIClient
     stats: CallStats
+    fabric: FabricClient | None = None
 
     def close(self) -> None:
         self.keyvault.close()
         self.powerbi.pipeline.close()
+        if self.fabric is not None:
+            self.fabric.pipeline.close()
         self.ledger.close()
 
 
@@ -106,6 +110,14 @@ def build_healer(
     # Power BI throttles per principal: a 429's pause holds for every instance (through the ledger).
     pipeline.shared_pause = LedgerPause(ledger)
     powerbi = PowerBIClient(settings.powerbi_api_url, PowerBITokenProvider(settings), pipeline)
+    # Fabric throttles per principal too; its pause is its own (another service, another budget).
+    fabric_pipeline = HttpPipeline.from_settings(settings, service="fabric", stats=stats, sleep=sleep)
+    fabric = FabricClient(
+        settings.fabric_api_url,
+        PowerBITokenProvider(settings, scope=settings.fabric_scope),
+        fabric_pipeline,
+        sleep=sleep,
+    )
     user_cache = UserTokenCache()
 
     def user_tokens(username: str, password: Callable[[], str]) -> Callable[[], str]:
@@ -118,8 +130,9 @@ def build_healer(
         keyvault=keyvault,
         ledger=ledger,
         user_tokens=user_tokens,
+        fabric=fabric,
         clock=clock,
         sleep=sleep,
         poll_interval=poll_interval,
     )
-    return Runtime(settings, bindings, healer, ledger, keyvault, powerbi, stats)
+    return Runtime(settings, bindings, healer, ledger, keyvault, powerbi, stats, fabric)

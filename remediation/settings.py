@@ -20,16 +20,20 @@ from remediation.errors import ConfigError
 
 __all__ = [
     "DEFAULT_AUTHORITY_HOST",
+    "DEFAULT_FABRIC_API_URL",
     "DEFAULT_POWERBI_API_URL",
     "DEFAULT_POWERBI_SCOPE",
     "MICROSOFT_AUTHORITY_HOSTS",
     "Settings",
     "StorageSettings",
+    "fabric_scope_for",
     "powerbi_scope_for",
 ]
 
 DEFAULT_POWERBI_API_URL = "https://api.powerbi.com/v1.0/myorg"
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+DEFAULT_FABRIC_API_URL = "https://api.fabric.microsoft.com/v1"
+DEFAULT_FABRIC_SCOPE = "https://api.fabric.microsoft.com/.default"
 DEFAULT_STATE_PATH = ".state/ledger.sqlite"
 DEFAULT_POWERBI_SCOPE = "https://analysis.windows.net/powerbi/api/.default"
 
@@ -63,6 +67,15 @@ _STORAGE_ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
 _QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 DEFAULT_WORK_QUEUE = "remediation-work"
 """``REMEDIATION_WORK_QUEUE``: the Storage queue of deferred and long work (the Functions app)."""
+
+
+def fabric_scope_for(api_url: str) -> str:
+    """The Entra ID scope of the Fabric API at ``api_url``: ``https://<host>/.default`` for a
+    Fabric host, the public Fabric scope for any other host (a sandbox), as for Power BI."""
+    host = (urlsplit(api_url).hostname or "").lower()
+    if host == "fabric.microsoft.com" or host.endswith(".fabric.microsoft.com"):
+        return f"https://{host}/.default"
+    return DEFAULT_FABRIC_SCOPE
 
 
 def powerbi_scope_for(api_url: str) -> str:
@@ -107,6 +120,7 @@ class Settings:
 
     key_vault_url: str | None = None
     powerbi_api_url: str = DEFAULT_POWERBI_API_URL
+    fabric_api_url: str = DEFAULT_FABRIC_API_URL
     authority_host: str = DEFAULT_AUTHORITY_HOST
     tenant_id: str | None = None
     client_id: str | None = None
@@ -151,6 +165,13 @@ class Settings:
                 example=DEFAULT_POWERBI_API_URL,
             )
             or DEFAULT_POWERBI_API_URL,
+            fabric_api_url=env.https_url(
+                "FABRIC_API_URL",
+                default=DEFAULT_FABRIC_API_URL,
+                need_path=True,
+                example=DEFAULT_FABRIC_API_URL,
+            )
+            or DEFAULT_FABRIC_API_URL,
             authority_host=env.https_url(
                 "AZURE_AUTHORITY_HOST",
                 default=DEFAULT_AUTHORITY_HOST,
@@ -207,6 +228,11 @@ class Settings:
     def powerbi_scope(self) -> str:
         """Scope of Power BI tokens: ``POWERBI_SCOPE`` if set, else derived from the API host."""
         return self.powerbi_scope_override or powerbi_scope_for(self.powerbi_api_url)
+
+    @property
+    def fabric_scope(self) -> str:
+        """Scope of Fabric tokens, derived from ``FABRIC_API_URL``'s host."""
+        return fabric_scope_for(self.fabric_api_url)
 
     @property
     def authority_is_microsoft(self) -> bool:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
+from remediation.bindings import CONNECTIONS
 from remediation.errors import ConfigError, RemediationError
 from remediation.settings import Settings
 from remediation.storage_errors import describe_storage_error
@@ -69,6 +70,8 @@ MAX_MESSAGE_CHARS: Final = 4096
 MAX_ATTEMPT: Final = 1000
 
 _GUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# A target part's gatewayId: a gateway, or CONNECTIONS for a Fabric connection (remediation.bindings).
+_TARGET_GATEWAY: Final = re.compile(_GUID.pattern + "|" + CONNECTIONS)
 _SECRET_NAME: Final = re.compile(r"[0-9A-Za-z-]{1,127}")
 _VERSION: Final = re.compile(r"[0-9A-Fa-f]{32}")
 _TRIGGER: Final = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -301,7 +304,12 @@ class WorkCommand:
             ]
         else:
             checks += [
-                ("gatewayId", command.gateway_id, _GUID, "a GUID"),
+                (
+                    "gatewayId",
+                    command.gateway_id,
+                    _TARGET_GATEWAY,
+                    'a GUID (or "connections": a Fabric connection)',
+                ),
                 ("datasourceId", command.datasource_id, _GUID, "a GUID"),
             ]
         for name, value, pattern, what in checks:

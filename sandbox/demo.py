@@ -12,6 +12,8 @@ off; 5. once the version has settled the healer presents it to *one* data source
 then to the other five, re-encrypted for each gateway, turns the schedules back on and retries the
 refreshes; 6. someone stores a *wrong* password in Key Vault: six data sources sign in as that one
 account, and it sees exactly one failed sign-in with that password, however many sweeps follow.
+Beside them, a Fabric connection on a two-member on-premises gateway cluster is healed through
+Fabric's Connections API: one entry per member, each encrypted with that member's own key.
 """
 
 from __future__ import annotations
@@ -129,6 +131,32 @@ def main() -> int:
         _print_report(report, sys.stdout, False)
         print()
 
+        erp = world.fabric_connection
+        assert erp is not None and erp.gateway is not None
+        erp_password = "Rotated#Erp2"
+        sb.rotate("erp", "erp-fabric-password", erp_password)
+        say(
+            f"Fabric: the password of the ERP connection's account rotates (source first); the connection "
+            f"is on gateway cluster {erp.gateway.name} with {len(erp.gateway.members)} members "
+            f"({', '.join(str(m.keys.modulus_bytes * 8) + '-bit' for m in erp.gateway.members)})."
+        )
+        fabric_report = until_settled(lambda: healer.heal_secret("erp-fabric-password", trigger="demo"))
+        fabric_patch = [r for r in sb.requests.find("fabric.update_connection") if r.status == 200][-1]
+        entries = fabric_patch.body["credentialDetails"]["credentials"]["values"]
+        decrypted = sum(
+            1
+            for member, entry in zip(erp.gateway.members, entries, strict=True)
+            if {"name": "password", "value": erp_password}
+            in json.loads(member.keys.decrypt(entry["encryptedCredentials"]))["credentialData"]
+        )
+        fabric_ok = erp.data.get("password") == erp_password and decrypted == len(erp.gateway.members)
+        _summary(say, "Healer, Fabric connection ERP", fabric_report.targets())
+        say(
+            f"Fabric saw 1 connection update with {len(entries)} encrypted entries, one per member; "
+            f"{decrypted} members decrypted the new password; failed sign-ins: "
+            f"{sb.sources.account('erp').failures_of(erp_password)}."
+        )
+
         say(f"Someone stores a WRONG password in Key Vault ({ACCOUNT} keeps the real one).")
         wrong = "Wrong#Password1"
         sb.vault.set_secret("sql-sales-password", wrong)
@@ -146,7 +174,8 @@ def main() -> int:
             f"{with_wrong}; account locked: {account.locked}."
         )
         runtime.close()
-        code = 0 if report.exit_code == 0 and burnt == 0 and with_wrong == 1 and not account.locked else 1
+        healthy = report.exit_code == 0 and burnt == 0 and with_wrong == 1 and not account.locked
+        code = 0 if healthy and fabric_ok else 1
     say("Done." if code == 0 else "The demo did not go as expected.")
     return code
 

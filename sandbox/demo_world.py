@@ -4,7 +4,9 @@ Contoso's Sales workspace has six datasets on two on-premises gateways (a curren
 one and a legacy 1024-bit one), all reading SQL Server as one service account,
 ``CONTOSO\\svc_pbi``, whose password lives in Key Vault as ``sql-sales-password``; and a
 Finance dataset on a cloud Azure SQL source with its own secret. The healer runs as a service
-principal that is a gateway admin and owns the datasets.
+principal that is a gateway admin and owns the datasets. Beside them, a Fabric connection to
+the ERP database (``erp-fabric-password``, ``CONTOSO\\svc_erp``) through the two-member
+on-premises gateway cluster GW-FABRIC, which the healer updates through Fabric's Connections API.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from sandbox.fabric import FabricConnection
 from sandbox.powerbi import Dataset, Datasource, Gateway, Workspace
 from sandbox.sources import SourceSystem
 from sandbox.world import Sandbox
@@ -25,6 +28,7 @@ class DemoWorld:
     datasources: list[Datasource]
     datasets: list[Dataset]
     bindings: dict[str, object] = field(default_factory=dict)
+    fabric_connection: FabricConnection | None = None
 
     def bindings_json(self) -> str:
         return json.dumps(self.bindings, indent=2)
@@ -78,6 +82,16 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
             for r, d in zip(("EU", "US", "APAC", "LATAM"), regions, strict=True)
         ),
     ]
+    # A Fabric connection to the ERP database through an on-premises gateway cluster of two
+    # members (a 2048-bit and an old 1024-bit one): one encrypted entry per member.
+    erp_pw = "Initial#Erp1"
+    erp = sb.sources.add("erp", credential_type="Windows", username="CONTOSO\\svc_erp", secret=erp_pw)
+    cluster = sb.fabric.add_gateway("GW-FABRIC", member_bits=(2048, 1024), admins=[app.client_id])
+    erp_connection = sb.fabric.add_connection(
+        erp, connectivity_type="OnPremisesGateway", credential_type="Windows", gateway=cluster,
+        users=[app.client_id], name="ERP (SQL Server)",
+    )
+    sb.vault.set_secret("erp-fabric-password", erp_pw, notify=False)
     bindings = {
         "bindings": [
             {
@@ -98,6 +112,13 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
                 "username": "pbi_reader",
                 "targets": [{"gatewayId": cloud.id, "datasourceId": ds_fin.id}],
             },
+            {
+                "name": "erp-fabric",
+                "secret": "erp-fabric-password",
+                "credentialType": "Windows",
+                "username": "CONTOSO\\svc_erp",
+                "targets": [{"connectionId": erp_connection.id}],
+            },
         ],
         "watch": {"workspaces": [workspace.id]},
     }
@@ -108,4 +129,5 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
         [ds_sales, ds_dw, ds_fin, *regions],
         datasets,
         bindings,
+        erp_connection,
     )

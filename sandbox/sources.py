@@ -27,7 +27,7 @@ __all__ = ["CheckResult", "SourceSystem", "Sources"]
 
 CheckResult = Literal["ok", "invalid", "locked", "unreachable"]
 
-_SECRET_NAMES = ("password", "key", "token")
+_SECRET_NAMES = ("password", "key", "token", "servicePrincipalSecret")
 
 
 @dataclass(eq=False)
@@ -36,7 +36,7 @@ class SourceSystem:
 
     id: str
     account: Account = field(repr=False)
-    credential_type: str = "Basic"  # Basic | Windows | Key | SAS | OAuth2 | Anonymous
+    credential_type: str = "Basic"  # Basic | Windows | Key | SAS | OAuth2 | Anonymous | ServicePrincipal
     reachable: bool = True
     total_failures: int = 0  # refused sign-ins through this source (the account counts all)
     history: list[str] = field(default_factory=list)  # "ok" / "invalid" / "locked" per attempt here
@@ -100,6 +100,10 @@ class SourceSystem:
             return data.get("key") == secret
         if credential_type == "SAS":
             return data.get("token") == secret
+        if credential_type == "ServicePrincipal":
+            # An app registration's client secret (Fabric connections): the account is the app.
+            return (data.get("servicePrincipalClientId") == username
+                    and data.get("servicePrincipalSecret") == secret)
         if credential_type == "Anonymous":
             return True
         if credential_type == "OAuth2":

@@ -104,3 +104,81 @@ def validate_powerbi_request(operation_id: str, body: Any) -> None:
             validate(POWERBI, definition, body)
             return
     raise SpecError(f"{operation_id} takes no body")
+
+
+# -- Fabric (specs/fabric: platform definitions, with polymorphic bodies) ---------------------------
+FABRIC_FILES = ("fabric/platform/definitions/connections.json", "fabric/platform/definitions/gateways.json")
+FABRIC_COMMON = "fabric/common/definitions.json"
+
+
+@functools.cache
+def _fabric_definitions() -> dict[str, Any]:
+    """Connections, gateways and common definitions in one namespace, with the swagger
+    discriminators made checkable: a base ``B`` with a ``discriminator`` becomes "``B``'s own
+    properties and one of its subtypes" (each subtype requiring its discriminator value), so
+    that a ``credentials`` object or a request body is checked against the subtype it names."""
+    merged: dict[str, Any] = {}
+    for name in (*FABRIC_FILES, FABRIC_COMMON):
+        text = json.dumps(load(name)["definitions"]).replace('"../../common/definitions.json#', '"#')
+        merged.update(json.loads(text))
+    bases = {k: v["discriminator"] for k, v in merged.items() if "discriminator" in v}
+    subtypes: dict[str, list[str]] = {b: [] for b in bases}
+    for key, schema in merged.items():
+        for part in schema.get("allOf", []):
+            base = _definition_of(part)
+            if base in bases and "x-ms-discriminator-value" in schema:
+                subtypes[base].append(key)
+                part["$ref"] = f"#/definitions/{base}__base"
+                prop = bases[base]
+                schema.setdefault("properties", {})[prop] = {"enum": [schema["x-ms-discriminator-value"]]}
+                schema["required"] = sorted({*schema.get("required", []), prop})
+    for base in bases:
+        own = dict(merged[base])
+        own.pop("discriminator")
+        merged[f"{base}__base"] = own
+        if subtypes[base]:
+            merged[base] = {"allOf": [{"$ref": f"#/definitions/{base}__base"}],
+                            "anyOf": [{"$ref": f"#/definitions/{s}"} for s in subtypes[base]]}
+    return merged
+
+
+def fabric_subtype(base: str, value: str) -> str | None:
+    """The definition of ``base``'s subtype whose discriminator value is ``value``."""
+    for key, schema in _fabric_definitions().items():
+        if schema.get("x-ms-discriminator-value") == value and any(
+            _definition_of(p) == f"{base}__base" for p in schema.get("allOf", [])
+        ):
+            return key
+    return None
+
+
+@functools.cache
+def _fabric_validator(definition: str) -> jsonschema.Draft4Validator:
+    definitions = _fabric_definitions()
+    if definition not in definitions:
+        raise KeyError(f"specs/fabric has no definition {definition!r}")
+    schema = {"$ref": f"#/definitions/{definition}", "definitions": definitions}
+    return jsonschema.Draft4Validator(schema, format_checker=jsonschema.FormatChecker())
+
+
+def fabric_errors(definition: str, instance: Any) -> list[str]:
+    """Every way ``instance`` fails Fabric's ``definition``; never quotes a submitted value."""
+    found = []
+    for err in _fabric_validator(definition).iter_errors(instance):
+        where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+        if err.validator == "required":
+            found.append(f"{where}: {err.message}")
+        elif err.validator in ("type", "enum", "format"):
+            found.append(f"{where}: must be {err.validator} {err.validator_value}")
+        elif err.validator == "anyOf":
+            found.append(f"{where}: matches none of the subtypes its discriminator allows")
+        else:
+            found.append(f"{where}: fails '{err.validator}'")
+    return sorted(found)
+
+
+def validate_fabric(definition: str, instance: Any) -> None:
+    """Raise :class:`SpecError` unless ``instance`` matches Fabric's ``definition``."""
+    problems = fabric_errors(definition, instance)
+    if problems:
+        raise SpecError(f"specs/fabric#{definition}: " + "; ".join(problems[:10]))

@@ -8,7 +8,8 @@
 
 Services (each in its own module, each registering its routes on the shared router):
 ``sb.entra`` (Entra ID + App Service managed identity), ``sb.vault`` (Key Vault secrets),
-``sb.powerbi`` (Power BI REST), ``sb.appinsights`` (ingestion), ``sb.sources`` (the systems
+``sb.powerbi`` (Power BI REST), ``sb.fabric`` (Fabric connections and gateways),
+``sb.appinsights`` (ingestion), ``sb.sources`` (the systems
 behind the data sources and the accounts they sign in as, which hold the real passwords and
 count failed sign-ins). ``sb.requests`` records every request;
 ``sb.faults`` queues failures and sets latency.
@@ -25,6 +26,7 @@ from typing import Any, Literal
 from sandbox.appinsights import AppInsights
 from sandbox.clock import Clock
 from sandbox.entra import Entra
+from sandbox.fabric import Fabric
 from sandbox.keyvault import KeyVault
 from sandbox.powerbi import PowerBI
 from sandbox.server import Faults, HTTPSService, Recorder, Router
@@ -65,6 +67,7 @@ class Sandbox:
         self.entra = Entra(self)
         self.vault = KeyVault(self)
         self.powerbi = PowerBI(self)
+        self.fabric = Fabric(self)
         self.appinsights = AppInsights(self)
         self._started = False
 
@@ -154,6 +157,7 @@ class Sandbox:
         env: dict[str, str] = {
             "KEY_VAULT_URL": self.vault.url,
             "POWERBI_API_URL": self.powerbi.api_url,
+            "FABRIC_API_URL": self.fabric.api_url,
             "AZURE_AUTHORITY_HOST": self.url,
             "AZURE_TENANT_ID": self.entra.tenant_id,
             "APPLICATIONINSIGHTS_CONNECTION_STRING": self.appinsights.connection_string,

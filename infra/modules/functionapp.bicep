@@ -75,6 +75,9 @@ param workQueueName string
 @description('POWERBI_API_URL.')
 param powerBiApiUrl string
 
+@description('FABRIC_API_URL.')
+param fabricApiUrl string
+
 @description('POWERBI_SCOPE (empty: derived from the API host).')
 param powerBiScope string
 
@@ -205,6 +208,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'POWERBI_SCOPE'
           value: powerBiScope
+        }
+        {
+          name: 'FABRIC_API_URL'
+          value: fabricApiUrl
         }
         {
           name: 'POWERBI_PUBLIC_CLIENT_ID'

@@ -24,3 +24,7 @@ def test_the_demo_heals_a_rotation_and_never_locks_the_account() -> None:
     assert "First run: 5 blocked, 1 rejected" in out  # one data source of the account first
     assert "failed sign-ins with the wrong password: 1; account locked: False" in out
     assert "Wrong#Password1" not in out
+    # A Fabric connection on a two-member gateway cluster is healed beside the gateway data sources.
+    assert "Healer, Fabric connection ERP: 1 updated" in out
+    assert "1 connection update with 2 encrypted entries, one per member; 2 members decrypted" in out
+    assert "Rotated#Erp2" not in out

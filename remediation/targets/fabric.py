@@ -1,0 +1,258 @@
+"""Fabric connections as a target kind: ``PATCH /v1/connections/{id}``.
+
+What is particular to them (FABRIC.md; ``specs/fabric/``):
+
+* **The body depends on the connection's ``connectivityType``.** Cloud and virtual network
+  gateway connections take the credential as plain JSON fields (Basic/Windows ``username`` and
+  ``password``, Key ``key``, SharedAccessSignature ``token``, ServicePrincipal ``tenantId``,
+  ``servicePrincipalClientId`` and ``servicePrincipalSecret``). An on-premises gateway takes
+  ``values: [{gatewayId, encryptedCredentials}]`` with **one entry per member of the cluster**,
+  each encrypted with that member's own public key (``GET /gateways/{id}/members``; the scheme is
+  chosen per key size by :mod:`remediation.gateway_crypto`); a personal gateway takes one
+  ``encryptedCredentials`` under its key (``GET /gateways/{id}``). What is encrypted is the same
+  ``credentialData`` JSON as for Power BI gateway data sources.
+* **``skipTestConnection`` is false**: Fabric tests the credential at the source, which is how a
+  wrong value is caught, and it is a sign-in; so the PATCH is a presentation like Power BI's.
+* **Partial update.** ``privacyLevel`` and ``connectionEncryption`` are sent only when the
+  binding sets them (Fabric keeps what an admin chose otherwise).
+* **Verdicts**: ``IncorrectCredentials`` (or a ``DM_GWPipeline_*`` credential failure from the
+  gateway) is a rejection; refusals before any test (``InvalidCredentialDetails``, permissions,
+  not found) present nothing; 5xx, lost answers and ``UpdateGatewayConnectionFailed`` without a
+  credential detail are in doubt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from remediation.bindings import Binding, CredentialType
+from remediation.credentials import ResolvedCredential, credentials_json
+from remediation.diagnosis import diagnose_api_error
+from remediation.errors import RemediationError
+from remediation.fabric import (
+    Connection,
+    ConnectivityType,
+    FabricClient,
+    GatewayMember,
+    IncorrectCredentials,
+)
+from remediation.gateway_crypto import GatewayPublicKey, encrypt_credentials
+from remediation.http import ApiConnectionError, ApiError
+from remediation.keyvault import SecretValue
+from remediation.presentation import Verdict, VerdictOf
+from remediation.runs import Resolved, Run
+from remediation.targets import Presented
+
+__all__ = ["FabricKind", "FabricTarget", "could_reference", "fabric_verdict", "update_connection_request"]
+
+logger = logging.getLogger(__name__)
+
+_PLAIN = (
+    ConnectivityType.SHAREABLE_CLOUD,
+    ConnectivityType.PERSONAL_CLOUD,
+    ConnectivityType.VIRTUAL_NETWORK_GATEWAY,
+    ConnectivityType.STREAMING_VIRTUAL_NETWORK_GATEWAY,
+)
+_FABRIC_TYPE = {CredentialType.SAS: "SharedAccessSignature"}
+
+
+# Connectors whose cloud connections can hold a Key Vault reference, and with which credential
+# types (FABRIC.md §6, the same table in every version of Microsoft's docs), by
+# ``connectionDetails.type`` (case-insensitive; Fabric's type names as its API lists them).
+_REFERENCE_SUPPORT: dict[str, frozenset[str]] = {
+    "azureblobs": frozenset({"Key", "SharedAccessSignature", "ServicePrincipal"}),
+    "azuredatalakestorage": frozenset({"Key", "SharedAccessSignature", "ServicePrincipal"}),
+    "azuretables": frozenset({"Key", "SharedAccessSignature", "ServicePrincipal"}),
+    "databricks": frozenset({"Basic", "SharedAccessSignature"}),
+    "commondataservice": frozenset({"ServicePrincipal"}),
+    "odata": frozenset({"Key", "Basic"}),
+    "oraclecloudstorage": frozenset({"Key"}),
+    "postgresql": frozenset({"Key", "Basic"}),
+    "sharepointlist": frozenset({"ServicePrincipal"}),
+    "snowflake": frozenset({"Basic"}),
+    "sql": frozenset({"Basic", "ServicePrincipal"}),
+    "web": frozenset({"Basic", "ServicePrincipal"}),
+}
+
+
+def could_reference(connection: Connection, credential_type: CredentialType) -> bool:
+    """True when ``connection`` could reference the Key Vault secret instead of holding a copy:
+    a cloud connection of a supported connector with a supported credential type (on-premises
+    gateway credentials have no reference field in the API; virtual network gateways are not
+    supported yet by the docs)."""
+    if connection.connectivity_type != ConnectivityType.SHAREABLE_CLOUD:
+        return False
+    fabric_type = _FABRIC_TYPE.get(credential_type, credential_type.value)
+    return fabric_type in _REFERENCE_SUPPORT.get((connection.connection_type or "").casefold(), frozenset())
+
+
+class UnsupportedConnection(RemediationError):
+    """The connection cannot take this binding's credential (nothing is sent); says why."""
+
+
+@dataclass(frozen=True)
+class FabricTarget:
+    """What discovery read: the connection, and the keys its credential is encrypted with."""
+
+    connection: Connection
+    members: tuple[GatewayMember, ...] = ()  # OnPremisesGateway: every member of the cluster
+    personal_key: GatewayPublicKey | None = None  # OnPremisesGatewayPersonal
+
+
+def _plain_credentials(binding: Binding, resolved: ResolvedCredential) -> dict[str, object]:
+    ctype = binding.credential_type
+    creds: dict[str, object] = {"credentialType": _FABRIC_TYPE.get(ctype, ctype.value)}
+    if ctype in (CredentialType.BASIC, CredentialType.WINDOWS):
+        creds["username"] = resolved.username
+        creds["password"] = resolved.secret
+    elif ctype is CredentialType.KEY:
+        creds["key"] = resolved.secret
+    elif ctype is CredentialType.SAS:
+        creds["token"] = resolved.secret
+    elif ctype is CredentialType.SERVICE_PRINCIPAL:
+        creds["tenantId"] = binding.tenant_id
+        creds["servicePrincipalClientId"] = binding.client_id
+        creds["servicePrincipalSecret"] = resolved.secret
+    else:
+        raise UnsupportedConnection(f"Fabric connections take no {ctype} credential through the API")
+    return creds
+
+
+def update_connection_request(
+    binding: Binding,
+    resolved: ResolvedCredential,
+    target: FabricTarget,
+    *,
+    encrypt: Callable[[str, GatewayPublicKey], str] = lambda text, key: encrypt_credentials(text, key),
+) -> dict[str, object]:
+    """The ``UpdateConnectionRequest`` for ``target`` (pure but for ``encrypt``'s randomness).
+
+    Raises :class:`UnsupportedConnection` for a connectivity type or credential type that cannot
+    be updated this way (nothing is sent).
+    """
+    connection = target.connection
+    ctype = connection.connectivity_type
+    if binding.credential_type is CredentialType.WINDOWS and ctype in _PLAIN:
+        raise UnsupportedConnection(
+            f"connection {connection.id} is {ctype}: Windows credentials exist only for on-premises gateways"
+        )
+    if ctype in _PLAIN:
+        credentials = _plain_credentials(binding, resolved)
+    elif ctype in (ConnectivityType.ON_PREMISES_GATEWAY, ConnectivityType.ON_PREMISES_GATEWAY_PERSONAL):
+        if binding.credential_type is CredentialType.SERVICE_PRINCIPAL:
+            raise UnsupportedConnection(
+                f"connection {connection.id} is on an on-premises gateway; the healer sends "
+                "ServicePrincipal credentials only to cloud and virtual network gateway connections"
+            )
+        plaintext = credentials_json(resolved)
+        fabric_type = _FABRIC_TYPE.get(binding.credential_type, binding.credential_type.value)
+        if ctype == ConnectivityType.ON_PREMISES_GATEWAY:
+            if not target.members:
+                raise UnsupportedConnection(
+                    f"gateway {connection.gateway_id} of connection {connection.id} lists no members "
+                    "to encrypt for"
+                )
+            values = [
+                {"gatewayId": m.id, "encryptedCredentials": encrypt(plaintext, m.public_key)}
+                for m in target.members
+            ]
+            credentials = {"credentialType": fabric_type, "values": values}
+        else:
+            if target.personal_key is None:
+                raise UnsupportedConnection(
+                    f"personal gateway {connection.gateway_id} of connection {connection.id} "
+                    "has no public key"
+                )
+            credentials = {
+                "credentialType": fabric_type,
+                "encryptedCredentials": encrypt(plaintext, target.personal_key),
+            }
+    else:
+        raise UnsupportedConnection(
+            f"connection {connection.id} is {ctype}; its credentials cannot be updated"
+        )
+    details: dict[str, object] = {"credentials": credentials, "skipTestConnection": False}
+    if binding.encrypted_connection_given:
+        details["connectionEncryption"] = binding.encrypted_connection.value
+    body: dict[str, object] = {"connectivityType": ctype, "credentialDetails": details}
+    if binding.privacy_level_given:
+        body["privacyLevel"] = binding.privacy_level.value
+    return body
+
+
+def fabric_verdict(exc: ApiError) -> VerdictOf:
+    """The verdict of a connection PATCH (``skipTestConnection`` false) that raised ``exc``."""
+    if isinstance(exc, ApiConnectionError):
+        if not exc.sent:
+            return VerdictOf(Verdict.NOT_PRESENTED, f"not sent: {exc}")
+        return VerdictOf(Verdict.IN_DOUBT, f"the answer was lost ({exc.code or 'no answer'})")
+    status = exc.status or 0
+    if status == 429:
+        return VerdictOf(Verdict.NOT_PRESENTED, "Fabric throttled the request (HTTP 429); it was not served")
+    if status >= 500 or status < 400:
+        return VerdictOf(
+            Verdict.IN_DOUBT,
+            f"Fabric answered HTTP {status} ({exc.code or 'no code'}); it may have tested it",
+        )
+    if isinstance(exc, IncorrectCredentials):
+        return VerdictOf(Verdict.REJECTED, f"the source rejected it (IncorrectCredentials: {exc.message})")
+    diagnosis = diagnose_api_error(status, exc.code, message=exc.message, details=exc.details)
+    if status == 400 and diagnosis.blocks_account:
+        return VerdictOf(Verdict.REJECTED, f"the source refused the account ({exc.code}): {diagnosis.fix}")
+    if status == 400 and diagnosis.credential_related:
+        return VerdictOf(Verdict.REJECTED, f"the source rejected it ({exc.code}). {diagnosis.fix}")
+    if exc.code in ("UpdateGatewayConnectionFailed", "CreateGatewayConnectionFailed"):
+        # The gateway failed after the request reached it: the test may have run.
+        return VerdictOf(Verdict.IN_DOUBT, f"Fabric answered {exc.code}: the gateway may have tested it")
+    return VerdictOf(
+        Verdict.NOT_PRESENTED, f"Fabric refused the request before any test ({exc.code}): {exc.message}"
+    )
+
+
+class FabricKind:
+    """Fabric connections (:class:`~remediation.targets.TargetKind`)."""
+
+    service = "Fabric"
+
+    def __init__(self, fabric: FabricClient) -> None:
+        self.fabric = fabric
+
+    def describe(self, item: Resolved) -> str:
+        return f"connection {item.target.datasource_id}"
+
+    def discover(self, item: Resolved, run: Run) -> FabricTarget:
+        """The connection, and its cluster's member keys (on-premises) or the personal gateway's key."""
+        connection_id = item.target.connection_id
+        assert connection_id is not None
+        connection = self.fabric.get_connection(connection_id)
+        if connection.connectivity_type == ConnectivityType.ON_PREMISES_GATEWAY and connection.gateway_id:
+            members = tuple(self.fabric.list_gateway_members(connection.gateway_id))
+            return FabricTarget(connection, members=members)
+        if (
+            connection.connectivity_type == ConnectivityType.ON_PREMISES_GATEWAY_PERSONAL
+            and connection.gateway_id
+        ):
+            gateway = self.fabric.get_gateway(connection.gateway_id)
+            return FabricTarget(connection, personal_key=gateway.public_key)
+        return FabricTarget(connection)
+
+    def verdict(self, exc: ApiError) -> VerdictOf:
+        return fabric_verdict(exc)
+
+    def send(
+        self,
+        item: Resolved,
+        secret: SecretValue,
+        resolved: ResolvedCredential,
+        found: object,
+        run: Run,
+        before_attempt: Callable[[], None],
+    ) -> None:
+        assert isinstance(found, FabricTarget)
+        try:
+            body = update_connection_request(item.binding, resolved, found)
+        except UnsupportedConnection as exc:
+            raise Presented(VerdictOf(Verdict.NOT_PRESENTED, str(exc))) from None
+        self.fabric.update_connection(found.connection.id, body, before_attempt=before_attempt)

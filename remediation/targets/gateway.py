@@ -1,0 +1,329 @@
+"""Gateway data sources as a target kind: how to read one, build its credential, and send it.
+
+:class:`GatewayKind` is the :class:`~remediation.targets.TargetKind` of Power BI gateway data
+sources (``PATCH /gateways/{g}/datasources/{d}``); OAuth2 caller-identity bindings first get the
+data source owner's own token (a password grant: a presentation too), cloud data sources may
+need Take Over (``takeOver`` bindings).
+
+The healer's decisions, leases and account rules live above this module; here is what is
+particular to Power BI gateway data sources (``PATCH /gateways/{g}/datasources/{d}``):
+
+* **On-premises or cloud.** On-premises gateways need the credential encrypted with the
+  gateway's public key; the virtual gateway of cloud data sources takes plain JSON. The single
+  gateway read cannot decide it: for a cloud gateway ``GET /gateways/{id}`` answers ``{"id"}``
+  without a key, or 404, or 401/403 (all seen in the field). ``GET /gateways`` lists exactly the
+  on-premises gateways the caller administers, with their keys, so a gateway in that list is
+  on-premises and any other is treated as cloud (an on-premises gateway the caller does not
+  administer refuses the PATCH with 401 before any test: nothing is presented).
+* **Keys are cached** across runs for :data:`GATEWAY_CACHE_SECONDS`; a key that changed since is
+  detected from the gateway's answer (``DM_GWPipeline_UnknownError``: it could not decrypt,
+  nothing reached the source) and read again once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+
+from remediation.accounts import text_map
+from remediation.bindings import Binding, BindingSet, CredentialType, Target
+from remediation.credentials import ResolvedCredential, credential_details, update_datasource_request
+from remediation.errors import RemediationError
+from remediation.gateway_crypto import encrypt_credentials
+from remediation.http import ApiError
+from remediation.identity import AuthenticationError
+from remediation.inventory import Inventory
+from remediation.keyvault import KeyVaultClient, SecretValue
+from remediation.powerbi import (
+    DatasetDatasource,
+    EntityNotFound,
+    Gateway,
+    PowerBIClient,
+    PowerBINotAuthorized,
+)
+from remediation.presentation import Verdict, VerdictOf, grant_verdict, patch_verdict
+from remediation.redact import describe_datasource
+from remediation.runs import Resolved, Run
+from remediation.targets import Presented
+
+__all__ = [
+    "GATEWAY_CACHE_SECONDS",
+    "GatewayKeys",
+    "GatewayKind",
+    "TakeOverRefused",
+    "UserTokenFactory",
+    "request_body",
+]
+
+logger = logging.getLogger(__name__)
+
+GATEWAY_CACHE_SECONDS = 3600.0
+"""How long gateways and their public keys are reused across runs (a changed key is detected)."""
+
+
+def request_body(binding: Binding, resolved: ResolvedCredential, gateway: Gateway) -> dict[str, object]:
+    """The PATCH body: encrypted for an on-premises gateway, plain for a cloud data source."""
+    encrypt = None
+    if gateway.public_key is not None:
+        encrypt = partial(encrypt_credentials, key=gateway.public_key)
+    return update_datasource_request(credential_details(binding, resolved, encrypt=encrypt))
+
+
+class GatewayKeys:
+    """Which gateways are on-premises, and their public keys; shared by every run (thread-safe)."""
+
+    def __init__(self, powerbi: PowerBIClient, *, clock: Callable[[], float] = time.time) -> None:
+        self._powerbi = powerbi
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._listed: tuple[dict[str, Gateway], float] | None = None  # on-premises gateways, read at
+        self._single: dict[str, tuple[Gateway, float]] = {}  # gateways read one by one
+
+    def gateway(self, gateway_id: str) -> Gateway:
+        """The gateway to encrypt for: with its key when on-premises, without one when cloud.
+
+        Raises :class:`~remediation.http.ApiError` only when Power BI cannot be asked at all.
+        """
+        gateway_id = gateway_id.lower()
+        listed = self._on_premises()
+        if gateway_id in listed:
+            return listed[gateway_id]
+        now = self._clock()
+        with self._lock:
+            cached = self._single.get(gateway_id)
+        if cached is not None and now - cached[1] < GATEWAY_CACHE_SECONDS:
+            return cached[0]
+        try:
+            gateway = self._powerbi.get_gateway(gateway_id)
+        except (EntityNotFound, PowerBINotAuthorized) as exc:
+            # Not among the caller's on-premises gateways and not readable: a cloud data source's
+            # virtual gateway (404, 401 and 403 all occur for those).
+            logger.info(
+                "gateway %s is not an on-premises gateway of the caller (%s): cloud", gateway_id, exc.code
+            )
+            gateway = Gateway(id=gateway_id, name=None, type="Cloud")
+        with self._lock:
+            self._single[gateway_id] = (gateway, self._clock())
+        return gateway
+
+    def fresh_key_after(self, exc: ApiError, used: Gateway) -> Gateway | None:
+        """After ``DM_GWPipeline_UnknownError`` with ``used``'s key: the gateway with a new key if
+        its key changed since it was read, else None (the error stands)."""
+        if exc.code != "DM_GWPipeline_UnknownError" or used.public_key is None:
+            return None
+        try:
+            fresh = self._powerbi.get_gateway(used.id)
+        except ApiError:
+            return None
+        if fresh.public_key is None or fresh.public_key == used.public_key:
+            return None
+        with self._lock:
+            self._single[used.id.lower()] = (fresh, self._clock())
+            if self._listed is not None and used.id.lower() in self._listed[0]:
+                self._listed[0][used.id.lower()] = fresh
+        logger.info("gateway %s has a new public key; sending again under it", used.id)
+        return fresh
+
+    def _on_premises(self) -> dict[str, Gateway]:
+        now = self._clock()
+        with self._lock:
+            if self._listed is not None and now - self._listed[1] < GATEWAY_CACHE_SECONDS:
+                return self._listed[0]
+        try:
+            found = {g.id.lower(): g for g in self._powerbi.get_gateways() if g.public_key is not None}
+        except ApiError as exc:
+            logger.warning("cannot list gateways (%s); reading them one by one", exc)
+            return {}
+        with self._lock:
+            self._listed = (found, self._clock())
+        return found
+
+
+UserTokenFactory = Callable[[str, Callable[[], str]], Callable[[], str]]
+"""``(username, password_supplier) -> token provider`` for OAuth2 caller-identity bindings."""
+
+
+class TakeOverRefused(RemediationError):
+    """Take Over was needed and refused (nothing was presented); the message says why."""
+
+
+class GatewayKind:
+    """Power BI gateway data sources (:class:`~remediation.targets.TargetKind`)."""
+
+    service = "Power BI"
+
+    def __init__(
+        self,
+        *,
+        powerbi: PowerBIClient,
+        keyvault: KeyVaultClient,
+        bindings: BindingSet,
+        inventory: Callable[[], Inventory],
+        user_tokens: UserTokenFactory | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.powerbi = powerbi
+        self.keyvault = keyvault
+        self.bindings = bindings
+        self.gateways = GatewayKeys(powerbi, clock=clock)
+        self._inventory = inventory
+        self._user_tokens = user_tokens
+        self._user_providers: dict[tuple[str, str, str], Callable[[], str]] = {}
+        self._user_lock = threading.Lock()
+
+    def describe(self, item: Resolved) -> str:
+        return f"gateway {item.target.gateway_id}"
+
+    def discover(self, item: Resolved, run: Run) -> Gateway | None:
+        """The gateway and its key (None for caller-identity bindings: nothing is encrypted)."""
+        if item.binding.uses_caller_identity:
+            return None
+        return self.gateways.gateway(item.target.gateway_id)
+
+    def verdict(self, exc: ApiError) -> VerdictOf:
+        return patch_verdict(exc)
+
+    def send(
+        self,
+        item: Resolved,
+        secret: SecretValue,
+        resolved: ResolvedCredential,
+        found: object,
+        run: Run,
+        before_attempt: Callable[[], None],
+    ) -> None:
+        """The password grant (caller identity), then the PATCH; once more under a new gateway
+        key (the gateway could not decrypt, so nothing reached the source), or after Take Over
+        (401: nothing was tested)."""
+        binding, target = item.binding, item.target
+        gateway = found if isinstance(found, Gateway) else None
+        token: str | None = None
+        if binding.credential_type is CredentialType.OAUTH2:
+            try:
+                token = self._user_token(binding, secret)()
+            except AuthenticationError as exc:
+                raise Presented(grant_verdict(exc)) from None
+            except RemediationError as exc:
+                raise Presented(VerdictOf(Verdict.NOT_PRESENTED, str(exc))) from None
+            body = update_datasource_request(credential_details(binding, resolved, encrypt=None))
+        else:
+            assert gateway is not None
+            body = request_body(binding, resolved, gateway)
+
+        def send(payload: dict[str, object]) -> None:
+            self.powerbi.update_datasource(
+                target.gateway_id, target.datasource_id, payload, token=token, before_attempt=before_attempt
+            )
+
+        try:
+            try:
+                send(body)
+            except PowerBINotAuthorized:
+                # A cloud data source needs the caller to own a dataset that uses it (Take Over).
+                if not binding.take_over or token is not None:
+                    raise
+                self._take_over_for(target, run)
+                send(body)
+            except ApiError as exc:
+                fresh = None if gateway is None else self.gateways.fresh_key_after(exc, gateway)
+                if fresh is None:
+                    raise
+                send(request_body(binding, resolved, fresh))
+        except TakeOverRefused as exc:
+            raise Presented(VerdictOf(Verdict.NOT_PRESENTED, str(exc))) from None
+
+    def _take_over_for(self, target: Target, run: Run) -> None:
+        """Take over a dataset that uses ``target`` (bindings with ``takeOver`` only).
+
+        Take Over resets the credentials of the dataset's other cloud data sources, so it is
+        refused (:class:`TakeOverRefused`, nothing presented) when one of them has no binding
+        that could put its credential back. Raises it too when no dataset uses ``target``.
+        """
+        found = self._dataset_using(target)
+        if found is None:
+            raise TakeOverRefused(
+                f"no dataset in the watched workspaces uses {target.gateway_id}/{target.datasource_id}, "
+                "so there is none to take over; make the identity a user of the data source instead"
+            )
+        workspace_id, dataset_id, sources = found
+        others = [s for s in sources if s.bound and _source_key(s) != target.key]
+        unbound = [
+            s
+            for s in others
+            if self.bindings.for_target(s.gateway_id or "", s.datasource_id or "") is None
+            and not self._matched(s)
+        ]
+        if unbound:
+            first = describe_datasource(unbound[0].datasource_type, unbound[0].connection_details)
+            raise TakeOverRefused(
+                f"not taking over dataset {dataset_id}: Take Over resets the credentials of its other "
+                f"data sources, and {len(unbound)} of them ({first}{', …' if len(unbound) > 1 else ''}) "
+                "have no binding to put them back. Bind them, or give the identity access to the data "
+                "source another way"
+            )
+        self.powerbi.take_over_in_group(workspace_id, dataset_id)
+        logger.warning(
+            "took over dataset %s to update %s; its other data sources' credentials are reset by Power BI",
+            dataset_id,
+            target.datasource_id,
+        )
+
+    def _matched(self, source: DatasetDatasource) -> bool:
+        try:
+            return (
+                self.bindings.for_datasource(
+                    source.gateway_id or "",
+                    source.datasource_id or "",
+                    datasource_type=source.datasource_type or "",
+                    connection_details=text_map(source.connection_details),
+                )
+                is not None
+            )
+        except RemediationError:
+            return False
+
+    def _user_token(self, binding: Binding, secret: SecretValue) -> Callable[[], str]:
+        if self._user_tokens is None:
+            raise RemediationError(f"binding {binding.name!r} needs user tokens, which are not configured")
+        username = binding.username or ""
+        key = (username.lower(), binding.secret, secret.version)
+        with self._user_lock:
+            provider = self._user_providers.get(key)
+            if provider is None:
+                # The provider asks Key Vault again when it needs the password, so no copy is kept.
+                provider = self._user_tokens(
+                    username, lambda: self.keyvault.get_secret(secret.name, secret.version).value
+                )
+                self._user_providers[key] = provider
+        return provider
+
+    def _dataset_using(self, target: Target) -> tuple[str, str, list[DatasetDatasource]] | None:
+        """A dataset (workspace, id, its data sources) that uses ``target``: from the stored
+        inventory when it knows one (no Power BI call: this runs under the target's lease), else
+        by a scan."""
+        for record in self._inventory().known():
+            if any(source.key == target.key for source in record.sources):
+                sources = [
+                    DatasetDatasource(
+                        datasource_type=s.datasource_type,
+                        connection_details=s.details(),
+                        gateway_id=s.gateway_id,
+                        datasource_id=s.datasource_id,
+                    )
+                    for s in record.sources
+                ]
+                return record.workspace_id, record.dataset_id, sources
+        workspaces = list(self.bindings.watch_workspaces) or [g.id for g in self.powerbi.get_groups()]
+        for workspace_id in workspaces:
+            for dataset in self.powerbi.get_datasets_in_group(workspace_id):
+                sources = self.powerbi.get_datasources_in_group(workspace_id, dataset.id)
+                if any(_source_key(s) == target.key for s in sources):
+                    return workspace_id, dataset.id, sources
+        return None
+
+
+def _source_key(source: DatasetDatasource) -> tuple[str, str]:
+    return ((source.gateway_id or "").lower(), (source.datasource_id or "").lower())

@@ -1,0 +1,418 @@
+"""The Fabric REST API's connections and gateways (``/v1``), as far as credential healing goes.
+
+What it decides, as Fabric does (FABRIC.md; ``specs/fabric/``):
+
+* **Tokens** come from the sandbox's Entra ID for ``https://api.fabric.microsoft.com`` (app,
+  user or managed identity alike: Fabric accepts service principals and managed identities).
+* **Roles.** A caller sees and updates a connection only with a role on it (``users``); it reads
+  a gateway and its members only as one of the gateway's admins. Otherwise 403
+  ``InsufficientPermissionsToManageConnection`` / ``...Gateway`` (nothing tested).
+* **``PATCH /connections/{id}``** is validated against ``UpdateConnectionRequest`` and the
+  subtype its ``connectivityType`` names (which must be the connection's). Cloud and virtual
+  network gateway connections take plain credential fields. An on-premises gateway connection
+  needs one ``values`` entry per member of its cluster, each decrypted with **that member's**
+  private key (a missing or undecryptable entry: 400 ``InvalidCredentialDetails``, nothing
+  tested); a personal gateway one ``encryptedCredentials``.
+* **The connection test** (``skipTestConnection`` false) signs in at the source through its
+  account (``sb.sources``): a wrong value is 400 ``IncorrectCredentials`` and one failed sign-in
+  of that account; only a tested credential is stored.
+* **Key Vault references**: a cloud connection can hold a reference instead of a copy; a PATCH
+  with a copy replaces it (``reference_overwritten`` counts it, so tests can prove the healer
+  never does that).
+* Faults and throttling: routes are ``fabric.<operation>`` on the shared ``sb.faults``; their
+  bodies are Fabric's ``ErrorResponse``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sandbox.entra import TokenInfo, TokenRejected
+from sandbox.gateway_keys import GatewayDecryptError, GatewayKeyPair
+from sandbox.powerbi import _CredentialFormatError, parse_credentials
+from sandbox.server import HTTPError, Request, Response
+from sandbox.sources import SourceSystem
+from sandbox.specs import fabric_errors, fabric_subtype
+
+if TYPE_CHECKING:
+    from sandbox.world import Sandbox
+
+__all__ = ["FABRIC_AUDIENCE", "Fabric", "FabricConnection", "FabricGateway", "GatewayMember"]
+
+logger = logging.getLogger(__name__)
+
+FABRIC_AUDIENCE = "https://api.fabric.microsoft.com"
+_BASE = r"/v1"
+_SEGMENT = r"(?P<{}>[^/]+)"
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_PLAIN = ("ShareableCloud", "PersonalCloud", "VirtualNetworkGateway", "StreamingVirtualNetworkGateway")
+# Fabric credential type -> the source system's (sb.sources) spelling.
+_SOURCE_TYPE = {"SharedAccessSignature": "SAS"}
+# The plain credential fields each type carries (what the source is asked to check).
+_FIELDS = {
+    "Basic": ("username", "password"),
+    "Windows": ("username", "password"),
+    "Key": ("key",),
+    "SharedAccessSignature": ("token",),
+    "ServicePrincipal": ("tenantId", "servicePrincipalClientId", "servicePrincipalSecret"),
+}
+
+
+def fabric_error(code: str, message: str, *, more: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+    """Fabric's ``ErrorResponse``."""
+    body: dict[str, Any] = {"errorCode": code, "message": message, "requestId": str(uuid.uuid4())}
+    details = [{"errorCode": c, "message": m} for c, m in more]
+    if details:
+        body["moreDetails"] = details
+    return body
+
+
+def _fault_body(status: int, code: str, message: str) -> dict[str, Any]:
+    body = fabric_error(code, message)
+    body["isRetriable"] = status == 429 or status >= 500
+    return body
+
+
+@dataclass(eq=False)
+class GatewayMember:
+    """One member of a gateway cluster: its own key pair."""
+
+    id: str
+    name: str
+    keys: GatewayKeyPair = field(repr=False)
+    enabled: bool = True
+
+
+@dataclass(eq=False)
+class FabricGateway:
+    """An on-premises gateway cluster (or a personal gateway: one member, type ``OnPremisesPersonal``)."""
+
+    id: str
+    name: str
+    type: str
+    members: list[GatewayMember]
+    admins: set[str] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class FabricConnection:
+    """A connection and the source system its credential signs in to."""
+
+    id: str
+    display_name: str
+    connectivity_type: str
+    source: SourceSystem = field(repr=False)
+    credential_type: str
+    gateway: FabricGateway | None = None
+    connection_type: str = "SQL"
+    path: str = ""
+    privacy_level: str = "Organizational"
+    connection_encryption: str = "Encrypted"
+    users: set[str] = field(default_factory=set)
+    key_vault_reference: dict[str, str] | None = None  # {"connectionId", "secretName"} instead of a copy
+    data: dict[str, str] = field(default_factory=dict, repr=False)  # the stored copy (no reference)
+    updates: int = 0  # accepted PATCHes
+    reference_overwritten: int = 0  # PATCHes that replaced a Key Vault reference with a copy
+    received: list[dict[str, Any]] = field(default_factory=list, repr=False)  # decrypted per PATCH
+
+
+class Fabric:
+    """The Fabric connections and gateways of one tenant."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sb = sandbox
+        self._lock = threading.RLock()
+        self.connections: dict[str, FabricConnection] = {}
+        self.gateways: dict[str, FabricGateway] = {}
+        self._register_routes()
+
+    @property
+    def api_url(self) -> str:
+        """``https://127.0.0.1:PORT/v1`` -- the product's ``FABRIC_API_URL``."""
+        return self._sb.url + "/v1"
+
+    # -- world building (tests) ------------------------------------------------------------------
+    def add_gateway(self, name: str, *, member_bits: Iterable[int] = (2048,), admins: Iterable[str] = (),
+                    personal: bool = False) -> FabricGateway:
+        """A gateway cluster with one member per entry of ``member_bits`` (real key pairs; the
+        first member's id is the gateway's, as in Microsoft's example)."""
+        bits = list(member_bits)
+        if not bits or (personal and len(bits) != 1):
+            raise ValueError("a cluster has at least one member; a personal gateway exactly one")
+        gateway_id = str(uuid.uuid4())
+        members = [
+            GatewayMember(gateway_id if i == 0 else str(uuid.uuid4()), f"{name}-{i + 1}",
+                          GatewayKeyPair.generate(b, reuse=True))
+            for i, b in enumerate(bits)
+        ]
+        gateway = FabricGateway(gateway_id, name, "OnPremisesPersonal" if personal else "OnPremises",
+                                members, set(admins))
+        with self._lock:
+            self.gateways[gateway.id] = gateway
+        return gateway
+
+    def add_connection(
+        self,
+        source: SourceSystem,
+        *,
+        connectivity_type: str = "ShareableCloud",
+        credential_type: str | None = None,
+        gateway: FabricGateway | None = None,
+        users: Iterable[str] = (),
+        name: str | None = None,
+        key_vault_reference: dict[str, str] | None = None,
+    ) -> FabricConnection:
+        """A connection to ``source``, holding the source's current credential (healthy)."""
+        if connectivity_type in ("OnPremisesGateway", "OnPremisesGatewayPersonal") and gateway is None:
+            raise ValueError(f"a {connectivity_type} connection needs its gateway")
+        kind = credential_type or {"SAS": "SharedAccessSignature"}.get(source.credential_type,
+                                                                       source.credential_type)
+        connection = FabricConnection(
+            id=str(uuid.uuid4()), display_name=name or source.id, connectivity_type=connectivity_type,
+            source=source, credential_type=kind, gateway=gateway,
+            path=f"{source.id}.contoso.local;{source.id}", users=set(users),
+            key_vault_reference=dict(key_vault_reference) if key_vault_reference else None,
+        )
+        connection.data = {} if key_vault_reference else _source_data(source, kind)
+        with self._lock:
+            self.connections[connection.id] = connection
+        return connection
+
+    # -- routing ---------------------------------------------------------------------------------
+    def _register_routes(self) -> None:
+        c, g = _SEGMENT.format("connection"), _SEGMENT.format("gateway")
+        routes: list[tuple[str, str, str, Callable[[Request], Response]]] = [
+            ("list_connections", "GET", "/connections", self._list_connections),
+            ("get_connection", "GET", f"/connections/{c}", self._get_connection),
+            ("update_connection", "PATCH", f"/connections/{c}", self._update_connection),
+            ("get_gateway", "GET", f"/gateways/{g}", self._get_gateway),
+            ("list_gateway_members", "GET", f"/gateways/{g}/members", self._list_members),
+        ]
+        for name, method, pattern, handler in routes:
+            self._sb.router.add("fabric", f"fabric.{name}", method, _BASE + pattern,
+                                self._wrap(handler), _fault_body)
+
+    @staticmethod
+    def _wrap(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        def serve(request: Request) -> Response:
+            request_id = str(uuid.uuid4())
+            try:
+                response = handler(request)
+            except HTTPError as exc:
+                exc.headers.setdefault("x-ms-request-id", request_id)
+                raise
+            response.headers.setdefault("x-ms-request-id", request_id)
+            return response
+
+        return serve
+
+    def _authenticate(self, request: Request) -> TokenInfo:
+        try:
+            return self._sb.entra.verify(request, FABRIC_AUDIENCE)
+        except TokenRejected as exc:
+            code = "TokenExpired" if exc.reason == "expired" else "InvalidToken"
+            raise HTTPError(401, fabric_error(code, f"The access token is not valid ({exc.reason})."),
+                            {"WWW-Authenticate": "Bearer"}) from None
+
+    @staticmethod
+    def _path_id(request: Request, name: str) -> str:
+        value = request.params[name]
+        if not _GUID.fullmatch(value):
+            raise HTTPError(400, fabric_error("InvalidInput",
+                                              f"The {name}Id in the URL is not a valid GUID."))
+        return value.lower()
+
+    def _connection(self, caller: TokenInfo, request: Request) -> FabricConnection:
+        connection = self.connections.get(self._path_id(request, "connection"))
+        if connection is None:
+            raise HTTPError(404, fabric_error("EntityNotFound", "The requested connection was not found."))
+        if not any(u.lower() == caller.principal.lower() for u in connection.users):
+            raise HTTPError(403, fabric_error(
+                "InsufficientPermissionsToManageConnection",
+                "The caller does not have permission to manage the connection."))
+        return connection
+
+    def _gateway(self, caller: TokenInfo, request: Request) -> FabricGateway:
+        gateway = self.gateways.get(self._path_id(request, "gateway"))
+        if gateway is None:
+            raise HTTPError(404, fabric_error("EntityNotFound", "The requested gateway was not found."))
+        if not any(a.lower() == caller.principal.lower() for a in gateway.admins):
+            raise HTTPError(403, fabric_error("InsufficientPermissionsToManageGateway",
+                                              "The caller does not have permission for the gateway."))
+        return gateway
+
+    # -- JSON shapes -----------------------------------------------------------------------------
+    @staticmethod
+    def connection_json(connection: FabricConnection) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": connection.id,
+            "displayName": connection.display_name,
+            "connectivityType": connection.connectivity_type,
+            "connectionDetails": {"type": connection.connection_type, "path": connection.path},
+            "privacyLevel": connection.privacy_level,
+            "credentialDetails": {
+                "credentialType": connection.credential_type,
+                "singleSignOnType": "None",
+                "connectionEncryption": connection.connection_encryption,
+                "skipTestConnection": False,
+            },
+        }
+        if connection.gateway is not None:
+            body["gatewayId"] = connection.gateway.id
+        if connection.connectivity_type == "ShareableCloud":
+            body["allowConnectionUsageInGateway"] = False
+        return body
+
+    @staticmethod
+    def gateway_json(gateway: FabricGateway) -> dict[str, Any]:
+        primary = gateway.members[0]
+        body: dict[str, Any] = {"id": gateway.id, "type": gateway.type,
+                                "publicKey": primary.keys.public_key_json(), "version": "3000.250.5"}
+        if gateway.type == "OnPremises":
+            body.update({"displayName": gateway.name, "numberOfMemberGateways": len(gateway.members),
+                         "loadBalancingSetting": "Failover", "allowCloudConnectionRefresh": False,
+                         "allowCustomConnectors": False})
+        return body
+
+    # -- handlers --------------------------------------------------------------------------------
+    def _list_connections(self, request: Request) -> Response:
+        caller = self._authenticate(request)
+        with self._lock:
+            value = [self.connection_json(c) for c in self.connections.values()
+                     if any(u.lower() == caller.principal.lower() for u in c.users)]
+        return Response(200, {"value": value})
+
+    def _get_connection(self, request: Request) -> Response:
+        caller = self._authenticate(request)
+        with self._lock:
+            return Response(200, self.connection_json(self._connection(caller, request)))
+
+    def _get_gateway(self, request: Request) -> Response:
+        caller = self._authenticate(request)
+        with self._lock:
+            return Response(200, self.gateway_json(self._gateway(caller, request)))
+
+    def _list_members(self, request: Request) -> Response:
+        caller = self._authenticate(request)
+        with self._lock:
+            gateway = self._gateway(caller, request)
+            value = [{"id": m.id, "displayName": m.name, "publicKey": m.keys.public_key_json(),
+                      "version": "3000.250.5", "enabled": m.enabled} for m in gateway.members]
+        return Response(200, {"value": value})
+
+    def _update_connection(self, request: Request) -> Response:
+        caller = self._authenticate(request)
+        body = request.json(lambda m: HTTPError(400, fabric_error("InvalidInput", m)))
+        if not isinstance(body, dict):
+            raise HTTPError(400, fabric_error("InvalidInput", "The request body must be a JSON object."))
+        ctype = body.get("connectivityType")
+        subtype = fabric_subtype("UpdateConnectionRequest", ctype) if isinstance(ctype, str) else None
+        problems = fabric_errors(subtype or "UpdateConnectionRequest", body)
+        if problems:
+            raise HTTPError(400, fabric_error("InvalidInput", "The request has an invalid input: "
+                                              + "; ".join(problems[:10])))
+        with self._lock:
+            connection = self._connection(caller, request)
+        if ctype != connection.connectivity_type:
+            raise HTTPError(400, fabric_error(
+                "InvalidInput",
+                f"The connection is {connection.connectivity_type}, not {ctype}; "
+                "connectivityType cannot change."))
+        details = body.get("credentialDetails") or {}
+        credentials = details.get("credentials")
+        if credentials is None:  # a metadata-only update (display name, privacy)
+            with self._lock:
+                connection.privacy_level = body.get("privacyLevel", connection.privacy_level)
+            return Response(200, self.connection_json(connection))
+        credential_type = credentials["credentialType"]
+        data = self._received(connection, credential_type, credentials)
+        skip_test = details.get("skipTestConnection") is True
+        if not skip_test:
+            source_type = _SOURCE_TYPE.get(credential_type, credential_type)
+            result = self._sb.sources.check(connection.source.id, source_type, data, cause="update-test")
+            if result == "unreachable":
+                raise HTTPError(400, fabric_error("UpdateGatewayConnectionFailed",
+                                                  "The gateway could not reach the data source.",
+                                                  more=[("DM_GWPipeline_Client_GatewayUnreachable", "")]))
+            if result != "ok":
+                raise HTTPError(400, fabric_error(
+                    "IncorrectCredentials", "Failed to establish connection using the Credentials input"))
+        with self._lock:
+            if connection.key_vault_reference is not None:
+                connection.reference_overwritten += 1
+                connection.key_vault_reference = None
+            connection.data = data
+            connection.credential_type = credential_type
+            connection.updates += 1
+            if "privacyLevel" in body:
+                connection.privacy_level = body["privacyLevel"]
+            if "connectionEncryption" in details:
+                connection.connection_encryption = details["connectionEncryption"]
+        logger.info("sandbox fabric: %s updated credentials of connection %s", caller.principal,
+                    connection.id)
+        return Response(200, self.connection_json(connection))
+
+    def _received(self, connection: FabricConnection, credential_type: str,
+                  credentials: dict[str, Any]) -> dict[str, str]:
+        """The name/value pairs the PATCH carries: plain fields, or decrypted by every member."""
+        def invalid(message: str) -> HTTPError:
+            return HTTPError(400, fabric_error("InvalidCredentialDetails", message))
+
+        ctype = connection.connectivity_type
+        if ctype in _PLAIN:
+            if credential_type == "Windows":
+                raise invalid("Windows credentials are only supported for on-premises gateways.")
+            names = _FIELDS.get(credential_type)
+            if names is None:
+                raise invalid(f"Credential type {credential_type} cannot be set through this API.")
+            if any(k.endswith("Reference") for k in credentials):
+                raise invalid("The sandbox takes no Key Vault reference through the healer's path.")
+            missing = [n for n in names if not isinstance(credentials.get(n), str) or not credentials[n]]
+            if missing:
+                raise invalid(f"credentials is missing {', '.join(missing)}.")
+            data = {n: credentials[n] for n in names}
+            connection.received.append(dict(data))
+            return data
+        gateway = connection.gateway
+        assert gateway is not None
+        source_type = _SOURCE_TYPE.get(credential_type, credential_type)
+        if ctype == "OnPremisesGatewayPersonal":
+            if "encryptedCredentials" not in credentials:
+                raise invalid("A personal gateway connection takes one encryptedCredentials.")
+            blobs = {gateway.members[0].id: credentials["encryptedCredentials"]}
+        else:
+            values = credentials.get("values") or []
+            blobs = {str(v["gatewayId"]).lower(): v["encryptedCredentials"] for v in values}
+            missing = [m.id for m in gateway.members if m.id not in blobs]
+            extra = sorted(set(blobs) - {m.id for m in gateway.members})
+            if missing or extra:
+                raise invalid(f"values must have one entry per member of gateway {gateway.id}: "
+                              f"missing {missing}, not members {extra}.")
+        decoded: list[dict[str, str]] = []
+        for member in gateway.members:
+            try:
+                plaintext = member.keys.decrypt(blobs[member.id])
+                decoded.append(parse_credentials(source_type, plaintext))
+            except (GatewayDecryptError, _CredentialFormatError) as exc:
+                logger.info("sandbox fabric: member %s refused credentials: %s", member.id, exc)
+                raise invalid(f"Gateway member {member.id} could not decrypt its credentials.") from None
+        if any(d != decoded[0] for d in decoded):
+            raise invalid("The members of the gateway received different credentials.")
+        connection.received.append(dict(decoded[0]))
+        return decoded[0]
+
+
+def _source_data(source: SourceSystem, credential_type: str) -> dict[str, str]:
+    secret = source.secret or ""
+    if credential_type in ("Basic", "Windows"):
+        return {"username": source.username or "", "password": secret}
+    if credential_type == "ServicePrincipal":
+        return {"servicePrincipalClientId": source.username or "", "servicePrincipalSecret": secret}
+    return {"key": secret} if credential_type == "Key" else {"token": secret}
+
