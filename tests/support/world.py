@@ -117,8 +117,9 @@ class World:
         return env
 
     # -- what happens ----------------------------------------------------------------------------
-    def rotate(self, new_secret: str | None = None, *, order: RotationOrder = "source-first",
-               delay: float = 0.0) -> str:
+    def rotate(
+        self, new_secret: str | None = None, *, order: RotationOrder = "source-first", delay: float = 0.0
+    ) -> str:
         """A rotation: ``source-first`` changes every account, then Key Vault gets the new version
         (notifying subscribers); ``vault-first`` writes Key Vault first and changes the accounts
         when the sandbox clock reaches now + ``delay`` (see :meth:`Sandbox.rotate`). Returns the
@@ -233,16 +234,22 @@ def build_world(
     if shared_account:
         name = account_name or f"{binding_name}-{prefix}\\{user or credential_type.lower()}"
         existing = sb.sources.find_account(user) if credential_type == "OAuth2" and user else None
-        shared = existing or sb.sources.add_account(name, username=user, secret=secret,
-                                                   lockout_threshold=lockout_threshold)
+        shared = existing or sb.sources.add_account(
+            name, username=user, secret=secret, lockout_threshold=lockout_threshold
+        )
         world.accounts.append(shared)
     for i in range(sources):
         source_id = f"{binding_name}-{prefix}-{i}"
         if shared is not None:
             source = sb.sources.add(source_id, credential_type=credential_type, account=shared)
         else:
-            source = sb.sources.add(source_id, credential_type=credential_type, username=user,
-                                    secret=secret, lockout_threshold=lockout_threshold)
+            source = sb.sources.add(
+                source_id,
+                credential_type=credential_type,
+                username=user,
+                secret=secret,
+                lockout_threshold=lockout_threshold,
+            )
             world.accounts.append(source.account)
         datasource = pbi.add_datasource(
             gateway,
