@@ -189,6 +189,7 @@ def build_world(
     prefix: str = "src",
     shared_account: bool = True,
     account_name: str | None = None,
+    servers: int | None = None,
 ) -> World:
     """Make the world described in the module docstring in the started sandbox ``sb``.
 
@@ -198,6 +199,10 @@ def build_world(
     password, ``caller_identity_only=True`` and ``oauth2="caller-identity"``; the user is made
     gateway admin as well, since the update is made with the user's own token; the sources
     then sign in as the Entra user's own account (a password grant and a refresh count alike).
+
+    ``servers``: the data sources are databases on that many servers (default: each source is a
+    server of its own). The healer probes an account once per server (SQL logins have a password
+    per server), so a fan-out that should follow one acceptance wants ``servers=1``.
 
     ``shared_account`` (default): every source signs in as one account, ``account_name``
     (default ``"{binding_name}-{prefix}\\{username or credential type}"``); ``False``: each source
@@ -254,6 +259,9 @@ def build_world(
         datasource = pbi.add_datasource(
             gateway,
             source,
+            connection_details=(
+                None if servers is None else {"server": f"sql{i % servers}.local", "database": source.id}
+            ),
             datasource_type=datasource_type,
             credential_type=credential_type,
             caller_identity_only=caller_identity_only,
