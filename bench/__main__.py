@@ -193,9 +193,12 @@ def bench_fanout(
             calls = api_calls(sb, mark)
             runtime.close()
             assert all(o.action == "updated" for o in report.targets()), "fan-out did not heal everything"
-        # The secret, the on-premises gateways with their keys (one list), then one account: its
-        # first target alone (the version is not known to work yet), the rest concurrently.
-        bound = latency * (1 + 1 + 1 + math.ceil((n - 1) / concurrency))
+        # The secret, the on-premises gateways with their keys (one list), each gateway's data
+        # source list (where the targets sign in: one server behind each gateway), then one
+        # account: the first target of each server alone, one server at a time (the version is
+        # not known to work there yet), the rest of that server concurrently meanwhile.
+        probes = gateways
+        bound = latency * (1 + 1 + gateways + max(probes, 1 + math.ceil((n - 1) / concurrency)))
         rows.append(
             Row(
                 "fanout",
@@ -203,8 +206,8 @@ def bench_fanout(
                 seconds,
                 bound,
                 calls,
-                n + 2,
-                "secret, gateway list, one update per target (one target of the account first)",
+                n + 2 + gateways,
+                "secret, gateway list, G data source lists, one update per target (one per server first)",
             )
         )
     if compare_at:
@@ -307,10 +310,10 @@ def _compare_with_sequential(latency: float, n: int, concurrency: int, state_dir
             "sequential",
             f"healer: all {n} updated",
             ours_updates,
-            latency * (2 + math.ceil(n / concurrency)),
+            latency * (2 + gateways + max(gateways, 1 + math.ceil((n - 1) / concurrency))),
             None,
             None,
-            "",
+            "the same bound as the fan-out row",
         )
     )
     rows.append(

@@ -76,8 +76,9 @@ def build(
     workspaces: int = 1,
     datasets_per_workspace: int | None = None,
 ) -> BenchWorld:
-    """``targets`` data sources bound to one secret, spread over ``gateways`` gateways, one dataset
-    each, spread over ``workspaces``; plus unbound datasets up to ``datasets_per_workspace``."""
+    """``targets`` data sources bound to one secret, spread over ``gateways`` gateways (one SQL
+    server behind each), one dataset each, spread over ``workspaces``; plus unbound datasets up to
+    ``datasets_per_workspace``."""
     app = sb.entra.add_app(name="bench")
     pbi = sb.powerbi
     pbi.set_refresh_duration(0)
@@ -102,7 +103,11 @@ def build(
                 secret=password if bound else generate_password(),
                 lockout_threshold=None,
             )
-            datasource = pbi.add_datasource(gws[len(world.bound) % gateways], source)
+            # One SQL server behind each gateway, a database per data source (the usual estate:
+            # the account's servers are probed one at a time, their databases then follow).
+            g_index = len(world.bound) % gateways
+            details = {"server": f"sql{g_index}.bench.local", "database": source.id}
+            datasource = pbi.add_datasource(gws[g_index], source, connection_details=details)
             dataset = pbi.add_dataset(workspace, f"ds{w_index}-{d_index}", [datasource], owner=app.client_id)
             world.sources.append(source)
             world.datasources.append(datasource)

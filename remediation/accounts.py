@@ -24,7 +24,15 @@ from urllib.parse import urlsplit
 
 from remediation.bindings import Binding, CredentialType
 
-__all__ = ["FailedSource", "account_key", "failed_source", "source_locator", "source_matches", "text_map"]
+__all__ = [
+    "FailedSource",
+    "account_key",
+    "failed_source",
+    "presentation_locator",
+    "source_locator",
+    "source_matches",
+    "text_map",
+]
 
 _KIND_DETAIL = "Microsoft.Data.Mashup.CredentialError.DataSourceKind"
 _PATH_DETAIL = "Microsoft.Data.Mashup.CredentialError.DataSourcePath"
@@ -73,6 +81,27 @@ def source_locator(datasource_type: str | None, connection_details: Mapping[str,
         if value:
             return _host_of(value)
     return ""
+
+
+def presentation_locator(binding: Binding, server: str, target: tuple[str, str]) -> str:
+    """Where an acceptance of a version licenses presenting it again without a probe.
+
+    * A Windows account named with its domain (``CONTOSO\\svc``, ``svc@contoso.com``) is one
+      directory account wherever it signs in: accepted on one server, it is right on all of them
+      (``domain:<name>``).
+    * Otherwise an account may be a login of each server (SQL logins have a password per
+      server): the source's server (``server``, see :func:`source_locator`).
+    * A server that is not known must not be shared with other targets (two of them may be two
+      logins with two passwords): ``unknown:<gatewayId>/<datasourceId>``, a locator of its own.
+    """
+    if binding.credential_type is CredentialType.WINDOWS and binding.username:
+        name = binding.username.strip().lower()
+        domain = name.split("\\", 1)[0] if "\\" in name else name.split("@", 1)[1] if "@" in name else ""
+        if domain:
+            return f"domain:{domain}"
+    if server:
+        return server.strip().lower()
+    return f"unknown:{target[0].lower()}/{target[1].lower()}"
 
 
 def _host_of(value: str) -> str:

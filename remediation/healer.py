@@ -36,10 +36,11 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
@@ -52,6 +53,7 @@ from remediation.errors import ConfigError, NotBound, RemediationError, SecretVe
 from remediation.fabric import FabricClient
 from remediation.http import ApiError, ThrottledPastDeadline, deadline_scope
 from remediation.identity import AuthenticationError
+from remediation.inventory import CACHE_SECONDS
 from remediation.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
 from remediation.ledger import Claim, Lease, LeaseLost, Ledger, Outcome
 from remediation.powerbi import EntityNotFound, GatewayDatasource, InvalidId, PowerBIClient, Refresh
@@ -117,6 +119,8 @@ class Healer:
         self._sleep = sleep
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._poll_interval = poll_interval
+        self._listed: dict[str, tuple[float, list[GatewayDatasource]]] = {}
+        self._listed_lock = threading.Lock()
         self.gateway_kind = GatewayKind(
             powerbi=powerbi,
             keyvault=keyvault,
@@ -217,6 +221,7 @@ class Healer:
                 (t for t in binding.targets if t.key == (gateway_id, datasource_id)),
                 Target(gateway_id, datasource_id),
             )
+            locator = locator or self._locator_of(target, run)
             (outcome,) = self.heal_targets([Resolved(binding, target, locator)], run)
             if retry_refreshes and outcome.action in (Action.UPDATED, Action.CURRENT):
                 self.refresher.retry_failed_refreshes({(gateway_id, datasource_id)}, run)
@@ -355,8 +360,10 @@ class Healer:
             return [f.result() for f in futures]
 
     def heal_targets(self, resolved: Sequence[Resolved], run: Run) -> list[Outcome]:
-        """Heal ``resolved``, one account at a time per account: the first target of an account
-        that needs the version is its probe; the others follow, in parallel, once it accepted."""
+        """Heal ``resolved``, one presentation at a time per account: the first target of an
+        account that needs the version is its probe; once it accepted, the account's other
+        targets at the same locator follow in parallel, and the first target at another locator
+        is the next probe (an acceptance on one server says nothing of another)."""
         groups: dict[str, list[int]] = {}
         for index, item in enumerate(resolved):
             groups.setdefault(self.account_of(item, run), []).append(index)
@@ -364,14 +371,26 @@ class Healer:
 
         def heal_account(indices: list[int]) -> None:
             pending = list(indices)
-            while pending:
-                index = pending.pop(0)
-                outcome = self._heal_one(resolved[index], run)
-                results[index] = outcome
-                if outcome.action == Action.UPDATED:
-                    break  # accepted: the rest of the account may follow at once
-            done = self.in_parallel(lambda i: self._heal_one(resolved[i], run), pending)
-            results.update(zip(pending, done, strict=True))
+            followers: list[tuple[int, Future[Outcome]]] = []
+            with ThreadPoolExecutor(
+                max_workers=max(1, self.settings.concurrency), thread_name_prefix="fanout"
+            ) as pool:
+                while pending:  # the probes, one at a time, in this thread
+                    index = pending.pop(0)
+                    outcome = self._heal_one(resolved[index], run)
+                    results[index] = outcome
+                    if outcome.action != Action.UPDATED:
+                        continue
+                    # Accepted: the rest of the account at this locator follows at once, while the
+                    # next locator's probe goes on here.
+                    where = resolved[index].where.lower()
+                    follow = [i for i in pending if resolved[i].where.lower() == where]
+                    pending = [i for i in pending if resolved[i].where.lower() != where]
+                    for i in follow:
+                        job = pool.submit(contextvars.copy_context().run, self._heal_one, resolved[i], run)
+                        followers.append((i, job))
+                for i, job in followers:
+                    results[i] = job.result()
 
         self.in_parallel(heal_account, list(groups.values()))
         return [results[i] for i in range(len(resolved))]
@@ -477,7 +496,7 @@ class Healer:
         except RemediationError as exc:
             return done(Action.FAILED, str(exc), version)
         account = account_key(binding, resolved.username)
-        blocked = self._account_check(account, binding, version, run, item.locator)
+        blocked = self._account_check(account, binding, version, run, item.where)
         if blocked is not None:
             return done(blocked.action, blocked.reason, version)
         if run.dry_run:
@@ -509,7 +528,7 @@ class Healer:
                 account,
                 binding.secret,
                 version,
-                locator=item.locator,
+                locator=item.where,
                 target=f"{target.gateway_id}/{target.datasource_id}",
                 owner=run.owner,
                 now=self._clock(),
@@ -643,7 +662,7 @@ class Healer:
                     account,
                     binding.secret,
                     secret.version,
-                    locator=item.locator,
+                    locator=item.where,
                     target=f"{target.gateway_id}/{target.datasource_id}",
                     owner=run.owner,
                     now=now,
@@ -712,14 +731,14 @@ class Healer:
                 binding.secret,
                 version,
                 owner=lease.owner,
-                locator=item.locator,
+                locator=item.where,
                 verdict=value,
                 reason=f"{reason} [{target.gateway_id}/{target.datasource_id}]",
                 now=now,
             )
 
         if verdict.verdict is Verdict.ACCEPTED:
-            known = (account, binding.secret.lower(), version.lower(), item.locator.lower())
+            known = (account, binding.secret.lower(), version.lower(), item.where.lower())
             if probe or known not in run.accepted:
                 account_verdict("accepted", "accepted")
                 with run.lock:
@@ -761,7 +780,7 @@ class Healer:
             for target in binding.targets:
                 if target.key not in seen:
                     seen.add(target.key)
-                    resolved.append(Resolved(binding, target))
+                    resolved.append(Resolved(binding, target, self._locator_of(target, run)))
             if binding.matches:
                 for gateway_id, datasource_id, locator in self._matching_datasources(binding, run):
                     if (gateway_id, datasource_id) not in seen:
@@ -792,6 +811,39 @@ class Healer:
                 )
                 return binding, source_locator(datasource.datasource_type, details)
         return None, ""
+
+    def _locator_of(self, target: Target, run: Run) -> str:
+        """Where a target named by its ids signs in (``""`` when unknown, see
+        :attr:`Resolved.where`): from the inventory (no call), else from its gateway's data source
+        list (one read per gateway, shared by the instance's runs for a minute)."""
+        if target.connection_id is not None:
+            return ""
+        for record in self.refresher.inventory.known():
+            for source in record.sources:
+                if source.key == target.key:
+                    return source_locator(source.datasource_type, source.details())
+        for datasource in self._gateway_datasources(target.gateway_id, run):
+            if datasource.id.lower() == target.datasource_id:
+                return source_locator(datasource.datasource_type, text_map(datasource.connection() or {}))
+        return ""
+
+    def _gateway_datasources(self, gateway_id: str, run: Run) -> list[GatewayDatasource]:
+        """The data sources of one gateway, read at most once a minute per instance ([] when it
+        cannot be read: a cloud gateway has no list, and the locator is then unknown)."""
+        if run.gateway_datasources is not None:  # this run listed every gateway already
+            return [d for gw, d in run.gateway_datasources if gw == gateway_id]
+        with self._listed_lock:
+            cached = self._listed.get(gateway_id)
+            if cached is not None and 0 <= self._clock() - cached[0] < CACHE_SECONDS:
+                return cached[1]
+        try:
+            found = self.powerbi.get_datasources(gateway_id)
+        except RemediationError as exc:
+            logger.info("gateway %s: data sources not listed (%s); locators unknown", gateway_id, exc)
+            found = []
+        with self._listed_lock:
+            self._listed[gateway_id] = (self._clock(), found)
+        return found
 
     def _all_gateway_datasources(self, run: Run) -> list[tuple[str, GatewayDatasource]]:
         """Every data source of every gateway the caller administers (once per run)."""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+from remediation.accounts import presentation_locator
 from remediation.bindings import Binding, Target
 from remediation.keyvault import SecretValue
 from remediation.ledger import Outcome
@@ -79,3 +80,9 @@ class Resolved:
     binding: Binding
     target: Target
     locator: str = ""  # where at the source it signs in, when known (see accounts.source_locator)
+
+    @property
+    def where(self) -> str:
+        """The locator the account rules use (see :func:`remediation.accounts.presentation_locator`):
+        a Windows account's domain, else the source's server, else one of this target alone."""
+        return presentation_locator(self.binding, self.locator, self.target.key)

@@ -618,7 +618,7 @@ def test_an_operator_presents_an_in_doubt_version_again_over_http(
 def test_two_consumers_heal_a_500_target_secret_with_one_patch_per_target_under_the_same_rules(
     sb: Sandbox, storage: Azurite, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, work: WorkQueue
 ) -> None:
-    w = build_world(sb, sources=500)  # 500 data sources signing in as one account
+    w = build_world(sb, sources=500, servers=1)  # 500 databases of one server, one login
     _apply(w, monkeypatch, tmp_path)
     monkeypatch.setenv("AzureWebJobsStorage", storage.connection_string)
     monkeypatch.setenv("REMEDIATION_FANOUT_TARGETS", "100")

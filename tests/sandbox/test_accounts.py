@@ -49,18 +49,36 @@ def _world(sb: Sandbox, **kwargs: Any) -> World:
 
 def _pbi(world: World, method: str, path: str, **kwargs: Any) -> requests.Response:
     token = world.sb.entra.issue_token("app", world.app.client_id, POWERBI_AUDIENCE).token
-    return requests.request(method, world.sb.powerbi.api_url + path,
-                            headers={"Authorization": f"Bearer {token}"}, timeout=10, **kwargs)
+    return requests.request(
+        method,
+        world.sb.powerbi.api_url + path,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+        **kwargs,
+    )
 
 
 def _patch_basic(world: World, index: int, password: str) -> requests.Response:
-    credentials = json.dumps({"credentialData": [{"name": "username", "value": world.username},
-                                                 {"name": "password", "value": password}]})
-    body = {"credentialDetails": {"credentialType": "Basic", "credentials": credentials,
-                                  "encryptedConnection": "Encrypted", "encryptionAlgorithm": "None",
-                                  "privacyLevel": "Organizational"}}
-    return _pbi(world, "PATCH", f"/gateways/{world.gateway_id}/datasources/{world.datasource_ids[index]}",
-                json=body)
+    credentials = json.dumps(
+        {
+            "credentialData": [
+                {"name": "username", "value": world.username},
+                {"name": "password", "value": password},
+            ]
+        }
+    )
+    body = {
+        "credentialDetails": {
+            "credentialType": "Basic",
+            "credentials": credentials,
+            "encryptedConnection": "Encrypted",
+            "encryptionAlgorithm": "None",
+            "privacyLevel": "Organizational",
+        }
+    }
+    return _pbi(
+        world, "PATCH", f"/gateways/{world.gateway_id}/datasources/{world.datasource_ids[index]}", json=body
+    )
 
 
 def _refresh(world: World, index: int) -> None:
@@ -76,8 +94,13 @@ def _status(world: World, index: int) -> requests.Response:
 
 def _password_grant(sb: Sandbox, username: str, password: str) -> requests.Response:
     app = sb.entra.default_app or sb.entra.add_app(name="public")
-    form = {"grant_type": "password", "client_id": app.client_id, "username": username,
-            "password": password, "scope": f"{POWERBI_AUDIENCE}/.default"}
+    form = {
+        "grant_type": "password",
+        "client_id": app.client_id,
+        "username": username,
+        "password": password,
+        "scope": f"{POWERBI_AUDIENCE}/.default",
+    }
     return requests.post(f"{sb.url}/{sb.entra.tenant_id}/oauth2/v2.0/token", data=form, timeout=10)
 
 
@@ -120,8 +143,9 @@ def test_failures_through_many_sources_from_every_cause_count_against_one_accoun
 
     account = world.account
     assert [f.cause for f in account.failed_sign_ins] == ["update-test", "refresh", "status-check", "refresh"]
-    assert [f.via for f in account.failed_sign_ins] == [s.id for s in (world.sources[0], world.sources[1],
-                                                                        world.sources[2], world.sources[2])]
+    assert [f.via for f in account.failed_sign_ins] == [
+        s.id for s in (world.sources[0], world.sources[1], world.sources[2], world.sources[2])
+    ]
     assert account.failed_attempts == 4 and not account.locked
     old = world.stored_secret(world.datasources[1])
     assert account.failures_by_fingerprint() == {fingerprint(wrong): 1, fingerprint(old): 3}
@@ -130,7 +154,8 @@ def test_failures_through_many_sources_from_every_cause_count_against_one_accoun
 
 
 def test_consecutive_failures_lock_the_shared_account_and_a_success_resets_the_count(
-        msb: Sandbox, clock: ManualClock) -> None:
+    msb: Sandbox, clock: ManualClock
+) -> None:
     world = _world(msb, sources=3, lockout_threshold=3)
     right = world.secret
 
@@ -196,8 +221,16 @@ def test_password_grants_count_lock_with_aadsts50053_and_share_the_users_account
 
 def test_a_world_of_caller_identity_sources_signs_in_as_the_entra_users_account(msb: Sandbox) -> None:
     user = msb.entra.add_user(UPN, "Pw!owner")
-    world = build_world(msb, cloud=True, credential_type="OAuth2", datasource_type="Extension",
-                        username=UPN, secret="Pw!owner", caller_identity_only=True, oauth2="caller-identity")
+    world = build_world(
+        msb,
+        cloud=True,
+        credential_type="OAuth2",
+        datasource_type="Extension",
+        username=UPN,
+        secret="Pw!owner",
+        caller_identity_only=True,
+        oauth2="caller-identity",
+    )
     assert world.account is user.account
     world.rotate("Pw!owner-2")
     assert user.password == "Pw!owner-2"
@@ -206,7 +239,8 @@ def test_a_world_of_caller_identity_sources_signs_in_as_the_entra_users_account(
 
 # -- rotation order --------------------------------------------------------------------------------
 def test_a_vault_first_rotation_changes_the_account_only_when_the_clock_gets_there(
-        msb: Sandbox, clock: ManualClock) -> None:
+    msb: Sandbox, clock: ManualClock
+) -> None:
     world = _world(msb, sources=2)
     old = world.secret
     seen_at_event: list[str | None] = []
@@ -226,8 +260,7 @@ def test_a_vault_first_rotation_changes_the_account_only_when_the_clock_gets_the
     assert world.account.secret == "Pw!next" and world.account.pending_changes == 0
 
 
-def test_a_vault_first_rotation_without_delay_still_notifies_before_the_account_changes(
-        msb: Sandbox) -> None:
+def test_a_vault_first_rotation_without_delay_still_notifies_before_the_account_changes(msb: Sandbox) -> None:
     svc = msb.sources.add("sql-sales", username="svc_pbi", secret="Pw!old")
     seen: list[str | None] = []
     msb.vault.subscribe(lambda event: seen.append(svc.secret))
@@ -267,6 +300,8 @@ def test_key_vault_version_times_come_from_the_sandbox_clock(msb: Sandbox, clock
     now = int(clock.now())
     assert current.status_code == 200
     assert (current.json()["attributes"]["created"], current.json()["attributes"]["updated"]) == (now, now)
-    times = {item["id"].rsplit("/", 1)[-1]: (item["attributes"]["created"], item["attributes"]["updated"])
-             for item in listing.json()["value"]}
+    times = {
+        item["id"].rsplit("/", 1)[-1]: (item["attributes"]["created"], item["attributes"]["updated"])
+        for item in listing.json()["value"]
+    }
     assert times == {first: (created_first, now), second: (now, now)}

@@ -66,8 +66,12 @@ CHILD = GUARD + textwrap.dedent(
 
 def _envelope(name: str = "Microsoft.ApplicationInsights.Event", **changes: Any) -> dict[str, Any]:
     envelope: dict[str, Any] = {
-        "ver": 1, "name": name, "time": "2026-01-01T00:00:00.000000Z", "sampleRate": 100.0,
-        "iKey": INSTRUMENTATION_KEY, "tags": {"ai.cloud.role": "healer"},
+        "ver": 1,
+        "name": name,
+        "time": "2026-01-01T00:00:00.000000Z",
+        "sampleRate": 100.0,
+        "iKey": INSTRUMENTATION_KEY,
+        "tags": {"ai.cloud.role": "healer"},
         "data": {"baseType": "EventData", "baseData": {"ver": 2, "name": "Probe", "properties": {"a": "b"}}},
     }
     envelope.update(changes)
@@ -75,19 +79,28 @@ def _envelope(name: str = "Microsoft.ApplicationInsights.Event", **changes: Any)
 
 
 def _post(sb: Sandbox, body: bytes, **headers: str) -> requests.Response:
-    return requests.post(f"{sb.url}/v2.1/track", data=body, timeout=10,
-                         headers={"Content-Type": "application/json", **headers})
+    return requests.post(
+        f"{sb.url}/v2.1/track", data=body, timeout=10, headers={"Content-Type": "application/json", **headers}
+    )
 
 
 #: What the product's environment must add to ``sb.env()`` for the distro to stay on this machine.
-OFFLINE_DISTRO_ENV = {"APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
-                      "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "azure_app_service"}
+OFFLINE_DISTRO_ENV = {
+    "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
+    "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "azure_app_service",
+}
 
 
 def _run_child(env: dict[str, str]) -> list[str]:
     """Run :data:`CHILD` with ``env`` over this process's environment; its blocked network attempts."""
-    child = subprocess.run([sys.executable, "-c", CHILD], env={**os.environ, **env},
-                           capture_output=True, text=True, timeout=60, check=False)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert child.returncode == 0, child.stderr[-3000:]
     attempts: list[str] = json.loads(child.stdout.strip().splitlines()[-1])["attempts"]
     return attempts
@@ -115,13 +128,17 @@ def test_exporter_delivers_a_custom_event_and_a_span_to_the_sandbox_only(
     specs.validate(specs.APPINSIGHTS, "EventData", event_envelope["data"]["baseData"])
     # Nothing but the ingestion endpoint was called, and every batch was accepted whole.
     assert {(r.route, r.method, r.path, r.status) for r in sb.requests.all()} == {
-        ("appinsights.track", "POST", "/v2.1/track", 200)}
+        ("appinsights.track", "POST", "/v2.1/track", 200)
+    }
 
 
 def test_track_accepts_json_arrays_ndjson_and_gzip(sb: Sandbox, sandbox_env: dict[str, str]) -> None:
     array = _post(sb, json.dumps([_envelope(), _envelope()]).encode())
-    ndjson = _post(sb, "\n".join(json.dumps(_envelope()) for _ in range(3)).encode(),
-                   **{"Content-Type": "application/x-json-stream"})
+    ndjson = _post(
+        sb,
+        "\n".join(json.dumps(_envelope()) for _ in range(3)).encode(),
+        **{"Content-Type": "application/x-json-stream"},
+    )
     zipped = _post(sb, gzip.compress(json.dumps([_envelope()]).encode()), **{"Content-Encoding": "gzip"})
 
     assert [r.status_code for r in (array, ndjson, zipped)] == [200, 200, 200]
@@ -154,8 +171,10 @@ def test_track_reports_rejected_items_one_by_one(sb: Sandbox, sandbox_env: dict[
 
 
 def test_queries_filter_by_kind_and_clear_forgets(sb: Sandbox, sandbox_env: dict[str, str]) -> None:
-    message = _envelope("Microsoft.ApplicationInsights.Message", data={
-        "baseType": "MessageData", "baseData": {"ver": 2, "message": "hello", "severityLevel": 1}})
+    message = _envelope(
+        "Microsoft.ApplicationInsights.Message",
+        data={"baseType": "MessageData", "baseData": {"ver": 2, "message": "hello", "severityLevel": 1}},
+    )
     _post(sb, json.dumps([_envelope(), message]).encode())
 
     assert [e["name"] for e in sb.appinsights.custom_events()] == ["Probe"]

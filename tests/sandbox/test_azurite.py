@@ -20,10 +20,18 @@ def test_a_stale_etag_loses_the_race_for_an_entity(azurite: Azurite) -> None:
     second = table.get_entity("gw", "ds")
 
     first["owner"] = "instance-a"
-    table.update_entity(first, mode=UpdateMode.MERGE, etag=first.metadata["etag"],
-                        match_condition=MatchConditions.IfNotModified)
+    table.update_entity(
+        first,
+        mode=UpdateMode.MERGE,
+        etag=first.metadata["etag"],
+        match_condition=MatchConditions.IfNotModified,
+    )
     second["owner"] = "instance-b"
     with pytest.raises(ResourceModifiedError):
-        table.update_entity(second, mode=UpdateMode.MERGE, etag=second.metadata["etag"],
-                            match_condition=MatchConditions.IfNotModified)
+        table.update_entity(
+            second,
+            mode=UpdateMode.MERGE,
+            etag=second.metadata["etag"],
+            match_condition=MatchConditions.IfNotModified,
+        )
     assert table.get_entity("gw", "ds")["owner"] == "instance-a"

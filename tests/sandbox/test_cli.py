@@ -322,8 +322,10 @@ def test_the_cli_waits_for_a_settling_version_then_heals(make: Make) -> None:
     cli = make()
     cli.world.rotate()
 
+    # 3 s: the CLI process must start (and import its SDKs) before the version settles, also on a
+    # loaded machine; it then waits out the rest.
     result = cli(
-        "heal", "--secret", cli.world.secret_name, env={**cli.env, "REMEDIATION_SETTLE_SECONDS": "1"}
+        "heal", "--secret", cli.world.secret_name, env={**cli.env, "REMEDIATION_SETTLE_SECONDS": "3"}
     )
 
     assert result.code == 0, result.out + result.err

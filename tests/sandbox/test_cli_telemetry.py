@@ -163,8 +163,13 @@ def test_heal_sweep_and_replay_send_their_outcomes_with_trigger_cli_and_no_key_a
     cli_events = ai.wait_for(arrived)
     assert quiet  # the sweep found the SQL sources current
     assert len(cli_events) == expected  # every outcome, once; flushed before each run returned
-    assert sum(e["properties"]["action"] == "already-current" and not e["properties"]["datasourceId"]
-               for e in cli_events) == 1
+    assert (
+        sum(
+            e["properties"]["action"] == "already-current" and not e["properties"]["datasourceId"]
+            for e in cli_events
+        )
+        == 1
+    )
     assert {e["properties"]["trigger"] for e in cli_events} == {"cli"}
     reported = {e["properties"]["correlationId"] for e in cli_events}
     assert {json.loads(r["out"])["correlationId"] for r in runs[:3]} <= reported

@@ -234,8 +234,9 @@ def test_the_managed_identity_gets_power_bi_tokens_when_there_is_no_secret(
     assert (info.kind, info.principal) == ("managed_identity", mi.client_id)
 
 
-def _certificate_app(world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *,
-                     pfx_password: bytes | None = None) -> App:
+def _certificate_app(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, pfx_password: bytes | None = None
+) -> App:
     """A service principal that signs in with a certificate file instead of a secret."""
     cert = make_client_certificate()
     app = world.sb.entra.add_app(name="cert-healer", certificate=cert.cert_pem, default=False)

@@ -13,8 +13,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_demo_heals_a_rotation_and_never_locks_the_account() -> None:
-    done = subprocess.run([sys.executable, "-m", "sandbox.demo"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "sandbox.demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "6 settling" in out  # the vault-first version waits for its settle time

@@ -37,13 +37,28 @@ def tenant(sb: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict
     server pair, Windows) and an unbound cloud world (Key), plus a Web source whose URL carries a key."""
     bound = build_world(sb, sources=2)
     windows = build_world(
-        sb, sources=3, credential_type="Windows", username="CONTOSO\\svc_etl", secret_name="etl",
-        binding_name="etl", prefix="etl",
+        sb,
+        sources=3,
+        credential_type="Windows",
+        username="CONTOSO\\svc_etl",
+        secret_name="etl",
+        binding_name="etl",
+        prefix="etl",
     )
-    cloud = build_world(sb, cloud=True, credential_type="Key", username=None, secret_name="blob-key",
-                        binding_name="blob", prefix="blob")
+    cloud = build_world(
+        sb,
+        cloud=True,
+        credential_type="Key",
+        username=None,
+        secret_name="blob-key",
+        binding_name="blob",
+        prefix="blob",
+    )
     web = sb.powerbi.add_datasource(
-        cloud.gateway, cloud.sources[0], datasource_type="Web", credential_type="Key",
+        cloud.gateway,
+        cloud.sources[0],
+        datasource_type="Web",
+        credential_type="Key",
         connection_details={"url": f"https://api.contoso.com/v1/data?apikey={URL_KEY}&api-version=2"},
     )
     web_dataset = sb.powerbi.add_dataset(cloud.workspace, "web", [web], owner=cloud.app.client_id)
@@ -56,8 +71,15 @@ def tenant(sb: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict
     # A failed refresh, so the inventory shows it.
     windows.rotate_sources_only()
     windows.fail_scheduled_refreshes()
-    return {"bound": bound, "windows": windows, "cloud": cloud, "web": web, "web_dataset": web_dataset,
-            "env": env, "state": state}
+    return {
+        "bound": bound,
+        "windows": windows,
+        "cloud": cloud,
+        "web": web,
+        "web_dataset": web_dataset,
+        "env": env,
+        "state": state,
+    }
 
 
 def _by_id(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -78,8 +100,15 @@ def test_discover_json_lists_every_source_with_its_datasets_status_and_binding(
     expected = bound.datasource_ids + windows.datasource_ids + cloud.datasource_ids + [tenant["web"].id]
     assert set(expected) <= set(found)
     for entry in found.values():
-        assert set(entry) == {"gatewayId", "datasourceId", "datasourceType", "connectionDetails",
-                              "credentialType", "binding", "datasets"}
+        assert set(entry) == {
+            "gatewayId",
+            "datasourceId",
+            "datasourceType",
+            "connectionDetails",
+            "credentialType",
+            "binding",
+            "datasets",
+        }
     for ds_id in bound.datasource_ids:
         assert found[ds_id]["binding"] == bound.binding_name
         assert found[ds_id]["credentialType"] == "Basic"
@@ -146,8 +175,15 @@ def test_discover_table_and_csv_are_readable(sb: Sandbox, tenant: dict[str, Any]
     assert "dataset" in progress and "\r" in progress  # the live progress display on a terminal
     code, out, _ = run(tenant["env"], "discover", "--csv")
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0] == ["gatewayId", "datasourceId", "datasourceType", "connectionDetails",
-                       "credentialType", "binding", "datasets"]
+    assert rows[0] == [
+        "gatewayId",
+        "datasourceId",
+        "datasourceType",
+        "connectionDetails",
+        "credentialType",
+        "binding",
+        "datasets",
+    ]
     assert len(rows) - 1 == len(json.loads(run(tenant["env"], "discover", "--json")[1])["datasources"])
 
 
@@ -224,9 +260,15 @@ def test_bindings_check_flags_a_windows_username_without_domain_and_warns_about_
 def test_bindings_check_says_a_match_does_not_compare_accounts(sb: Sandbox, tenant: dict[str, Any]) -> None:
     windows: World = tenant["windows"]
     server = windows.datasources[0].connection_details["server"]
-    binding = {"name": "by-server", "secret": "etl", "credentialType": "Windows", "username": "CONTOSO\\svc",
-               "privacyLevel": "Organizational", "encryptedConnection": "Encrypted",
-               "targets": [{"match": {"server": server}}]}
+    binding = {
+        "name": "by-server",
+        "secret": "etl",
+        "credentialType": "Windows",
+        "username": "CONTOSO\\svc",
+        "privacyLevel": "Organizational",
+        "encryptedConnection": "Encrypted",
+        "targets": [{"match": {"server": server}}],
+    }
     env = dict(tenant["env"], REMEDIATION_BINDINGS=json.dumps({"bindings": [binding]}))
     code, out, _ = run(env, "bindings", "check")
     assert code == 0

@@ -35,7 +35,9 @@ def app(sb: Sandbox) -> App:
 
 def _confidential(sb: Sandbox, client_id: str, secret: str) -> msal.ConfidentialClientApplication:
     return msal.ConfidentialClientApplication(
-        client_id, client_credential=secret, authority=f"{sb.url}/{sb.entra.tenant_id}",
+        client_id,
+        client_credential=secret,
+        authority=f"{sb.url}/{sb.entra.tenant_id}",
         instance_discovery=False,
     )
 
@@ -68,8 +70,11 @@ def test_msal_confidential_client_gets_an_app_token_from_a_custom_authority(
 
     assert result["token_type"] == "Bearer" and result["expires_in"] > 3000, result.get("error_description")
     [issued] = sb.entra.tokens_issued("app")
-    assert (issued.token, issued.principal, issued.audience) == (result["access_token"], app.client_id,
-                                                                  POWERBI_AUDIENCE)
+    assert (issued.token, issued.principal, issued.audience) == (
+        result["access_token"],
+        app.client_id,
+        POWERBI_AUDIENCE,
+    )
     assert again["access_token"] == result["access_token"] and again["token_source"] == "cache"
     # Only the tenant's OpenID document and the token endpoint: no instance discovery anywhere.
     assert [r.route for r in sb.requests.all()] == ["entra.openid", "entra.token"]
@@ -89,7 +94,8 @@ def test_wrong_client_secret_is_refused_with_aadsts7000215(
 
 def test_unknown_application_is_refused_with_aadsts700016(sb: Sandbox, sandbox_env: dict[str, str]) -> None:
     result = _confidential(sb, "11111111-2222-3333-4444-555555555555", "x").acquire_token_for_client(
-        [PBI_SCOPE])
+        [PBI_SCOPE]
+    )
 
     assert result["error"] == "unauthorized_client"
     assert "AADSTS700016" in result["error_description"]
@@ -142,8 +148,9 @@ def test_username_password_flow_reports_bad_credentials_like_entra(
 def test_azure_identity_client_secret_credential_uses_the_sandbox_authority(
     sb: Sandbox, sandbox_env: dict[str, str], app: App
 ) -> None:
-    credential = ClientSecretCredential(sb.entra.tenant_id, app.client_id, app.secret or "",
-                                        authority=sb.url, disable_instance_discovery=True)
+    credential = ClientSecretCredential(
+        sb.entra.tenant_id, app.client_id, app.secret or "", authority=sb.url, disable_instance_discovery=True
+    )
 
     token = credential.get_token(KEYVAULT_AUDIENCE + "/.default")
 
@@ -163,8 +170,11 @@ def test_managed_identity_credential_gets_a_system_assigned_token(
     token = ManagedIdentityCredential().get_token(KEYVAULT_AUDIENCE + "/.default")
 
     [issued] = sb.entra.tokens_issued("managed_identity")
-    assert (issued.token, issued.principal, issued.audience) == (token.token, system.client_id,
-                                                                  KEYVAULT_AUDIENCE)
+    assert (issued.token, issued.principal, issued.audience) == (
+        token.token,
+        system.client_id,
+        KEYVAULT_AUDIENCE,
+    )
     [call] = sb.requests.find("entra.msi")
     assert call.query == {"api-version": "2019-08-01", "resource": KEYVAULT_AUDIENCE}
     assert call.headers["X-IDENTITY-HEADER"] == sb.entra.identity_header
@@ -183,8 +193,11 @@ def test_managed_identity_credential_gets_a_user_assigned_token(
     token = ManagedIdentityCredential(client_id=user_assigned.client_id).get_token(PBI_SCOPE)
 
     [issued] = sb.entra.tokens_issued("managed_identity")
-    assert (issued.token, issued.principal, issued.audience) == (token.token, user_assigned.client_id,
-                                                                  POWERBI_AUDIENCE)
+    assert (issued.token, issued.principal, issued.audience) == (
+        token.token,
+        user_assigned.client_id,
+        POWERBI_AUDIENCE,
+    )
     assert sb.requests.find("entra.msi")[0].query["client_id"] == user_assigned.client_id
 
 
@@ -195,9 +208,12 @@ def test_msi_endpoint_demands_the_identity_header(
     sb.entra.add_managed_identity()
     headers = {} if header is None else {"X-IDENTITY-HEADER": header}
 
-    response = requests.get(f"{sb.url}/msi/token", params={"api-version": "2019-08-01",
-                                                           "resource": KEYVAULT_AUDIENCE},
-                            headers=headers, timeout=10)
+    response = requests.get(
+        f"{sb.url}/msi/token",
+        params={"api-version": "2019-08-01", "resource": KEYVAULT_AUDIENCE},
+        headers=headers,
+        timeout=10,
+    )
 
     assert response.status_code == status
     assert set(response.json()) == {"statusCode", "message", "correlationId"}
@@ -260,9 +276,12 @@ def test_msal_signs_in_with_a_certificate_assertion(
         credential["public_certificate"] = cert.cert_pem.decode()
     else:
         credential["thumbprint"] = cert.cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303
-    cca = msal.ConfidentialClientApplication(app.client_id, client_credential=credential,
-                                             authority=f"{sb.url}/{sb.entra.tenant_id}",
-                                             instance_discovery=False)
+    cca = msal.ConfidentialClientApplication(
+        app.client_id,
+        client_credential=credential,
+        authority=f"{sb.url}/{sb.entra.tenant_id}",
+        instance_discovery=False,
+    )
 
     result = cca.acquire_token_for_client([PBI_SCOPE])
 
@@ -276,11 +295,16 @@ def test_an_assertion_signed_by_another_certificate_is_refused(
 ) -> None:
     registered, other = make_client_certificate(), make_client_certificate()
     app = sb.entra.add_app(name="cert-app", certificate=registered.cert_pem)
-    impostor = {"private_key": other.key_pem.decode(),
-                "thumbprint": registered.cert.fingerprint(hashes.SHA1()).hex()}  # noqa: S303
-    cca = msal.ConfidentialClientApplication(app.client_id, client_credential=impostor,
-                                             authority=f"{sb.url}/{sb.entra.tenant_id}",
-                                             instance_discovery=False)
+    impostor = {
+        "private_key": other.key_pem.decode(),
+        "thumbprint": registered.cert.fingerprint(hashes.SHA1()).hex(),
+    }  # noqa: S303
+    cca = msal.ConfidentialClientApplication(
+        app.client_id,
+        client_credential=impostor,
+        authority=f"{sb.url}/{sb.entra.tenant_id}",
+        instance_discovery=False,
+    )
 
     result = cca.acquire_token_for_client([PBI_SCOPE])
 

@@ -509,8 +509,12 @@ def test_match_targets_are_found_by_connection_details_across_gateways(make: Mak
     h = make(sources=3)
     w = h.world
     chosen = w.datasources[1]
-    binding = {**w.binding(), "targets": [{"match": {"datasourceType": "Sql",
-                                                     "server": chosen.connection_details["server"].upper()}}]}
+    binding = {
+        **w.binding(),
+        "targets": [
+            {"match": {"datasourceType": "Sql", "server": chosen.connection_details["server"].upper()}}
+        ],
+    }
     runtime = _runtime_with_bindings(h, {"bindings": [binding]})
     try:
         w.rotate()
@@ -530,8 +534,9 @@ def test_a_cloud_source_owned_by_someone_else_is_taken_over_only_when_allowed(ma
     w.rotate()
 
     refused = h.healer.heal_secret(w.secret_name, retry_refreshes=False)
-    runtime = _runtime_with_bindings(h, {"bindings": [{**w.binding(), "takeOver": True}],
-                                         "watch": {"workspaces": [w.workspace.id]}})
+    runtime = _runtime_with_bindings(
+        h, {"bindings": [{**w.binding(), "takeOver": True}], "watch": {"workspaces": [w.workspace.id]}}
+    )
     try:
         allowed = runtime.healer.heal_secret(w.secret_name, retry_refreshes=False)
     finally:
@@ -556,8 +561,9 @@ def test_no_take_over_of_a_dataset_whose_other_sources_could_not_be_put_back(mak
     other = h.sb.powerbi.add_datasource(w.gateway, other_source, connection_details=details)
     w.datasets[0].datasources.append(other)
     w.rotate()
-    runtime = _runtime_with_bindings(h, {"bindings": [{**w.binding(), "takeOver": True}],
-                                         "watch": {"workspaces": [w.workspace.id]}})
+    runtime = _runtime_with_bindings(
+        h, {"bindings": [{**w.binding(), "takeOver": True}], "watch": {"workspaces": [w.workspace.id]}}
+    )
     try:
         report = runtime.healer.heal_secret(w.secret_name, retry_refreshes=False)
     finally:

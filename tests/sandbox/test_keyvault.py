@@ -60,13 +60,16 @@ def client(sb: Sandbox, sandbox_env: dict[str, str], app: App, seen: list[Seen])
     def hook(response: PipelineResponse[Any, Any]) -> None:
         http = response.http_response
         text = http.text()
-        seen.append(Seen(http.request.method, http.request.url, http.status_code,
-                         json.loads(text) if text else None))
+        seen.append(
+            Seen(http.request.method, http.request.url, http.status_code, json.loads(text) if text else None)
+        )
 
-    credential = ClientSecretCredential(sb.entra.tenant_id, app.client_id, app.secret or "",
-                                        authority=sb.url, disable_instance_discovery=True)
-    with SecretClient(sb.vault.url, credential, verify_challenge_resource=False,
-                      raw_response_hook=hook) as secret_client:
+    credential = ClientSecretCredential(
+        sb.entra.tenant_id, app.client_id, app.secret or "", authority=sb.url, disable_instance_discovery=True
+    )
+    with SecretClient(
+        sb.vault.url, credential, verify_challenge_resource=False, raw_response_hook=hook
+    ) as secret_client:
         yield secret_client
 
 
@@ -83,7 +86,10 @@ def test_sdk_answers_the_challenge_then_sets_and_reads_secrets(
     assert client.get_secret("sql-sales-password").value == "New#2"
     by_version = client.get_secret("sql-sales-password", first.properties.version)
     assert (by_version.value, by_version.properties.content_type, by_version.properties.tags) == (
-        "Old#1", "password", {"owner": "bi"})
+        "Old#1",
+        "password",
+        {"owner": "bi"},
+    )
     assert second.id == f"{sb.vault.url}secrets/sql-sales-password/{second.properties.version}"
     assert len(second.properties.version or "") == 32
     assert sb.vault.get_secret("sql-sales-password").version == second.properties.version
@@ -103,7 +109,8 @@ def test_challenge_header_is_the_one_key_vault_sends(sb: Sandbox, sandbox_env: d
 
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == (
-        f'Bearer authorization="{sb.url}/{sb.entra.tenant_id}", resource="https://vault.azure.net"')
+        f'Bearer authorization="{sb.url}/{sb.entra.tenant_id}", resource="https://vault.azure.net"'
+    )
     specs.validate(specs.KEYVAULT, "KeyVaultError", response.json())
 
 
@@ -174,8 +181,13 @@ def test_disabled_version_cannot_be_read(sb: Sandbox, client: SecretClient) -> N
 def test_every_response_the_sdk_saw_matches_the_spec(
     sb: Sandbox, client: SecretClient, seen: list[Seen], app: App
 ) -> None:
-    client.set_secret("a", "1", tags={"k": "v"}, content_type="text/plain",
-                      expires_on=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    client.set_secret(
+        "a",
+        "1",
+        tags={"k": "v"},
+        content_type="text/plain",
+        expires_on=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+    )
     for i in range(3):
         client.set_secret("b", str(i))
     client.get_secret("a")
@@ -255,8 +267,10 @@ def test_near_expiry_and_expired_events_can_be_emitted(sb: Sandbox) -> None:
     sb.vault.emit("SecretNearExpiry", "pw")
     sb.vault.emit("Microsoft.KeyVault.SecretExpired", "pw", version)
 
-    assert [e["eventType"] for e in received] == ["Microsoft.KeyVault.SecretNearExpiry",
-                                                  "Microsoft.KeyVault.SecretExpired"]
+    assert [e["eventType"] for e in received] == [
+        "Microsoft.KeyVault.SecretNearExpiry",
+        "Microsoft.KeyVault.SecretExpired",
+    ]
     for event in received:
         specs.validate(specs.EVENTGRID, "EventGridEvent", event)
         _validate_event_data(event["eventType"], event["data"])
@@ -311,16 +325,36 @@ def test_python_api_holds_versions_and_their_metadata(sb: Sandbox) -> None:
         ("GET", "secrets", {"api-version": "2025-07-01", "$skiptoken": "!!"}, b"", 400, "BadParameter"),
         ("GET", "secrets/missing", {"api-version": "2025-07-01"}, b"", 404, "SecretNotFound"),
     ],
-    ids=["malformed-json", "value-not-string", "invalid-name", "no-api-version", "unknown-api-version",
-         "maxresults-too-big", "bad-skiptoken", "missing-secret"],
+    ids=[
+        "malformed-json",
+        "value-not-string",
+        "invalid-name",
+        "no-api-version",
+        "unknown-api-version",
+        "maxresults-too-big",
+        "bad-skiptoken",
+        "missing-secret",
+    ],
 )
 def test_bad_requests_get_key_vault_errors(
-    sb: Sandbox, sandbox_env: dict[str, str], app: App,
-    method: str, path: str, query: dict[str, str], body: bytes, status: int, code: str,
+    sb: Sandbox,
+    sandbox_env: dict[str, str],
+    app: App,
+    method: str,
+    path: str,
+    query: dict[str, str],
+    body: bytes,
+    status: int,
+    code: str,
 ) -> None:
-    response = requests.request(method, sb.vault.url + path, params=query, data=body, timeout=10,
-                                headers={"Authorization": f"Bearer {_token(sb, app)}",
-                                         "Content-Type": "application/json"})
+    response = requests.request(
+        method,
+        sb.vault.url + path,
+        params=query,
+        data=body,
+        timeout=10,
+        headers={"Authorization": f"Bearer {_token(sb, app)}", "Content-Type": "application/json"},
+    )
 
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
@@ -339,8 +373,12 @@ def test_unusable_tokens_get_a_new_challenge(
     else:
         token = "sbx.forged"
 
-    response = requests.get(f"{sb.vault.url}secrets/pw", params={"api-version": "2025-07-01"}, timeout=10,
-                            headers={"Authorization": f"Bearer {token}"})
+    response = requests.get(
+        f"{sb.vault.url}secrets/pw",
+        params={"api-version": "2025-07-01"},
+        timeout=10,
+        headers={"Authorization": f"Bearer {token}"},
+    )
 
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith('Bearer authorization="')

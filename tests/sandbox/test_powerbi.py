@@ -74,8 +74,9 @@ class World:
     def pbi(self) -> PowerBI:
         return self.sb.powerbi
 
-    def call(self, method: str, path: str, *, token: str | None = None, auth: bool = True,
-             **kwargs: Any) -> requests.Response:
+    def call(
+        self, method: str, path: str, *, token: str | None = None, auth: bool = True, **kwargs: Any
+    ) -> requests.Response:
         headers = dict(kwargs.pop("headers", {}))
         if auth:
             headers.setdefault("Authorization", f"Bearer {token or self.token}")
@@ -113,22 +114,34 @@ class World:
 
 
 def basic_credentials(username: str, password: str) -> str:
-    return json.dumps({"credentialData": [{"name": "username", "value": username},
-                                          {"name": "password", "value": password}]})
+    return json.dumps(
+        {"credentialData": [{"name": "username", "value": username}, {"name": "password", "value": password}]}
+    )
 
 
-def update_body(credentials: str, *, credential_type: str = "Basic", algorithm: str = "RSA-OAEP",
-                **extra: Any) -> dict[str, Any]:
-    body = {"credentialDetails": {"credentialType": credential_type, "credentials": credentials,
-                                  "encryptedConnection": "Encrypted", "encryptionAlgorithm": algorithm,
-                                  "privacyLevel": "Organizational", **extra}}
+def update_body(
+    credentials: str, *, credential_type: str = "Basic", algorithm: str = "RSA-OAEP", **extra: Any
+) -> dict[str, Any]:
+    body = {
+        "credentialDetails": {
+            "credentialType": credential_type,
+            "credentials": credentials,
+            "encryptedConnection": "Encrypted",
+            "encryptionAlgorithm": algorithm,
+            "privacyLevel": "Organizational",
+            **extra,
+        }
+    }
     return body
 
 
 # The only caller-identity payload known to work (DESIGN.md): no ``credentials`` key at all.
 CALLER_IDENTITY_DETAILS: dict[str, Any] = {
-    "credentialType": "OAuth2", "encryptedConnection": "Encrypted", "encryptionAlgorithm": "None",
-    "privacyLevel": "Organizational", "useCallerAADIdentity": True,
+    "credentialType": "OAuth2",
+    "encryptedConnection": "Encrypted",
+    "encryptionAlgorithm": "None",
+    "privacyLevel": "Organizational",
+    "useCallerAADIdentity": True,
 }
 
 
@@ -217,8 +230,14 @@ def test_every_read_route_answers_in_its_swagger_shape(world: World) -> None:
 
     assert world.call("GET", "/groups").json()["value"][0]["id"] == g
     sources = world.call("GET", f"/groups/{g}/datasets/{d}/datasources").json()["value"]
-    assert sources == [{"datasourceType": "Sql", "connectionDetails": world.datasource.connection_details,
-                        "datasourceId": ds, "gatewayId": gw}]
+    assert sources == [
+        {
+            "datasourceType": "Sql",
+            "connectionDetails": world.datasource.connection_details,
+            "datasourceId": ds,
+            "gatewayId": gw,
+        }
+    ]
     gateway = world.call("GET", f"/gateways/{gw}").json()
     assert GatewayPublicKey.from_api(gateway["publicKey"]).modulus_bytes == 256
     assert world.gateway.keys is not None
@@ -231,9 +250,16 @@ def test_every_read_route_answers_in_its_swagger_shape(world: World) -> None:
 def test_stored_credentials_never_leave_the_service(world: World) -> None:
     world.refresh()
     g, d, gw = world.workspace.id, world.dataset.id, world.gateway.id
-    paths = ["/groups", f"/groups/{g}/datasets", f"/groups/{g}/datasets/{d}/datasources", "/gateways",
-             f"/gateways/{gw}/datasources", world.ds_path, f"/groups/{g}/datasets/{d}/refreshes",
-             world.ds_path + "/status"]
+    paths = [
+        "/groups",
+        f"/groups/{g}/datasets",
+        f"/groups/{g}/datasets/{d}/datasources",
+        "/gateways",
+        f"/gateways/{gw}/datasources",
+        world.ds_path,
+        f"/groups/{g}/datasets/{d}/refreshes",
+        world.ds_path + "/status",
+    ]
     for path in paths:
         text = world.call("GET", path).text
         assert OLD not in text and NEW not in text
@@ -264,7 +290,8 @@ def test_groups_honour_top_skip_and_a_filter(world: World) -> None:
 # -- Update Datasource ---------------------------------------------------------------------------
 @pytest.mark.parametrize("bits", [1024, 2048])
 def test_encrypted_correct_credentials_are_stored_and_the_next_refresh_completes(
-        msb: Sandbox, clock: ManualClock, bits: int) -> None:
+    msb: Sandbox, clock: ManualClock, bits: int
+) -> None:
     world = build_world(msb, clock, bits=bits)
     # Quotes, backslashes, braces and multi-byte characters straddling the 85-byte segments.
     rotated = 'Pw!"\\{ünïcødé}' + "€" * 40
@@ -290,9 +317,13 @@ def test_encrypted_correct_credentials_are_stored_and_the_next_refresh_completes
 def test_a_cloud_data_source_takes_plain_json_from_the_dataset_owner(world: World) -> None:
     api = world.sb.sources.add("rest-api", credential_type="Key", secret="key-2")
     cloud = world.pbi.add_cloud_gateway()
-    datasource = world.pbi.add_datasource(cloud, api, datasource_type="Web",
-                                          connection_details={"url": "https://api.contoso.com"},
-                                          stored={"key": "key-1"})
+    datasource = world.pbi.add_datasource(
+        cloud,
+        api,
+        datasource_type="Web",
+        connection_details={"url": "https://api.contoso.com"},
+        stored={"key": "key-1"},
+    )
     dataset = world.pbi.add_dataset(world.workspace, "Web model", [datasource], owner=APP)
     path = f"/gateways/{cloud.id}/datasources/{datasource.id}"
 
@@ -314,8 +345,11 @@ def test_a_cloud_data_source_takes_plain_json_from_the_dataset_owner(world: Worl
 
     # Someone who owns no dataset using it may not touch it.
     dataset.owner = "someone.else@contoso.com"
-    assert_pbi_error(world.patch(path, update_body(key_json, credential_type="Key", algorithm="None")),
-                     403, "PowerBINotAuthorizedException")
+    assert_pbi_error(
+        world.patch(path, update_body(key_json, credential_type="Key", algorithm="None")),
+        403,
+        "PowerBINotAuthorizedException",
+    )
 
 
 def test_a_wrong_password_is_refused_after_a_counted_sign_in_and_nothing_is_stored(world: World) -> None:
@@ -324,8 +358,10 @@ def test_a_wrong_password_is_refused_after_a_counted_sign_in_and_nothing_is_stor
     response = world.patch(world.ds_path, encrypted_basic(key, "svc_pbi", "Guess#1"))
 
     body = assert_pbi_error(response, 400, INVALID_CONNECTION_CREDENTIALS)
-    assert _shape(body)["error"]["pbi.error"].keys() == _shape(_example_400("Gateways_GetDatasourceStatus"))[
-        "error"]["pbi.error"].keys()
+    assert (
+        _shape(body)["error"]["pbi.error"].keys()
+        == _shape(_example_400("Gateways_GetDatasourceStatus"))["error"]["pbi.error"].keys()
+    )
     assert "Guess#1" not in response.text
     assert world.source.failed_attempts == 1 and world.source.history == ["invalid"]
     assert world.datasource.credential is not None
@@ -340,11 +376,22 @@ def test_what_the_gateway_cannot_decrypt_or_parse_is_an_unknown_gateway_error(wo
     ciphertext = encrypted_basic(key, "svc_pbi", NEW)["credentialDetails"]["credentials"]
     middle = len(ciphertext) // 2
     flipped = "A" if ciphertext[middle] != "A" else "B"
-    tampered = update_body(ciphertext[:middle] + flipped + ciphertext[middle + 1:])
+    tampered = update_body(ciphertext[:middle] + flipped + ciphertext[middle + 1 :])
     not_strict = update_body(encrypt_credentials("{'credentialData': []}", GatewayPublicKey.from_api(key)))
-    extra_names = update_body(encrypt_credentials(json.dumps({"credentialData": [
-        {"name": "username", "value": "svc_pbi"}, {"name": "password", "value": NEW},
-        {"name": "domain", "value": "x"}]}), GatewayPublicKey.from_api(key)))
+    extra_names = update_body(
+        encrypt_credentials(
+            json.dumps(
+                {
+                    "credentialData": [
+                        {"name": "username", "value": "svc_pbi"},
+                        {"name": "password", "value": NEW},
+                        {"name": "domain", "value": "x"},
+                    ]
+                }
+            ),
+            GatewayPublicKey.from_api(key),
+        )
+    )
 
     for body in (plain, plain_claiming_rsa, tampered, not_strict, extra_names):
         assert_pbi_error(world.patch(world.ds_path, body), 400, UNKNOWN_GATEWAY_ERROR)
@@ -374,14 +421,21 @@ def test_only_gateway_admins_may_update_an_on_premises_data_source(world: World)
     outsider = world.user_token("someone@contoso.com")
     key = world.public_key(world.gateway)
 
-    assert_pbi_error(world.patch(world.ds_path, encrypted_basic(key, "svc_pbi", NEW), token=outsider),
-                     403, "PowerBINotAuthorizedException")
-    assert_pbi_error(world.call("GET", f"/gateways/{world.gateway.id}", token=outsider), 403,
-                     "PowerBINotAuthorizedException")
+    assert_pbi_error(
+        world.patch(world.ds_path, encrypted_basic(key, "svc_pbi", NEW), token=outsider),
+        403,
+        "PowerBINotAuthorizedException",
+    )
+    assert_pbi_error(
+        world.call("GET", f"/gateways/{world.gateway.id}", token=outsider),
+        403,
+        "PowerBINotAuthorizedException",
+    )
     assert world.call("GET", "/gateways", token=outsider).json()["value"] == []
     world.pbi.not_authorized_status = 401  # as the real service is also seen answering
-    assert_pbi_error(world.call("GET", world.ds_path + "/status", token=outsider), 401,
-                     "PowerBINotAuthorizedException")
+    assert_pbi_error(
+        world.call("GET", world.ds_path + "/status", token=outsider), 401, "PowerBINotAuthorizedException"
+    )
     assert world.source.history == []
 
     world.pbi.grant_gateway_admin(world.gateway, "someone@contoso.com")
@@ -391,17 +445,24 @@ def test_only_gateway_admins_may_update_an_on_premises_data_source(world: World)
 def test_oauth2_caller_identity_sources_accept_only_the_owner_signing_in_as_themself(world: World) -> None:
     flow = world.sb.sources.add("dataflow", credential_type="OAuth2", username=OWNER)
     cloud = world.pbi.add_cloud_gateway()
-    datasource = world.pbi.add_datasource(cloud, flow, datasource_type="Extension",
-                                          connection_details={"kind": "PowerPlatformDataflows",
-                                                              "path": "dataflows"},
-                                          caller_identity_only=True, stored={"username": "left@contoso.com"})
+    datasource = world.pbi.add_datasource(
+        cloud,
+        flow,
+        datasource_type="Extension",
+        connection_details={"kind": "PowerPlatformDataflows", "path": "dataflows"},
+        caller_identity_only=True,
+        stored={"username": "left@contoso.com"},
+    )
     dataset = world.pbi.add_dataset(world.workspace, "Flows", [datasource], owner=OWNER)
     world.pbi.add_member(world.workspace, OWNER)
     path = f"/gateways/{cloud.id}/datasources/{datasource.id}"
     caller_identity = {"credentialDetails": CALLER_IDENTITY_DETAILS}
     owner = world.user_token(OWNER)
-    payload_token = update_body(json.dumps({"credentialData": [{"name": "accessToken", "value": owner}]}),
-                                credential_type="OAuth2", algorithm="None")
+    payload_token = update_body(
+        json.dumps({"credentialData": [{"name": "accessToken", "value": owner}]}),
+        credential_type="OAuth2",
+        algorithm="None",
+    )
 
     world.dataset.owner = APP
     dataset.owner = APP  # even owning the dataset, an app cannot sign in as a user
@@ -424,8 +485,12 @@ def test_oauth2_caller_identity_sources_accept_only_the_owner_signing_in_as_them
 # -- refreshes -----------------------------------------------------------------------------------
 def test_a_refresh_runs_for_its_duration_and_history_lists_newest_first(world: World) -> None:
     world.pbi.store_credential(world.datasource, {"username": "svc_pbi", "password": NEW})
-    old = world.pbi.add_refresh(world.dataset, status="Failed", start=world.clock.now() - 86_400 * 2,
-                                service_exception={"errorCode": "ModelRefreshFailed_CredentialsNotSpecified"})
+    old = world.pbi.add_refresh(
+        world.dataset,
+        status="Failed",
+        start=world.clock.now() - 86_400 * 2,
+        service_exception={"errorCode": "ModelRefreshFailed_CredentialsNotSpecified"},
+    )
     world.pbi.set_refresh_duration(60)
 
     first = world.refresh(json={"notifyOption": "NoNotification"})
@@ -453,7 +518,8 @@ def test_a_refresh_runs_for_its_duration_and_history_lists_newest_first(world: W
     assert "serviceExceptionJson" not in history[0]
     assert history[1]["requestId"] == old.request_id
     assert json.loads(history[1]["serviceExceptionJson"]) == {
-        "errorCode": "ModelRefreshFailed_CredentialsNotSpecified"}
+        "errorCode": "ModelRefreshFailed_CredentialsNotSpecified"
+    }
     assert len(world.history(top=1)) == 1
     done = world.call("GET", f"{world.dataset_path}/refreshes/{request_id}")
     assert done.status_code == 200 and done.json()["status"] == "Completed"
@@ -472,7 +538,8 @@ def test_a_stale_credential_fails_the_refresh_and_turns_the_schedule_off(world: 
     assert envelope["error"]["code"] == INVALID_CONNECTION_CREDENTIALS
     assert envelope["error"]["pbi.error"]["code"] == INVALID_CONNECTION_CREDENTIALS
     assert {d["code"] for d in envelope["error"]["pbi.error"]["details"]} >= {
-        "DM_ErrorDetailNameCode_UnderlyingErrorMessage"}
+        "DM_ErrorDetailNameCode_UnderlyingErrorMessage"
+    }
     assert OLD not in exception
     assert world.source.failed_attempts == 1
 
@@ -483,8 +550,9 @@ def test_a_stale_credential_fails_the_refresh_and_turns_the_schedule_off(world: 
     outsider = world.user_token("viewer@contoso.com")
     world.pbi.add_member(world.workspace, "viewer@contoso.com")
     schedule_path = f"{world.dataset_path}/refreshSchedule"
-    assert_pbi_error(world.call("PATCH", schedule_path, json=enable, token=outsider),
-                     403, "PowerBINotAuthorizedException")
+    assert_pbi_error(
+        world.call("PATCH", schedule_path, json=enable, token=outsider), 403, "PowerBINotAuthorizedException"
+    )
     response = world.call("PATCH", f"{world.dataset_path}/refreshSchedule", json=enable)
     assert response.status_code == 200, response.text
     schedule = world.call("GET", f"{world.dataset_path}/refreshSchedule").json()
@@ -560,8 +628,9 @@ def test_five_refreshes_with_a_stale_password_lock_the_account(world: World) -> 
     assert world.source.locked and world.source.failed_attempts == 5
     # Locked out: even the right password is now refused.
     key = world.public_key(world.gateway)
-    assert_pbi_error(world.patch(world.ds_path, encrypted_basic(key, "svc_pbi", NEW)), 400,
-                     INVALID_CONNECTION_CREDENTIALS)
+    assert_pbi_error(
+        world.patch(world.ds_path, encrypted_basic(key, "svc_pbi", NEW)), 400, INVALID_CONNECTION_CREDENTIALS
+    )
     world.source.unlock()
     assert world.patch(world.ds_path, encrypted_basic(key, "svc_pbi", NEW)).status_code == 200
 
@@ -626,12 +695,20 @@ def test_garbage_gets_the_service_error_shape_never_a_500(world: World) -> None:
         (world.call("GET", f"/groups/{stranger.id}/datasets"), 404, "PowerBIEntityNotFound"),
         (world.call("GET", f"/groups/{g}/datasets/{uuid.uuid4()}/refreshes"), 404, "PowerBIEntityNotFound"),
         (world.call("GET", f"/gateways/{uuid.uuid4()}"), 404, "PowerBIEntityNotFound"),
-        (world.call("PATCH", world.ds_path, data=b"{not json", headers={"Content-Type": "application/json"}),
-         400, "InvalidRequest"),
+        (
+            world.call(
+                "PATCH", world.ds_path, data=b"{not json", headers={"Content-Type": "application/json"}
+            ),
+            400,
+            "InvalidRequest",
+        ),
         (world.call("PATCH", world.ds_path, data=b""), 400, "InvalidRequest"),
         (world.call("POST", f"/groups/{g}/datasets/{d}/refreshes", data=b"[1,"), 400, "InvalidRequest"),
-        (world.call("GET", f"/groups/{g}/datasets/{d}/refreshes", params={"$top": "0"}), 400,
-         "InvalidRequest"),
+        (
+            world.call("GET", f"/groups/{g}/datasets/{d}/refreshes", params={"$top": "0"}),
+            400,
+            "InvalidRequest",
+        ),
         (world.call("PUT", world.ds_path, json={}), 405, "MethodNotAllowed"),
         (world.call("DELETE", f"/groups/{g}/datasets/{d}/refreshSchedule"), 405, "MethodNotAllowed"),
         (world.call("GET", "/no/such/thing"), 404, "NotFound"),
@@ -656,11 +733,14 @@ def test_routes_are_named_and_faults_come_back_in_the_service_shape(world: World
     assert_pbi_error(throttled, 429, "TooManyRequests")
     assert_pbi_error(unavailable, 503, "ServiceUnavailable")
     assert [r.route for r in world.sb.requests.find(service="powerbi")] == [
-        "powerbi.update_datasource", "powerbi.refresh_history"]
+        "powerbi.update_datasource",
+        "powerbi.refresh_history",
+    ]
 
 
 def test_a_real_clock_sandbox_from_the_shared_fixture_serves_the_same_world(
-        sb: Sandbox, sandbox_env: dict[str, str]) -> None:
+    sb: Sandbox, sandbox_env: dict[str, str]
+) -> None:
     world = build_world(sb, ManualClock())  # the clock here only labels the world; sb keeps real time
     key = world.public_key(world.gateway)
     assert world.patch(world.ds_path, encrypted_basic(key, "svc_pbi", NEW)).status_code == 200
@@ -672,8 +752,13 @@ def test_a_real_clock_sandbox_from_the_shared_fixture_serves_the_same_world(
 def _caller_identity_world(world: World) -> tuple[str, Datasource, str]:
     flow = world.sb.sources.add("dataflow", credential_type="OAuth2", username=OWNER)
     cloud = world.pbi.add_cloud_gateway()
-    datasource = world.pbi.add_datasource(cloud, flow, datasource_type="Extension",
-                                          caller_identity_only=True, stored={"username": "left@contoso.com"})
+    datasource = world.pbi.add_datasource(
+        cloud,
+        flow,
+        datasource_type="Extension",
+        caller_identity_only=True,
+        stored={"username": "left@contoso.com"},
+    )
     world.pbi.add_dataset(world.workspace, "Flows", [datasource], owner=OWNER)
     return f"/gateways/{cloud.id}/datasources/{datasource.id}", datasource, world.user_token(OWNER)
 
@@ -685,17 +770,24 @@ def test_a_caller_identity_update_carrying_credentials_is_refused(world: World, 
 
     response = world.patch(path, body, token=owner)
 
-    assert_invalid_request(response, "credentialDetails/credentials", "must be absent",
-                           "useCallerAADIdentity")
+    assert_invalid_request(
+        response, "credentialDetails/credentials", "must be absent", "useCallerAADIdentity"
+    )
     assert datasource.credential is not None and datasource.credential.signed_in_as == "left@contoso.com"
 
 
-@pytest.mark.parametrize(("privacy", "encrypted"), [
-    ("Organizational", "Encrypted"), ("Private", "NotEncrypted"),
-    ("Public", "Encrypted"), ("None", "NotEncrypted"),
-])
+@pytest.mark.parametrize(
+    ("privacy", "encrypted"),
+    [
+        ("Organizational", "Encrypted"),
+        ("Private", "NotEncrypted"),
+        ("Public", "Encrypted"),
+        ("None", "NotEncrypted"),
+    ],
+)
 def test_the_exact_caller_identity_payload_is_accepted_without_credentials(
-        world: World, privacy: str, encrypted: str) -> None:
+    world: World, privacy: str, encrypted: str
+) -> None:
     path, datasource, owner = _caller_identity_world(world)
     details = {**CALLER_IDENTITY_DETAILS, "privacyLevel": privacy, "encryptedConnection": encrypted}
     with pytest.raises(Exception, match="credentials"):  # the swagger alone would refuse it
@@ -724,8 +816,9 @@ def test_credentials_may_be_missing_only_from_a_caller_identity_update(world: Wo
 def _cloud_world(world: World, **kwargs: Any) -> Gateway:
     api = world.sb.sources.add("rest-api", credential_type="Key", secret="key-1")
     cloud = world.pbi.add_cloud_gateway(**kwargs)
-    datasource = world.pbi.add_datasource(cloud, api, datasource_type="Web",
-                                          connection_details={"url": "https://api.contoso.com"})
+    datasource = world.pbi.add_datasource(
+        cloud, api, datasource_type="Web", connection_details={"url": "https://api.contoso.com"}
+    )
     world.pbi.add_dataset(world.workspace, "Web model", [datasource], owner=APP)
     return cloud
 
@@ -747,11 +840,14 @@ def test_a_cloud_gateway_can_answer_its_id_alone(world: World) -> None:
     assert {k: v for k, v in body.items() if k != "@odata.context"} == {"id": cloud.id}
 
 
-@pytest.mark.parametrize(("mode", "status", "code"), [
-    ("not-found", 404, "PowerBIEntityNotFound"),
-    ("unauthorized", 401, "PowerBINotAuthorizedException"),
-    ("forbidden", 403, "PowerBINotAuthorizedException"),
-])
+@pytest.mark.parametrize(
+    ("mode", "status", "code"),
+    [
+        ("not-found", 404, "PowerBIEntityNotFound"),
+        ("unauthorized", 401, "PowerBINotAuthorizedException"),
+        ("forbidden", 403, "PowerBINotAuthorizedException"),
+    ],
+)
 def test_a_cloud_gateway_can_answer_404_401_or_403(world: World, mode: Any, status: int, code: str) -> None:
     cloud = _cloud_world(world)
     world.pbi.set_cloud_gateway_answer(cloud, mode)

@@ -42,8 +42,9 @@ def test_clients_trust_the_sandbox_through_the_ca_bundle_variable(sb: Sandbox, e
     assert answer == {"word": "hello", "body": {"a": 1}}
 
 
-def test_without_the_sandbox_ca_tls_verification_fails(sb: Sandbox, echo: str,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_sandbox_ca_tls_verification_fails(
+    sb: Sandbox, echo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     with pytest.raises(requests.exceptions.SSLError):
@@ -89,8 +90,9 @@ def test_latency_is_added_to_every_request(sb: Sandbox, echo: str) -> None:
 
 def test_handler_failures_answer_in_the_service_shape_without_a_traceback(sb: Sandbox, echo: str) -> None:
     crashed = requests.post(f"{echo}/crash", timeout=5)
-    malformed = requests.post(f"{echo}/x", data=b"{not json", headers={"Content-Type": "application/json"},
-                              timeout=5)
+    malformed = requests.post(
+        f"{echo}/x", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=5
+    )
     assert crashed.status_code == 500
     assert crashed.json() == _error(500, "InternalServerError", "The sandbox failed to serve this.")
     assert "Traceback" not in crashed.text and "secret-ish" not in crashed.text
@@ -105,8 +107,12 @@ def test_unknown_paths_and_methods_get_404_and_405(sb: Sandbox, echo: str) -> No
 
 def test_gzip_bodies_are_decoded(sb: Sandbox, echo: str) -> None:
     data = gzip.compress(json.dumps({"z": 1}).encode())
-    response = requests.post(f"{echo}/g", data=data, timeout=5,
-                             headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    response = requests.post(
+        f"{echo}/g",
+        data=data,
+        timeout=5,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
     assert response.json()["body"] == {"z": 1}
 
 
@@ -206,7 +212,8 @@ def test_before_processing_faults_never_reach_the_handler(sb: Sandbox, work: lis
 
 
 def test_a_client_process_killed_while_its_answer_is_held_leaves_the_work_done(
-        sb: Sandbox, sandbox_env: dict[str, str], work: list[str]) -> None:
+    sb: Sandbox, sandbox_env: dict[str, str], work: list[str]
+) -> None:
     sb.faults.add("test.work", after=True, hold=True)
     code = f"import requests; requests.post({sb.url + '/work/a'!r}, timeout=30)"
     client = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **sandbox_env})

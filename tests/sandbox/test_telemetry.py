@@ -54,7 +54,10 @@ TOKEN = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJzdmNAY29udG9zby5jb20ifQ
         ),
         ("SharedAccessKeyName=n;SharedAccessKey=abc=;", f"SharedAccessKeyName=n;SharedAccessKey={MASK};"),
         ("https://a/c?sv=2020&sig=abc%2Fdef&se=1", f"https://a/c?sv={MASK}&sig={MASK}&se={MASK}"),
-        ("https://f.azurewebsites.net/api/x?code=c0de&api-version=2", f"https://f.azurewebsites.net/api/x?code={MASK}&api-version=2"),
+        (
+            "https://f.azurewebsites.net/api/x?code=c0de&api-version=2",
+            f"https://f.azurewebsites.net/api/x?code={MASK}&api-version=2",
+        ),
         (
             "data source Web {'url': 'https://api.contoso.com/v1?apikey=k3y'} failed",
             f"data source Web {{'url': 'https://api.contoso.com/v1?apikey={MASK}'}} failed",

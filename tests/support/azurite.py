@@ -31,7 +31,9 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        queue = "" if self.queue_port is None else f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{ACCOUNT};"
+        queue = (
+            "" if self.queue_port is None else f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{ACCOUNT};"
+        )
         return (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
             f"TableEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};{queue}"
@@ -61,8 +63,17 @@ def _start(binary: Path, service: str, timeout: float) -> tuple[int, subprocess.
         raise RuntimeError(f"{binary} is missing: run `make test` (it runs `npm install`).")
     port = _free_port()
     process = subprocess.Popen(
-        [str(binary), f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port),
-         "--inMemoryPersistence", "--disableTelemetry", "--silent", "--skipApiVersionCheck"],
+        [
+            str(binary),
+            f"--{service}Host",
+            "127.0.0.1",
+            f"--{service}Port",
+            str(port),
+            "--inMemoryPersistence",
+            "--disableTelemetry",
+            "--silent",
+            "--skipApiVersionCheck",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,

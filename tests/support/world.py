@@ -117,8 +117,9 @@ class World:
         return env
 
     # -- what happens ----------------------------------------------------------------------------
-    def rotate(self, new_secret: str | None = None, *, order: RotationOrder = "source-first",
-               delay: float = 0.0) -> str:
+    def rotate(
+        self, new_secret: str | None = None, *, order: RotationOrder = "source-first", delay: float = 0.0
+    ) -> str:
         """A rotation: ``source-first`` changes every account, then Key Vault gets the new version
         (notifying subscribers); ``vault-first`` writes Key Vault first and changes the accounts
         when the sandbox clock reaches now + ``delay`` (see :meth:`Sandbox.rotate`). Returns the
@@ -188,6 +189,7 @@ def build_world(
     prefix: str = "src",
     shared_account: bool = True,
     account_name: str | None = None,
+    servers: int | None = None,
 ) -> World:
     """Make the world described in the module docstring in the started sandbox ``sb``.
 
@@ -197,6 +199,10 @@ def build_world(
     password, ``caller_identity_only=True`` and ``oauth2="caller-identity"``; the user is made
     gateway admin as well, since the update is made with the user's own token; the sources
     then sign in as the Entra user's own account (a password grant and a refresh count alike).
+
+    ``servers``: the data sources are databases on that many servers (default: each source is a
+    server of its own). The healer probes an account once per server (SQL logins have a password
+    per server), so a fan-out that should follow one acceptance wants ``servers=1``.
 
     ``shared_account`` (default): every source signs in as one account, ``account_name``
     (default ``"{binding_name}-{prefix}\\{username or credential type}"``); ``False``: each source
@@ -233,20 +239,29 @@ def build_world(
     if shared_account:
         name = account_name or f"{binding_name}-{prefix}\\{user or credential_type.lower()}"
         existing = sb.sources.find_account(user) if credential_type == "OAuth2" and user else None
-        shared = existing or sb.sources.add_account(name, username=user, secret=secret,
-                                                   lockout_threshold=lockout_threshold)
+        shared = existing or sb.sources.add_account(
+            name, username=user, secret=secret, lockout_threshold=lockout_threshold
+        )
         world.accounts.append(shared)
     for i in range(sources):
         source_id = f"{binding_name}-{prefix}-{i}"
         if shared is not None:
             source = sb.sources.add(source_id, credential_type=credential_type, account=shared)
         else:
-            source = sb.sources.add(source_id, credential_type=credential_type, username=user,
-                                    secret=secret, lockout_threshold=lockout_threshold)
+            source = sb.sources.add(
+                source_id,
+                credential_type=credential_type,
+                username=user,
+                secret=secret,
+                lockout_threshold=lockout_threshold,
+            )
             world.accounts.append(source.account)
         datasource = pbi.add_datasource(
             gateway,
             source,
+            connection_details=(
+                None if servers is None else {"server": f"sql{i % servers}.local", "database": source.id}
+            ),
             datasource_type=datasource_type,
             credential_type=credential_type,
             caller_identity_only=caller_identity_only,

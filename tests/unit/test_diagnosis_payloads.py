@@ -333,7 +333,7 @@ OTHER = [
         "model-evicted",
         "powerbi-docs asynchronous-refresh.md: semantic model eviction (0xC11C0020)",
         '{"errorCode":"ModelRefresh_ShortMessage_ProcessingError","errorDescription":"0xC11C0020: Session '
-        'cancelled because it is connected to a database that has been evicted to free up memory for other '
+        "cancelled because it is connected to a database that has been evicted to free up memory for other "
         'operations"}',
         Category.SOURCE,
     ),

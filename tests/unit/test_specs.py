@@ -39,8 +39,9 @@ def _examples() -> list[tuple[str, str, object]]:
     return found
 
 
-@pytest.mark.parametrize(("operation", "status", "body"), _examples(),
-                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("operation", "status", "body"), _examples(), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_microsoft_power_bi_examples_validate_against_their_swagger(
     operation: str, status: str, body: object
 ) -> None:
@@ -52,8 +53,14 @@ def test_microsoft_power_bi_examples_validate_against_their_swagger(
 
 
 def test_an_update_datasource_body_without_credential_type_is_refused() -> None:
-    body = {"credentialDetails": {"credentials": "x", "encryptedConnection": "Encrypted",
-                                  "encryptionAlgorithm": "None", "privacyLevel": "None"}}
+    body = {
+        "credentialDetails": {
+            "credentials": "x",
+            "encryptedConnection": "Encrypted",
+            "encryptionAlgorithm": "None",
+            "privacyLevel": "None",
+        }
+    }
     with pytest.raises(specs.SpecError, match="credentialType"):
         specs.validate_powerbi_request("Gateways_UpdateDatasource", body)
 
@@ -63,8 +70,9 @@ def test_a_refresh_with_an_unknown_status_type_is_refused() -> None:
         specs.validate(specs.POWERBI, "Refresh", {"refreshType": "ByMagic"})
 
 
-@pytest.mark.parametrize("sample", sorted((specs.SPEC_DIR / "eventgrid" / "samples").glob("spec_*.json")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "sample", sorted((specs.SPEC_DIR / "eventgrid" / "samples").glob("spec_*.json")), ids=lambda p: p.name
+)
 def test_key_vault_event_samples_validate(sample: Path) -> None:
     event = json.loads(sample.read_text())
     envelope = "CloudEventEvent" if "specversion" in event else "EventGridEvent"
