@@ -570,6 +570,60 @@ def test_no_take_over_of_a_dataset_whose_other_sources_could_not_be_put_back(mak
     assert w.account.failures_of(w.secret) == 0
 
 
+def test_after_a_take_over_the_other_cloud_source_is_healed_again_and_the_refresh_succeeds(
+    make: Make,
+) -> None:
+    """Take Over resets the credentials of the dataset's other cloud sources: a bound one that the
+    ledger said held its current version is healed again in the same run (its version was
+    accepted before: no failed sign-in), the dataset refresh succeeds, and the report warns on the
+    target the Take Over was done for. A second run has nothing to do."""
+    h = make(cloud=True)
+    w = h.world
+    b_source = h.sb.sources.add("erp-cloud", credential_type="Basic", username="svc_erp", secret="Erp#1")
+    b = h.sb.powerbi.add_datasource(w.gateway, b_source, connection_details={"server": "erp.example"})
+    w.datasets[0].datasources.append(b)
+    h.sb.vault.set_secret("erp-password", "Erp#1")
+    erp = {"name": "erp", "secret": "erp-password", "credentialType": "Basic", "username": "svc_erp",
+           "targets": [{"gatewayId": w.gateway_id, "datasourceId": b.id}]}
+    runtime = _runtime_with_bindings(h, {"bindings": [{**w.binding(), "takeOver": True}, erp],
+                                         "watch": {"workspaces": [w.workspace.id]}})
+    try:
+        assert target_actions(runtime.healer.heal_secret("erp-password", retry_refreshes=False)) == [
+            Action.UPDATED
+        ]
+        # Now only dataset ownership lets the identity update the cloud sources, and A's password rotates.
+        w.datasets[0].owner = "someone.else@contoso.com"
+        w.gateway.admins.discard(w.app.client_id)
+        w.rotate()
+        w.fail_scheduled_refreshes()
+        assert latest_status(w) == "Failed"
+        h.sb.requests.clear()
+
+        healed = runtime.healer.heal_secret(w.secret_name)
+        h.sb.powerbi.settle()
+        writes_before = len(powerbi_writes(h.sb))
+        again = runtime.healer.heal_secret(w.secret_name)
+        writes_after = len(powerbi_writes(h.sb))
+    finally:
+        runtime.close()
+
+    a = w.datasources[0]
+    assert [(o.datasource_id, o.action) for o in healed.targets()] == [
+        (a.id, Action.UPDATED),
+        (b.id, Action.UPDATED),
+    ]
+    assert [r.status for r in h.sb.requests.find("powerbi.take_over")] == [200]
+    assert stored_matches_source(a) and stored_matches_source(b)
+    assert dataset_actions(healed) == [Action.REFRESHED] and latest_status(w) == "Completed"
+    assert w.failed_sign_ins() == 1  # the failed scheduled refresh; the healer added none
+    assert b_source.account.total_failures == 0
+    (warning,) = healed.to_dict()["targets"][0]["warnings"]  # type: ignore[index]
+    assert w.datasets[0].id in warning and "Sql on erp.example" in warning and b.id in warning
+    assert "warnings" not in healed.to_dict()["targets"][1]  # type: ignore[index]
+    assert target_actions(again) == [Action.CURRENT] and writes_after == writes_before
+    assert "warnings" not in again.to_dict()["targets"][0]  # type: ignore[index]
+
+
 def test_a_gateway_key_is_read_once_across_runs_and_a_changed_key_is_picked_up(make: Make) -> None:
     h = make(sources=2)
     w = h.world
