@@ -95,7 +95,10 @@ class Run:
             for key, (item, stale) in self.reset_again.items():
                 self.reset_done.add(key)
                 if stale:
-                    self.settled.pop(key, None)
+                    old = self.settled.pop(key, None)
+                    if old is not None:  # the report shows the new outcome instead (the ledger has both)
+                        self.outcomes = [o for o in self.outcomes if o is not old]
+                        self.quiet = [o for o in self.quiet if o is not old]
                     items.append(item)
                 elif key not in self.settled:
                     items.append(item)

@@ -624,6 +624,40 @@ def test_after_a_take_over_the_other_cloud_source_is_healed_again_and_the_refres
     assert "warnings" not in again.to_dict()["targets"][0]  # type: ignore[index]
 
 
+def test_a_sweep_heals_again_an_other_cloud_source_it_had_found_current_before_the_take_over(
+    make: Make,
+) -> None:
+    """The sweep handles the dataset's other cloud source B first (current), then A needs Take
+    Over, which resets B: the run heals B again, and reports B once, with its new outcome."""
+    h = make(cloud=True, env={"REMEDIATION_CONCURRENCY": "1"})
+    w = h.world
+    b_source = h.sb.sources.add("erp-cloud", credential_type="Basic", username="svc_erp", secret="Erp#1")
+    b = h.sb.powerbi.add_datasource(w.gateway, b_source, connection_details={"server": "erp.example"})
+    w.datasets[0].datasources.append(b)
+    h.sb.vault.set_secret("erp-password", "Erp#1")
+    erp = {"name": "erp", "secret": "erp-password", "credentialType": "Basic", "username": "svc_erp",
+           "targets": [{"gatewayId": w.gateway_id, "datasourceId": b.id}]}
+    # B's binding first: the sweep resolves (and, one at a time, heals) it before A's.
+    runtime = _runtime_with_bindings(h, {"bindings": [erp, {**w.binding(), "takeOver": True}],
+                                         "watch": {"workspaces": [w.workspace.id]}})
+    try:
+        assert Action.UPDATED in target_actions(runtime.healer.sweep())
+        w.datasets[0].owner = "someone.else@contoso.com"
+        w.gateway.admins.discard(w.app.client_id)
+        w.rotate()
+        swept = runtime.healer.sweep()
+    finally:
+        runtime.close()
+
+    a = w.datasources[0]
+    assert sorted((o.datasource_id or "", o.action or "") for o in swept.targets()) == sorted(
+        [(a.id, Action.UPDATED), (b.id, Action.UPDATED)]
+    )
+    assert stored_matches_source(a) and stored_matches_source(b)
+    assert [r.status for r in h.sb.requests.find("powerbi.take_over")] == [200]
+    assert b_source.account.total_failures == 0
+
+
 def test_a_gateway_key_is_read_once_across_runs_and_a_changed_key_is_picked_up(make: Make) -> None:
     h = make(sources=2)
     w = h.world
