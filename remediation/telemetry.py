@@ -135,7 +135,7 @@ OUTCOME_PROPERTIES: Final = (
 """The properties of every ``CredentialRemediation`` event, always all present ("" = unknown).
 ``account`` is the account key a target's sign-ins count against (``user:svc_pbi``,
 ``app:<client id>``, ``secret:<name>``): a user name already in the bindings file and in the
-reasons, never a credential (see README, "Telemetry and the account dimension")."""
+reasons, never a credential (README, "Ledger and telemetry": the account dimension)."""
 
 # ---------------------------------------------------------------------------------------------
 # Redaction
