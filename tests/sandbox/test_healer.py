@@ -624,6 +624,42 @@ def test_after_a_take_over_the_other_cloud_source_is_healed_again_and_the_refres
     assert "warnings" not in again.to_dict()["targets"][0]  # type: ignore[index]
 
 
+def test_a_take_over_leaves_the_datasets_on_premises_sources_alone(make: Make) -> None:
+    """Take Over resets cloud sources only: a source of the dataset on an on-premises gateway
+    keeps its credential (the gateway holds it), so it is neither forgotten nor sent again."""
+    h = make(cloud=True)
+    w = h.world
+    c_source = h.sb.sources.add("sql-onprem", credential_type="Basic", username="svc_dw", secret="Dw#1")
+    on_premises = h.sb.powerbi.add_gateway("GW-01", bits=1024, admins=[w.app.client_id])
+    c = h.sb.powerbi.add_datasource(on_premises, c_source, connection_details={"server": "dw01"})
+    w.datasets[0].datasources.append(c)
+    h.sb.vault.set_secret("dw-password", "Dw#1")
+    dw = {"name": "dw", "secret": "dw-password", "credentialType": "Basic", "username": "svc_dw",
+          "targets": [{"gatewayId": on_premises.id, "datasourceId": c.id}]}
+    runtime = _runtime_with_bindings(h, {"bindings": [{**w.binding(), "takeOver": True}, dw],
+                                         "watch": {"workspaces": [w.workspace.id]}})
+    try:
+        assert target_actions(runtime.healer.heal_secret("dw-password", retry_refreshes=False)) == [
+            Action.UPDATED
+        ]
+        w.datasets[0].owner = "someone.else@contoso.com"
+        w.gateway.admins.discard(w.app.client_id)
+        w.rotate()
+        h.sb.requests.clear()
+        healed = runtime.healer.heal_secret(w.secret_name, retry_refreshes=False)
+        held = runtime.ledger.target_state(on_premises.id, c.id)
+    finally:
+        runtime.close()
+
+    assert target_actions(healed) == [Action.UPDATED]
+    assert [r.status for r in h.sb.requests.find("powerbi.take_over")] == [200]
+    # A's PATCH, refused (not the owner), then sent again after the Take Over; none to C.
+    assert [r.path.rsplit("/", 1)[-1] for r in patches(h.sb)] == [w.datasources[0].id] * 2
+    assert stored_matches_source(c) and held.applied_version is not None
+    (warning,) = healed.to_dict()["targets"][0]["warnings"]  # type: ignore[index]
+    assert c.id not in warning and "(none)" in warning
+
+
 def test_a_sweep_heals_again_an_other_cloud_source_it_had_found_current_before_the_take_over(
     make: Make,
 ) -> None:
