@@ -4,7 +4,7 @@
     sweep                      what the timer runs
     replay FILE                Event Grid or CloudEvents JSON (one event or an array), e.g. dead-lettered
     history [--hours H] [--figures]
-                               recent outcomes from the ledger (or figures per binding and day)
+                               recent outcomes from the ledger (or figures per binding, account and day)
     bindings check             validate the bindings file and resolve its targets against Power BI
     discover [--json|--csv] [--propose FILE]
                                read-only inventory of the data sources, their datasets and bindings
@@ -112,7 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument(
         "--figures",
         action="store_true",
-        help="per binding and day: healed, rejected, in doubt, blocked, deferred; rotation to healed refresh",
+        help=(
+            "per binding and per account and day: healed, rejected, in doubt, blocked, deferred; "
+            "rotation to healed refresh"
+        ),
     )
     bindings = sub.add_parser("bindings", parents=[common], help="bindings file tools")
     bindings.add_argument("action", choices=["check"], help="check: validate and resolve against Power BI")
@@ -288,7 +291,7 @@ def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
             continue
         if not dry_run:  # done once handled, so a replay that failed half-way can be run again
             ledger.mark_event_seen(event.id, time.time())
-        combined.outcomes.extend(part.outcomes)
+        combined.merge(part)
     return combined
 
 
@@ -310,6 +313,13 @@ def _history(settings: Settings, args: argparse.Namespace, out: TextIO, as_json:
         for f in doc["byBinding"]:
             out.write(
                 f"{f['binding']}  {f['day']}  {f['healed']}  {f['rejected']}  {f['inDoubt']}  "
+                f"{f['blocked']}  {f['deferred']}\n"
+            )
+        if doc["byAccount"]:
+            out.write("\nACCOUNT  DAY  HEALED  REJECTED  IN-DOUBT  BLOCKED  DEFERRED\n")
+        for f in doc["byAccount"]:
+            out.write(
+                f"{f['account']}  {f['day']}  {f['healed']}  {f['rejected']}  {f['inDoubt']}  "
                 f"{f['blocked']}  {f['deferred']}\n"
             )
         for r in doc["rotationToHealed"]:
@@ -518,6 +528,12 @@ def _print_report(report: Report, out: TextIO, as_json: bool) -> None:
         out.write("Nothing to do.\n")
         return
     _table(report.outcomes, out)
+    said: set[str] = set()
+    for o in report.targets():
+        for warning in report.target_warnings(o):
+            if warning not in said:
+                said.add(warning)
+                out.write(f"warning: {o.gateway_id}/{o.datasource_id}: {warning}\n")
     counts: dict[str, int] = {}
     for o in report.outcomes:
         counts[o.action or "?"] = counts.get(o.action or "?", 0) + 1

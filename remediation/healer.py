@@ -125,6 +125,7 @@ class Healer:
             powerbi=powerbi,
             keyvault=keyvault,
             bindings=bindings,
+            ledger=ledger,
             inventory=lambda: self.refresher.inventory,
             user_tokens=user_tokens,
             clock=clock,
@@ -393,6 +394,17 @@ class Healer:
                     results[i] = job.result()
 
         self.in_parallel(heal_account, list(groups.values()))
+        # A Take Over in this run reset the credentials of targets it had already handled (or was
+        # handling): heal them again now, under the same rules (each once per run), and report
+        # their new outcome in place of the stale one.
+        again = run.take_reset_again()
+        if again:
+            latest = {
+                item.target.key: o for item, o in zip(again, self.heal_targets(again, run), strict=True)
+            }
+            for index, item in enumerate(resolved):
+                if item.target.key in latest:
+                    results[index] = latest[item.target.key]
         return [results[i] for i in range(len(resolved))]
 
     def account_of(self, item: Resolved, run: Run) -> str:
@@ -406,6 +418,14 @@ class Healer:
                 return f"unresolved:{binding.name.lower()}"  # _heal_one reports why
         return account_key(binding, username)
 
+    def _account_label(self, item: Resolved, run: Run) -> str | None:
+        """The account key an outcome carries (figures per account): an identifier from the
+        bindings file or the secret's ``username``, never a credential; None if it cannot be told."""
+        try:
+            return self.account_of(item, run)
+        except Exception:  # noqa: BLE001 - a label must not stop the heal; _heal_one reports errors
+            return None
+
     def _heal_one(self, item: Resolved, run: Run) -> Outcome:
         binding, target = item.binding, item.target
         started = self._clock()
@@ -414,6 +434,7 @@ class Healer:
             trigger=run.trigger,
             correlation_id=run.correlation_id,
             binding=binding.name,
+            account=self._account_label(item, run),
             secret_name=binding.secret,
             gateway_id=target.gateway_id,
             datasource_id=target.datasource_id,
@@ -427,6 +448,13 @@ class Healer:
                 reason += (
                     " [presented again at the operator's request (--present-again / presentAgain): "
                     "each such presentation may be one more failed sign-in]"
+                )
+            took_over = [t for t in run.take_overs if t.target == target.key]
+            if took_over:
+                reason += "".join(
+                    f" (took over dataset {t.dataset_id}: Power BI reset the credentials of its other cloud "
+                    f"data sources, {len(t.described)} of them; see the report's warnings)"
+                    for t in took_over
                 )
             outcome = replace(
                 base,
@@ -446,7 +474,10 @@ class Healer:
             return run.add(outcome)
 
         with run.key_lock(f"target:{target.gateway_id}/{target.datasource_id}"):
-            previous = run.settled.get(target.key)
+            with run.lock:
+                previous = run.settled.get(target.key)
+                if previous is None:
+                    run.in_progress.add(target.key)
             if previous is not None:  # already handled in this run (e.g. a dataset retry after a heal)
                 return previous
             try:
@@ -456,7 +487,9 @@ class Healer:
             except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
                 logger.exception("target %s/%s failed", target.gateway_id, target.datasource_id)
                 outcome = done(Action.FAILED, f"internal error ({type(exc).__name__}); see the logs")
-            run.settled[target.key] = outcome
+            with run.lock:
+                run.settled[target.key] = outcome
+                run.in_progress.discard(target.key)
             return outcome
 
     def _heal_one_locked(self, item: Resolved, run: Run, done: Callable[..., Outcome]) -> Outcome:
@@ -920,6 +953,7 @@ class Healer:
             correlation_id=run.correlation_id,
             recorded=recorded,
             retry_at=run.retry_at,
+            warnings=run.take_over_warnings(),
         )
 
     def _summary(self, run: Run) -> Outcome:

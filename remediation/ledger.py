@@ -5,6 +5,8 @@ leaving them to callers:
 
 * **Idempotence.** Per target ``(gatewayId, datasourceId)`` the ledger holds the secret name and
   version last applied, and when. A target that already holds version V is not patched with V again.
+  When Power BI resets a target's credentials (Take Over of a dataset), :meth:`Ledger.forget_applied`
+  clears what it holds, so the next heal presents the current version again.
 * **Lockout safety.** Per target, the set of versions the source *rejected* only ever grows: no
   call removes a rejection, and a rejection is recorded even by a writer that has just lost its
   lease (a set union cannot conflict with anybody, and forgetting a rejection invites an account
@@ -115,7 +117,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """Version of the SQLite schema, kept in ``PRAGMA user_version``."""
 
 MAX_ATTEMPTS_KEPT: Final = 64
@@ -306,7 +308,10 @@ class Outcome:
     """One outcome of the healer for a target or a dataset. No field can hold a secret value.
 
     ``time`` is epoch seconds; ``duration`` is seconds. ``secret_name``/``secret_version`` name a
-    Key Vault secret version; they are references, not values.
+    Key Vault secret version; they are references, not values. ``account`` is the account key the
+    per-account rules count a target's sign-ins against (:func:`remediation.accounts.account_key`:
+    ``user:<bare user name>``, ``app:<client id>`` or ``secret:<secret name>``), an identifier the
+    bindings file already holds, never a credential; None for datasets and summaries.
     """
 
     time: float
@@ -324,6 +329,7 @@ class Outcome:
     refresh_request_id: str | None = None
     refresh_state: str | None = None
     duration: float | None = None
+    account: str | None = None  # last: the column schema version 4 added
 
     def to_dict(self) -> dict[str, object]:
         """All fields by name (None included), JSON-serialisable."""
@@ -350,6 +356,7 @@ class Outcome:
             trigger=text("trigger"),
             correlation_id=text("correlation_id"),
             binding=text("binding"),
+            account=text("account"),
             secret_name=text("secret_name"),
             secret_version=text("secret_version"),
             gateway_id=text("gateway_id"),
@@ -595,6 +602,15 @@ class Ledger(Protocol):
 
     def attempts_since(self, gateway_id: str, datasource_id: str, since: float) -> int:
         """Number of recorded attempts on the target at or after ``since``."""
+        ...
+
+    def forget_applied(self, gateway_id: str, datasource_id: str) -> bool:
+        """Forget which secret version the target holds (Power BI reset its credentials, e.g. a
+        Take Over of a dataset that uses it), so that the next heal presents the current version
+        again; True when the ledger said it held one. Written whoever holds the lease (it is a
+        fact about Power BI, like a rejection: a writer that applied it just before cannot tell
+        whether its PATCH landed before the reset, and presenting an accepted version once more
+        is harmless); rejections, attempts and the lease are kept."""
         ...
 
     def mark_event_seen(self, event_id: str, now: float) -> bool:
@@ -1016,6 +1032,21 @@ class EntityLedgerBase(abc.ABC):
         """See :meth:`Ledger.attempts_since`."""
         _check_time(since, "since")
         return self.target_state(gateway_id, datasource_id).attempts_since(since)
+
+    def forget_applied(self, gateway_id: str, datasource_id: str) -> bool:
+        """See :meth:`Ledger.forget_applied`."""
+        gw, ds = _norm(gateway_id, "gateway_id"), _norm(datasource_id, "datasource_id")
+        forgot = False
+
+        def change(current: TargetRecord | None) -> TargetRecord | None:
+            nonlocal forgot
+            forgot = current is not None and current.applied_version is not None
+            if current is None or not forgot:
+                return None
+            return replace(current, applied_secret=None, applied_version=None, applied_at=None)
+
+        self._cas(gw, ds, change)
+        return forgot
 
     # -- presentations per account -------------------------------------------------------------
 

@@ -148,6 +148,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         ) WITHOUT ROWID
         """,
     ),
+    # 3 -> 4: the account each outcome's sign-ins count against (per-account figures).
+    ("ALTER TABLE outcomes ADD COLUMN account TEXT",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -263,15 +265,15 @@ def _account_from_row(row: tuple[object, ...]) -> AccountVersion:
 _INSERT_OUTCOME: Final = """
     INSERT INTO outcomes ("time", "trigger", correlation_id, binding, secret_name, secret_version,
                           gateway_id, datasource_id, workspace_id, dataset_id, "action", reason,
-                          refresh_request_id, refresh_state, duration)
+                          refresh_request_id, refresh_state, duration, account)
     VALUES (:time, :trigger, :correlation_id, :binding, :secret_name, :secret_version,
             :gateway_id, :datasource_id, :workspace_id, :dataset_id, :action, :reason,
-            :refresh_request_id, :refresh_state, :duration)
+            :refresh_request_id, :refresh_state, :duration, :account)
 """
 _SELECT_OUTCOMES: Final = """
     SELECT "time", "trigger", correlation_id, binding, secret_name, secret_version,
            gateway_id, datasource_id, workspace_id, dataset_id, "action", reason,
-           refresh_request_id, refresh_state, duration
+           refresh_request_id, refresh_state, duration, account
     FROM outcomes
     WHERE (:since IS NULL OR "time" >= :since)
     ORDER BY "time" DESC, id DESC

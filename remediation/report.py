@@ -67,6 +67,10 @@ class Report:
     retry_at: float | None = None
     """Epoch seconds at which the same command should run again (a version still settling),
     or None. The CLI waits for it; the Functions app re-queues the command with that delay."""
+    warnings: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    """Per target ``(gatewayId, datasourceId)``: what a person should know although the target
+    may be healed, e.g. a Take Over done for it (the dataset taken over, the other data sources
+    whose credentials Power BI reset). Shown as the target's ``warnings`` in :meth:`to_dict`."""
 
     @property
     def exit_code(self) -> int:
@@ -90,6 +94,26 @@ class Report:
             "dryRun": self.dry_run,
             "exitCode": self.exit_code,
             "retryAt": self.retry_at,
-            "targets": [o.to_dict() for o in self.targets()],
+            "targets": [self._target_dict(o) for o in self.targets()],
             "datasets": [o.to_dict() for o in self.datasets()],
         }
+
+    def target_warnings(self, outcome: Outcome) -> list[str]:
+        """The warnings of the target ``outcome`` is about (none for a dataset)."""
+        if outcome.datasource_id is None or outcome.dataset_id is not None:
+            return []
+        key = ((outcome.gateway_id or "").lower(), outcome.datasource_id.lower())
+        return list(self.warnings.get(key, ()))
+
+    def merge(self, other: Report) -> None:
+        """Add ``other``'s outcomes and warnings (a batch of commands reported as one)."""
+        self.outcomes.extend(other.outcomes)
+        for key, said in other.warnings.items():
+            self.warnings.setdefault(key, []).extend(said)
+
+    def _target_dict(self, outcome: Outcome) -> dict[str, object]:
+        entry = outcome.to_dict()
+        warnings = self.target_warnings(outcome)
+        if warnings:
+            entry["warnings"] = warnings
+        return entry

@@ -13,7 +13,7 @@ from remediation.keyvault import SecretValue
 from remediation.ledger import Outcome
 from remediation.powerbi import GatewayDatasource
 
-__all__ = ["QUIET_ACTION", "Resolved", "Run"]
+__all__ = ["QUIET_ACTION", "Resolved", "Run", "TakeOver"]
 
 QUIET_ACTION = "already-current"
 """The action a summarising run records once, as a count: a target that already holds the
@@ -49,6 +49,13 @@ class Run:
     """Record targets found already current as one summary at the end (sweeps), not one by one."""
     quiet: list[Outcome] = field(default_factory=list)  # the outcomes the summary stands for
     scopes: ExitStack = field(default_factory=ExitStack)  # closed when the run ends
+    take_overs: list[TakeOver] = field(default_factory=list)  # Take Overs done in this run
+    in_progress: set[tuple[str, str]] = field(default_factory=set)  # targets being healed now
+    # Bound targets whose credentials a Take Over reset, to heal again (once per run) before the
+    # run reports them (see Healer.heal_targets); True when the run had handled or begun them
+    # before the reset (what it settled for them is stale).
+    reset_again: dict[tuple[str, str], tuple[Resolved, bool]] = field(default_factory=dict)
+    reset_done: set[tuple[str, str]] = field(default_factory=set)
 
     def add(self, outcome: Outcome) -> Outcome:
         """Keep the outcome (the caller's report lists it) and record it (ledger, as it happens),
@@ -70,6 +77,43 @@ class Run:
         """True once the run's deadline has passed: work not started by then is deferred."""
         return self.deadline is not None and now >= self.deadline
 
+    def record_take_over(self, take_over: TakeOver) -> None:
+        """A Take Over happened: its bound reset targets are healed (again) in this run; the report
+        warns on the target it was done for."""
+        with self.lock:
+            self.take_overs.append(take_over)
+            for item in take_over.reset:
+                key = item.target.key
+                if key not in self.reset_done:
+                    self.reset_again[key] = (item, key in self.settled or key in self.in_progress)
+
+    def take_reset_again(self) -> list[Resolved]:
+        """The reset targets to heal (again) now, each once per run: those handled before the
+        reset (what the run settled for them is forgotten) and those the run has not handled
+        at all; not those it handled after the reset (their outcome is already fresh)."""
+        with self.lock:
+            items: list[Resolved] = []
+            for key, (item, stale) in self.reset_again.items():
+                self.reset_done.add(key)
+                if stale:
+                    old = self.settled.pop(key, None)
+                    if old is not None:  # the report shows the new outcome instead (the ledger has both)
+                        self.outcomes = [o for o in self.outcomes if o is not old]
+                        self.quiet = [o for o in self.quiet if o is not old]
+                    items.append(item)
+                elif key not in self.settled:
+                    items.append(item)
+            self.reset_again.clear()
+            return items
+
+    def take_over_warnings(self) -> dict[tuple[str, str], list[str]]:
+        """Per target (gateway id, data source id): the warnings of the Take Overs done for it."""
+        with self.lock:
+            found: dict[tuple[str, str], list[str]] = {}
+            for take_over in self.take_overs:
+                found.setdefault(take_over.target, []).append(take_over.warning())
+            return found
+
     def again_at(self, when: float) -> None:
         with self.lock:
             self.retry_at = when if self.retry_at is None else min(self.retry_at, when)
@@ -86,3 +130,24 @@ class Resolved:
         """The locator the account rules use (see :func:`remediation.accounts.presentation_locator`):
         a Windows account's domain, else the source's server, else one of this target alone."""
         return presentation_locator(self.binding, self.locator, self.target.key)
+
+
+@dataclass(frozen=True)
+class TakeOver:
+    """A Take Over done to update ``target``: Power BI made the caller the owner of the dataset
+    and reset the credentials of the dataset's other cloud data sources (``reset``, bound, healed
+    again; ``described`` names each as type and host, and its ids)."""
+
+    target: tuple[str, str]
+    workspace_id: str
+    dataset_id: str
+    reset: tuple[Resolved, ...]
+    described: tuple[str, ...]
+
+    def warning(self) -> str:
+        others = "; ".join(self.described) if self.described else "none"
+        return (
+            f"took over dataset {self.dataset_id} (workspace {self.workspace_id}) to update this data "
+            f"source: the identity owns it now, and Power BI reset the credentials of its other cloud "
+            f"data sources ({others}); the healer presents their current versions again"
+        )

@@ -120,6 +120,7 @@ OUTCOME_PROPERTIES: Final = (
     "gatewayId",
     "datasourceId",
     "binding",
+    "account",
     "secretName",
     "secretVersion",
     "action",
@@ -131,7 +132,10 @@ OUTCOME_PROPERTIES: Final = (
     "retries",
     "throttled",
 )
-"""The properties of every ``CredentialRemediation`` event, always all present ("" = unknown)."""
+"""The properties of every ``CredentialRemediation`` event, always all present ("" = unknown).
+``account`` is the account key a target's sign-ins count against (``user:svc_pbi``,
+``app:<client id>``, ``secret:<name>``): a user name already in the bindings file and in the
+reasons, never a credential (README, "Ledger and telemetry": the account dimension)."""
 
 # ---------------------------------------------------------------------------------------------
 # Redaction
@@ -466,6 +470,7 @@ def outcome_properties(
         "gatewayId": outcome.gateway_id or "",
         "datasourceId": outcome.datasource_id or "",
         "binding": outcome.binding or "",
+        "account": outcome.account or "",
         "secretName": outcome.secret_name or "",
         "secretVersion": outcome.secret_version or "",
         "action": str(outcome.action or ""),

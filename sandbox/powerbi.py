@@ -93,7 +93,9 @@ Behaviours that had to be decided (the real service documents none of them preci
   from an app or managed identity -> 400 ``Invalid NotifyOption value ... for app only owner
   requests`` (for refreshes and for schedules).
 * **Update Refresh Schedule** requires the dataset owner (the API's documented permission).
-* **Take Over** makes the caller the owner; it does not clear stored credentials.
+* **Take Over** makes the caller the owner and resets the stored credentials of the dataset's
+  cloud data sources (refreshes then fail with ``CredentialsNotSpecified`` until someone sets
+  them again); data sources on an on-premises gateway keep theirs.
 
 Credentials are kept per data source (:attr:`Datasource.credential`, with the history of
 applied ones and of every update attempt) for tests; no route ever returns them and their
@@ -1025,8 +1027,13 @@ class PowerBI:
         with self._lock:
             dataset = self._dataset(caller, request)
             previous, dataset.owner = dataset.owner, caller.principal
-        logger.info("sandbox powerbi: %s took over dataset %s from %s", caller.principal, dataset.id,
-                    previous)
+            # The new owner must give the cloud sources its own credentials: Power BI resets them.
+            # (On-premises gateway data sources keep theirs; the gateway holds them.)
+            reset = [d for d in dataset.datasources if d.gateway.cloud]
+            for datasource in reset:
+                datasource.credential = None
+        logger.info("sandbox powerbi: %s took over dataset %s from %s; reset the credentials of %d cloud "
+                    "data sources", caller.principal, dataset.id, previous, len(reset))
         return Response(200)
 
     # -- refreshes -------------------------------------------------------------------------------

@@ -310,6 +310,27 @@ class LedgerContract:
         finally:
             second.close()
 
+    def test_forgetting_the_applied_version_keeps_rejections_attempts_and_the_lease(
+        self, ledger: Ledger
+    ) -> None:
+        assert ledger.forget_applied(GW, DS) is False  # never written: nothing to forget
+        lease = self._lease(ledger)
+        ledger.record_rejected(lease, SECRET, V1, T0 + 1)
+        ledger.record_attempt(lease, T0 + 2)
+        ledger.record_applied(lease, SECRET, V2, T0 + 3)
+        other = ledger.acquire_lease(GW, DS, "owner-b", T0 + 10, 60.0)
+        assert other is None  # owner-a still holds it; forgetting needs no lease
+
+        assert ledger.forget_applied(GW.lower(), DS.upper()) is True
+        state = ledger.target_state(GW, DS)
+        assert (state.applied_secret, state.applied_version, state.applied_at) == (None, None, None)
+        assert not state.holds(SECRET, V2)
+        assert state.is_rejected(V1) and state.attempts == (T0 + 2,)
+        assert state.lease_owner == "owner-a"
+        assert ledger.forget_applied(GW, DS) is False
+        ledger.record_applied(lease, SECRET, V2, T0 + 20)  # the holder writes on as before
+        assert ledger.target_state(GW, DS).holds(SECRET, V2)
+
     def test_rejected_versions_accumulate_and_survive_reopening(self, make_ledger: LedgerFactory) -> None:
         first = make_ledger()
         lease = self._lease(first)
@@ -428,6 +449,7 @@ class LedgerContract:
             refresh_request_id="req-1",
             refresh_state="Completed",
             duration=1.25,
+            account=ACCOUNT,
         )
         ledger.add_outcome(outcome)
         assert ledger.outcomes() == [outcome]

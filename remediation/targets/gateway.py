@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from remediation.accounts import text_map
+from remediation.accounts import source_locator, text_map
 from remediation.bindings import Binding, BindingSet, CredentialType, Target
 from remediation.credentials import ResolvedCredential, credential_details, update_datasource_request
 from remediation.errors import RemediationError
@@ -37,6 +37,7 @@ from remediation.http import ApiError
 from remediation.identity import AuthenticationError
 from remediation.inventory import Inventory
 from remediation.keyvault import KeyVaultClient, SecretValue
+from remediation.ledger import Ledger
 from remediation.powerbi import (
     DatasetDatasource,
     EntityNotFound,
@@ -46,7 +47,7 @@ from remediation.powerbi import (
 )
 from remediation.presentation import Verdict, VerdictOf, grant_verdict, patch_verdict
 from remediation.redact import describe_datasource
-from remediation.runs import Resolved, Run
+from remediation.runs import Resolved, Run, TakeOver
 from remediation.targets import Presented
 
 __all__ = [
@@ -109,6 +110,11 @@ class GatewayKeys:
             self._single[gateway_id] = (gateway, self._clock())
         return gateway
 
+    def listed_on_premises(self, gateway_id: str) -> bool:
+        """True when ``gateway_id`` is among the on-premises gateways the caller administers
+        (``GET /gateways``, cached); any other gateway may be a cloud data source's."""
+        return gateway_id.lower() in self._on_premises()
+
     def fresh_key_after(self, exc: ApiError, used: Gateway) -> Gateway | None:
         """After ``DM_GWPipeline_UnknownError`` with ``used``'s key: the gateway with a new key if
         its key changed since it was read, else None (the error stands)."""
@@ -161,6 +167,7 @@ class GatewayKind:
         powerbi: PowerBIClient,
         keyvault: KeyVaultClient,
         bindings: BindingSet,
+        ledger: Ledger,
         inventory: Callable[[], Inventory],
         user_tokens: UserTokenFactory | None,
         clock: Callable[[], float] = time.time,
@@ -168,6 +175,7 @@ class GatewayKind:
         self.powerbi = powerbi
         self.keyvault = keyvault
         self.bindings = bindings
+        self.ledger = ledger
         self.gateways = GatewayKeys(powerbi, clock=clock)
         self._inventory = inventory
         self._user_tokens = user_tokens
@@ -250,12 +258,7 @@ class GatewayKind:
             )
         workspace_id, dataset_id, sources = found
         others = [s for s in sources if s.bound and _source_key(s) != target.key]
-        unbound = [
-            s
-            for s in others
-            if self.bindings.for_target(s.gateway_id or "", s.datasource_id or "") is None
-            and not self._matched(s)
-        ]
+        unbound = [s for s in others if self._binding_of(s) is None]
         if unbound:
             first = describe_datasource(unbound[0].datasource_type, unbound[0].connection_details)
             raise TakeOverRefused(
@@ -270,20 +273,60 @@ class GatewayKind:
             dataset_id,
             target.datasource_id,
         )
+        # Power BI reset the credentials of the dataset's other cloud data sources (those on an
+        # on-premises gateway keep theirs: the gateway holds them). The ledger must stop saying
+        # they hold a version, or they would not be healed again until the next version.
+        reset = [s for s in others if not self.gateways.listed_on_premises(s.gateway_id or "")]
+        items: list[Resolved] = []
+        for source in reset:
+            gateway_id, datasource_id = _source_key(source)
+            try:
+                self.ledger.forget_applied(gateway_id, datasource_id)
+            except RemediationError as exc:  # the warning below still tells a person
+                logger.warning("could not forget what %s/%s held: %s", gateway_id, datasource_id, exc)
+            resolved = self._binding_of(source)
+            if resolved is not None:
+                items.append(resolved)
+        run.record_take_over(
+            TakeOver(
+                target=target.key,
+                workspace_id=workspace_id,
+                dataset_id=dataset_id,
+                reset=tuple(items),
+                described=tuple(
+                    f"{describe_datasource(s.datasource_type, s.connection_details)} "
+                    f"({s.gateway_id}/{s.datasource_id})"
+                    for s in reset
+                ),
+            )
+        )
 
-    def _matched(self, source: DatasetDatasource) -> bool:
+    def _binding_of(self, source: DatasetDatasource) -> Resolved | None:
+        """The binding that covers a dataset's data source (its own target, or a ``match``), as
+        the healer resolves it; None when none does."""
+        gateway_id, datasource_id = _source_key(source)
+        explicit = self.bindings.for_target(gateway_id, datasource_id)
+        if explicit is not None:
+            target = next(
+                (t for t in explicit.targets if t.key == (gateway_id, datasource_id)),
+                Target(gateway_id, datasource_id),
+            )
+            return Resolved(explicit, target)
+        details = text_map(source.connection_details)
         try:
-            return (
-                self.bindings.for_datasource(
-                    source.gateway_id or "",
-                    source.datasource_id or "",
-                    datasource_type=source.datasource_type or "",
-                    connection_details=text_map(source.connection_details),
-                )
-                is not None
+            matched = self.bindings.for_datasource(
+                gateway_id,
+                datasource_id,
+                datasource_type=source.datasource_type or "",
+                connection_details=details,
             )
         except RemediationError:
-            return False
+            return None
+        if matched is None:
+            return None
+        return Resolved(
+            matched, Target(gateway_id, datasource_id), source_locator(source.datasource_type, details)
+        )
 
     def _user_token(self, binding: Binding, secret: SecretValue) -> Callable[[], str]:
         if self._user_tokens is None:

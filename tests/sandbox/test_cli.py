@@ -180,6 +180,33 @@ def test_a_rejected_target_exits_1(make: Make) -> None:
     assert len(patches(cli.sb)) == 1
 
 
+def test_a_take_over_is_a_warning_line_naming_the_dataset_and_the_sources_it_reset(make: Make) -> None:
+    cli = make(cloud=True)
+    w = cli.world
+    erp_source = cli.sb.sources.add("erp-cloud", credential_type="Basic", username="svc_erp", secret="Erp#1")
+    erp = cli.sb.powerbi.add_datasource(w.gateway, erp_source, connection_details={"server": "erp.example"})
+    w.datasets[0].datasources.append(erp)
+    cli.sb.vault.set_secret("erp-password", "Erp#1")
+    w.datasets[0].owner = "someone.else@contoso.com"
+    w.gateway.admins.discard(w.app.client_id)
+    erp_binding = {"name": "erp", "secret": "erp-password", "credentialType": "Basic", "username": "svc_erp",
+                   "targets": [{"gatewayId": w.gateway_id, "datasourceId": erp.id}]}
+    bindings = {"bindings": [{**w.binding(), "takeOver": True}, erp_binding],
+                "watch": {"workspaces": [w.workspace_id]}}
+    env = {**cli.env, "REMEDIATION_BINDINGS": json.dumps(bindings)}
+    w.rotate()
+
+    result = cli("heal", "--secret", w.secret_name, env=env)
+    again = cli("--json", "heal", "--secret", w.secret_name, env=env)
+
+    assert result.code == 0, result.out + result.err
+    (line,) = [x for x in result.out.splitlines() if x.startswith("warning:")]
+    assert w.datasource_ids[0] in line and f"took over dataset {w.datasets[0].id}" in line
+    assert f"Sql on erp.example ({w.gateway_id}/{erp.id})" in line
+    assert again.code == 0 and all("warnings" not in t for t in again.json()["targets"])
+    assert [r.status for r in cli.sb.requests.find("powerbi.take_over")] == [200]
+
+
 # -- sweep --------------------------------------------------------------------------------------
 def test_sweep_dry_run_exits_0_and_changes_nothing(make: Make) -> None:
     cli = make(sources=2)
@@ -247,6 +274,42 @@ def test_history_json_lists_outcomes(make: Make) -> None:
     assert sorted(r["datasource_id"] for r in updated) == sorted(cli.world.datasource_ids)
     assert all(r["secret_version"] == cli.world.version for r in updated)
     assert all(r["trigger"] == "cli" for r in rows)
+
+
+def test_history_figures_count_each_outcome_kind_per_account_across_its_bindings(make: Make) -> None:
+    """Two bindings, one service account: the figures per account add up what happened to every
+    data source that signs in as it (healed, then a wrong version: one rejected, the rest blocked)."""
+    cli = make(sources=3)
+    w = cli.world
+    sales, dw = w.binding(), w.binding()
+    sales["targets"], dw["targets"] = sales["targets"][:2], dw["targets"][2:]
+    dw["name"] = "dw-sql"
+    env = {**cli.env, "REMEDIATION_BINDINGS": json.dumps({"bindings": [sales, dw]})}
+    w.rotate()
+    w.fail_scheduled_refreshes()
+    assert cli("heal", "--secret", w.secret_name, env=env).code == 0
+    w.rotate_sources_only()
+    w.put_in_vault("Wrong#Password-0000")
+    assert cli("heal", "--secret", w.secret_name, env=env).code == 1
+
+    doc = cli("history", "--figures", "--json", env=env).json()
+    rows = cli("history", "--json", env=env).json()
+
+    totals: dict[str, dict[str, int]] = {}
+    for row in doc["byAccount"]:  # summed over days (a run may straddle midnight UTC)
+        bucket = totals.setdefault(row["account"], {})
+        for kind in ("healed", "rejected", "inDoubt", "blocked", "deferred"):
+            bucket[kind] = bucket.get(kind, 0) + row[kind]
+    assert totals == {"user:svc_pbi": {"healed": 3, "rejected": 1, "inDoubt": 0, "blocked": 2, "deferred": 0}}
+    healed_per_binding = {
+        b: sum(r["healed"] for r in doc["byBinding"] if r["binding"] == b) for b in ("sales-sql", "dw-sql")
+    }
+    assert healed_per_binding == {"sales-sql": 2, "dw-sql": 1}
+    (rotation,) = doc["rotationToHealed"]
+    assert rotation["accounts"] == ["user:svc_pbi"] and rotation["seconds"] >= 0
+    assert {r["account"] for r in rows if r["datasource_id"] and not r["dataset_id"]} == {"user:svc_pbi"}
+    assert {r["account"] for r in rows if r["dataset_id"]} == {None}
+    assert "Wrong#Password-0000" not in json.dumps(doc) + json.dumps(rows)
 
 
 def test_history_masks_a_urls_key_in_rows_recorded_before_outcomes_were_masked(make: Make) -> None:

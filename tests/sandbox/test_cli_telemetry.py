@@ -171,6 +171,16 @@ def test_heal_sweep_and_replay_send_their_outcomes_with_trigger_cli_and_no_key_a
         == 1
     )
     assert {e["properties"]["trigger"] for e in cli_events} == {"cli"}
+    # Each target's event names the account its sign-ins count against (the per-account figures).
+    healed = {
+        e["properties"]["datasourceId"]: e["properties"]["account"]
+        for e in cli_events
+        if e["properties"]["action"] == "updated"
+    }
+    assert healed[bound.id] == f"secret:{WEB_SECRET}"
+    assert {healed[d] for d in world.datasource_ids} == {"user:svc_pbi"}
+    refreshed = [e for e in cli_events if e["properties"]["action"] == "refreshed"]
+    assert refreshed and {e["properties"]["account"] for e in refreshed} == {""}
     reported = {e["properties"]["correlationId"] for e in cli_events}
     assert {json.loads(r["out"])["correlationId"] for r in runs[:3]} <= reported
     assert events[0]["id"] in reported  # a replayed event's outcomes carry its event id

@@ -576,6 +576,130 @@ def test_no_take_over_of_a_dataset_whose_other_sources_could_not_be_put_back(mak
     assert w.account.failures_of(w.secret) == 0
 
 
+def test_after_a_take_over_the_other_cloud_source_is_healed_again_and_the_refresh_succeeds(
+    make: Make,
+) -> None:
+    """Take Over resets the credentials of the dataset's other cloud sources: a bound one that the
+    ledger said held its current version is healed again in the same run (its version was
+    accepted before: no failed sign-in), the dataset refresh succeeds, and the report warns on the
+    target the Take Over was done for. A second run has nothing to do."""
+    h = make(cloud=True)
+    w = h.world
+    b_source = h.sb.sources.add("erp-cloud", credential_type="Basic", username="svc_erp", secret="Erp#1")
+    b = h.sb.powerbi.add_datasource(w.gateway, b_source, connection_details={"server": "erp.example"})
+    w.datasets[0].datasources.append(b)
+    h.sb.vault.set_secret("erp-password", "Erp#1")
+    erp = {"name": "erp", "secret": "erp-password", "credentialType": "Basic", "username": "svc_erp",
+           "targets": [{"gatewayId": w.gateway_id, "datasourceId": b.id}]}
+    runtime = _runtime_with_bindings(h, {"bindings": [{**w.binding(), "takeOver": True}, erp],
+                                         "watch": {"workspaces": [w.workspace.id]}})
+    try:
+        assert target_actions(runtime.healer.heal_secret("erp-password", retry_refreshes=False)) == [
+            Action.UPDATED
+        ]
+        # Now only dataset ownership lets the identity update the cloud sources, and A's password rotates.
+        w.datasets[0].owner = "someone.else@contoso.com"
+        w.gateway.admins.discard(w.app.client_id)
+        w.rotate()
+        w.fail_scheduled_refreshes()
+        assert latest_status(w) == "Failed"
+        h.sb.requests.clear()
+
+        healed = runtime.healer.heal_secret(w.secret_name)
+        h.sb.powerbi.settle()
+        writes_before = len(powerbi_writes(h.sb))
+        again = runtime.healer.heal_secret(w.secret_name)
+        writes_after = len(powerbi_writes(h.sb))
+    finally:
+        runtime.close()
+
+    a = w.datasources[0]
+    assert [(o.datasource_id, o.action) for o in healed.targets()] == [
+        (a.id, Action.UPDATED),
+        (b.id, Action.UPDATED),
+    ]
+    assert [r.status for r in h.sb.requests.find("powerbi.take_over")] == [200]
+    assert stored_matches_source(a) and stored_matches_source(b)
+    assert dataset_actions(healed) == [Action.REFRESHED] and latest_status(w) == "Completed"
+    assert w.failed_sign_ins() == 1  # the failed scheduled refresh; the healer added none
+    assert b_source.account.total_failures == 0
+    (warning,) = healed.to_dict()["targets"][0]["warnings"]  # type: ignore[index]
+    assert w.datasets[0].id in warning and "Sql on erp.example" in warning and b.id in warning
+    assert "warnings" not in healed.to_dict()["targets"][1]  # type: ignore[index]
+    assert target_actions(again) == [Action.CURRENT] and writes_after == writes_before
+    assert "warnings" not in again.to_dict()["targets"][0]  # type: ignore[index]
+
+
+def test_a_take_over_leaves_the_datasets_on_premises_sources_alone(make: Make) -> None:
+    """Take Over resets cloud sources only: a source of the dataset on an on-premises gateway
+    keeps its credential (the gateway holds it), so it is neither forgotten nor sent again."""
+    h = make(cloud=True)
+    w = h.world
+    c_source = h.sb.sources.add("sql-onprem", credential_type="Basic", username="svc_dw", secret="Dw#1")
+    on_premises = h.sb.powerbi.add_gateway("GW-01", bits=1024, admins=[w.app.client_id])
+    c = h.sb.powerbi.add_datasource(on_premises, c_source, connection_details={"server": "dw01"})
+    w.datasets[0].datasources.append(c)
+    h.sb.vault.set_secret("dw-password", "Dw#1")
+    dw = {"name": "dw", "secret": "dw-password", "credentialType": "Basic", "username": "svc_dw",
+          "targets": [{"gatewayId": on_premises.id, "datasourceId": c.id}]}
+    runtime = _runtime_with_bindings(h, {"bindings": [{**w.binding(), "takeOver": True}, dw],
+                                         "watch": {"workspaces": [w.workspace.id]}})
+    try:
+        assert target_actions(runtime.healer.heal_secret("dw-password", retry_refreshes=False)) == [
+            Action.UPDATED
+        ]
+        w.datasets[0].owner = "someone.else@contoso.com"
+        w.gateway.admins.discard(w.app.client_id)
+        w.rotate()
+        h.sb.requests.clear()
+        healed = runtime.healer.heal_secret(w.secret_name, retry_refreshes=False)
+        held = runtime.ledger.target_state(on_premises.id, c.id)
+    finally:
+        runtime.close()
+
+    assert target_actions(healed) == [Action.UPDATED]
+    assert [r.status for r in h.sb.requests.find("powerbi.take_over")] == [200]
+    # A's PATCH, refused (not the owner), then sent again after the Take Over; none to C.
+    assert [r.path.rsplit("/", 1)[-1] for r in patches(h.sb)] == [w.datasources[0].id] * 2
+    assert stored_matches_source(c) and held.applied_version is not None
+    (warning,) = healed.to_dict()["targets"][0]["warnings"]  # type: ignore[index]
+    assert c.id not in warning and "(none)" in warning
+
+
+def test_a_sweep_heals_again_an_other_cloud_source_it_had_found_current_before_the_take_over(
+    make: Make,
+) -> None:
+    """The sweep handles the dataset's other cloud source B first (current), then A needs Take
+    Over, which resets B: the run heals B again, and reports B once, with its new outcome."""
+    h = make(cloud=True, env={"REMEDIATION_CONCURRENCY": "1"})
+    w = h.world
+    b_source = h.sb.sources.add("erp-cloud", credential_type="Basic", username="svc_erp", secret="Erp#1")
+    b = h.sb.powerbi.add_datasource(w.gateway, b_source, connection_details={"server": "erp.example"})
+    w.datasets[0].datasources.append(b)
+    h.sb.vault.set_secret("erp-password", "Erp#1")
+    erp = {"name": "erp", "secret": "erp-password", "credentialType": "Basic", "username": "svc_erp",
+           "targets": [{"gatewayId": w.gateway_id, "datasourceId": b.id}]}
+    # B's binding first: the sweep resolves (and, one at a time, heals) it before A's.
+    runtime = _runtime_with_bindings(h, {"bindings": [erp, {**w.binding(), "takeOver": True}],
+                                         "watch": {"workspaces": [w.workspace.id]}})
+    try:
+        assert Action.UPDATED in target_actions(runtime.healer.sweep())
+        w.datasets[0].owner = "someone.else@contoso.com"
+        w.gateway.admins.discard(w.app.client_id)
+        w.rotate()
+        swept = runtime.healer.sweep()
+    finally:
+        runtime.close()
+
+    a = w.datasources[0]
+    assert sorted((o.datasource_id or "", o.action or "") for o in swept.targets()) == sorted(
+        [(a.id, Action.UPDATED), (b.id, Action.UPDATED)]
+    )
+    assert stored_matches_source(a) and stored_matches_source(b)
+    assert [r.status for r in h.sb.requests.find("powerbi.take_over")] == [200]
+    assert b_source.account.total_failures == 0
+
+
 def test_a_gateway_key_is_read_once_across_runs_and_a_changed_key_is_picked_up(make: Make) -> None:
     h = make(sources=2)
     w = h.world

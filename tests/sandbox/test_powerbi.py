@@ -666,6 +666,29 @@ def test_take_over_makes_the_caller_the_owner(world: World) -> None:
     assert world.call("PATCH", f"{world.dataset_path}/refreshSchedule", json=enable).status_code == 200
 
 
+def test_take_over_resets_the_credentials_of_the_datasets_cloud_sources(world: World) -> None:
+    """What the real service does: the new owner must set the cloud sources' credentials again;
+    a data source on an on-premises gateway keeps its own (the gateway holds it)."""
+    cloud = world.pbi.add_cloud_gateway()
+    api = world.sb.sources.add("api", credential_type="Key", secret="k3y")
+    web = world.pbi.add_datasource(cloud, api, datasource_type="Web",
+                                   connection_details={"url": "https://api.contoso.com"})
+    world.dataset.datasources.append(web)
+    world.dataset.owner = "former@contoso.com"
+    on_premises = world.datasource.credential
+    assert web.credential is not None and on_premises is not None
+
+    assert world.call("POST", f"{world.dataset_path}/Default.TakeOver").status_code == 200
+
+    assert web.credential is None
+    assert world.datasource.credential is on_premises
+    world.dataset.datasources.reverse()  # a refresh stops at the first source that fails
+    world.pbi.start_refresh(world.dataset)
+    world.clock.advance(3600)
+    (refresh,) = world.pbi.history(world.dataset)
+    assert refresh.status == "Failed" and "CredentialsNotSpecified" in (refresh.service_exception or "")
+
+
 # -- tokens and garbage --------------------------------------------------------------------------
 def test_bad_tokens_get_401_with_a_bearer_challenge(world: World) -> None:
     expired = world.sb.entra.issue_token("app", APP, POWERBI_AUDIENCE, lifetime=60).token

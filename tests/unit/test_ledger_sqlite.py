@@ -145,12 +145,40 @@ def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path: Path) -> None
         assert claim is Claim.GRANTED
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     finally:
         conn.close()
     assert _columns(path) == EXPECTED_SCHEMA
     with SqliteLedger(path) as ledger:  # opening a migrated file changes nothing
         assert ledger.account_version("user:svc", SECRET, V1).probe_owner == "run-a"
+
+
+def test_a_version_3_file_gets_the_outcome_account_column_and_keeps_its_outcomes(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    conn = sqlite3.connect(path)  # a ledger file as the version 3 code wrote it
+    for step in _MIGRATIONS[:3]:
+        for statement in step:
+            conn.execute(statement)
+    conn.execute(
+        'INSERT INTO outcomes ("time", binding, secret_name, "action") VALUES (?, ?, ?, ?)',
+        (T0, "sales", SECRET, "updated"),
+    )
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    assert "account" not in _columns(path)["outcomes"]
+
+    with SqliteLedger(path) as ledger:
+        (old,) = ledger.outcomes()
+        assert (old.binding, old.action, old.account) == ("sales", "updated", None)
+        ledger.add_outcome(Outcome(time=T0 + 1, binding="sales", action="rejected", account="user:svc_pbi"))
+        assert [o.account for o in ledger.outcomes()] == ["user:svc_pbi", None]
+    assert _columns(path) == EXPECTED_SCHEMA
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        conn.close()
 
 
 def test_corrupt_account_record_raises_ledger_error(tmp_path: Path) -> None:
