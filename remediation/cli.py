@@ -37,7 +37,15 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from remediation import discover
-from remediation.bindings import CONNECTIONS, Binding, BindingSet, Target, binding_problems, binding_warnings
+from remediation.bindings import (
+    CONNECTIONS,
+    Binding,
+    BindingSet,
+    Target,
+    TargetMatch,
+    binding_problems,
+    binding_warnings,
+)
 from remediation.errors import ConfigError, RemediationError
 from remediation.events import EventError, Kind, parse_events
 from remediation.fabric import FabricEntityNotFound, FabricNotAuthorized
@@ -47,7 +55,7 @@ from remediation.ledger import Outcome
 from remediation.redact import mask_urls
 from remediation.runtime import Runtime, build_healer, build_powerbi, load_bindings_from, open_ledger
 from remediation.settings import Settings
-from remediation.targets.fabric import could_reference
+from remediation.targets.fabric import could_reference, fabric_credential_type
 from remediation.telemetry import Telemetry, redact
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
@@ -387,6 +395,10 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
                     status = "ok"
                 row(binding.name, target.gateway_id, target.datasource_id, status, warnings)
             for match in binding.matches:
+                if match.selects_connections:
+                    for connection_id, status in _check_connection_match(runtime, bindings, binding, match):
+                        row(binding.name, "connection", connection_id, status, warnings)
+                    continue
                 hits = [
                     (gid, d.id)
                     for gid, items in by_gateway.items()
@@ -447,6 +459,38 @@ def _check_connection(runtime: Runtime, binding: Binding, target: Target) -> tup
     if connection.credential_type and connection.credential_type != wanted:
         return f"credential type is {connection.credential_type} in Fabric, {wanted} here", advice
     return "ok", advice
+
+
+def _check_connection_match(
+    runtime: Runtime, bindings: BindingSet, binding: Binding, match: TargetMatch
+) -> list[tuple[str, str]]:
+    """``bindings check`` for a connection ``match``: which connections it selects (a GET)."""
+    if runtime.fabric is None:  # pragma: no cover - build_healer always builds one
+        return [("-", "Fabric is not configured")]
+    try:
+        connections = runtime.fabric.list_connections()
+    except RemediationError as exc:
+        return [("-", f"could not list the Fabric connections: {exc}")]
+    wanted = fabric_credential_type(binding.credential_type)
+    rows: list[tuple[str, str]] = []
+    for connection in connections:
+        if not match.matches_connection(
+            connection.connection_type, connection.connectivity_type, connection.path
+        ):
+            continue
+        explicit = bindings.for_target(CONNECTIONS, connection.id)
+        if explicit is not None and explicit.name != binding.name:
+            rows.append((connection.id, f"ok (match; bound by id by {explicit.name!r}, which decides)"))
+        elif connection.credential_type and connection.credential_type != wanted:
+            rows.append(
+                (
+                    connection.id,
+                    f"match selects it, but it signs in with {connection.credential_type}, not {wanted}",
+                )
+            )
+        else:
+            rows.append((connection.id, "ok (match)"))
+    return rows or [("-", "match selects no connection")]
 
 
 def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO, as_json: bool) -> int:
