@@ -1,6 +1,6 @@
 """Operator CLI: ``python -m remediation ...``.
 
-    heal --secret NAME [--version V] | --workspace W --dataset D | --gateway G --datasource S
+    heal --secret NAME [--version V] | --workspace W --dataset D | --gateway G --datasource S | --connection C
     sweep                      what the timer runs
     replay FILE                Event Grid or CloudEvents JSON (one event or an array), e.g. dead-lettered
     history [--hours H] [--figures]
@@ -28,6 +28,7 @@ import csv
 import json
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -59,6 +60,7 @@ from remediation.targets.fabric import could_reference, fabric_credential_type
 from remediation.telemetry import Telemetry, redact
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 TRIGGER = "cli"
 """The ``trigger`` of every outcome and ``CredentialRemediation`` event of the CLI (replay too)."""
 
@@ -110,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     heal.add_argument("--dataset", help="dataset id, with --workspace")
     heal.add_argument("--gateway", help="gateway id, with --datasource")
     heal.add_argument("--datasource", help="gateway data source id, with --gateway")
+    heal.add_argument("--connection", help="Fabric connection id (a GUID)")
 
     sub.add_parser("sweep", parents=[common], help="reconcile every binding and scan for failed refreshes")
     replay = sub.add_parser("replay", parents=[common], help="process events from a JSON file")
@@ -239,7 +242,11 @@ def _command(args: argparse.Namespace) -> Command:
         return lambda rt, dry, say: rt.healer.sweep(dry_run=dry, trigger=TRIGGER, progress=say)
     if args.command == "replay":
         return lambda rt, dry, say: _replay(rt, args.file, dry)
-    given = {k for k in ("secret", "workspace", "dataset", "gateway", "datasource") if getattr(args, k)}
+    given = {
+        k
+        for k in ("secret", "workspace", "dataset", "gateway", "datasource", "connection")
+        if getattr(args, k)
+    }
     again = bool(getattr(args, "present_again", False))
     if given == {"secret"}:
         return lambda rt, dry, say: rt.healer.heal_secret(
@@ -255,8 +262,16 @@ def _command(args: argparse.Namespace) -> Command:
         return lambda rt, dry, say: rt.healer.heal_target(
             args.gateway, args.datasource, dry_run=dry, trigger=TRIGGER, present_again=again
         )
+    if given == {"connection"}:
+        if not _GUID.fullmatch(args.connection.strip()):
+            raise ConfigError(f"--connection {args.connection!r} is not a connection id (a GUID)")
+        connection_id = args.connection.strip().lower()
+        return lambda rt, dry, say: rt.healer.heal_target(
+            CONNECTIONS, connection_id, dry_run=dry, trigger=TRIGGER, present_again=again
+        )
     raise ConfigError(
         "heal needs exactly one of: --secret NAME | --workspace W --dataset D | --gateway G --datasource S"
+        " | --connection C"
     )
 
 

@@ -201,7 +201,8 @@ class Healer:
         present_again: bool = False,
         retry_refreshes: bool = False,
     ) -> Report:
-        """Bring one gateway data source to its binding's current secret; with
+        """Bring one gateway data source (or, with ``gateway_id`` :data:`~remediation.bindings.CONNECTIONS`,
+        one Fabric connection) to its binding's current secret; with
         ``retry_refreshes`` (a part of a secret's fan-out), then retry the refreshes that failed
         for credentials on the datasets that use it, as :meth:`heal_secret` does."""
         gateway_id, datasource_id = gateway_id.lower(), datasource_id.lower()
@@ -211,6 +212,8 @@ class Healer:
             locator = ""
             if binding is None:
                 binding, locator = self._binding_by_match(gateway_id, datasource_id, run)
+            if binding is None and gateway_id == CONNECTIONS:
+                raise NotBound(f"no binding covers connection {datasource_id}")
             if binding is None:
                 raise NotBound(f"no binding covers gateway {gateway_id} data source {datasource_id}")
             # The binding's own target when it lists it (a Fabric connection's marks go along).
