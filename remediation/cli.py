@@ -54,7 +54,14 @@ from remediation.figures import figures
 from remediation.healer import Action, NotBound, Report
 from remediation.ledger import Outcome
 from remediation.redact import mask_urls
-from remediation.runtime import Runtime, build_healer, build_powerbi, load_bindings_from, open_ledger
+from remediation.runtime import (
+    Runtime,
+    build_fabric,
+    build_healer,
+    build_powerbi,
+    load_bindings_from,
+    open_ledger,
+)
 from remediation.settings import Settings
 from remediation.targets.fabric import could_reference, fabric_credential_type
 from remediation.telemetry import Telemetry, redact
@@ -514,6 +521,7 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
         raise ConfigError("discover takes --json or --csv, not both")
     bindings = load_bindings_from(settings) if settings.bindings else BindingSet()
     powerbi = build_powerbi(settings)
+    fabric = build_fabric(settings)
     live = err.isatty() and not (as_json or args.csv)
     try:
         inventory = discover.scan(
@@ -524,9 +532,11 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
             if live
             else (lambda _m: None),
             concurrency=settings.concurrency,
+            fabric=fabric,
         )
     finally:
         powerbi.pipeline.close()
+        fabric.pipeline.close()
         if live:
             print("\r\033[K", end="", file=err, flush=True)
     if as_json:
@@ -541,6 +551,9 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
             print(f"warning: {problem}", file=err)
     if args.propose:
         draft = discover.propose_bindings(inventory.sources)
+        draft["bindings"] += discover.propose_connection_bindings(
+            inventory.connections, taken=[b["name"] for b in draft["bindings"]]
+        )
         try:
             with open(args.propose, "x", encoding="utf-8") as fh:
                 json.dump(draft, fh, indent=2)
@@ -551,7 +564,7 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
             raise ConfigError(f"cannot write {args.propose}: {exc.strerror}") from None
         print(
             f"wrote {args.propose}: {len(draft['bindings'])} draft bindings for "
-            f"{sum(len(b['targets']) for b in draft['bindings'])} unbound data sources; "
+            f"{sum(len(b['targets']) for b in draft['bindings'])} unbound data sources and connections; "
             "fill in every <...> placeholder, then run: python -m remediation bindings check",
             file=err,
         )

@@ -95,6 +95,14 @@ FABRIC_PAUSE = "throttle:fabric"
 """The ledger marker of Fabric's throttling pause (Power BI's is ``throttle:powerbi``)."""
 
 
+def build_fabric(settings: Settings) -> FabricClient:
+    """A Fabric client alone (``discover`` reads the connections with it: GET requests only)."""
+    pipeline = HttpPipeline.from_settings(settings, service="fabric", stats=CallStats())
+    return FabricClient(
+        settings.fabric_api_url, PowerBITokenProvider(settings, scope=settings.fabric_scope), pipeline
+    )
+
+
 def build_healer(
     settings: Settings,
     *,
