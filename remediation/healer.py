@@ -209,9 +209,9 @@ class Healer:
         binding = self.bindings.for_target(gateway_id, datasource_id)
         run = self._start(trigger, correlation_id, dry_run, deadline, present_again)
         try:
-            locator = ""
+            locator, refused = "", ""
             if binding is None:
-                binding, locator = self._binding_by_match(gateway_id, datasource_id, run)
+                binding, locator, refused = self._binding_by_match(gateway_id, datasource_id, run)
             if binding is None and gateway_id == CONNECTIONS:
                 raise NotBound(f"no binding covers connection {datasource_id}")
             if binding is None:
@@ -221,7 +221,7 @@ class Healer:
                 (t for t in binding.targets if t.key == (gateway_id, datasource_id)),
                 Target(gateway_id, datasource_id),
             )
-            (outcome,) = self.heal_targets([Resolved(binding, target, locator)], run)
+            (outcome,) = self.heal_targets([Resolved(binding, target, locator, refused)], run)
             if retry_refreshes and outcome.action in (Action.UPDATED, Action.CURRENT):
                 self.refresher.retry_failed_refreshes({(gateway_id, datasource_id)}, run)
         finally:
@@ -801,7 +801,6 @@ class Healer:
                 )
             )
             return []
-        wanted = fabric_credential_type(binding.credential_type)
         found: list[Resolved] = []
         for connection in connections:
             if not binding.matches_connection(
@@ -815,14 +814,9 @@ class Healer:
                 (t for t in binding.targets if t.connection_id == connection.id),
                 Target.connection(connection.id),
             )
-            refused = ""
-            if connection.credential_type and connection.credential_type != wanted:
-                refused = (
-                    f"connection {connection.id} is selected by the match of {binding.name!r}, but it signs "
-                    f"in with {connection.credential_type}, not {wanted}: it may be another account, so "
-                    "nothing is sent; narrow the match, or bind the connection by connectionId"
-                )
-            found.append(Resolved(binding, target, _connection_locator(connection), refused))
+            found.append(
+                Resolved(binding, target, _connection_locator(connection), _refusal(binding, connection))
+            )
         return found
 
     def all_connections(self, run: Run) -> list[Connection]:
@@ -846,7 +840,11 @@ class Healer:
                     found.append((gateway_id, datasource.id.lower(), locator))
         return found
 
-    def _binding_by_match(self, gateway_id: str, datasource_id: str, run: Run) -> tuple[Binding | None, str]:
+    def _binding_by_match(
+        self, gateway_id: str, datasource_id: str, run: Run
+    ) -> tuple[Binding | None, str, str]:
+        """The binding whose ``match`` selects the target, where it signs in, and why it is
+        refused (a connection with another credential type), if it is."""
         if gateway_id == CONNECTIONS:
             for connection in self.all_connections(run):
                 if connection.id == datasource_id:
@@ -856,8 +854,9 @@ class Healer:
                         connectivity_type=connection.connectivity_type,
                         path=connection.path,
                     )
-                    return binding, _connection_locator(connection)
-            return None, ""
+                    refused = "" if binding is None else _refusal(binding, connection)
+                    return binding, _connection_locator(connection), refused
+            return None, "", ""
         for gw, datasource in self._all_gateway_datasources(run):
             if gw == gateway_id and datasource.id.lower() == datasource_id:
                 details = text_map(datasource.connection() or {})
@@ -867,8 +866,8 @@ class Healer:
                     datasource_type=datasource.datasource_type or "",
                     connection_details=details,
                 )
-                return binding, source_locator(datasource.datasource_type, details)
-        return None, ""
+                return binding, source_locator(datasource.datasource_type, details), ""
+        return None, "", ""
 
     def _all_gateway_datasources(self, run: Run) -> list[tuple[str, GatewayDatasource]]:
         """Every data source of every gateway the caller administers (once per run)."""
@@ -965,6 +964,19 @@ class Healer:
             ),
             duration=round(self._clock() - run.started, 3),
         )
+
+
+def _refusal(binding: Binding, connection: Connection) -> str:
+    """Why a connection a ``match`` of ``binding`` selects is not sent its secret ("" if it is):
+    it signs in with another credential type, so maybe as another account."""
+    wanted = fabric_credential_type(binding.credential_type)
+    if not connection.credential_type or connection.credential_type == wanted:
+        return ""
+    return (
+        f"connection {connection.id} is selected by the match of {binding.name!r}, but it signs in with "
+        f"{connection.credential_type}, not {wanted}: it may be another account, so nothing is sent; "
+        "narrow the match, or bind the connection by connectionId"
+    )
 
 
 def _connection_locator(connection: Connection) -> str:

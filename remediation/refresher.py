@@ -402,7 +402,7 @@ class Refresher:
                 out.append(source)
                 continue
             used.add(connection_id)
-            if self.bindings.for_target(source.gateway_id, source.datasource_id) is not None:
+            if self._healed_as_datasource(source, known.get(connection_id), connection_id):
                 out.append(source)  # bound as the gateway data source it also is: healed as that
                 continue
             out.append(
@@ -423,6 +423,36 @@ class Refresher:
                     )
                 )
         return out, known
+
+    def _healed_as_datasource(
+        self, source: DatasetDatasource, connection: ItemConnection | Connection | None, connection_id: str
+    ) -> bool:
+        """Whether a source that is also a Fabric connection is healed as the gateway data source:
+        when a binding names it by gateway and data source id, or, with no binding for the
+        connection, when a data source ``match`` selects it."""
+        gateway_id, datasource_id = source.gateway_id or "", source.datasource_id or ""
+        if self.bindings.for_target(gateway_id, datasource_id) is not None:
+            return True
+        try:
+            if (
+                self.bindings.for_connection(
+                    connection_id,
+                    connection_type=None if connection is None else connection.connection_type,
+                    connectivity_type=None if connection is None else connection.connectivity_type,
+                    path=None if connection is None else connection.path,
+                )
+                is not None
+            ):
+                return False
+            matched = self.bindings.for_datasource(
+                gateway_id,
+                datasource_id,
+                datasource_type=source.datasource_type or "",
+                connection_details=text_map(source.connection_details),
+            )
+        except RemediationError:
+            return False  # reported where the connection's binding is looked up again
+        return matched is not None
 
     def _dataset_bindings(
         self,
@@ -735,15 +765,18 @@ class Refresher:
                 continue
             if wanted is None:
                 try:
-                    bound = self.bindings.for_connection(
-                        c.id,
-                        connection_type=c.connection_type,
-                        connectivity_type=c.connectivity_type,
-                        path=c.path,
+                    covered = (
+                        self.bindings.for_connection(
+                            c.id,
+                            connection_type=c.connection_type,
+                            connectivity_type=c.connectivity_type,
+                            path=c.path,
+                        )
+                        is not None
                     )
                 except RemediationError:
-                    bound = self.bindings.bindings[0]  # selected by several: counts as bound
-                if bound is None:
+                    covered = True  # selected by several matches: bound (heal_dataset reports it)
+                if not covered:
                     continue
             ids.add(c.id)
             chosen.append(c)

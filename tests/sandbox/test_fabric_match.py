@@ -101,3 +101,43 @@ def test_a_heal_of_a_single_matched_connection_finds_its_binding(make: Make, sb:
 
     assert of(report, lake.connection.id) == [Action.UPDATED]
     assert lake.connection.data["password"] == new
+
+
+def test_a_single_heal_of_a_connection_that_signs_in_another_way_is_refused_too(
+    make: Make, sb: Sandbox
+) -> None:
+    """The path a secret's fan-out takes (one queued heal per target) keeps the refusal."""
+    w = build_world(sb)
+    keyed = add_fabric(sb, w.app.client_id, credential_type="Key", name="lake")
+    binding = match_binding(keyed.secret_name, server="lake-src.contoso.local")
+    h = make(w, env={"REMEDIATION_BINDINGS": json.dumps(w.bindings(binding))})
+    keyed.rotate(sb)
+    assert ("connections", keyed.connection.id) in h.healer.secret_targets(keyed.secret_name)
+
+    report = h.healer.heal_target("connections", keyed.connection.id)
+
+    assert of(report, keyed.connection.id) == [Action.FAILED]
+    assert fabric_patches(sb) == [] and keyed.account.total_failures == 0
+
+
+def test_bindings_check_lists_what_a_connection_match_selects(make: Make, sb: Sandbox) -> None:
+    from io import StringIO  # noqa: PLC0415
+
+    from remediation.cli import main  # noqa: PLC0415
+
+    w = build_world(sb)
+    lake = add_fabric(sb, w.app.client_id, name="lake")
+    keyed = add_fabric(sb, w.app.client_id, credential_type="Key", name="lake2")
+    binding = match_binding(lake.secret_name, connectionType="SQL", server="lake-src.contoso.local")
+    other = match_binding(keyed.secret_name, server="lake2-src.contoso.local")
+    other["name"] = "keyed"
+    nothing = match_binding(lake.secret_name, server="nowhere.contoso.local")
+    nothing["name"] = "nothing"
+    h = make(w, env={"REMEDIATION_BINDINGS": json.dumps(w.bindings(binding, other, nothing))})
+    out, err = StringIO(), StringIO()
+    code = main(["--json", "bindings", "check"], environ=h.env, stdout=out, stderr=err)
+    rows = {(r["binding"], r["datasource"]): r["status"] for r in json.loads(out.getvalue())}
+    assert rows[("lakes", lake.connection.id)] == "ok (match)"
+    assert "signs in with Key, not Basic" in rows[("keyed", keyed.connection.id)]
+    assert rows[("nothing", "-")] == "match selects no connection"
+    assert code == 1
