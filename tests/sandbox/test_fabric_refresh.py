@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from remediation.healer import Action
+from remediation.identity import PowerBITokenProvider
 from sandbox import Sandbox
 from sandbox.powerbi import Dataset
+from sandbox.specs import fabric_errors
 from tests.sandbox.test_fabric import FabricWorld, add_fabric, harness
 from tests.support.harness import Make
 from tests.support.world import World, build_world
@@ -147,3 +149,34 @@ def test_the_sweep_finds_a_model_on_a_bound_connection_and_refreshes_it(make: Ma
 
     assert of(report, dataset) == [Action.REFRESHED], [o.reason for o in report.datasets()]
     assert [r.status for r in api_refreshes(dataset)] == ["Completed"]
+
+
+def test_the_sandbox_answers_list_item_connections_and_paged_lists_as_the_spec_says(
+    make: Make, sb: Sandbox
+) -> None:
+    sb.fabric.page_size = 1
+    w = build_world(sb)
+    f, g = add_fabric(sb, w.app.client_id, name="lake"), add_fabric(sb, w.app.client_id, name="ware")
+    dataset = model(sb, w, "sales", f, g)
+    h = harness(make, sb, f, g, world=w)
+    fabric = h.runtime.fabric
+    assert [c.id for c in fabric.list_item_connections(w.workspace_id, dataset.id)] == [
+        f.connection.id,
+        g.connection.id,
+    ]
+    assert {c.id for c in fabric.list_connections()} == {f.connection.id, g.connection.id}
+    token = PowerBITokenProvider(h.runtime.settings, scope=h.runtime.settings.fabric_scope)()
+    for path, definition in (
+        (f"workspaces/{w.workspace_id}/items/{dataset.id}/connections", "ItemConnections"),
+        ("connections", "ListConnectionsResponse"),
+    ):
+        url: str | None = f"{sb.fabric.api_url}/{path}"
+        pages = 0
+        while url is not None:
+            answer = fabric.pipeline.request("GET", url, bearer=token)
+            assert answer.status == 200
+            body = answer.json()
+            assert fabric_errors(definition, body) == []
+            url, pages = body.get("continuationUri"), pages + 1
+            assert (url is None) == ("continuationToken" not in body)
+        assert pages == 2
