@@ -180,3 +180,27 @@ def test_the_sandbox_answers_list_item_connections_and_paged_lists_as_the_spec_s
             url, pages = body.get("continuationUri"), pages + 1
             assert (url is None) == ("continuationToken" not in body)
         assert pages == 2
+
+
+@SAME_ID
+def test_a_model_on_a_gateway_data_source_and_a_connection_is_refreshed_once_both_are_known_good(
+    make: Make, sb: Sandbox, same_id: bool
+) -> None:
+    sb.fabric.datasource_ids_are_connection_ids = same_id
+    w = build_world(sb)
+    f = add_fabric(sb, w.app.client_id, name="lake")
+    mixed = sb.powerbi.add_dataset(
+        w.workspace, "mixed", [w.datasources[0]], owner=w.app.client_id, connections=[f.connection]
+    )
+    h = harness(make, sb, f, world=w)
+    w.rotate()  # the gateway data source's account, then Key Vault
+    fail_now(sb, mixed)
+    assert mixed.refreshes[-1].status == "Failed"
+
+    report = h.healer.heal_secret(w.secret_name)
+
+    assert of(report, mixed) == [Action.REFRESHED], [o.reason for o in report.datasets()]
+    # The connection was checked against Key Vault in the same run before the refresh signed in to it.
+    assert [o.action for o in report.targets() if o.datasource_id == f.connection.id]
+    assert [r.status for r in api_refreshes(mixed)] == ["Completed"]
+    assert w.failed_sign_ins() + f.account.total_failures == 1  # only the scheduled refresh's
