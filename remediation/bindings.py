@@ -6,9 +6,14 @@ The format is DESIGN.md's public contract::
                    ["encryptedConnection"], ["oauth2"], ["takeOver"], "targets": [...]}],
      "watch": {"workspaces": ["<uuid>", ...]}}
 
-A target is either ``{"gatewayId": "<uuid>", "datasourceId": "<uuid>"}`` or
-``{"match": {["datasourceType"], ["server"], ["database"], ["url"], ["path"]}}`` (every given key
-must match the data source, case-insensitively).
+A target is ``{"gatewayId": "<uuid>", "datasourceId": "<uuid>"}`` (a gateway data source),
+``{"connectionId": "<uuid>", ["keyVaultReference"]}`` (a Fabric connection),
+``{"match": {["datasourceType"], ["server"], ["database"], ["url"], ["path"]}}`` (gateway data
+sources; every given key must match the data source, case-insensitively), or
+``{"match": {"kind": "connection", ["connectionType"], ["connectivityType"], ["server"],
+["database"], ["url"], ["path"]}}`` (Fabric connections, by ``connectionDetails.type``, the
+``connectivityType`` and ``connectionDetails.path``: ``server`` and ``database`` are the parts of
+a ``server;database`` path, ``url`` and ``path`` the whole of it).
 
 Validation is strict because a binding decides what password is presented to which system: an
 unknown key (a typo such as ``"usename"``) is an error, not a silently ignored line, and one data
@@ -113,8 +118,10 @@ _BINDING_KEYS = (
 )
 _TARGET_KEYS = ("gatewayId", "datasourceId")
 _CONNECTION_KEYS = ("connectionId", "keyVaultReference")
-_MATCH_KEYS = ("datasourceType", "server", "database", "url", "path")
+_MATCH_KEYS = ("kind", "datasourceType", "server", "database", "url", "path")
+_CONNECTION_MATCH_KEYS = ("kind", "connectionType", "connectivityType", "server", "database", "url", "path")
 _MATCH_DETAIL_KEYS = ("server", "database", "url", "path")
+_MATCH_KINDS = ("datasource", "connection")
 
 
 # -- model --------------------------------------------------------------------------------------
@@ -150,20 +157,31 @@ class Target:
 
 @dataclass(frozen=True)
 class TargetMatch:
-    """Data sources chosen by what they connect to; every field that is set must match."""
+    """Data sources (``kind`` "datasource") or Fabric connections (``kind`` "connection") chosen
+    by what they connect to; every field that is set must match."""
 
     datasource_type: str | None = None
     server: str | None = None
     database: str | None = None
     url: str | None = None
     path: str | None = None
+    kind: str = "datasource"
+    connection_type: str | None = None  # connections: connectionDetails.type (e.g. SQL)
+    connectivity_type: str | None = None  # connections: e.g. ShareableCloud, OnPremisesGateway
+
+    @property
+    def selects_connections(self) -> bool:
+        return self.kind == "connection"
 
     def matches(self, datasource_type: str, connection_details: Mapping[str, str]) -> bool:
         """True when ``datasource_type`` and every given connection detail match (ignoring case).
 
         ``connection_details`` is the data source's ``connectionDetails`` object as Power BI
-        returns it; its keys are compared case-insensitively too.
+        returns it; its keys are compared case-insensitively too. A connection match selects no
+        data source.
         """
+        if self.selects_connections:
+            return False
         if self.datasource_type is not None and not _same(self.datasource_type, datasource_type):
             return False
         details = {str(k).casefold(): v for k, v in connection_details.items()}
@@ -173,6 +191,36 @@ class TargetMatch:
                 continue
             actual = details.get(key)
             if not isinstance(actual, str) or not _same(wanted, actual):
+                return False
+        return True
+
+    def matches_connection(
+        self, connection_type: str | None, connectivity_type: str | None, path: str | None
+    ) -> bool:
+        """True when a Fabric connection (``connectionDetails.type``, ``connectivityType``,
+        ``connectionDetails.path``) is selected: ``server`` and ``database`` are the first and
+        second parts of a ``server;database`` path, ``url`` and ``path`` its whole (ignoring case
+        and a trailing ``/``). A data source match selects no connection."""
+        if not self.selects_connections:
+            return False
+        for wanted, actual in (
+            (self.connection_type, connection_type),
+            (self.connectivity_type, connectivity_type),
+        ):
+            if wanted is not None and (actual is None or not _same(wanted, actual)):
+                return False
+        whole = (path or "").strip()
+        parts = [p.strip() for p in whole.split(";")]
+        checks = (
+            (self.server, parts[0] if whole else None),
+            (self.database, parts[1] if len(parts) > 1 else None),
+            (self.url, whole or None),
+            (self.path, whole or None),
+        )
+        for wanted, actual in checks:
+            if wanted is None:
+                continue
+            if actual is None or not _same(wanted.rstrip("/"), actual.rstrip("/")):
                 return False
         return True
 
@@ -206,6 +254,17 @@ class Binding:
     def matches_datasource(self, datasource_type: str, connection_details: Mapping[str, str]) -> bool:
         """True when one of this binding's ``match`` targets selects the data source."""
         return any(m.matches(datasource_type, connection_details) for m in self.matches)
+
+    def matches_connection(
+        self, connection_type: str | None, connectivity_type: str | None, path: str | None
+    ) -> bool:
+        """True when one of this binding's connection ``match`` targets selects the connection."""
+        return any(m.matches_connection(connection_type, connectivity_type, path) for m in self.matches)
+
+    @property
+    def matches_connections(self) -> bool:
+        """True when some ``match`` of this binding selects Fabric connections."""
+        return any(m.selects_connections for m in self.matches)
 
 
 @dataclass(frozen=True)
@@ -267,6 +326,42 @@ class BindingSet:
                 field="targets",
             )
         return found[0] if found else None
+
+    def for_connection(
+        self,
+        connection_id: str,
+        *,
+        connection_type: str | None,
+        connectivity_type: str | None,
+        path: str | None,
+    ) -> Binding | None:
+        """The binding for a Fabric connection: by ``connectionId`` first, else by a connection
+        ``match``.
+
+        Raises:
+            BindingsError: no binding names it by id and more than one ``match`` selects it.
+        """
+        explicit = self.for_target(CONNECTIONS, connection_id)
+        if explicit is not None:
+            return explicit
+        found = [b for b in self.bindings if b.matches_connection(connection_type, connectivity_type, path)]
+        if len(found) > 1:
+            names = ", ".join(repr(b.name) for b in found)
+            raise BindingsError(
+                f"connection {connection_id} is selected by the matches of bindings {names}; make the "
+                "matches narrower or bind it by connectionId",
+                binding=found[0].name,
+                field="targets",
+            )
+        return found[0] if found else None
+
+    @property
+    def binds_connections(self) -> bool:
+        """True when some binding targets Fabric connections (by id or ``match``)."""
+        return any(
+            b.matches_connections or any(t.connection_id is not None for t in b.targets)
+            for b in self.bindings
+        )
 
     def secrets(self) -> list[str]:
         """Distinct secret names in file order (case-insensitively distinct, first spelling kept)."""
@@ -531,7 +626,9 @@ def _check_target_kinds(
 ) -> None:
     """ServicePrincipal exists only for Fabric connections; OAuth2 only for gateway data sources
     (Fabric's API has no OAuth2 credential: it needs an interactive sign-in)."""
-    gateway_targets = matches or any(t.connection_id is None for t in targets)
+    gateway_targets = any(not m.selects_connections for m in matches) or any(
+        t.connection_id is None for t in targets
+    )
     if credential_type is CredentialType.SERVICE_PRINCIPAL and gateway_targets:
         raise BindingsError(
             "ServicePrincipal credentials exist only for Fabric connections: "
@@ -539,7 +636,9 @@ def _check_target_kinds(
             binding=label,
             field="targets",
         )
-    if credential_type is CredentialType.OAUTH2 and any(t.connection_id is not None for t in targets):
+    if credential_type is CredentialType.OAUTH2 and (
+        any(t.connection_id is not None for t in targets) or any(m.selects_connections for m in matches)
+    ):
         raise BindingsError(
             "Fabric connections take no OAuth2 credential through the API (it needs an interactive "
             "sign-in); bind the gateway data source instead",
@@ -695,7 +794,24 @@ def _parse_match(raw: object, label: str, where: str) -> TargetMatch:
     keys = ", ".join(_MATCH_KEYS)
     if not isinstance(raw, dict):
         raise BindingsError(f"must be an object with some of {keys}", binding=label, field=where)
-    _check_keys(raw, _MATCH_KEYS, binding=label, where=where + ".")
+    kind = raw.get("kind", "datasource")
+    if kind not in _MATCH_KINDS:
+        raise BindingsError(
+            _not_allowed(kind, list(_MATCH_KINDS))
+            + ' ("datasource": gateway data sources, the default; "connection": Fabric connections)',
+            binding=label,
+            field=where + ".kind",
+        )
+    allowed = _CONNECTION_MATCH_KEYS if kind == "connection" else _MATCH_KEYS
+    for key in raw:
+        if kind == "datasource" and key not in allowed and key in _CONNECTION_MATCH_KEYS:
+            raise BindingsError(
+                f'{key} selects Fabric connections: add "kind": "connection" to this match '
+                f"(allowed for data sources: {keys})",
+                binding=label,
+                field=f"{where}.{key}",
+            )
+    _check_keys(raw, allowed, binding=label, where=where + ".")
     values: dict[str, str] = {}
     for key, value in raw.items():
         if not isinstance(value, str) or not value.strip():
@@ -713,6 +829,9 @@ def _parse_match(raw: object, label: str, where: str) -> TargetMatch:
         database=values.get("database"),
         url=values.get("url"),
         path=values.get("path"),
+        kind=kind,
+        connection_type=values.get("connectionType"),
+        connectivity_type=values.get("connectivityType"),
     )
 
 

@@ -1,6 +1,6 @@
 """Operator CLI: ``python -m remediation ...``.
 
-    heal --secret NAME [--version V] | --workspace W --dataset D | --gateway G --datasource S
+    heal --secret NAME [--version V] | --workspace W --dataset D | --gateway G --datasource S | --connection C
     sweep                      what the timer runs
     replay FILE                Event Grid or CloudEvents JSON (one event or an array), e.g. dead-lettered
     history [--hours H] [--figures]
@@ -28,6 +28,7 @@ import csv
 import json
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -37,7 +38,15 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from remediation import discover
-from remediation.bindings import CONNECTIONS, Binding, BindingSet, Target, binding_problems, binding_warnings
+from remediation.bindings import (
+    CONNECTIONS,
+    Binding,
+    BindingSet,
+    Target,
+    TargetMatch,
+    binding_problems,
+    binding_warnings,
+)
 from remediation.errors import ConfigError, RemediationError
 from remediation.events import EventError, Kind, parse_events
 from remediation.fabric import FabricEntityNotFound, FabricNotAuthorized
@@ -45,12 +54,20 @@ from remediation.figures import figures
 from remediation.healer import Action, NotBound, Report
 from remediation.ledger import Outcome
 from remediation.redact import mask_urls
-from remediation.runtime import Runtime, build_healer, build_powerbi, load_bindings_from, open_ledger
+from remediation.runtime import (
+    Runtime,
+    build_fabric,
+    build_healer,
+    build_powerbi,
+    load_bindings_from,
+    open_ledger,
+)
 from remediation.settings import Settings
-from remediation.targets.fabric import could_reference
+from remediation.targets.fabric import could_reference, fabric_credential_type
 from remediation.telemetry import Telemetry, redact
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 TRIGGER = "cli"
 """The ``trigger`` of every outcome and ``CredentialRemediation`` event of the CLI (replay too)."""
 
@@ -102,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     heal.add_argument("--dataset", help="dataset id, with --workspace")
     heal.add_argument("--gateway", help="gateway id, with --datasource")
     heal.add_argument("--datasource", help="gateway data source id, with --gateway")
+    heal.add_argument("--connection", help="Fabric connection id (a GUID)")
 
     sub.add_parser("sweep", parents=[common], help="reconcile every binding and scan for failed refreshes")
     replay = sub.add_parser("replay", parents=[common], help="process events from a JSON file")
@@ -234,7 +252,11 @@ def _command(args: argparse.Namespace) -> Command:
         return lambda rt, dry, say: rt.healer.sweep(dry_run=dry, trigger=TRIGGER, progress=say)
     if args.command == "replay":
         return lambda rt, dry, say: _replay(rt, args.file, dry)
-    given = {k for k in ("secret", "workspace", "dataset", "gateway", "datasource") if getattr(args, k)}
+    given = {
+        k
+        for k in ("secret", "workspace", "dataset", "gateway", "datasource", "connection")
+        if getattr(args, k)
+    }
     again = bool(getattr(args, "present_again", False))
     if given == {"secret"}:
         return lambda rt, dry, say: rt.healer.heal_secret(
@@ -250,8 +272,16 @@ def _command(args: argparse.Namespace) -> Command:
         return lambda rt, dry, say: rt.healer.heal_target(
             args.gateway, args.datasource, dry_run=dry, trigger=TRIGGER, present_again=again
         )
+    if given == {"connection"}:
+        if not _GUID.fullmatch(args.connection.strip()):
+            raise ConfigError(f"--connection {args.connection!r} is not a connection id (a GUID)")
+        connection_id = args.connection.strip().lower()
+        return lambda rt, dry, say: rt.healer.heal_target(
+            CONNECTIONS, connection_id, dry_run=dry, trigger=TRIGGER, present_again=again
+        )
     raise ConfigError(
         "heal needs exactly one of: --secret NAME | --workspace W --dataset D | --gateway G --datasource S"
+        " | --connection C"
     )
 
 
@@ -397,6 +427,10 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
                     status = "ok"
                 row(binding.name, target.gateway_id, target.datasource_id, status, warnings)
             for match in binding.matches:
+                if match.selects_connections:
+                    for connection_id, status in _check_connection_match(runtime, bindings, binding, match):
+                        row(binding.name, "connection", connection_id, status, warnings)
+                    continue
                 hits = [
                     (gid, d.id)
                     for gid, items in by_gateway.items()
@@ -459,12 +493,45 @@ def _check_connection(runtime: Runtime, binding: Binding, target: Target) -> tup
     return "ok", advice
 
 
+def _check_connection_match(
+    runtime: Runtime, bindings: BindingSet, binding: Binding, match: TargetMatch
+) -> list[tuple[str, str]]:
+    """``bindings check`` for a connection ``match``: which connections it selects (a GET)."""
+    if runtime.fabric is None:  # pragma: no cover - build_healer always builds one
+        return [("-", "Fabric is not configured")]
+    try:
+        connections = runtime.fabric.list_connections()
+    except RemediationError as exc:
+        return [("-", f"could not list the Fabric connections: {exc}")]
+    wanted = fabric_credential_type(binding.credential_type)
+    rows: list[tuple[str, str]] = []
+    for connection in connections:
+        if not match.matches_connection(
+            connection.connection_type, connection.connectivity_type, connection.path
+        ):
+            continue
+        explicit = bindings.for_target(CONNECTIONS, connection.id)
+        if explicit is not None and explicit.name != binding.name:
+            rows.append((connection.id, f"ok (match; bound by id by {explicit.name!r}, which decides)"))
+        elif connection.credential_type and connection.credential_type != wanted:
+            rows.append(
+                (
+                    connection.id,
+                    f"match selects it, but it signs in with {connection.credential_type}, not {wanted}",
+                )
+            )
+        else:
+            rows.append((connection.id, "ok (match)"))
+    return rows or [("-", "match selects no connection")]
+
+
 def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO, as_json: bool) -> int:
     """Read-only inventory (GET requests only, no ledger, no Key Vault); see remediation.discover."""
     if as_json and args.csv:
         raise ConfigError("discover takes --json or --csv, not both")
     bindings = load_bindings_from(settings) if settings.bindings else BindingSet()
     powerbi = build_powerbi(settings)
+    fabric = build_fabric(settings)
     live = err.isatty() and not (as_json or args.csv)
     try:
         inventory = discover.scan(
@@ -475,9 +542,11 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
             if live
             else (lambda _m: None),
             concurrency=settings.concurrency,
+            fabric=fabric,
         )
     finally:
         powerbi.pipeline.close()
+        fabric.pipeline.close()
         if live:
             print("\r\033[K", end="", file=err, flush=True)
     if as_json:
@@ -492,6 +561,9 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
             print(f"warning: {problem}", file=err)
     if args.propose:
         draft = discover.propose_bindings(inventory.sources)
+        draft["bindings"] += discover.propose_connection_bindings(
+            inventory.connections, taken=[b["name"] for b in draft["bindings"]]
+        )
         try:
             with open(args.propose, "x", encoding="utf-8") as fh:
                 json.dump(draft, fh, indent=2)
@@ -502,7 +574,7 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
             raise ConfigError(f"cannot write {args.propose}: {exc.strerror}") from None
         print(
             f"wrote {args.propose}: {len(draft['bindings'])} draft bindings for "
-            f"{sum(len(b['targets']) for b in draft['bindings'])} unbound data sources; "
+            f"{sum(len(b['targets']) for b in draft['bindings'])} unbound data sources and connections; "
             "fill in every <...> placeholder, then run: python -m remediation bindings check",
             file=err,
         )

@@ -12,6 +12,13 @@ Two halves:
   (``GET /groups/{g}/datasets/{d}/datasources``), each dataset with its last refresh status
   (``GET .../refreshes?$top=1``). Cloud data sources appear only through datasets; Power BI says
   their credential type only when the identity may read them on their (virtual) gateway.
+* Fabric connections the identity has a role on (``GET /connections``, paged), when a Fabric
+  client is given: each with its connectivity type, gateway, masked ``connectionDetails``,
+  credential type, whether it is marked as a Key Vault reference in the bindings (the API does
+  not say) or could reference the secret instead of being pushed a copy (FABRIC.md's supported
+  connectors and credential types), the binding that covers it, and the datasets found for free:
+  those whose Power BI data source has the connection's id or corresponds to it (same type, its
+  ``server;database`` path; no extra call per dataset). A 401/403 from Fabric is a warning.
 * pure functions: :func:`masked_details` (secrets in URLs and connection strings masked),
   :func:`to_json`, :func:`to_csv_rows`, :func:`table_lines` and :func:`propose_bindings` (a draft
   bindings file for the data sources no binding covers, grouped by type, server, database, url,
@@ -27,21 +34,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from remediation.bindings import BINDABLE_TYPES, BindingSet, CredentialType
+from remediation.bindings import BINDABLE_TYPES, CONNECTIONS, BindingSet, CredentialType
 from remediation.errors import BindingsError
+from remediation.fabric import Connection, FabricClient, FabricNotAuthorized
 from remediation.http import ApiError
 from remediation.powerbi import DatasetDatasource, GatewayDatasource, PowerBIClient
 from remediation.redact import MASK, datasource_host, describe_datasource, mask_urls
+from remediation.refresher import is_connection_of
+from remediation.targets.fabric import could_reference
 
 __all__ = [
     "PLACEHOLDER_SECRET",
     "PLACEHOLDER_USERNAME",
     "DatasetUse",
+    "DiscoveredConnection",
     "DiscoveredSource",
     "Inventory",
     "is_placeholder",
     "masked_details",
     "propose_bindings",
+    "propose_connection_bindings",
     "scan",
     "table_lines",
     "to_csv_rows",
@@ -108,6 +120,30 @@ class DiscoveredSource:
 
 
 @dataclass
+class DiscoveredConnection:
+    """One Fabric connection (``path`` already masked). ``key_vault_reference``: a binding marks
+    it as reading the secret from Key Vault itself; ``could_reference``: it could (a cloud
+    connection of a supported connector and credential type)."""
+
+    id: str
+    display_name: str | None
+    connectivity_type: str
+    gateway_id: str | None
+    connection_type: str | None
+    path: str | None
+    credential_type: str | None
+    key_vault_reference: bool = False
+    could_reference: bool = False
+    binding: str | None = None
+    binding_problem: str | None = None
+    datasets: list[DatasetUse] = field(default_factory=list)
+
+    @property
+    def description(self) -> str:
+        return f"{self.connection_type or 'connection'} {self.path or self.display_name or self.id}"
+
+
+@dataclass
 class Inventory:
     """What a scan found, in a stable order, and what it could not read (no secret in it)."""
 
@@ -116,10 +152,15 @@ class Inventory:
     workspaces: int = 0
     datasets: int = 0
     problems: list[str] = field(default_factory=list)
+    connections: list[DiscoveredConnection] = field(default_factory=list)
 
     @property
     def unbound(self) -> list[DiscoveredSource]:
         return [s for s in self.sources if s.binding is None and s.datasource_id is not None]
+
+    @property
+    def unbound_connections(self) -> list[DiscoveredConnection]:
+        return [c for c in self.connections if c.binding is None and not c.binding_problem]
 
 
 # -- masking (pure) ---------------------------------------------------------------------------------
@@ -164,8 +205,10 @@ def scan(
     workspaces: Sequence[str] = (),
     progress: Progress = lambda _m: None,
     concurrency: int = 8,
+    fabric: FabricClient | None = None,
 ) -> Inventory:
-    """Read every reachable data source (GET requests only; no status check: it signs in).
+    """Read every reachable data source (GET requests only; no status check: it signs in), and
+    with ``fabric`` every Fabric connection the identity has a role on.
 
     ``workspaces``: extra workspace ids to read besides those ``GET /groups`` lists (the watched
     ones). Failures to read one gateway or dataset are kept in :attr:`Inventory.problems` and the
@@ -258,7 +301,82 @@ def scan(
         _attach_binding(source, bindings)
         source.datasets.sort(key=lambda u: (u.workspace_id, u.dataset_id))
     inventory.sources = sorted(found.values(), key=lambda s: (not s.on_premises, s.key))
+    if fabric is not None:
+        progress("reading Fabric connections")
+        inventory.connections = _connections(fabric, bindings, inventory)
     return inventory
+
+
+def _connections(
+    fabric: FabricClient, bindings: BindingSet, inventory: Inventory
+) -> list[DiscoveredConnection]:
+    """The Fabric connections, with their bindings and the datasets known to use them."""
+    try:
+        listed = fabric.list_connections()
+    except FabricNotAuthorized as exc:
+        inventory.problems.append(
+            f"Fabric connections not listed ({exc.code or exc.status}): the identity needs Fabric API "
+            "access (the tenant settings for service principals) and a role on the connections"
+        )
+        return []
+    except ApiError as exc:
+        inventory.problems.append(f"cannot list Fabric connections ({exc.code or exc.status})")
+        return []
+    found: list[DiscoveredConnection] = []
+    for c in listed:
+        explicit = bindings.for_target(CONNECTIONS, c.id)
+        target = None if explicit is None else next(t for t in explicit.targets if t.connection_id == c.id)
+        item = DiscoveredConnection(
+            id=c.id,
+            display_name=c.display_name,
+            connectivity_type=c.connectivity_type,
+            gateway_id=c.gateway_id,
+            connection_type=c.connection_type,
+            path=None if c.path is None else _mask_text(c.path),
+            credential_type=c.credential_type,
+            key_vault_reference=bool(target is not None and target.key_vault_reference),
+            could_reference=_could_reference(c),
+        )
+        try:
+            binding = bindings.for_connection(
+                c.id, connection_type=c.connection_type, connectivity_type=c.connectivity_type, path=c.path
+            )
+            item.binding = None if binding is None else binding.name
+        except BindingsError as exc:
+            item.binding_problem = str(exc)
+        for source in inventory.sources:
+            if source.datasource_id == c.id or is_connection_of(
+                c.connection_type,
+                c.connectivity_type,
+                c.gateway_id,
+                c.path,
+                source.datasource_type,
+                source.gateway_id,
+                _strings(source.connection_details),
+            ):
+                item.datasets.extend(u for u in source.datasets if u not in item.datasets)
+        item.datasets.sort(key=lambda u: (u.workspace_id, u.dataset_id))
+        found.append(item)
+    return sorted(found, key=lambda c: (c.connectivity_type, c.connection_type or "", c.path or "", c.id))
+
+
+_FABRIC_BINDABLE = {
+    "SharedAccessSignature": CredentialType.SAS,
+    "ServicePrincipal": CredentialType.SERVICE_PRINCIPAL,
+}
+
+
+def _connection_credential_type(credential_type: str | None) -> CredentialType | None:
+    """A connection's credential type as a binding spells it, when a binding can rotate it."""
+    if credential_type in _FABRIC_BINDABLE:
+        return _FABRIC_BINDABLE[credential_type]
+    found = _bindable(credential_type)
+    return None if found is CredentialType.OAUTH2 else found
+
+
+def _could_reference(connection: Connection) -> bool:
+    ctype = _connection_credential_type(connection.credential_type)
+    return ctype is not None and could_reference(connection, ctype)
 
 
 def _from_gateway(item: GatewayDatasource, *, on_premises: bool) -> DiscoveredSource:
@@ -301,7 +419,8 @@ def _attach_binding(source: DiscoveredSource, bindings: BindingSet) -> None:
 
 # -- output (pure) ----------------------------------------------------------------------------------
 def to_json(inventory: Inventory) -> dict[str, Any]:
-    """The ``--json`` document: ``{"datasources": [...]}`` exactly as DESIGN.md lists it."""
+    """The ``--json`` document: ``{"datasources": [...]}`` exactly as DESIGN.md lists it, and
+    ``"connections": [...]`` beside it (Fabric connections)."""
     return {
         "datasources": [
             {
@@ -321,7 +440,29 @@ def to_json(inventory: Inventory) -> dict[str, Any]:
                 ],
             }
             for s in inventory.sources
-        ]
+        ],
+        "connections": [
+            {
+                "id": c.id,
+                "displayName": c.display_name,
+                "connectivityType": c.connectivity_type,
+                "gatewayId": c.gateway_id,
+                "connectionDetails": {"type": c.connection_type, "path": c.path},
+                "credentialType": c.credential_type,
+                "keyVaultReference": c.key_vault_reference,
+                "couldReferenceKeyVault": c.could_reference,
+                "binding": c.binding,
+                "datasets": [
+                    {
+                        "workspaceId": u.workspace_id,
+                        "datasetId": u.dataset_id,
+                        "lastRefreshStatus": u.last_refresh_status,
+                    }
+                    for u in c.datasets
+                ],
+            }
+            for c in inventory.connections
+        ],
     }
 
 
@@ -333,6 +474,9 @@ CSV_HEADER = (
     "credentialType",
     "binding",
     "datasets",
+    "kind",
+    "connectivityType",
+    "keyVaultReference",
 )
 
 
@@ -351,9 +495,34 @@ def to_csv_rows(inventory: Inventory) -> list[list[str]]:
                 s.credential_type or "",
                 s.binding or "",
                 uses,
+                "datasource",
+                "",
+                "",
+            ]
+        )
+    for c in inventory.connections:
+        uses = " ".join(f"{u.workspace_id}/{u.dataset_id}:{u.last_refresh_status or '-'}" for u in c.datasets)
+        rows.append(
+            [
+                c.gateway_id or "",
+                c.id,
+                c.connection_type or "",
+                json.dumps({"path": c.path}, separators=(",", ":")),
+                c.credential_type or "",
+                c.binding or "",
+                uses,
+                "connection",
+                c.connectivity_type,
+                _reference_state(c),
             ]
         )
     return rows
+
+
+def _reference_state(c: DiscoveredConnection) -> str:
+    if c.key_vault_reference:
+        return "yes"
+    return "could" if c.could_reference else "no"
 
 
 def table_lines(inventory: Inventory) -> list[str]:
@@ -384,8 +553,33 @@ def table_lines(inventory: Inventory) -> list[str]:
         f"{len(inventory.sources)} data sources ({unbound} not bound) on {inventory.gateways} gateways, "
         f"used by {inventory.datasets} datasets in {inventory.workspaces} workspaces."
     )
+    if inventory.connections:
+        lines += [""] + _connection_table(inventory.connections)
+        unbound = len(inventory.unbound_connections)
+        lines.append(f"{len(inventory.connections)} Fabric connections ({unbound} not bound).")
     lines += [f"warning: {p}" for p in inventory.problems]
     lines += [f"warning: {s.binding_problem}" for s in inventory.sources if s.binding_problem]
+    lines += [f"warning: {c.binding_problem}" for c in inventory.connections if c.binding_problem]
+    return lines
+
+
+def _connection_table(connections: Sequence[DiscoveredConnection]) -> list[str]:
+    headers = ["CONNECTION", "ID", "CONNECTIVITY", "CREDENTIAL", "KEY VAULT", "BINDING", "DATASETS"]
+    rows = [
+        [
+            c.description,
+            c.id[:8],
+            c.connectivity_type,
+            c.credential_type or "?",
+            {"yes": "reference", "could": "could reference", "no": "-"}[_reference_state(c)],
+            c.binding or ("AMBIGUOUS" if c.binding_problem else "-"),
+            str(len(c.datasets)),
+        ]
+        for c in connections
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return lines
 
 
@@ -430,6 +624,57 @@ def propose_bindings(sources: Iterable[DiscoveredSource]) -> dict[str, Any]:
         entry["targets"] = [{"gatewayId": m.gateway_id, "datasourceId": m.datasource_id} for m in members]
         bindings.append(entry)
     return {"bindings": bindings}
+
+
+PLACEHOLDER_TENANT = "<tenant id of the app>"
+PLACEHOLDER_CLIENT = "<client id of the app>"
+
+
+def propose_connection_bindings(
+    connections: Iterable[DiscoveredConnection], taken: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """Draft bindings with ``connectionId`` targets for the connections no binding covers, one
+    per type, path and credential type (placeholders as in :func:`propose_bindings`; a
+    ServicePrincipal draft also needs the app's tenant and client ids). Connections whose
+    credential a binding cannot rotate (OAuth2, WorkspaceIdentity, KeyPair, Anonymous...) are
+    skipped; one that could reference Key Vault is still proposed (see ``bindings check``)."""
+    groups: dict[tuple[str, str, str], list[DiscoveredConnection]] = {}
+    for c in connections:
+        if c.binding is not None or c.binding_problem:
+            continue
+        ctype = _connection_credential_type(c.credential_type)
+        if ctype is None:
+            continue
+        key = ((c.connection_type or "").casefold(), (c.path or "").casefold(), ctype.value)
+        groups.setdefault(key, []).append(c)
+    names = set(taken)
+    bindings: list[dict[str, Any]] = []
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda c: c.id)
+        first = members[0]
+        ctype = CredentialType(key[-1])
+        host = (first.path or "").split(";", 1)[0]
+        base = "-".join(
+            w
+            for w in (
+                _NAME_CHARS.sub("-", p.casefold()).strip("-")
+                for p in ("conn", first.connection_type or "", host)
+            )
+            if w
+        )[:60]
+        entry: dict[str, Any] = {
+            "name": _unique_name(base or "connection", names),
+            "secret": PLACEHOLDER_SECRET,
+            "credentialType": ctype.value,
+        }
+        if ctype in (CredentialType.BASIC, CredentialType.WINDOWS):
+            entry["username"] = PLACEHOLDER_USERNAME
+        if ctype is CredentialType.SERVICE_PRINCIPAL:
+            entry["tenantId"] = PLACEHOLDER_TENANT
+            entry["clientId"] = PLACEHOLDER_CLIENT
+        entry["targets"] = [{"connectionId": m.id} for m in members]
+        bindings.append(entry)
+    return bindings
 
 
 def _bindable(credential_type: str | None) -> CredentialType | None:

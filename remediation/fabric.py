@@ -43,6 +43,7 @@ __all__ = [
     "FabricNotAuthorized",
     "GatewayMember",
     "IncorrectCredentials",
+    "ItemConnection",
     "Operation",
     "OperationFailed",
 ]
@@ -164,6 +165,19 @@ class Connection:
 
 
 @dataclass(frozen=True)
+class ItemConnection:
+    """``ItemConnection``: a connection an item (a semantic model) is bound to. ``id`` is None
+    for a virtual connection (e.g. Direct Lake), which has no credential of its own."""
+
+    id: str | None
+    connectivity_type: str
+    display_name: str | None = None
+    gateway_id: str | None = None
+    connection_type: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True)
 class GatewayMember:
     """``OnPremisesGatewayMember``: each member of a cluster has its own key."""
 
@@ -250,6 +264,21 @@ def _connection(response: ApiResponse, raw: object, where: str) -> Connection:
         connection_encryption=_str(
             response, creds, "connectionEncryption", where + ".credentialDetails", required=False
         ),
+    )
+
+
+def _item_connection(response: ApiResponse, raw: object, where: str) -> ItemConnection:
+    obj = _obj(response, raw, where)
+    details = obj.get("connectionDetails") or {}
+    if not isinstance(details, Mapping):
+        raise response.invalid(f"{where}.connectionDetails must be an object")
+    return ItemConnection(
+        id=_guid(response, obj, "id", where) if obj.get("id") is not None else None,
+        connectivity_type=_str(response, obj, "connectivityType", where, required=True) or "",
+        display_name=_str(response, obj, "displayName", where, required=False),
+        gateway_id=_guid(response, obj, "gatewayId", where) if obj.get("gatewayId") is not None else None,
+        connection_type=_str(response, details, "type", where + ".connectionDetails", required=False),
+        path=_str(response, details, "path", where + ".connectionDetails", required=False),
     )
 
 
@@ -403,6 +432,15 @@ class FabricClient:
             before_attempt=before_attempt,
         )
         return _connection(response, response.json(), "connection")
+
+    # -- items ---------------------------------------------------------------------------------
+    def list_item_connections(self, workspace_id: str, item_id: str) -> list[ItemConnection]:
+        """``Items_ListItemConnections``: the connections a semantic model (or other item) is
+        bound to. The caller needs read and write permission on the item."""
+        url = self._url(
+            "workspaces", _id("workspace_id", workspace_id), "items", _id("item_id", item_id), "connections"
+        )
+        return [_item_connection(r, v, "item connections") for r, v in self._paged(url, "item connections")]
 
     # -- gateways ------------------------------------------------------------------------------
     def get_gateway(self, gateway_id: str) -> FabricGateway:

@@ -46,11 +46,11 @@ from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 from remediation.accounts import account_key, source_locator, text_map
-from remediation.bindings import Binding, BindingSet, CredentialType, Target
+from remediation.bindings import CONNECTIONS, Binding, BindingSet, CredentialType, Target
 from remediation.credentials import ResolvedCredential, resolve_credential
 from remediation.decisions import Decision, account_decision, decide
 from remediation.errors import ConfigError, NotBound, RemediationError, SecretVersionNotFound
-from remediation.fabric import FabricClient
+from remediation.fabric import Connection, FabricClient
 from remediation.http import ApiError, ThrottledPastDeadline, deadline_scope
 from remediation.identity import AuthenticationError
 from remediation.inventory import CACHE_SECONDS
@@ -64,7 +64,7 @@ from remediation.report import HOLDS_CURRENT, PROBLEMS, Action, Report
 from remediation.runs import Resolved, Run
 from remediation.settings import Settings
 from remediation.targets import Presented, TargetKind
-from remediation.targets.fabric import FabricKind
+from remediation.targets.fabric import FabricKind, fabric_credential_type
 from remediation.targets.gateway import GatewayKind, TakeOverRefused, UserTokenFactory
 from remediation.telemetry import REDACTOR
 
@@ -138,6 +138,7 @@ class Healer:
             powerbi=powerbi,
             ledger=ledger,
             targets=self,
+            fabric=fabric,
             clock=clock,
             sleep=sleep,
             poll_interval=poll_interval,
@@ -205,16 +206,19 @@ class Healer:
         present_again: bool = False,
         retry_refreshes: bool = False,
     ) -> Report:
-        """Bring one gateway data source to its binding's current secret; with
+        """Bring one gateway data source (or, with ``gateway_id`` :data:`~remediation.bindings.CONNECTIONS`,
+        one Fabric connection) to its binding's current secret; with
         ``retry_refreshes`` (a part of a secret's fan-out), then retry the refreshes that failed
         for credentials on the datasets that use it, as :meth:`heal_secret` does."""
         gateway_id, datasource_id = gateway_id.lower(), datasource_id.lower()
         binding = self.bindings.for_target(gateway_id, datasource_id)
         run = self._start(trigger, correlation_id, dry_run, deadline, present_again)
         try:
-            locator = ""
+            locator, refused = "", ""
             if binding is None:
-                binding, locator = self._binding_by_match(gateway_id, datasource_id, run)
+                binding, locator, refused = self._binding_by_match(gateway_id, datasource_id, run)
+            if binding is None and gateway_id == CONNECTIONS:
+                raise NotBound(f"no binding covers connection {datasource_id}")
             if binding is None:
                 raise NotBound(f"no binding covers gateway {gateway_id} data source {datasource_id}")
             # The binding's own target when it lists it (a Fabric connection's marks go along).
@@ -223,7 +227,7 @@ class Healer:
                 Target(gateway_id, datasource_id),
             )
             locator = locator or self._locator_of(target, run)
-            (outcome,) = self.heal_targets([Resolved(binding, target, locator)], run)
+            (outcome,) = self.heal_targets([Resolved(binding, target, locator, refused)], run)
             if retry_refreshes and outcome.action in (Action.UPDATED, Action.CURRENT):
                 self.refresher.retry_failed_refreshes({(gateway_id, datasource_id)}, run)
         finally:
@@ -496,6 +500,8 @@ class Healer:
         binding, target = item.binding, item.target
         if run.out_of_time(self._clock()):
             return done(Action.DEFERRED, "the time budget ran out; the next run continues")
+        if item.refused:
+            return done(Action.FAILED, item.refused)
         if target.key_vault_reference:
             # Fabric reads the current version itself at run time; a copy would replace the reference.
             return done(
@@ -814,12 +820,66 @@ class Healer:
                 if target.key not in seen:
                     seen.add(target.key)
                     resolved.append(Resolved(binding, target, self._locator_of(target, run)))
-            if binding.matches:
+            if any(not m.selects_connections for m in binding.matches):
                 for gateway_id, datasource_id, locator in self._matching_datasources(binding, run):
                     if (gateway_id, datasource_id) not in seen:
                         seen.add((gateway_id, datasource_id))
                         resolved.append(Resolved(binding, Target(gateway_id, datasource_id), locator))
+            if binding.matches_connections:
+                for item in self._matching_connections(binding, run):
+                    if item.target.key not in seen:
+                        seen.add(item.target.key)
+                        resolved.append(item)
         return resolved
+
+    def _matching_connections(self, binding: Binding, run: Run) -> list[Resolved]:
+        """The Fabric connections a connection ``match`` of ``binding`` selects (``GET
+        /connections``, once per run). A connection another binding names by id is that
+        binding's (a Key Vault reference is marked there, and never sent a copy). One whose
+        credential type is not the binding's is refused: it signs in another way, maybe as
+        another account, and presenting this secret there would be a failed sign-in."""
+        try:
+            connections = self.all_connections(run)
+        except (ApiError, RemediationError) as exc:
+            run.add(
+                Outcome(
+                    time=self._clock(),
+                    trigger=run.trigger,
+                    correlation_id=run.correlation_id,
+                    binding=binding.name,
+                    secret_name=binding.secret,
+                    action=Action.FAILED.value,
+                    reason=mask_urls(f"could not list the Fabric connections its match selects from: {exc}"),
+                )
+            )
+            return []
+        found: list[Resolved] = []
+        for connection in connections:
+            if not binding.matches_connection(
+                connection.connection_type, connection.connectivity_type, connection.path
+            ):
+                continue
+            explicit = self.bindings.for_target(CONNECTIONS, connection.id)
+            if explicit is not None and explicit.name != binding.name:
+                continue
+            target = next(
+                (t for t in binding.targets if t.connection_id == connection.id),
+                Target.connection(connection.id),
+            )
+            found.append(
+                Resolved(binding, target, _connection_locator(connection), _refusal(binding, connection))
+            )
+        return found
+
+    def all_connections(self, run: Run) -> list[Connection]:
+        """Every Fabric connection the identity has a role on (``GET /connections``, paged; once
+        per run). Empty without a Fabric client. Raises :class:`~remediation.http.ApiError`."""
+        if self.fabric_kind is None:
+            return []
+        with run.key_lock("fabric-connections"):
+            if run.fabric_connections is None:
+                run.fabric_connections = self.fabric_kind.fabric.list_connections()
+            return run.fabric_connections
 
     def _matching_datasources(self, binding: Binding, run: Run) -> list[tuple[str, str, str]]:
         found = []
@@ -832,7 +892,23 @@ class Healer:
                     found.append((gateway_id, datasource.id.lower(), locator))
         return found
 
-    def _binding_by_match(self, gateway_id: str, datasource_id: str, run: Run) -> tuple[Binding | None, str]:
+    def _binding_by_match(
+        self, gateway_id: str, datasource_id: str, run: Run
+    ) -> tuple[Binding | None, str, str]:
+        """The binding whose ``match`` selects the target, where it signs in, and why it is
+        refused (a connection with another credential type), if it is."""
+        if gateway_id == CONNECTIONS:
+            for connection in self.all_connections(run):
+                if connection.id == datasource_id:
+                    binding = self.bindings.for_connection(
+                        datasource_id,
+                        connection_type=connection.connection_type,
+                        connectivity_type=connection.connectivity_type,
+                        path=connection.path,
+                    )
+                    refused = "" if binding is None else _refusal(binding, connection)
+                    return binding, _connection_locator(connection), refused
+            return None, "", ""
         for gw, datasource in self._all_gateway_datasources(run):
             if gw == gateway_id and datasource.id.lower() == datasource_id:
                 details = text_map(datasource.connection() or {})
@@ -842,8 +918,8 @@ class Healer:
                     datasource_type=datasource.datasource_type or "",
                     connection_details=details,
                 )
-                return binding, source_locator(datasource.datasource_type, details)
-        return None, ""
+                return binding, source_locator(datasource.datasource_type, details), ""
+        return None, "", ""
 
     def _locator_of(self, target: Target, run: Run) -> str:
         """Where a target named by its ids signs in (``""`` when unknown, see
@@ -974,6 +1050,26 @@ class Healer:
             ),
             duration=round(self._clock() - run.started, 3),
         )
+
+
+def _refusal(binding: Binding, connection: Connection) -> str:
+    """Why a connection a ``match`` of ``binding`` selects is not sent its secret ("" if it is):
+    it signs in with another credential type, so maybe as another account."""
+    wanted = fabric_credential_type(binding.credential_type)
+    if not connection.credential_type or connection.credential_type == wanted:
+        return ""
+    return (
+        f"connection {connection.id} is selected by the match of {binding.name!r}, but it signs in with "
+        f"{connection.credential_type}, not {wanted}: it may be another account, so nothing is sent; "
+        "narrow the match, or bind the connection by connectionId"
+    )
+
+
+def _connection_locator(connection: Connection) -> str:
+    """Where a connection signs in: the server of a ``server;database`` path, a URL's host."""
+    path = connection.path or ""
+    first = path.split(";", 1)[0]
+    return source_locator(connection.connection_type, {"server": first} if ";" in path else {"path": path})
 
 
 def _iso(ts: float) -> str:

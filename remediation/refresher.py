@@ -14,24 +14,36 @@ A credential failure is blamed on a data source only when the failure names it (
 source; a failure after the current version was applied to that source proves the version
 wrong there (recorded as rejected, for the target and the account). A dataset with an unbound
 source that may be the failing one is not refreshed either.
+
+**Semantic models bound to Fabric connections** follow the same rules, the connection standing
+for the data source. Which connections a model is bound to is read from Fabric
+(``GET /workspaces/{ws}/items/{id}/connections``) when some binding targets connections. Whether
+the ``datasourceId`` Power BI lists for such a source *is* the connection id is unconfirmed
+(FABRIC.md), so both are handled: a data source whose id is a connection's is that connection;
+otherwise it is the item connection it uniquely corresponds to (same type, its ``server;database``
+path, the same gateway for on-premises ones: :func:`is_connection_of`). An item connection that
+no Power BI data source corresponds to is one more credential-bearing source of the dataset.
+When the item connections cannot be read, only the first rule applies, and a source it does not
+settle stays an unbound source (the dataset is then not refreshed: the safe side).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Protocol, TypeVar
 
-from remediation.accounts import failed_source, source_locator, source_matches, text_map
-from remediation.bindings import BindingSet, Target
+from remediation.accounts import FailedSource, failed_source, source_locator, source_matches, text_map
+from remediation.bindings import CONNECTIONS, BindingSet, Target
 from remediation.diagnosis import Category, Diagnosis, diagnose_refresh
 from remediation.errors import RemediationError
+from remediation.fabric import Connection, FabricClient, ItemConnection
 from remediation.http import ApiError, ThrottledPastDeadline
 from remediation.inventory import Inventory
 from remediation.keyvault import SecretValue
-from remediation.ledger import DatasetRecord, Ledger, Outcome, utc_day
+from remediation.ledger import DatasetRecord, InventorySource, Ledger, Outcome, utc_day
 from remediation.powerbi import (
     DatasetDatasource,
     PowerBIClient,
@@ -44,7 +56,7 @@ from remediation.report import Action
 from remediation.runs import Resolved, Run
 from remediation.settings import Settings
 
-__all__ = ["Refresher", "TargetHealer"]
+__all__ = ["Refresher", "TargetHealer", "is_connection_of"]
 
 logger = logging.getLogger(__name__)
 _CURSOR = "sweep-cursor"
@@ -66,6 +78,45 @@ class TargetHealer(Protocol):
 
     def in_parallel(self, work: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]: ...
 
+    def all_connections(self, run: Run) -> list[Connection]: ...
+
+
+_ON_PREMISES = ("OnPremisesGateway", "OnPremisesGatewayPersonal")
+
+
+def is_connection_of(
+    connection_type: str | None,
+    connectivity_type: str | None,
+    connection_gateway: str | None,
+    path: str | None,
+    datasource_type: str | None,
+    gateway_id: str | None,
+    connection_details: Mapping[str, object] | None,
+) -> bool:
+    """True when a Power BI data source (type, gateway, ``connectionDetails``) may be the Fabric
+    connection (``connectionDetails.type`` and ``.path``, its gateway): the same type, every
+    part of the ``server;database`` path among its details, the same gateway when on-premises."""
+    if not path:
+        return False
+    if (
+        connectivity_type in _ON_PREMISES
+        and connection_gateway
+        and (gateway_id or "").lower() != connection_gateway
+    ):
+        return False
+    return source_matches(
+        FailedSource(kind=connection_type or "", path=path), datasource_type, connection_details
+    )
+
+
+def _path_details(path: str | None) -> dict[str, str]:
+    """A connection's path as the data source details a refresh failure is compared with."""
+    text = path or ""
+    server, _, database = text.partition(";")
+    if database:
+        return {"server": server, "database": database}
+    return {"path": text} if text else {}
+
 
 class Refresher:
     """Heals datasets: their bound sources through the healer, then their refresh."""
@@ -78,6 +129,7 @@ class Refresher:
         powerbi: PowerBIClient,
         ledger: Ledger,
         targets: TargetHealer,
+        fabric: FabricClient | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         poll_interval: float = 5.0,
@@ -85,6 +137,7 @@ class Refresher:
         self.settings = settings
         self.bindings = bindings
         self.powerbi = powerbi
+        self.fabric = fabric
         self.ledger = ledger
         self._targets = targets
         self._clock = clock
@@ -138,7 +191,8 @@ class Refresher:
             except ApiError as exc:
                 report(Action.FAILED, f"could not list the dataset's data sources: {exc}")
                 return
-        resolved, unbound = self._dataset_bindings(sources, report)
+        sources, connections = self._with_connections(workspace_id, dataset_id, sources, run)
+        resolved, unbound = self._dataset_bindings(sources, report, connections)
         credential_bearing = [s for s in sources if s.bound]
 
         culprit: DatasetDatasource | None = None
@@ -182,6 +236,8 @@ class Refresher:
             action = Action(outcome.action or Action.FAILED.value)
             if action in (Action.UPDATED, Action.WOULD_UPDATE):
                 continue
+            if action is Action.REFERENCED and culprit_key is not None and culprit_key != item.target.key:
+                continue  # Fabric reads it from Key Vault itself; the failure names another source
             if action is Action.CURRENT:
                 fixed_since = self._applied_after(item, failed_at)
                 if fixed_since or (culprit_key is not None and culprit_key != item.target.key):
@@ -227,7 +283,8 @@ class Refresher:
             except ApiError as exc:
                 logger.warning("dataset %s: cannot list data sources: %s", dataset_id, exc)
                 sources = []
-            resolved, _ = self._dataset_bindings(sources, lambda *_a, **_k: None)  # type: ignore[arg-type]
+            sources, connections = self._with_connections(workspace_id, dataset_id, sources, run)
+            resolved, _ = self._dataset_bindings(sources, lambda *_a, **_k: None, connections)  # type: ignore[arg-type]
             named = failed_source(latest.service_exception_json)
             credential_bearing = [s for s in sources if s.bound]
             if named is not None:
@@ -289,8 +346,119 @@ class Refresher:
                 refresh_state=latest.status,
             )
 
+    def _with_connections(
+        self, workspace_id: str, dataset_id: str, sources: Sequence[DatasetDatasource], run: Run
+    ) -> tuple[list[DatasetDatasource], dict[str, ItemConnection | Connection]]:
+        """The dataset's sources with the Fabric connections it is bound to in their place (as
+        ``(gatewayId "connections", connection id)``), and what is known of those connections
+        (see the module docstring). Unchanged when no binding targets connections."""
+        if self.fabric is None or not self.bindings.binds_connections:
+            return list(sources), {}
+        known: dict[str, ItemConnection | Connection] = {}
+        try:
+            known.update((c.id, c) for c in self._targets.all_connections(run))
+        except (ApiError, RemediationError) as exc:
+            logger.warning("cannot list the Fabric connections: %s", exc)
+        items: list[ItemConnection] = []
+        try:
+            items = [
+                c for c in self.fabric.list_item_connections(workspace_id, dataset_id) if c.id is not None
+            ]
+        except (ApiError, RemediationError) as exc:
+            logger.warning("dataset %s: cannot list the connections it is bound to: %s", dataset_id, exc)
+        for item in items:
+            assert item.id is not None
+            known.setdefault(item.id, item)
+        bound_ids = {t.connection_id for b in self.bindings for t in b.targets if t.connection_id is not None}
+        item_ids = {c.id for c in items}
+        used: set[str] = set()
+        out: list[DatasetDatasource] = []
+        for source in sources:
+            if not source.bound or source.gateway_id is None or source.datasource_id is None:
+                out.append(source)
+                continue
+            datasource_id = source.datasource_id.lower()
+            connection_id: str | None = None
+            if datasource_id in item_ids or datasource_id in bound_ids or datasource_id in known:
+                connection_id = datasource_id  # Power BI lists the connection under its own id
+            else:
+                candidates = [
+                    c.id
+                    for c in items
+                    if c.id not in used
+                    and is_connection_of(
+                        c.connection_type,
+                        c.connectivity_type,
+                        c.gateway_id,
+                        c.path,
+                        source.datasource_type,
+                        source.gateway_id,
+                        source.connection_details,
+                    )
+                ]
+                if len(candidates) == 1:
+                    connection_id = candidates[0]
+            if connection_id is None:
+                out.append(source)
+                continue
+            used.add(connection_id)
+            if self._healed_as_datasource(source, known.get(connection_id), connection_id):
+                out.append(source)  # bound as the gateway data source it also is: healed as that
+                continue
+            out.append(
+                DatasetDatasource(
+                    source.datasource_type, source.connection_details, CONNECTIONS, connection_id, source.name
+                )
+            )
+        for item in items:
+            assert item.id is not None
+            if item.id not in used:
+                out.append(
+                    DatasetDatasource(
+                        item.connection_type,
+                        _path_details(item.path),
+                        CONNECTIONS,
+                        item.id,
+                        item.display_name,
+                    )
+                )
+        return out, known
+
+    def _healed_as_datasource(
+        self, source: DatasetDatasource, connection: ItemConnection | Connection | None, connection_id: str
+    ) -> bool:
+        """Whether a source that is also a Fabric connection is healed as the gateway data source:
+        when a binding names it by gateway and data source id, or, with no binding for the
+        connection, when a data source ``match`` selects it."""
+        gateway_id, datasource_id = source.gateway_id or "", source.datasource_id or ""
+        if self.bindings.for_target(gateway_id, datasource_id) is not None:
+            return True
+        try:
+            if (
+                self.bindings.for_connection(
+                    connection_id,
+                    connection_type=None if connection is None else connection.connection_type,
+                    connectivity_type=None if connection is None else connection.connectivity_type,
+                    path=None if connection is None else connection.path,
+                )
+                is not None
+            ):
+                return False
+            matched = self.bindings.for_datasource(
+                gateway_id,
+                datasource_id,
+                datasource_type=source.datasource_type or "",
+                connection_details=text_map(source.connection_details),
+            )
+        except RemediationError:
+            return False  # reported where the connection's binding is looked up again
+        return matched is not None
+
     def _dataset_bindings(
-        self, sources: Sequence[DatasetDatasource], report: Callable[..., Outcome]
+        self,
+        sources: Sequence[DatasetDatasource],
+        report: Callable[..., Outcome],
+        connections: Mapping[str, ItemConnection | Connection] | None = None,
     ) -> tuple[list[Resolved], list[DatasetDatasource]]:
         """The dataset's bound targets, and its credential-bearing sources that have no binding."""
         resolved: list[Resolved] = []
@@ -299,6 +467,37 @@ class Refresher:
             if not source.bound or source.gateway_id is None or source.datasource_id is None:
                 continue
             details = text_map(source.connection_details)
+            if source.gateway_id == CONNECTIONS:
+                connection_id = source.datasource_id
+                connection = (connections or {}).get(connection_id)
+                try:
+                    binding = self.bindings.for_connection(
+                        connection_id,
+                        connection_type=None if connection is None else connection.connection_type,
+                        connectivity_type=None if connection is None else connection.connectivity_type,
+                        path=None if connection is None else connection.path,
+                    )
+                except RemediationError as exc:
+                    report(Action.FAILED, str(exc))
+                    unbound.append(source)
+                    continue
+                if binding is None:
+                    unbound.append(source)
+                    report(
+                        Action.UNBOUND,
+                        f"Fabric connection {connection_id} "
+                        f"({describe_datasource(source.datasource_type, source.connection_details)}) has no "
+                        "binding: add one to the bindings file so it can be healed",
+                        gateway_id=CONNECTIONS,
+                        datasource_id=connection_id,
+                    )
+                    continue
+                target = next(
+                    (t for t in binding.targets if t.connection_id == connection_id),
+                    Target.connection(connection_id),
+                )
+                resolved.append(Resolved(binding, target, source_locator(source.datasource_type, details)))
+                continue
             binding = self.bindings.for_target(source.gateway_id, source.datasource_id)
             if binding is None:
                 try:
@@ -482,8 +681,12 @@ class Refresher:
         refresh failed for credentials. Which datasets those are comes from the stored inventory
         (no scan of the tenant); only their refresh history is read."""
         keys = {(g.lower(), d.lower()) for g, d in healed if g is not None and d is not None}
+        uses_connection = self._connection_users({d for g, d in keys if g == CONNECTIONS}, run)
         records = [
-            r for r in self.inventory.stored(run) if r.refreshable and self.inventory.uses_any(r, keys)
+            r
+            for r in self.inventory.stored(run)
+            if r.refreshable
+            and (self.inventory.uses_any(r, keys) or any(uses_connection(s) for s in r.sources))
         ]
         failed = self._failed_among(records, run, cursor=None)
 
@@ -516,7 +719,12 @@ class Refresher:
         except ApiError as exc:
             logger.warning("cannot list workspaces: %s", exc)
             return []
-        records = [r for r in sync.records if r.refreshable and self.inventory.uses_bound(r)]
+        uses_connection = self._connection_users(None, run)
+        records = [
+            r
+            for r in sync.records
+            if r.refreshable and (self.inventory.uses_bound(r) or any(uses_connection(s) for s in r.sources))
+        ]
         say(
             f"inventory: {len(sync.records)} datasets, {len(records)} use bound data sources "
             f"({sync.read} data source lists read)"
@@ -533,6 +741,64 @@ class Refresher:
                 "reads them",
             )
         return self._failed_among(records, run, cursor=_CURSOR)
+
+    def _connection_users(self, wanted: set[str] | None, run: Run) -> Callable[[InventorySource], bool]:
+        """Whether an inventory source may be one of the Fabric connections ``wanted`` (None:
+        every connection some binding covers): its id is the connection's, or it corresponds to
+        the connection (:func:`is_connection_of`). Candidates only: :meth:`heal_dataset` reads
+        the item's connections before anything is decided."""
+        if self.fabric is None or not self.bindings.binds_connections or wanted == set():
+            return lambda _source: False
+        try:
+            listed = self._targets.all_connections(run)
+        except (ApiError, RemediationError) as exc:
+            logger.warning("cannot list the Fabric connections: %s", exc)
+            listed = []
+        ids = set(wanted or ()) | (
+            {t.connection_id for b in self.bindings for t in b.targets if t.connection_id}
+            if wanted is None
+            else set()
+        )
+        chosen: list[Connection] = []
+        for c in listed:
+            if wanted is not None and c.id not in wanted:
+                continue
+            if wanted is None:
+                try:
+                    covered = (
+                        self.bindings.for_connection(
+                            c.id,
+                            connection_type=c.connection_type,
+                            connectivity_type=c.connectivity_type,
+                            path=c.path,
+                        )
+                        is not None
+                    )
+                except RemediationError:
+                    covered = True  # selected by several matches: bound (heal_dataset reports it)
+                if not covered:
+                    continue
+            ids.add(c.id)
+            chosen.append(c)
+
+        def uses(source: InventorySource) -> bool:
+            if source.datasource_id.lower() in ids:
+                return True
+            details = source.details()
+            return any(
+                is_connection_of(
+                    c.connection_type,
+                    c.connectivity_type,
+                    c.gateway_id,
+                    c.path,
+                    source.datasource_type,
+                    source.gateway_id,
+                    details,
+                )
+                for c in chosen
+            )
+
+        return uses
 
     def _failed_among(
         self, records: Sequence[DatasetRecord], run: Run, *, cursor: str | None

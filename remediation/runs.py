@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from remediation.accounts import presentation_locator
 from remediation.bindings import Binding, Target
+from remediation.fabric import Connection
 from remediation.keyvault import SecretValue
 from remediation.ledger import Outcome
 from remediation.powerbi import GatewayDatasource
@@ -36,6 +37,7 @@ class Run:
     secrets: dict[str, SecretValue] = field(default_factory=dict)
     redactions: list[int] = field(default_factory=list)
     gateway_datasources: list[tuple[str, GatewayDatasource]] | None = None
+    fabric_connections: list[Connection] | None = None  # GET /connections, read once per run
     workspaces: list[str] | None = None  # the watched (or visible) workspaces, read once per run
     settled: dict[tuple[str, str], Outcome] = field(default_factory=dict)  # targets done this run
     allowed_again: set[tuple[str, str, str]] = field(default_factory=set)
@@ -124,6 +126,7 @@ class Resolved:
     binding: Binding
     target: Target
     locator: str = ""  # where at the source it signs in, when known (see accounts.source_locator)
+    refused: str = ""  # why a match's selection is not healed (nothing is sent), when it is not
 
     @property
     def where(self) -> str:

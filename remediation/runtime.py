@@ -91,6 +91,18 @@ def build_powerbi(settings: Settings) -> PowerBIClient:
     return PowerBIClient(settings.powerbi_api_url, PowerBITokenProvider(settings), pipeline)
 
 
+FABRIC_PAUSE = "throttle:fabric"
+"""The ledger marker of Fabric's throttling pause (Power BI's is ``throttle:powerbi``)."""
+
+
+def build_fabric(settings: Settings) -> FabricClient:
+    """A Fabric client alone (``discover`` reads the connections with it: GET requests only)."""
+    pipeline = HttpPipeline.from_settings(settings, service="fabric", stats=CallStats())
+    return FabricClient(
+        settings.fabric_api_url, PowerBITokenProvider(settings, scope=settings.fabric_scope), pipeline
+    )
+
+
 def build_healer(
     settings: Settings,
     *,
@@ -110,8 +122,10 @@ def build_healer(
     # Power BI throttles per principal: a 429's pause holds for every instance (through the ledger).
     pipeline.shared_pause = LedgerPause(ledger)
     powerbi = PowerBIClient(settings.powerbi_api_url, PowerBITokenProvider(settings), pipeline)
-    # Fabric throttles per principal too; its pause is its own (another service, another budget).
+    # Fabric throttles per principal too; its pause is its own (another service, another budget),
+    # shared across instances in its own ledger marker.
     fabric_pipeline = HttpPipeline.from_settings(settings, service="fabric", stats=stats, sleep=sleep)
+    fabric_pipeline.shared_pause = LedgerPause(ledger, FABRIC_PAUSE)
     fabric = FabricClient(
         settings.fabric_api_url,
         PowerBITokenProvider(settings, scope=settings.fabric_scope),

@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from remediation.bindings import CONNECTIONS
 from remediation.errors import ConfigError, RemediationError
 from remediation.events import Event, EventError, Kind, parse_event
 from remediation.healer import Action, NotBound, Report, SecretVersionNotFound
@@ -59,6 +60,7 @@ _SHAPES: tuple[frozenset[str], ...] = (
     frozenset({"secretName", "version"}),
     frozenset({"workspaceId", "datasetId"}),
     frozenset({"gatewayId", "datasourceId"}),
+    frozenset({"connectionId"}),
 )
 _OPTIONS = frozenset({"dryRun", "presentAgain"})
 _KNOWN = frozenset().union(*_SHAPES) | _OPTIONS
@@ -367,7 +369,7 @@ class RemediationService:
                 400,
                 "InvalidRequest",
                 'give one of {"secretName"[, "version"]}, '
-                '{"workspaceId", "datasetId"} or {"gatewayId", "datasourceId"}',
+                '{"workspaceId", "datasetId"}, {"gatewayId", "datasourceId"} or {"connectionId"}',
             )
         for name in given:
             if not isinstance(parsed[name], str):
@@ -389,6 +391,10 @@ class RemediationService:
         elif "datasetId" in given:
             command = WorkCommand.dataset(
                 parsed["workspaceId"], parsed["datasetId"], trigger="http", correlation_id=correlation_id
+            )
+        elif "connectionId" in given:  # a Fabric connection: its target is ("connections", id)
+            command = WorkCommand.target(
+                CONNECTIONS, parsed["connectionId"].lower(), trigger="http", correlation_id=correlation_id
             )
         else:
             command = WorkCommand.target(
@@ -441,6 +447,8 @@ class RemediationService:
             if bindings.for_target(gateway, datasource) is None and not any(
                 b.matches for b in bindings.bindings
             ):
+                if gateway == CONNECTIONS:
+                    raise NotBound(f"no binding covers connection {datasource}")
                 raise NotBound(f"no binding covers gateway {gateway} data source {datasource}")
         else:
             workspace, dataset = command.workspace_id or "", command.dataset_id or ""

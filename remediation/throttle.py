@@ -1,6 +1,8 @@
 """The throttling pause of one principal, shared across processes and instances through the ledger.
 
-Power BI throttles per principal, not per process. When one instance draws a 429 with
+Power BI and Fabric each throttle per principal, not per process (each has its own marker:
+``throttle:powerbi``, ``throttle:fabric``; one service's 429 does not hold the other's calls).
+When one instance draws a 429 with
 ``Retry-After``, the others' requests would hit the same limit; so the end of the pause is written
 to a ledger marker, and every pipeline reads it before sending (:class:`~remediation.http.HttpPipeline`
 with ``shared_pause``). The marker is read at most every ``refresh`` seconds per process (a point

@@ -19,6 +19,15 @@ What it decides, as Fabric does (FABRIC.md; ``specs/fabric/``):
 * **Key Vault references**: a cloud connection can hold a reference instead of a copy; a PATCH
   with a copy replaces it (``reference_overwritten`` counts it, so tests can prove the healer
   never does that).
+* **Semantic models bound to connections** (``sb.powerbi.add_dataset(connections=...)``):
+  ``GET /workspaces/{ws}/items/{id}/connections`` (``Items_ListItemConnections``, paged) lists
+  them to a member of the workspace; a refresh signs in through each connection's stored
+  credential; Power BI's ``GET .../datasets/{d}/datasources`` shows each as a data source. Whether
+  that data source's ``datasourceId`` *is* the connection id is unconfirmed (FABRIC.md), so the
+  sandbox plays both: :attr:`Fabric.datasource_ids_are_connection_ids` (default False: another
+  id, the stricter side; the item's connections are then the only way to tell).
+* ``GET /connections`` and the item connections are paged (``continuationToken`` and
+  ``continuationUri``, :attr:`Fabric.page_size` entries a page).
 * Faults and throttling: routes are ``fabric.<operation>`` on the shared ``sb.faults``; their
   bodies are Fabric's ``ErrorResponse``.
 """
@@ -130,6 +139,9 @@ class Fabric:
         self._lock = threading.RLock()
         self.connections: dict[str, FabricConnection] = {}
         self.gateways: dict[str, FabricGateway] = {}
+        self.datasource_ids_are_connection_ids = False
+        """True: Power BI lists a connection-bound source with ``datasourceId`` = the connection id."""
+        self.page_size = 100
         self._register_routes()
 
     @property
@@ -193,6 +205,9 @@ class Fabric:
             ("update_connection", "PATCH", f"/connections/{c}", self._update_connection),
             ("get_gateway", "GET", f"/gateways/{g}", self._get_gateway),
             ("list_gateway_members", "GET", f"/gateways/{g}/members", self._list_members),
+            ("list_item_connections", "GET",
+             f"/workspaces/{_SEGMENT.format('workspace')}/items/{_SEGMENT.format('item')}/connections",
+             self._list_item_connections),
         ]
         for name, method, pattern, handler in routes:
             self._sb.router.add("fabric", f"fabric.{name}", method, _BASE + pattern,
@@ -280,13 +295,78 @@ class Fabric:
                          "allowCustomConnectors": False})
         return body
 
+    def powerbi_datasource_json(self, connection: FabricConnection) -> dict[str, Any]:
+        """How Power BI's dataset data sources list shows a source bound to ``connection``."""
+        server, _, database = connection.path.partition(";")
+        details = {"server": server, "database": database} if database else {"path": connection.path}
+        if self.datasource_ids_are_connection_ids:
+            datasource_id = connection.id
+        else:
+            datasource_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "datasource:" + connection.id))
+        gateway_id = (connection.gateway.id if connection.gateway is not None
+                      else str(uuid.uuid5(uuid.NAMESPACE_URL, "cloud-gateway:" + connection.id)))
+        return {"datasourceType": connection.connection_type, "connectionDetails": details,
+                "datasourceId": datasource_id, "gatewayId": gateway_id}
+
+    def sign_in(self, connection: FabricConnection, *, cause: Any = "refresh") -> str:
+        """One sign-in at the connection's source with what it holds (a Key Vault reference:
+        the source's current secret, which Fabric reads at run time)."""
+        with self._lock:
+            if connection.key_vault_reference is not None:
+                data = _source_data(connection.source, connection.credential_type)
+            else:
+                data = dict(connection.data)
+            kind = _SOURCE_TYPE.get(connection.credential_type, connection.credential_type)
+        return self._sb.sources.check(connection.source.id, kind, data, cause=cause)
+
+    def _page(self, request: Request, value: list[dict[str, Any]]) -> Response:
+        """One page of ``value`` from ``continuationToken`` on, with the link to the next."""
+        token = request.query_ci("continuationToken")
+        start = 0
+        if token is not None:
+            if not token.isdigit() or int(token) > len(value):
+                raise HTTPError(400, fabric_error("InvalidContinuationToken",
+                                                  "The continuation token is not valid."))
+            start = int(token)
+        end = start + max(1, self.page_size)
+        body: dict[str, Any] = {"value": value[start:end]}
+        if end < len(value):
+            body["continuationToken"] = str(end)
+            body["continuationUri"] = f"{self._sb.url}{request.path}?continuationToken={end}"
+        return Response(200, body)
+
     # -- handlers --------------------------------------------------------------------------------
     def _list_connections(self, request: Request) -> Response:
         caller = self._authenticate(request)
         with self._lock:
             value = [self.connection_json(c) for c in self.connections.values()
                      if any(u.lower() == caller.principal.lower() for u in c.users)]
-        return Response(200, {"value": value})
+        return self._page(request, value)
+
+    def _list_item_connections(self, request: Request) -> Response:
+        """``Items_ListItemConnections`` of a semantic model, to a member of its workspace."""
+        caller = self._authenticate(request)
+        workspace_id = self._path_id(request, "workspace")
+        item_id = self._path_id(request, "item")
+        powerbi = self._sb.powerbi
+        with powerbi.lock:
+            workspace = powerbi.workspaces.get(workspace_id)
+            if workspace is None or not any(m.lower() == caller.principal.lower() for m in workspace.members):
+                raise HTTPError(403, fabric_error(
+                    "InsufficientPermissionsOverItem", "The caller does not have permission on the item."))
+            dataset = workspace.datasets.get(item_id)
+            if dataset is None:
+                raise HTTPError(404, fabric_error("ItemNotFound", "The requested item was not found."))
+            connections = list(dataset.connections)
+        value = []
+        for c in connections:
+            entry: dict[str, Any] = {"id": c.id, "displayName": c.display_name,
+                                     "connectivityType": c.connectivity_type,
+                                     "connectionDetails": {"type": c.connection_type, "path": c.path}}
+            if c.gateway is not None:
+                entry["gatewayId"] = c.gateway.id
+            value.append(entry)
+        return self._page(request, value)
 
     def _get_connection(self, request: Request) -> Response:
         caller = self._authenticate(request)

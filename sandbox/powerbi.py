@@ -323,6 +323,9 @@ class Dataset:
     refresh_limit: int | None = SHARED_DAILY_REFRESH_LIMIT  # None: no daily quota
     created: float = 0.0
     refreshes: list[Refresh] = field(default_factory=list, repr=False)  # oldest first
+    # Fabric connections (sandbox.fabric.FabricConnection) the model is bound to: a refresh signs
+    # in through each with its stored credential; the datasources list shows them as Power BI does.
+    connections: list[Any] = field(default_factory=list, repr=False)
 
 
 @dataclass(eq=False)
@@ -601,11 +604,14 @@ class PowerBI:
         owner: str = "owner@contoso.com",
         schedule_enabled: bool = True,
         refresh_seconds: float | None = None,
+        connections: Iterable[Any] = (),
     ) -> Dataset:
-        """A dataset using ``datasources``, configured by ``owner`` (a token principal)."""
+        """A dataset using ``datasources`` (and bound to Fabric ``connections``), configured by
+        ``owner`` (a token principal)."""
         with self._lock:
             dataset = Dataset(
                 id=str(uuid.uuid4()), name=name, workspace=workspace, datasources=list(datasources),
+                connections=list(connections),
                 owner=owner, schedule=RefreshSchedule(enabled=schedule_enabled),
                 refresh_seconds=refresh_seconds,
                 refresh_limit=None if workspace.dedicated_capacity else self.shared_refresh_limit,
@@ -717,14 +723,29 @@ class PowerBI:
                 error = pbi_error(GATEWAY_UNREACHABLE)
             else:
                 error = _credentials_error(datasource, locked=result == "locked" and self.report_lockouts)
-            refresh.service_exception = json.dumps(error, separators=(",", ":"))
-            if result != "unreachable":
-                # Power BI turns the schedule off after a credential failure.
-                dataset.schedule.enabled = False
-            logger.info("sandbox powerbi: refresh %s of %s failed (%s)", refresh.request_id, dataset.id,
-                        result)
+            self._fail_refresh(dataset, refresh, result, error)
+            return
+        for connection in dataset.connections:
+            result = self._sb.fabric.sign_in(connection, cause="refresh")
+            if result == "ok":
+                continue
+            refresh.status = "Failed"
+            if result == "unreachable":
+                error = pbi_error(GATEWAY_UNREACHABLE)
+            else:
+                error = credentials_error(
+                    connection.connection_type, connection.path, connection.source.account.name,
+                    locked=result == "locked" and self.report_lockouts)
+            self._fail_refresh(dataset, refresh, result, error)
             return
         refresh.status = "Completed"
+
+    def _fail_refresh(self, dataset: Dataset, refresh: Refresh, result: str, error: dict[str, Any]) -> None:
+        refresh.service_exception = json.dumps(error, separators=(",", ":"))
+        if result != "unreachable":
+            # Power BI turns the schedule off after a credential failure.
+            dataset.schedule.enabled = False
+        logger.info("sandbox powerbi: refresh %s of %s failed (%s)", refresh.request_id, dataset.id, result)
 
     def _sign_in(self, datasource: Datasource, credential: StoredCredential | None, *,
                  cause: Cause) -> SignInResult:
@@ -1020,6 +1041,7 @@ class PowerBI:
             dataset = self._dataset(caller, request)
             value = [{"datasourceType": d.datasource_type, "connectionDetails": dict(d.connection_details),
                       "datasourceId": d.id, "gatewayId": d.gateway.id} for d in dataset.datasources]
+            value += [self._sb.fabric.powerbi_datasource_json(c) for c in dataset.connections]
         return Response(200, self._odata("datasources", value))
 
     def _take_over(self, request: Request) -> Response:
@@ -1307,10 +1329,15 @@ def _credentials_error(datasource: Datasource, *, locked: bool = False) -> dict[
     cd = datasource.connection_details
     path = ";".join(v for v in (cd.get("server"), cd.get("database")) if v) or next(
         iter(cd.values()), datasource.name)
+    return credentials_error(kind, path, datasource.source.account.name, locked=locked)
+
+
+def credentials_error(kind: str, path: str, account: str, *, locked: bool = False) -> dict[str, Any]:
+    """The refresh error of a credential failure at the source of ``kind`` at ``path``."""
     return pbi_error(INVALID_CONNECTION_CREDENTIALS, [
         _detail("DM_ErrorDetailNameCode_UnderlyingErrorCode", "-2147467259"),
         _detail("DM_ErrorDetailNameCode_UnderlyingErrorMessage",
-                f"<ccon>Login failed for user '{datasource.source.account.name}' because the account is "
+                f"<ccon>Login failed for user '{account}' because the account is "
                 "currently locked out. The system administrator can unlock it. </ccon>" if locked else
                 f"<ccon>The credentials provided for the {kind} source are invalid. "
                 f"(Source at {path}.)</ccon>"),

@@ -45,7 +45,14 @@ from remediation.presentation import Verdict, VerdictOf
 from remediation.runs import Resolved, Run
 from remediation.targets import Presented
 
-__all__ = ["FabricKind", "FabricTarget", "could_reference", "fabric_verdict", "update_connection_request"]
+__all__ = [
+    "FabricKind",
+    "FabricTarget",
+    "could_reference",
+    "fabric_credential_type",
+    "fabric_verdict",
+    "update_connection_request",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +63,11 @@ _PLAIN = (
     ConnectivityType.STREAMING_VIRTUAL_NETWORK_GATEWAY,
 )
 _FABRIC_TYPE = {CredentialType.SAS: "SharedAccessSignature"}
+
+
+def fabric_credential_type(credential_type: CredentialType) -> str:
+    """A binding's credential type as Fabric spells it (``SAS`` is ``SharedAccessSignature``)."""
+    return _FABRIC_TYPE.get(credential_type, credential_type.value)
 
 
 # Connectors whose cloud connections can hold a Key Vault reference, and with which credential

@@ -45,10 +45,23 @@ class FakeQueue:
         pass
 
 
+CONNECTION_SECRET = "Lake#secret-4c1d"
+
+
 @pytest.fixture
 def world(sb: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[World]:
     w = build_world(sb, sources=2)
-    env = w.env(tmp_path / "ledger.sqlite")
+    source = sb.sources.add("lake-src", username="svc_lake", secret=CONNECTION_SECRET)
+    connection = sb.fabric.add_connection(source, users=[w.app.client_id])
+    sb.vault.set_secret("lake-secret", CONNECTION_SECRET)
+    lake = {
+        "name": "lake",
+        "secret": "lake-secret",
+        "credentialType": "Basic",
+        "username": "svc_lake",
+        "targets": [{"connectionId": connection.id}],
+    }
+    env = w.env(tmp_path / "ledger.sqlite", REMEDIATION_BINDINGS=w.bindings_json(lake))
     env.pop("APPLICATIONINSIGHTS_CONNECTION_STRING")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -99,7 +112,7 @@ def _anchored(schema: dict[str, Any]) -> dict[str, Any]:
 def no_leak(answer: HttpAnswer, world: World) -> None:
     text = answer.body.decode("utf-8", "replace")
     assert "Traceback" not in text and 'File "' not in text
-    assert world.secret not in text
+    assert world.secret not in text and CONNECTION_SECRET not in text
     assert answer.status < 500, text
 
 
@@ -140,6 +153,7 @@ def test_every_request_shape_is_answered_as_documented(sb: Sandbox, world: World
         {"secretName": w.secret_name, "version": version, "dryRun": True},
         {"workspaceId": w.workspace_id, "datasetId": w.dataset_ids[0], "dryRun": True},
         {"gatewayId": w.gateway_id, "datasourceId": w.datasource_ids[0], "dryRun": True},
+        {"connectionId": next(iter(sb.fabric.connections)).upper(), "dryRun": True},
         {"secretName": w.secret_name},
         {"secretName": w.secret_name, "presentAgain": True},
     ]
@@ -164,6 +178,13 @@ def test_every_request_shape_is_answered_as_documented(sb: Sandbox, world: World
         (b'{"secretName": 5}', 400, "InvalidField"),
         (b'{"secretName": "x", "datasetId": "y"}', 400, "InvalidRequest"),
         (b'{"secretName": "not-bound-here"}', 404, "NotFound"),
+        (b'{"connectionId": "6952a7b2-aea3-414f-9d85-6c0fe5d34539"}', 404, "NotFound"),
+        (b'{"connectionId": "lake"}', 400, "InvalidField"),
+        (
+            b'{"connectionId": "6952a7b2-aea3-414f-9d85-6c0fe5d34539", "gatewayId": "x"}',
+            400,
+            "InvalidRequest",
+        ),
         (
             json.dumps({"secretName": w.secret_name, "version": "0" * 32}).encode(),
             404,
@@ -208,7 +229,13 @@ def _json_values() -> st.SearchStrategy[Any]:
 
 def _bodies(world: World) -> st.SearchStrategy[bytes]:
     guid = st.uuids().map(str) | st.sampled_from(
-        [world.workspace_id, world.gateway_id, *world.dataset_ids, *world.datasource_ids]
+        [
+            world.workspace_id,
+            world.gateway_id,
+            *world.dataset_ids,
+            *world.datasource_ids,
+            *world.sb.fabric.connections,
+        ]
     )
     names = st.sampled_from([world.secret_name, "not-bound", "a" * 127]) | st.from_regex(
         r"[0-9A-Za-z-]{1,20}", fullmatch=True
@@ -220,6 +247,7 @@ def _bodies(world: World) -> st.SearchStrategy[bytes]:
         st.fixed_dictionaries({"secretName": names, "version": versions}),
         st.fixed_dictionaries({"workspaceId": guid, "datasetId": guid}),
         st.fixed_dictionaries({"gatewayId": guid, "datasourceId": guid}),
+        st.fixed_dictionaries({"connectionId": guid}),
     )
     valid = st.builds(lambda s, f: {**s, **f, "dryRun": True} if "dryRun" in f else {**s, **f}, shapes, flags)
     keys = st.sampled_from(
@@ -230,6 +258,7 @@ def _bodies(world: World) -> st.SearchStrategy[bytes]:
             "datasetId",
             "gatewayId",
             "datasourceId",
+            "connectionId",
             "dryRun",
             "presentAgain",
             "extra",

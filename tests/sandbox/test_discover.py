@@ -95,7 +95,7 @@ def test_discover_json_lists_every_source_with_its_datasets_status_and_binding(
     code, out, _ = run(tenant["env"], "discover", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"datasources"}
+    assert set(doc) == {"datasources", "connections"}
     found = _by_id(doc)
     expected = bound.datasource_ids + windows.datasource_ids + cloud.datasource_ids + [tenant["web"].id]
     assert set(expected) <= set(found)
@@ -175,16 +175,11 @@ def test_discover_table_and_csv_are_readable(sb: Sandbox, tenant: dict[str, Any]
     assert "dataset" in progress and "\r" in progress  # the live progress display on a terminal
     code, out, _ = run(tenant["env"], "discover", "--csv")
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0] == [
-        "gatewayId",
-        "datasourceId",
-        "datasourceType",
-        "connectionDetails",
-        "credentialType",
-        "binding",
-        "datasets",
-    ]
-    assert len(rows) - 1 == len(json.loads(run(tenant["env"], "discover", "--json")[1])["datasources"])
+    assert rows[0] == ["gatewayId", "datasourceId", "datasourceType", "connectionDetails",
+                       "credentialType", "binding", "datasets", "kind", "connectivityType",
+                       "keyVaultReference"]
+    doc = json.loads(run(tenant["env"], "discover", "--json")[1])
+    assert len(rows) - 1 == len(doc["datasources"]) + len(doc["connections"])
 
 
 def test_discover_works_before_any_bindings_file_exists(sb: Sandbox, tenant: dict[str, Any]) -> None:
@@ -274,3 +269,122 @@ def test_bindings_check_says_a_match_does_not_compare_accounts(sb: Sandbox, tena
     assert code == 0
     assert "ok (match)" in out
     assert "warning: by-server: a match selects by type, server, database, url and path, not by" in out
+
+
+# -- Fabric connections --------------------------------------------------------------------------
+LAKE_SECRET = "Lake#pw-7f0c2e"
+
+
+@pytest.fixture
+def fabric_tenant(sb: Sandbox, tenant: dict[str, Any]) -> dict[str, Any]:
+    """Besides ``tenant``: a bound cloud connection, an unbound cloud SQL one (could reference Key
+    Vault), an unbound on-premises Windows one, one marked as a Key Vault reference, a Web one
+    whose URL carries a key, and a semantic model bound to the unbound cloud one."""
+    bound: World = tenant["bound"]
+    me = bound.app.client_id
+
+    def connection(name: str, **kw: Any) -> Any:
+        source = sb.sources.add(f"{name}-src", username="svc_lake", secret=LAKE_SECRET,
+                                credential_type=kw.pop("source_type", "Basic"))
+        return sb.fabric.add_connection(source, users=[me], name=name, **kw)
+
+    gateway = sb.fabric.add_gateway("etl-gw", member_bits=(2048,), admins=[me])
+    lake = connection("lake")
+    sales = connection("sales")
+    onprem = connection("etl", connectivity_type="OnPremisesGateway", credential_type="Windows",
+                        gateway=gateway, source_type="Windows")
+    referenced = connection("vaulted", key_vault_reference={"connectionId": me, "secretName": "x"})
+    web = connection("api", credential_type="Key", source_type="Key")
+    web.connection_type, web.path = "Web", f"https://api.contoso.com/v1/data?apikey={URL_KEY}"
+    model = sb.powerbi.add_dataset(bound.workspace, "sales-model", [], owner=me, connections=[sales])
+    sb.vault.set_secret("lake-secret", LAKE_SECRET)
+    extra = [
+        {"name": "lake", "secret": "lake-secret", "credentialType": "Basic", "username": "svc_lake",
+         "targets": [{"connectionId": lake.id}]},
+        {"name": "vaulted", "secret": "lake-secret", "credentialType": "Basic", "username": "svc_lake",
+         "targets": [{"connectionId": referenced.id, "keyVaultReference": True}]},
+    ]
+    env = dict(tenant["env"], REMEDIATION_BINDINGS=bound.bindings_json(*extra))
+    return {**tenant, "env": env, "extra": extra, "lake": lake, "sales": sales, "onprem": onprem,
+            "referenced": referenced, "web": web, "model": model}
+
+
+def _connections(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    code, out, err = run(env, "discover", "--json")
+    assert code == 0, err
+    return {c["id"]: c for c in json.loads(out)["connections"]}
+
+
+def test_discover_lists_every_fabric_connection_with_its_binding_reference_and_datasets(
+    sb: Sandbox, fabric_tenant: dict[str, Any]
+) -> None:
+    t = fabric_tenant
+    found = _connections(t["env"])
+    assert set(found) == {t[k].id for k in ("lake", "sales", "onprem", "referenced", "web")}
+    lake, sales, onprem = found[t["lake"].id], found[t["sales"].id], found[t["onprem"].id]
+    assert lake["binding"] == "lake" and sales["binding"] is None
+    assert lake["connectivityType"] == "ShareableCloud" and lake["credentialType"] == "Basic"
+    assert lake["connectionDetails"] == {"type": "SQL", "path": t["lake"].path}
+    assert sales["couldReferenceKeyVault"] is True and sales["keyVaultReference"] is False
+    assert found[t["referenced"].id]["keyVaultReference"] is True
+    assert onprem["gatewayId"] == t["onprem"].gateway.id and onprem["couldReferenceKeyVault"] is False
+    assert [d["datasetId"] for d in sales["datasets"]] == [t["model"].id]
+    web = found[t["web"].id]["connectionDetails"]["path"]
+    assert web == "https://api.contoso.com/v1/data?apikey=[REDACTED]"
+    code, out, _ = run(t["env"], "discover")
+    assert code == 0 and "CONNECTION" in out and "could reference" in out
+    assert "5 Fabric connections (3 not bound)" in out
+    rows = [r for r in csv.reader(io.StringIO(run(t["env"], "discover", "--csv")[1])) if r[7] == "connection"]
+    assert {r[1] for r in rows} == set(found)
+
+
+def test_discover_of_connections_is_read_only_and_prints_no_secret(
+    sb: Sandbox, fabric_tenant: dict[str, Any], tmp_path: Path
+) -> None:
+    t = fabric_tenant
+    sb.requests.clear()
+    texts = []
+    draft = str(tmp_path / "d.json")
+    for argv in (["discover"], ["discover", "--json"], ["discover", "--csv", "--propose", draft]):
+        code, out, err = run(t["env"], *argv)
+        assert code == 0
+        texts += [out, err]
+    texts.append((tmp_path / "d.json").read_text())
+    fabric = sb.requests.find(service="fabric")
+    assert fabric and {r.method for r in fabric} == {"GET"}
+    assert not sb.requests.find(service="keyvault") and not t["state"].exists()
+    assert all(t[k].updates == 0 for k in ("lake", "sales", "onprem", "referenced", "web"))
+    for text in texts:
+        assert LAKE_SECRET not in text and URL_KEY not in text
+
+
+def test_a_fabric_refusal_is_a_warning_not_a_crash(sb: Sandbox, fabric_tenant: dict[str, Any]) -> None:
+    sb.faults.add("fabric.list_connections", status=403,
+                  body={"errorCode": "InsufficientPermissionsToManageConnection", "message": "no"}, times=5)
+    code, out, err = run(fabric_tenant["env"], "discover", "--json")
+    assert code == 0
+    assert json.loads(out)["connections"] == [] and json.loads(out)["datasources"]
+    assert "warning: Fabric connections not listed" in err
+
+
+def test_propose_drafts_connection_targets_that_bindings_check_accepts_once_filled(
+    sb: Sandbox, fabric_tenant: dict[str, Any], tmp_path: Path
+) -> None:
+    t = fabric_tenant
+    draft_path = tmp_path / "draft.json"
+    assert run(t["env"], "discover", "--propose", str(draft_path))[0] == 0
+    draft = json.loads(draft_path.read_text())
+    proposed = {tg["connectionId"] for b in draft["bindings"] for tg in b["targets"] if "connectionId" in tg}
+    assert proposed == {t["sales"].id, t["onprem"].id, t["web"].id}  # not the bound nor the referenced
+    for i, binding in enumerate(draft["bindings"]):
+        binding["secret"] = f"secret-{i}"
+        if binding.get("username") == "<username>":
+            windows = binding["credentialType"] == "Windows"
+            binding["username"] = "CONTOSO\\svc_lake" if windows else "svc_lake"
+        if binding.get("username") == "<owner@contoso.com>":
+            binding["username"] = "owner@contoso.com"
+    merged = {"bindings": t["bound"].bindings()["bindings"] + t["extra"] + draft["bindings"]}
+    env = dict(t["env"], REMEDIATION_BINDINGS=json.dumps(merged))
+    code, out, err = run(env, "--json", "bindings", "check")
+    assert code == 0, out + err
+    assert all(c["binding"] for c in _connections(env).values())

@@ -346,3 +346,52 @@ def test_the_cli_names_a_connection_target_as_a_connection(make: Make, sb: Sandb
     assert code == 0, err.getvalue()
     assert f"connection {f.connection.id[:8]}…" in out.getvalue()
     assert "updated" in out.getvalue() and new not in out.getvalue() + err.getvalue()
+
+
+def test_a_fabric_429_holds_every_instance_through_the_ledger_and_not_power_bi(
+    make: Make, sb: Sandbox
+) -> None:
+    """Fabric throttles per principal: the pause one instance drew is waited out by another
+    before it sends anything to Fabric; Power BI's calls are not held by it."""
+    w = build_world(sb)
+    f = add_fabric(sb, w.app.client_id)
+    h = harness(make, sb, f, world=w)
+    other = h.another_instance()
+    sb.faults.throttle("fabric.get_connection", retry_after=30, times=1)
+
+    h.runtime.fabric.get_connection(f.connection.id)  # drew the 429, waited, got it
+    assert h.sleeps.waits == [30.0]
+    before = len(h.sleeps.waits)
+    other.fabric.get_connection(f.connection.id)  # waited before sending: no second 429
+    assert [r.status for r in sb.requests.find("fabric.get_connection")] == [429, 200, 200]
+    assert len(h.sleeps.waits) == before + 1 and 25.0 < h.sleeps.waits[-1] <= 30.0
+    other.powerbi.get_gateways()  # another service, another budget: not held
+    assert len(h.sleeps.waits) == before + 1
+
+
+def test_the_cli_heals_one_connection_named_by_connection(make: Make, sb: Sandbox) -> None:
+    from io import StringIO  # noqa: PLC0415
+
+    from remediation.cli import main  # noqa: PLC0415
+
+    w = build_world(sb)
+    f = add_fabric(sb, w.app.client_id)
+    h = harness(make, sb, f, world=w)
+    new = f.rotate(sb)
+    out, err = StringIO(), StringIO()
+    code = main(
+        ["heal", "--connection", f.connection.id.upper(), "--json"], environ=h.env, stdout=out, stderr=err
+    )
+    assert code == 0, err.getvalue()
+    (outcome,) = json.loads(out.getvalue())["targets"]
+    assert outcome["action"] == "updated" and outcome["datasource_id"] == f.connection.id
+    assert f.connection.data["password"] == new and new not in out.getvalue() + err.getvalue()
+    assert [p.path for p in fabric_patches(sb)] == [f"/v1/connections/{f.connection.id}"]
+    for bad, says in (
+        (["--connection", "lake"], "not a connection id"),
+        (["--connection", "6952a7b2-aea3-414f-9d85-6c0fe5d34539"], "no binding covers connection"),
+        (["--connection", f.connection.id, "--gateway", w.gateway_id], "exactly one of"),
+    ):
+        out, err = StringIO(), StringIO()
+        assert main(["heal", *bad], environ=h.env, stdout=out, stderr=err) == 2, bad
+        assert says in err.getvalue(), err.getvalue()

@@ -564,3 +564,102 @@ def test_bindings_error_survives_pickling() -> None:
     err = bindings_error(doc_with(credentialType="basic"))
     clone = pickle.loads(pickle.dumps(err))
     assert (clone.binding, clone.field, str(clone)) == (err.binding, err.field, str(err))
+
+
+# -- match over Fabric connections ------------------------------------------------------------
+def test_a_connection_match_parses_and_selects_by_type_connectivity_and_path_parts() -> None:
+    match = {
+        "kind": "connection",
+        "connectionType": "SQL",
+        "server": "sql01.contoso.com",
+        "database": "Sales",
+    }
+    b = parse_bindings(doc_with(targets=[{"match": match}])).bindings[0]
+    (m,) = b.matches
+    assert m.selects_connections and b.matches_connections
+    assert m.matches_connection("Sql", "ShareableCloud", "SQL01.contoso.com;sales")
+    assert not m.matches_connection("Sql", "ShareableCloud", "sql02.contoso.com;Sales")
+    assert not m.matches_connection("Sql", "ShareableCloud", "sql01.contoso.com")  # no database part
+    assert not m.matches_connection("Web", "ShareableCloud", "sql01.contoso.com;Sales")
+    assert not m.matches("Sql", {"server": "sql01.contoso.com", "database": "Sales"})  # no data source
+    by_connectivity = TargetMatch(
+        kind="connection", connectivity_type="OnPremisesGateway", url="https://x/api/"
+    )
+    assert by_connectivity.matches_connection(None, "OnPremisesGateway", "https://X/api")
+    assert not by_connectivity.matches_connection(None, "ShareableCloud", "https://x/api")
+
+
+def test_a_data_source_match_selects_no_connection() -> None:
+    m = TargetMatch(server="sql01.contoso.com")
+    assert not m.matches_connection("SQL", "ShareableCloud", "sql01.contoso.com;Sales")
+
+
+@pytest.mark.parametrize(
+    ("match", "field", "says"),
+    [
+        ({"connectionType": "SQL", "server": "s"}, "connectionType", '"kind": "connection"'),
+        ({"kind": "Connection", "server": "s"}, "kind", "allowed: datasource, connection"),
+        ({"kind": "connection", "datasourceType": "Sql", "server": "s"}, "datasourceType", "allowed here"),
+        (
+            {"kind": "connection", "conectivityType": "x", "server": "s"},
+            "conectivityType",
+            "connectivityType",
+        ),
+        ({"kind": "connection", "connectionType": "SQL"}, "match", "at least one of server"),
+        ({"kind": "connection", "server": ""}, "server", "non-empty"),
+    ],
+)
+def test_a_connection_match_is_validated_strictly(match: dict[str, Any], field: str, says: str) -> None:
+    error = bindings_error(doc_with(targets=[{"match": match}]))
+    assert field in str(error) and says in str(error)
+
+
+def test_service_principal_bindings_may_match_connections_and_oauth2_may_not() -> None:
+    sp = doc_with(
+        credentialType="ServicePrincipal",
+        tenantId=GW,
+        clientId=DS,
+        targets=[{"match": {"kind": "connection", "server": "lake"}}],
+    )
+    sp["bindings"][0].pop("username", None)
+    assert parse_bindings(sp).bindings[0].matches_connections
+    oauth = doc_with(
+        credentialType="OAuth2",
+        oauth2="caller-identity",
+        username="svc@contoso.com",
+        targets=[{"match": {"kind": "connection", "server": "lake"}}],
+    )
+    assert "OAuth2" in str(bindings_error(oauth))
+
+
+def test_for_connection_prefers_the_id_then_a_single_match() -> None:
+    doc = {
+        "bindings": [
+            {"name": "by-id", "secret": "a", "credentialType": "Key", "targets": [{"connectionId": GW}]},
+            {
+                "name": "lake",
+                "secret": "b",
+                "credentialType": "Key",
+                "targets": [{"match": {"kind": "connection", "server": "lake"}}],
+            },
+            {
+                "name": "lake-too",
+                "secret": "c",
+                "credentialType": "Key",
+                "targets": [{"match": {"kind": "connection", "path": "lake;db"}}],
+            },
+        ]
+    }
+    bs = parse_bindings(doc)
+    assert bs.binds_connections
+    found = bs.for_connection(GW, connection_type="SQL", connectivity_type="ShareableCloud", path="lake;db")
+    assert found is not None and found.name == "by-id"
+    found = bs.for_connection(
+        DS, connection_type="SQL", connectivity_type="ShareableCloud", path="lake;other"
+    )
+    assert found is not None and found.name == "lake"
+    with pytest.raises(BindingsError, match="make the matches narrower"):
+        bs.for_connection(DS, connection_type="SQL", connectivity_type="ShareableCloud", path="lake;db")
+    assert (
+        bs.for_connection(DS, connection_type="SQL", connectivity_type="ShareableCloud", path="x;y") is None
+    )
