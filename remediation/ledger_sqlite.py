@@ -35,6 +35,7 @@ from remediation.ledger import (
     _count,
     _day,
     _is_busy,
+    _marker_number,
     _norm,
     _normalised_record,
     _opt_real,
@@ -285,6 +286,12 @@ _UPSERT_INVENTORY: Final = """
         fingerprint = excluded.fingerprint, learnt_at = excluded.learnt_at,
         sources = excluded.sources, refreshable = excluded.refreshable
     WHERE excluded.learnt_at >= inventory.learnt_at
+"""
+
+_RAISE_MARKER: Final = """
+    INSERT INTO markers (name, mark, set_at) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET mark = excluded.mark, set_at = excluded.set_at
+    WHERE markers.mark IS NULL OR CAST(markers.mark AS REAL) < CAST(excluded.mark AS REAL)
 """
 
 
@@ -586,6 +593,17 @@ class SqliteLedger(EntityLedgerBase):
                 "ON CONFLICT (name) DO UPDATE SET mark = excluded.mark, set_at = excluded.set_at",
                 (_norm(name, "name"), value, now),
             )
+
+    def raise_marker(self, name: str, value: float, now: float) -> float:
+        """See :meth:`Ledger.raise_marker`. One upsert whose update is conditioned on the stored
+        number being lower (a text that is not a number reads as lower than any)."""
+        _check_time(now, "now")
+        value = _check_time(value, "value")
+        key = _norm(name, "name")
+        with self._db() as db:
+            db.execute(_RAISE_MARKER, (key, repr(float(value)), now))
+            row = db.execute("SELECT mark FROM markers WHERE name = ?", (key,)).fetchone()
+        return _marker_number(None if row is None else _opt_text(row[0]))
 
     def close(self) -> None:
         """See :meth:`Ledger.close`."""
