@@ -291,13 +291,8 @@ def test_repr_and_str_never_show_secrets() -> None:
 
 
 def test_a_certificate_password_is_never_shown_and_a_certificate_selects_the_service_principal() -> None:
-    s = Settings.from_env(
-        {
-            "AZURE_CLIENT_ID": "app",
-            "AZURE_CLIENT_CERTIFICATE_PATH": "/certs/healer.pfx",
-            "AZURE_CLIENT_CERTIFICATE_PASSWORD": SECRET,
-        }
-    )
+    s = Settings.from_env({"AZURE_CLIENT_ID": "app", "AZURE_CLIENT_CERTIFICATE_PATH": "/certs/healer.pfx",
+                           "AZURE_CLIENT_CERTIFICATE_PASSWORD": SECRET})
     assert SECRET not in repr(s) and "client_certificate_password=<redacted>" in repr(s)
     assert s.uses_service_principal and s.has_client_certificate and not s.has_client_secret
 
