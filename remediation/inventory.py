@@ -27,10 +27,11 @@ Where the identity may use the admin scanner APIs (``REMEDIATION_INVENTORY_SOURC
 (:mod:`remediation.scanner`: three calls per 100 workspaces, whatever the number of datasets);
 the listing per workspace stays, as the exact, cheap way to notice what changed. A dataset the
 scans did not give (refused, failed, not finished in time, not in the result) is read per
-dataset with ``auto``, or left unread (new ones deferred) with ``admin``. On the scanner path a
-scan refreshes every record of the workspace at once, so records fall due per workspace (the
-spread is chosen by the workspace id) and a workspace is scanned again about once per
-``REMEDIATION_INVENTORY_REFRESH``. :attr:`Sync.path` says which path learnt what.
+dataset with ``auto``, or left unread (new ones deferred) with ``admin``. A dry run with ``auto``
+uses the per-dataset path (GET requests only; ``getInfo`` is a POST, although it writes
+nothing). On the scanner path a scan refreshes every record of the workspace at once, so records
+fall due per workspace (the spread is chosen by the workspace id) and a workspace is scanned
+again about once per ``REMEDIATION_INVENTORY_REFRESH``. :attr:`Sync.path` says which path learnt what.
 
 An event or a heal of a secret reads the stored inventory only (:meth:`Inventory.stored`): no
 call to Power BI, unless nothing was ever stored for the watched workspaces (then it is built).
@@ -221,8 +222,9 @@ class Inventory:
         now = self._clock()
         to_read: list[tuple[int, float, str, Dataset, DatasetRecord | None]] = []
         workspaces = self.workspaces(run)
+        # A dry run sends GET requests only, so ``auto`` does not start a scan (a POST) there.
         use_scanner = self.path is InventoryPath.ADMIN or (
-            self.path is InventoryPath.AUTO and self.scanner.refused_until() <= now
+            self.path is InventoryPath.AUTO and not run.dry_run and self.scanner.refused_until() <= now
         )
         listed_refreshable: dict[str, list[Dataset]] = {}
 

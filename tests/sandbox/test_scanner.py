@@ -295,3 +295,15 @@ def test_an_action_of_a_refused_scan_is_not_a_failure_of_any_dataset(make: Make)
     h = make(sources=1)
     report, lines = sweep(h)
     assert all(o.action != Action.FAILED for o in report.outcomes)
+
+
+def test_a_dry_run_sends_no_scan_and_learns_per_dataset(make: Make) -> None:
+    h = make(sources=2)
+    allow_admin(h)
+    since = mark(h.sb)
+    report, lines = sweep(h, dry_run=True)
+    assert report.exit_code == 0 and calls(h.sb, since, "scan_get_info") == 0
+    assert [r.method for r in h.sb.requests.all()[since:] if r.service == "powerbi"] == ["GET"] * calls(
+        h.sb, since
+    )
+    assert any("inventory (per-dataset)" in line for line in lines)
