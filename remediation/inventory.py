@@ -351,8 +351,10 @@ class Inventory:
         outcome: ScanOutcome = self.scanner.scan(sorted({item[2] for item in to_read}), run)
         if outcome.refused and self.path is InventoryPath.AUTO and not run.dry_run:
             self.scanner.remember_refusal()
+        # With ``auto`` a refusal is an expected answer (no tenant setting): said, not warned.
+        expected = outcome.refused and self.path is InventoryPath.AUTO
         for problem in outcome.problems:
-            logger.warning("inventory: %s", problem)
+            logger.log(logging.INFO if expected else logging.WARNING, "inventory: %s", problem)
         result.problems.extend(outcome.problems)
         learnt_at = self._clock()
         records: dict[tuple[str, str], DatasetRecord] = {}
