@@ -1,4 +1,4 @@
-"""``make bench`` / ``python -m bench``: the six benchmarks of the performance issue.
+"""``make bench`` / ``python -m bench``: the benchmarks of the performance issues.
 
 Every run is on the sandbox with a fixed per-request latency L (``--latency``, default 50 ms), so
 the network, not this machine, sets the scale. Each row prints the measured time, its lower bound
@@ -7,7 +7,7 @@ made against the minimum for that flow. Results also go to ``bench/results/lates
 
     python -m bench                 # everything (a few minutes)
     python -m bench --quick         # small sizes and L = 10 ms (a smoke run)
-    python -m bench --only fanout   # one benchmark: heal, fanout, sweep, coldstart, throttling, tenant
+    python -m bench --only fanout   # one: heal, fanout, sweep, coldstart, throttling, tenant, scanner
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+POLL_INTERVAL = 0.05
+"""``runtime_for``'s poll interval: the scanner waits this long before each status poll."""
 
 
 @dataclass
@@ -75,14 +77,14 @@ def api_calls(sb: Sandbox, since: int) -> int:
     return sum(1 for r in sb.requests.all()[since:] if r.service in ("keyvault", "powerbi"))
 
 
-def runtime_for(world: BenchWorld, concurrency: int, state_dir: str) -> Any:
+def runtime_for(world: BenchWorld, concurrency: int, state_dir: str, **env: str) -> Any:
     from remediation.runtime import build_healer
     from remediation.settings import Settings
 
     world.apply_env(
-        os.path.join(state_dir, f"{uuid.uuid4().hex}.sqlite"), REMEDIATION_CONCURRENCY=str(concurrency)
+        os.path.join(state_dir, f"{uuid.uuid4().hex}.sqlite"), REMEDIATION_CONCURRENCY=str(concurrency), **env
     )
-    runtime = build_healer(Settings.from_env(), poll_interval=0.05)
+    runtime = build_healer(Settings.from_env(), poll_interval=POLL_INTERVAL)
     # Tokens are cached after first use: acquire them before timing (the issue's lower bounds
     # count them as cached).
     runtime.keyvault.get_secret(SECRET)
@@ -419,7 +421,8 @@ def bench_tenant(latency: float, sizes: list[int], concurrency: int, state_dir: 
                 workspaces=workspaces,
                 datasets_per_workspace=total // workspaces,
             )
-            runtime = runtime_for(world, concurrency, state_dir)
+            # the per-dataset path (the admin scanner's figures are bench_tenant_scanner's)
+            runtime = runtime_for(world, concurrency, state_dir, REMEDIATION_INVENTORY_SOURCE="per-dataset")
             runtime.healer.heal_secret(SECRET, retry_refreshes=False)  # the targets hold the secret
             healer = runtime.healer
 
@@ -477,6 +480,96 @@ def bench_tenant(latency: float, sizes: list[int], concurrency: int, state_dir: 
                     calls,
                     2 * bound,
                     f"{updated}/{bound} updated, then B histories; no dataset list; exit {report.exit_code}",
+                    {"exit": report.exit_code},
+                )
+            )
+            runtime.close()
+    return rows
+
+
+def bench_tenant_scanner(latency: float, sizes: list[int], concurrency: int, state_dir: str) -> list[Row]:
+    """The tenants of :func:`bench_tenant` with the identity allowed the admin scanner APIs
+    (``REMEDIATION_INVENTORY_SOURCE=auto``): the first sweep learns every dataset's sources from
+    scans of 100 workspaces each instead of one read per dataset; then a steady sweep, and a
+    sweep after one new dataset on a bound source appeared."""
+    rows: list[Row] = []
+    c = concurrency
+    for total in sizes:
+        workspaces = {300: 10, 3000: 30, 30000: 100}.get(total, max(1, total // 100))
+        bound = max(1, total // 50)
+        batches = math.ceil(workspaces / 100)
+        with sandbox(latency) as sb:
+            world = build(
+                sb,
+                targets=bound,
+                gateways=4,
+                workspaces=workspaces,
+                datasets_per_workspace=total // workspaces,
+            )
+            sb.powerbi.admin_principals.add(world.app.client_id)  # the tenant setting, its group
+            sb.powerbi.scan_polls = 0  # a scan done by its first status poll
+            runtime = runtime_for(world, concurrency, state_dir, REMEDIATION_INVENTORY_SOURCE="auto")
+            runtime.healer.heal_secret(SECRET, retry_refreshes=False)  # the targets hold the secret
+            healer = runtime.healer
+
+            def measure(run: Callable[[], Any], traced: bool = False) -> tuple[float, int, int, Any]:
+                mark = len(sb.requests.all())
+                if traced:
+                    tracemalloc.start()
+                started = time.perf_counter()
+                report = run()
+                seconds = time.perf_counter() - started
+                peak = 0
+                if traced:
+                    _, peak = tracemalloc.get_traced_memory()
+                    tracemalloc.stop()
+                return seconds, powerbi_calls(sb, mark), peak, report
+
+            seconds, calls, peak, report = measure(partial(healer.sweep, budget_seconds=3000), traced=True)
+            rows.append(
+                Row(
+                    "scanner",
+                    f"D={total} W={workspaces} B={bound}: first sweep",
+                    seconds,
+                    latency * (math.ceil(workspaces / c) + 3 + math.ceil(bound / c)) + POLL_INTERVAL,
+                    calls,
+                    workspaces + 3 * batches + bound,
+                    f"lists, {batches} scan(s) (getInfo, status, result), B histories; no per-dataset "
+                    f"read; exit {report.exit_code}; peak traced memory {peak / 2**20:.0f} MiB",
+                    {
+                        "peak_bytes": peak,
+                        "exit": report.exit_code,
+                        "per_dataset_minimum": workspaces + total + bound,
+                    },
+                )
+            )
+            seconds, calls, _, report = measure(partial(healer.sweep, budget_seconds=3000))
+            rows.append(
+                Row(
+                    "scanner",
+                    f"D={total} W={workspaces} B={bound}: steady sweep",
+                    seconds,
+                    latency * (math.ceil(workspaces / c) + math.ceil(bound / c)),
+                    calls,
+                    workspaces + bound,
+                    f"no scan; issue bound 1 + W + 2B + 5 = {1 + workspaces + 2 * bound + 5}; "
+                    f"exit {report.exit_code}",
+                    {"issue_bound": 1 + workspaces + 2 * bound + 5, "exit": report.exit_code},
+                )
+            )
+            first = world.workspaces[0]
+            sb.powerbi.add_dataset(first, "new model", [world.bound[0]], owner=world.app.client_id)
+            seconds, calls, _, report = measure(partial(healer.sweep, budget_seconds=3000))
+            rows.append(
+                Row(
+                    "scanner",
+                    f"D={total} W={workspaces} B={bound}: + 1 new dataset",
+                    seconds,
+                    latency * (math.ceil(workspaces / c) + 3 + math.ceil((bound + 1) / c)) + POLL_INTERVAL,
+                    calls,
+                    workspaces + 3 + bound + 1,
+                    f"one scan of its workspace, which re-learns all {total // workspaces} of its datasets; "
+                    f"exit {report.exit_code}",
                     {"exit": report.exit_code},
                 )
             )
@@ -669,12 +762,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, L = 10 ms")
     parser.add_argument("--results", type=Path, default=RESULTS / "latest.json", help="where the JSON goes")
     parser.add_argument(
-        "--only", choices=["heal", "fanout", "sweep", "coldstart", "throttling", "tenant"], action="append"
+        "--only",
+        choices=["heal", "fanout", "sweep", "coldstart", "throttling", "tenant", "scanner"],
+        action="append",
     )
     args = parser.parse_args(argv)
     latency = args.latency if args.latency is not None else (0.01 if args.quick else 0.05)
     c = args.concurrency
-    chosen = set(args.only or ["heal", "fanout", "sweep", "coldstart", "throttling", "tenant"])
+    chosen = set(args.only or ["heal", "fanout", "sweep", "coldstart", "throttling", "tenant", "scanner"])
     state_dir = tempfile.mkdtemp(prefix="pbi-bench-")
     os.environ.setdefault("TMPDIR", state_dir)
     plans: dict[str, Callable[[], list[Row]]] = {
@@ -689,6 +784,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
         # the 30 000-dataset tenant takes minutes: never in --quick
         "tenant": lambda: bench_tenant(latency, [300] if args.quick else [300, 3000, 30000], c, state_dir),
+        "scanner": lambda: bench_tenant_scanner(
+            latency, [300] if args.quick else [300, 3000, 30000], c, state_dir
+        ),
     }
     print(
         f"# L = {latency * 1000:.0f} ms, concurrency {c}, {platform.python_implementation()} "

@@ -84,6 +84,14 @@ param sweepBudgetSeconds int = 240
 @description('REMEDIATION_INVENTORY_REFRESH: every dataset\'s data sources are read again within this many seconds (0: every sweep).')
 param inventoryRefreshSeconds int = 86400
 
+@allowed([
+  'auto'
+  'admin'
+  'per-dataset'
+])
+@description('REMEDIATION_INVENTORY_SOURCE: how the inventory learns which data sources a dataset uses: the admin scanner APIs where the identity may use them, else one read per dataset (auto); the scanner only (admin); one read per dataset only (per-dataset).')
+param inventorySource string = 'auto'
+
 @minValue(0)
 @maxValue(100000)
 @description('REMEDIATION_FANOUT_TARGETS: a queued secret heal with more targets than this becomes one queued message per target, spread over instances (0: never).')
@@ -270,6 +278,7 @@ module functionApp 'modules/functionapp.bicep' = {
     httpTimeoutSeconds: httpTimeoutSeconds
     sweepBudgetSeconds: sweepBudgetSeconds
     inventoryRefreshSeconds: inventoryRefreshSeconds
+    inventorySource: inventorySource
     fanoutTargets: fanoutTargets
     leaseSeconds: leaseSeconds
     settleSeconds: settleSeconds

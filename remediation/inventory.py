@@ -22,6 +22,17 @@ How it is kept current (:meth:`Inventory.sync`, once per sweep):
   run has time; a new dataset not read in time is reported by the caller as deferred (the next
   sweep reads it), a due or changed one keeps its previous record until then.
 
+Where the identity may use the admin scanner APIs (``REMEDIATION_INVENTORY_SOURCE``, default
+``auto``), the new, changed and due datasets are learnt by scanning their workspaces instead
+(:mod:`remediation.scanner`: three calls per 100 workspaces, whatever the number of datasets);
+the listing per workspace stays, as the exact, cheap way to notice what changed. A dataset the
+scans did not give (refused, failed, not finished in time, not in the result) is read per
+dataset with ``auto``, or left unread (new ones deferred) with ``admin``. A dry run with ``auto``
+uses the per-dataset path (GET requests only; ``getInfo`` is a POST, although it writes
+nothing). On the scanner path a scan refreshes every record of the workspace at once, so records
+fall due per workspace (the spread is chosen by the workspace id) and a workspace is scanned
+again about once per ``REMEDIATION_INVENTORY_REFRESH``. :attr:`Sync.path` says which path learnt what.
+
 An event or a heal of a secret reads the stored inventory only (:meth:`Inventory.stored`): no
 call to Power BI, unless nothing was ever stored for the watched workspaces (then it is built).
 Records are written only when they change (and ``learnt_at`` moves on), in batches per workspace.
@@ -45,6 +56,7 @@ from remediation.ledger import DatasetRecord, InventorySource, Ledger
 from remediation.powerbi import Dataset, DatasetDatasource, EntityNotFound, PowerBIClient
 from remediation.redact import mask_urls
 from remediation.runs import Run
+from remediation.scanner import InventoryPath, Scanner, ScanOutcome
 
 __all__ = ["CACHE_SECONDS", "Inventory", "Sync", "fingerprint"]
 
@@ -85,6 +97,19 @@ class Sync:
     """``GET .../datasources`` calls made."""
     unread: list[tuple[str, str]] = field(default_factory=list)
     """New datasets whose sources could not be read (time ran out, or Power BI failed)."""
+    scanned: int = 0
+    """Datasets whose sources the admin scanner gave."""
+    problems: list[str] = field(default_factory=list)
+    """Why the scanner gave less than asked (refused, failed, not finished in time)."""
+
+    @property
+    def path(self) -> str:
+        """Which path learnt the sources this time: ``admin scanner``, ``per-dataset``, both
+        (``admin scanner + per-dataset``), or ``stored`` (nothing needed learning)."""
+        paths = [
+            name for name, count in (("admin scanner", self.scanned), ("per-dataset", self.read)) if count
+        ]
+        return " + ".join(paths) or "stored"
 
 
 class Inventory:
@@ -99,13 +124,20 @@ class Inventory:
         refresh_seconds: float,
         in_parallel: InParallel,
         clock: Callable[[], float] = time.time,
+        path: InventoryPath = InventoryPath.PER_DATASET,
+        sleep: Callable[[float], None] = time.sleep,
+        poll_interval: float = 5.0,
     ) -> None:
         self.bindings = bindings
         self.powerbi = powerbi
         self.ledger = ledger
         self.refresh_seconds = refresh_seconds
+        self.path = path
         self._in_parallel = in_parallel
         self._clock = clock
+        self.scanner = Scanner(
+            powerbi, ledger, in_parallel=in_parallel, clock=clock, sleep=sleep, poll_interval=poll_interval
+        )
         self._cache: tuple[float, list[DatasetRecord]] | None = None
         self._cache_lock = threading.Lock()
 
@@ -190,6 +222,11 @@ class Inventory:
         now = self._clock()
         to_read: list[tuple[int, float, str, Dataset, DatasetRecord | None]] = []
         workspaces = self.workspaces(run)
+        # A dry run sends GET requests only, so ``auto`` does not start a scan (a POST) there.
+        use_scanner = self.path is InventoryPath.ADMIN or (
+            self.path is InventoryPath.AUTO and not run.dry_run and self.scanner.refused_until() <= now
+        )
+        listed_refreshable: dict[str, list[Dataset]] = {}
 
         def listing(workspace: str) -> list[Dataset] | None:
             try:
@@ -208,6 +245,7 @@ class Inventory:
                 continue
             seen: set[str] = set()
             unrefreshable: list[DatasetRecord] = []
+            listed_refreshable[workspace] = [d for d in listed if d.is_refreshable is not False]
             for dataset in listed:
                 dataset_id = dataset.id.lower()
                 seen.add(dataset_id)
@@ -225,7 +263,7 @@ class Inventory:
                     to_read.append((1, record.learnt_at, workspace, dataset, record))
                     result.records.append(record)
                 else:
-                    if self._due(record, now):
+                    if self._due(record, now, by_workspace=use_scanner):
                         to_read.append((2, record.learnt_at, workspace, dataset, record))
                     result.records.append(record)
             gone = [d for d in stored if d not in seen]
@@ -252,11 +290,20 @@ class Inventory:
                 workspace, dataset.id.lower(), fingerprint(dataset), self._clock(), _sources(sources)
             )
 
-        answers = self._in_parallel(read, to_read)
         fresh: dict[tuple[str, str], DatasetRecord] = {}
-        vanished: set[tuple[str, str]] = set()
         changed: list[DatasetRecord] = []
-        for item, answer in zip(to_read, answers, strict=True):
+        per_dataset = to_read
+        if use_scanner and to_read:
+            learnt = self._scan(run, to_read, listed_refreshable, result)
+            fresh.update(learnt)
+            changed.extend(learnt.values())
+            per_dataset = [item for item in to_read if (item[2], item[3].id.lower()) not in learnt]
+            if self.path is InventoryPath.ADMIN:  # no per-dataset reads: what is new is deferred
+                result.unread.extend((item[2], item[3].id.lower()) for item in per_dataset if item[4] is None)
+                per_dataset = []
+        answers = self._in_parallel(read, per_dataset)
+        vanished: set[tuple[str, str]] = set()
+        for item, answer in zip(per_dataset, answers, strict=True):
             _, _, workspace, dataset, previous = item
             if isinstance(answer, DatasetRecord):
                 result.read += 1
@@ -279,20 +326,57 @@ class Inventory:
         if not run.dry_run:
             self._remember(now, result.records)
         logger.info(
-            "inventory: %d datasets in %d workspaces, %d data source reads, %d not read",
+            "inventory (%s): %d datasets in %d workspaces, %d from admin scans, %d data source reads, "
+            "%d not read",
+            result.path,
             len(result.records),
             len(run.workspaces or ()),
+            result.scanned,
             result.read,
             len(result.unread),
         )
         return result
 
-    def _due(self, record: DatasetRecord, now: float) -> bool:
+    def _scan(
+        self,
+        run: Run,
+        to_read: list[tuple[int, float, str, Dataset, DatasetRecord | None]],
+        listed: dict[str, list[Dataset]],
+        result: Sync,
+    ) -> dict[tuple[str, str], DatasetRecord]:
+        """Scan the workspaces of ``to_read``; new records for every listed refreshable dataset
+        of a scanned workspace that the scans described (see the module docstring)."""
+        if run.out_of_time(self._clock()):
+            return {}
+        outcome: ScanOutcome = self.scanner.scan(sorted({item[2] for item in to_read}), run)
+        if outcome.refused and self.path is InventoryPath.AUTO and not run.dry_run:
+            self.scanner.remember_refusal()
+        # With ``auto`` a refusal is an expected answer (no tenant setting): said, not warned.
+        expected = outcome.refused and self.path is InventoryPath.AUTO
+        for problem in outcome.problems:
+            logger.log(logging.INFO if expected else logging.WARNING, "inventory: %s", problem)
+        result.problems.extend(outcome.problems)
+        learnt_at = self._clock()
+        records: dict[tuple[str, str], DatasetRecord] = {}
+        for workspace in sorted(outcome.scanned):
+            for dataset in listed.get(workspace, ()):
+                key = (workspace, dataset.id.lower())
+                sources = outcome.sources.get(key)
+                if sources is not None:
+                    records[key] = DatasetRecord(
+                        workspace, key[1], fingerprint(dataset), learnt_at, _sources(sources)
+                    )
+        result.scanned = len(records)
+        return records
+
+    def _due(self, record: DatasetRecord, now: float, *, by_workspace: bool = False) -> bool:
         """A record is re-read between half and all of the refresh period after it was learnt,
-        at a point fixed by the dataset id (spreads a tenant's re-reads over many sweeps)."""
+        at a point fixed by the dataset id (spreads a tenant's re-reads over many sweeps), or
+        by the workspace id on the scanner path (a scan re-learns a whole workspace at once)."""
         if self.refresh_seconds <= 0:
             return True
-        spread = int(hashlib.sha256(record.dataset_id.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+        key = record.workspace_id if by_workspace else record.dataset_id
+        spread = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
         return now - record.learnt_at >= self.refresh_seconds * (0.5 + 0.5 * spread)
 
 

@@ -60,7 +60,7 @@ seenevents       first 2 chars / event id     seen_at (insert; 409 Conflict = du
 outcomes         UTC day / inverted time+uuid Outcome fields (newest first within a day)
 refreshposts     UTC day / dataset id         posts (conditional replace on ETag)
 inventory        workspace id / dataset id    fingerprint, learnt_at, sources (JSON), refreshable
-markers          "marker" / name              mark, set_at (the sweep's cursor, ...)
+markers          "marker" / name              mark, set_at (the sweep's cursor, the pause, ...)
 ===============  ===========================  =============================================
 
 In SQLite the accounts table is ``account_versions``, one row per (account, secret, version),
@@ -662,9 +662,9 @@ class Ledger(Protocol):
 
     def put_inventory(self, records: Iterable[DatasetRecord]) -> None:
         """Write inventory records (insert or replace, one entity each; batched per workspace
-        where the backend can). A record is an observation of Power BI, so a replace needs no
-        ETag: of two writers, each wrote what it saw, and a record older than the stored one
-        (``learnt_at``) does not replace it."""
+        where the backend can). A record older than the stored one (``learnt_at``) does not
+        replace it, atomically: of concurrent writers (threads, processes, instances) of one
+        dataset the newest observation stays, whatever the order of the writes."""
         ...
 
     def drop_inventory(self, workspace_id: str, dataset_ids: Iterable[str]) -> None:
@@ -678,6 +678,16 @@ class Ledger(Protocol):
 
     def set_marker(self, name: str, value: str, now: float) -> None:
         """Set the named value (one entity; the last writer wins)."""
+        ...
+
+    def raise_marker(self, name: str, value: float, now: float) -> float:
+        """Make the named marker hold the number ``value`` unless it holds a larger one already
+        (a missing or non-numeric marker counts as lower); the number it holds afterwards.
+
+        Atomic, only ever extends: of concurrent writers the largest value stays, whatever the
+        order (the shared throttling pause: a shorter pause must never shorten a longer one).
+        ``value`` must be a finite number of zero or more.
+        """
         ...
 
     def account_version(self, account: str, secret: str, version: str) -> AccountVersion:
@@ -1219,6 +1229,16 @@ class EntityLedgerBase(abc.ABC):
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
+
+
+def _marker_number(text: str | None) -> float:
+    """A marker's text as a number (:meth:`Ledger.raise_marker`); ``-inf`` when it is missing or
+    not a finite number."""
+    try:
+        value = float(text) if text else -math.inf
+    except ValueError:
+        return -math.inf
+    return value if math.isfinite(value) else -math.inf
 
 
 def _norm(value: str, what: str) -> str:

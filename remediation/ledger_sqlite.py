@@ -35,6 +35,7 @@ from remediation.ledger import (
     _count,
     _day,
     _is_busy,
+    _marker_number,
     _norm,
     _normalised_record,
     _opt_real,
@@ -287,6 +288,12 @@ _UPSERT_INVENTORY: Final = """
         fingerprint = excluded.fingerprint, learnt_at = excluded.learnt_at,
         sources = excluded.sources, refreshable = excluded.refreshable
     WHERE excluded.learnt_at >= inventory.learnt_at
+"""
+
+_RAISE_MARKER: Final = """
+    INSERT INTO markers (name, mark, set_at) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET mark = excluded.mark, set_at = excluded.set_at
+    WHERE markers.mark IS NULL OR CAST(markers.mark AS REAL) < CAST(excluded.mark AS REAL)
 """
 
 
@@ -549,7 +556,9 @@ class SqliteLedger(EntityLedgerBase):
         ]
 
     def put_inventory(self, records: Iterable[DatasetRecord]) -> None:
-        """See :meth:`Ledger.put_inventory`. One upsert per record (each its own row write)."""
+        """See :meth:`Ledger.put_inventory`. One conditional upsert per record, all in one
+        transaction (autocommit would make each its own synced transaction: seconds for a
+        few thousand records)."""
         params = [
             {
                 "workspace_id": r.workspace_id,
@@ -564,7 +573,13 @@ class SqliteLedger(EntityLedgerBase):
         if not params:
             return
         with self._db() as db:
-            db.executemany(_UPSERT_INVENTORY, params)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(_UPSERT_INVENTORY, params)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def drop_inventory(self, workspace_id: str, dataset_ids: Iterable[str]) -> None:
         """See :meth:`Ledger.drop_inventory`."""
@@ -588,6 +603,17 @@ class SqliteLedger(EntityLedgerBase):
                 "ON CONFLICT (name) DO UPDATE SET mark = excluded.mark, set_at = excluded.set_at",
                 (_norm(name, "name"), value, now),
             )
+
+    def raise_marker(self, name: str, value: float, now: float) -> float:
+        """See :meth:`Ledger.raise_marker`. One upsert whose update is conditioned on the stored
+        number being lower (a text that is not a number reads as lower than any)."""
+        _check_time(now, "now")
+        value = _check_time(value, "value")
+        key = _norm(name, "name")
+        with self._db() as db:
+            db.execute(_RAISE_MARKER, (key, repr(float(value)), now))
+            row = db.execute("SELECT mark FROM markers WHERE name = ?", (key,)).fetchone()
+        return _marker_number(None if row is None else _opt_text(row[0]))
 
     def close(self) -> None:
         """See :meth:`Ledger.close`."""

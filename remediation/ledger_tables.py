@@ -30,9 +30,11 @@ outcomes    inverted day ``-`` ``YYYYMMDD``  the fields of :class:`Outcome` that
             / inverted µs ``-`` sequence    and nothing else
 refreshes   ``YYYY-MM-DD`` / dataset id     dataset_id, posts, write_id (conditional replace)
 inventory   workspace id / dataset id       workspace_id, dataset_id, fingerprint, learnt_at,
-                                            sources (JSON, chunked), refreshable; upserted in
-                                            transactions of 100 per partition
-markers     ``marker`` / name               name, mark, set_at (upsert: last writer wins)
+                                            sources (JSON, chunked), refreshable; inserts and
+                                            ETag-conditioned replaces in transactions of 100
+                                            per partition (an older ``learnt_at`` never wins)
+markers     ``marker`` / name               name, mark, set_at (upsert: last writer wins;
+                                            :meth:`raise_marker`: conditional, only extends)
 ==========  ==============================  ===================================================
 
 Why this layout:
@@ -84,6 +86,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 import random
 import re
 import threading
@@ -123,6 +126,7 @@ from remediation.ledger import (
     _check_positive,
     _check_time,
     _day,
+    _marker_number,
     _norm,
     _normalised_record,
     utc_day,
@@ -590,26 +594,55 @@ class TableLedger(EntityLedgerBase):
         return [_record_from_entity(e) for e in entities]
 
     def put_inventory(self, records: Iterable[DatasetRecord]) -> None:
-        """See :meth:`Ledger.put_inventory`. Upserts in entity-group transactions of up to 100
-        per partition (workspace); an entity newer than the record is left as it is (read
-        first: a transaction cannot be conditioned on a property)."""
+        """See :meth:`Ledger.put_inventory`. Per partition (workspace): read the stored entities'
+        ``learnt_at`` and ETags, then write in entity-group transactions of up to 100 an insert
+        where nothing is stored and a replace conditioned on the ETag read where the stored
+        record is not newer (nothing where it is). A transaction voided by another writer
+        (``409``: inserted first; ``412``/``404``: changed or dropped since the read) is redone
+        from a new read, so an older observation never overwrites a newer one from another
+        instance, whatever the interleaving."""
         by_partition: dict[str, dict[str, DatasetRecord]] = {}
         for record in map(_normalised_record, records):
             by_partition.setdefault(_key(record.workspace_id), {})[_key(record.dataset_id)] = record
         for pk, rows in by_partition.items():
-            newer = {
-                str(e["RowKey"])
-                for e in self._stored_learnt(pk)
-                if str(e["RowKey"]) in rows
-                and float(e.get("learnt_at") or 0.0) > rows[str(e["RowKey"])].learnt_at
-            }
-            entities = [_record_entity(r) for rk, r in rows.items() if rk not in newer]
-            for start in range(0, len(entities), _BATCH):
-                batch = entities[start : start + _BATCH]
-                with self._storage(f"upsert into {self._inventory.table_name}"):
-                    self._inventory.submit_transaction(
-                        [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in batch]
-                    )
+            for attempt in range(_MAX_CAS_RETRIES):
+                rows = self._put_inventory_once(pk, rows)
+                if not rows:
+                    break
+                self._backoff(attempt)
+            else:
+                raise LedgerConflict(f"too many concurrent inventory writes in workspace {pk}")
+
+    def _put_inventory_once(self, pk: str, rows: dict[str, DatasetRecord]) -> dict[str, DatasetRecord]:
+        """One conditional pass of :meth:`put_inventory` over one partition; the rows of the
+        transactions another writer voided (to be redone)."""
+        stored = {str(e["RowKey"]): e for e in self._stored_learnt(pk) if str(e["RowKey"]) in rows}
+        operations: list[tuple[str, DatasetRecord, Any]] = []
+        for rk, record in rows.items():
+            current = stored.get(rk)
+            entity = _record_entity(record)
+            if current is None:
+                operations.append((rk, record, ("create", entity)))
+            elif float(current.get("learnt_at") or 0.0) <= record.learnt_at:
+                condition = {
+                    "mode": UpdateMode.REPLACE,
+                    "etag": current.metadata.get("etag"),
+                    "match_condition": MatchConditions.IfNotModified,
+                }
+                operations.append((rk, record, ("update", entity, condition)))
+        again: dict[str, DatasetRecord] = {}
+        for start in range(0, len(operations), _BATCH):
+            batch = operations[start : start + _BATCH]
+            with self._storage(f"write into {self._inventory.table_name}"):
+                try:
+                    self._inventory.submit_transaction([op for _, _, op in batch])
+                except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                    again.update((rk, record) for rk, record, _ in batch)
+                except HttpResponseError as exc:
+                    if exc.status_code not in (404, 409, 412):
+                        raise
+                    again.update((rk, record) for rk, record, _ in batch)
+        return again
 
     def _stored_learnt(self, pk: str) -> list[Any]:
         with self._storage(f"query {self._inventory.table_name}"):
@@ -653,6 +686,36 @@ class TableLedger(EntityLedgerBase):
         }
         with self._storage(f"upsert into {self._markers.table_name}"):
             self._markers.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    def raise_marker(self, name: str, value: float, now: float) -> float:
+        """See :meth:`Ledger.raise_marker`. Read, then insert (``409``: someone was first) or
+        replace conditioned on the ETag (``412``: someone wrote meanwhile), retried after a lost
+        race; nothing is written when the stored number is not lower."""
+        _check_time(now, "now")
+        value = float(_check_time(value, "value"))
+        key = _norm(name, "name")
+        pk, rk = "marker", _key(key)
+        for attempt in range(_MAX_CAS_RETRIES):
+            current = self._get(self._markers, pk, rk)
+            stored = -math.inf if current is None else _marker_number(_opt_str(current, "mark"))
+            if stored >= value:
+                return stored
+            entity = {
+                "PartitionKey": pk,
+                "RowKey": rk,
+                "name": key,
+                "mark": repr(value),
+                "set_at": now,
+                "write_id": uuid.uuid4().hex,
+            }
+            if current is None:
+                etag = self._create(self._markers, entity)
+            else:
+                etag = self._replace(self._markers, entity, str(current["etag"]))
+            if etag is not None:
+                return value
+            self._backoff(attempt)
+        raise LedgerConflict(f"too many concurrent writes of marker {key}")
 
     # -- housekeeping -------------------------------------------------------------------------
 

@@ -16,6 +16,10 @@ are idempotent; the refresh POST and the credentials PATCH are not (see :mod:`re
 Typed errors beyond :class:`~remediation.http.ApiError`: :class:`RefreshAlreadyRunning` and
 :class:`RefreshQuotaExceeded` (both :class:`RefreshRefused`), :class:`PowerBINotAuthorized`,
 :class:`EntityNotFound`.
+
+The admin scanner operations (:meth:`PowerBIClient.post_workspace_info`,
+:meth:`~PowerBIClient.get_scan_status`, :meth:`~PowerBIClient.get_scan_result`) need a tenant
+that lets the identity call read-only admin APIs; see :mod:`remediation.scanner`.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ __all__ = [
     "RefreshRefused",
     "RefreshRequest",
     "RefreshSchedule",
+    "ScanResult",
+    "ScanStatus",
+    "ScannedDataset",
     "is_guid",
 ]
 
@@ -58,6 +65,8 @@ logger = logging.getLogger(__name__)
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _E = TypeVar("_E", bound=ApiError)
 _NOTIFY_OPTIONS = ("NoNotification", "MailOnFailure", "MailOnCompletion")
+MAX_SCAN_WORKSPACES = 100
+"""Workspaces one ``getInfo`` call may scan (the swagger's ``RequiredWorkspaces``: 1 to 100)."""
 DEFAULT_PAGE_SIZE = 1000
 MAX_PAGES = 1000
 
@@ -164,6 +173,35 @@ class DatasetDatasource:
     def bound(self) -> bool:
         """True when it names a gateway data source (whose credentials can be updated)."""
         return self.gateway_id is not None and self.datasource_id is not None
+
+
+@dataclass(frozen=True)
+class ScanStatus:
+    """``ScanRequest``: a scan's id and state (``NotStarted``, ``Running``, ``Succeeded``,
+    ``Failed``) and, for a failed one, its error code."""
+
+    id: str
+    status: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ScannedDataset:
+    """A dataset of a scan result and the ids of the data source instances it uses."""
+
+    workspace_id: str
+    id: str
+    datasource_instance_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """``WorkspaceInfoResponse``, reduced to what the inventory needs: the workspaces found
+    (lower-case ids), their datasets, and the data source instances by (lower-case) id."""
+
+    workspace_ids: frozenset[str]
+    datasets: tuple[ScannedDataset, ...]
+    instances: Mapping[str, DatasetDatasource]
 
 
 @dataclass(frozen=True)
@@ -464,6 +502,52 @@ def _schedule(response: ApiResponse, obj: object) -> RefreshSchedule:
     )
 
 
+def _scan_status(response: ApiResponse) -> ScanStatus:
+    r = _Reader(response, response.json(), "scan")
+    error = r.mapping("error")
+    code = error.get("code")
+    return ScanStatus(id=r.guid("id"), status=r.text("status"), error=code if isinstance(code, str) else None)
+
+
+def _scan_result(response: ApiResponse) -> ScanResult:
+    body = response.json()
+    if not isinstance(body, dict):
+        raise response.invalid("scanResult: the body must be a JSON object")
+    workspaces = body.get("workspaces") or []
+    if not isinstance(workspaces, list):
+        raise response.invalid("scanResult.workspaces must be an array")
+    found: set[str] = set()
+    datasets: list[ScannedDataset] = []
+    for i, item in enumerate(workspaces):
+        where = f"scanResult.workspaces[{i}]"
+        workspace_id = _Reader(response, item, where).guid("id").lower()
+        found.add(workspace_id)
+        entries = item.get("datasets") or []
+        if not isinstance(entries, list):
+            raise response.invalid(f"{where}.datasets must be an array")
+        for j, entry in enumerate(entries):
+            r = _Reader(response, entry, f"{where}.datasets[{j}]")
+            usages = r.raw("datasourceUsages") or []
+            if not isinstance(usages, list):
+                raise response.invalid(f"{where}.datasets[{j}].datasourceUsages must be an array")
+            ids = tuple(
+                _Reader(response, u, f"{where}.datasets[{j}].datasourceUsages[{k}]")
+                .guid("datasourceInstanceId")
+                .lower()
+                for k, u in enumerate(usages)
+            )
+            datasets.append(ScannedDataset(workspace_id, r.guid("id").lower(), ids))
+    instances: dict[str, DatasetDatasource] = {}
+    raw_instances = body.get("datasourceInstances") or []
+    if not isinstance(raw_instances, list):
+        raise response.invalid("scanResult.datasourceInstances must be an array")
+    for i, item in enumerate(raw_instances):
+        source = _dataset_datasource(response, item, f"scanResult.datasourceInstances[{i}]")
+        if source.datasource_id is not None:
+            instances[source.datasource_id.lower()] = source
+    return ScanResult(frozenset(found), tuple(datasets), instances)
+
+
 _T = TypeVar("_T")
 
 
@@ -742,6 +826,34 @@ class PowerBIClient:
             presents_credentials=True,
             before_attempt=before_attempt,
         )
+
+    # -- admin: the scanner ------------------------------------------------------------------------
+    def post_workspace_info(self, workspace_ids: Iterable[str]) -> ScanStatus:
+        """``WorkspaceInfo_PostWorkspaceInfo`` with ``lineage`` and ``datasourceDetails``: start
+        a scan of 1 to 100 workspaces (their datasets, the data source instances each uses).
+        Read-only, so it may be retried (a retry may start a second scan, nothing worse)."""
+        ids = [_id("workspace_id", w) for w in workspace_ids]
+        if not 1 <= len(ids) <= MAX_SCAN_WORKSPACES:
+            raise ValueError(f"a scan takes 1 to {MAX_SCAN_WORKSPACES} workspaces")
+        response = self._call(
+            "POST",
+            self._url("admin", "workspaces", "getInfo"),
+            params={"lineage": "True", "datasourceDetails": "True"},
+            json_body={"workspaces": ids},
+            idempotent=True,
+        )
+        return _scan_status(response)
+
+    def get_scan_status(self, scan_id: str) -> ScanStatus:
+        """``WorkspaceInfo_GetScanStatus``."""
+        return _scan_status(
+            self._call("GET", self._url("admin", "workspaces", "scanStatus", _id("scan_id", scan_id)))
+        )
+
+    def get_scan_result(self, scan_id: str) -> ScanResult:
+        """``WorkspaceInfo_GetScanResult`` (only after a status of ``Succeeded``)."""
+        url = self._url("admin", "workspaces", "scanResult", _id("scan_id", scan_id))
+        return _scan_result(self._call("GET", url))
 
 
 def _id(what: str, value: object) -> str:

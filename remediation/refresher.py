@@ -54,6 +54,7 @@ from remediation.powerbi import (
 from remediation.redact import describe_datasource, mask_urls
 from remediation.report import Action
 from remediation.runs import Resolved, Run
+from remediation.scanner import InventoryPath
 from remediation.settings import Settings
 
 __all__ = ["Refresher", "TargetHealer", "is_connection_of"]
@@ -150,6 +151,9 @@ class Refresher:
             refresh_seconds=settings.inventory_refresh_seconds,
             in_parallel=targets.in_parallel,
             clock=clock,
+            path=InventoryPath(settings.inventory_source),
+            sleep=sleep,
+            poll_interval=poll_interval,
         )
 
     def heal_dataset(
@@ -726,8 +730,8 @@ class Refresher:
             if r.refreshable and (self.inventory.uses_bound(r) or any(uses_connection(s) for s in r.sources))
         ]
         say(
-            f"inventory: {len(sync.records)} datasets, {len(records)} use bound data sources "
-            f"({sync.read} data source lists read)"
+            f"inventory ({sync.path}): {len(sync.records)} datasets, {len(records)} use bound data sources "
+            f"({sync.scanned} learnt from admin scans, {sync.read} data source lists read)"
         )
         if sync.unread:
             workspace_id, dataset_id = sync.unread[0]

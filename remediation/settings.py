@@ -67,6 +67,8 @@ _STORAGE_ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
 _QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 DEFAULT_WORK_QUEUE = "remediation-work"
 """``REMEDIATION_WORK_QUEUE``: the Storage queue of deferred and long work (the Functions app)."""
+INVENTORY_SOURCES = ("auto", "admin", "per-dataset")
+"""``REMEDIATION_INVENTORY_SOURCE``: how the inventory learns datasets' sources (remediation.scanner)."""
 
 
 def fabric_scope_for(api_url: str) -> str:
@@ -142,6 +144,7 @@ class Settings:
     http_timeout_seconds: int = 30
     sweep_budget_seconds: int = 240
     inventory_refresh_seconds: int = 86400
+    inventory_source: str = "auto"
     fanout_targets: int = 100
     lease_seconds: int = 300
     settle_seconds: int = 60
@@ -200,6 +203,7 @@ class Settings:
             http_timeout_seconds=env.integer("REMEDIATION_HTTP_TIMEOUT", 30, 1, 300),
             sweep_budget_seconds=env.integer("REMEDIATION_SWEEP_BUDGET", 240, 10, 3600),
             inventory_refresh_seconds=env.integer("REMEDIATION_INVENTORY_REFRESH", 86400, 0, 30 * 86400),
+            inventory_source=env.choice("REMEDIATION_INVENTORY_SOURCE", INVENTORY_SOURCES, "auto"),
             fanout_targets=env.integer("REMEDIATION_FANOUT_TARGETS", 100, 0, 100_000),
             lease_seconds=env.integer("REMEDIATION_LEASE_SECONDS", 300, 30, 86400),
             settle_seconds=env.integer("REMEDIATION_SETTLE_SECONDS", 60, 0, 3600),
@@ -323,6 +327,17 @@ class _Env:
     def secret(self, name: str) -> str | None:
         # Secrets are used as given (a trailing space may be part of one); only "empty" is unset.
         return self.raw(name)
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
+        value = self.text(name)
+        if value is None:
+            return default
+        if value.lower() not in allowed:
+            raise ConfigError(
+                f"{name}={_shown(value)} is not allowed; set it to one of {', '.join(allowed)} "
+                f"(default {default})"
+            )
+        return value.lower()
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         value = self.text(name)

@@ -7,8 +7,9 @@ When one instance draws a 429 with
 to a ledger marker, and every pipeline reads it before sending (:class:`~remediation.http.HttpPipeline`
 with ``shared_pause``). The marker is read at most every ``refresh`` seconds per process (a point
 read, not one per request), and written only when a pause ends later than the one known. The
-write is last-writer-wins: two instances throttled at once may leave the shorter of two pauses,
-which costs at most one more 429 — never a wrong credential decision.
+write only ever extends the marker (:meth:`~remediation.ledger.Ledger.raise_marker`: a
+conditional write in both backends), so two instances throttled at once leave the longer of
+their two pauses, never the shorter.
 """
 
 from __future__ import annotations
@@ -69,10 +70,12 @@ class LedgerPause:
                 return
             self._known = at
         try:
-            if at > _parse(self._ledger.marker(self._name)):
-                self._ledger.set_marker(self._name, repr(at), self._clock())
+            stored = self._ledger.raise_marker(self._name, at, self._clock())
         except LedgerError as exc:
             logger.warning("cannot share a throttling pause: %s", exc)
+            return
+        with self._lock:
+            self._known = max(self._known, stored)
 
 
 def _parse(text: str | None) -> float:

@@ -27,6 +27,9 @@ Routes (service ``"powerbi"``; the names are stable, tests and fault injection u
     powerbi.get_gateway_datasource   GET    /gateways/{gw}/datasources/{ds}
     powerbi.get_datasource_status    GET    /gateways/{gw}/datasources/{ds}/status
     powerbi.update_datasource        PATCH  /gateways/{gw}/datasources/{ds}
+    powerbi.scan_get_info            POST   /admin/workspaces/getInfo      (lineage, datasourceDetails)
+    powerbi.scan_status              GET    /admin/workspaces/scanStatus/{scanId}
+    powerbi.scan_result              GET    /admin/workspaces/scanResult/{scanId}
     powerbi.unknown                  any    anything else under /v1.0/myorg (404, or 405)
 
 Error shapes:
@@ -78,6 +81,18 @@ Behaviours that had to be decided (the real service documents none of them preci
   stores "signed in as" that user.
 * **Datasource status** is a real connection attempt by the gateway, so it counts toward
   lockout like any sign-in.
+* **Admin scanner APIs** (``admin/workspaces/getInfo``, ``scanStatus``, ``scanResult``) are
+  refused to every principal unless it is in :attr:`PowerBI.admin_principals` (the tenant setting
+  "Service principals can access read-only admin APIs" with the principal in its allowed
+  security group, and no Power BI admin-consent permission on the app): 401
+  ``PowerBINotAuthorizedException`` (what callers report; :attr:`PowerBI.admin_refusal_status`
+  makes it 403). ``getInfo`` takes 1 to 100 workspace GUIDs (else 400), scans every workspace of
+  the tenant whatever the caller's membership (unknown ids are left out of the result), and
+  answers 202 ``NotStarted``; ``scanStatus`` answers ``Running`` :attr:`PowerBI.scan_polls` times,
+  then :attr:`PowerBI.scan_outcome` (``Succeeded``, or ``Failed`` with an ``error``);
+  ``scanResult`` is 400 until a poll has reported ``Succeeded``. ``datasourceUsages`` appear only
+  with ``lineage=True``, ``datasourceInstances`` only with ``datasourceDetails=True`` (the
+  swagger's shapes: ``WorkspaceInfoResponse``). Another principal's scan id is 404.
 * **Refresh**: a sign-in per data source, in order, stopping at the first failure (a mashup
   evaluation aborts on the first error). The refresh finishes ``duration`` seconds after it
   started, evaluated lazily when history is read or a refresh is requested. Credential
@@ -329,6 +344,19 @@ class Dataset:
 
 
 @dataclass(eq=False)
+class Scan:
+    """One ``getInfo`` request: what it scanned (a snapshot taken when it was asked)."""
+
+    id: str
+    principal: str
+    created: float
+    result: dict[str, Any] = field(repr=False)
+    polls_left: int
+    outcome: str
+    reported: str = "NotStarted"
+
+
+@dataclass(eq=False)
 class Workspace:
     id: str
     name: str
@@ -481,6 +509,12 @@ class PowerBI:
         # Off: a locked account is answered like a wrong password (what these tests were built on).
         # On: like SQL Server, whose message then says the account is locked (error 18486).
         self.report_lockouts = False
+        # The admin scanner APIs: who may call them, and how a scan goes.
+        self.admin_principals: set[str] = set()
+        self.admin_refusal_status = 401
+        self.scan_polls = 1  # scanStatus answers "Running" this many times, then the outcome
+        self.scan_outcome = "Succeeded"  # or "Failed"
+        self.scans: dict[str, Scan] = {}
         self._next_refresh_id = 100_000
         self._route_patterns: list[re.Pattern[str]] = []
         self._register_routes()
@@ -786,6 +820,11 @@ class PowerBI:
             ("get_gateway_datasource", "GET", datasource, self._get_gateway_datasource),
             ("get_datasource_status", "GET", f"{datasource}/status", self._get_datasource_status),
             ("update_datasource", "PATCH", datasource, self._update_datasource),
+            ("scan_get_info", "POST", "/admin/workspaces/getInfo", self._scan_get_info),
+            ("scan_status", "GET", f"/admin/workspaces/scanStatus/{_SEGMENT.format('scan')}",
+             self._scan_status),
+            ("scan_result", "GET", f"/admin/workspaces/scanResult/{_SEGMENT.format('scan')}",
+             self._scan_result),
         ]
         for name, method, pattern, handler in routes:
             self._route_patterns.append(re.compile(_BASE + pattern, re.IGNORECASE))
@@ -1314,12 +1353,108 @@ class PowerBI:
                     datasource.id)
         return Response(200)
 
+    # -- the admin scanner APIs -------------------------------------------------------------------
+    def _admin(self, request: Request) -> TokenInfo:
+        caller = self._authenticate(request)
+        if not _contains(self.admin_principals, caller.principal):
+            raise HTTPError(self.admin_refusal_status, pbi_error(NOT_AUTHORIZED))
+        return caller
+
+    def _scan_get_info(self, request: Request) -> Response:
+        caller = self._admin(request)
+        body = self._json(request, required=True)
+        self._validate_body("WorkspaceInfo_PostWorkspaceInfo", body)
+        ids = body.get("workspaces")
+        if not isinstance(ids, list) or not 1 <= len(ids) <= 100:
+            raise _bad_request("'workspaces' must list 1 to 100 workspace ids.")
+        if not all(isinstance(i, str) and _GUID.fullmatch(i) for i in ids):
+            raise _bad_request("Every workspace id must be a GUID.")
+        lineage, details = _query_true(request, "lineage"), _query_true(request, "datasourceDetails")
+        with self._lock:
+            result = self._scan_snapshot([i.lower() for i in ids], lineage=lineage, details=details)
+            scan = Scan(str(uuid.uuid4()), caller.principal, self._sb.clock.now(), result,
+                        max(self.scan_polls, 0), self.scan_outcome)
+            self.scans[scan.id] = scan
+        return Response(202, self._scan_json(scan),
+                        {"Location": f"{self.api_url}/admin/workspaces/scanStatus/{scan.id}"})
+
+    def _scan_snapshot(self, ids: list[str], *, lineage: bool, details: bool) -> dict[str, Any]:
+        workspaces, instances = [], {}
+        for workspace_id in dict.fromkeys(ids):
+            workspace = self.workspaces.get(workspace_id)
+            if workspace is None:
+                continue
+            datasets = []
+            for dataset in workspace.datasets.values():
+                entry: dict[str, Any] = {"id": dataset.id, "name": dataset.name,
+                                         "configuredBy": dataset.owner, "targetStorageMode": "Abf",
+                                         "CreatedDate": _iso(dataset.created)}
+                if lineage:
+                    entry["upstreamDataflows"] = []
+                    entry["datasourceUsages"] = [{"datasourceInstanceId": d.id} for d in dataset.datasources]
+                for d in dataset.datasources:
+                    instances[d.id] = {"datasourceType": d.datasource_type,
+                                       "connectionDetails": dict(d.connection_details),
+                                       "datasourceId": d.id, "gatewayId": d.gateway.id}
+                datasets.append(entry)
+            workspaces.append({"id": workspace.id, "name": workspace.name, "type": "Workspace",
+                               "state": "Active", "isOnDedicatedCapacity": workspace.dedicated_capacity,
+                               "datasets": datasets})
+        result: dict[str, Any] = {"workspaces": workspaces}
+        if details:
+            result["datasourceInstances"] = list(instances.values())
+            result["misconfiguredDatasourceInstances"] = []
+        return result
+
+    @staticmethod
+    def _scan_json(scan: Scan) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": scan.id, "createdDateTime": _iso(scan.created), "status": scan.reported}
+        if scan.reported == "Failed":
+            body["error"] = {"code": "ScanFailed", "message": "The scan failed; try again later."}
+        return body
+
+    def _scan(self, request: Request) -> Scan:
+        caller = self._admin(request)
+        scan_id = self._path_id(request, "scan")
+        scan = self.scans.get(scan_id)
+        if scan is None or not _same(scan.principal, caller.principal):
+            raise _not_found()
+        return scan
+
+    def _scan_status(self, request: Request) -> Response:
+        with self._lock:
+            scan = self._scan(request)
+            if scan.polls_left > 0:
+                scan.polls_left -= 1
+                scan.reported = "Running"
+            else:
+                scan.reported = scan.outcome
+            body = self._scan_json(scan)
+        return Response(200, body)
+
+    def _scan_result(self, request: Request) -> Response:
+        with self._lock:
+            scan = self._scan(request)
+            if scan.reported != "Succeeded":
+                raise _bad_request("The scan has not succeeded; ask its status first.")
+            body = json.loads(json.dumps(scan.result))
+        return Response(200, body)
+
     def _record_attempt(self, datasource: Datasource, caller: TokenInfo, outcome: str,
                         credential_type: str | None, data: dict[str, str] | None) -> None:
         with self._lock:
             datasource.update_attempts.append(
                 UpdateAttempt(self._sb.clock.now(), caller.principal, outcome, credential_type,
                               dict(data) if data is not None else None))
+
+
+def _query_true(request: Request, name: str) -> bool:
+    value = request.query_ci(name)
+    if value is None:
+        return False
+    if value.lower() not in ("true", "false"):
+        raise _bad_request(f"The query parameter '{name}' must be true or false.")
+    return value.lower() == "true"
 
 
 def _credentials_error(datasource: Datasource, *, locked: bool = False) -> dict[str, Any]:

@@ -921,3 +921,35 @@ class LedgerContract:
             assert [r.dataset_id for r in ledger.inventory()] == ["ds"]
         finally:
             ledger.close()
+
+    def test_a_raised_marker_only_ever_extends(self, ledger: Ledger) -> None:
+        assert ledger.raise_marker("Throttle:PowerBI", T0 + 100, T0) == T0 + 100
+        assert ledger.raise_marker("throttle:powerbi", T0 + 50, T0 + 1) == T0 + 100
+        assert float(ledger.marker("throttle:powerbi") or "nan") == T0 + 100
+        assert ledger.raise_marker("throttle:powerbi", T0 + 200, T0 + 2) == T0 + 200
+        ledger.set_marker("odd", "not a number", T0)
+        assert ledger.raise_marker("odd", 5.0, T0) == 5.0
+        with pytest.raises(ValueError):
+            ledger.raise_marker("odd", float("inf"), T0)
+
+    def test_threads_raising_one_marker_leave_the_largest_whatever_the_order(self, ledger: Ledger) -> None:
+        values = [T0 + (i * 7919) % 24 for i in range(24)]  # a shuffled order of T0 .. T0+23
+        answers = race(24, lambda i: ledger.raise_marker("throttle:powerbi", values[i], T0))
+        assert float(ledger.marker("throttle:powerbi") or "nan") == T0 + 23
+        assert all(answer >= value for answer, value in zip(answers, values, strict=True))
+
+    def test_threads_writing_one_dataset_leave_the_newest_observation(self, ledger: Ledger) -> None:
+        order = [(i * 7) % 16 for i in range(16)]
+        race(
+            16,
+            lambda i: ledger.put_inventory(
+                [
+                    self._dataset("ws", f"ds-{j}", T0 + order[i], fingerprint=f"seen-{order[i]}")
+                    for j in range(3)
+                ]
+            ),
+        )
+        records = ledger.inventory("ws")
+        assert sorted((r.dataset_id, r.learnt_at, r.fingerprint) for r in records) == [
+            (f"ds-{j}", T0 + 15, "seen-15") for j in range(3)
+        ]

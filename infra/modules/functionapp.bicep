@@ -60,6 +60,9 @@ param sweepBudgetSeconds int
 @description('REMEDIATION_INVENTORY_REFRESH (seconds).')
 param inventoryRefreshSeconds int
 
+@description('REMEDIATION_INVENTORY_SOURCE: auto, admin or per-dataset.')
+param inventorySource string
+
 @description('REMEDIATION_FANOUT_TARGETS.')
 param fanoutTargets int
 
@@ -256,6 +259,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'REMEDIATION_INVENTORY_REFRESH'
           value: string(inventoryRefreshSeconds)
+        }
+        {
+          name: 'REMEDIATION_INVENTORY_SOURCE'
+          value: inventorySource
         }
         {
           name: 'REMEDIATION_FANOUT_TARGETS'

@@ -28,6 +28,8 @@ def test_the_quick_benchmarks_run_and_heal_what_they_measure(tmp_path: Path) -> 
             "fanout",
             "--only",
             "tenant",
+            "--only",
+            "scanner",
             "--results",
             str(results),
         ],
@@ -50,3 +52,7 @@ def test_the_quick_benchmarks_run_and_heal_what_they_measure(tmp_path: Path) -> 
     assert all(r["calls"] == r["min_calls"] and r["extra"]["exit"] == 0 for r in tenant), tenant
     steady = tenant[1]
     assert steady["calls"] <= steady["extra"]["issue_bound"]  # 1 + W + 2B + 5
+    scanner = [r for r in rows if r["benchmark"] == "scanner"]
+    assert [r["case"].split(": ")[1] for r in scanner] == ["first sweep", "steady sweep", "+ 1 new dataset"]
+    assert all(r["calls"] == r["min_calls"] and r["extra"]["exit"] == 0 for r in scanner), scanner
+    assert scanner[0]["calls"] < tenant[0]["calls"]  # the scanner builds it in far fewer calls

@@ -20,6 +20,8 @@ from remediation.errors import ConfigError
 from remediation.ledger import (
     AccountVersion,
     Claim,
+    DatasetRecord,
+    InventorySource,
     Ledger,
     LedgerError,
     Outcome,
@@ -327,3 +329,63 @@ def test_identity_over_plain_http_is_refused() -> None:
     settings = Settings.from_env({"AzureWebJobsStorage__tableServiceUri": "http://127.0.0.1:9/acct"})
     with pytest.raises(ConfigError, match="https"):
         TableLedger.from_settings(settings, credential=_RecordingCredential())
+
+
+def _inventory_record(dataset: str, learnt_at: float, fingerprint: str) -> DatasetRecord:
+    return DatasetRecord("ws", dataset, fingerprint, learnt_at, (InventorySource(GW, DS, "Sql"),))
+
+
+@pytest.mark.parametrize("stored_first", [True, False], ids=["replace-412", "insert-409"])
+def test_an_older_observation_never_overwrites_a_newer_one_written_between_read_and_write(
+    tables: TableLedger,
+    shared_azurite: Azurite,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    stored_first: bool,
+) -> None:
+    """Another instance writes a newer record of the dataset after this one read the stored
+    ``learnt_at`` and before it wrote: the conditional write fails (412 on a replace, 409 on an
+    insert), is redone from a new read, and the newer record stays."""
+    other = TableLedger.from_connection_string(shared_azurite.connection_string, table_prefix=prefix)
+    if stored_first:
+        tables.put_inventory([_inventory_record("ds", T0, "first")])
+    read = tables._stored_learnt
+    reads: list[int] = []
+
+    def read_then_let_the_other_write(pk: str) -> list[Any]:
+        stored = read(pk)
+        reads.append(len(stored))
+        if len(reads) == 1:
+            other.put_inventory([_inventory_record("ds", T0 + 20, "newer")])
+        return stored
+
+    monkeypatch.setattr(tables, "_stored_learnt", read_then_let_the_other_write)
+    try:
+        tables.put_inventory([_inventory_record("ds", T0 + 10, "older")])
+        (record,) = other.inventory("ws")
+        assert (record.fingerprint, record.learnt_at) == ("newer", T0 + 20)
+        assert reads == [int(stored_first), 1]  # read, voided, read again, nothing to write
+    finally:
+        other.close()
+
+
+def test_a_shorter_pause_written_after_a_longer_one_read_it_as_absent_never_shortens_it(
+    tables: TableLedger, shared_azurite: Azurite, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = TableLedger.from_connection_string(shared_azurite.connection_string, table_prefix=prefix)
+    get = tables._get
+    interleaved: list[int] = []
+
+    def read_then_let_the_other_write(table: Any, pk: str, rk: str) -> dict[str, Any] | None:
+        entity = get(table, pk, rk)
+        if table is tables._markers and not interleaved:
+            interleaved.append(1)
+            assert other.raise_marker("throttle:powerbi", T0 + 120, T0) == T0 + 120
+        return entity
+
+    monkeypatch.setattr(tables, "_get", read_then_let_the_other_write)
+    try:
+        assert tables.raise_marker("throttle:powerbi", T0 + 30, T0) == T0 + 120
+        assert other.marker("throttle:powerbi") == repr(T0 + 120) and interleaved == [1]
+    finally:
+        other.close()

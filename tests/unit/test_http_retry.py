@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import pickle
 import socket
 import threading
@@ -493,6 +494,25 @@ def test_a_retry_after_past_the_deadline_is_not_waited_and_says_so(sb: Sandbox, 
     assert sleep.waits == [] and len(sb.requests.find("test.get")) == 1
     assert (caught.value.status, caught.value.retry_after) == (429, 600.0)
     assert "deadline" in str(caught.value)
+
+
+def test_a_shorter_pause_shared_after_a_longer_one_never_shortens_it(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    first, second = SqliteLedger(path), SqliteLedger(path)  # two instances, one ledger
+    try:
+        long_pause, short_pause = (
+            LedgerPause(first, clock=lambda: NOW),
+            LedgerPause(second, clock=lambda: NOW),
+        )
+        assert short_pause.resume_at() == -math.inf  # read before the long pause was drawn
+        long_pause.pause_until(NOW + 120)
+        short_pause.pause_until(NOW + 30)  # a 429 with a shorter Retry-After, written later
+        assert float(first.marker("throttle:powerbi") or "nan") == NOW + 120
+        assert short_pause.resume_at() == NOW + 120  # learnt from its own write, not stale
+        assert LedgerPause(first, clock=lambda: NOW).resume_at() == NOW + 120
+    finally:
+        first.close()
+        second.close()
 
 
 @pytest.mark.sandbox

@@ -305,3 +305,12 @@ def test_a_certificate_password_is_never_shown_and_a_certificate_selects_the_ser
 def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REMEDIATION_CONCURRENCY", "3")
     assert Settings.from_env().concurrency == 3
+
+
+def test_the_inventory_source_is_auto_admin_or_per_dataset() -> None:
+    assert Settings.from_env({}).inventory_source == "auto"
+    assert (
+        Settings.from_env({"REMEDIATION_INVENTORY_SOURCE": " Per-Dataset "}).inventory_source == "per-dataset"
+    )
+    with pytest.raises(ConfigError, match="REMEDIATION_INVENTORY_SOURCE.*auto, admin, per-dataset"):
+        Settings.from_env({"REMEDIATION_INVENTORY_SOURCE": "scanner"})
