@@ -391,7 +391,7 @@ class FabricClient:
             if link is None:
                 return items
             next_url = self._same_origin(response, link)
-        raise ValueError(f"{where} stopped after {MAX_PAGES} pages")
+        raise response.invalid(f"{where}: stopped after {MAX_PAGES} pages (the continuation never ends)")
 
     # -- connections ---------------------------------------------------------------------------
     def list_connections(self) -> list[Connection]:

@@ -49,7 +49,7 @@ from remediation.accounts import account_key, source_locator, text_map
 from remediation.bindings import CONNECTIONS, Binding, BindingSet, CredentialType, Target
 from remediation.credentials import ResolvedCredential, resolve_credential
 from remediation.decisions import Decision, account_decision, decide
-from remediation.errors import ConfigError, NotBound, RemediationError, SecretVersionNotFound
+from remediation.errors import BindingsError, ConfigError, NotBound, RemediationError, SecretVersionNotFound
 from remediation.fabric import Connection, FabricClient
 from remediation.http import ApiError, ThrottledPastDeadline, deadline_scope
 from remediation.identity import AuthenticationError
@@ -63,8 +63,8 @@ from remediation.refresher import Refresher
 from remediation.report import HOLDS_CURRENT, PROBLEMS, Action, Report
 from remediation.runs import Resolved, Run
 from remediation.settings import Settings
-from remediation.targets import Presented, TargetKind
-from remediation.targets.fabric import FabricKind, fabric_credential_type
+from remediation.targets import Presented, TargetKind, TargetRefused
+from remediation.targets.fabric import FabricKind, match_refusal
 from remediation.targets.gateway import GatewayKind, TakeOverRefused, UserTokenFactory
 from remediation.telemetry import REDACTOR
 
@@ -548,6 +548,8 @@ class Healer:
             return done(Action.FAILED, str(exc), version)
         try:
             found = kind.discover(item, run)
+        except TargetRefused as exc:
+            return done(Action.FAILED, str(exc), version)
         except ThrottledPastDeadline as exc:
             return done(Action.DEFERRED, str(exc), version)
         except RemediationError as exc:
@@ -821,10 +823,10 @@ class Healer:
                     seen.add(target.key)
                     resolved.append(Resolved(binding, target, self._locator_of(target, run)))
             if any(not m.selects_connections for m in binding.matches):
-                for gateway_id, datasource_id, locator in self._matching_datasources(binding, run):
-                    if (gateway_id, datasource_id) not in seen:
-                        seen.add((gateway_id, datasource_id))
-                        resolved.append(Resolved(binding, Target(gateway_id, datasource_id), locator))
+                for item in self._matching_datasources(binding, run):
+                    if item.target.key not in seen:
+                        seen.add(item.target.key)
+                        resolved.append(item)
             if binding.matches_connections:
                 for item in self._matching_connections(binding, run):
                     if item.target.key not in seen:
@@ -859,16 +861,24 @@ class Healer:
                 connection.connection_type, connection.connectivity_type, connection.path
             ):
                 continue
-            explicit = self.bindings.for_target(CONNECTIONS, connection.id)
-            if explicit is not None and explicit.name != binding.name:
+            try:
+                owner = self.bindings.for_connection(
+                    connection.id,
+                    connection_type=connection.connection_type,
+                    connectivity_type=connection.connectivity_type,
+                    path=connection.path,
+                )
+                refused = ""
+            except BindingsError as exc:  # several matches select it: which secret is a guess
+                owner, refused = binding, str(exc)
+            if owner is None or owner.name != binding.name:
                 continue
             target = next(
                 (t for t in binding.targets if t.connection_id == connection.id),
                 Target.connection(connection.id),
             )
-            found.append(
-                Resolved(binding, target, _connection_locator(connection), _refusal(binding, connection))
-            )
+            refused = refused or match_refusal(binding, connection)
+            found.append(Resolved(binding, target, _connection_locator(connection), refused))
         return found
 
     def all_connections(self, run: Run) -> list[Connection]:
@@ -881,22 +891,46 @@ class Healer:
                 run.fabric_connections = self.fabric_kind.fabric.list_connections()
             return run.fabric_connections
 
-    def _matching_datasources(self, binding: Binding, run: Run) -> list[tuple[str, str, str]]:
+    def _matching_datasources(self, binding: Binding, run: Run) -> list[Resolved]:
+        """The gateway data sources ``binding``'s matches select and no other binding owns (one
+        that several matches select is refused: which secret to send would be a guess)."""
         found = []
         for gateway_id, datasource in self._all_gateway_datasources(run):
             details = text_map(datasource.connection() or {})
-            if binding.matches_datasource(datasource.datasource_type or "", details):
-                explicit = self.bindings.for_target(gateway_id, datasource.id)
-                if explicit is None or explicit.name == binding.name:
-                    locator = source_locator(datasource.datasource_type, details)
-                    found.append((gateway_id, datasource.id.lower(), locator))
+            if not binding.matches_datasource(datasource.datasource_type or "", details):
+                continue
+            try:
+                owner = self.bindings.for_datasource(
+                    gateway_id,
+                    datasource.id,
+                    datasource_type=datasource.datasource_type or "",
+                    connection_details=details,
+                )
+                refused = ""
+            except BindingsError as exc:
+                owner, refused = binding, str(exc)
+            if owner is not None and owner.name == binding.name:
+                locator = source_locator(datasource.datasource_type, details)
+                found.append(Resolved(binding, Target(gateway_id, datasource.id.lower()), locator, refused))
         return found
 
     def _binding_by_match(
         self, gateway_id: str, datasource_id: str, run: Run
     ) -> tuple[Binding | None, str, str]:
         """The binding whose ``match`` selects the target, where it signs in, and why it is
-        refused (a connection with another credential type), if it is."""
+        refused (a connection with another credential type, or several matches selecting it:
+        then the first of them carries the refusal), if it is."""
+        try:
+            return self._binding_by_match_or_raise(gateway_id, datasource_id, run)
+        except BindingsError as exc:
+            binding = self.bindings.by_name(exc.binding or "")
+            if binding is None:
+                raise
+            return binding, "", str(exc)
+
+    def _binding_by_match_or_raise(
+        self, gateway_id: str, datasource_id: str, run: Run
+    ) -> tuple[Binding | None, str, str]:
         if gateway_id == CONNECTIONS:
             for connection in self.all_connections(run):
                 if connection.id == datasource_id:
@@ -906,7 +940,7 @@ class Healer:
                         connectivity_type=connection.connectivity_type,
                         path=connection.path,
                     )
-                    refused = "" if binding is None else _refusal(binding, connection)
+                    refused = "" if binding is None else match_refusal(binding, connection)
                     return binding, _connection_locator(connection), refused
             return None, "", ""
         for gw, datasource in self._all_gateway_datasources(run):
@@ -1050,19 +1084,6 @@ class Healer:
             ),
             duration=round(self._clock() - run.started, 3),
         )
-
-
-def _refusal(binding: Binding, connection: Connection) -> str:
-    """Why a connection a ``match`` of ``binding`` selects is not sent its secret ("" if it is):
-    it signs in with another credential type, so maybe as another account."""
-    wanted = fabric_credential_type(binding.credential_type)
-    if not connection.credential_type or connection.credential_type == wanted:
-        return ""
-    return (
-        f"connection {connection.id} is selected by the match of {binding.name!r}, but it signs in with "
-        f"{connection.credential_type}, not {wanted}: it may be another account, so nothing is sent; "
-        "narrow the match, or bind the connection by connectionId"
-    )
 
 
 def _connection_locator(connection: Connection) -> str:

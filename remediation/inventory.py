@@ -222,9 +222,11 @@ class Inventory:
         now = self._clock()
         to_read: list[tuple[int, float, str, Dataset, DatasetRecord | None]] = []
         workspaces = self.workspaces(run)
-        # A dry run sends GET requests only, so ``auto`` does not start a scan (a POST) there.
-        use_scanner = self.path is InventoryPath.ADMIN or (
-            self.path is InventoryPath.AUTO and not run.dry_run and self.scanner.refused_until() <= now
+        # A dry run sends GET requests only, so it does not start a scan (a POST): with ``admin``
+        # what is new is then deferred, with ``auto`` it is read per dataset.
+        use_scanner = not run.dry_run and (
+            self.path is InventoryPath.ADMIN
+            or (self.path is InventoryPath.AUTO and self.scanner.refused_until() <= now)
         )
         listed_refreshable: dict[str, list[Dataset]] = {}
 
@@ -298,9 +300,9 @@ class Inventory:
             fresh.update(learnt)
             changed.extend(learnt.values())
             per_dataset = [item for item in to_read if (item[2], item[3].id.lower()) not in learnt]
-            if self.path is InventoryPath.ADMIN:  # no per-dataset reads: what is new is deferred
-                result.unread.extend((item[2], item[3].id.lower()) for item in per_dataset if item[4] is None)
-                per_dataset = []
+        if self.path is InventoryPath.ADMIN:  # no per-dataset reads: what is new is deferred
+            result.unread.extend((item[2], item[3].id.lower()) for item in per_dataset if item[4] is None)
+            per_dataset = []
         answers = self._in_parallel(read, per_dataset)
         vanished: set[tuple[str, str]] = set()
         for item, answer in zip(per_dataset, answers, strict=True):

@@ -310,8 +310,9 @@ class Outcome:
     ``time`` is epoch seconds; ``duration`` is seconds. ``secret_name``/``secret_version`` name a
     Key Vault secret version; they are references, not values. ``account`` is the account key the
     per-account rules count a target's sign-ins against (:func:`remediation.accounts.account_key`:
-    ``user:<bare user name>``, ``app:<client id>`` or ``secret:<secret name>``), an identifier the
-    bindings file already holds, never a credential; None for datasets and summaries.
+    ``user:<bare user name>``, ``app:<client id>`` or ``secret:<secret name>``): an identifier
+    from the bindings file or from a JSON secret's ``username``, never a credential; None for
+    datasets and summaries.
     """
 
     time: float

@@ -192,6 +192,9 @@ class ScannedDataset:
     workspace_id: str
     id: str
     datasource_instance_ids: tuple[str, ...]
+    usages_described: bool = True
+    """False when the scan did not say which sources it uses (no ``datasourceUsages``): that is
+    not "none", so the dataset is learnt another way."""
 
 
 @dataclass(frozen=True)
@@ -527,6 +530,7 @@ def _scan_result(response: ApiResponse) -> ScanResult:
             raise response.invalid(f"{where}.datasets must be an array")
         for j, entry in enumerate(entries):
             r = _Reader(response, entry, f"{where}.datasets[{j}]")
+            described = r.raw("datasourceUsages") is not None
             usages = r.raw("datasourceUsages") or []
             if not isinstance(usages, list):
                 raise response.invalid(f"{where}.datasets[{j}].datasourceUsages must be an array")
@@ -536,7 +540,7 @@ def _scan_result(response: ApiResponse) -> ScanResult:
                 .lower()
                 for k, u in enumerate(usages)
             )
-            datasets.append(ScannedDataset(workspace_id, r.guid("id").lower(), ids))
+            datasets.append(ScannedDataset(workspace_id, r.guid("id").lower(), ids, described))
     instances: dict[str, DatasetDatasource] = {}
     raw_instances = body.get("datasourceInstances") or []
     if not isinstance(raw_instances, list):

@@ -732,6 +732,7 @@ class Refresher:
         say(
             f"inventory ({sync.path}): {len(sync.records)} datasets, {len(records)} use bound data sources "
             f"({sync.scanned} learnt from admin scans, {sync.read} data source lists read)"
+            + "".join(f"; {problem}" for problem in sync.problems[:3])
         )
         if sync.unread:
             workspace_id, dataset_id = sync.unread[0]

@@ -189,8 +189,8 @@ def _outcome(result: ScanResult, batch: list[str]) -> ScanOutcome:
     wanted = set(batch)
     outcome = ScanOutcome(scanned=wanted & set(result.workspace_ids))
     for dataset in result.datasets:
-        if dataset.workspace_id not in wanted:
-            continue
+        if dataset.workspace_id not in wanted or not dataset.usages_described:
+            continue  # (usages not described: learnt another way)
         sources = [result.instances.get(i) for i in dataset.datasource_instance_ids]
         if any(s is None for s in sources):
             continue  # an instance the scan did not describe: learnt another way

@@ -514,6 +514,9 @@ class PowerBI:
         self.admin_refusal_status = 401
         self.scan_polls = 1  # scanStatus answers "Running" this many times, then the outcome
         self.scan_outcome = "Succeeded"  # or "Failed"
+        # Datasets a scan result lists without ``datasourceUsages`` (the real service omits them
+        # for some datasets): the product must not read that as "no data sources".
+        self.scan_omits_usages: set[str] = set()
         self.scans: dict[str, Scan] = {}
         self._next_refresh_id = 100_000
         self._route_patterns: list[re.Pattern[str]] = []
@@ -1391,7 +1394,9 @@ class PowerBI:
                                          "CreatedDate": _iso(dataset.created)}
                 if lineage:
                     entry["upstreamDataflows"] = []
-                    entry["datasourceUsages"] = [{"datasourceInstanceId": d.id} for d in dataset.datasources]
+                    if dataset.id not in self.scan_omits_usages:
+                        entry["datasourceUsages"] = [{"datasourceInstanceId": d.id}
+                                                     for d in dataset.datasources]
                 for d in dataset.datasources:
                     instances[d.id] = {"datasourceType": d.datasource_type,
                                        "connectionDetails": dict(d.connection_details),

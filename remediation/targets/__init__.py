@@ -22,12 +22,18 @@ from collections.abc import Callable
 from typing import Protocol
 
 from remediation.credentials import ResolvedCredential
+from remediation.errors import RemediationError
 from remediation.http import ApiError
 from remediation.keyvault import SecretValue
 from remediation.presentation import VerdictOf
 from remediation.runs import Resolved, Run
 
-__all__ = ["Presented", "TargetKind"]
+__all__ = ["Presented", "TargetKind", "TargetRefused"]
+
+
+class TargetRefused(RemediationError):
+    """Raised by :meth:`TargetKind.discover` when the target, as read, must not be sent the
+    binding's credential (nothing is presented); the message says why and what to do."""
 
 
 class Presented(Exception):  # noqa: N818 - not an error: an answer with its verdict

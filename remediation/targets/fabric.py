@@ -43,13 +43,14 @@ from remediation.http import ApiConnectionError, ApiError
 from remediation.keyvault import SecretValue
 from remediation.presentation import Verdict, VerdictOf
 from remediation.runs import Resolved, Run
-from remediation.targets import Presented
+from remediation.targets import Presented, TargetRefused
 
 __all__ = [
     "FabricKind",
     "FabricTarget",
     "could_reference",
     "fabric_credential_type",
+    "match_refusal",
     "fabric_verdict",
     "update_connection_request",
 ]
@@ -235,10 +236,17 @@ class FabricKind:
         return f"connection {item.target.datasource_id}"
 
     def discover(self, item: Resolved, run: Run) -> FabricTarget:
-        """The connection, and its cluster's member keys (on-premises) or the personal gateway's key."""
+        """The connection, and its cluster's member keys (on-premises) or the personal gateway's key.
+
+        Raises :class:`~remediation.targets.TargetRefused` for a connection a ``match`` selected
+        (not named by ``connectionId``) that signs in another way, whichever path reached it."""
         connection_id = item.target.connection_id
         assert connection_id is not None
         connection = self.fabric.get_connection(connection_id)
+        if not any(t.connection_id == connection_id for t in item.binding.targets):
+            why = match_refusal(item.binding, connection)
+            if why:
+                raise TargetRefused(why)
         if connection.connectivity_type == ConnectivityType.ON_PREMISES_GATEWAY and connection.gateway_id:
             members = tuple(self.fabric.list_gateway_members(connection.gateway_id))
             return FabricTarget(connection, members=members)
@@ -268,3 +276,18 @@ class FabricKind:
         except UnsupportedConnection as exc:
             raise Presented(VerdictOf(Verdict.NOT_PRESENTED, str(exc))) from None
         self.fabric.update_connection(found.connection.id, body, before_attempt=before_attempt)
+
+
+def match_refusal(binding: Binding, connection: Connection) -> str:
+    """Why a connection a ``match`` of ``binding`` selects is not sent its secret ("" if it is):
+    it signs in with another credential type, or one Fabric does not say, so maybe as another
+    account. (A connection named by ``connectionId`` is the operator's explicit choice.)"""
+    wanted = fabric_credential_type(binding.credential_type)
+    if connection.credential_type == wanted:
+        return ""
+    how = f"with {connection.credential_type}" if connection.credential_type else "in a way Fabric won't say"
+    return (
+        f"connection {connection.id} is selected by the match of {binding.name!r}, but it signs in {how}, "
+        f"not {wanted}: it may be another account, so nothing is sent; narrow the match, or bind the "
+        "connection by connectionId"
+    )

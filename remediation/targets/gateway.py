@@ -267,23 +267,30 @@ class GatewayKind:
                 "have no binding to put them back. Bind them, or give the identity access to the data "
                 "source another way"
             )
+        # Power BI resets the credentials of the dataset's other cloud data sources (those on an
+        # on-premises gateway keep theirs: the gateway holds them). The ledger must stop saying
+        # they hold a version, or they would not be healed again until the next version; so that
+        # is forgotten first, and without it there is no Take Over (forgetting a version a source
+        # still holds costs one PATCH of an accepted value, never a failed sign-in).
+        reset = [s for s in others if not self.gateways.listed_on_premises(s.gateway_id or "")]
+        for source in reset:
+            gateway_id, datasource_id = _source_key(source)
+            try:
+                self.ledger.forget_applied(gateway_id, datasource_id)
+            except RemediationError as exc:
+                raise TakeOverRefused(
+                    f"not taking over dataset {dataset_id}: the ledger could not forget what "
+                    f"{gateway_id}/{datasource_id} holds ({exc}), so that source would not be healed "
+                    "again after Power BI resets it; the next run tries again"
+                ) from None
         self.powerbi.take_over_in_group(workspace_id, dataset_id)
         logger.warning(
             "took over dataset %s to update %s; its other data sources' credentials are reset by Power BI",
             dataset_id,
             target.datasource_id,
         )
-        # Power BI reset the credentials of the dataset's other cloud data sources (those on an
-        # on-premises gateway keep theirs: the gateway holds them). The ledger must stop saying
-        # they hold a version, or they would not be healed again until the next version.
-        reset = [s for s in others if not self.gateways.listed_on_premises(s.gateway_id or "")]
         items: list[Resolved] = []
         for source in reset:
-            gateway_id, datasource_id = _source_key(source)
-            try:
-                self.ledger.forget_applied(gateway_id, datasource_id)
-            except RemediationError as exc:  # the warning below still tells a person
-                logger.warning("could not forget what %s/%s held: %s", gateway_id, datasource_id, exc)
             resolved = self._binding_of(source)
             if resolved is not None:
                 items.append(resolved)

@@ -7,6 +7,7 @@ Whether Power BI lists a connection-bound source under the connection's own id i
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from remediation.identity import PowerBITokenProvider
 from sandbox import Sandbox
 from sandbox.powerbi import Dataset
 from sandbox.specs import fabric_errors
-from tests.sandbox.test_fabric import FabricWorld, add_fabric, harness
+from tests.sandbox.test_fabric import FabricWorld, add_fabric, fabric_patches, harness
 from tests.support.harness import Make
 from tests.support.world import World, build_world
 
@@ -204,3 +205,36 @@ def test_a_model_on_a_gateway_data_source_and_a_connection_is_refreshed_once_bot
     assert [o.action for o in report.targets() if o.datasource_id == f.connection.id]
     assert [r.status for r in api_refreshes(mixed)] == ["Completed"]
     assert w.failed_sign_ins() + f.account.total_failures == 1  # only the scheduled refresh's
+
+
+@SAME_ID
+def test_a_dataset_heal_refuses_a_matched_connection_that_signs_in_another_way(
+    make: Make, sb: Sandbox, same_id: bool
+) -> None:
+    """The refusal of a match-selected connection with another credential type holds on every
+    path, the dataset heal (refresh-failure event, sweep) included, not only the secret fan-out."""
+    sb.fabric.datasource_ids_are_connection_ids = same_id
+    w = build_world(sb)
+    keyed = add_fabric(sb, w.app.client_id, credential_type="Key", name="lake")
+    sales = model(sb, w, "sales", keyed)
+    binding = {
+        "name": "lakes",
+        "secret": keyed.secret_name,
+        "credentialType": "Basic",
+        "username": "svc_fabric",
+        "targets": [{"match": {"kind": "connection", "server": "lake-src.contoso.local"}}],
+    }
+    h = make(w, env={"REMEDIATION_BINDINGS": json.dumps(w.bindings(binding))})
+    keyed.account.set_secret("Rotated#" + keyed.secret_name)
+    fail_now(sb, sales)
+    sb.vault.set_secret(keyed.secret_name, "Rotated#" + keyed.secret_name)
+    failures = keyed.account.total_failures
+
+    report = h.healer.heal_dataset(w.workspace_id, sales.id)
+
+    refused = [o for o in report.targets() if o.datasource_id == keyed.connection.id]
+    assert refused and all(o.action == Action.FAILED for o in refused), [o.reason for o in report.targets()]
+    assert "signs in with Key, not Basic" in refused[0].reason
+    assert fabric_patches(sb) == []
+    assert keyed.account.total_failures == failures
+    assert api_refreshes(sales) == []

@@ -784,3 +784,27 @@ def test_an_explicit_version_that_key_vault_lacks_or_disabled_is_refused_and_not
     assert target_actions(report) == [Action.UPDATED]
     (outcome,) = report.targets()
     assert outcome.secret_version == w.version and f"version {old} was named" in (outcome.reason or "")
+
+
+def test_a_data_source_two_bindings_match_is_sent_neither_secret(make: Make, sb: Sandbox) -> None:
+    """Two bindings whose matches select one data source: which secret is right is a guess, so
+    each secret's heal refuses it (and says how to fix the bindings) instead of PATCHing its own."""
+
+    w = build_world(sb, sources=1)
+    server = w.datasources[0].connection_details["server"]
+    sb.vault.set_secret("other-password", "Other#" + secrets.token_urlsafe(8))
+
+    def matching(name: str, secret: str) -> dict[str, Any]:
+        return {"name": name, "secret": secret, "credentialType": "Basic", "username": "svc_pbi",
+                "targets": [{"match": {"server": server}}]}
+
+    doc = {"bindings": [matching("first", w.secret_name), matching("second", "other-password")],
+           "watch": {"workspaces": [w.workspace_id]}}
+    h = make(w, env={"REMEDIATION_BINDINGS": json.dumps(doc)})
+    w.rotate()
+
+    for secret in (w.secret_name, "other-password"):
+        report = h.healer.heal_secret(secret, retry_refreshes=False)
+        (outcome,) = report.targets()
+        assert outcome.action == Action.FAILED and "selected by the matches of bindings" in outcome.reason
+    assert sb.requests.find("powerbi.update_datasource") == []

@@ -307,3 +307,34 @@ def test_a_dry_run_sends_no_scan_and_learns_per_dataset(make: Make) -> None:
         h.sb, since
     )
     assert any("inventory (per-dataset)" in line for line in lines)
+
+
+def test_a_scanned_dataset_without_its_usages_is_learnt_per_dataset_not_taken_as_using_nothing(
+    make: Make,
+) -> None:
+    h = make(sources=2)
+    allow_admin(h)
+    silent = h.world.datasets[0]
+    h.sb.powerbi.scan_omits_usages.add(silent.id)
+
+    since = mark(h.sb)
+    report, _ = sweep(h)
+
+    assert report.exit_code == 0
+    assert calls(h.sb, since, "scan_get_info") == 1
+    assert calls(h.sb, since, "get_datasources") == 1  # only the dataset the scan did not describe
+    (record,) = [r for r in h.runtime.ledger.inventory() if r.dataset_id == silent.id]
+    assert [s.datasource_id for s in record.sources] == [d.id for d in silent.datasources]
+
+
+def test_an_admin_only_dry_run_sends_no_scan_and_defers_what_is_new(make: Make) -> None:
+    h = make(sources=2, env={"REMEDIATION_INVENTORY_SOURCE": "admin"})
+    allow_admin(h)
+
+    since = mark(h.sb)
+    report, _ = sweep(h, dry_run=True)
+
+    assert calls(h.sb, since, "scan_get_info") == 0 and calls(h.sb, since, "get_datasources") == 0
+    assert {r.method for r in h.sb.requests.all()[since:] if r.service == "powerbi"} == {"GET"}
+    (tail,) = deferred(report)
+    assert "2 datasets new to the inventory were not read" in (tail.reason or "")
