@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from remediation.http import AdaptiveLimiter, LimiterTicket
+from remediation.limiter import AdaptiveLimiter, LimiterTicket
 
 
 class Clock:
