@@ -391,8 +391,9 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
                 warnings.append(
                     "a match selects by type, server, database, url and path, not by account: Power "
                     "BI does not report which account a data source signs in as, so every data source "
-                    f"it selects is given {binding.name!r}'s credentials; bind by id the ones that sign "
-                    "in as another account"
+                    f"it selects that signs in with {binding.credential_type.value} credentials is given "
+                    f"{binding.name!r}'s (one with another credential type is refused); bind by id the "
+                    "ones that sign in as another account"
                 )
             for target in binding.targets:
                 if target.connection_id is not None:

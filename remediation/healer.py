@@ -502,6 +502,9 @@ class Healer:
             return done(Action.DEFERRED, "the time budget ran out; the next run continues")
         if item.refused:
             return done(Action.FAILED, item.refused)
+        refused = self._match_refusal(item, run)
+        if refused:
+            return done(Action.FAILED, refused)
         if target.key_vault_reference:
             # Fabric reads the current version itself at run time; a copy would replace the reference.
             return done(
@@ -954,6 +957,27 @@ class Healer:
                 )
                 return binding, source_locator(datasource.datasource_type, details), ""
         return None, "", ""
+
+    def _match_refusal(self, item: Resolved, run: Run) -> str:
+        """Why a gateway data source a ``match`` selected is not sent the binding's secret ("" if
+        it is): Power BI says it signs in with another credential type, so as another account
+        (whichever path reached it: fan-out, single heal, dataset heal). One the binding names by
+        id is the operator's explicit choice; one whose type Power BI does not list is let be."""
+        binding, target = item.binding, item.target
+        if target.connection_id is not None or any(t.key == target.key for t in binding.targets):
+            return ""
+        for datasource in self._gateway_datasources(target.gateway_id, run):
+            if datasource.id.lower() != target.datasource_id:
+                continue
+            actual = (datasource.credential_type or "").strip()
+            if actual and actual.lower() != binding.credential_type.value.lower():
+                return (
+                    f"data source {target.gateway_id}/{target.datasource_id} is selected by the match of "
+                    f"{binding.name!r}, but it signs in with {actual}, not {binding.credential_type.value}: "
+                    "it may be another account, so nothing is sent; narrow the match, or bind the data "
+                    "source by gatewayId and datasourceId"
+                )
+        return ""
 
     def _locator_of(self, target: Target, run: Run) -> str:
         """Where a target named by its ids signs in (``""`` when unknown, see

@@ -589,10 +589,16 @@ def test_after_a_take_over_the_other_cloud_source_is_healed_again_and_the_refres
     b = h.sb.powerbi.add_datasource(w.gateway, b_source, connection_details={"server": "erp.example"})
     w.datasets[0].datasources.append(b)
     h.sb.vault.set_secret("erp-password", "Erp#1")
-    erp = {"name": "erp", "secret": "erp-password", "credentialType": "Basic", "username": "svc_erp",
-           "targets": [{"gatewayId": w.gateway_id, "datasourceId": b.id}]}
-    runtime = _runtime_with_bindings(h, {"bindings": [{**w.binding(), "takeOver": True}, erp],
-                                         "watch": {"workspaces": [w.workspace.id]}})
+    erp = {
+        "name": "erp",
+        "secret": "erp-password",
+        "credentialType": "Basic",
+        "username": "svc_erp",
+        "targets": [{"gatewayId": w.gateway_id, "datasourceId": b.id}],
+    }
+    runtime = _runtime_with_bindings(
+        h, {"bindings": [{**w.binding(), "takeOver": True}, erp], "watch": {"workspaces": [w.workspace.id]}}
+    )
     try:
         assert target_actions(runtime.healer.heal_secret("erp-password", retry_refreshes=False)) == [
             Action.UPDATED
@@ -640,10 +646,16 @@ def test_a_take_over_leaves_the_datasets_on_premises_sources_alone(make: Make) -
     c = h.sb.powerbi.add_datasource(on_premises, c_source, connection_details={"server": "dw01"})
     w.datasets[0].datasources.append(c)
     h.sb.vault.set_secret("dw-password", "Dw#1")
-    dw = {"name": "dw", "secret": "dw-password", "credentialType": "Basic", "username": "svc_dw",
-          "targets": [{"gatewayId": on_premises.id, "datasourceId": c.id}]}
-    runtime = _runtime_with_bindings(h, {"bindings": [{**w.binding(), "takeOver": True}, dw],
-                                         "watch": {"workspaces": [w.workspace.id]}})
+    dw = {
+        "name": "dw",
+        "secret": "dw-password",
+        "credentialType": "Basic",
+        "username": "svc_dw",
+        "targets": [{"gatewayId": on_premises.id, "datasourceId": c.id}],
+    }
+    runtime = _runtime_with_bindings(
+        h, {"bindings": [{**w.binding(), "takeOver": True}, dw], "watch": {"workspaces": [w.workspace.id]}}
+    )
     try:
         assert target_actions(runtime.healer.heal_secret("dw-password", retry_refreshes=False)) == [
             Action.UPDATED
@@ -677,11 +689,17 @@ def test_a_sweep_heals_again_an_other_cloud_source_it_had_found_current_before_t
     b = h.sb.powerbi.add_datasource(w.gateway, b_source, connection_details={"server": "erp.example"})
     w.datasets[0].datasources.append(b)
     h.sb.vault.set_secret("erp-password", "Erp#1")
-    erp = {"name": "erp", "secret": "erp-password", "credentialType": "Basic", "username": "svc_erp",
-           "targets": [{"gatewayId": w.gateway_id, "datasourceId": b.id}]}
+    erp = {
+        "name": "erp",
+        "secret": "erp-password",
+        "credentialType": "Basic",
+        "username": "svc_erp",
+        "targets": [{"gatewayId": w.gateway_id, "datasourceId": b.id}],
+    }
     # B's binding first: the sweep resolves (and, one at a time, heals) it before A's.
-    runtime = _runtime_with_bindings(h, {"bindings": [erp, {**w.binding(), "takeOver": True}],
-                                         "watch": {"workspaces": [w.workspace.id]}})
+    runtime = _runtime_with_bindings(
+        h, {"bindings": [erp, {**w.binding(), "takeOver": True}], "watch": {"workspaces": [w.workspace.id]}}
+    )
     try:
         assert Action.UPDATED in target_actions(runtime.healer.sweep())
         w.datasets[0].owner = "someone.else@contoso.com"
@@ -795,11 +813,18 @@ def test_a_data_source_two_bindings_match_is_sent_neither_secret(make: Make, sb:
     sb.vault.set_secret("other-password", "Other#" + secrets.token_urlsafe(8))
 
     def matching(name: str, secret: str) -> dict[str, Any]:
-        return {"name": name, "secret": secret, "credentialType": "Basic", "username": "svc_pbi",
-                "targets": [{"match": {"server": server}}]}
+        return {
+            "name": name,
+            "secret": secret,
+            "credentialType": "Basic",
+            "username": "svc_pbi",
+            "targets": [{"match": {"server": server}}],
+        }
 
-    doc = {"bindings": [matching("first", w.secret_name), matching("second", "other-password")],
-           "watch": {"workspaces": [w.workspace_id]}}
+    doc = {
+        "bindings": [matching("first", w.secret_name), matching("second", "other-password")],
+        "watch": {"workspaces": [w.workspace_id]},
+    }
     h = make(w, env={"REMEDIATION_BINDINGS": json.dumps(doc)})
     w.rotate()
 
@@ -808,3 +833,30 @@ def test_a_data_source_two_bindings_match_is_sent_neither_secret(make: Make, sb:
         (outcome,) = report.targets()
         assert outcome.action == Action.FAILED and "selected by the matches of bindings" in outcome.reason
     assert sb.requests.find("powerbi.update_datasource") == []
+
+
+def test_a_match_does_not_send_its_secret_to_a_data_source_that_signs_in_another_way(make: Make) -> None:
+    """A broad match (every Sql source) selects a Windows data source too: Power BI says it signs
+    in another way, so maybe as another account; it is refused on the fan-out and on a dataset
+    heal, and the Basic one is healed."""
+    h = make(sources=2, servers=1)  # two databases of one server
+    w = h.world
+    windows = w.datasources[1]
+    h.sb.powerbi.store_credential(
+        windows, {"username": "CONTOSO\\other", "password": "x"}, credential_type="Windows"
+    )
+    binding = {**w.binding(), "targets": [{"match": {"datasourceType": "Sql", "server": "sql0.local"}}]}
+    runtime = _runtime_with_bindings(h, {"bindings": [binding], "watch": {"workspaces": [w.workspace.id]}})
+    try:
+        w.rotate()
+        report = runtime.healer.heal_secret(w.secret_name, retry_refreshes=False)
+        by_dataset = runtime.healer.heal_dataset(w.workspace.id, w.datasets[1].id)
+    finally:
+        runtime.close()
+
+    actions = {o.datasource_id: o for o in report.targets()}
+    assert actions[w.datasources[0].id].action == Action.UPDATED
+    assert actions[windows.id].action == Action.FAILED
+    assert "signs in with Windows, not Basic" in (actions[windows.id].reason or "")
+    assert [o.action for o in by_dataset.targets() if o.datasource_id == windows.id] == [Action.FAILED]
+    assert [r.path.rsplit("/", 1)[-1] for r in patches(h.sb)] == [w.datasources[0].id]
