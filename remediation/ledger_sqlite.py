@@ -2,7 +2,7 @@
 
 WAL mode with a busy timeout, safe for a pool of threads and for several processes at once. Every
 target, account and inventory change is a one-row write (lists and sets are JSON columns), so it
-keeps exactly the invariants :class:`remediation.ledger.EntityLedgerBase` defines, like the Table
+keeps exactly the invariants :class:`remediation.ledger_base.EntityLedgerBase` defines, like the Table
 storage backend. The schema is versioned in ``PRAGMA user_version`` and migrated on open.
 """
 
@@ -24,24 +24,26 @@ from remediation.ledger import (
     SCHEMA_VERSION,
     AccountVersion,
     DatasetRecord,
-    EntityLedgerBase,
     Ledger,
     LedgerError,
     Outcome,
     PruneResult,
     TargetRecord,
-    _check_positive,
     _check_time,
+    _norm,
+    _normalised_record,
+    utc_day,
+)
+from remediation.ledger_base import (
+    EntityLedgerBase,
+    _check_positive,
     _count,
     _day,
     _is_busy,
     _marker_number,
-    _norm,
-    _normalised_record,
     _opt_real,
     _opt_text,
     _text,
-    utc_day,
 )
 
 __all__ = ["SqliteLedger"]

@@ -5,7 +5,7 @@
 across partitions, so every change is one entity: an insert (``409 Conflict`` when it exists) or a
 replace conditioned on the entity's ETag (``412 Precondition Failed`` when someone wrote first).
 The target rules (leases, applied, rejected, attempts) and the account rules (presentation
-claims and verdicts) are implemented once in :class:`~remediation.ledger.EntityLedgerBase`; this
+claims and verdicts) are implemented once in :class:`~remediation.ledger_base.EntityLedgerBase`; this
 module supplies their primitives and the single-entity operations for events, outcomes and
 refresh counters.
 
@@ -113,23 +113,25 @@ from remediation.errors import ConfigError
 from remediation.http import timeouts_from
 from remediation.identity import build_azure_credential
 from remediation.ledger import (
-    _MAX_CAS_RETRIES,
     DEFAULT_OUTCOME_RETENTION_SECONDS,
     AccountVersion,
     DatasetRecord,
-    EntityLedgerBase,
     LedgerConflict,
     LedgerError,
     Outcome,
     PruneResult,
     TargetRecord,
-    _check_positive,
     _check_time,
-    _day,
-    _marker_number,
     _norm,
     _normalised_record,
     utc_day,
+)
+from remediation.ledger_base import (
+    _MAX_CAS_RETRIES,
+    EntityLedgerBase,
+    _check_positive,
+    _day,
+    _marker_number,
 )
 from remediation.settings import Settings
 from remediation.storage_errors import describe_storage_error
