@@ -41,9 +41,10 @@ may pass them in any case; :class:`TargetState` offers case-insensitive helpers 
 
 **Storage model.** The interface is shaped for Azure Table storage: every write is a single
 entity insert or a conditional (``If-Match`` ETag) replace, never a multi-row transaction.
-:class:`~remediation.ledger_base.EntityLedgerBase` implements all target semantics (leases, applied, rejected, attempts)
-on top of three primitives -- read one target entity, insert it if absent, replace it if its
-ETag still matches -- so a Table storage backend only supplies those primitives plus the
+:class:`~remediation.ledger_base.EntityLedgerBase` implements all target semantics (leases,
+applied, rejected, attempts) on top of three primitives -- read one target entity, insert it if
+absent, replace it if its ETag still matches -- so a Table storage backend only supplies those
+primitives plus the
 simple single-entity operations for events, outcomes and refresh counters. Presentation
 verdicts per account (:class:`AccountVersion`) are built the same way, on three primitives of
 their own. Suggested mapping:
@@ -223,7 +224,8 @@ class TargetState:
 class TargetRecord:
     """The stored form of a target (one entity): :class:`TargetState` plus the current lease id.
 
-    Backends store and return it; only :class:`~remediation.ledger_base.EntityLedgerBase` decides what goes into it.
+    Backends store and return it; only :class:`~remediation.ledger_base.EntityLedgerBase`
+    decides what goes into it.
     """
 
     gateway_id: str
