@@ -44,10 +44,9 @@ entity insert or a conditional (``If-Match`` ETag) replace, never a multi-row tr
 :class:`~remediation.ledger_base.EntityLedgerBase` implements all target semantics (leases,
 applied, rejected, attempts) on top of three primitives -- read one target entity, insert it if
 absent, replace it if its ETag still matches -- so a Table storage backend only supplies those
-primitives plus the
-simple single-entity operations for events, outcomes and refresh counters. Presentation
-verdicts per account (:class:`AccountVersion`) are built the same way, on three primitives of
-their own. Suggested mapping:
+primitives plus the simple single-entity operations for events, outcomes and refresh counters.
+Presentation verdicts per account (:class:`AccountVersion`) are built the same way, on three
+primitives of their own. Suggested mapping:
 
 ===============  ===========================  =============================================
 table            PartitionKey / RowKey        properties
