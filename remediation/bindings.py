@@ -417,8 +417,10 @@ def binding_warnings(binding: Binding) -> list[str]:
     if unset:
         warnings.append(
             f"{' and '.join(unset)} not set: a credential change must carry both and Power BI does not "
-            "report a data source's current ones, so these defaults take the place of what an admin "
-            "may have chosen; write the data source's own values in the binding to keep them"
+            "report a data source's current ones; the healer reads them in the Fabric connection the "
+            "data source is and keeps them, but if Fabric cannot tell, these defaults take the place of "
+            "what an admin chose (the report warns); write the data source's own values in the binding "
+            "to be sure"
         )
     if binding.take_over:
         warnings.append(

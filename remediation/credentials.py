@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from remediation.bindings import Binding, CredentialType
+from remediation.bindings import Binding, CredentialType, EncryptedConnection, PrivacyLevel
 from remediation.errors import BindingsError, RemediationError
 
 __all__ = [
@@ -184,8 +184,14 @@ def credential_details(
     resolved: ResolvedCredential,
     *,
     encrypt: Callable[[str], str] | None,
+    privacy_level: PrivacyLevel | None = None,
+    encrypted_connection: EncryptedConnection | None = None,
 ) -> dict[str, object]:
     """The ``credentialDetails`` object of ``UpdateDatasourceRequest``.
+
+    ``privacyLevel`` and ``encryptedConnection`` are ``privacy_level`` / ``encrypted_connection``
+    when given (the data source's current settings, which the caller read and the binding does
+    not override), else the binding's (its own values or the defaults).
 
     ``encrypt`` is given for on-premises gateway data sources (it turns the credentials JSON into
     the gateway's ciphertext; ``encryptionAlgorithm`` becomes ``RSA-OAEP``) and ``None`` for cloud
@@ -201,11 +207,13 @@ def credential_details(
             f"credential type mismatch: binding {binding.name!r} is {binding.credential_type}, "
             f"resolved credential is {resolved.credential_type}"
         )
+    privacy = (privacy_level or binding.privacy_level).value
+    encrypted = (encrypted_connection or binding.encrypted_connection).value
     details: dict[str, object] = {"credentialType": binding.credential_type.value}
     if binding.credential_type is CredentialType.OAUTH2:
-        details["encryptedConnection"] = binding.encrypted_connection.value
+        details["encryptedConnection"] = encrypted
         details["encryptionAlgorithm"] = ENCRYPTION_NONE
-        details["privacyLevel"] = binding.privacy_level.value
+        details["privacyLevel"] = privacy
         details["useCallerAADIdentity"] = True
         return details
     if encrypt is not None:
@@ -214,8 +222,8 @@ def credential_details(
     else:
         details["credentials"] = credentials_json(resolved)
         details["encryptionAlgorithm"] = ENCRYPTION_NONE
-    details["encryptedConnection"] = binding.encrypted_connection.value
-    details["privacyLevel"] = binding.privacy_level.value
+    details["encryptedConnection"] = encrypted
+    details["privacyLevel"] = privacy
     return details
 
 

@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remediation.bindings import BINDABLE_TYPES, CONNECTIONS, BindingSet, CredentialType
+from remediation.connections import is_connection_of
 from remediation.errors import BindingsError
 from remediation.fabric import Connection, FabricClient, FabricNotAuthorized
 from remediation.http import ApiError
 from remediation.powerbi import DatasetDatasource, GatewayDatasource, PowerBIClient
 from remediation.redact import MASK, datasource_host, describe_datasource, mask_urls
-from remediation.refresher import is_connection_of
 from remediation.targets.fabric import could_reference
 
 __all__ = [

@@ -65,7 +65,7 @@ from remediation.runs import Resolved, Run
 from remediation.settings import Settings
 from remediation.targets import Presented, TargetKind, TargetRefused
 from remediation.targets.fabric import FabricKind, match_refusal
-from remediation.targets.gateway import GatewayKind, TakeOverRefused, UserTokenFactory
+from remediation.targets.gateway import GatewayKind, SourceFacts, TakeOverRefused, UserTokenFactory
 from remediation.telemetry import REDACTOR
 
 __all__ = [
@@ -129,6 +129,9 @@ class Healer:
             inventory=lambda: self.refresher.inventory,
             user_tokens=user_tokens,
             clock=clock,
+            fabric=fabric,
+            connections=self.all_connections,
+            source_facts=self._source_facts,
         )
         self.gateways = self.gateway_kind.gateways
         self.fabric_kind = None if fabric is None else FabricKind(fabric)
@@ -983,16 +986,28 @@ class Healer:
         """Where a target named by its ids signs in (``""`` when unknown, see
         :attr:`Resolved.where`): from the inventory (no call), else from its gateway's data source
         list (one read per gateway, shared by the instance's runs for a minute)."""
+        facts = self._source_facts(target, run)
+        return "" if facts is None else source_locator(facts.datasource_type, facts.connection_details)
+
+    def _source_facts(self, target: Target, run: Run) -> SourceFacts | None:
+        """How Power BI describes a gateway data source (None when unknown): from the inventory
+        (no call), else from its gateway's data source list (as :meth:`_locator_of`)."""
         if target.connection_id is not None:
-            return ""
+            return None
+        others: set[str] = set()
+        found: SourceFacts | None = None
         for record in self.refresher.inventory.known():
             for source in record.sources:
                 if source.key == target.key:
-                    return source_locator(source.datasource_type, source.details())
-        for datasource in self._gateway_datasources(target.gateway_id, run):
+                    found = found or SourceFacts(source.datasource_type, source.details())
+                elif source.gateway_id.lower() == target.gateway_id:
+                    others.add(source.datasource_id.lower())
+        for datasource in self._gateway_datasources(target.gateway_id, run) if found is None else []:
             if datasource.id.lower() == target.datasource_id:
-                return source_locator(datasource.datasource_type, text_map(datasource.connection() or {}))
-        return ""
+                found = SourceFacts(datasource.datasource_type, text_map(datasource.connection() or {}))
+            else:
+                others.add(datasource.id.lower())
+        return None if found is None else replace(found, others=frozenset(others))
 
     def _gateway_datasources(self, gateway_id: str, run: Run) -> list[GatewayDatasource]:
         """The data sources of one gateway, read at most once a minute per instance ([] when it
@@ -1087,7 +1102,7 @@ class Healer:
             correlation_id=run.correlation_id,
             recorded=recorded,
             retry_at=run.retry_at,
-            warnings=run.take_over_warnings(),
+            warnings=run.target_warnings(),
         )
 
     def _summary(self, run: Run) -> Outcome:

@@ -35,8 +35,9 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Protocol, TypeVar
 
-from remediation.accounts import FailedSource, failed_source, source_locator, source_matches, text_map
+from remediation.accounts import failed_source, source_locator, source_matches, text_map
 from remediation.bindings import CONNECTIONS, BindingSet, Target
+from remediation.connections import corresponding_connection, is_connection_of
 from remediation.diagnosis import Category, Diagnosis, diagnose_refresh
 from remediation.errors import RemediationError
 from remediation.fabric import Connection, FabricClient, ItemConnection
@@ -80,34 +81,6 @@ class TargetHealer(Protocol):
     def in_parallel(self, work: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]: ...
 
     def all_connections(self, run: Run) -> list[Connection]: ...
-
-
-_ON_PREMISES = ("OnPremisesGateway", "OnPremisesGatewayPersonal")
-
-
-def is_connection_of(
-    connection_type: str | None,
-    connectivity_type: str | None,
-    connection_gateway: str | None,
-    path: str | None,
-    datasource_type: str | None,
-    gateway_id: str | None,
-    connection_details: Mapping[str, object] | None,
-) -> bool:
-    """True when a Power BI data source (type, gateway, ``connectionDetails``) may be the Fabric
-    connection (``connectionDetails.type`` and ``.path``, its gateway): the same type, every
-    part of the ``server;database`` path among its details, the same gateway when on-premises."""
-    if not path:
-        return False
-    if (
-        connectivity_type in _ON_PREMISES
-        and connection_gateway
-        and (gateway_id or "").lower() != connection_gateway
-    ):
-        return False
-    return source_matches(
-        FailedSource(kind=connection_type or "", path=path), datasource_type, connection_details
-    )
 
 
 def _path_details(path: str | None) -> dict[str, str]:
@@ -374,34 +347,21 @@ class Refresher:
             assert item.id is not None
             known.setdefault(item.id, item)
         bound_ids = {t.connection_id for b in self.bindings for t in b.targets if t.connection_id is not None}
-        item_ids = {c.id for c in items}
+        item_ids = {c.id for c in items if c.id is not None}
         used: set[str] = set()
         out: list[DatasetDatasource] = []
         for source in sources:
             if not source.bound or source.gateway_id is None or source.datasource_id is None:
                 out.append(source)
                 continue
-            datasource_id = source.datasource_id.lower()
-            connection_id: str | None = None
-            if datasource_id in item_ids or datasource_id in bound_ids or datasource_id in known:
-                connection_id = datasource_id  # Power BI lists the connection under its own id
-            else:
-                candidates = [
-                    c.id
-                    for c in items
-                    if c.id not in used
-                    and is_connection_of(
-                        c.connection_type,
-                        c.connectivity_type,
-                        c.gateway_id,
-                        c.path,
-                        source.datasource_type,
-                        source.gateway_id,
-                        source.connection_details,
-                    )
-                ]
-                if len(candidates) == 1:
-                    connection_id = candidates[0]
+            connection_id = corresponding_connection(
+                source.datasource_id,
+                source.datasource_type,
+                source.gateway_id,
+                source.connection_details,
+                [c for c in items if c.id not in used],
+                ids=item_ids | bound_ids | set(known),
+            )
             if connection_id is None:
                 out.append(source)
                 continue

@@ -70,7 +70,9 @@ class Report:
     warnings: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     """Per target ``(gatewayId, datasourceId)``: what a person should know although the target
     may be healed, e.g. a Take Over done for it (the dataset taken over, the other data sources
-    whose credentials Power BI reset). Shown as the target's ``warnings`` in :meth:`to_dict`."""
+    whose credentials Power BI reset), or a privacy level and encryption sent as the defaults
+    because the data source's own could not be read. Shown as the target's ``warnings`` in
+    :meth:`to_dict`."""
 
     @property
     def exit_code(self) -> int:

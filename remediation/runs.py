@@ -58,6 +58,7 @@ class Run:
     # before the reset (what it settled for them is stale).
     reset_again: dict[tuple[str, str], tuple[Resolved, bool]] = field(default_factory=dict)
     reset_done: set[tuple[str, str]] = field(default_factory=set)
+    notes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # see warn()
 
     def add(self, outcome: Outcome) -> Outcome:
         """Keep the outcome (the caller's report lists it) and record it (ledger, as it happens),
@@ -108,12 +109,23 @@ class Run:
             self.reset_again.clear()
             return items
 
-    def take_over_warnings(self) -> dict[tuple[str, str], list[str]]:
-        """Per target (gateway id, data source id): the warnings of the Take Overs done for it."""
+    def warn(self, target: tuple[str, str], warning: str) -> None:
+        """Something a person should know about ``target`` (gateway id, data source id) although
+        it may be healed, e.g. settings sent as defaults; shown once on the report's target."""
+        with self.lock:
+            said = self.notes.setdefault(target, [])
+            if warning not in said:
+                said.append(warning)
+
+    def target_warnings(self) -> dict[tuple[str, str], list[str]]:
+        """Per target (gateway id, data source id): the warnings of the Take Overs done for it,
+        then those given with :meth:`warn`."""
         with self.lock:
             found: dict[tuple[str, str], list[str]] = {}
             for take_over in self.take_overs:
                 found.setdefault(take_over.target, []).append(take_over.warning())
+            for target, said in self.notes.items():
+                found.setdefault(target, []).extend(said)
             return found
 
     def again_at(self, when: float) -> None:

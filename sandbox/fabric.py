@@ -26,6 +26,15 @@ What it decides, as Fabric does (FABRIC.md; ``specs/fabric/``):
   that data source's ``datasourceId`` *is* the connection id is unconfirmed (FABRIC.md), so the
   sandbox plays both: :attr:`Fabric.datasource_ids_are_connection_ids` (default False: another
   id, the stricter side; the item's connections are then the only way to tell).
+* **Power BI gateway data sources are connections too**, as in the service, when
+  :attr:`Fabric.lists_gateway_datasources` (default False, see there): ``GET /connections`` and
+  ``GET /connections/{id}`` show each data source of ``sb.powerbi`` (``OnPremisesGateway`` with
+  its ``gatewayId``, or ``ShareableCloud`` for a cloud one) with the privacy level and
+  ``connectionEncryption`` Power BI holds for it, to whoever may manage it there (gateway admins;
+  for cloud ones, owners of a dataset using it). Its connection id is the ``datasourceId`` when
+  :attr:`Fabric.datasource_ids_are_connection_ids`, another id otherwise. The sandbox does not
+  update such a connection through Fabric (400 ``InvalidInput``): the healer heals it through
+  Power BI.
 * ``GET /connections`` and the item connections are paged (``continuationToken`` and
   ``continuationUri``, :attr:`Fabric.page_size` entries a page).
 * Faults and throttling: routes are ``fabric.<operation>`` on the shared ``sb.faults``; their
@@ -44,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandbox.entra import TokenInfo, TokenRejected
 from sandbox.gateway_keys import GatewayDecryptError, GatewayKeyPair
-from sandbox.powerbi import _CredentialFormatError, parse_credentials
+from sandbox.powerbi import Datasource, _CredentialFormatError, parse_credentials
 from sandbox.server import HTTPError, Request, Response
 from sandbox.sources import SourceSystem
 from sandbox.specs import fabric_errors, fabric_subtype
@@ -141,6 +150,10 @@ class Fabric:
         self.gateways: dict[str, FabricGateway] = {}
         self.datasource_ids_are_connection_ids = False
         """True: Power BI lists a connection-bound source with ``datasourceId`` = the connection id."""
+        self.lists_gateway_datasources = False
+        """True: Power BI's gateway data sources are listed and read as connections too, as in
+        the service. Off by default: tests that count connections (and ``discover``, which would
+        show each such data source twice) predate it; tests of what the healer reads turn it on."""
         self.page_size = 100
         self._register_routes()
 
@@ -308,6 +321,56 @@ class Fabric:
         return {"datasourceType": connection.connection_type, "connectionDetails": details,
                 "datasourceId": datasource_id, "gatewayId": gateway_id}
 
+    def datasource_connection_id(self, datasource: Datasource) -> str:
+        """The connection id Fabric shows a Power BI gateway data source under."""
+        if self.datasource_ids_are_connection_ids:
+            return datasource.id
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, "connection-of-datasource:" + datasource.id))
+
+    def _datasource_connections(self, caller: TokenInfo) -> dict[str, tuple[dict[str, Any], bool]]:
+        """Power BI's gateway data sources as connections, by connection id: each JSON body, and
+        whether ``caller`` may manage it (see the module docstring)."""
+        if not self.lists_gateway_datasources:
+            return {}
+        powerbi = self._sb.powerbi
+        found: dict[str, tuple[dict[str, Any], bool]] = {}
+        with powerbi.lock:
+            for gateway in powerbi.gateways.values():
+                for datasource in gateway.datasources.values():
+                    found[self.datasource_connection_id(datasource)] = (
+                        self._datasource_json(datasource),
+                        powerbi.may_manage(caller.principal, gateway, [datasource]),
+                    )
+        return found
+
+    def _datasource_json(self, datasource: Datasource) -> dict[str, Any]:
+        details = datasource.connection_details
+        if details.get("server") and details.get("database"):
+            path = f"{details['server']};{details['database']}"
+        else:
+            path = details.get("url") or details.get("path") or details.get("server") or ""
+        cloud = datasource.gateway.cloud
+        body: dict[str, Any] = {
+            "id": self.datasource_connection_id(datasource),
+            "displayName": datasource.name,
+            "connectivityType": "ShareableCloud" if cloud else "OnPremisesGateway",
+            "connectionDetails": {"type": {"Sql": "SQL"}.get(datasource.datasource_type,
+                                                             datasource.datasource_type),
+                                  "path": path},
+            "privacyLevel": datasource.privacy_level,
+            "credentialDetails": {
+                "credentialType": datasource.credential_type,
+                "singleSignOnType": "None",
+                "connectionEncryption": datasource.connection_encryption,
+                "skipTestConnection": False,
+            },
+        }
+        if cloud:
+            body["allowConnectionUsageInGateway"] = False
+        else:
+            body["gatewayId"] = datasource.gateway.id
+        return body
+
     def sign_in(self, connection: FabricConnection, *, cause: Any = "refresh") -> str:
         """One sign-in at the connection's source with what it holds (a Key Vault reference:
         the source's current secret, which Fabric reads at run time)."""
@@ -341,6 +404,7 @@ class Fabric:
         with self._lock:
             value = [self.connection_json(c) for c in self.connections.values()
                      if any(u.lower() == caller.principal.lower() for u in c.users)]
+        value.extend(body for body, allowed in self._datasource_connections(caller).values() if allowed)
         return self._page(request, value)
 
     def _list_item_connections(self, request: Request) -> Response:
@@ -370,6 +434,14 @@ class Fabric:
 
     def _get_connection(self, request: Request) -> Response:
         caller = self._authenticate(request)
+        mirrored = self._datasource_connections(caller).get(self._path_id(request, "connection"))
+        if mirrored is not None:
+            body, allowed = mirrored
+            if not allowed:
+                raise HTTPError(403, fabric_error(
+                    "InsufficientPermissionsToManageConnection",
+                    "The caller does not have permission to manage the connection."))
+            return Response(200, body)
         with self._lock:
             return Response(200, self.connection_json(self._connection(caller, request)))
 
@@ -397,6 +469,9 @@ class Fabric:
         if problems:
             raise HTTPError(400, fabric_error("InvalidInput", "The request has an invalid input: "
                                               + "; ".join(problems[:10])))
+        if self._path_id(request, "connection") in self._datasource_connections(caller):
+            raise HTTPError(400, fabric_error(
+                "InvalidInput", "The sandbox updates Power BI gateway data sources through Power BI only."))
         with self._lock:
             connection = self._connection(caller, request)
         if ctype != connection.connectivity_type:

@@ -289,6 +289,10 @@ class Datasource:
     credential_type: str
     name: str
     caller_identity_only: bool = False
+    # What an admin chose (Fabric's Connections API reports both; Power BI's API reports neither):
+    # every accepted PATCH sets them to what it carried (Fabric's ``Any`` is set only by a test).
+    privacy_level: str = "Organizational"
+    connection_encryption: str = "Encrypted"  # Encrypted, NotEncrypted, or Fabric's Any
     credential: StoredCredential | None = None
     credential_history: list[StoredCredential] = field(default_factory=list, repr=False)
     update_attempts: list[UpdateAttempt] = field(default_factory=list, repr=False)
@@ -627,6 +631,15 @@ class PowerBI:
             datasource.credential_history.append(credential)
             return credential
 
+    def set_datasource_settings(self, datasource: Datasource, *, privacy_level: str | None = None,
+                                connection_encryption: str | None = None) -> None:
+        """What an admin set on ``datasource`` in the service's UI (not through a PATCH)."""
+        with self._lock:
+            if privacy_level is not None:
+                datasource.privacy_level = privacy_level
+            if connection_encryption is not None:
+                datasource.connection_encryption = connection_encryption
+
     def clear_credentials(self, datasource: Datasource) -> None:
         """Power BI holds no credential for ``datasource`` (refreshes fail: CredentialsNotSpecified)."""
         with self._lock:
@@ -937,13 +950,17 @@ class PowerBI:
 
     def _may_manage(self, caller: TokenInfo, gateway: Gateway,
                     datasources: Iterable[Datasource] | None = None) -> bool:
+        return self.may_manage(caller.principal, gateway, datasources)
+
+    def may_manage(self, principal: str, gateway: Gateway,
+                   datasources: Iterable[Datasource] | None = None) -> bool:
         """Gateway admins manage everything on it; for cloud sources, so do dataset owners."""
-        if _contains(gateway.admins, caller.principal):
+        if _contains(gateway.admins, principal):
             return True
         if not gateway.cloud:
             return False
         scope = list(gateway.datasources.values()) if datasources is None else list(datasources)
-        return self._owns_dataset_using(caller.principal, scope)
+        return self._owns_dataset_using(principal, scope)
 
     def _gateway(self, caller: TokenInfo, request: Request) -> Gateway:
         gateway = self.gateways.get(self._path_id(request, "gateway"))
@@ -1350,6 +1367,8 @@ class PowerBI:
                 raise refuse(400, _credentials_error(datasource, locked=locked), data)
             datasource.credential = credential
             datasource.credential_type = credential_type
+            datasource.privacy_level = credential.privacy_level
+            datasource.connection_encryption = credential.encrypted_connection
             datasource.credential_history.append(credential)
             self._record_attempt(datasource, caller, "ok", credential_type, data)
         logger.info("sandbox powerbi: %s updated credentials of data source %s", caller.principal,

@@ -15,6 +15,15 @@ particular to Power BI gateway data sources (``PATCH /gateways/{g}/datasources/{
   on-premises gateways the caller administers, with their keys, so a gateway in that list is
   on-premises and any other is treated as cloud (an on-premises gateway the caller does not
   administer refuses the PATCH with 401 before any test: nothing is presented).
+* **The operator's settings are kept.** A PATCH must carry ``privacyLevel`` and
+  ``encryptedConnection``, and Power BI does not report a data source's current ones; Fabric
+  does, for the connection the data source is (:mod:`remediation.connections`: the same id, else
+  the unique connection of the same gateway, type and path). So, for what the binding leaves
+  out, :meth:`GatewayKind.discover` reads that connection (``GET /connections/{datasourceId}``,
+  else the run's ``GET /connections``) and its values are sent; when it cannot be read the
+  defaults are sent and the report's target says so (:func:`source_settings`). These reads are
+  not sign-ins and never fail a target. A binding's explicit values always win (no read when it
+  gives both).
 * **Keys are cached** across runs for :data:`GATEWAY_CACHE_SECONDS`; a key that changed since is
   detected from the gateway's answer (``DM_GWPipeline_UnknownError``: it could not decrypt,
   nothing reached the source) and read again once.
@@ -25,13 +34,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 
 from remediation.accounts import source_locator, text_map
-from remediation.bindings import Binding, BindingSet, CredentialType, Target
+from remediation.bindings import (
+    Binding,
+    BindingSet,
+    CredentialType,
+    EncryptedConnection,
+    PrivacyLevel,
+    Target,
+)
+from remediation.connections import corresponding_connection
 from remediation.credentials import ResolvedCredential, credential_details, update_datasource_request
 from remediation.errors import RemediationError
+from remediation.fabric import Connection, FabricClient
 from remediation.gateway_crypto import encrypt_credentials
 from remediation.http import ApiError
 from remediation.identity import AuthenticationError
@@ -52,11 +71,15 @@ from remediation.targets import Presented
 
 __all__ = [
     "GATEWAY_CACHE_SECONDS",
+    "GatewayFound",
     "GatewayKeys",
     "GatewayKind",
+    "SourceFacts",
+    "SourceSettings",
     "TakeOverRefused",
     "UserTokenFactory",
     "request_body",
+    "source_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,12 +88,102 @@ GATEWAY_CACHE_SECONDS = 3600.0
 """How long gateways and their public keys are reused across runs (a changed key is detected)."""
 
 
-def request_body(binding: Binding, resolved: ResolvedCredential, gateway: Gateway) -> dict[str, object]:
+@dataclass(frozen=True)
+class SourceSettings:
+    """The privacy level and encryption to send (None: the binding's, its own or the default),
+    and what the report's target should say about them."""
+
+    privacy_level: PrivacyLevel | None = None
+    encrypted_connection: EncryptedConnection | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GatewayFound:
+    """What :meth:`GatewayKind.discover` read: the gateway to encrypt for (None for caller
+    identity) and the settings to send."""
+
+    gateway: Gateway | None
+    settings: SourceSettings = SourceSettings()
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    """How Power BI describes a gateway data source (to find its Fabric connection by path), and
+    the ids of the other data sources known on its gateway (never its connection)."""
+
+    datasource_type: str | None
+    connection_details: Mapping[str, str]
+    others: frozenset[str] = frozenset()
+
+
+_ENCRYPTION = {
+    "Encrypted": EncryptedConnection.ENCRYPTED,
+    "NotEncrypted": EncryptedConnection.NOT_ENCRYPTED,
+    # "Any" tries an encrypted connection first and falls back to an unencrypted one; Power BI's
+    # API has no such value. Encrypted is sent: it is what the connection uses whenever it can,
+    # what the healer sent before it read anything (no regression), and NotEncrypted would be a
+    # silent downgrade. The report says so (see source_settings).
+    "Any": EncryptedConnection.ENCRYPTED,
+}
+
+
+def source_settings(binding: Binding, connection: Connection | None, unread: str) -> SourceSettings:
+    """What to send for what ``binding`` leaves out: ``connection``'s privacy level and encryption
+    (the data source's current ones), or, when it is None (``unread`` says why) or a value is
+    not one Power BI takes, the defaults with a warning saying how to keep them."""
+    missing: list[str] = []
+    notes: list[str] = []
+    privacy: PrivacyLevel | None = None
+    encrypted: EncryptedConnection | None = None
+    if not binding.privacy_level_given:
+        try:
+            privacy = None if connection is None else PrivacyLevel(connection.privacy_level or "")
+        except ValueError:
+            privacy = None
+        if privacy is None:
+            missing.append(f"privacyLevel ({binding.privacy_level.value})")
+    if not binding.encrypted_connection_given:
+        reported = None if connection is None else connection.connection_encryption
+        encrypted = _ENCRYPTION.get(reported or "")
+        if encrypted is None:
+            missing.append(f"encryptedConnection ({binding.encrypted_connection.value})")
+        elif reported == "Any":
+            notes.append(
+                "the connection allows an unencrypted fallback (Fabric's connectionEncryption Any), "
+                "which Power BI's API cannot express: encryptedConnection Encrypted was sent; write "
+                '"encryptedConnection": "NotEncrypted" in the binding if the source cannot encrypt'
+            )
+    if missing:
+        why = unread if connection is None else "Fabric reported a value Power BI does not take"
+        notes.insert(
+            0,
+            f"{' and '.join(missing)} set to the default{'s' if len(missing) > 1 else ''} because the "
+            f"data source's current setting could not be read ({why}); write the data source's own "
+            "values in the binding to keep them",
+        )
+    return SourceSettings(privacy, encrypted, tuple(notes))
+
+
+def request_body(
+    binding: Binding,
+    resolved: ResolvedCredential,
+    gateway: Gateway,
+    settings: SourceSettings = SourceSettings(),
+) -> dict[str, object]:
     """The PATCH body: encrypted for an on-premises gateway, plain for a cloud data source."""
     encrypt = None
     if gateway.public_key is not None:
         encrypt = partial(encrypt_credentials, key=gateway.public_key)
-    return update_datasource_request(credential_details(binding, resolved, encrypt=encrypt))
+    return update_datasource_request(
+        credential_details(
+            binding,
+            resolved,
+            encrypt=encrypt,
+            privacy_level=settings.privacy_level,
+            encrypted_connection=settings.encrypted_connection,
+        )
+    )
 
 
 class GatewayKeys:
@@ -171,8 +284,14 @@ class GatewayKind:
         inventory: Callable[[], Inventory],
         user_tokens: UserTokenFactory | None,
         clock: Callable[[], float] = time.time,
+        fabric: FabricClient | None = None,
+        connections: Callable[[Run], list[Connection]] | None = None,
+        source_facts: Callable[[Target, Run], SourceFacts | None] | None = None,
     ) -> None:
         self.powerbi = powerbi
+        self._fabric = fabric
+        self._connections = connections
+        self._source_facts = source_facts
         self.keyvault = keyvault
         self.bindings = bindings
         self.ledger = ledger
@@ -185,11 +304,48 @@ class GatewayKind:
     def describe(self, item: Resolved) -> str:
         return f"gateway {item.target.gateway_id}"
 
-    def discover(self, item: Resolved, run: Run) -> Gateway | None:
-        """The gateway and its key (None for caller-identity bindings: nothing is encrypted)."""
-        if item.binding.uses_caller_identity:
-            return None
-        return self.gateways.gateway(item.target.gateway_id)
+    def discover(self, item: Resolved, run: Run) -> GatewayFound:
+        """The gateway and its key (None for caller-identity bindings: nothing is encrypted), and
+        the privacy level and encryption to send (see the module docstring)."""
+        gateway = None if item.binding.uses_caller_identity else self.gateways.gateway(item.target.gateway_id)
+        binding = item.binding
+        if binding.privacy_level_given and binding.encrypted_connection_given:
+            return GatewayFound(gateway)
+        connection, unread = self._connection_of(item.target, run)
+        return GatewayFound(gateway, source_settings(binding, connection, unread))
+
+    def _connection_of(self, target: Target, run: Run) -> tuple[Connection | None, str]:
+        """The Fabric connection the data source is, or None and why it is not known. Never
+        raises: a read that fails is a warning, not a failed target."""
+        if self._fabric is None:
+            return None, "no Fabric API is configured, and Power BI does not report them"
+        try:
+            return self._fabric.get_connection(target.datasource_id), ""
+        except (ApiError, RemediationError) as exc:
+            # 404: Power BI's id is not the connection's (or none is visible): look by path.
+            first = f"Fabric's GET /connections/{target.datasource_id}: {_why(exc)}"
+        try:
+            facts = None if self._source_facts is None else self._source_facts(target, run)
+        except RemediationError as exc:
+            return None, f"{first}; Power BI's description of the data source: {_why(exc)}"
+        if facts is None:
+            return None, f"{first}; Power BI's description of the data source is unknown"
+        try:
+            listed = [] if self._connections is None else self._connections(run)  # once per run
+        except (ApiError, RemediationError) as exc:
+            return None, f"{first}; GET /connections: {_why(exc)}"
+        candidates = [c for c in listed if c.id not in facts.others]
+        found = corresponding_connection(
+            target.datasource_id,
+            facts.datasource_type,
+            target.gateway_id,
+            facts.connection_details,
+            candidates,
+        )
+        connection = next((c for c in candidates if c.id == found), None)
+        if connection is None:
+            return None, f"{first}; no single Fabric connection has its gateway, type and path"
+        return connection, ""
 
     def verdict(self, exc: ApiError) -> VerdictOf:
         return patch_verdict(exc)
@@ -207,7 +363,8 @@ class GatewayKind:
         key (the gateway could not decrypt, so nothing reached the source), or after Take Over
         (401: nothing was tested)."""
         binding, target = item.binding, item.target
-        gateway = found if isinstance(found, Gateway) else None
+        assert isinstance(found, GatewayFound)
+        gateway, settings = found.gateway, found.settings
         token: str | None = None
         if binding.credential_type is CredentialType.OAUTH2:
             try:
@@ -216,10 +373,18 @@ class GatewayKind:
                 raise Presented(grant_verdict(exc)) from None
             except RemediationError as exc:
                 raise Presented(VerdictOf(Verdict.NOT_PRESENTED, str(exc))) from None
-            body = update_datasource_request(credential_details(binding, resolved, encrypt=None))
+            body = update_datasource_request(
+                credential_details(
+                    binding,
+                    resolved,
+                    encrypt=None,
+                    privacy_level=settings.privacy_level,
+                    encrypted_connection=settings.encrypted_connection,
+                )
+            )
         else:
             assert gateway is not None
-            body = request_body(binding, resolved, gateway)
+            body = request_body(binding, resolved, gateway, settings)
 
         def send(payload: dict[str, object]) -> None:
             self.powerbi.update_datasource(
@@ -239,9 +404,11 @@ class GatewayKind:
                 fresh = None if gateway is None else self.gateways.fresh_key_after(exc, gateway)
                 if fresh is None:
                     raise
-                send(request_body(binding, resolved, fresh))
+                send(request_body(binding, resolved, fresh, settings))
         except TakeOverRefused as exc:
             raise Presented(VerdictOf(Verdict.NOT_PRESENTED, str(exc))) from None
+        for warning in settings.warnings:  # the data source holds what was sent now
+            run.warn(target.key, warning)
 
     def _take_over_for(self, target: Target, run: Run) -> None:
         """Take over a dataset that uses ``target`` (bindings with ``takeOver`` only).
@@ -373,6 +540,13 @@ class GatewayKind:
                 if any(_source_key(s) == target.key for s in sources):
                     return workspace_id, dataset.id, sources
         return None
+
+
+def _why(exc: Exception) -> str:
+    """A failed read in a few words (status and code: no body, no header)."""
+    if isinstance(exc, ApiError):
+        return f"HTTP {exc.status}" + (f" {exc.code}" if exc.code else "")
+    return str(exc)
 
 
 def _source_key(source: DatasetDatasource) -> tuple[str, str]:

@@ -200,7 +200,7 @@ def test_a_take_over_is_a_warning_line_naming_the_dataset_and_the_sources_it_res
     again = cli("--json", "heal", "--secret", w.secret_name, env=env)
 
     assert result.code == 0, result.out + result.err
-    (line,) = [x for x in result.out.splitlines() if x.startswith("warning:")]
+    (line,) = [x for x in result.out.splitlines() if x.startswith("warning:") and "took over" in x]
     assert w.datasource_ids[0] in line and f"took over dataset {w.datasets[0].id}" in line
     assert f"Sql on erp.example ({w.gateway_id}/{erp.id})" in line
     assert again.code == 0 and all("warnings" not in t for t in again.json()["targets"])

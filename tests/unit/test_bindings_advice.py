@@ -48,5 +48,6 @@ def test_unset_privacy_and_encryption_say_which_defaults_replace_the_admins_choi
     (warning,) = binding_warnings(_binding(credentialType="Key"))
     assert warning.startswith("privacyLevel (Organizational) and encryptedConnection (Encrypted) not set")
     assert "does not report" in warning
+    assert "reads them in the Fabric connection" in warning and "keeps them" in warning
     (warning,) = binding_warnings(_binding(credentialType="Key", privacyLevel="Private"))
     assert warning.startswith("encryptedConnection (Encrypted) not set")
