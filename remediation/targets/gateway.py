@@ -117,6 +117,10 @@ class SourceFacts:
     others: frozenset[str] = frozenset()
 
 
+CONNECTIONS_CACHE_SECONDS = 60.0
+"""How long one instance reuses Fabric's connection list (or its refusal) to learn the privacy
+level and encryption of the data sources it heals."""
+
 _ENCRYPTION = {
     "Encrypted": EncryptedConnection.ENCRYPTED,
     "NotEncrypted": EncryptedConnection.NOT_ENCRYPTED,
@@ -300,6 +304,9 @@ class GatewayKind:
         self._user_tokens = user_tokens
         self._user_providers: dict[tuple[str, str, str], Callable[[], str]] = {}
         self._user_lock = threading.Lock()
+        self._clock = clock
+        self._listed: tuple[float, list[Connection] | None, str] | None = None
+        self._listed_lock = threading.Lock()
 
     def describe(self, item: Resolved) -> str:
         return f"gateway {item.target.gateway_id}"
@@ -316,24 +323,28 @@ class GatewayKind:
 
     def _connection_of(self, target: Target, run: Run) -> tuple[Connection | None, str]:
         """The Fabric connection the data source is, or None and why it is not known. Never
-        raises: a read that fails is a warning, not a failed target."""
-        if self._fabric is None:
+        raises: a read that fails is a warning, not a failed target.
+
+        One ``GET /connections`` (paged) serves every target of the instance for
+        :data:`CONNECTIONS_CACHE_SECONDS` (a fan-out of a thousand targets must not cost a
+        thousand reads), and a refusal (401/403: no Fabric role or API access) is remembered as
+        long, so an identity without Fabric rights pays one refused call, not one per target.
+        """
+        if self._fabric is None or self._connections is None:
             return None, "no Fabric API is configured, and Power BI does not report them"
-        try:
-            return self._fabric.get_connection(target.datasource_id), ""
-        except (ApiError, RemediationError) as exc:
-            # 404: Power BI's id is not the connection's (or none is visible): look by path.
-            first = f"Fabric's GET /connections/{target.datasource_id}: {_why(exc)}"
+        listed, why = self._listed_connections(run)
+        if listed is None:
+            return None, f"Fabric's GET /connections: {why}"
+        by_id = next((c for c in listed if c.id == target.datasource_id), None)
+        if by_id is not None:  # Power BI's id is the connection's
+            return by_id, ""
+        first = f"no Fabric connection has the id {target.datasource_id}"
         try:
             facts = None if self._source_facts is None else self._source_facts(target, run)
         except RemediationError as exc:
             return None, f"{first}; Power BI's description of the data source: {_why(exc)}"
         if facts is None:
             return None, f"{first}; Power BI's description of the data source is unknown"
-        try:
-            listed = [] if self._connections is None else self._connections(run)  # once per run
-        except (ApiError, RemediationError) as exc:
-            return None, f"{first}; GET /connections: {_why(exc)}"
         candidates = [c for c in listed if c.id not in facts.others]
         found = corresponding_connection(
             target.datasource_id,
@@ -346,6 +357,25 @@ class GatewayKind:
         if connection is None:
             return None, f"{first}; no single Fabric connection has its gateway, type and path"
         return connection, ""
+
+    def _listed_connections(self, run: Run) -> tuple[list[Connection] | None, str]:
+        """The connections the identity has a role on (cached per instance), or None and why."""
+        assert self._connections is not None
+        now = self._clock()
+        with self._listed_lock:
+            if self._listed is not None and 0 <= now - self._listed[0] < CONNECTIONS_CACHE_SECONDS:
+                return self._listed[1], self._listed[2]
+        try:
+            found: list[Connection] | None = self._connections(run)
+            why = ""
+        except (ApiError, RemediationError) as exc:
+            found, why = None, _why(exc)
+            refused = isinstance(exc, ApiError) and exc.status in (401, 403)
+            if not refused:
+                return None, why  # a fault (5xx, timeout): the next target asks again
+        with self._listed_lock:
+            self._listed = (now, found, why)
+        return found, why
 
     def verdict(self, exc: ApiError) -> VerdictOf:
         return patch_verdict(exc)

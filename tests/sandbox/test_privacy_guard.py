@@ -191,3 +191,33 @@ def test_the_sandbox_shows_gateway_data_sources_as_connections_consistently(
     assert got.path == "{server};{database}".format(**ds.connection_details)
     sb.fabric.lists_gateway_datasources = False
     assert connection_id not in {c.id for c in fabric.list_connections()}
+
+
+@pytest.mark.parametrize("refusal", [None, 403])
+def test_a_fan_out_reads_the_connections_once_and_a_refusal_costs_one_call(
+    make: Make, sb: Sandbox, refusal: int | None
+) -> None:
+    """Ten data sources: one paged list of the connections serves them all, and an identity
+    without Fabric rights pays one refused call, not one per data source (nor a second in the next
+    run of the same instance)."""
+    w = world(sb, sources=10)
+    for ds in w.datasources:
+        sb.powerbi.set_datasource_settings(ds, privacy_level="Private", connection_encryption="NotEncrypted")
+    if refusal:
+        sb.faults.add(
+            "fabric.list_connections",
+            status=refusal,
+            body={"errorCode": "InsufficientPermissionsToManageConnection", "message": "no"},
+            times=100,
+        )
+
+    h, report = heal(make, w)
+
+    assert {t["action"] for t in report.to_dict()["targets"]} == {Action.UPDATED}
+    expected = ("Organizational", "Encrypted") if refusal else ("Private", "NotEncrypted")
+    assert {settings(ds) for ds in w.datasources} == {expected}
+    assert len(sb.requests.find("fabric.get_connection")) == 0
+    assert len(sb.requests.find("fabric.list_connections")) == 1
+    w.rotate()
+    h.healer.heal_secret(w.secret_name)
+    assert len(sb.requests.find("fabric.list_connections")) == 1
