@@ -193,14 +193,16 @@ def bench_fanout(
             report = runtime.healer.heal_secret(SECRET, retry_refreshes=False)
             seconds = time.perf_counter() - started
             calls = api_calls(sb, mark)
+            fabric = sum(1 for r in sb.requests.all()[mark:] if r.service == "fabric")
             runtime.close()
             assert all(o.action == "updated" for o in report.targets()), "fan-out did not heal everything"
         # The secret, the on-premises gateways with their keys (one list), each gateway's data
-        # source list (where the targets sign in: one server behind each gateway), then one
-        # account: the first target of each server alone, one server at a time (the version is
-        # not known to work there yet), the rest of that server concurrently meanwhile.
+        # source list (where the targets sign in: one server behind each gateway), Fabric's
+        # connection list (the data sources' privacy levels), then one account: the first target
+        # of each server alone, one server at a time (the version is not known to work there
+        # yet), the rest of that server concurrently meanwhile.
         probes = gateways
-        bound = latency * (1 + 1 + gateways + max(probes, 1 + math.ceil((n - 1) / concurrency)))
+        bound = latency * (1 + 1 + 1 + gateways + max(probes, 1 + math.ceil((n - 1) / concurrency)))
         rows.append(
             Row(
                 "fanout",
@@ -209,7 +211,8 @@ def bench_fanout(
                 bound,
                 calls,
                 n + 2 + gateways,
-                "secret, gateway list, G data source lists, one update per target (one per server first)",
+                f"secret, gateway list, G data source lists, one update per target (one per server "
+                f"first); + {fabric} Fabric connection list (privacy levels)",
             )
         )
     if compare_at:
@@ -312,7 +315,7 @@ def _compare_with_sequential(latency: float, n: int, concurrency: int, state_dir
             "sequential",
             f"healer: all {n} updated",
             ours_updates,
-            latency * (2 + gateways + max(gateways, 1 + math.ceil((n - 1) / concurrency))),
+            latency * (3 + gateways + max(gateways, 1 + math.ceil((n - 1) / concurrency))),
             None,
             None,
             "the same bound as the fan-out row",
