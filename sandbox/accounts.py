@@ -143,8 +143,14 @@ class Account:
                 self._username = change.username
 
     # -- sign-ins --------------------------------------------------------------------------------
-    def sign_in(self, matches: Callable[[str | None, str | None], bool], presented: str | None, *,
-                cause: Cause, via: str) -> SignInOutcome:
+    def sign_in(
+        self,
+        matches: Callable[[str | None, str | None], bool],
+        presented: str | None,
+        *,
+        cause: Cause,
+        via: str,
+    ) -> SignInOutcome:
         """One sign-in. ``matches(username, secret)`` says whether what was presented is right
         for the account's current credential; ``presented`` is the secret (for the record)."""
         with self.lock:
@@ -176,8 +182,11 @@ class Account:
         """Refused sign-ins, oldest first, optionally of one cause; ``include_locked=False``
         keeps only wrong-secret ones."""
         with self.lock:
-            return [f for f in self.failed_sign_ins
-                    if (cause is None or f.cause == cause) and (include_locked or f.outcome == "invalid")]
+            return [
+                f
+                for f in self.failed_sign_ins
+                if (cause is None or f.cause == cause) and (include_locked or f.outcome == "invalid")
+            ]
 
     @property
     def total_failures(self) -> int:

@@ -44,8 +44,10 @@ class AppInsights:
 
     @property
     def connection_string(self) -> str:
-        return (f"InstrumentationKey={self.instrumentation_key};IngestionEndpoint={self._sb.url}/;"
-                f"LiveEndpoint={self._sb.url}/")
+        return (
+            f"InstrumentationKey={self.instrumentation_key};IngestionEndpoint={self._sb.url}/;"
+            f"LiveEndpoint={self._sb.url}/"
+        )
 
     # -- queries -----------------------------------------------------------------------------
     @property
@@ -55,9 +57,13 @@ class AppInsights:
             return list(self._envelopes)
 
     def _base_data(self, base_type: str) -> list[dict[str, Any]]:
-        return [e["data"]["baseData"] for e in self.envelopes
-                if isinstance(e.get("data"), dict) and e["data"].get("baseType") == base_type
-                and isinstance(e["data"].get("baseData"), dict)]
+        return [
+            e["data"]["baseData"]
+            for e in self.envelopes
+            if isinstance(e.get("data"), dict)
+            and e["data"].get("baseType") == base_type
+            and isinstance(e["data"].get("baseData"), dict)
+        ]
 
     def custom_events(self, name: str | None = None) -> list[dict[str, Any]]:
         """``baseData`` of ``EventData`` envelopes (``name``, ``properties``, ``measurements``)."""
@@ -101,8 +107,14 @@ class AppInsights:
     def _register_routes(self) -> None:
         add = self._sb.router.add
         add("appinsights", "appinsights.track", "POST", r"/v2(?:\.1)?/track", self._track, _track_error)
-        add("appinsights", "appinsights.live", "POST", r"/QuickPulseService\.svc/(?:ping|post)",
-            self._live, _track_error)
+        add(
+            "appinsights",
+            "appinsights.live",
+            "POST",
+            r"/QuickPulseService\.svc/(?:ping|post)",
+            self._live,
+            _track_error,
+        )
 
     def _track(self, request: Request) -> Response:
         items = _parse_items(request.body)
@@ -141,8 +153,9 @@ class AppInsights:
 
     def _live(self, request: Request) -> Response:
         # Live metrics: always "nobody is watching", so the client just keeps pinging slowly.
-        return Response(200, None, {"x-ms-qps-subscribed": "false",
-                                    "x-ms-qps-service-polling-interval-hint": "60000"})
+        return Response(
+            200, None, {"x-ms-qps-subscribed": "false", "x-ms-qps-service-polling-interval-hint": "60000"}
+        )
 
 
 #: Wire ``baseType`` -> swagger definition, where they differ: the exporter (and every other
@@ -175,12 +188,26 @@ def _parse_items(body: bytes) -> list[Any]:
             return items
         return [json.loads(line) for line in text.splitlines() if line.strip()]
     except (UnicodeDecodeError, ValueError) as exc:
-        raise HTTPError(400, {"itemsReceived": 0, "itemsAccepted": 0, "errors": [
-            {"index": 0, "statusCode": 400, "message": f"Invalid JSON payload: {exc.__class__.__name__}"}
-        ]}) from None
+        raise HTTPError(
+            400,
+            {
+                "itemsReceived": 0,
+                "itemsAccepted": 0,
+                "errors": [
+                    {
+                        "index": 0,
+                        "statusCode": 400,
+                        "message": f"Invalid JSON payload: {exc.__class__.__name__}",
+                    }
+                ],
+            },
+        ) from None
 
 
 def _track_error(status: int, code: str, message: str) -> dict[str, Any]:
     """Breeze answers failures with a ``TrackResponse`` too."""
-    return {"itemsReceived": 0, "itemsAccepted": 0,
-            "errors": [{"index": 0, "statusCode": status, "message": f"{code}: {message}"}]}
+    return {
+        "itemsReceived": 0,
+        "itemsAccepted": 0,
+        "errors": [{"index": 0, "statusCode": status, "message": f"{code}: {message}"}],
+    }

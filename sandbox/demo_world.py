@@ -88,8 +88,12 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
     erp = sb.sources.add("erp", credential_type="Windows", username="CONTOSO\\svc_erp", secret=erp_pw)
     cluster = sb.fabric.add_gateway("GW-FABRIC", member_bits=(2048, 1024), admins=[app.client_id])
     erp_connection = sb.fabric.add_connection(
-        erp, connectivity_type="OnPremisesGateway", credential_type="Windows", gateway=cluster,
-        users=[app.client_id], name="ERP (SQL Server)",
+        erp,
+        connectivity_type="OnPremisesGateway",
+        credential_type="Windows",
+        gateway=cluster,
+        users=[app.client_id],
+        name="ERP (SQL Server)",
     )
     sb.vault.set_secret("erp-fabric-password", erp_pw, notify=False)
     bindings = {

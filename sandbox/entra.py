@@ -155,8 +155,15 @@ class Entra:
         self._register_routes()
 
     # -- principals --------------------------------------------------------------------------
-    def add_app(self, client_id: str | None = None, secret: str | None = None, *,
-                name: str = "app", default: bool = True, certificate: bytes | None = None) -> App:
+    def add_app(
+        self,
+        client_id: str | None = None,
+        secret: str | None = None,
+        *,
+        name: str = "app",
+        default: bool = True,
+        certificate: bytes | None = None,
+    ) -> App:
         """Register a service principal (confidential client). The first is the default one.
 
         With ``certificate`` (PEM) the app signs in with certificate assertions and has no
@@ -173,8 +180,14 @@ class Entra:
                 self.default_app = app
         return app
 
-    def add_user(self, upn: str, password: str | None = None, *, account: Account | None = None,
-                 lockout_threshold: int | None = DEFAULT_LOCKOUT_THRESHOLD) -> User:
+    def add_user(
+        self,
+        upn: str,
+        password: str | None = None,
+        *,
+        account: Account | None = None,
+        lockout_threshold: int | None = DEFAULT_LOCKOUT_THRESHOLD,
+    ) -> User:
         """An Entra user signing in as an account of ``sb.sources``.
 
         Without ``account`` the account named ``upn`` is used when it exists (``password``, when
@@ -186,8 +199,9 @@ class Entra:
         if account is None:
             account = sources.find_account(upn)
             if account is None:
-                account = sources.add_account(upn, username=upn, secret=password,
-                                              lockout_threshold=lockout_threshold)
+                account = sources.add_account(
+                    upn, username=upn, secret=password, lockout_threshold=lockout_threshold
+                )
             elif password is not None:
                 account.set_secret(password)
         elif password is not None:
@@ -232,8 +246,15 @@ class Entra:
         return env
 
     # -- tokens ------------------------------------------------------------------------------
-    def issue_token(self, kind: TokenKind, principal: str, audience: str, *,
-                    scopes: tuple[str, ...] = (), lifetime: float | None = None) -> TokenInfo:
+    def issue_token(
+        self,
+        kind: TokenKind,
+        principal: str,
+        audience: str,
+        *,
+        scopes: tuple[str, ...] = (),
+        lifetime: float | None = None,
+    ) -> TokenInfo:
         """Mint a token (the token endpoints use this; tests may too)."""
         info = TokenInfo(
             token="sbx." + secrets.token_urlsafe(32),
@@ -278,21 +299,46 @@ class Entra:
     def _register_routes(self) -> None:
         add = self._sb.router.add
         tenant = r"/(?P<tenant>[^/]+)"
-        add("entra", "entra.openid", "GET", tenant + r"/v2\.0/\.well-known/openid-configuration",
-            self._openid_configuration, self._oauth_error_body)
-        add("entra", "entra.jwks", "GET", tenant + r"/discovery/v2\.0/keys",
-            self._jwks, self._oauth_error_body)
-        add("entra", "entra.token", "POST", tenant + r"/oauth2/v2\.0/token",
-            self._token, self._oauth_error_body)
-        add("entra", "entra.userrealm", "GET", r"/common/userrealm/(?P<user>[^/]+)",
-            self._user_realm, self._oauth_error_body)
+        add(
+            "entra",
+            "entra.openid",
+            "GET",
+            tenant + r"/v2\.0/\.well-known/openid-configuration",
+            self._openid_configuration,
+            self._oauth_error_body,
+        )
+        add(
+            "entra",
+            "entra.jwks",
+            "GET",
+            tenant + r"/discovery/v2\.0/keys",
+            self._jwks,
+            self._oauth_error_body,
+        )
+        add(
+            "entra",
+            "entra.token",
+            "POST",
+            tenant + r"/oauth2/v2\.0/token",
+            self._token,
+            self._oauth_error_body,
+        )
+        add(
+            "entra",
+            "entra.userrealm",
+            "GET",
+            r"/common/userrealm/(?P<user>[^/]+)",
+            self._user_realm,
+            self._oauth_error_body,
+        )
         add("entra", "entra.msi", "GET", r"/msi/token", self._msi_token, self._msi_error_body)
 
     # Error shapes ---------------------------------------------------------------------------
     def _oauth_error_body(self, status: int, code: str, message: str) -> dict[str, Any]:
         """Entra's OAuth error shape for a generic failure (faults, unexpected errors)."""
         error = {400: "invalid_request", 401: "invalid_client"}.get(
-            status, "temporarily_unavailable" if status in (429, 503, 504) else "server_error")
+            status, "temporarily_unavailable" if status in (429, 503, 504) else "server_error"
+        )
         # AADSTS90033: "A transient error has occurred"; AADSTS50000: "There was an error issuing a token".
         return self._oauth_error(error, 90033 if status >= 429 else 50000, f"{code}: {message}")
 
@@ -318,13 +364,18 @@ class Entra:
 
     def _msi_error_body(self, status: int, code: str, message: str) -> dict[str, Any]:
         """App Service's managed-identity endpoint answers ``{statusCode, message, correlationId}``."""
-        return {"statusCode": status, "message": f"{code}: {message}" if code else message,
-                "correlationId": str(uuid.uuid4())}
+        return {
+            "statusCode": status,
+            "message": f"{code}: {message}" if code else message,
+            "correlationId": str(uuid.uuid4()),
+        }
 
     def _check_tenant(self, tenant: str) -> None:
         if tenant != self.tenant_id and tenant.lower() not in _TENANT_ALIASES:
             raise self._fail(
-                400, "invalid_tenant", 90002,
+                400,
+                "invalid_tenant",
+                90002,
                 f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are "
                 "signing into the correct cloud.",
             )
@@ -338,8 +389,11 @@ class Entra:
         issuer_tenant = self.tenant_id if tenant == self.tenant_id else "{tenantid}"
         body = {
             "token_endpoint": f"{base}/oauth2/v2.0/token",
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt",
-                                                      "client_secret_basic"],
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_post",
+                "private_key_jwt",
+                "client_secret_basic",
+            ],
             "jwks_uri": f"{base}/discovery/v2.0/keys",
             "response_modes_supported": ["query", "fragment", "form_post"],
             "subject_types_supported": ["pairwise"],
@@ -354,10 +408,27 @@ class Entra:
             "http_logout_supported": True,
             "frontchannel_logout_supported": True,
             "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
-            "claims_supported": ["sub", "iss", "cloud_instance_name", "cloud_instance_host_name",
-                                 "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat",
-                                 "auth_time", "acr", "nonce", "preferred_username", "name", "tid",
-                                 "ver", "at_hash", "c_hash", "email"],
+            "claims_supported": [
+                "sub",
+                "iss",
+                "cloud_instance_name",
+                "cloud_instance_host_name",
+                "cloud_graph_host_name",
+                "msgraph_host",
+                "aud",
+                "exp",
+                "iat",
+                "auth_time",
+                "acr",
+                "nonce",
+                "preferred_username",
+                "name",
+                "tid",
+                "ver",
+                "at_hash",
+                "c_hash",
+                "email",
+            ],
             "kerberos_endpoint": f"{base}/kerberos",
             "tenant_region_scope": "EU",
             "cloud_instance_name": "microsoftonline.com",
@@ -404,12 +475,20 @@ class Entra:
             return self._password(form, tenant)
         if grant_type == "refresh_token":
             return self._refresh(form, tenant)
-        raise self._fail(400, "unsupported_grant_type", 70003,
-                         f"The app requested an unsupported grant type '{grant_type}'.")
+        raise self._fail(
+            400,
+            "unsupported_grant_type",
+            70003,
+            f"The app requested an unsupported grant type '{grant_type}'.",
+        )
 
     def _missing_parameter(self, name: str) -> HTTPError:
-        return self._fail(400, "invalid_request", 900144,
-                          f"The request body must contain the following parameter: '{name}'.")
+        return self._fail(
+            400,
+            "invalid_request",
+            900144,
+            f"The request body must contain the following parameter: '{name}'.",
+        )
 
     def _authenticate_client(self, form: dict[str, str], *, confidential: bool, tenant: str) -> App:
         """The calling app; a confidential client must prove its secret."""
@@ -420,7 +499,9 @@ class Entra:
             app = self.apps.get(client_id)
         if app is None:
             raise self._fail(
-                400, "unauthorized_client", 700016,
+                400,
+                "unauthorized_client",
+                700016,
                 f"Application with identifier '{client_id}' was not found in the directory "
                 f"'{self.tenant_id}'. This can happen if the application has not been installed by the "
                 "administrator of the tenant or consented to by any user in the tenant. You may have sent "
@@ -433,12 +514,18 @@ class Entra:
         if secret is None and not confidential:
             return app  # public client flow
         if secret is None:
-            raise self._fail(401, "invalid_client", 7000218,
-                             "The request body must contain the following parameter: 'client_assertion' "
-                             "or 'client_secret'.")
+            raise self._fail(
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' "
+                "or 'client_secret'.",
+            )
         if app.secret is None or not secrets.compare_digest(secret, app.secret):
             raise self._fail(
-                401, "invalid_client", 7000215,
+                401,
+                "invalid_client",
+                7000215,
                 "Invalid client secret provided. Ensure the secret being sent in the request is the client "
                 f"secret value, not the client secret ID, for a secret added to app '{client_id}'.",
             )
@@ -453,8 +540,7 @@ class Entra:
         not the sandbox's, signed the assertion).
         """
         if form.get("client_assertion_type") != JWT_BEARER:
-            raise self._fail(400, "invalid_request", 50027,
-                             f"client_assertion_type must be '{JWT_BEARER}'.")
+            raise self._fail(400, "invalid_request", 50027, f"client_assertion_type must be '{JWT_BEARER}'.")
         try:
             head_b64, claims_b64, signature_b64 = form["client_assertion"].split(".")
             header = json.loads(_b64url_decode(head_b64))
@@ -472,38 +558,57 @@ class Entra:
         if not isinstance(public_key, rsa.RSAPublicKey) or alg not in ("RS256", "PS256"):
             raise self._fail(401, "invalid_client", 5002738, f"Signing algorithm {alg!r} is not supported.")
         pad: asym_padding.AsymmetricPadding = (
-            asym_padding.PKCS1v15() if alg == "RS256"
+            asym_padding.PKCS1v15()
+            if alg == "RS256"
             else asym_padding.PSS(mgf=asym_padding.MGF1(hashes.SHA256()), salt_length=asym_padding.PSS.AUTO)
         )
         try:
             public_key.verify(signature, signed, pad, hashes.SHA256())
         except InvalidSignature:
-            raise self._fail(401, "invalid_client", 700027,
-                             "Client assertion contains an invalid signature.") from None
+            raise self._fail(
+                401, "invalid_client", 700027, "Client assertion contains an invalid signature."
+            ) from None
         if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
-            raise self._fail(401, "invalid_client", 700021,
-                             "Client assertion application identifier doesn't match 'client_id' parameter.")
+            raise self._fail(
+                401,
+                "invalid_client",
+                700021,
+                "Client assertion application identifier doesn't match 'client_id' parameter.",
+            )
         endpoint = f"{self._sb.url}/{tenant}/oauth2/v2.0/token"
         if claims.get("aud") != endpoint:
-            raise self._fail(401, "invalid_client", 700212,
-                             f"The client assertion's audience must be the token endpoint {endpoint}.")
+            raise self._fail(
+                401,
+                "invalid_client",
+                700212,
+                f"The client assertion's audience must be the token endpoint {endpoint}.",
+            )
         now = time.time()
         exp, nbf = claims.get("exp"), claims.get("nbf", now)
-        if not isinstance(exp, (int, float)) or not isinstance(nbf, (int, float)) \
-                or exp <= now - 300 or nbf > now + 300:
-            raise self._fail(401, "invalid_client", 700024,
-                             "Client assertion is not within its valid time range.")
+        if (
+            not isinstance(exp, (int, float))
+            or not isinstance(nbf, (int, float))
+            or exp <= now - 300
+            or nbf > now + 300
+        ):
+            raise self._fail(
+                401, "invalid_client", 700024, "Client assertion is not within its valid time range."
+            )
 
     def _assertion_certificate(self, app: App, header: dict[str, Any]) -> x509.Certificate:
         # Thumbprints are base64url; msal keeps the padding, other clients drop it.
         sha256 = str(header.get("x5t#S256", "")).rstrip("=")
         sha1 = str(header.get("x5t", "")).rstrip("=")
         for certificate in app.certificates:
-            if sha256 == _b64url(certificate.fingerprint(hashes.SHA256())) \
-                    or sha1 == _b64url(certificate.fingerprint(hashes.SHA1())):  # noqa: S303
+            x5t = _b64url(certificate.fingerprint(hashes.SHA1()))  # noqa: S303 - the x5t header is SHA-1
+            if sha256 == _b64url(certificate.fingerprint(hashes.SHA256())) or sha1 == x5t:
                 return certificate
-        raise self._fail(401, "invalid_client", 700027,
-                         "Client assertion failed signature validation. [Reason - The key was not found.]")
+        raise self._fail(
+            401,
+            "invalid_client",
+            700027,
+            "Client assertion failed signature validation. [Reason - The key was not found.]",
+        )
 
     def _resource_of(self, scope: str) -> tuple[str, str]:
         """(audience, permission) of a scope: ``https://x/api/.default`` -> (``https://x/api``, ...)."""
@@ -521,7 +626,9 @@ class Entra:
         scopes = scope.split()
         if len(scopes) != 1 or not scopes[0].endswith("/.default"):
             raise self._fail(
-                400, "invalid_scope", 1002012,
+                400,
+                "invalid_scope",
+                1002012,
                 f"The provided value for scope {scope} is not valid. Client credential flows must have a "
                 "scope value with /.default suffixed to the resource identifier (application ID URI).",
             )
@@ -537,7 +644,9 @@ class Entra:
         audiences = {self._resource_of(s)[0] for s in resource_scopes}
         if len(audiences) > 1:
             raise self._fail(
-                400, "invalid_scope", 28000,
+                400,
+                "invalid_scope",
+                28000,
                 "Provided value for the input parameter scope is not valid because it contains more than one "
                 "resource. Scope " + scope + " is not valid.",
             )
@@ -555,7 +664,9 @@ class Entra:
             user = self.users.get(upn.lower())
         if user is None:
             raise self._fail(
-                400, "invalid_grant", 50034,
+                400,
+                "invalid_grant",
+                50034,
                 f"The user account {{EUII Hidden}} does not exist in the {self.tenant_id} directory. To sign "
                 "into this application, the account must be added to the directory.",
             )
@@ -563,17 +674,28 @@ class Entra:
             raise self._fail(400, "invalid_grant", 50057, "The user account is disabled.")
         presented = form["password"]
         result = user.account.sign_in(
-            lambda _username, secret: secret is not None
-            and secrets.compare_digest(presented.encode(), secret.encode()),
-            presented, cause="password-grant", via="entra",
+            lambda _username, secret: (
+                secret is not None and secrets.compare_digest(presented.encode(), secret.encode())
+            ),
+            presented,
+            cause="password-grant",
+            via="entra",
         )
         if result == "locked":
-            raise self._fail(400, "invalid_grant", 50053,
-                             "Your account is locked because the user tried to sign in too many times "
-                             "with an incorrect user ID or password.")
+            raise self._fail(
+                400,
+                "invalid_grant",
+                50053,
+                "Your account is locked because the user tried to sign in too many times "
+                "with an incorrect user ID or password.",
+            )
         if result != "ok":
-            raise self._fail(400, "invalid_grant", 50126,
-                             "Error validating credentials due to invalid username or password.")
+            raise self._fail(
+                400,
+                "invalid_grant",
+                50126,
+                "Error validating credentials due to invalid username or password.",
+            )
         audience, resource_scopes, offline = self._user_scopes(form["scope"])
         return self._user_token_response(app, user, audience, resource_scopes, form["scope"], offline)
 
@@ -586,16 +708,24 @@ class Entra:
             grant = self._refresh_tokens.get(token)
             user = self.users.get(grant.upn.lower()) if grant else None
         if grant is None or grant.client_id != app.client_id or user is None:
-            raise self._fail(400, "invalid_grant", 9002313,
-                             "Invalid request. Request is malformed or invalid.")
+            raise self._fail(
+                400, "invalid_grant", 9002313, "Invalid request. Request is malformed or invalid."
+            )
         if user.disabled:
             raise self._fail(400, "invalid_grant", 50057, "The user account is disabled.")
         scope = form.get("scope") or f"{grant.resource}/.default offline_access"
         audience, resource_scopes, _ = self._user_scopes(scope)
         return self._user_token_response(app, user, audience, resource_scopes, scope, True)
 
-    def _user_token_response(self, app: App, user: User, audience: str, resource_scopes: tuple[str, ...],
-                             requested: str, offline: bool) -> Response:
+    def _user_token_response(
+        self,
+        app: App,
+        user: User,
+        audience: str,
+        resource_scopes: tuple[str, ...],
+        requested: str,
+        offline: bool,
+    ) -> Response:
         info = self.issue_token("user", user.upn, audience, scopes=resource_scopes)
         logger.debug("entra: user token for %s (%s)", user.upn, audience)
         granted = " ".join([*resource_scopes, *(s for s in requested.split() if s.lower() in _OIDC_SCOPES)])
@@ -607,8 +737,9 @@ class Entra:
                 self._refresh_tokens[refresh] = _RefreshGrant(user.upn, app.client_id, audience)
             response.body["refresh_token"] = refresh
         response.body["id_token"] = self._id_token(app, user)
-        response.body["client_info"] = _b64url(json.dumps(
-            {"uid": user.object_id, "utid": self.tenant_id}, separators=(",", ":")).encode())
+        response.body["client_info"] = _b64url(
+            json.dumps({"uid": user.object_id, "utid": self.tenant_id}, separators=(",", ":")).encode()
+        )
         return response
 
     def _token_response(self, info: TokenInfo, *, scope: str | None) -> Response:
@@ -617,8 +748,15 @@ class Entra:
         if scope is not None:
             body["scope"] = scope
         body.update(expires_in=lifetime, ext_expires_in=lifetime, access_token=info.token)
-        return Response(200, body, {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache",
-                                    "x-ms-request-id": str(uuid.uuid4())})
+        return Response(
+            200,
+            body,
+            {
+                "Cache-Control": "no-store, no-cache",
+                "Pragma": "no-cache",
+                "x-ms-request-id": str(uuid.uuid4()),
+            },
+        )
 
     def _id_token(self, app: App, user: User) -> str:
         """A well-formed JWT with Entra's v2.0 claims. Unsigned: msal decodes, never verifies, it."""
@@ -649,8 +787,12 @@ class Entra:
             raise HTTPError(401, self._msi_error_body(401, "", "The X-IDENTITY-HEADER header is not valid."))
         api_version = request.query.get("api-version")
         if api_version not in _MSI_API_VERSIONS:
-            raise HTTPError(400, self._msi_error_body(
-                400, "", f"The api-version '{api_version}' is not supported. Use 2019-08-01."))
+            raise HTTPError(
+                400,
+                self._msi_error_body(
+                    400, "", f"The api-version '{api_version}' is not supported. Use 2019-08-01."
+                ),
+            )
         resource = request.query.get("resource", "")
         if not resource:
             raise HTTPError(400, self._msi_error_body(400, "", "The 'resource' query parameter is required."))
@@ -660,21 +802,25 @@ class Entra:
         audience, _ = self._resource_of(resource.rstrip("/") + "/.default")
         info = self.issue_token("managed_identity", mi.client_id, audience, scopes=(resource,))
         logger.debug("entra: managed identity token for %s (%s)", mi.client_id, audience)
-        return Response(200, {
-            "access_token": info.token,
-            "expires_on": str(int(info.expires_at)),
-            "resource": resource,
-            "token_type": "Bearer",
-            "client_id": mi.client_id,
-        })
+        return Response(
+            200,
+            {
+                "access_token": info.token,
+                "expires_on": str(int(info.expires_at)),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": mi.client_id,
+            },
+        )
 
     def _find_identity(self, query: dict[str, str]) -> ManagedIdentity | None:
         with self._lock:
             if query.get("client_id"):
                 return self.managed_identities.get(query["client_id"])
             if query.get("object_id"):
-                return next((m for m in self.managed_identities.values()
-                             if m.object_id == query["object_id"]), None)
+                return next(
+                    (m for m in self.managed_identities.values() if m.object_id == query["object_id"]), None
+                )
             if query.get("mi_res_id"):
                 return None  # the sandbox models no ARM resource ids
         return self.system_identity

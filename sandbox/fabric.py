@@ -163,8 +163,14 @@ class Fabric:
         return self._sb.url + "/v1"
 
     # -- world building (tests) ------------------------------------------------------------------
-    def add_gateway(self, name: str, *, member_bits: Iterable[int] = (2048,), admins: Iterable[str] = (),
-                    personal: bool = False) -> FabricGateway:
+    def add_gateway(
+        self,
+        name: str,
+        *,
+        member_bits: Iterable[int] = (2048,),
+        admins: Iterable[str] = (),
+        personal: bool = False,
+    ) -> FabricGateway:
         """A gateway cluster with one member per entry of ``member_bits`` (real key pairs; the
         first member's id is the gateway's, as in Microsoft's example)."""
         bits = list(member_bits)
@@ -172,12 +178,16 @@ class Fabric:
             raise ValueError("a cluster has at least one member; a personal gateway exactly one")
         gateway_id = str(uuid.uuid4())
         members = [
-            GatewayMember(gateway_id if i == 0 else str(uuid.uuid4()), f"{name}-{i + 1}",
-                          GatewayKeyPair.generate(b, reuse=True))
+            GatewayMember(
+                gateway_id if i == 0 else str(uuid.uuid4()),
+                f"{name}-{i + 1}",
+                GatewayKeyPair.generate(b, reuse=True),
+            )
             for i, b in enumerate(bits)
         ]
-        gateway = FabricGateway(gateway_id, name, "OnPremisesPersonal" if personal else "OnPremises",
-                                members, set(admins))
+        gateway = FabricGateway(
+            gateway_id, name, "OnPremisesPersonal" if personal else "OnPremises", members, set(admins)
+        )
         with self._lock:
             self.gateways[gateway.id] = gateway
         return gateway
@@ -196,12 +206,18 @@ class Fabric:
         """A connection to ``source``, holding the source's current credential (healthy)."""
         if connectivity_type in ("OnPremisesGateway", "OnPremisesGatewayPersonal") and gateway is None:
             raise ValueError(f"a {connectivity_type} connection needs its gateway")
-        kind = credential_type or {"SAS": "SharedAccessSignature"}.get(source.credential_type,
-                                                                       source.credential_type)
+        kind = credential_type or {"SAS": "SharedAccessSignature"}.get(
+            source.credential_type, source.credential_type
+        )
         connection = FabricConnection(
-            id=str(uuid.uuid4()), display_name=name or source.id, connectivity_type=connectivity_type,
-            source=source, credential_type=kind, gateway=gateway,
-            path=f"{source.id}.contoso.local;{source.id}", users=set(users),
+            id=str(uuid.uuid4()),
+            display_name=name or source.id,
+            connectivity_type=connectivity_type,
+            source=source,
+            credential_type=kind,
+            gateway=gateway,
+            path=f"{source.id}.contoso.local;{source.id}",
+            users=set(users),
             key_vault_reference=dict(key_vault_reference) if key_vault_reference else None,
         )
         connection.data = {} if key_vault_reference else _source_data(source, kind)
@@ -218,13 +234,17 @@ class Fabric:
             ("update_connection", "PATCH", f"/connections/{c}", self._update_connection),
             ("get_gateway", "GET", f"/gateways/{g}", self._get_gateway),
             ("list_gateway_members", "GET", f"/gateways/{g}/members", self._list_members),
-            ("list_item_connections", "GET",
-             f"/workspaces/{_SEGMENT.format('workspace')}/items/{_SEGMENT.format('item')}/connections",
-             self._list_item_connections),
+            (
+                "list_item_connections",
+                "GET",
+                f"/workspaces/{_SEGMENT.format('workspace')}/items/{_SEGMENT.format('item')}/connections",
+                self._list_item_connections,
+            ),
         ]
         for name, method, pattern, handler in routes:
-            self._sb.router.add("fabric", f"fabric.{name}", method, _BASE + pattern,
-                                self._wrap(handler), _fault_body)
+            self._sb.router.add(
+                "fabric", f"fabric.{name}", method, _BASE + pattern, self._wrap(handler), _fault_body
+            )
 
     @staticmethod
     def _wrap(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
@@ -245,15 +265,19 @@ class Fabric:
             return self._sb.entra.verify(request, FABRIC_AUDIENCE)
         except TokenRejected as exc:
             code = "TokenExpired" if exc.reason == "expired" else "InvalidToken"
-            raise HTTPError(401, fabric_error(code, f"The access token is not valid ({exc.reason})."),
-                            {"WWW-Authenticate": "Bearer"}) from None
+            raise HTTPError(
+                401,
+                fabric_error(code, f"The access token is not valid ({exc.reason})."),
+                {"WWW-Authenticate": "Bearer"},
+            ) from None
 
     @staticmethod
     def _path_id(request: Request, name: str) -> str:
         value = request.params[name]
         if not _GUID.fullmatch(value):
-            raise HTTPError(400, fabric_error("InvalidInput",
-                                              f"The {name}Id in the URL is not a valid GUID."))
+            raise HTTPError(
+                400, fabric_error("InvalidInput", f"The {name}Id in the URL is not a valid GUID.")
+            )
         return value.lower()
 
     def _connection(self, caller: TokenInfo, request: Request) -> FabricConnection:
@@ -261,9 +285,13 @@ class Fabric:
         if connection is None:
             raise HTTPError(404, fabric_error("EntityNotFound", "The requested connection was not found."))
         if not any(u.lower() == caller.principal.lower() for u in connection.users):
-            raise HTTPError(403, fabric_error(
-                "InsufficientPermissionsToManageConnection",
-                "The caller does not have permission to manage the connection."))
+            raise HTTPError(
+                403,
+                fabric_error(
+                    "InsufficientPermissionsToManageConnection",
+                    "The caller does not have permission to manage the connection.",
+                ),
+            )
         return connection
 
     def _gateway(self, caller: TokenInfo, request: Request) -> FabricGateway:
@@ -271,8 +299,13 @@ class Fabric:
         if gateway is None:
             raise HTTPError(404, fabric_error("EntityNotFound", "The requested gateway was not found."))
         if not any(a.lower() == caller.principal.lower() for a in gateway.admins):
-            raise HTTPError(403, fabric_error("InsufficientPermissionsToManageGateway",
-                                              "The caller does not have permission for the gateway."))
+            raise HTTPError(
+                403,
+                fabric_error(
+                    "InsufficientPermissionsToManageGateway",
+                    "The caller does not have permission for the gateway.",
+                ),
+            )
         return gateway
 
     # -- JSON shapes -----------------------------------------------------------------------------
@@ -300,12 +333,22 @@ class Fabric:
     @staticmethod
     def gateway_json(gateway: FabricGateway) -> dict[str, Any]:
         primary = gateway.members[0]
-        body: dict[str, Any] = {"id": gateway.id, "type": gateway.type,
-                                "publicKey": primary.keys.public_key_json(), "version": "3000.250.5"}
+        body: dict[str, Any] = {
+            "id": gateway.id,
+            "type": gateway.type,
+            "publicKey": primary.keys.public_key_json(),
+            "version": "3000.250.5",
+        }
         if gateway.type == "OnPremises":
-            body.update({"displayName": gateway.name, "numberOfMemberGateways": len(gateway.members),
-                         "loadBalancingSetting": "Failover", "allowCloudConnectionRefresh": False,
-                         "allowCustomConnectors": False})
+            body.update(
+                {
+                    "displayName": gateway.name,
+                    "numberOfMemberGateways": len(gateway.members),
+                    "loadBalancingSetting": "Failover",
+                    "allowCloudConnectionRefresh": False,
+                    "allowCustomConnectors": False,
+                }
+            )
         return body
 
     def powerbi_datasource_json(self, connection: FabricConnection) -> dict[str, Any]:
@@ -316,10 +359,17 @@ class Fabric:
             datasource_id = connection.id
         else:
             datasource_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "datasource:" + connection.id))
-        gateway_id = (connection.gateway.id if connection.gateway is not None
-                      else str(uuid.uuid5(uuid.NAMESPACE_URL, "cloud-gateway:" + connection.id)))
-        return {"datasourceType": connection.connection_type, "connectionDetails": details,
-                "datasourceId": datasource_id, "gatewayId": gateway_id}
+        gateway_id = (
+            connection.gateway.id
+            if connection.gateway is not None
+            else str(uuid.uuid5(uuid.NAMESPACE_URL, "cloud-gateway:" + connection.id))
+        )
+        return {
+            "datasourceType": connection.connection_type,
+            "connectionDetails": details,
+            "datasourceId": datasource_id,
+            "gatewayId": gateway_id,
+        }
 
     def datasource_connection_id(self, datasource: Datasource) -> str:
         """The connection id Fabric shows a Power BI gateway data source under."""
@@ -354,9 +404,10 @@ class Fabric:
             "id": self.datasource_connection_id(datasource),
             "displayName": datasource.name,
             "connectivityType": "ShareableCloud" if cloud else "OnPremisesGateway",
-            "connectionDetails": {"type": {"Sql": "SQL"}.get(datasource.datasource_type,
-                                                             datasource.datasource_type),
-                                  "path": path},
+            "connectionDetails": {
+                "type": {"Sql": "SQL"}.get(datasource.datasource_type, datasource.datasource_type),
+                "path": path,
+            },
             "privacyLevel": datasource.privacy_level,
             "credentialDetails": {
                 "credentialType": datasource.credential_type,
@@ -388,8 +439,9 @@ class Fabric:
         start = 0
         if token is not None:
             if not token.isdigit() or int(token) > len(value):
-                raise HTTPError(400, fabric_error("InvalidContinuationToken",
-                                                  "The continuation token is not valid."))
+                raise HTTPError(
+                    400, fabric_error("InvalidContinuationToken", "The continuation token is not valid.")
+                )
             start = int(token)
         end = start + max(1, self.page_size)
         body: dict[str, Any] = {"value": value[start:end]}
@@ -402,8 +454,11 @@ class Fabric:
     def _list_connections(self, request: Request) -> Response:
         caller = self._authenticate(request)
         with self._lock:
-            value = [self.connection_json(c) for c in self.connections.values()
-                     if any(u.lower() == caller.principal.lower() for u in c.users)]
+            value = [
+                self.connection_json(c)
+                for c in self.connections.values()
+                if any(u.lower() == caller.principal.lower() for u in c.users)
+            ]
         value.extend(body for body, allowed in self._datasource_connections(caller).values() if allowed)
         return self._page(request, value)
 
@@ -416,17 +471,24 @@ class Fabric:
         with powerbi.lock:
             workspace = powerbi.workspaces.get(workspace_id)
             if workspace is None or not any(m.lower() == caller.principal.lower() for m in workspace.members):
-                raise HTTPError(403, fabric_error(
-                    "InsufficientPermissionsOverItem", "The caller does not have permission on the item."))
+                raise HTTPError(
+                    403,
+                    fabric_error(
+                        "InsufficientPermissionsOverItem", "The caller does not have permission on the item."
+                    ),
+                )
             dataset = workspace.datasets.get(item_id)
             if dataset is None:
                 raise HTTPError(404, fabric_error("ItemNotFound", "The requested item was not found."))
             connections = list(dataset.connections)
         value = []
         for c in connections:
-            entry: dict[str, Any] = {"id": c.id, "displayName": c.display_name,
-                                     "connectivityType": c.connectivity_type,
-                                     "connectionDetails": {"type": c.connection_type, "path": c.path}}
+            entry: dict[str, Any] = {
+                "id": c.id,
+                "displayName": c.display_name,
+                "connectivityType": c.connectivity_type,
+                "connectionDetails": {"type": c.connection_type, "path": c.path},
+            }
             if c.gateway is not None:
                 entry["gatewayId"] = c.gateway.id
             value.append(entry)
@@ -438,9 +500,13 @@ class Fabric:
         if mirrored is not None:
             body, allowed = mirrored
             if not allowed:
-                raise HTTPError(403, fabric_error(
-                    "InsufficientPermissionsToManageConnection",
-                    "The caller does not have permission to manage the connection."))
+                raise HTTPError(
+                    403,
+                    fabric_error(
+                        "InsufficientPermissionsToManageConnection",
+                        "The caller does not have permission to manage the connection.",
+                    ),
+                )
             return Response(200, body)
         with self._lock:
             return Response(200, self.connection_json(self._connection(caller, request)))
@@ -454,8 +520,16 @@ class Fabric:
         caller = self._authenticate(request)
         with self._lock:
             gateway = self._gateway(caller, request)
-            value = [{"id": m.id, "displayName": m.name, "publicKey": m.keys.public_key_json(),
-                      "version": "3000.250.5", "enabled": m.enabled} for m in gateway.members]
+            value = [
+                {
+                    "id": m.id,
+                    "displayName": m.name,
+                    "publicKey": m.keys.public_key_json(),
+                    "version": "3000.250.5",
+                    "enabled": m.enabled,
+                }
+                for m in gateway.members
+            ]
         return Response(200, {"value": value})
 
     def _update_connection(self, request: Request) -> Response:
@@ -467,18 +541,28 @@ class Fabric:
         subtype = fabric_subtype("UpdateConnectionRequest", ctype) if isinstance(ctype, str) else None
         problems = fabric_errors(subtype or "UpdateConnectionRequest", body)
         if problems:
-            raise HTTPError(400, fabric_error("InvalidInput", "The request has an invalid input: "
-                                              + "; ".join(problems[:10])))
+            raise HTTPError(
+                400,
+                fabric_error("InvalidInput", "The request has an invalid input: " + "; ".join(problems[:10])),
+            )
         if self._path_id(request, "connection") in self._datasource_connections(caller):
-            raise HTTPError(400, fabric_error(
-                "InvalidInput", "The sandbox updates Power BI gateway data sources through Power BI only."))
+            raise HTTPError(
+                400,
+                fabric_error(
+                    "InvalidInput", "The sandbox updates Power BI gateway data sources through Power BI only."
+                ),
+            )
         with self._lock:
             connection = self._connection(caller, request)
         if ctype != connection.connectivity_type:
-            raise HTTPError(400, fabric_error(
-                "InvalidInput",
-                f"The connection is {connection.connectivity_type}, not {ctype}; "
-                "connectivityType cannot change."))
+            raise HTTPError(
+                400,
+                fabric_error(
+                    "InvalidInput",
+                    f"The connection is {connection.connectivity_type}, not {ctype}; "
+                    "connectivityType cannot change.",
+                ),
+            )
         details = body.get("credentialDetails") or {}
         credentials = details.get("credentials")
         if credentials is None:  # a metadata-only update (display name, privacy)
@@ -492,12 +576,21 @@ class Fabric:
             source_type = _SOURCE_TYPE.get(credential_type, credential_type)
             result = self._sb.sources.check(connection.source.id, source_type, data, cause="update-test")
             if result == "unreachable":
-                raise HTTPError(400, fabric_error("UpdateGatewayConnectionFailed",
-                                                  "The gateway could not reach the data source.",
-                                                  more=[("DM_GWPipeline_Client_GatewayUnreachable", "")]))
+                raise HTTPError(
+                    400,
+                    fabric_error(
+                        "UpdateGatewayConnectionFailed",
+                        "The gateway could not reach the data source.",
+                        more=[("DM_GWPipeline_Client_GatewayUnreachable", "")],
+                    ),
+                )
             if result != "ok":
-                raise HTTPError(400, fabric_error(
-                    "IncorrectCredentials", "Failed to establish connection using the Credentials input"))
+                raise HTTPError(
+                    400,
+                    fabric_error(
+                        "IncorrectCredentials", "Failed to establish connection using the Credentials input"
+                    ),
+                )
         with self._lock:
             if connection.key_vault_reference is not None:
                 connection.reference_overwritten += 1
@@ -509,13 +602,16 @@ class Fabric:
                 connection.privacy_level = body["privacyLevel"]
             if "connectionEncryption" in details:
                 connection.connection_encryption = details["connectionEncryption"]
-        logger.info("sandbox fabric: %s updated credentials of connection %s", caller.principal,
-                    connection.id)
+        logger.info(
+            "sandbox fabric: %s updated credentials of connection %s", caller.principal, connection.id
+        )
         return Response(200, self.connection_json(connection))
 
-    def _received(self, connection: FabricConnection, credential_type: str,
-                  credentials: dict[str, Any]) -> dict[str, str]:
+    def _received(
+        self, connection: FabricConnection, credential_type: str, credentials: dict[str, Any]
+    ) -> dict[str, str]:
         """The name/value pairs the PATCH carries: plain fields, or decrypted by every member."""
+
         def invalid(message: str) -> HTTPError:
             return HTTPError(400, fabric_error("InvalidCredentialDetails", message))
 
@@ -547,8 +643,10 @@ class Fabric:
             missing = [m.id for m in gateway.members if m.id not in blobs]
             extra = sorted(set(blobs) - {m.id for m in gateway.members})
             if missing or extra:
-                raise invalid(f"values must have one entry per member of gateway {gateway.id}: "
-                              f"missing {missing}, not members {extra}.")
+                raise invalid(
+                    f"values must have one entry per member of gateway {gateway.id}: "
+                    f"missing {missing}, not members {extra}."
+                )
         decoded: list[dict[str, str]] = []
         for member in gateway.members:
             try:
@@ -570,4 +668,3 @@ def _source_data(source: SourceSystem, credential_type: str) -> dict[str, str]:
     if credential_type == "ServicePrincipal":
         return {"servicePrincipalClientId": source.username or "", "servicePrincipalSecret": secret}
     return {"key": secret} if credential_type == "Key" else {"token": secret}
-

@@ -129,8 +129,10 @@ class KeyVault:
     @property
     def resource_id(self) -> str:
         """The ARM id Event Grid uses as ``topic`` / ``source``."""
-        return (f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
-                f"/providers/Microsoft.KeyVault/vaults/{self.name}")
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.KeyVault/vaults/{self.name}"
+        )
 
     def secret_id(self, name: str, version: str | None = None) -> str:
         base = f"{self.url}secrets/{name}"
@@ -153,8 +155,9 @@ class KeyVault:
         if not _NAME.fullmatch(name):
             raise ValueError(f"invalid secret name {name!r}")
         now = int(self._sb.clock.now())
-        record = _Version(uuid.uuid4().hex, value, dict(tags or {}), content_type, enabled, now, now,
-                          not_before, expires)
+        record = _Version(
+            uuid.uuid4().hex, value, dict(tags or {}), content_type, enabled, now, now, not_before, expires
+        )
         with self._lock:
             key = name.lower()
             self._names.setdefault(key, name)
@@ -253,8 +256,9 @@ class KeyVault:
             snapshot = self._snapshot(name, record)
             subscribers = list(self._subscribers)
             event_id, now = str(uuid.uuid4()), self._sb.clock.now()
-            self.events.append(self._event(f"Microsoft.KeyVault.{short}", snapshot, "EventGridSchema",
-                                           event_id, now))
+            self.events.append(
+                self._event(f"Microsoft.KeyVault.{short}", snapshot, "EventGridSchema", event_id, now)
+            )
         delivered = []
         for subscriber in subscribers:
             event = self._event(f"Microsoft.KeyVault.{short}", snapshot, subscriber.schema, event_id, now)
@@ -265,8 +269,9 @@ class KeyVault:
             delivered.append(event)
         return delivered
 
-    def _event(self, event_type: str, secret: SecretVersion, schema: EventSchema,
-               event_id: str, now: float) -> dict[str, Any]:
+    def _event(
+        self, event_type: str, secret: SecretVersion, schema: EventSchema, event_id: str, now: float
+    ) -> dict[str, Any]:
         name = secret.name
         data = {
             "Id": self.secret_id(name, secret.version),
@@ -279,10 +284,25 @@ class KeyVault:
             "EXP": secret.expires,
         }
         if schema == "CloudEventSchema":
-            return {"source": self.resource_id, "subject": name, "type": event_type,
-                    "time": _event_time(now), "id": event_id, "data": data, "specversion": "1.0"}
-        return {"id": event_id, "topic": self.resource_id, "subject": name, "eventType": event_type,
-                "eventTime": _event_time(now), "data": data, "dataVersion": "1", "metadataVersion": "1"}
+            return {
+                "source": self.resource_id,
+                "subject": name,
+                "type": event_type,
+                "time": _event_time(now),
+                "id": event_id,
+                "data": data,
+                "specversion": "1.0",
+            }
+        return {
+            "id": event_id,
+            "topic": self.resource_id,
+            "subject": name,
+            "eventType": event_type,
+            "eventTime": _event_time(now),
+            "data": data,
+            "dataVersion": "1",
+            "metadataVersion": "1",
+        }
 
     # -- internals ---------------------------------------------------------------------------
     def _find(self, name: str, version: str | None) -> _Version | None:
@@ -294,8 +314,18 @@ class KeyVault:
         return next((v for v in versions if v.version == version.lower()), None)
 
     def _snapshot(self, name: str, r: _Version) -> SecretVersion:
-        return SecretVersion(self._names.get(name.lower(), name), r.version, r.value, dict(r.tags),
-                             r.content_type, r.enabled, r.created, r.updated, r.not_before, r.expires)
+        return SecretVersion(
+            self._names.get(name.lower(), name),
+            r.version,
+            r.value,
+            dict(r.tags),
+            r.content_type,
+            r.enabled,
+            r.created,
+            r.updated,
+            r.not_before,
+            r.expires,
+        )
 
     def _attributes(self, r: _Version) -> dict[str, Any]:
         attributes: dict[str, Any] = {"enabled": r.enabled}
@@ -303,8 +333,12 @@ class KeyVault:
             attributes["nbf"] = r.not_before
         if r.expires is not None:
             attributes["exp"] = r.expires
-        attributes.update(created=r.created, updated=r.updated, recoveryLevel=RECOVERY_LEVEL,
-                          recoverableDays=RECOVERABLE_DAYS)
+        attributes.update(
+            created=r.created,
+            updated=r.updated,
+            recoveryLevel=RECOVERY_LEVEL,
+            recoverableDays=RECOVERABLE_DAYS,
+        )
         return attributes
 
     def _bundle(self, name: str, r: _Version) -> dict[str, Any]:
@@ -329,56 +363,98 @@ class KeyVault:
         add = self._sb.router.add
         name = r"(?P<name>[^/]+)"
         add("keyvault", "keyvault.list_secrets", "GET", r"/secrets/?", self._http_list_secrets, _error_body)
-        add("keyvault", "keyvault.list_versions", "GET", rf"/secrets/{name}/versions/?",
-            self._http_list_versions, _error_body)
-        add("keyvault", "keyvault.set_secret", "PUT", rf"/secrets/{name}/?", self._http_set_secret,
-            _error_body)
-        add("keyvault", "keyvault.get_secret", "GET", rf"/secrets/{name}(?:/(?P<version>[^/]*))?",
-            self._http_get_secret, _error_body)
+        add(
+            "keyvault",
+            "keyvault.list_versions",
+            "GET",
+            rf"/secrets/{name}/versions/?",
+            self._http_list_versions,
+            _error_body,
+        )
+        add(
+            "keyvault",
+            "keyvault.set_secret",
+            "PUT",
+            rf"/secrets/{name}/?",
+            self._http_set_secret,
+            _error_body,
+        )
+        add(
+            "keyvault",
+            "keyvault.get_secret",
+            "GET",
+            rf"/secrets/{name}(?:/(?P<version>[^/]*))?",
+            self._http_get_secret,
+            _error_body,
+        )
 
     def _authorize(self, request: Request, permission: Permission) -> TokenInfo:
         """Authenticate like Key Vault (401 + challenge), then apply the access policy (403)."""
         try:
             info = self._sb.entra.verify(request, KEYVAULT_AUDIENCE)
         except TokenRejected as exc:
-            raise HTTPError(401, _error_body(401, "Unauthorized", _UNAUTHORIZED[exc.reason]),
-                            {"WWW-Authenticate": self._challenge()}) from None
+            raise HTTPError(
+                401,
+                _error_body(401, "Unauthorized", _UNAUTHORIZED[exc.reason]),
+                {"WWW-Authenticate": self._challenge()},
+            ) from None
         api_version = request.query.get("api-version")
         if not api_version:
             raise _bad_parameter("The 'api-version' query parameter is missing.")
         if not _API_VERSION.fullmatch(api_version):
-            raise _bad_parameter(f"The specified version ({api_version}) is not recognized. Consider using "
-                                 "the latest supported version (2025-07-01).")
+            raise _bad_parameter(
+                f"The specified version ({api_version}) is not recognized. Consider using "
+                "the latest supported version (2025-07-01)."
+            )
         if not self.allowed(info.principal, permission):
-            raise HTTPError(403, _error_body(
-                403, "Forbidden",
-                f"The user, group or application '{_caller(info)}' does not have secrets {permission} "
-                f"permission on key vault '{self.name};location=westeurope'. For help resolving this "
-                "issue, please see https://go.microsoft.com/fwlink/?linkid=2125287",
-                inner="AccessDenied"))
+            raise HTTPError(
+                403,
+                _error_body(
+                    403,
+                    "Forbidden",
+                    f"The user, group or application '{_caller(info)}' does not have secrets {permission} "
+                    f"permission on key vault '{self.name};location=westeurope'. For help resolving this "
+                    "issue, please see https://go.microsoft.com/fwlink/?linkid=2125287",
+                    inner="AccessDenied",
+                ),
+            )
         return info
 
     def _challenge(self) -> str:
-        return (f'Bearer authorization="{self._sb.url}/{self._sb.entra.tenant_id}", '
-                f'resource="{KEYVAULT_AUDIENCE}"')
+        return (
+            f'Bearer authorization="{self._sb.url}/{self._sb.entra.tenant_id}", '
+            f'resource="{KEYVAULT_AUDIENCE}"'
+        )
 
     def _headers(self) -> dict[str, str]:
-        return {"x-ms-request-id": str(uuid.uuid4()), "x-ms-keyvault-service-version": SERVICE_VERSION,
-                "x-ms-keyvault-region": "westeurope", "Cache-Control": "no-cache"}
+        return {
+            "x-ms-request-id": str(uuid.uuid4()),
+            "x-ms-keyvault-service-version": SERVICE_VERSION,
+            "x-ms-keyvault-region": "westeurope",
+            "Cache-Control": "no-cache",
+        }
 
     def _http_get_secret(self, request: Request) -> Response:
         self._authorize(request, "get")
         name, version = request.params["name"], request.params.get("version") or None
         _check_name(name)
         with self._lock:
-            record = self._find(name, version) if version is None or _VERSION.fullmatch(version.lower()) \
-                else None
+            record = (
+                self._find(name, version) if version is None or _VERSION.fullmatch(version.lower()) else None
+            )
             if record is None:
                 raise _not_found(name, version)
             if not record.enabled:
-                raise HTTPError(403, _error_body(403, "Forbidden",
-                                                 "Operation get is not allowed on a disabled secret.",
-                                                 inner="SecretDisabled"), self._headers())
+                raise HTTPError(
+                    403,
+                    _error_body(
+                        403,
+                        "Forbidden",
+                        "Operation get is not allowed on a disabled secret.",
+                        inner="SecretDisabled",
+                    ),
+                    self._headers(),
+                )
             body = self._bundle(self._names[name.lower()], record)
         return Response(200, body, self._headers())
 
@@ -415,16 +491,19 @@ class KeyVault:
         _check_name(name)
         with self._lock:
             stored = self._names.get(name.lower(), name)
-            items = [self._item(self.secret_id(stored, r.version), r)
-                     for r in self._secrets.get(name.lower(), [])]
+            items = [
+                self._item(self.secret_id(stored, r.version), r) for r in self._secrets.get(name.lower(), [])
+            ]
         # Listing versions of a missing secret is an empty list, not a 404, in Key Vault.
         return self._page(request, items, f"{self.url}secrets/{quote(name)}/versions")
 
     def _http_list_secrets(self, request: Request) -> Response:
         self._authorize(request, "list")
         with self._lock:
-            items = [self._item(self.secret_id(self._names[key]), versions[-1])
-                     for key, versions in sorted(self._secrets.items())]
+            items = [
+                self._item(self.secret_id(self._names[key]), versions[-1])
+                for key, versions in sorted(self._secrets.items())
+            ]
         return self._page(request, items, f"{self.url}secrets")
 
     def _page(self, request: Request, items: list[dict[str, Any]], link_base: str) -> Response:
@@ -436,11 +515,13 @@ class KeyVault:
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise _bad_parameter(f"maxresults must be between 1 and {MAX_PAGE_SIZE}.")
         start = _decode_skiptoken(request.query.get("$skiptoken"))
-        body: dict[str, Any] = {"value": items[start:start + size]}
+        body: dict[str, Any] = {"value": items[start : start + size]}
         if start + size < len(items):
             api_version = request.query["api-version"]
-            body["nextLink"] = (f"{link_base}?api-version={api_version}"
-                                f"&$skiptoken={_encode_skiptoken(start + size)}&maxresults={size}")
+            body["nextLink"] = (
+                f"{link_base}?api-version={api_version}"
+                f"&$skiptoken={_encode_skiptoken(start + size)}&maxresults={size}"
+            )
         # The real service sends "nextLink": null on the last page; the spec types it as a string,
         # so the sandbox leaves it out (the SDK treats both the same).
         return Response(200, body, self._headers())
@@ -469,11 +550,16 @@ def _bad_parameter(message: str) -> HTTPError:
 
 def _not_found(name: str, version: str | None) -> HTTPError:
     what = f"{name}/{version}" if version else name
-    return HTTPError(404, _error_body(
-        404, "SecretNotFound",
-        f"A secret with (name/id) {what} was not found in this key vault. If you recently deleted this "
-        "secret you may be able to recover it using the correct recovery command. For help resolving "
-        "this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"))
+    return HTTPError(
+        404,
+        _error_body(
+            404,
+            "SecretNotFound",
+            f"A secret with (name/id) {what} was not found in this key vault. If you recently deleted this "
+            "secret you may be able to recover it using the correct recovery command. For help resolving "
+            "this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182",
+        ),
+    )
 
 
 def _check_name(name: str) -> None:

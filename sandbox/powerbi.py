@@ -205,8 +205,12 @@ def pbi_error(code: str, details: Iterable[Mapping[str, Any]] = ()) -> dict[str,
     return {
         "error": {
             "code": code,
-            "pbi.error": {"code": code, "parameters": {}, "details": [dict(d) for d in details],
-                          "exceptionCulprit": 1},
+            "pbi.error": {
+                "code": code,
+                "parameters": {},
+                "details": [dict(d) for d in details],
+                "exceptionCulprit": 1,
+            },
         }
     }
 
@@ -264,7 +268,12 @@ others; ``id-only``: 200 ``{id}`` to anyone; ``not-found``: 404 ``PowerBIEntityN
 ``unauthorized`` / ``forbidden``: 401 / 403 ``PowerBINotAuthorizedException``."""
 
 CLOUD_GATEWAY_ANSWERS: tuple[CloudGatewayAnswer, ...] = (
-    "owners", "id-only", "not-found", "unauthorized", "forbidden")
+    "owners",
+    "id-only",
+    "not-found",
+    "unauthorized",
+    "forbidden",
+)
 
 
 @dataclass(eq=False)
@@ -439,23 +448,27 @@ def parse_credentials(credential_type: str, text: str, *, caller_identity: bool 
     names = () if caller_identity else _CREDENTIAL_NAMES.get(credential_type, ())
     if not names:
         if data not in ("", []):
-            raise _CredentialFormatError(f"credentialData must be empty for {credential_type}"
-                                         + (" with useCallerAADIdentity" if caller_identity else ""))
+            raise _CredentialFormatError(
+                f"credentialData must be empty for {credential_type}"
+                + (" with useCallerAADIdentity" if caller_identity else "")
+            )
         return {}
     if not isinstance(data, list):
         raise _CredentialFormatError("credentialData must be an array of {name, value}")
     found: dict[str, str] = {}
     for entry in data:
-        if (not isinstance(entry, dict) or set(entry) != {"name", "value"}
-                or not isinstance(entry["name"], str) or not isinstance(entry["value"], str)):
-            raise _CredentialFormatError("each credentialData entry must be {\"name\": str, \"value\": str}")
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"name", "value"}
+            or not isinstance(entry["name"], str)
+            or not isinstance(entry["value"], str)
+        ):
+            raise _CredentialFormatError('each credentialData entry must be {"name": str, "value": str}')
         if entry["name"] in found:
             raise _CredentialFormatError(f"credentialData names '{entry['name']}' twice")
         found[entry["name"]] = entry["value"]
     if sorted(found) != sorted(names):
-        raise _CredentialFormatError(
-            f"{credential_type} credentialData needs exactly: {', '.join(names)}"
-        )
+        raise _CredentialFormatError(f"{credential_type} credentialData needs exactly: {', '.join(names)}")
     return found
 
 
@@ -466,8 +479,10 @@ def _body_validator(operation_id: str) -> tuple[str, jsonschema.Draft4Validator]
     for param in op.get("parameters", []):
         if param.get("in") == "body":
             definition = param["schema"]["$ref"].rsplit("/", 1)[-1]
-            schema = {"$ref": f"#/definitions/{definition}",
-                      "definitions": specs.load(specs.POWERBI)["definitions"]}
+            schema = {
+                "$ref": f"#/definitions/{definition}",
+                "definitions": specs.load(specs.POWERBI)["definitions"],
+            }
             return definition, jsonschema.Draft4Validator(schema, format_checker=jsonschema.FormatChecker())
     raise KeyError(f"{operation_id} takes no body")
 
@@ -537,11 +552,17 @@ class PowerBI:
         return self._lock
 
     # -- world building (tests) ------------------------------------------------------------------
-    def add_workspace(self, name: str, *, members: Iterable[str] = (),
-                      dedicated_capacity: bool = False) -> Workspace:
+    def add_workspace(
+        self, name: str, *, members: Iterable[str] = (), dedicated_capacity: bool = False
+    ) -> Workspace:
         """A workspace; only ``members`` (token principals) see it and act in it."""
-        workspace = Workspace(str(uuid.uuid4()), name, set(members), dedicated_capacity,
-                              str(uuid.uuid4()) if dedicated_capacity else None)
+        workspace = Workspace(
+            str(uuid.uuid4()),
+            name,
+            set(members),
+            dedicated_capacity,
+            str(uuid.uuid4()) if dedicated_capacity else None,
+        )
         with self._lock:
             self.workspaces[workspace.id] = workspace
         return workspace
@@ -552,14 +573,20 @@ class PowerBI:
 
     def add_gateway(self, name: str, *, bits: int = 2048, admins: Iterable[str] = ()) -> Gateway:
         """An on-premises gateway with a real RSA key pair (shared per size within the process)."""
-        gateway = Gateway(str(uuid.uuid4()), name, cloud=False,
-                          keys=GatewayKeyPair.generate(bits, reuse=True), admins=set(admins))
+        gateway = Gateway(
+            str(uuid.uuid4()),
+            name,
+            cloud=False,
+            keys=GatewayKeyPair.generate(bits, reuse=True),
+            admins=set(admins),
+        )
         with self._lock:
             self.gateways[gateway.id] = gateway
         return gateway
 
-    def add_cloud_gateway(self, name: str = "Cloud", *, admins: Iterable[str] = (),
-                          get_answer: CloudGatewayAnswer = "owners") -> Gateway:
+    def add_cloud_gateway(
+        self, name: str = "Cloud", *, admins: Iterable[str] = (), get_answer: CloudGatewayAnswer = "owners"
+    ) -> Gateway:
         """The virtual gateway cloud data sources report as their ``gatewayId`` (no public key).
 
         ``get_answer``: what ``GET /gateways/{id}`` answers for it (:data:`CloudGatewayAnswer`).
@@ -607,21 +634,31 @@ class PowerBI:
         kind = credential_type or source.credential_type
         details = dict(connection_details or {"server": f"{source.id}.contoso.local", "database": source.id})
         datasource = Datasource(
-            id=str(uuid.uuid4()), gateway=gateway, source=source, datasource_type=datasource_type,
-            connection_details=details, credential_type=kind, name=name or source.id,
+            id=str(uuid.uuid4()),
+            gateway=gateway,
+            source=source,
+            datasource_type=datasource_type,
+            connection_details=details,
+            credential_type=kind,
+            name=name or source.id,
             caller_identity_only=caller_identity_only,
         )
         data = dict(stored) if stored is not None else _source_credential(source)
-        credential = StoredCredential(kind, data, applied_at=self._sb.clock.now(),
-                                      signed_in_as=data.get("username") if kind == "OAuth2" else None)
+        credential = StoredCredential(
+            kind,
+            data,
+            applied_at=self._sb.clock.now(),
+            signed_in_as=data.get("username") if kind == "OAuth2" else None,
+        )
         datasource.credential = credential
         datasource.credential_history.append(credential)
         with self._lock:
             gateway.datasources[datasource.id] = datasource
         return datasource
 
-    def store_credential(self, datasource: Datasource, data: Mapping[str, str], *,
-                         credential_type: str | None = None) -> StoredCredential:
+    def store_credential(
+        self, datasource: Datasource, data: Mapping[str, str], *, credential_type: str | None = None
+    ) -> StoredCredential:
         """Make Power BI hold ``data`` for ``datasource`` without any check (e.g. a stale password)."""
         with self._lock:
             kind = credential_type or datasource.credential_type
@@ -631,8 +668,13 @@ class PowerBI:
             datasource.credential_history.append(credential)
             return credential
 
-    def set_datasource_settings(self, datasource: Datasource, *, privacy_level: str | None = None,
-                                connection_encryption: str | None = None) -> None:
+    def set_datasource_settings(
+        self,
+        datasource: Datasource,
+        *,
+        privacy_level: str | None = None,
+        connection_encryption: str | None = None,
+    ) -> None:
         """What an admin set on ``datasource`` in the service's UI (not through a PATCH)."""
         with self._lock:
             if privacy_level is not None:
@@ -660,9 +702,13 @@ class PowerBI:
         ``owner`` (a token principal)."""
         with self._lock:
             dataset = Dataset(
-                id=str(uuid.uuid4()), name=name, workspace=workspace, datasources=list(datasources),
+                id=str(uuid.uuid4()),
+                name=name,
+                workspace=workspace,
+                datasources=list(datasources),
                 connections=list(connections),
-                owner=owner, schedule=RefreshSchedule(enabled=schedule_enabled),
+                owner=owner,
+                schedule=RefreshSchedule(enabled=schedule_enabled),
                 refresh_seconds=refresh_seconds,
                 refresh_limit=None if workspace.dedicated_capacity else self.shared_refresh_limit,
                 created=self._sb.clock.now(),
@@ -702,29 +748,47 @@ class PowerBI:
             if status == "Failed" and text is None:
                 text = json.dumps({"errorCode": CREDENTIALS_NOT_SPECIFIED}, separators=(",", ":"))
             # A seeded "Unknown" entry is a refresh still running until ``end``; it settles like any other.
-            refresh = Refresh(str(uuid.uuid4()), self._refresh_id(), refresh_type, begin, finish, status,
-                              None if status == "Unknown" else finish, text if status == "Failed" else None)
+            refresh = Refresh(
+                str(uuid.uuid4()),
+                self._refresh_id(),
+                refresh_type,
+                begin,
+                finish,
+                status,
+                None if status == "Unknown" else finish,
+                text if status == "Failed" else None,
+            )
             dataset.refreshes.append(refresh)
             dataset.refreshes.sort(key=lambda r: (r.start, r.id))
             return refresh
 
-    def start_refresh(self, dataset: Dataset, *, refresh_type: str = "Scheduled",
-                      requested_by: str | None = None) -> Refresh:
+    def start_refresh(
+        self, dataset: Dataset, *, refresh_type: str = "Scheduled", requested_by: str | None = None
+    ) -> Refresh:
         """Start a refresh as the service would (scheduler or API); raises :class:`RefreshRefused`."""
         with self._lock:
             self._settle(dataset)
             if any(r.running for r in dataset.refreshes):
                 raise RefreshRefused(
-                    "Invalid dataset refresh request. Another refresh request is already executing")
+                    "Invalid dataset refresh request. Another refresh request is already executing"
+                )
             now = self._sb.clock.now()
             if dataset.refresh_limit is not None:
                 recent = [r for r in dataset.refreshes if r.start > now - QUOTA_WINDOW_SECONDS]
                 if len(recent) >= dataset.refresh_limit:
-                    raise RefreshRefused("Invalid dataset refresh request. "
-                                         "Number of refresh requests in last 24 hours exceeded limit")
+                    raise RefreshRefused(
+                        "Invalid dataset refresh request. "
+                        "Number of refresh requests in last 24 hours exceeded limit"
+                    )
             duration = self.refresh_duration if dataset.refresh_seconds is None else dataset.refresh_seconds
-            refresh = Refresh(str(uuid.uuid4()), self._refresh_id(), refresh_type, now, now + duration,
-                              requested_by=requested_by)
+            refresh = Refresh(
+                str(uuid.uuid4()),
+                self._refresh_id(),
+                refresh_type,
+                now,
+                now + duration,
+                requested_by=requested_by,
+            )
             dataset.refreshes.append(refresh)
             return refresh
 
@@ -784,8 +848,11 @@ class PowerBI:
                 error = pbi_error(GATEWAY_UNREACHABLE)
             else:
                 error = credentials_error(
-                    connection.connection_type, connection.path, connection.source.account.name,
-                    locked=result == "locked" and self.report_lockouts)
+                    connection.connection_type,
+                    connection.path,
+                    connection.source.account.name,
+                    locked=result == "locked" and self.report_lockouts,
+                )
             self._fail_refresh(dataset, refresh, result, error)
             return
         refresh.status = "Completed"
@@ -797,8 +864,9 @@ class PowerBI:
             dataset.schedule.enabled = False
         logger.info("sandbox powerbi: refresh %s of %s failed (%s)", refresh.request_id, dataset.id, result)
 
-    def _sign_in(self, datasource: Datasource, credential: StoredCredential | None, *,
-                 cause: Cause) -> SignInResult:
+    def _sign_in(
+        self, datasource: Datasource, credential: StoredCredential | None, *, cause: Cause
+    ) -> SignInResult:
         """One connection attempt through the gateway with ``credential`` (counted by the account)."""
         if not datasource.gateway.online:
             return "unreachable"
@@ -837,18 +905,33 @@ class PowerBI:
             ("get_datasource_status", "GET", f"{datasource}/status", self._get_datasource_status),
             ("update_datasource", "PATCH", datasource, self._update_datasource),
             ("scan_get_info", "POST", "/admin/workspaces/getInfo", self._scan_get_info),
-            ("scan_status", "GET", f"/admin/workspaces/scanStatus/{_SEGMENT.format('scan')}",
-             self._scan_status),
-            ("scan_result", "GET", f"/admin/workspaces/scanResult/{_SEGMENT.format('scan')}",
-             self._scan_result),
+            (
+                "scan_status",
+                "GET",
+                f"/admin/workspaces/scanStatus/{_SEGMENT.format('scan')}",
+                self._scan_status,
+            ),
+            (
+                "scan_result",
+                "GET",
+                f"/admin/workspaces/scanResult/{_SEGMENT.format('scan')}",
+                self._scan_result,
+            ),
         ]
         for name, method, pattern, handler in routes:
             self._route_patterns.append(re.compile(_BASE + pattern, re.IGNORECASE))
-            self._sb.router.add("powerbi", f"powerbi.{name}", method, _BASE + pattern,
-                                self._wrap(handler), _fault_body)
+            self._sb.router.add(
+                "powerbi", f"powerbi.{name}", method, _BASE + pattern, self._wrap(handler), _fault_body
+            )
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-            self._sb.router.add("powerbi", "powerbi.unknown", method, _BASE + r"(?:/.*)?",
-                                self._wrap(self._unknown), _fault_body)
+            self._sb.router.add(
+                "powerbi",
+                "powerbi.unknown",
+                method,
+                _BASE + r"(?:/.*)?",
+                self._wrap(self._unknown),
+                _fault_body,
+            )
 
     @staticmethod
     def _wrap(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
@@ -868,11 +951,24 @@ class PowerBI:
 
     def _unknown(self, request: Request) -> Response:
         if any(p.fullmatch(request.path) for p in self._route_patterns):
-            raise HTTPError(405, {"error": {"code": "MethodNotAllowed", "message":
-                                            f"The requested resource does not support http method "
-                                            f"'{request.method}'."}})
-        raise HTTPError(404, {"error": {"code": "NotFound", "message":
-                                        "No HTTP resource was found that matches the request URI."}})
+            raise HTTPError(
+                405,
+                {
+                    "error": {
+                        "code": "MethodNotAllowed",
+                        "message": f"The requested resource does not support http method '{request.method}'.",
+                    }
+                },
+            )
+        raise HTTPError(
+            404,
+            {
+                "error": {
+                    "code": "NotFound",
+                    "message": "No HTTP resource was found that matches the request URI.",
+                }
+            },
+        )
 
     # -- request plumbing ------------------------------------------------------------------------
     def _authenticate(self, request: Request) -> TokenInfo:
@@ -883,22 +979,33 @@ class PowerBI:
             authority = f"{self._sb.url}/{self._sb.entra.tenant_id}"
             challenge = f'Bearer authorization_uri="{authority}/oauth2/authorize"'
             if exc.reason == "missing":
-                raise HTTPError(401, {"error": {"code": "Unauthorized",
-                                                "message": "The request carries no access token."}},
-                                {"WWW-Authenticate": challenge}) from None
+                raise HTTPError(
+                    401,
+                    {"error": {"code": "Unauthorized", "message": "The request carries no access token."}},
+                    {"WWW-Authenticate": challenge},
+                ) from None
             challenge += ', error="invalid_token"'
             if exc.reason == "expired":
-                raise HTTPError(self.token_expired_status, {"error": {
-                    "code": "TokenExpired",
-                    "message": "Access token has expired, resubmit with a new access token"}},
-                    {"WWW-Authenticate": challenge}) from None
+                raise HTTPError(
+                    self.token_expired_status,
+                    {
+                        "error": {
+                            "code": "TokenExpired",
+                            "message": "Access token has expired, resubmit with a new access token",
+                        }
+                    },
+                    {"WWW-Authenticate": challenge},
+                ) from None
             messages = {
                 "malformed": "The Authorization header is not a bearer token.",
                 "audience": f"The access token's audience is not {POWERBI_AUDIENCE}.",
             }
             message = messages.get(exc.reason, "The access token is not valid.")
-            raise HTTPError(401, {"error": {"code": "InvalidAuthenticationToken", "message": message}},
-                            {"WWW-Authenticate": challenge}) from None
+            raise HTTPError(
+                401,
+                {"error": {"code": "InvalidAuthenticationToken", "message": message}},
+                {"WWW-Authenticate": challenge},
+            ) from None
 
     def _forbidden(self) -> HTTPError:
         return HTTPError(self.not_authorized_status, pbi_error(NOT_AUTHORIZED))
@@ -948,12 +1055,14 @@ class PowerBI:
             for dataset in workspace.datasets.values()
         )
 
-    def _may_manage(self, caller: TokenInfo, gateway: Gateway,
-                    datasources: Iterable[Datasource] | None = None) -> bool:
+    def _may_manage(
+        self, caller: TokenInfo, gateway: Gateway, datasources: Iterable[Datasource] | None = None
+    ) -> bool:
         return self.may_manage(caller.principal, gateway, datasources)
 
-    def may_manage(self, principal: str, gateway: Gateway,
-                   datasources: Iterable[Datasource] | None = None) -> bool:
+    def may_manage(
+        self, principal: str, gateway: Gateway, datasources: Iterable[Datasource] | None = None
+    ) -> bool:
         """Gateway admins manage everything on it; for cloud sources, so do dataset owners."""
         if _contains(gateway.admins, principal):
             return True
@@ -986,9 +1095,13 @@ class PowerBI:
     # -- JSON shapes -----------------------------------------------------------------------------
     @staticmethod
     def _group_json(workspace: Workspace) -> dict[str, Any]:
-        body: dict[str, Any] = {"id": workspace.id, "isReadOnly": False,
-                                "isOnDedicatedCapacity": workspace.dedicated_capacity,
-                                "type": "Workspace", "name": workspace.name}
+        body: dict[str, Any] = {
+            "id": workspace.id,
+            "isReadOnly": False,
+            "isOnDedicatedCapacity": workspace.dedicated_capacity,
+            "type": "Workspace",
+            "name": workspace.name,
+        }
         if workspace.capacity_id:
             body["capacityId"] = workspace.capacity_id
         return body
@@ -1018,8 +1131,12 @@ class PowerBI:
     def _gateway_json(gateway: Gateway) -> dict[str, Any]:
         if gateway.cloud or gateway.keys is None:
             return {"id": gateway.id, "name": gateway.name, "type": "Cloud"}
-        annotation = {"gatewayContactInformation": sorted(gateway.admins), "gatewayVersion": "3000.250.5",
-                      "gatewayMachine": gateway.name, "gatewayVirtualNetworkSubnetId": None}
+        annotation = {
+            "gatewayContactInformation": sorted(gateway.admins),
+            "gatewayVersion": "3000.250.5",
+            "gatewayMachine": gateway.name,
+            "gatewayVirtualNetworkSubnetId": None,
+        }
         return {
             "id": gateway.id,
             "name": gateway.name,
@@ -1052,8 +1169,12 @@ class PowerBI:
         }
         if refresh.end is not None:
             body["endTime"] = _iso(refresh.end)
-            attempt: dict[str, Any] = {"attemptId": 1, "startTime": _iso(refresh.start),
-                                       "endTime": _iso(refresh.end), "type": "Data"}
+            attempt: dict[str, Any] = {
+                "attemptId": 1,
+                "startTime": _iso(refresh.start),
+                "endTime": _iso(refresh.end),
+                "type": "Data",
+            }
             if refresh.service_exception is not None:
                 body["serviceExceptionJson"] = refresh.service_exception
                 attempt["serviceExceptionJson"] = refresh.service_exception
@@ -1062,8 +1183,13 @@ class PowerBI:
 
     @staticmethod
     def _schedule_json(schedule: RefreshSchedule) -> dict[str, Any]:
-        return {"days": list(schedule.days), "times": list(schedule.times), "enabled": schedule.enabled,
-                "localTimeZoneId": schedule.local_time_zone_id, "notifyOption": schedule.notify_option}
+        return {
+            "days": list(schedule.days),
+            "times": list(schedule.times),
+            "enabled": schedule.enabled,
+            "localTimeZoneId": schedule.local_time_zone_id,
+            "notifyOption": schedule.notify_option,
+        }
 
     # -- groups and datasets ---------------------------------------------------------------------
     def _get_groups(self, request: Request) -> Response:
@@ -1072,8 +1198,11 @@ class PowerBI:
         skip = _int_param(request, "$skip", minimum=0) or 0
         matches = _odata_filter(request.query_ci("$filter"))
         with self._lock:
-            groups = [self._group_json(w) for w in self.workspaces.values()
-                      if _contains(w.members, caller.principal)]
+            groups = [
+                self._group_json(w)
+                for w in self.workspaces.values()
+                if _contains(w.members, caller.principal)
+            ]
         groups = [g for g in groups if matches(g)][skip:]
         if top is not None:
             groups = groups[:top]
@@ -1098,8 +1227,15 @@ class PowerBI:
         caller = self._authenticate(request)
         with self._lock:
             dataset = self._dataset(caller, request)
-            value = [{"datasourceType": d.datasource_type, "connectionDetails": dict(d.connection_details),
-                      "datasourceId": d.id, "gatewayId": d.gateway.id} for d in dataset.datasources]
+            value = [
+                {
+                    "datasourceType": d.datasource_type,
+                    "connectionDetails": dict(d.connection_details),
+                    "datasourceId": d.id,
+                    "gatewayId": d.gateway.id,
+                }
+                for d in dataset.datasources
+            ]
             value += [self._sb.fabric.powerbi_datasource_json(c) for c in dataset.connections]
         return Response(200, self._odata("datasources", value))
 
@@ -1113,8 +1249,14 @@ class PowerBI:
             reset = [d for d in dataset.datasources if d.gateway.cloud]
             for datasource in reset:
                 datasource.credential = None
-        logger.info("sandbox powerbi: %s took over dataset %s from %s; reset the credentials of %d cloud "
-                    "data sources", caller.principal, dataset.id, previous, len(reset))
+        logger.info(
+            "sandbox powerbi: %s took over dataset %s from %s; reset the credentials of %d cloud "
+            "data sources",
+            caller.principal,
+            dataset.id,
+            previous,
+            len(reset),
+        )
         return Response(200)
 
     # -- refreshes -------------------------------------------------------------------------------
@@ -1127,8 +1269,10 @@ class PowerBI:
             dataset = self._dataset(caller, request)
             if body is not None:
                 if not dataset.workspace.dedicated_capacity and set(body) - {"notifyOption"}:
-                    raise _bad_request("Invalid dataset refresh request. Only notifyOption can be specified "
-                                       "for datasets on shared capacity.")
+                    raise _bad_request(
+                        "Invalid dataset refresh request. Only notifyOption can be specified "
+                        "for datasets on shared capacity."
+                    )
                 notify = body.get("notifyOption")
                 if caller.kind != "user" and notify not in (None, "NoNotification"):
                     raise _bad_request(f"Invalid NotifyOption value '{notify}' for app only owner requests")
@@ -1136,10 +1280,15 @@ class PowerBI:
                 refresh = self.start_refresh(dataset, refresh_type="ViaApi", requested_by=caller.principal)
             except RefreshRefused as exc:
                 raise _bad_request(exc.message) from None
-        location = (f"{self.api_url}/groups/{dataset.workspace.id}/datasets/{dataset.id}"
-                    f"/refreshes/{refresh.request_id}")
-        return Response(202, None, {"x-ms-request-id": refresh.request_id, "Location": location,
-                                    "RequestId": refresh.request_id})
+        location = (
+            f"{self.api_url}/groups/{dataset.workspace.id}/datasets/{dataset.id}"
+            f"/refreshes/{refresh.request_id}"
+        )
+        return Response(
+            202,
+            None,
+            {"x-ms-request-id": refresh.request_id, "Location": location, "RequestId": refresh.request_id},
+        )
 
     def _refresh_history(self, request: Request) -> Response:
         caller = self._authenticate(request)
@@ -1176,8 +1325,9 @@ class PowerBI:
             body["endTime"] = entry["endTime"]
             body["refreshAttempts"] = entry["refreshAttempts"]
         if refresh.status == "Failed":
-            body["messages"] = [{"code": "ModelRefreshFailed", "message": "The refresh failed.",
-                                 "type": "Error"}]
+            body["messages"] = [
+                {"code": "ModelRefreshFailed", "message": "The refresh failed.", "type": "Error"}
+            ]
         return Response(202 if refresh.running else 200, body)
 
     def _get_refresh_schedule(self, request: Request) -> Response:
@@ -1193,8 +1343,9 @@ class PowerBI:
         self._validate_body("Datasets_UpdateRefreshScheduleInGroup", body)
         value = body["value"]
         if not isinstance(value, dict):
-            raise _bad_request("The request body does not match RefreshScheduleRequest: "
-                               "value: must be an object")
+            raise _bad_request(
+                "The request body does not match RefreshScheduleRequest: value: must be an object"
+            )
         with self._lock:
             dataset = self._dataset(caller, request)
             if not _same(dataset.owner, caller.principal):
@@ -1205,8 +1356,9 @@ class PowerBI:
     def _apply_schedule(self, dataset: Dataset, value: dict[str, Any], caller: TokenInfo) -> None:
         schedule = dataset.schedule
         if value.get("enabled") is False and set(value) - {"enabled"}:
-            raise _bad_request("A request that disables the refresh schedule should contain "
-                               "no other changes.")
+            raise _bad_request(
+                "A request that disables the refresh schedule should contain no other changes."
+            )
         days = value.get("days", schedule.days)
         if not days:
             raise _bad_request("At least one day must be specified in the refresh schedule.")
@@ -1234,8 +1386,11 @@ class PowerBI:
         """On-premises gateways the caller administers (cloud gateways are never listed)."""
         caller = self._authenticate(request)
         with self._lock:
-            value = [self._gateway_json(g) for g in self.gateways.values()
-                     if not g.cloud and _contains(g.admins, caller.principal)]
+            value = [
+                self._gateway_json(g)
+                for g in self.gateways.values()
+                if not g.cloud and _contains(g.admins, caller.principal)
+            ]
         return Response(200, self._odata("gateways", value))
 
     def _get_gateway(self, request: Request) -> Response:
@@ -1258,8 +1413,11 @@ class PowerBI:
         caller = self._authenticate(request)
         with self._lock:
             gateway = self._gateway(caller, request)
-            value = [self._gateway_datasource_json(d) for d in gateway.datasources.values()
-                     if self._may_manage(caller, gateway, [d])]
+            value = [
+                self._gateway_datasource_json(d)
+                for d in gateway.datasources.values()
+                if self._may_manage(caller, gateway, [d])
+            ]
         return Response(200, self._odata(f"gateways('{gateway.id}')/datasources", value))
 
     def _get_gateway_datasource(self, request: Request) -> Response:
@@ -1291,21 +1449,30 @@ class PowerBI:
         if caller_identity and "credentials" in details_in:
             # The only payload known to work has no ``credentials`` key at all (DESIGN.md); an
             # empty OAuth2 credential may be read as "no token", so the sandbox refuses it.
-            raise _bad_request("credentialDetails/credentials: must be absent with "
-                               "useCallerAADIdentity (the caller's own token is the credential)")
+            raise _bad_request(
+                "credentialDetails/credentials: must be absent with "
+                "useCallerAADIdentity (the caller's own token is the credential)"
+            )
         # The swagger lists ``credentials`` as required; a caller-identity update omits it.
-        self._validate_body("Gateways_UpdateDatasource", body,
-                            allow_missing=("credentialDetails: 'credentials' is a required property",)
-                            if caller_identity else ())
+        self._validate_body(
+            "Gateways_UpdateDatasource",
+            body,
+            allow_missing=("credentialDetails: 'credentials' is a required property",)
+            if caller_identity
+            else (),
+        )
         details: dict[str, Any] = body["credentialDetails"]
         if not isinstance(details, dict):
-            raise _bad_request("The request body does not match UpdateDatasourceRequest: "
-                               "credentialDetails: must be an object")
+            raise _bad_request(
+                "The request body does not match UpdateDatasourceRequest: "
+                "credentialDetails: must be an object"
+            )
         credential_type: str = details["credentialType"]
         algorithm: str = details["encryptionAlgorithm"]
         if caller_identity and credential_type != "OAuth2":
-            raise _bad_request("credentialDetails/useCallerAADIdentity: only valid with "
-                               "credentialType OAuth2")
+            raise _bad_request(
+                "credentialDetails/useCallerAADIdentity: only valid with credentialType OAuth2"
+            )
         with self._lock:
             datasource = self._gateway_datasource(caller, request)
             gateway = datasource.gateway
@@ -1355,8 +1522,13 @@ class PowerBI:
             raise refuse(400, _credentials_error(datasource), data)
 
         credential = StoredCredential(
-            credential_type, data, details["encryptedConnection"], details["privacyLevel"],
-            applied_at=self._sb.clock.now(), applied_by=caller.principal, signed_in_as=signed_in_as,
+            credential_type,
+            data,
+            details["encryptedConnection"],
+            details["privacyLevel"],
+            applied_at=self._sb.clock.now(),
+            applied_by=caller.principal,
+            signed_in_as=signed_in_as,
         )
         with self._lock:
             result = self._sign_in(datasource, credential, cause="update-test")
@@ -1371,8 +1543,9 @@ class PowerBI:
             datasource.connection_encryption = credential.encrypted_connection
             datasource.credential_history.append(credential)
             self._record_attempt(datasource, caller, "ok", credential_type, data)
-        logger.info("sandbox powerbi: %s updated credentials of data source %s", caller.principal,
-                    datasource.id)
+        logger.info(
+            "sandbox powerbi: %s updated credentials of data source %s", caller.principal, datasource.id
+        )
         return Response(200)
 
     # -- the admin scanner APIs -------------------------------------------------------------------
@@ -1394,11 +1567,18 @@ class PowerBI:
         lineage, details = _query_true(request, "lineage"), _query_true(request, "datasourceDetails")
         with self._lock:
             result = self._scan_snapshot([i.lower() for i in ids], lineage=lineage, details=details)
-            scan = Scan(str(uuid.uuid4()), caller.principal, self._sb.clock.now(), result,
-                        max(self.scan_polls, 0), self.scan_outcome)
+            scan = Scan(
+                str(uuid.uuid4()),
+                caller.principal,
+                self._sb.clock.now(),
+                result,
+                max(self.scan_polls, 0),
+                self.scan_outcome,
+            )
             self.scans[scan.id] = scan
-        return Response(202, self._scan_json(scan),
-                        {"Location": f"{self.api_url}/admin/workspaces/scanStatus/{scan.id}"})
+        return Response(
+            202, self._scan_json(scan), {"Location": f"{self.api_url}/admin/workspaces/scanStatus/{scan.id}"}
+        )
 
     def _scan_snapshot(self, ids: list[str], *, lineage: bool, details: bool) -> dict[str, Any]:
         workspaces, instances = [], {}
@@ -1408,22 +1588,37 @@ class PowerBI:
                 continue
             datasets = []
             for dataset in workspace.datasets.values():
-                entry: dict[str, Any] = {"id": dataset.id, "name": dataset.name,
-                                         "configuredBy": dataset.owner, "targetStorageMode": "Abf",
-                                         "CreatedDate": _iso(dataset.created)}
+                entry: dict[str, Any] = {
+                    "id": dataset.id,
+                    "name": dataset.name,
+                    "configuredBy": dataset.owner,
+                    "targetStorageMode": "Abf",
+                    "CreatedDate": _iso(dataset.created),
+                }
                 if lineage:
                     entry["upstreamDataflows"] = []
                     if dataset.id not in self.scan_omits_usages:
-                        entry["datasourceUsages"] = [{"datasourceInstanceId": d.id}
-                                                     for d in dataset.datasources]
+                        entry["datasourceUsages"] = [
+                            {"datasourceInstanceId": d.id} for d in dataset.datasources
+                        ]
                 for d in dataset.datasources:
-                    instances[d.id] = {"datasourceType": d.datasource_type,
-                                       "connectionDetails": dict(d.connection_details),
-                                       "datasourceId": d.id, "gatewayId": d.gateway.id}
+                    instances[d.id] = {
+                        "datasourceType": d.datasource_type,
+                        "connectionDetails": dict(d.connection_details),
+                        "datasourceId": d.id,
+                        "gatewayId": d.gateway.id,
+                    }
                 datasets.append(entry)
-            workspaces.append({"id": workspace.id, "name": workspace.name, "type": "Workspace",
-                               "state": "Active", "isOnDedicatedCapacity": workspace.dedicated_capacity,
-                               "datasets": datasets})
+            workspaces.append(
+                {
+                    "id": workspace.id,
+                    "name": workspace.name,
+                    "type": "Workspace",
+                    "state": "Active",
+                    "isOnDedicatedCapacity": workspace.dedicated_capacity,
+                    "datasets": datasets,
+                }
+            )
         result: dict[str, Any] = {"workspaces": workspaces}
         if details:
             result["datasourceInstances"] = list(instances.values())
@@ -1464,12 +1659,24 @@ class PowerBI:
             body = json.loads(json.dumps(scan.result))
         return Response(200, body)
 
-    def _record_attempt(self, datasource: Datasource, caller: TokenInfo, outcome: str,
-                        credential_type: str | None, data: dict[str, str] | None) -> None:
+    def _record_attempt(
+        self,
+        datasource: Datasource,
+        caller: TokenInfo,
+        outcome: str,
+        credential_type: str | None,
+        data: dict[str, str] | None,
+    ) -> None:
         with self._lock:
             datasource.update_attempts.append(
-                UpdateAttempt(self._sb.clock.now(), caller.principal, outcome, credential_type,
-                              dict(data) if data is not None else None))
+                UpdateAttempt(
+                    self._sb.clock.now(),
+                    caller.principal,
+                    outcome,
+                    credential_type,
+                    dict(data) if data is not None else None,
+                )
+            )
 
 
 def _query_true(request: Request, name: str) -> bool:
@@ -1487,24 +1694,31 @@ def _credentials_error(datasource: Datasource, *, locked: bool = False) -> dict[
     kind = "SQL" if datasource.datasource_type.lower() == "sql" else datasource.datasource_type
     cd = datasource.connection_details
     path = ";".join(v for v in (cd.get("server"), cd.get("database")) if v) or next(
-        iter(cd.values()), datasource.name)
+        iter(cd.values()), datasource.name
+    )
     return credentials_error(kind, path, datasource.source.account.name, locked=locked)
 
 
 def credentials_error(kind: str, path: str, account: str, *, locked: bool = False) -> dict[str, Any]:
     """The refresh error of a credential failure at the source of ``kind`` at ``path``."""
-    return pbi_error(INVALID_CONNECTION_CREDENTIALS, [
-        _detail("DM_ErrorDetailNameCode_UnderlyingErrorCode", "-2147467259"),
-        _detail("DM_ErrorDetailNameCode_UnderlyingErrorMessage",
+    return pbi_error(
+        INVALID_CONNECTION_CREDENTIALS,
+        [
+            _detail("DM_ErrorDetailNameCode_UnderlyingErrorCode", "-2147467259"),
+            _detail(
+                "DM_ErrorDetailNameCode_UnderlyingErrorMessage",
                 f"<ccon>Login failed for user '{account}' because the account is "
-                "currently locked out. The system administrator can unlock it. </ccon>" if locked else
-                f"<ccon>The credentials provided for the {kind} source are invalid. "
-                f"(Source at {path}.)</ccon>"),
-        _detail("DM_ErrorDetailNameCode_UnderlyingHResult", "-2147467259"),
-        _detail("Microsoft.Data.Mashup.CredentialError.DataSourceKind", kind),
-        _detail("Microsoft.Data.Mashup.CredentialError.DataSourcePath", f"<ccon>{path}</ccon>"),
-        _detail("Microsoft.Data.Mashup.CredentialError.Reason", "AccessUnauthorized"),
-    ])
+                "currently locked out. The system administrator can unlock it. </ccon>"
+                if locked
+                else f"<ccon>The credentials provided for the {kind} source are invalid. "
+                f"(Source at {path}.)</ccon>",
+            ),
+            _detail("DM_ErrorDetailNameCode_UnderlyingHResult", "-2147467259"),
+            _detail("Microsoft.Data.Mashup.CredentialError.DataSourceKind", kind),
+            _detail("Microsoft.Data.Mashup.CredentialError.DataSourcePath", f"<ccon>{path}</ccon>"),
+            _detail("Microsoft.Data.Mashup.CredentialError.Reason", "AccessUnauthorized"),
+        ],
+    )
 
 
 def _int_param(request: Request, name: str, *, minimum: int) -> int | None:

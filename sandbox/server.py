@@ -322,7 +322,8 @@ class Faults:
         """Wait until a request of ``route`` (name, service or ``"*"``) is being held; True if so."""
         with self._held_changed:
             return self._held_changed.wait_for(
-                lambda: any(route in h.scopes for h in self._held), timeout=timeout)
+                lambda: any(route in h.scopes for h in self._held), timeout=timeout
+            )
 
     def held(self, route: str = "*") -> int:
         """How many answers of ``route`` are being held now."""
@@ -489,16 +490,24 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 405 if known else 404
                 response = Response(
                     status,
-                    {"error": {"code": "NotFound" if status == 404 else "MethodNotAllowed",
-                               "message": f"No route for {self.command} {path}."}},
+                    {
+                        "error": {
+                            "code": "NotFound" if status == 404 else "MethodNotAllowed",
+                            "message": f"No route for {self.command} {path}.",
+                        }
+                    },
                 )
             else:
                 request.route, request.params = route.name, params
                 wait = sandbox.faults.admit(route)
-                fault = sandbox.faults.take(route) if wait is None else Fault(
-                    429,
-                    route.error(429, "TooManyRequests", "Rate limit is exceeded. Try again later."),
-                    {"Retry-After": str(wait)},
+                fault = (
+                    sandbox.faults.take(route)
+                    if wait is None
+                    else Fault(
+                        429,
+                        route.error(429, "TooManyRequests", "Rate limit is exceeded. Try again later."),
+                        {"Retry-After": str(wait)},
+                    )
                 )
                 if fault is None:
                     response = _call(route, request)
@@ -586,8 +595,13 @@ def _fault_response(route: Route, fault: Fault, status: int) -> Response:
 
 
 def _fault_code(status: int) -> str:
-    return {429: "TooManyRequests", 500: "InternalServerError", 502: "BadGateway",
-            503: "ServiceUnavailable", 504: "GatewayTimeout"}.get(status, "Fault")
+    return {
+        429: "TooManyRequests",
+        500: "InternalServerError",
+        502: "BadGateway",
+        503: "ServiceUnavailable",
+        504: "GatewayTimeout",
+    }.get(status, "Fault")
 
 
 def _maybe_json(body: bytes) -> Any:
@@ -665,8 +679,12 @@ class HTTPSService:
             except OSError as exc:
                 logger.warning("sandbox: port %s not served (%s)", extra, exc)
         for server in self._servers:
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                      name=f"sandbox-{server.server_address[1]}", daemon=True)
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"sandbox-{server.server_address[1]}",
+                daemon=True,
+            )
             thread.start()
             self._threads.append(thread)
 

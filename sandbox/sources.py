@@ -74,8 +74,9 @@ class SourceSystem:
     def unlock(self) -> None:
         self.account.unlock()
 
-    def check(self, credential_type: str, data: dict[str, str], *,
-              cause: Cause = "update-test") -> CheckResult:
+    def check(
+        self, credential_type: str, data: dict[str, str], *, cause: Cause = "update-test"
+    ) -> CheckResult:
         """Try to sign in with ``data`` (the decoded ``credentialData`` name/value pairs)."""
         if not self.reachable:
             return "unreachable"
@@ -83,15 +84,18 @@ class SourceSystem:
         with self.account.lock:
             result = self.account.sign_in(
                 lambda username, secret: self._matches(credential_type, data, username, secret),
-                presented, cause=cause, via=self.id,
+                presented,
+                cause=cause,
+                via=self.id,
             )
             self.history.append(result)
             if result != "ok":
                 self.total_failures += 1
         return result
 
-    def _matches(self, credential_type: str, data: dict[str, str], username: str | None,
-                 secret: str | None) -> bool:
+    def _matches(
+        self, credential_type: str, data: dict[str, str], username: str | None, secret: str | None
+    ) -> bool:
         if credential_type != self.credential_type:
             return False
         if credential_type in ("Basic", "Windows"):
@@ -102,8 +106,10 @@ class SourceSystem:
             return data.get("token") == secret
         if credential_type == "ServicePrincipal":
             # An app registration's client secret (Fabric connections): the account is the app.
-            return (data.get("servicePrincipalClientId") == username
-                    and data.get("servicePrincipalSecret") == secret)
+            return (
+                data.get("servicePrincipalClientId") == username
+                and data.get("servicePrincipalSecret") == secret
+            )
         if credential_type == "Anonymous":
             return True
         if credential_type == "OAuth2":
@@ -183,12 +189,14 @@ class Sources:
             if source_id in self._items:
                 raise ValueError(f"source {source_id!r} exists")
             if account is None:
-                shared = self.add_account(source_id, username=username, secret=secret,
-                                          lockout_threshold=lockout_threshold)
+                shared = self.add_account(
+                    source_id, username=username, secret=secret, lockout_threshold=lockout_threshold
+                )
             else:
                 if username is not None or secret is not None:
-                    raise ValueError("a source on a shared account takes its username and secret "
-                                     "from the account")
+                    raise ValueError(
+                        "a source on a shared account takes its username and secret from the account"
+                    )
                 shared = self._accounts[account] if isinstance(account, str) else account
                 if self._accounts.get(shared.name) is not shared:
                     raise ValueError(f"account {shared.name!r} is not registered here")
@@ -210,14 +218,16 @@ class Sources:
         with self._lock:
             return [s for s in self._items.values() if s.account.name == name]
 
-    def check(self, source_id: str, credential_type: str, data: dict[str, str], *,
-              cause: Cause = "update-test") -> CheckResult:
+    def check(
+        self, source_id: str, credential_type: str, data: dict[str, str], *, cause: Cause = "update-test"
+    ) -> CheckResult:
         with self._lock:
             source = self._items[source_id]
         return source.check(credential_type, data, cause=cause)
 
-    def set_secret(self, source_id: str, secret: str, username: str | None = None, *,
-                   at: float | None = None) -> None:
+    def set_secret(
+        self, source_id: str, secret: str, username: str | None = None, *, at: float | None = None
+    ) -> None:
         """Change the credential of the source's account (every source sharing it sees it), now or
         when the sandbox clock reaches ``at``. Key Vault is not told: on its own, a wrong secret."""
         self.account_of(source_id).set_secret(secret, username=username, at=at)

@@ -137,8 +137,10 @@ def _fabric_definitions() -> dict[str, Any]:
         own.pop("discriminator")
         merged[f"{base}__base"] = own
         if subtypes[base]:
-            merged[base] = {"allOf": [{"$ref": f"#/definitions/{base}__base"}],
-                            "anyOf": [{"$ref": f"#/definitions/{s}"} for s in subtypes[base]]}
+            merged[base] = {
+                "allOf": [{"$ref": f"#/definitions/{base}__base"}],
+                "anyOf": [{"$ref": f"#/definitions/{s}"} for s in subtypes[base]],
+            }
     return merged
 
 

@@ -95,9 +95,17 @@ class Sandbox:
         self.stop()
 
     # -- what happens in the world -----------------------------------------------------------
-    def rotate(self, source_id: str, secret_name: str, new_secret: str | None = None,
-               *, username: str | None = None, as_json: bool = False,
-               order: RotationOrder = "source-first", delay: float = 0.0) -> str:
+    def rotate(
+        self,
+        source_id: str,
+        secret_name: str,
+        new_secret: str | None = None,
+        *,
+        username: str | None = None,
+        as_json: bool = False,
+        order: RotationOrder = "source-first",
+        delay: float = 0.0,
+    ) -> str:
         """A rotation as it happens in production: the password of the account behind
         ``source_id`` (a source id, or an account name) changes and a new version of
         ``secret_name`` is written to Key Vault (which notifies its subscribers at once).
@@ -117,8 +125,9 @@ class Sandbox:
         account = self.sources.account_of(source_id)
         value = new_secret
         if as_json:
-            value = json.dumps({"username": username if username is not None else account.username,
-                                "password": new_secret})
+            value = json.dumps(
+                {"username": username if username is not None else account.username, "password": new_secret}
+            )
         if order == "source-first":
             account.set_secret(new_secret, username=username)
             return self.vault.set_secret(secret_name, value)
@@ -133,7 +142,6 @@ class Sandbox:
         new_secret = new_secret if new_secret is not None else generate_password()
         self.sources.set_secret(source_id, new_secret)
         return new_secret
-
 
     # -- addresses ---------------------------------------------------------------------------
     @property

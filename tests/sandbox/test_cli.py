@@ -189,10 +189,17 @@ def test_a_take_over_is_a_warning_line_naming_the_dataset_and_the_sources_it_res
     cli.sb.vault.set_secret("erp-password", "Erp#1")
     w.datasets[0].owner = "someone.else@contoso.com"
     w.gateway.admins.discard(w.app.client_id)
-    erp_binding = {"name": "erp", "secret": "erp-password", "credentialType": "Basic", "username": "svc_erp",
-                   "targets": [{"gatewayId": w.gateway_id, "datasourceId": erp.id}]}
-    bindings = {"bindings": [{**w.binding(), "takeOver": True}, erp_binding],
-                "watch": {"workspaces": [w.workspace_id]}}
+    erp_binding = {
+        "name": "erp",
+        "secret": "erp-password",
+        "credentialType": "Basic",
+        "username": "svc_erp",
+        "targets": [{"gatewayId": w.gateway_id, "datasourceId": erp.id}],
+    }
+    bindings = {
+        "bindings": [{**w.binding(), "takeOver": True}, erp_binding],
+        "watch": {"workspaces": [w.workspace_id]},
+    }
     env = {**cli.env, "REMEDIATION_BINDINGS": json.dumps(bindings)}
     w.rotate()
 

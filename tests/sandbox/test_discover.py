@@ -175,9 +175,18 @@ def test_discover_table_and_csv_are_readable(sb: Sandbox, tenant: dict[str, Any]
     assert "dataset" in progress and "\r" in progress  # the live progress display on a terminal
     code, out, _ = run(tenant["env"], "discover", "--csv")
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0] == ["gatewayId", "datasourceId", "datasourceType", "connectionDetails",
-                       "credentialType", "binding", "datasets", "kind", "connectivityType",
-                       "keyVaultReference"]
+    assert rows[0] == [
+        "gatewayId",
+        "datasourceId",
+        "datasourceType",
+        "connectionDetails",
+        "credentialType",
+        "binding",
+        "datasets",
+        "kind",
+        "connectivityType",
+        "keyVaultReference",
+    ]
     doc = json.loads(run(tenant["env"], "discover", "--json")[1])
     assert len(rows) - 1 == len(doc["datasources"]) + len(doc["connections"])
 
@@ -284,29 +293,57 @@ def fabric_tenant(sb: Sandbox, tenant: dict[str, Any]) -> dict[str, Any]:
     me = bound.app.client_id
 
     def connection(name: str, **kw: Any) -> Any:
-        source = sb.sources.add(f"{name}-src", username="svc_lake", secret=LAKE_SECRET,
-                                credential_type=kw.pop("source_type", "Basic"))
+        source = sb.sources.add(
+            f"{name}-src",
+            username="svc_lake",
+            secret=LAKE_SECRET,
+            credential_type=kw.pop("source_type", "Basic"),
+        )
         return sb.fabric.add_connection(source, users=[me], name=name, **kw)
 
     gateway = sb.fabric.add_gateway("etl-gw", member_bits=(2048,), admins=[me])
     lake = connection("lake")
     sales = connection("sales")
-    onprem = connection("etl", connectivity_type="OnPremisesGateway", credential_type="Windows",
-                        gateway=gateway, source_type="Windows")
+    onprem = connection(
+        "etl",
+        connectivity_type="OnPremisesGateway",
+        credential_type="Windows",
+        gateway=gateway,
+        source_type="Windows",
+    )
     referenced = connection("vaulted", key_vault_reference={"connectionId": me, "secretName": "x"})
     web = connection("api", credential_type="Key", source_type="Key")
     web.connection_type, web.path = "Web", f"https://api.contoso.com/v1/data?apikey={URL_KEY}"
     model = sb.powerbi.add_dataset(bound.workspace, "sales-model", [], owner=me, connections=[sales])
     sb.vault.set_secret("lake-secret", LAKE_SECRET)
     extra = [
-        {"name": "lake", "secret": "lake-secret", "credentialType": "Basic", "username": "svc_lake",
-         "targets": [{"connectionId": lake.id}]},
-        {"name": "vaulted", "secret": "lake-secret", "credentialType": "Basic", "username": "svc_lake",
-         "targets": [{"connectionId": referenced.id, "keyVaultReference": True}]},
+        {
+            "name": "lake",
+            "secret": "lake-secret",
+            "credentialType": "Basic",
+            "username": "svc_lake",
+            "targets": [{"connectionId": lake.id}],
+        },
+        {
+            "name": "vaulted",
+            "secret": "lake-secret",
+            "credentialType": "Basic",
+            "username": "svc_lake",
+            "targets": [{"connectionId": referenced.id, "keyVaultReference": True}],
+        },
     ]
     env = dict(tenant["env"], REMEDIATION_BINDINGS=bound.bindings_json(*extra))
-    return {**tenant, "env": env, "extra": extra, "lake": lake, "sales": sales, "onprem": onprem,
-            "referenced": referenced, "web": web, "model": model}
+    return {
+        **tenant,
+        "env": env,
+        "extra": extra,
+        "lake": lake,
+        "sales": sales,
+        "onprem": onprem,
+        "referenced": referenced,
+        "web": web,
+        "model": model,
+    }
 
 
 def _connections(env: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -359,8 +396,12 @@ def test_discover_of_connections_is_read_only_and_prints_no_secret(
 
 
 def test_a_fabric_refusal_is_a_warning_not_a_crash(sb: Sandbox, fabric_tenant: dict[str, Any]) -> None:
-    sb.faults.add("fabric.list_connections", status=403,
-                  body={"errorCode": "InsufficientPermissionsToManageConnection", "message": "no"}, times=5)
+    sb.faults.add(
+        "fabric.list_connections",
+        status=403,
+        body={"errorCode": "InsufficientPermissionsToManageConnection", "message": "no"},
+        times=5,
+    )
     code, out, err = run(fabric_tenant["env"], "discover", "--json")
     assert code == 0
     assert json.loads(out)["connections"] == [] and json.loads(out)["datasources"]

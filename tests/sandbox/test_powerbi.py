@@ -671,8 +671,9 @@ def test_take_over_resets_the_credentials_of_the_datasets_cloud_sources(world: W
     a data source on an on-premises gateway keeps its own (the gateway holds it)."""
     cloud = world.pbi.add_cloud_gateway()
     api = world.sb.sources.add("api", credential_type="Key", secret="k3y")
-    web = world.pbi.add_datasource(cloud, api, datasource_type="Web",
-                                   connection_details={"url": "https://api.contoso.com"})
+    web = world.pbi.add_datasource(
+        cloud, api, datasource_type="Web", connection_details={"url": "https://api.contoso.com"}
+    )
     world.dataset.datasources.append(web)
     world.dataset.owner = "former@contoso.com"
     on_premises = world.datasource.credential

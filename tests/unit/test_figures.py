@@ -147,5 +147,7 @@ def test_every_dimension_the_workbook_reads_is_one_the_healer_emits() -> None:
         assert text.count('"') % 2 == 0, query
         for opening, closing in ("()", "[]", "{}"):
             assert text.count(opening) == text.count(closing), query
-        assert all(line.startswith(("|", "let ", "customEvents", "outcomes", "workspace")) or not line
-                   for line in query.splitlines()[1:]), query
+        assert all(
+            line.startswith(("|", "let ", "customEvents", "outcomes", "workspace")) or not line
+            for line in query.splitlines()[1:]
+        ), query
