@@ -403,6 +403,21 @@ def bench_sweep(
 
 
 # -- 6. a large tenant: the inventory ----------------------------------------------------------
+def _measured(sb: Sandbox, run: Callable[[], Any], traced: bool = False) -> tuple[float, int, int, Any]:
+    """Seconds, Power BI calls and (``traced``) peak traced memory of ``run()``, and its result."""
+    mark = len(sb.requests.all())
+    if traced:
+        tracemalloc.start()
+    started = time.perf_counter()
+    report = run()
+    seconds = time.perf_counter() - started
+    peak = 0
+    if traced:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return seconds, powerbi_calls(sb, mark), peak, report
+
+
 def powerbi_calls(sb: Sandbox, since: int) -> int:
     return sum(1 for r in sb.requests.all()[since:] if r.service == "powerbi")
 
@@ -429,18 +444,7 @@ def bench_tenant(latency: float, sizes: list[int], concurrency: int, state_dir: 
             runtime.healer.heal_secret(SECRET, retry_refreshes=False)  # the targets hold the secret
             healer = runtime.healer
 
-            def measure(run: Callable[[], Any], traced: bool = False) -> tuple[float, int, int, Any]:
-                mark = len(sb.requests.all())
-                if traced:
-                    tracemalloc.start()
-                started = time.perf_counter()
-                report = run()
-                seconds = time.perf_counter() - started
-                peak = 0
-                if traced:
-                    _, peak = tracemalloc.get_traced_memory()
-                    tracemalloc.stop()
-                return seconds, powerbi_calls(sb, mark), peak, report
+            measure = partial(_measured, sb)
 
             seconds, calls, peak, report = measure(partial(healer.sweep, budget_seconds=3000), traced=True)
             minimum = workspaces + total + bound
@@ -515,18 +519,7 @@ def bench_tenant_scanner(latency: float, sizes: list[int], concurrency: int, sta
             runtime.healer.heal_secret(SECRET, retry_refreshes=False)  # the targets hold the secret
             healer = runtime.healer
 
-            def measure(run: Callable[[], Any], traced: bool = False) -> tuple[float, int, int, Any]:
-                mark = len(sb.requests.all())
-                if traced:
-                    tracemalloc.start()
-                started = time.perf_counter()
-                report = run()
-                seconds = time.perf_counter() - started
-                peak = 0
-                if traced:
-                    _, peak = tracemalloc.get_traced_memory()
-                    tracemalloc.stop()
-                return seconds, powerbi_calls(sb, mark), peak, report
+            measure = partial(_measured, sb)
 
             seconds, calls, peak, report = measure(partial(healer.sweep, budget_seconds=3000), traced=True)
             rows.append(
