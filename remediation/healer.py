@@ -36,36 +36,35 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
-from remediation.accounts import account_key, source_locator, text_map
+from remediation.accounts import account_key
 from remediation.bindings import CONNECTIONS, Binding, BindingSet, CredentialType, Target
 from remediation.credentials import ResolvedCredential, resolve_credential
 from remediation.decisions import Decision, account_decision, decide
-from remediation.errors import BindingsError, ConfigError, NotBound, RemediationError, SecretVersionNotFound
+from remediation.errors import ConfigError, NotBound, RemediationError, SecretVersionNotFound
 from remediation.fabric import Connection, FabricClient
 from remediation.http import ApiError, ThrottledPastDeadline, deadline_scope
 from remediation.identity import AuthenticationError
-from remediation.inventory import CACHE_SECONDS
 from remediation.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
 from remediation.ledger import Claim, Lease, LeaseLost, Ledger, Outcome
-from remediation.powerbi import EntityNotFound, GatewayDatasource, InvalidId, PowerBIClient, Refresh
+from remediation.powerbi import EntityNotFound, InvalidId, PowerBIClient, Refresh
 from remediation.presentation import Verdict, VerdictOf
 from remediation.redact import mask_urls
 from remediation.refresher import Refresher
 from remediation.report import HOLDS_CURRENT, PROBLEMS, Action, Report
+from remediation.resolver import TargetResolver
 from remediation.runs import Resolved, Run
 from remediation.settings import Settings
 from remediation.targets import Presented, TargetKind, TargetRefused
-from remediation.targets.fabric import FabricKind, match_refusal
-from remediation.targets.gateway import GatewayKind, SourceFacts, TakeOverRefused, UserTokenFactory
+from remediation.targets.fabric import FabricKind
+from remediation.targets.gateway import GatewayKind, TakeOverRefused, UserTokenFactory
 from remediation.telemetry import REDACTOR
 
 __all__ = [
@@ -119,8 +118,9 @@ class Healer:
         self._sleep = sleep
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._poll_interval = poll_interval
-        self._listed: dict[str, tuple[float, list[GatewayDatasource]]] = {}
-        self._listed_lock = threading.Lock()
+        self.resolver = TargetResolver(
+            bindings, powerbi=powerbi, fabric=fabric, inventory=lambda: self.refresher.inventory, clock=clock
+        )
         self.gateway_kind = GatewayKind(
             powerbi=powerbi,
             keyvault=keyvault,
@@ -130,8 +130,8 @@ class Healer:
             user_tokens=user_tokens,
             clock=clock,
             fabric=fabric,
-            connections=self.all_connections,
-            source_facts=self._source_facts,
+            connections=self.resolver.all_connections,
+            source_facts=self.resolver.source_facts,
         )
         self.gateways = self.gateway_kind.gateways
         self.fabric_kind = None if fabric is None else FabricKind(fabric)
@@ -183,7 +183,7 @@ class Healer:
         run = self._start(trigger, correlation_id, dry_run, deadline, present_again)
         run.named_version = version
         try:
-            resolved = self._resolve_targets(bindings, run)
+            resolved = self.resolver.resolve(bindings, run)
             self.heal_targets(resolved, run)
             if retry_refreshes:
                 healed = {
@@ -219,7 +219,7 @@ class Healer:
         try:
             locator, refused = "", ""
             if binding is None:
-                binding, locator, refused = self._binding_by_match(gateway_id, datasource_id, run)
+                binding, locator, refused = self.resolver.binding_by_match(gateway_id, datasource_id, run)
             if binding is None and gateway_id == CONNECTIONS:
                 raise NotBound(f"no binding covers connection {datasource_id}")
             if binding is None:
@@ -229,7 +229,7 @@ class Healer:
                 (t for t in binding.targets if t.key == (gateway_id, datasource_id)),
                 Target(gateway_id, datasource_id),
             )
-            locator = locator or self._locator_of(target, run)
+            locator = locator or self.resolver.locator_of(target, run)
             (outcome,) = self.heal_targets([Resolved(binding, target, locator, refused)], run)
             if retry_refreshes and outcome.action in (Action.UPDATED, Action.CURRENT):
                 self.refresher.retry_failed_refreshes({(gateway_id, datasource_id)}, run)
@@ -303,7 +303,7 @@ class Healer:
         try:
             resolved: list[Resolved] = []
             for secret in self.bindings.secrets():
-                resolved.extend(self._resolve_targets(self.bindings.for_secret(secret), run))
+                resolved.extend(self.resolver.resolve(self.bindings.for_secret(secret), run))
             say(f"checking {len(resolved)} bound data sources against Key Vault")
             self.heal_targets(resolved, run)
 
@@ -338,7 +338,7 @@ class Healer:
             raise NotBound(f"no binding uses the secret {name!r}")
         run = self._start("fanout", None, True)
         try:
-            return [r.target.key for r in self._resolve_targets(bindings, run)]
+            return [r.target.key for r in self.resolver.resolve(bindings, run)]
         finally:
             self._finish(run)
 
@@ -505,7 +505,7 @@ class Healer:
             return done(Action.DEFERRED, "the time budget ran out; the next run continues")
         if item.refused:
             return done(Action.FAILED, item.refused)
-        refused = self._match_refusal(item, run)
+        refused = self.resolver.match_refusal(item, run)
         if refused:
             return done(Action.FAILED, refused)
         if target.key_vault_reference:
@@ -817,225 +817,9 @@ class Healer:
             self.ledger.release_presentation(account, binding.secret, version, owner=lease.owner)
         return Action.FAILED, verdict.reason
 
-    # ------------------------------------------------------------------------------------------
-    # Resolution and caches
-    # ------------------------------------------------------------------------------------------
-    def _resolve_targets(self, bindings: Iterable[Binding], run: Run) -> list[Resolved]:
-        resolved: list[Resolved] = []
-        seen: set[tuple[str, str]] = set()
-        for binding in bindings:
-            for target in binding.targets:
-                if target.key not in seen:
-                    seen.add(target.key)
-                    resolved.append(Resolved(binding, target, self._locator_of(target, run)))
-            if any(not m.selects_connections for m in binding.matches):
-                for item in self._matching_datasources(binding, run):
-                    if item.target.key not in seen:
-                        seen.add(item.target.key)
-                        resolved.append(item)
-            if binding.matches_connections:
-                for item in self._matching_connections(binding, run):
-                    if item.target.key not in seen:
-                        seen.add(item.target.key)
-                        resolved.append(item)
-        return resolved
-
-    def _matching_connections(self, binding: Binding, run: Run) -> list[Resolved]:
-        """The Fabric connections a connection ``match`` of ``binding`` selects (``GET
-        /connections``, once per run). A connection another binding names by id is that
-        binding's (a Key Vault reference is marked there, and never sent a copy). One whose
-        credential type is not the binding's is refused: it signs in another way, maybe as
-        another account, and presenting this secret there would be a failed sign-in."""
-        try:
-            connections = self.all_connections(run)
-        except (ApiError, RemediationError) as exc:
-            run.add(
-                Outcome(
-                    time=self._clock(),
-                    trigger=run.trigger,
-                    correlation_id=run.correlation_id,
-                    binding=binding.name,
-                    secret_name=binding.secret,
-                    action=Action.FAILED.value,
-                    reason=mask_urls(f"could not list the Fabric connections its match selects from: {exc}"),
-                )
-            )
-            return []
-        found: list[Resolved] = []
-        for connection in connections:
-            if not binding.matches_connection(
-                connection.connection_type, connection.connectivity_type, connection.path
-            ):
-                continue
-            try:
-                owner = self.bindings.for_connection(
-                    connection.id,
-                    connection_type=connection.connection_type,
-                    connectivity_type=connection.connectivity_type,
-                    path=connection.path,
-                )
-                refused = ""
-            except BindingsError as exc:  # several matches select it: which secret is a guess
-                owner, refused = binding, str(exc)
-            if owner is None or owner.name != binding.name:
-                continue
-            target = next(
-                (t for t in binding.targets if t.connection_id == connection.id),
-                Target.connection(connection.id),
-            )
-            refused = refused or match_refusal(binding, connection)
-            found.append(Resolved(binding, target, _connection_locator(connection), refused))
-        return found
-
     def all_connections(self, run: Run) -> list[Connection]:
-        """Every Fabric connection the identity has a role on (``GET /connections``, paged; once
-        per run). Empty without a Fabric client. Raises :class:`~remediation.http.ApiError`."""
-        if self.fabric_kind is None:
-            return []
-        with run.key_lock("fabric-connections"):
-            if run.fabric_connections is None:
-                run.fabric_connections = self.fabric_kind.fabric.list_connections()
-            return run.fabric_connections
-
-    def _matching_datasources(self, binding: Binding, run: Run) -> list[Resolved]:
-        """The gateway data sources ``binding``'s matches select and no other binding owns (one
-        that several matches select is refused: which secret to send would be a guess)."""
-        found = []
-        for gateway_id, datasource in self._all_gateway_datasources(run):
-            details = text_map(datasource.connection() or {})
-            if not binding.matches_datasource(datasource.datasource_type or "", details):
-                continue
-            try:
-                owner = self.bindings.for_datasource(
-                    gateway_id,
-                    datasource.id,
-                    datasource_type=datasource.datasource_type or "",
-                    connection_details=details,
-                )
-                refused = ""
-            except BindingsError as exc:
-                owner, refused = binding, str(exc)
-            if owner is not None and owner.name == binding.name:
-                locator = source_locator(datasource.datasource_type, details)
-                found.append(Resolved(binding, Target(gateway_id, datasource.id.lower()), locator, refused))
-        return found
-
-    def _binding_by_match(
-        self, gateway_id: str, datasource_id: str, run: Run
-    ) -> tuple[Binding | None, str, str]:
-        """The binding whose ``match`` selects the target, where it signs in, and why it is
-        refused (a connection with another credential type, or several matches selecting it:
-        then the first of them carries the refusal), if it is."""
-        try:
-            return self._binding_by_match_or_raise(gateway_id, datasource_id, run)
-        except BindingsError as exc:
-            binding = self.bindings.by_name(exc.binding or "")
-            if binding is None:
-                raise
-            return binding, "", str(exc)
-
-    def _binding_by_match_or_raise(
-        self, gateway_id: str, datasource_id: str, run: Run
-    ) -> tuple[Binding | None, str, str]:
-        if gateway_id == CONNECTIONS:
-            for connection in self.all_connections(run):
-                if connection.id == datasource_id:
-                    binding = self.bindings.for_connection(
-                        datasource_id,
-                        connection_type=connection.connection_type,
-                        connectivity_type=connection.connectivity_type,
-                        path=connection.path,
-                    )
-                    refused = "" if binding is None else match_refusal(binding, connection)
-                    return binding, _connection_locator(connection), refused
-            return None, "", ""
-        for gw, datasource in self._all_gateway_datasources(run):
-            if gw == gateway_id and datasource.id.lower() == datasource_id:
-                details = text_map(datasource.connection() or {})
-                binding = self.bindings.for_datasource(
-                    gateway_id,
-                    datasource_id,
-                    datasource_type=datasource.datasource_type or "",
-                    connection_details=details,
-                )
-                return binding, source_locator(datasource.datasource_type, details), ""
-        return None, "", ""
-
-    def _match_refusal(self, item: Resolved, run: Run) -> str:
-        """Why a gateway data source a ``match`` selected is not sent the binding's secret ("" if
-        it is): Power BI says it signs in with another credential type, so as another account
-        (whichever path reached it: fan-out, single heal, dataset heal). One the binding names by
-        id is the operator's explicit choice; one whose type Power BI does not list is let be."""
-        binding, target = item.binding, item.target
-        if target.connection_id is not None or any(t.key == target.key for t in binding.targets):
-            return ""
-        for datasource in self._gateway_datasources(target.gateway_id, run):
-            if datasource.id.lower() != target.datasource_id:
-                continue
-            actual = (datasource.credential_type or "").strip()
-            if actual and actual.lower() != binding.credential_type.value.lower():
-                return (
-                    f"data source {target.gateway_id}/{target.datasource_id} is selected by the match of "
-                    f"{binding.name!r}, but it signs in with {actual}, not {binding.credential_type.value}: "
-                    "it may be another account, so nothing is sent; narrow the match, or bind the data "
-                    "source by gatewayId and datasourceId"
-                )
-        return ""
-
-    def _locator_of(self, target: Target, run: Run) -> str:
-        """Where a target named by its ids signs in (``""`` when unknown, see
-        :attr:`Resolved.where`): from the inventory (no call), else from its gateway's data source
-        list (one read per gateway, shared by the instance's runs for a minute)."""
-        facts = self._source_facts(target, run)
-        return "" if facts is None else source_locator(facts.datasource_type, facts.connection_details)
-
-    def _source_facts(self, target: Target, run: Run) -> SourceFacts | None:
-        """How Power BI describes a gateway data source (None when unknown): from the inventory
-        (no call), else from its gateway's data source list (as :meth:`_locator_of`)."""
-        if target.connection_id is not None:
-            return None
-        others: set[str] = set()
-        found: SourceFacts | None = None
-        for record in self.refresher.inventory.known():
-            for source in record.sources:
-                if source.key == target.key:
-                    found = found or SourceFacts(source.datasource_type, source.details())
-                elif source.gateway_id.lower() == target.gateway_id:
-                    others.add(source.datasource_id.lower())
-        for datasource in self._gateway_datasources(target.gateway_id, run) if found is None else []:
-            if datasource.id.lower() == target.datasource_id:
-                found = SourceFacts(datasource.datasource_type, text_map(datasource.connection() or {}))
-            else:
-                others.add(datasource.id.lower())
-        return None if found is None else replace(found, others=frozenset(others))
-
-    def _gateway_datasources(self, gateway_id: str, run: Run) -> list[GatewayDatasource]:
-        """The data sources of one gateway, read at most once a minute per instance ([] when it
-        cannot be read: a cloud gateway has no list, and the locator is then unknown)."""
-        if run.gateway_datasources is not None:  # this run listed every gateway already
-            return [d for gw, d in run.gateway_datasources if gw == gateway_id]
-        with self._listed_lock:
-            cached = self._listed.get(gateway_id)
-            if cached is not None and 0 <= self._clock() - cached[0] < CACHE_SECONDS:
-                return cached[1]
-        try:
-            found = self.powerbi.get_datasources(gateway_id)
-        except RemediationError as exc:
-            logger.info("gateway %s: data sources not listed (%s); locators unknown", gateway_id, exc)
-            found = []
-        with self._listed_lock:
-            self._listed[gateway_id] = (self._clock(), found)
-        return found
-
-    def _all_gateway_datasources(self, run: Run) -> list[tuple[str, GatewayDatasource]]:
-        """Every data source of every gateway the caller administers (once per run)."""
-        with run.key_lock("gateway-datasources"):
-            if run.gateway_datasources is None:
-                found: list[tuple[str, GatewayDatasource]] = []
-                for gateway in self.powerbi.get_gateways():
-                    found.extend((gateway.id.lower(), d) for d in self.powerbi.get_datasources(gateway.id))
-                run.gateway_datasources = found
-            return run.gateway_datasources
+        """Every Fabric connection the identity has a role on (see :class:`TargetResolver`)."""
+        return self.resolver.all_connections(run)
 
     def secret(self, name: str, run: Run) -> SecretValue:
         key = name.lower()
@@ -1123,13 +907,6 @@ class Healer:
             ),
             duration=round(self._clock() - run.started, 3),
         )
-
-
-def _connection_locator(connection: Connection) -> str:
-    """Where a connection signs in: the server of a ``server;database`` path, a URL's host."""
-    path = connection.path or ""
-    first = path.split(";", 1)[0]
-    return source_locator(connection.connection_type, {"server": first} if ";" in path else {"path": path})
 
 
 def _iso(ts: float) -> str:
