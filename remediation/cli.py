@@ -561,10 +561,7 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
         for problem in inventory.problems:
             print(f"warning: {problem}", file=err)
     if args.propose:
-        draft = discover.propose_bindings(inventory.sources)
-        draft["bindings"] += discover.propose_connection_bindings(
-            inventory.connections, taken=[b["name"] for b in draft["bindings"]]
-        )
+        draft = discover.propose(inventory)
         try:
             with open(args.propose, "x", encoding="utf-8") as fh:
                 json.dump(draft, fh, indent=2)

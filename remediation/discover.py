@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from remediation.bindings import BINDABLE_TYPES, CONNECTIONS, BindingSet, CredentialType
-from remediation.connections import is_connection_of
+from remediation.connections import corresponding_connection, is_connection_of
 from remediation.errors import BindingsError
 from remediation.fabric import Connection, FabricClient, FabricNotAuthorized
 from remediation.http import ApiError
@@ -53,6 +53,7 @@ __all__ = [
     "is_placeholder",
     "masked_details",
     "propose_bindings",
+    "propose",
     "propose_connection_bindings",
     "scan",
     "table_lines",
@@ -137,6 +138,9 @@ class DiscoveredConnection:
     binding: str | None = None
     binding_problem: str | None = None
     datasets: list[DatasetUse] = field(default_factory=list)
+    datasource: tuple[str, str] | None = None
+    """The Power BI gateway data source this connection is (gateway data sources are Fabric
+    connections too), by :func:`remediation.connections.corresponding_connection`; None if none."""
 
     @property
     def description(self) -> str:
@@ -322,6 +326,20 @@ def _connections(
     except ApiError as exc:
         inventory.problems.append(f"cannot list Fabric connections ({exc.code or exc.status})")
         return []
+    # Gateway data sources are Fabric connections too: which listed data source each one is.
+    same: dict[str, DiscoveredSource | None] = {}
+    for source in inventory.sources:
+        if not (source.gateway_id and source.datasource_id):
+            continue
+        cid = corresponding_connection(
+            source.datasource_id,
+            source.datasource_type,
+            source.gateway_id,
+            _strings(source.connection_details),
+            listed,
+        )
+        if cid is not None:
+            same[cid] = None if cid in same else source  # two data sources for one: no guess
     found: list[DiscoveredConnection] = []
     for c in listed:
         explicit = bindings.for_target(CONNECTIONS, c.id)
@@ -344,6 +362,11 @@ def _connections(
             item.binding = None if binding is None else binding.name
         except BindingsError as exc:
             item.binding_problem = str(exc)
+        twin = same.get(c.id.lower())
+        if twin is not None:
+            item.datasource = (twin.gateway_id or "", twin.datasource_id or "")
+            if item.binding is None and not item.binding_problem:
+                item.binding = twin.binding  # bound as a gateway data source: covered
         for source in inventory.sources:
             if source.datasource_id == c.id or is_connection_of(
                 c.connection_type,
@@ -452,6 +475,9 @@ def to_json(inventory: Inventory) -> dict[str, Any]:
                 "keyVaultReference": c.key_vault_reference,
                 "couldReferenceKeyVault": c.could_reference,
                 "binding": c.binding,
+                "datasource": None
+                if c.datasource is None
+                else {"gatewayId": c.datasource[0], "datasourceId": c.datasource[1]},
                 "datasets": [
                     {
                         "workspaceId": u.workspace_id,
@@ -584,6 +610,21 @@ def _connection_table(connections: Sequence[DiscoveredConnection]) -> list[str]:
 
 
 # -- proposal (pure) --------------------------------------------------------------------------------
+def propose(inventory: Inventory) -> dict[str, Any]:
+    """The draft of ``--propose``: the unbound data sources and connections, each real data
+    source once. A gateway data source that is also a Fabric connection the draft binds is left
+    to the connection's draft (Fabric takes more credential types, Key Vault references, and no
+    Take Over for a cloud data source)."""
+    connections = propose_connection_bindings(inventory.connections)
+    drafted = {tg["connectionId"] for b in connections for tg in b["targets"]}
+    twins = {c.datasource for c in inventory.connections if c.id in drafted and c.datasource}
+    sources = [s for s in inventory.sources if (s.gateway_id or "", s.datasource_id or "") not in twins]
+    draft = propose_bindings(sources)
+    names = {b["name"] for b in draft["bindings"]}
+    draft["bindings"] += propose_connection_bindings(inventory.connections, taken=names)
+    return draft
+
+
 def propose_bindings(sources: Iterable[DiscoveredSource]) -> dict[str, Any]:
     """A draft bindings document for ``sources`` that no binding covers.
 

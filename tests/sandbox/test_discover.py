@@ -429,3 +429,39 @@ def test_propose_drafts_connection_targets_that_bindings_check_accepts_once_fill
     code, out, err = run(env, "--json", "bindings", "check")
     assert code == 0, out + err
     assert all(c["binding"] for c in _connections(env).values())
+
+
+@pytest.mark.parametrize("same_id", [False, True], ids=["other-id", "connection-id"])
+def test_a_gateway_data_source_that_is_also_a_connection_is_said_to_be_one_and_proposed_once(
+    sb: Sandbox, tenant: dict[str, Any], tmp_path: Path, same_id: bool
+) -> None:
+    """Gateway data sources are Fabric connections too (reality): each connection says which data
+    source it is, carries that data source's binding, and --propose binds it once, not twice."""
+    sb.fabric.lists_gateway_datasources = True
+    sb.fabric.datasource_ids_are_connection_ids = same_id
+    bound, windows = tenant["bound"], tenant["windows"]
+    code, out, err = run(tenant["env"], "discover", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    twins = {
+        (c["datasource"]["gatewayId"], c["datasource"]["datasourceId"]): c
+        for c in doc["connections"]
+        if c["datasource"] is not None
+    }
+    for ds_id in bound.datasource_ids:
+        assert twins[(bound.gateway_id, ds_id)]["binding"] == bound.binding_name
+    for ds_id in windows.datasource_ids:
+        assert twins[(windows.gateway_id, ds_id)]["binding"] is None
+
+    draft_path = tmp_path / "draft.json"
+    assert run(tenant["env"], "discover", "--propose", str(draft_path))[0] == 0
+    draft = json.loads(draft_path.read_text())
+    as_source = {tg["datasourceId"] for b in draft["bindings"] for tg in b["targets"] if "datasourceId" in tg}
+    as_connection = {
+        tg["connectionId"] for b in draft["bindings"] for tg in b["targets"] if "connectionId" in tg
+    }
+    twin_of = {c["id"]: c["datasource"]["datasourceId"] for c in doc["connections"] if c["datasource"]}
+    assert not {twin_of[c] for c in as_connection if c in twin_of} & as_source  # never both
+    assert not set(bound.datasource_ids) & as_source  # bound already
+    drafted = as_source | {twin_of.get(c, c) for c in as_connection}
+    assert set(windows.datasource_ids) <= drafted  # each unbound one, once
