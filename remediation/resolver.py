@@ -20,6 +20,7 @@ from dataclasses import replace
 
 from remediation.accounts import source_locator, text_map
 from remediation.bindings import CONNECTIONS, Binding, BindingSet, Target
+from remediation.connections import corresponding_connection
 from remediation.errors import BindingsError, RemediationError
 from remediation.fabric import Connection, FabricClient
 from remediation.http import ApiError
@@ -98,12 +99,18 @@ class TargetResolver:
                 )
             )
             return []
+        bound_twins = self._bound_gateway_twins(connections, run)
         found: list[Resolved] = []
         for connection in connections:
             if not binding.matches_connection(
                 connection.connection_type, connection.connectivity_type, connection.path
             ):
                 continue
+            if (
+                connection.id.lower() in bound_twins
+                and self.bindings.for_target(CONNECTIONS, connection.id) is None
+            ):
+                continue  # a gateway data source a binding covers: healed as that, not twice
             try:
                 owner = self.bindings.for_connection(
                     connection.id,
@@ -123,6 +130,36 @@ class TargetResolver:
             refused = refused or match_refusal(binding, connection)
             found.append(Resolved(binding, target, _connection_locator(connection), refused))
         return found
+
+    def _bound_gateway_twins(self, connections: list[Connection], run: Run) -> set[str]:
+        """The ids of the connections that are gateway data sources some binding covers (gateway
+        data sources are Fabric connections too; see :mod:`remediation.connections`). Empty when
+        the gateways cannot be listed."""
+        try:
+            datasources = self.all_gateway_datasources(run)
+        except (ApiError, RemediationError):
+            return set()
+        twins: set[str] = set()
+        for gateway_id, datasource in datasources:
+            details = text_map(datasource.connection() or {})
+            try:
+                covered = self.bindings.for_datasource(
+                    gateway_id,
+                    datasource.id,
+                    datasource_type=datasource.datasource_type or "",
+                    connection_details=details,
+                )
+            except BindingsError:  # several bindings want it: refused there, and not sent here
+                covered = None
+            else:
+                if covered is None:
+                    continue
+            cid = corresponding_connection(
+                datasource.id, datasource.datasource_type, gateway_id, details, connections
+            )
+            if cid is not None:
+                twins.add(cid.lower())
+        return twins
 
     def all_connections(self, run: Run) -> list[Connection]:
         """Every Fabric connection the identity has a role on (``GET /connections``, paged; once

@@ -141,3 +141,24 @@ def test_bindings_check_lists_what_a_connection_match_selects(make: Make, sb: Sa
     assert "signs in with Key, not Basic" in rows[("keyed", keyed.connection.id)]
     assert rows[("nothing", "-")] == "match selects no connection"
     assert code == 1
+
+
+@pytest.mark.parametrize("same_id", [False, True], ids=["other-id", "connection-id"])
+def test_a_connection_match_leaves_alone_a_gateway_data_source_another_binding_covers(
+    make: Make, sb: Sandbox, same_id: bool
+) -> None:
+    """Gateway data sources are Fabric connections too: a connection match that selects one a
+    gateway binding covers does not heal it a second time through Fabric (with its own secret)."""
+    sb.fabric.lists_gateway_datasources = True
+    sb.fabric.datasource_ids_are_connection_ids = same_id
+    w = build_world(sb)
+    (ds,) = w.datasources
+    sb.vault.set_secret("other-secret", "Other#" + w.secret_name)
+    wide = match_binding("other-secret", server=ds.connection_details["server"])
+    h = make(w, env={"REMEDIATION_BINDINGS": json.dumps(w.bindings(wide))})
+
+    report = h.healer.heal_secret("other-secret")
+
+    assert report.targets() == [], report.to_dict()
+    assert fabric_patches(sb) == []
+    assert h.healer.heal_secret(w.secret_name).targets()[0].datasource_id == ds.id
