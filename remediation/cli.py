@@ -54,6 +54,7 @@ from remediation.figures import figures
 from remediation.healer import Action, NotBound, Report
 from remediation.ledger import Outcome
 from remediation.redact import mask_urls
+from remediation.runs import outcomes_to
 from remediation.runtime import (
     Runtime,
     build_fabric,
@@ -190,14 +191,11 @@ def main(
         try:
 
             def reported(rt: Runtime, dry: bool, say: Callable[[str], None]) -> Report:
-                started, before = time.monotonic(), rt.stats.snapshot()
-                report = command(rt, dry, say)
-                telemetry.emit_outcomes(
-                    report,
-                    trigger=TRIGGER,
-                    stats=rt.stats.snapshot() - before,
-                    duration=time.monotonic() - started,
-                )
+                before = rt.stats.snapshot()
+                live = telemetry.live(lambda: rt.stats.snapshot() - before, trigger=TRIGGER)
+                with outcomes_to(live):  # each outcome is sent as it is recorded
+                    report = command(rt, dry, say)
+                live.finish(report)
                 return report
 
             report = _run_settled(reported, runtime, dry_run, _progress(err, as_json), err)

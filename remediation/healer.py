@@ -60,7 +60,7 @@ from remediation.redact import mask_urls
 from remediation.refresher import Refresher
 from remediation.report import HOLDS_CURRENT, PROBLEMS, Action, Report
 from remediation.resolver import TargetResolver
-from remediation.runs import Resolved, Run
+from remediation.runs import Resolved, Run, recorded
 from remediation.settings import Settings
 from remediation.targets import Presented, TargetKind, TargetRefused
 from remediation.targets.fabric import FabricKind
@@ -865,6 +865,7 @@ class Healer:
             self.ledger.add_outcome(outcome)
         except RemediationError as exc:  # reported, never fatal: the outcome is still returned
             logger.warning("could not record an outcome: %s", exc)
+        recorded(outcome)  # telemetry as it happens, when the caller asked (runs.outcomes_to)
 
     def _finish(self, run: Run) -> Report:
         """End a run (also after an error): drop the secrets and their redactions."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import threading
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from remediation.accounts import presentation_locator
@@ -19,6 +21,35 @@ __all__ = ["QUIET_ACTION", "Resolved", "Run", "TakeOver"]
 QUIET_ACTION = "already-current"
 """The action a summarising run records once, as a count: a target that already holds the
 current version (nothing was sent, nothing changed)."""
+
+
+_SINK: contextvars.ContextVar[Callable[[Outcome], None] | None] = contextvars.ContextVar(
+    "remediation_outcome_sink", default=None
+)
+
+
+@contextmanager
+def outcomes_to(sink: Callable[[Outcome], None]) -> Iterator[None]:
+    """While the block runs, every outcome the healer records (ledger, as it happens) is also
+    given to ``sink``, in the recording thread: the caller emits it to telemetry at once, so a
+    worker that dies mid-run has reported what it did so far. (Worker threads of a run copy the
+    caller's context, so they see the sink too.)"""
+    token = _SINK.set(sink)
+    try:
+        yield
+    finally:
+        _SINK.reset(token)
+
+
+def recorded(outcome: Outcome) -> None:
+    """Give a recorded outcome to the current sink, if any; a failing sink breaks nothing."""
+    sink = _SINK.get()
+    if sink is None:
+        return
+    try:
+        sink(outcome)
+    except Exception:  # noqa: BLE001 - telemetry must never stop a heal
+        logging.getLogger(__name__).warning("the outcome sink failed", exc_info=True)
 
 
 @dataclass

@@ -41,12 +41,12 @@ from remediation.bindings import CONNECTIONS
 from remediation.errors import ConfigError, RemediationError
 from remediation.events import Event, EventError, Kind, parse_event
 from remediation.healer import Action, NotBound, Report, SecretVersionNotFound
-from remediation.http import StatsSnapshot
 from remediation.keyvault import SecretDisabled, SecretNotFound
 from remediation.powerbi import EntityNotFound, InvalidId
+from remediation.runs import outcomes_to
 from remediation.runtime import Runtime, build_healer
 from remediation.settings import Settings
-from remediation.telemetry import Telemetry
+from remediation.telemetry import LiveOutcomes, Telemetry
 from remediation.workqueue import MAX_DELAY_SECONDS, WorkCommand, WorkKind, WorkMessageError, WorkQueue
 
 logger = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class RemediationService:
         """Run ``command`` once through the healer, bounded by ``deadline`` (epoch seconds), and
         emit its outcomes. Raises :class:`NotBound` (and :class:`SecretVersionNotFound`)."""
         healer = self.runtime.healer
-        started, before = self._clock(), self.runtime.stats.snapshot()
+        live = self._live()
         common: dict[str, Any] = {
             "dry_run": dry_run,
             "trigger": command.trigger,
@@ -220,17 +220,21 @@ class RemediationService:
             "deadline": deadline,
             "present_again": command.present_again,
         }
-        if command.kind is WorkKind.SECRET:
-            report = healer.heal_secret(
-                command.secret_name or "", command.version, event_version=command.event_version, **common
-            )
-        elif command.kind is WorkKind.DATASET:
-            report = healer.heal_dataset(command.workspace_id or "", command.dataset_id or "", **common)
-        else:
-            report = healer.heal_target(
-                command.gateway_id or "", command.datasource_id or "", retry_refreshes=command.part, **common
-            )
-        self._emit(report, started, before)
+        with outcomes_to(live):
+            if command.kind is WorkKind.SECRET:
+                report = healer.heal_secret(
+                    command.secret_name or "", command.version, event_version=command.event_version, **common
+                )
+            elif command.kind is WorkKind.DATASET:
+                report = healer.heal_dataset(command.workspace_id or "", command.dataset_id or "", **common)
+            else:
+                report = healer.heal_target(
+                    command.gateway_id or "",
+                    command.datasource_id or "",
+                    retry_refreshes=command.part,
+                    **common,
+                )
+        live.finish(report)
         return report
 
     def _run_inline(self, command: WorkCommand, *, deadline: float, dry_run: bool = False) -> Report:
@@ -332,9 +336,10 @@ class RemediationService:
 
     # -- timer ----------------------------------------------------------------------------------
     def sweep(self) -> Report:
-        started, before = self._clock(), self.runtime.stats.snapshot()
-        report = self.runtime.healer.sweep(trigger="timer", deadline=started + RUN_SECONDS)
-        self._emit(report, started, before)
+        live = self._live()
+        with outcomes_to(live):
+            report = self.runtime.healer.sweep(trigger="timer", deadline=self._clock() + RUN_SECONDS)
+        live.finish(report)
         try:
             self.runtime.ledger.prune(self._clock(), retention_seconds=7 * 86400)
         except RemediationError as exc:
@@ -512,10 +517,11 @@ class RemediationService:
         }
 
     # -- telemetry ------------------------------------------------------------------------------
-    def _emit(self, report: Report, started: float, before: StatsSnapshot) -> None:
-        """One telemetry event per outcome, with this command's share of the API calls."""
-        stats = self.runtime.stats.snapshot() - before
-        self.telemetry.emit_outcomes(report, stats=stats, duration=self._clock() - started)
+    def _live(self) -> LiveOutcomes:
+        """One telemetry event per outcome as it is recorded, with this command's share of the
+        API calls so far (see :class:`~remediation.telemetry.LiveOutcomes`)."""
+        before = self.runtime.stats.snapshot()
+        return self.telemetry.live(lambda: self.runtime.stats.snapshot() - before)
 
 
 def status_base(request_url: str) -> str:

@@ -65,7 +65,8 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import count
@@ -88,6 +89,7 @@ __all__ = [
     "MASK",
     "OUTCOME_EVENT",
     "OUTCOME_PROPERTIES",
+    "LiveOutcomes",
     "REDACTOR",
     "SECRET_EXPIRY_EVENT",
     "SERVICE_NAME",
@@ -573,6 +575,12 @@ class Telemetry:
             emitted += 1
         return emitted
 
+    def live(self, stats: Callable[[], StatsSnapshot], *, trigger: str | None = None) -> LiveOutcomes:
+        """An emitter of one command's outcomes as they are recorded (pass it to
+        :func:`remediation.runs.outcomes_to`), then of the rest of its report
+        (:meth:`LiveOutcomes.finish`). ``stats`` gives the command's API counters so far."""
+        return LiveOutcomes(self, stats, trigger=trigger)
+
     def emit_warning(self, name: str, properties: Mapping[str, object]) -> None:
         """A custom event ``name`` (e.g. ``CredentialSecretExpiry``). Values become strings or
         numbers (None: ""). Like every event record it is logged at INFO (Application Insights
@@ -630,6 +638,52 @@ class Telemetry:
             self._events.log(level, "%s %s", event, text, extra=extra)
         except Exception:  # noqa: BLE001 - telemetry must never break the caller
             logger.warning("could not emit the %s event", event, exc_info=True)
+
+
+class LiveOutcomes:
+    """One command's ``CredentialRemediation`` events, each sent when its outcome is recorded
+    (so a worker that dies mid-run has reported what it did), and at the end the outcomes that
+    were not recorded on the way (a dry run records nothing). ``apiCalls``, ``retries`` and
+    ``throttled`` are the command's counters when the event is sent; ``durationMs`` of an outcome
+    without its own duration is the time since the command started. Thread-safe."""
+
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        stats: Callable[[], StatsSnapshot],
+        *,
+        trigger: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._telemetry = telemetry
+        self._stats = stats
+        self._trigger = trigger
+        self._clock = clock
+        self._started = clock()
+        self._sent: set[int] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, outcome: Outcome) -> None:
+        with self._lock:
+            if id(outcome) in self._sent:
+                return
+            self._sent.add(id(outcome))
+        self._telemetry.emit_outcomes(
+            [outcome], trigger=self._trigger, stats=self._stats(), duration=self._clock() - self._started
+        )
+
+    def finish(self, report: Report) -> int:
+        """Send the report's recorded outcomes not sent yet; returns how many."""
+        with self._lock:
+            rest = [o for o in report.recorded_outcomes() if id(o) not in self._sent]
+            self._sent.update(id(o) for o in rest)
+        return self._telemetry.emit_outcomes(
+            rest,
+            trigger=self._trigger,
+            correlation_id=report.correlation_id or None,
+            stats=self._stats(),
+            duration=self._clock() - self._started,
+        )
 
 
 def _describe(props: Mapping[str, str | int]) -> str:
