@@ -20,7 +20,7 @@ from dataclasses import replace
 
 from remediation.accounts import source_locator, text_map
 from remediation.bindings import CONNECTIONS, Binding, BindingSet, Target
-from remediation.connections import corresponding_connection
+from remediation.connections import corresponding_connection, is_connection_of
 from remediation.errors import BindingsError, RemediationError
 from remediation.fabric import Connection, FabricClient
 from remediation.http import ApiError
@@ -100,6 +100,15 @@ class TargetResolver:
             )
             return []
         bound_twins = self._bound_gateway_twins(connections, run)
+        unknown = (
+            ""
+            if bound_twins is not None
+            else (
+                "the gateways' data sources could not be listed, so it is not known whether this "
+                "connection is a gateway data source another binding covers; nothing is sent now, "
+                "the next run tries again"
+            )
+        )
         found: list[Resolved] = []
         for connection in connections:
             if not binding.matches_connection(
@@ -107,7 +116,8 @@ class TargetResolver:
             ):
                 continue
             if (
-                connection.id.lower() in bound_twins
+                bound_twins is not None
+                and connection.id.lower() in bound_twins
                 and self.bindings.for_target(CONNECTIONS, connection.id) is None
             ):
                 continue  # a gateway data source a binding covers: healed as that, not twice
@@ -127,19 +137,27 @@ class TargetResolver:
                 (t for t in binding.targets if t.connection_id == connection.id),
                 Target.connection(connection.id),
             )
-            refused = refused or match_refusal(binding, connection)
+            refused = refused or unknown or match_refusal(binding, connection)
             found.append(Resolved(binding, target, _connection_locator(connection), refused))
         return found
 
-    def _bound_gateway_twins(self, connections: list[Connection], run: Run) -> set[str]:
+    def _bound_gateway_twins(self, connections: list[Connection], run: Run) -> set[str] | None:
         """The ids of the connections that are gateway data sources some binding covers (gateway
-        data sources are Fabric connections too; see :mod:`remediation.connections`). Empty when
-        the gateways cannot be listed."""
+        data sources are Fabric connections too; see :mod:`remediation.connections`). None when
+        the gateways cannot be listed: then it is not known, and no matched connection is sent."""
+        # Rule 1 needs no listing: a connection whose id a binding names as a gateway data source.
+        twins: set[str] = {
+            t.datasource_id for b in self.bindings for t in b.targets if t.connection_id is None
+        }
         try:
             datasources = self.all_gateway_datasources(run)
-        except (ApiError, RemediationError):
-            return set()
-        twins: set[str] = set()
+        except ApiError as exc:
+            if exc.status not in (401, 403, 404):
+                return None  # cannot tell which connections are bound data sources: send none
+            datasources = []  # no gateway visible to the identity: only rule 1 applies
+        except RemediationError:
+            return None
+        on_premises = [c for c in connections if c.connectivity_type.startswith("OnPremisesGateway")]
         for gateway_id, datasource in datasources:
             details = text_map(datasource.connection() or {})
             try:
@@ -155,10 +173,24 @@ class TargetResolver:
                 if covered is None:
                     continue
             cid = corresponding_connection(
-                datasource.id, datasource.datasource_type, gateway_id, details, connections
+                datasource.id, datasource.datasource_type, gateway_id, details, on_premises
             )
             if cid is not None:
                 twins.add(cid.lower())
+            else:  # none, or several that could be it: each of those counts as its twin
+                twins.update(
+                    c.id.lower()
+                    for c in on_premises
+                    if is_connection_of(
+                        c.connection_type,
+                        c.connectivity_type,
+                        c.gateway_id,
+                        c.path,
+                        datasource.datasource_type,
+                        gateway_id,
+                        details,
+                    )
+                )
         return twins
 
     def all_connections(self, run: Run) -> list[Connection]:
@@ -243,7 +275,18 @@ class TargetResolver:
         binding, target = item.binding, item.target
         if target.connection_id is not None or any(t.key == target.key for t in binding.targets):
             return ""
-        for datasource in self.gateway_datasources(target.gateway_id, run):
+        listed = (
+            [d for gw, d in run.gateway_datasources if gw == target.gateway_id]
+            if run.gateway_datasources is not None
+            else self._read_gateway_datasources(target.gateway_id)
+        )
+        if listed is None:  # a fault, not an answer: the credential type cannot be checked now
+            return (
+                f"data source {target.gateway_id}/{target.datasource_id} is selected by the match of "
+                f"{binding.name!r}, and Power BI's list of its gateway's data sources could not be read "
+                "to check how it signs in, so nothing is sent now; the next run tries again"
+            )
+        for datasource in listed:
             if datasource.id.lower() != target.datasource_id:
                 continue
             actual = (datasource.credential_type or "").strip()
@@ -292,11 +335,28 @@ class TargetResolver:
             cached = self._listed.get(gateway_id)
             if cached is not None and 0 <= self._clock() - cached[0] < CACHE_SECONDS:
                 return cached[1]
+        found = self._read_gateway_datasources(gateway_id)
+        return [] if found is None else found
+
+    def _read_gateway_datasources(self, gateway_id: str) -> list[GatewayDatasource] | None:
+        """One gateway's data sources: cached for a minute when Power BI answered (a 4xx, as for
+        a cloud gateway, is the answer "none listed"); None, not cached, when it could not be
+        read (a 5xx, 429, timeout): then nothing may be concluded from it."""
+        with self._listed_lock:
+            cached = self._listed.get(gateway_id)
+            if cached is not None and 0 <= self._clock() - cached[0] < CACHE_SECONDS:
+                return cached[1]
         try:
             found = self.powerbi.get_datasources(gateway_id)
-        except RemediationError as exc:
+        except ApiError as exc:
+            if exc.status is None or exc.status >= 500 or exc.status == 429:
+                logger.info("gateway %s: data sources could not be read (%s)", gateway_id, exc)
+                return None
             logger.info("gateway %s: data sources not listed (%s); locators unknown", gateway_id, exc)
             found = []
+        except RemediationError as exc:
+            logger.info("gateway %s: data sources could not be read (%s)", gateway_id, exc)
+            return None
         with self._listed_lock:
             self._listed[gateway_id] = (self._clock(), found)
         return found

@@ -65,7 +65,7 @@ from remediation.powerbi import (
     PowerBINotAuthorized,
 )
 from remediation.presentation import Verdict, VerdictOf, grant_verdict, patch_verdict
-from remediation.redact import describe_datasource
+from remediation.redact import describe_datasource, mask_urls
 from remediation.runs import Resolved, Run, TakeOver
 from remediation.targets import Presented
 
@@ -345,7 +345,17 @@ class GatewayKind:
             return None, f"{first}; Power BI's description of the data source: {_why(exc)}"
         if facts is None:
             return None, f"{first}; Power BI's description of the data source is unknown"
-        candidates = [c for c in listed if c.id not in facts.others]
+        # An on-premises data source is an on-premises connection of its gateway; a cloud one is
+        # a cloud connection (a cloud connection to the same server is another thing).
+        try:
+            on_premises = self.gateways.listed_on_premises(target.gateway_id)
+        except RemediationError as exc:
+            return None, f"{first}; Power BI's gateway list: {_why(exc)}"
+        candidates = [
+            c
+            for c in listed
+            if c.id not in facts.others and c.connectivity_type.startswith("OnPremisesGateway") == on_premises
+        ]
         found = corresponding_connection(
             target.datasource_id,
             facts.datasource_type,
@@ -576,7 +586,7 @@ def _why(exc: Exception) -> str:
     """A failed read in a few words (status and code: no body, no header)."""
     if isinstance(exc, ApiError):
         return f"HTTP {exc.status}" + (f" {exc.code}" if exc.code else "")
-    return str(exc)
+    return mask_urls(str(exc))
 
 
 def _source_key(source: DatasetDatasource) -> tuple[str, str]:

@@ -865,3 +865,29 @@ def test_a_match_does_not_send_its_secret_to_a_data_source_that_signs_in_another
     assert "signs in with Windows, not Basic" in (actions[windows.id].reason or "")
     assert [o.action for o in by_dataset.targets() if o.datasource_id == windows.id] == [Action.FAILED]
     assert [r.path.rsplit("/", 1)[-1] for r in patches(h.sb)] == [w.datasources[0].id]
+
+
+def test_a_matched_data_source_whose_gateway_list_cannot_be_read_is_sent_nothing_now(make: Make) -> None:
+    """The credential-type check of a match needs the gateway's data source list: when Power BI
+    fails to answer it (503), the data source is not sent the secret on a guess; the next run is."""
+    h = make(sources=1)
+    w = h.world
+    binding = {
+        **w.binding(),
+        "targets": [
+            {"match": {"datasourceType": "Sql", "server": w.datasources[0].connection_details["server"]}}
+        ],
+    }
+    runtime = _runtime_with_bindings(h, {"bindings": [binding], "watch": {"workspaces": [w.workspace.id]}})
+    try:
+        w.rotate()
+        h.sb.faults.add("powerbi.get_gateway_datasources", status=503, times=50)
+        refused = runtime.healer.heal_dataset(w.workspace.id, w.datasets[0].id)
+        assert patches(h.sb) == []
+        assert [o.action for o in refused.targets()] == [Action.FAILED]
+        assert "could not be read" in (refused.targets()[0].reason or "")
+        h.sb.faults.clear()
+        healed = runtime.healer.heal_dataset(w.workspace.id, w.datasets[0].id)
+    finally:
+        runtime.close()
+    assert [o.action for o in healed.targets()] == [Action.UPDATED]
