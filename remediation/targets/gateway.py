@@ -19,11 +19,12 @@ particular to Power BI gateway data sources (``PATCH /gateways/{g}/datasources/{
   ``encryptedConnection``, and Power BI does not report a data source's current ones; Fabric
   does, for the connection the data source is (:mod:`remediation.connections`: the same id, else
   the unique connection of the same gateway, type and path). So, for what the binding leaves
-  out, :meth:`GatewayKind.discover` reads that connection (``GET /connections/{datasourceId}``,
-  else the run's ``GET /connections``) and its values are sent; when it cannot be read the
-  defaults are sent and the report's target says so (:func:`source_settings`). These reads are
-  not sign-ins and never fail a target. A binding's explicit values always win (no read when it
-  gives both).
+  out, :meth:`GatewayKind.discover` finds that connection in Fabric's ``GET /connections``
+  (one paged list per instance and :data:`CONNECTIONS_CACHE_SECONDS`, so a value an admin changed
+  within that minute may be sent as it was; a 401/403 is remembered as long) and its values are
+  sent; when it cannot be found the defaults are sent and the report's target says so
+  (:func:`source_settings`). These reads are not sign-ins and never fail a target. A binding's
+  explicit values always win (no read when it gives both).
 * **Keys are cached** across runs for :data:`GATEWAY_CACHE_SECONDS`; a key that changed since is
   detected from the gateway's answer (``DM_GWPipeline_UnknownError``: it could not decrypt,
   nothing reached the source) and read again once.
