@@ -275,11 +275,7 @@ class TargetResolver:
         binding, target = item.binding, item.target
         if target.connection_id is not None or any(t.key == target.key for t in binding.targets):
             return ""
-        listed = (
-            [d for gw, d in run.gateway_datasources if gw == target.gateway_id]
-            if run.gateway_datasources is not None
-            else self._read_gateway_datasources(target.gateway_id)
-        )
+        listed = self._listing(target.gateway_id, run)
         if listed is None:  # a fault, not an answer: the credential type cannot be checked now
             return (
                 f"data source {target.gateway_id}/{target.datasource_id} is selected by the match of "
@@ -329,14 +325,15 @@ class TargetResolver:
     def gateway_datasources(self, gateway_id: str, run: Run) -> list[GatewayDatasource]:
         """The data sources of one gateway, read at most once a minute per instance ([] when it
         cannot be read: a cloud gateway has no list, and the locator is then unknown)."""
-        if run.gateway_datasources is not None:  # this run listed every gateway already
-            return [d for gw, d in run.gateway_datasources if gw == gateway_id]
-        with self._listed_lock:
-            cached = self._listed.get(gateway_id)
-            if cached is not None and 0 <= self._clock() - cached[0] < CACHE_SECONDS:
-                return cached[1]
-        found = self._read_gateway_datasources(gateway_id)
+        found = self._listing(gateway_id, run)
         return [] if found is None else found
+
+    def _listing(self, gateway_id: str, run: Run) -> list[GatewayDatasource] | None:
+        """This run's list of the gateway's data sources when it listed every gateway already,
+        else :meth:`_read_gateway_datasources` (None: it could not be read)."""
+        if run.gateway_datasources is not None:
+            return [d for gw, d in run.gateway_datasources if gw == gateway_id]
+        return self._read_gateway_datasources(gateway_id)
 
     def _read_gateway_datasources(self, gateway_id: str) -> list[GatewayDatasource] | None:
         """One gateway's data sources: cached for a minute when Power BI answered (a 4xx, as for
