@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from remediation.safety.signins import refused_sign_in
+
 __all__ = [
     "Category",
     "Diagnosis",
@@ -59,8 +61,9 @@ class Diagnosis:
     fix: str
     cause: str | None = None
     """Which of the usual causes, where the source's words tell: ``password`` (the password
-    changed), ``windows-share``, ``oauth-expired``, ``account-locked``, ``account-disabled``,
-    ``account-expired``, ``password-expired``, ``username-format``, ``database-access``."""
+    changed), ``windows-share``, ``oauth-expired``, ``no-credentials``, ``account-locked``,
+    ``account-disabled``, ``account-expired``, ``password-expired``, ``username-format``,
+    ``database-access``."""
 
     @property
     def blocks_account(self) -> bool:
@@ -71,6 +74,17 @@ class Diagnosis:
     def credential_related(self) -> bool:
         """True only for credential failures: the one category a new credential can cure."""
         return self.category is Category.CREDENTIAL
+
+    @property
+    def refused_sign_in(self) -> bool:
+        """True when the failure is a source refusing a sign-in (a wrong password, a locked or
+        disabled account): evidence against the credential the source was given. False for
+        credential failures that involve no sign-in: no credentials stored at all
+        (``no-credentials``, e.g. after a Take Over in the portal) or an OAuth2 token that lapsed
+        (``oauth-expired``): those say nothing about the password."""
+        if self.category is Category.ACCOUNT:
+            return True
+        return self.category is Category.CREDENTIAL and self.cause not in ("no-credentials", "oauth-expired")
 
 
 @dataclass(frozen=True)
@@ -324,6 +338,20 @@ _BAD_LOGON = re.compile(
     r"unknown user name or bad password|logon failure|\b1326\b"
 )
 _FILE_KINDS = frozenset({"file", "folder", "sharepoint folder"})
+# Credential failures where no sign-in happened: the data source has no credentials at all.
+_NO_CREDENTIALS = frozenset(
+    code.casefold()
+    for code in (
+        "ModelRefreshFailed_CredentialsNotSpecified",
+        "DM_GWPipeline_Gateway_CredentialsNotSpecified",
+        "DMTS_DatasourceHasNoCredentialError",
+    )
+)
+_REFUSED_SIGN_IN = _Rule(
+    Category.CREDENTIAL,
+    "the data source refused the sign-in",
+    _FIX_CREDENTIAL,
+)
 
 
 def _texts(error: ServiceError) -> str:
@@ -362,6 +390,8 @@ def _refined(rule: _Rule, error: ServiceError) -> tuple[_Rule, str | None]:
             "database-access",
         )
     code = (error.code or "").casefold()
+    if code in _NO_CREDENTIALS:
+        return rule, "no-credentials"
     if code == "dmts_oauthtokenrefreshfailederror" or _OAUTH_EXPIRED.search(texts):
         return _CREDENTIAL["dmts_oauthtokenrefreshfailederror"], "oauth-expired"
     kind = (_detail(error, "Microsoft.Data.Mashup.CredentialError.DataSourceKind") or "").casefold()
@@ -480,6 +510,10 @@ def _classify(error: ServiceError, context: str) -> Diagnosis:
     mashup = _mashup_credential_error(error)
     if mashup is not None:
         return diagnosis(mashup)
+    if refused_sign_in(error.code, error.description, error.details) is not None:
+        # A refusal in another shape, e.g. SQL Server's login failed (18456) reported by the
+        # gateway as DM_GWPipeline_Gateway_DataSourceAccessError (microsoft/PowerBI-Cli issue 27).
+        return diagnosis(_REFUSED_SIGN_IN)
     if folded in _SOURCE:
         return diagnosis(_SOURCE[folded])
     if folded.startswith("dm_gwpipeline_"):

@@ -47,7 +47,6 @@ from typing import Literal, TypeVar
 from remediation.accounts import account_key
 from remediation.bindings import CONNECTIONS, Binding, BindingSet, CredentialType, Target
 from remediation.credentials import ResolvedCredential, resolve_credential
-from remediation.decisions import Decision, account_decision, decide
 from remediation.errors import ConfigError, NotBound, RemediationError, SecretVersionNotFound
 from remediation.fabric import Connection, FabricClient
 from remediation.http import ApiError, ThrottledPastDeadline, deadline_scope
@@ -55,12 +54,13 @@ from remediation.identity import AuthenticationError
 from remediation.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
 from remediation.ledger import Claim, Lease, LeaseLost, Ledger, Outcome
 from remediation.powerbi import EntityNotFound, InvalidId, PowerBIClient, Refresh
-from remediation.presentation import Verdict, VerdictOf
 from remediation.redact import mask_urls
 from remediation.refresher import Refresher
 from remediation.report import HOLDS_CURRENT, PROBLEMS, Action, Report
 from remediation.resolver import TargetResolver
 from remediation.runs import Resolved, Run, recorded
+from remediation.safety.answers import Verdict, VerdictOf
+from remediation.safety.presenting import Decision, account_decision, decide
 from remediation.settings import Settings
 from remediation.targets import Presented, TargetKind, TargetRefused
 from remediation.targets.fabric import FabricKind
@@ -89,6 +89,13 @@ _R = TypeVar("_R")
 
 class _NotSent(Exception):
     """Raised before a PATCH attempt that must not be sent (deadline, lost claim)."""
+
+
+class Sent:
+    """When the last attempt of a presentation was sent (set before each attempt)."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
 
 
 class Healer:
@@ -622,30 +629,44 @@ class Healer:
     def _account_check(
         self, account: str, binding: Binding, version: str, run: Run, locator: str = ""
     ) -> Decision | None:
-        """The account's verdict on ``version``; with ``present_again`` an operator lifts it once.
+        """The account's verdict on ``version`` (:func:`~remediation.safety.presenting.account_decision`).
+
+        An operator's ``present_again`` lifts it once per request: the request's correlation id is
+        its grant in the ledger, consumed by the first call (any part, re-queue or redelivery of
+        the request finds it consumed), so one request is one presentation to the account.
         (A version this run saw accepted at ``locator`` needs no second look: the claim under the
         lease still checks the ledger before anything is sent.)"""
         if (account, binding.secret.lower(), version.lower(), locator.lower()) in run.accepted:
             return None
         av = self.ledger.account_version(account, binding.secret, version)
+        request = run.correlation_id
         if av.verdict is not None and run.present_again and not run.dry_run:
-            key = (account, binding.secret.lower(), version.lower())
-            with run.lock:
-                first = key not in run.allowed_again
-                run.allowed_again.add(key)
-            if first:
+            granted, av = self.ledger.allow_again(
+                account,
+                binding.secret,
+                version,
+                request=request,
+                now=self._clock(),
+                reason=f"operator ({run.trigger}, request {request})",
+            )
+            if granted:
                 logger.warning(
-                    "operator: version %s of %s is presented to %s once more (was %s)",
+                    "operator: version %s of %s is presented to %s once more (request %s)",
                     version,
                     binding.secret,
                     account,
-                    av.verdict,
+                    request,
                 )
-                self.ledger.allow_again(
-                    account, binding.secret, version, now=self._clock(), reason=f"operator ({run.trigger})"
-                )
-            return None
-        return account_decision(av, present_again=run.present_again and run.dry_run)
+            blocked = account_decision(av, present_again=False)
+            if blocked is None:
+                return None
+            return replace(
+                blocked,
+                reason=f"{blocked.reason} (this request's present-again, {request}, was used by one "
+                "presentation already: each request presents once)",
+            )
+        unused = run.present_again and request.strip() not in av.grants
+        return account_decision(av, present_again=unused and run.dry_run)
 
     def _settles_at(self, secret: SecretValue) -> float | None:
         """When ``secret`` may be presented, if that is still in the future."""
@@ -694,11 +715,13 @@ class Healer:
         binding, target = item.binding, item.target
         held = [lease]
         claim_until = [lease.expires]  # the probe was claimed with the lease's lifetime
+        sent = Sent(self._clock())
 
         def before_attempt() -> None:
             # Checked before every attempt (after any Retry-After wait): a PATCH is sent only on a
             # lease and a claim that outlast its worst case; they are renewed when they would not.
             now = self._clock()
+            sent.at = now  # the verdict speaks of the presentation sent now (evidence has time)
             if run.out_of_time(now):
                 raise _NotSent("the run's deadline passed")
             if held[0].expires - now < self._worst_case() + 5.0:
@@ -723,18 +746,27 @@ class Healer:
             self.ledger.record_attempt(lease, self._clock())
         except LeaseLost:
             lost = VerdictOf(Verdict.NOT_PRESENTED, "the lease was taken over before sending")
-            return self._record(item, secret, account, lease, lost, probe, run)
+            return self._record(item, secret, account, lease, lost, probe, run, sent.at)
         try:
             kind.send(item, secret, resolved, found, run, before_attempt)
         except Presented as exc:
-            return self._record(item, secret, account, lease, exc.verdict, probe, run)
+            return self._record(item, secret, account, lease, exc.verdict, probe, run, sent.at)
         except (_NotSent, LeaseLost) as exc:
             return self._record(
-                item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, f"not sent: {exc}"), probe, run
+                item,
+                secret,
+                account,
+                lease,
+                VerdictOf(Verdict.NOT_PRESENTED, f"not sent: {exc}"),
+                probe,
+                run,
+                sent.at,
             )
         except ThrottledPastDeadline as exc:
             # The service asked to wait past the run's deadline: nothing was served; a later run goes on.
-            self._record(item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe, run)
+            self._record(
+                item, secret, account, lease, VerdictOf(Verdict.NOT_PRESENTED, str(exc)), probe, run, sent.at
+            )
             return Action.DEFERRED, f"{exc}"
         except AuthenticationError as exc:
             # The product's own sign-in to the service failed: nothing of the binding was presented.
@@ -746,16 +778,19 @@ class Healer:
                 VerdictOf(Verdict.NOT_PRESENTED, f"the product could not sign in to {kind.service}: {exc}"),
                 probe,
                 run,
+                sent.at,
             )
         except ApiError as exc:
-            return self._record(item, secret, account, lease, kind.verdict(exc), probe, run)
+            return self._record(item, secret, account, lease, kind.verdict(exc), probe, run, sent.at)
         except Exception as exc:  # noqa: BLE001 - the request may have been served: in doubt
             logger.exception("PATCH of %s/%s", target.gateway_id, target.datasource_id)
             verdict = VerdictOf(
                 Verdict.IN_DOUBT, f"the update ended in an unexpected error ({type(exc).__name__})"
             )
-            return self._record(item, secret, account, lease, verdict, probe, run)
-        return self._record(item, secret, account, held[0], VerdictOf(Verdict.ACCEPTED, ""), probe, run)
+            return self._record(item, secret, account, lease, verdict, probe, run, sent.at)
+        return self._record(
+            item, secret, account, held[0], VerdictOf(Verdict.ACCEPTED, ""), probe, run, sent.at
+        )
 
     def _record(
         self,
@@ -766,8 +801,10 @@ class Healer:
         verdict: VerdictOf,
         probe: bool,
         run: Run,
+        sent_at: float,
     ) -> tuple[Action, str]:
-        """Write the verdict (target and account) and say what it means."""
+        """Write the verdict (target and account) and say what it means. ``sent_at``: when the
+        presentation the verdict speaks of was sent."""
         binding, target = item.binding, item.target
         version, now = secret.version, self._clock()
         who = account.split(":", 1)[-1]
@@ -782,6 +819,7 @@ class Healer:
                 verdict=value,
                 reason=f"{reason} [{target.gateway_id}/{target.datasource_id}]",
                 now=now,
+                sent_at=min(sent_at, now),
             )
 
         if verdict.verdict is Verdict.ACCEPTED:
@@ -802,16 +840,13 @@ class Healer:
                 f"as a new version of {binding.secret!r}"
             )
         if verdict.verdict is Verdict.IN_DOUBT:
-            if probe:
-                account_verdict("in-doubt", verdict.reason)
-                return Action.IN_DOUBT, (
-                    f"{verdict.reason}: the source may have counted a failed sign-in, so version "
-                    f"{version} is not presented to account {who} again automatically. Check the data "
-                    "source, then heal with --present-again (or put a new version in Key Vault)"
-                )
-            return Action.FAILED, (
-                f"{verdict.reason}; version {version} was accepted for account {who} before, so the next run "
-                "presents it here again"
+            # In doubt for the account, whoever sent it: a follower of an acceptance may have met a
+            # password changed since, and its lost answer may be that failed sign-in.
+            account_verdict("in-doubt", verdict.reason)
+            return Action.IN_DOUBT, (
+                f"{verdict.reason}: the source may have counted a failed sign-in, so version "
+                f"{version} is not presented to account {who} again automatically. Check the data "
+                "source, then heal with --present-again (or put a new version in Key Vault)"
             )
         if probe:
             self.ledger.release_presentation(account, binding.secret, version, owner=lease.owner)

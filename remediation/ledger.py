@@ -55,7 +55,7 @@ targets          gateway id / datasource id   applied*, rejections (JSON), attem
                                               lease_owner, lease_id, lease_expires; ETag
 accounts         account / secret ``|``       account, secret_name, secret_version, verdict,
                  version (keys derived: the   reason, verdict_at, accepted (JSON), probe_*,
-                 account is any text)         presentations, overrides; ETag
+                 account is any text)         presentations, overrides, evidence (JSON); ETag
 seenevents       first 2 chars / event id     seen_at (insert; 409 Conflict = duplicate)
 outcomes         UTC day / inverted time+uuid Outcome fields (newest first within a day)
 refreshposts     UTC day / dataset id         posts (conditional replace on ETag)
@@ -109,7 +109,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 """Version of the SQLite schema, kept in ``PRAGMA user_version``."""
 
 MAX_ATTEMPTS_KEPT: Final = 64
@@ -492,6 +492,13 @@ class AccountVersion:
     flight, if any. ``presentations`` counts the probes granted (each is a possible failed
     sign-in); ``overrides`` the times an operator allowed the version again. ``etag`` changes
     with every write (None: never written).
+
+    **Evidence has time** (the rules are :mod:`remediation.safety.presenting`'s):
+    ``accepted_at`` holds, for each locator of ``accepted`` in the same order, when the
+    presentation last seen accepted there was *sent*; ``contradicted_at`` is the last time
+    evidence spoke against the version (a rejection, an in-doubt answer, a refresh that failed
+    on it); an acceptance licenses nothing unless it is younger than that. ``grants`` are the
+    operator requests (``present again``) already consumed: each lifts a verdict once.
     """
 
     account: str
@@ -508,6 +515,60 @@ class AccountVersion:
     presentations: int = 0
     overrides: int = 0
     etag: str | None = None
+    accepted_at: tuple[float, ...] = ()
+    contradicted_at: float | None = None
+    grants: tuple[str, ...] = ()
+
+    def acceptance_time(self, locator: str) -> float | None:
+        """When the latest presentation accepted at ``locator`` was sent (None: never, or an
+        acceptance recorded before times were kept, which licenses nothing)."""
+        wanted = locator.strip().lower()
+        for index, known in enumerate(self.accepted):
+            if known == wanted:
+                return self.accepted_at[index] if index < len(self.accepted_at) else None
+        return None
+
+    def evidence_json(self) -> str:
+        """``accepted_at``, ``contradicted_at`` and ``grants`` as one JSON object (stored form)."""
+        return json.dumps(
+            {
+                "acceptedAt": list(self.accepted_at),
+                "contradictedAt": self.contradicted_at,
+                "grants": list(self.grants),
+            },
+            separators=(",", ":"),
+        )
+
+    @staticmethod
+    def parse_evidence(text: str | None) -> tuple[tuple[float, ...], float | None, tuple[str, ...]]:
+        """Read :meth:`evidence_json` back (empty text: no evidence); raises :class:`LedgerError`
+        if it is malformed."""
+        if text is None or not text.strip():
+            return (), None, ()
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise LedgerError("corrupt ledger record: evidence") from exc
+        if not isinstance(doc, dict):
+            raise LedgerError("corrupt ledger record: evidence")
+        times, contradicted, grants = (
+            doc.get("acceptedAt", []),
+            doc.get("contradictedAt"),
+            doc.get("grants", []),
+        )
+        if (
+            not isinstance(times, list)
+            or not all(_is_number(t) for t in times)
+            or (contradicted is not None and not _is_number(contradicted))
+            or not isinstance(grants, list)
+            or not all(isinstance(g, str) for g in grants)
+        ):
+            raise LedgerError("corrupt ledger record: evidence")
+        return (
+            tuple(float(t) for t in times),
+            None if contradicted is None else float(contradicted),
+            tuple(grants),
+        )
 
     def probe_active(self, now: float) -> bool:
         """True when a probe is in flight and has not expired at ``now``."""
@@ -694,17 +755,10 @@ class Ledger(Protocol):
         ttl: float,
     ) -> tuple[Claim, AccountVersion]:
         """Ask to present ``version`` to ``account`` at ``locator`` (for ``target``); the answer
-        and the state after it. Checked in this order:
-
-        1. a verdict is set: :attr:`Claim.REJECTED` or :attr:`Claim.IN_DOUBT` (nothing written);
-        2. ``locator`` is in ``accepted``: :attr:`Claim.ACCEPTED` (nothing written);
-        3. a probe exists: ``owner``'s own for the same ``target``: :attr:`Claim.GRANTED` again
-           (expiry renewed to ``now + ttl``, not counted as a new presentation); ``owner``'s own
-           for another target: :attr:`Claim.BUSY` (one presentation at a time); another owner's, unexpired
-           (``now < probe_expires``): :attr:`Claim.BUSY`; another owner's, expired: the presenter
-           stopped before recording a verdict, so the version becomes in doubt (verdict written,
-           probe cleared) and the answer is :attr:`Claim.IN_DOUBT`;
-        4. otherwise the caller gets the probe (``presentations`` + 1): :attr:`Claim.GRANTED`.
+        and the state after it. The rule is :func:`remediation.safety.presenting.claim_step`:
+        a verdict answers REJECTED / IN_DOUBT; a locator licensed by a recent acceptance (younger
+        than the last contradiction) ACCEPTED; otherwise one probe at a time per account (an
+        expired probe of another owner makes the version in doubt).
 
         Atomic: of concurrent claimers with different owners exactly one is granted. A granted
         caller must call :meth:`record_presentation` with the source's verdict (or "in-doubt"
@@ -723,15 +777,15 @@ class Ledger(Protocol):
         verdict: Literal["accepted", "rejected", "in-doubt"],
         reason: str,
         now: float,
+        sent_at: float | None = None,
     ) -> AccountVersion:
-        """Record the source's verdict on a presentation; the new state. Written even when the
-        caller's probe expired or was taken (a verdict is a fact); an acceptance the record
-        already holds (a fan-out target at an accepted locator) writes nothing.
-
-        "accepted" adds ``locator`` to ``accepted`` and clears an "in-doubt" verdict (the
-        version is proven good) but keeps a "rejected" one; "rejected" sets the verdict (over an
-        "in-doubt" one); "in-doubt" sets it unless the verdict is "rejected". ``owner``'s probe,
-        if it is the current one, is cleared. Raises ValueError for another verdict.
+        """Record the source's verdict on a presentation sent at ``sent_at`` (default ``now``);
+        the new state. Written even when the caller's probe expired or was taken (a verdict is a
+        fact). The rule is :func:`remediation.safety.presenting.verdict_step`: "accepted"
+        records the locator's acceptance time (and clears an "in-doubt" verdict recorded before
+        it was sent), "rejected" and "in-doubt" set the verdict (a rejection is never replaced
+        by doubt) and a contradiction at ``now``. ``owner``'s probe, if current, is cleared.
+        Raises ValueError for another verdict.
         """
         ...
 
@@ -742,11 +796,16 @@ class Ledger(Protocol):
         ...
 
     def allow_again(
-        self, account: str, secret: str, version: str, *, now: float, reason: str
-    ) -> AccountVersion:
-        """An operator's explicit decision to let the version be presented to the account once
-        more: clears the verdict and any probe, counts an override, keeps ``accepted``; the new
-        state. The next claim is granted (once). ``reason`` (required) is kept for reports."""
+        self, account: str, secret: str, version: str, *, request: str, now: float, reason: str
+    ) -> tuple[bool, AccountVersion]:
+        """An operator's request (``request``: its id, e.g. the command's correlation id) to let
+        the version be presented to the account once more; (granted by this call, state after).
+
+        Atomic and once per request (:func:`remediation.safety.presenting.grant_step`): the first
+        call for a request clears the verdict and any probe, counts an override and makes every
+        earlier acceptance license nothing (the next presentation is one probe); a later call
+        with the same request changes nothing and answers False. ``reason`` is required.
+        """
         ...
 
     def account_versions(self, *, with_verdict_only: bool = True, limit: int = 1000) -> list[AccountVersion]:

@@ -39,6 +39,13 @@ from remediation.ledger import (
     _is_number,
     _norm,
 )
+from remediation.safety.presenting import (
+    ClaimStep,
+    claim_step,
+    grant_step,
+    release_step,
+    verdict_step,
+)
 
 __all__ = ["EntityLedgerBase"]
 
@@ -356,67 +363,31 @@ class EntityLedgerBase(abc.ABC):
         now: float,
         ttl: float,
     ) -> tuple[Claim, AccountVersion]:
-        """See :meth:`Ledger.claim_presentation`."""
+        """See :meth:`Ledger.claim_presentation`; the rule is :func:`.presenting.claim_step`."""
         key = _account_key(account, secret, version)
         locator, target, owner = _locator(locator), target.strip(), _owner(owner)
         now, ttl = _check_time(now, "now"), _check_positive(ttl, "ttl")
-        claim = Claim.BUSY
-        stale: tuple[str, str] | None = None
+        steps: list[ClaimStep] = []
 
         def change(record: AccountVersion) -> AccountVersion | None:
-            nonlocal claim, stale
-            stale = None
-            if record.verdict is not None:
-                claim = Claim.REJECTED if record.verdict == _REJECTED else Claim.IN_DOUBT
-                return None
-            if locator in record.accepted:
-                claim = Claim.ACCEPTED
-                return None
-            if record.probe_owner == owner and record.probe_target == target:
-                claim = Claim.GRANTED  # the same presentation, renewed
-                return replace(record, probe_expires=now + ttl)
-            if record.probe_active(now) or record.probe_owner == owner:
-                # One presentation at a time, even for one owner: a run's second target of the
-                # account waits for the first one's verdict.
-                claim = Claim.BUSY
-                return None
-            if record.probe_owner is not None:
-                # The presenter stopped (crash, lost answer) without a verdict: the source may
-                # have counted a failed sign-in, so presenting the version again is not safe.
-                claim = Claim.IN_DOUBT
-                stale = (record.probe_owner, record.probe_target or "an unknown target")
-                return _without_probe(
-                    replace(
-                        record,
-                        verdict=_IN_DOUBT,
-                        reason=_reason(
-                            f"the run {stale[0]} presenting it to {stale[1]} stopped before its "
-                            "verdict was recorded"
-                        ),
-                        verdict_at=now,
-                    )
-                )
-            claim = Claim.GRANTED
-            return replace(
-                record,
-                probe_owner=owner,
-                probe_locator=locator,
-                probe_target=target,
-                probe_expires=now + ttl,
-                presentations=record.presentations + 1,
-            )
+            step = claim_step(record, locator=locator, target=target, owner=owner, now=now, ttl=ttl)
+            steps[:] = [step]
+            if step.record is not None and step.record.reason is not None:
+                return replace(step.record, reason=_reason(step.record.reason))
+            return step.record
 
         state = self._account_cas(key, change)
-        if stale is not None:
+        step = steps[-1]
+        if step.stale is not None:
             logger.warning(
                 "version %s of %s is in doubt for account %r: run %s presenting it to %s stopped "
                 "before its verdict was recorded",
                 key[2],
                 key[1],
                 key[0],
-                *stale,
+                *step.stale,
             )
-        return claim, state
+        return step.claim, state
 
     def record_presentation(
         self,
@@ -429,27 +400,20 @@ class EntityLedgerBase(abc.ABC):
         verdict: Literal["accepted", "rejected", "in-doubt"],
         reason: str,
         now: float,
+        sent_at: float | None = None,
     ) -> AccountVersion:
-        """See :meth:`Ledger.record_presentation`."""
+        """See :meth:`Ledger.record_presentation`; the rule is :func:`.presenting.verdict_step`."""
         key = _account_key(account, secret, version)
         owner, locator, why = _owner(owner), _locator(locator), _reason(reason)
         now = _check_time(now, "now")
+        sent = now if sent_at is None else _check_time(sent_at, "sent_at")
         if verdict not in (_ACCEPTED, _REJECTED, _IN_DOUBT):
             raise ValueError("verdict must be 'accepted', 'rejected' or 'in-doubt'")
 
         def change(record: AccountVersion) -> AccountVersion | None:
-            before = record
-            if record.probe_owner == owner:
-                record = _without_probe(record)
-            if verdict == _ACCEPTED:
-                if locator not in record.accepted:
-                    record = replace(record, accepted=(*record.accepted, locator))
-                if record.verdict == _IN_DOUBT:  # acceptance proves the version good
-                    record = replace(record, verdict=None, reason=why, verdict_at=now)
-                return None if record == before else record  # a known acceptance: no write
-            if verdict == _IN_DOUBT and record.verdict == _REJECTED:
-                return record  # a rejection is the stronger fact: keep it
-            return replace(record, verdict=verdict, reason=why, verdict_at=now)
+            return verdict_step(
+                record, verdict=verdict, owner=owner, locator=locator, reason=why, sent_at=sent, now=now
+            )
 
         return self._account_cas(key, change)
 
@@ -459,34 +423,37 @@ class EntityLedgerBase(abc.ABC):
         owner = _owner(owner)
 
         def change(record: AccountVersion) -> AccountVersion | None:
-            return _without_probe(record) if record.probe_owner == owner else None
+            return release_step(record, owner=owner)
 
         return self._account_cas(key, change)
 
     def allow_again(
-        self, account: str, secret: str, version: str, *, now: float, reason: str
-    ) -> AccountVersion:
-        """See :meth:`Ledger.allow_again`."""
+        self, account: str, secret: str, version: str, *, request: str, now: float, reason: str
+    ) -> tuple[bool, AccountVersion]:
+        """See :meth:`Ledger.allow_again`; the rule is :func:`.presenting.grant_step`."""
         key = _account_key(account, secret, version)
         now = _check_time(now, "now")
         why = _reason(reason)
         if why is None:
             raise ValueError("reason must not be empty: say why the version may be presented again")
+        granted: list[bool] = []
 
-        def change(record: AccountVersion) -> AccountVersion:
-            return _without_probe(
-                replace(record, verdict=None, reason=why, verdict_at=now, overrides=record.overrides + 1)
-            )
+        def change(record: AccountVersion) -> AccountVersion | None:
+            done, after = grant_step(record, request=request, reason=why, now=now)
+            granted[:] = [done]
+            return after
 
         state = self._account_cas(key, change)
-        logger.warning(
-            "operator allowed version %s of %s to be presented to account %r again: %s",
-            key[2],
-            key[1],
-            key[0],
-            why,
-        )
-        return state
+        if granted[-1]:
+            logger.warning(
+                "operator allowed version %s of %s to be presented to account %r again (request %s): %s",
+                key[2],
+                key[1],
+                key[0],
+                request,
+                why,
+            )
+        return granted[-1], state
 
     def account_versions(self, *, with_verdict_only: bool = True, limit: int = 1000) -> list[AccountVersion]:
         """See :meth:`Ledger.account_versions`."""
@@ -546,10 +513,6 @@ def _reason(reason: str) -> str | None:
     if len(reason) > MAX_REASON_LENGTH:
         reason = reason[: MAX_REASON_LENGTH - 1] + "…"
     return reason or None
-
-
-def _without_probe(record: AccountVersion) -> AccountVersion:
-    return replace(record, probe_owner=None, probe_locator=None, probe_target=None, probe_expires=None)
 
 
 def _check_stored_account_version(record: AccountVersion) -> None:

@@ -153,6 +153,9 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # 3 -> 4: the account each outcome's sign-ins count against (per-account figures).
     ("ALTER TABLE outcomes ADD COLUMN account TEXT",),
+    # 4 -> 5: evidence with times per account and version (acceptance times, the last
+    # contradiction, the operator requests consumed), one JSON column.
+    ("ALTER TABLE account_versions ADD COLUMN evidence TEXT NOT NULL DEFAULT '{}'",),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -196,21 +199,23 @@ def _target_params(record: TargetRecord) -> dict[str, object]:
 
 _SELECT_ACCOUNT_VERSION: Final = """
     SELECT account, secret_name, secret_version, verdict, reason, verdict_at, accepted,
-           probe_owner, probe_locator, probe_target, probe_expires, presentations, overrides, etag
+           probe_owner, probe_locator, probe_target, probe_expires, presentations, overrides, etag,
+           evidence
     FROM account_versions WHERE account = ? AND secret_name = ? AND secret_version = ?
 """
 _SCAN_ACCOUNT_VERSIONS: Final = """
     SELECT account, secret_name, secret_version, verdict, reason, verdict_at, accepted,
-           probe_owner, probe_locator, probe_target, probe_expires, presentations, overrides, etag
+           probe_owner, probe_locator, probe_target, probe_expires, presentations, overrides, etag,
+           evidence
     FROM account_versions WHERE (:all OR verdict IS NOT NULL)
 """
 _INSERT_ACCOUNT_VERSION: Final = """
     INSERT INTO account_versions (account, secret_name, secret_version, verdict, reason, verdict_at,
                                   accepted, probe_owner, probe_locator, probe_target, probe_expires,
-                                  presentations, overrides, etag)
+                                  presentations, overrides, evidence, etag)
     VALUES (:account, :secret_name, :secret_version, :verdict, :reason, :verdict_at,
             :accepted, :probe_owner, :probe_locator, :probe_target, :probe_expires,
-            :presentations, :overrides, 1)
+            :presentations, :overrides, :evidence, 1)
     ON CONFLICT (account, secret_name, secret_version) DO NOTHING
 """
 _REPLACE_ACCOUNT_VERSION: Final = """
@@ -218,7 +223,7 @@ _REPLACE_ACCOUNT_VERSION: Final = """
                                 accepted = :accepted, probe_owner = :probe_owner,
                                 probe_locator = :probe_locator, probe_target = :probe_target,
                                 probe_expires = :probe_expires, presentations = :presentations,
-                                overrides = :overrides, etag = etag + 1
+                                overrides = :overrides, evidence = :evidence, etag = etag + 1
     WHERE account = :account AND secret_name = :secret_name AND secret_version = :secret_version
       AND etag = :etag
     RETURNING etag
@@ -241,12 +246,14 @@ def _account_params(record: AccountVersion) -> dict[str, object]:
         "probe_expires": record.probe_expires,
         "presentations": record.presentations,
         "overrides": record.overrides,
+        "evidence": record.evidence_json(),
     }
 
 
 def _account_from_row(row: tuple[object, ...]) -> AccountVersion:
     """An :class:`AccountVersion` from a row of :data:`_SELECT_ACCOUNT_VERSION`'s columns."""
     account, secret, version = (_text(v) for v in row[:3])
+    accepted_at, contradicted_at, grants = AccountVersion.parse_evidence(_opt_text(row[14]))
     return AccountVersion(
         account=account,
         secret=secret,
@@ -262,6 +269,9 @@ def _account_from_row(row: tuple[object, ...]) -> AccountVersion:
         presentations=_count(row[11]),
         overrides=_count(row[12]),
         etag=str(row[13]),
+        accepted_at=accepted_at,
+        contradicted_at=contradicted_at,
+        grants=grants,
     )
 
 

@@ -23,7 +23,7 @@ targets     gateway id / datasource id      gateway_id, datasource_id, applied_s
 accounts    account / secret ``|`` version  account, secret_name, secret_version, verdict,
             (see *keys* below)              reason, verdict_at, accepted (JSON), probe_owner,
                                             probe_locator, probe_target, probe_expires,
-                                            presentations, overrides, write_id; ETag
+                                            presentations, overrides, evidence (JSON), write_id; ETag
 events      sha256(id)[:2] / sha256(id)     event_id, seen_at, write_id (insert only: a
                                             ``409`` means "seen before")
 outcomes    inverted day ``-`` ``YYYYMMDD``  the fields of :class:`Outcome` that are not None,
@@ -817,6 +817,7 @@ def _account_entity(record: AccountVersion) -> dict[str, Any]:
     }
     entity.update({name: value for name, value in optional.items() if value is not None})
     _write_chunked(entity, "accepted", record.accepted_json())
+    _write_chunked(entity, "evidence", record.evidence_json())
     return entity
 
 
@@ -828,6 +829,7 @@ def _account_from_entity(entity: Mapping[str, Any]) -> AccountVersion:
     )
     if account is None or secret is None or version is None:
         raise LedgerError("corrupt ledger record: account version")
+    accepted_at, contradicted_at, grants = AccountVersion.parse_evidence(_read_chunked(entity, "evidence"))
     return AccountVersion(
         account=account,
         secret=secret,
@@ -843,6 +845,9 @@ def _account_from_entity(entity: Mapping[str, Any]) -> AccountVersion:
         presentations=_count(entity, "presentations"),
         overrides=_count(entity, "overrides"),
         etag=str(entity["etag"]),
+        accepted_at=accepted_at,
+        contradicted_at=contradicted_at,
+        grants=grants,
     )
 
 

@@ -1,19 +1,20 @@
-"""Datasets: whether a failed refresh may be retried, and retrying it (refresh, schedule, follow-up).
+"""Datasets: read a failed refresh as evidence, heal their sources, and retry them when it is safe.
 
 A refresh signs in to every data source of the dataset with its stored credential, and so does
-every scheduled slot once the schedule is back on: each is a possible failed sign-in on the
-accounts behind them. So a dataset is refreshed, and its schedule re-enabled, only when this run
-has seen every credential-bearing data source accepted or verified:
+every scheduled slot once the schedule is back on. Whether a dataset may be refreshed, and its
+schedule re-enabled, is the safety core's decision
+(:func:`remediation.safety.refreshing.may_refresh`): this module gathers the evidence it needs
+(which sources the dataset uses, what this run did to them, what the ledger knows of their
+targets and accounts) and acts on the answer (refresh, schedule, follow-up).
 
-* a source updated now (the PATCH's credential test accepted it), or
-* a source that holds the current version and was not shown wrong since: its version was applied
-  after the failed refresh, or the failure names another data source.
-
-A credential failure is blamed on a data source only when the failure names it (the
-``DataSourceKind``/``DataSourcePath`` details) or it is the dataset's only credential-bearing
-source; a failure after the current version was applied to that source proves the version
-wrong there (recorded as rejected, for the target and the account). A dataset with an unbound
-source that may be the failing one is not refreshed either.
+A failed refresh is evidence about the version each data source held *when it started*. It is
+blamed on a data source only when the failure names it (the ``DataSourceKind``/``DataSourcePath``
+details) or it is the dataset's only credential-bearing source; a refused sign-in there after the
+current version was applied proves the version wrong (recorded as rejected, for the target and
+the account); a failure without a sign-in (no credentials, a lapsed OAuth2 token) only makes the
+ledger forget what the source holds. Failures on an account that could not sign in at all
+(locked, disabled) are read the same way and retried by the sweep, so that a new version heals
+the dataset once an administrator has unlocked the account and rotated.
 
 **Semantic models bound to Fabric connections** follow the same rules, the connection standing
 for the data source. Which connections a model is bound to is read from Fabric
@@ -55,6 +56,7 @@ from remediation.powerbi import (
 from remediation.redact import describe_datasource, mask_urls
 from remediation.report import Action
 from remediation.runs import Resolved, Run
+from remediation.safety.refreshing import FailureEvidence, SourceEvidence, may_refresh
 from remediation.scanner import InventoryPath
 from remediation.settings import Settings
 
@@ -65,6 +67,9 @@ _CURSOR = "sweep-cursor"
 """The ledger marker of the sweep's scan cursor: ``workspace/dataset`` where the next scan starts."""
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+_CURABLE = (Category.CREDENTIAL, Category.ACCOUNT)
+"""Refresh failures a new version can cure: credentials, and an account that could not sign in
+(an administrator unlocks it and rotates; the new version heals the dataset with no operator)."""
 
 
 class TargetHealer(Protocol):
@@ -141,7 +146,12 @@ class Refresher:
         heal_credentials: bool = False,
     ) -> None:
         """Heal a dataset. ``heal_credentials``: bring its bound data sources to the current
-        versions even when its last refresh did not fail (an operator's or an event's heal)."""
+        versions even when its last refresh did not fail (an operator's or an event's heal).
+
+        A last refresh that failed on credentials (or on an account that cannot sign in) is first
+        read as evidence (:meth:`_learn_from_failure`), then the bound sources are healed under
+        the account rules, then the safety core decides whether the dataset may be refreshed
+        (:func:`~remediation.safety.refreshing.may_refresh`)."""
         report = partial(self.report_dataset, run, workspace_id, dataset_id)
 
         try:
@@ -151,12 +161,9 @@ class Refresher:
         except ApiError as exc:
             report(Action.FAILED, f"could not read the refresh history: {exc}")
             return
-        failed_for_credentials = latest is not None and latest.failed and diagnose(latest).credential_related
-        failed_otherwise = latest is not None and latest.failed and not failed_for_credentials
-        if failed_otherwise and latest is not None and diagnose(latest).category is Category.ACCOUNT:
-            self._block_account(workspace_id, dataset_id, latest, sources, run, report)
-            return
-        if failed_otherwise or (not failed_for_credentials and not heal_credentials):
+        diagnosis = diagnose(latest) if latest is not None and latest.failed else None
+        curable = diagnosis is not None and diagnosis.category in (Category.CREDENTIAL, Category.ACCOUNT)
+        if (diagnosis is not None and not curable) or (not curable and not heal_credentials):
             # A failure a credential cannot cure changes no credential (the gateway is offline, the
             # source unreachable...): PATCHing would only add sign-ins, or fail the same way.
             self._report_refresh_state(report, latest)
@@ -171,136 +178,195 @@ class Refresher:
         sources, connections = self._with_connections(workspace_id, dataset_id, sources, run)
         resolved, unbound = self._dataset_bindings(sources, report, connections)
         credential_bearing = [s for s in sources if s.bound]
-
-        culprit: DatasetDatasource | None = None
-        named = failed_source(latest.service_exception_json) if failed_for_credentials and latest else None
-        if failed_for_credentials:
-            if named is not None:
-                matching = [
-                    s
-                    for s in credential_bearing
-                    if source_matches(named, s.datasource_type, s.connection_details)
-                ]
-                culprit = matching[0] if len(matching) == 1 else None
-            elif len(credential_bearing) == 1:
-                culprit = credential_bearing[0]
-            if culprit is not None and latest is not None:
-                self._reject_if_failed_after_apply(culprit, resolved, latest, run)
+        culprit = self._culprit(latest, credential_bearing) if curable else None
+        if curable and diagnosis is not None and latest is not None and not run.dry_run:
+            self._learn_from_failure(diagnosis, latest, culprit, resolved, run)
 
         outcomes = self._targets.heal_targets(resolved, run)
-        if not failed_for_credentials:
+        if not curable or latest is None or diagnosis is None:
             self._report_refresh_state(report, latest)
             return
-        assert latest is not None
-        if not resolved:
+        decision = may_refresh(
+            self._evidence(credential_bearing, resolved, outcomes, run),
+            FailureEvidence(
+                latest.start_time.timestamp() if latest.start_time is not None else None,
+                None if culprit is None else _source_key(culprit),
+            ),
+        )
+        if decision.allowed:
+            self._refresh(workspace_id, dataset_id, run, check_running=not latest_is_fresh)
+            return
+        account = f" {diagnosis.message}. {diagnosis.fix}" if diagnosis.category is Category.ACCOUNT else ""
+        if decision.unbound and not resolved:
             report(
                 Action.UNBOUND,
-                "the refresh failed for credentials but none of the dataset's "
-                "data sources is bound: add a binding",
+                "the refresh failed for credentials but none of the dataset's data sources is bound: "
+                "add a binding" + account,
             )
             return
-        culprit_key = None if culprit is None else _source_key(culprit)
-        if unbound and (culprit_key is None or culprit_key in {_source_key(s) for s in unbound}):
+        if decision.unbound:
             report(
                 Action.UNBOUND,
                 "not refreshed: the failure may come from a data source no binding covers, and a refresh "
-                "would only sign in with its wrong credential again; add a binding for it",
+                "would only sign in with its wrong credential again; add a binding for it" + account,
             )
             return
-        failed_at = latest.start_time.timestamp() if latest.start_time is not None else None
-        waiting: list[str] = []
-        for item, outcome in zip(resolved, outcomes, strict=True):
-            action = Action(outcome.action or Action.FAILED.value)
-            if action in (Action.UPDATED, Action.WOULD_UPDATE):
-                continue
-            if action is Action.REFERENCED and culprit_key is not None and culprit_key != item.target.key:
-                continue  # Fabric reads it from Key Vault itself; the failure names another source
-            if action is Action.CURRENT:
-                fixed_since = self._applied_after(item, failed_at)
-                if fixed_since or (culprit_key is not None and culprit_key != item.target.key):
-                    continue
-                waiting.append(
-                    f"{item.target.gateway_id}/{item.target.datasource_id} (unchanged since the failure)"
-                )
-                continue
-            waiting.append(f"{item.target.gateway_id}/{item.target.datasource_id} ({action.value})")
-        if waiting:
-            settling = any(o.action == Action.SETTLING for o in outcomes)
-            report(
-                Action.SETTLING
-                if settling and len(waiting) == sum(o.action == Action.SETTLING for o in outcomes)
-                else Action.BLOCKED,
-                "not refreshed, and its schedule is left as it is: a refresh signs in to every data source, "
-                "and these are not known to hold a working credential: " + ", ".join(waiting),
-                refresh_request_id=latest.request_id,
-                refresh_state=latest.status,
-            )
-            return
-        self._refresh(workspace_id, dataset_id, run, check_running=not latest_is_fresh)
-
-    def _block_account(
-        self,
-        workspace_id: str,
-        dataset_id: str,
-        latest: Refresh,
-        sources: Sequence[DatasetDatasource] | None,
-        run: Run,
-        report: Callable[..., Outcome],
-    ) -> None:
-        """The refresh failed because the account cannot sign in at all (locked, disabled,
-        expired): every presentation would be one more failed sign-in, and none can cure it. The
-        current version is stopped for the account the failure names (until a new version or
-        ``--present-again``), nothing is sent, and the dataset is reported ``blocked``."""
-        diagnosis = diagnose(latest)
-        blocked: list[str] = []
-        if not run.dry_run:
-            try:
-                if sources is None:
-                    sources = self.powerbi.get_datasources_in_group(workspace_id, dataset_id)
-            except ApiError as exc:
-                logger.warning("dataset %s: cannot list data sources: %s", dataset_id, exc)
-                sources = []
-            sources, connections = self._with_connections(workspace_id, dataset_id, sources, run)
-            resolved, _ = self._dataset_bindings(sources, lambda *_a, **_k: None, connections)  # type: ignore[arg-type]
-            named = failed_source(latest.service_exception_json)
-            credential_bearing = [s for s in sources if s.bound]
-            if named is not None:
-                culprits = [
-                    s
-                    for s in credential_bearing
-                    if source_matches(named, s.datasource_type, s.connection_details)
-                ]
-            else:
-                culprits = credential_bearing if len(credential_bearing) == 1 else []
-            keys = {_source_key(s) for s in culprits}
-            for item in resolved:
-                if item.target.key not in keys:
-                    continue
-                try:
-                    secret = self._targets.secret(item.binding.secret, run)
-                except RemediationError:
-                    continue
-                account = self._targets.account_of(item, run)
-                self.ledger.record_presentation(
-                    account,
-                    item.binding.secret,
-                    secret.version,
-                    owner=run.owner,
-                    locator=item.where,
-                    verdict="rejected",
-                    reason=f"a refresh reported the account unusable: {diagnosis.message}",
-                    now=self._clock(),
-                )
-                blocked.append(account.split(":", 1)[-1])
-        who = f" (account {', '.join(sorted(set(blocked)))})" if blocked else ""
+        assert decision.action is not None
         report(
-            Action.BLOCKED,
-            f"{diagnosis.message}{who}. {diagnosis.fix} Nothing is presented to that account until a new "
-            "version is in Key Vault or an operator heals with --present-again: each attempt would be one "
-            "more failed sign-in",
+            decision.action,
+            "not refreshed, and its schedule is left as it is: a refresh signs in to every data source, "
+            "and these are not known to hold a working credential: "
+            + ", ".join(decision.waiting)
+            + "."
+            + account,
             refresh_request_id=latest.request_id,
             refresh_state=latest.status,
         )
+
+    def _culprit(
+        self, latest: Refresh | None, credential_bearing: Sequence[DatasetDatasource]
+    ) -> DatasetDatasource | None:
+        """The data source a failed refresh is about: the one its details name (when exactly one
+        source matches), or the dataset's only credential-bearing source; None when unknown."""
+        if latest is None:
+            return None
+        named = failed_source(latest.service_exception_json)
+        if named is not None:
+            matching = [
+                s
+                for s in credential_bearing
+                if source_matches(named, s.datasource_type, s.connection_details)
+            ]
+            return matching[0] if len(matching) == 1 else None
+        return credential_bearing[0] if len(credential_bearing) == 1 else None
+
+    def _evidence(
+        self,
+        credential_bearing: Sequence[DatasetDatasource],
+        resolved: Sequence[Resolved],
+        outcomes: Sequence[Outcome],
+        run: Run,
+    ) -> list[SourceEvidence]:
+        """What the ledger knows of each credential-bearing source after the heal (for the core)."""
+        healed = {item.target.key: (item, outcome) for item, outcome in zip(resolved, outcomes, strict=True)}
+        evidence: list[SourceEvidence] = []
+        for source in credential_bearing:
+            key = _source_key(source)
+            label = f"{key[0]}/{key[1]}"
+            found = healed.get(key)
+            if found is None:
+                evidence.append(SourceEvidence(key, label, None))
+                continue
+            item, outcome = found
+            action = Action(outcome.action or Action.FAILED.value)
+            if action not in (Action.UPDATED, Action.CURRENT):
+                evidence.append(SourceEvidence(key, label, action))
+                continue
+            try:
+                version = self._targets.secret(item.binding.secret, run).version
+                account = self._targets.account_of(item, run)
+                state = self.ledger.target_state(*key)
+                av = self.ledger.account_version(account, item.binding.secret, version)
+            except RemediationError as exc:
+                logger.warning("dataset source %s: cannot read its evidence: %s", label, exc)
+                evidence.append(SourceEvidence(key, label, Action.FAILED))
+                continue
+            evidence.append(
+                SourceEvidence(
+                    key,
+                    label,
+                    action,
+                    holds_current=state.holds(item.binding.secret, version),
+                    applied_at=state.applied_at,
+                    account_verdict=av.verdict,
+                    contradicted_at=av.contradicted_at,
+                )
+            )
+        return evidence
+
+    def _learn_from_failure(
+        self,
+        diagnosis: Diagnosis,
+        latest: Refresh,
+        culprit: DatasetDatasource | None,
+        resolved: Sequence[Resolved],
+        run: Run,
+    ) -> None:
+        """Read a failed refresh as evidence about the version each source held *when it started*
+        (never about a version applied after it):
+
+        * a refused sign-in (a wrong password, or an account that cannot sign in) by the culprit,
+          which held Key Vault's current version since before the refresh started: that version
+          is rejected for the target and the account (that refresh was its failed sign-in);
+        * no credentials at all, or an OAuth2 token that lapsed: no sign-in happened and the
+          password is not in question, but the source no longer holds what the ledger says; the
+          ledger forgets it, so the heal presents the current version again (under the account
+          rules). Without a known culprit every bound source of the dataset is forgotten.
+        """
+        if latest.start_time is None:
+            return
+        started = latest.start_time.timestamp()
+        key = None if culprit is None else _source_key(culprit)
+        if not diagnosis.refused_sign_in:
+            for item in resolved:
+                if key is not None and item.target.key != key:
+                    continue
+                state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
+                if state.applied_at is not None and state.applied_at <= started:
+                    self.ledger.forget_applied(item.target.gateway_id, item.target.datasource_id)
+                    logger.info(
+                        "target %s/%s: %s; it is sent the current version again",
+                        item.target.gateway_id,
+                        item.target.datasource_id,
+                        diagnosis.message,
+                    )
+            return
+        if key is None:
+            return
+        for item in resolved:
+            if item.target.key != key:
+                continue
+            state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
+            if state.applied_at is None or state.applied_at > started or state.applied_version is None:
+                return  # the failure speaks of what it held before: healing it is the cure
+            try:
+                secret = self._targets.secret(item.binding.secret, run)
+            except RemediationError:
+                return
+            if not state.holds(item.binding.secret, secret.version):
+                return  # it holds an older version: healing it is the cure
+            account = self._targets.account_of(item, run)
+            what = (
+                f"a refresh reported the account unusable ({diagnosis.message})"
+                if diagnosis.category is Category.ACCOUNT
+                else "a refresh failed for credentials on this data source"
+            )
+            refresh = latest.request_id or "without id"
+            reason = f"{what} after version {secret.version} was applied (refresh {refresh})"
+            self.ledger.record_presentation(
+                account,
+                item.binding.secret,
+                secret.version,
+                owner=run.owner,
+                locator=item.where,
+                verdict="rejected",
+                reason=reason,
+                now=self._clock(),
+                sent_at=started,
+            )
+            lease = self.ledger.acquire_lease(
+                item.target.gateway_id,
+                item.target.datasource_id,
+                run.owner,
+                self._clock(),
+                self._targets.lease_ttl(),
+            )
+            if lease is not None:
+                try:
+                    self.ledger.record_rejected(lease, item.binding.secret, secret.version, self._clock())
+                finally:
+                    self.ledger.release_lease(lease)
+            return
 
     def _report_refresh_state(self, report: Callable[..., Outcome], latest: Refresh | None) -> None:
         if latest is None:
@@ -493,62 +559,6 @@ class Refresher:
                 )
             )
         return resolved, unbound
-
-    def _applied_after(self, item: Resolved, failed_at: float | None) -> bool:
-        state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
-        return failed_at is not None and state.applied_at is not None and state.applied_at > failed_at
-
-    def _reject_if_failed_after_apply(
-        self, culprit: DatasetDatasource, resolved: Sequence[Resolved], latest: Refresh, run: Run
-    ) -> None:
-        """A credential failure of ``culprit`` *after* the current version was applied to it means
-        its source rejects that version: that refresh was the version's one failed sign-in. It is
-        recorded as rejected (target and account), so it is never presented again and the dataset
-        is not refreshed again on it."""
-        if run.dry_run or latest.start_time is None:
-            return
-        failed_at = latest.start_time.timestamp()
-        key = _source_key(culprit)
-        for item in resolved:
-            if item.target.key != key:
-                continue
-            state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
-            if state.applied_at is None or state.applied_at > failed_at or state.applied_version is None:
-                return
-            try:
-                secret = self._targets.secret(item.binding.secret, run)
-            except RemediationError:
-                return
-            if not state.holds(item.binding.secret, secret.version):
-                return  # it holds an older version: healing it is the cure
-            account = self._targets.account_of(item, run)
-            reason = (
-                f"a refresh failed for credentials on this data source after version {secret.version} "
-                f"was applied (refresh {latest.request_id or 'without id'})"
-            )
-            self.ledger.record_presentation(
-                account,
-                item.binding.secret,
-                secret.version,
-                owner=run.owner,
-                locator=item.where,
-                verdict="rejected",
-                reason=reason,
-                now=self._clock(),
-            )
-            lease = self.ledger.acquire_lease(
-                item.target.gateway_id,
-                item.target.datasource_id,
-                run.owner,
-                self._clock(),
-                self._targets.lease_ttl(),
-            )
-            if lease is not None:
-                try:
-                    self.ledger.record_rejected(lease, item.binding.secret, secret.version, self._clock())
-                finally:
-                    self.ledger.release_lease(lease)
-            return
 
     def _refresh(self, workspace_id: str, dataset_id: str, run: Run, *, check_running: bool) -> None:
         """Retry the refresh: never while one runs, within the daily budget, schedule re-enabled.
@@ -790,7 +800,7 @@ class Refresher:
             except ApiError as exc:
                 logger.warning("dataset %s: cannot read refresh history: %s", pair[1], exc)
                 return None
-            if history and history[0].failed and diagnose(history[0]).category is Category.CREDENTIAL:
+            if history and history[0].failed and diagnose(history[0]).category in _CURABLE:
                 return pair[0], pair[1], history[0]
             return None
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from remediation.safety.presenting import FANOUT_LICENCE_SECONDS
 from remediation.ledger import (
     MAX_ACCOUNT_LENGTH,
     MAX_ATTEMPTS_KEPT,
@@ -507,9 +508,18 @@ class LedgerContract:
         locator: str = HOST,
         version: str = V1,
         reason: str = "the source said so",
+        sent_at: float | None = None,
     ) -> AccountVersion:
         return ledger.record_presentation(
-            ACCOUNT, SECRET, version, owner=owner, locator=locator, verdict=verdict, reason=reason, now=now
+            ACCOUNT,
+            SECRET,
+            version,
+            owner=owner,
+            locator=locator,
+            verdict=verdict,
+            reason=reason,
+            now=now,
+            sent_at=sent_at,
         )
 
     def test_unknown_account_version_has_the_empty_state(self, ledger: Ledger) -> None:
@@ -643,7 +653,7 @@ class LedgerContract:
         assert state.verdict == "rejected" and state.reason == "login failed"  # the late answer is a fact
 
         self._claim(ledger, "run-a", T0, version=V2)
-        ledger.allow_again(ACCOUNT, SECRET, V2, now=T0 + 1, reason="operator")  # clears run-a's probe
+        ledger.allow_again(ACCOUNT, SECRET, V2, request="req-1", now=T0 + 1, reason="operator")  # clears the probe
         assert self._claim(ledger, "run-b", T0 + 2, version=V2)[0] is Claim.GRANTED
         state = self._record(ledger, "in-doubt", "run-a", T0 + 3, version=V2, reason="read timeout")
         assert state.verdict == "in-doubt" and state.probe_owner == "run-b"  # only the owner's probe goes
@@ -656,8 +666,10 @@ class LedgerContract:
         self._claim(ledger, "run-a", T0 + 2)
         self._record(ledger, "rejected", "run-a", T0 + 3)
         assert self._claim(ledger, "run-b", T0 + 4)[0] is Claim.REJECTED
-        state = ledger.allow_again(ACCOUNT, SECRET, V1, now=T0 + 5, reason="password fixed at the source")
-        assert state.verdict is None and state.overrides == 1 and state.probe_owner is None
+        granted, state = ledger.allow_again(
+            ACCOUNT, SECRET, V1, request="req-1", now=T0 + 5, reason="password fixed at the source"
+        )
+        assert granted and state.verdict is None and state.overrides == 1 and state.probe_owner is None
         assert (state.reason, state.verdict_at) == ("password fixed at the source", T0 + 5)
         assert state.accepted == ("other.contoso.local",) and state.presentations == 2
         assert ledger.account_version(ACCOUNT, SECRET, V1) == state
@@ -667,10 +679,79 @@ class LedgerContract:
 
     def test_allow_again_clears_an_in_flight_probe_and_an_unknown_version(self, ledger: Ledger) -> None:
         self._claim(ledger, "run-a", T0)
-        state = ledger.allow_again(ACCOUNT, SECRET, V1, now=T0 + 1, reason="operator")
+        _, state = ledger.allow_again(ACCOUNT, SECRET, V1, request="req-1", now=T0 + 1, reason="operator")
         assert state.probe_owner is None and state.overrides == 1
-        state = ledger.allow_again(ACCOUNT, SECRET, V3, now=T0 + 1, reason="operator")
+        _, state = ledger.allow_again(ACCOUNT, SECRET, V3, request="req-1", now=T0 + 1, reason="operator")
         assert state.overrides == 1 and state.etag is not None and state.presentations == 0
+
+    def test_an_operator_request_lifts_a_verdict_once_whatever_its_parts_and_redeliveries(
+        self, ledger: Ledger
+    ) -> None:
+        self._claim(ledger, "run-a", T0)
+        self._record(ledger, "rejected", "run-a", T0 + 1)
+        granted, state = ledger.allow_again(ACCOUNT, SECRET, V1, request="req-1", now=T0 + 2, reason="op")
+        assert granted and state.verdict is None and state.grants == ("req-1",)
+        assert self._claim(ledger, "part-1", T0 + 3)[0] is Claim.GRANTED  # the one presentation
+        self._record(ledger, "rejected", "part-1", T0 + 4, reason="still wrong")
+        # the request's other parts, re-queues and redeliveries find it used
+        for now in (T0 + 5, T0 + 6):
+            again, state = ledger.allow_again(ACCOUNT, SECRET, V1, request="req-1", now=now, reason="op")
+            assert not again and state.verdict == "rejected" and state.reason == "still wrong"
+            assert self._claim(ledger, "part-2", now)[0] is Claim.REJECTED
+        granted, state = ledger.allow_again(ACCOUNT, SECRET, V1, request="req-2", now=T0 + 7, reason="op")
+        assert granted and state.overrides == 2 and state.grants == ("req-1", "req-2")
+
+    def test_threads_racing_to_use_one_request_get_exactly_one_grant(self, ledger: Ledger) -> None:
+        self._record(ledger, "rejected", "run-a", T0)
+        grants = race(
+            12,
+            lambda i: ledger.allow_again(ACCOUNT, SECRET, V1, request="req-1", now=T0 + 1, reason="op")[0],
+        )
+        assert sorted(grants) == [False] * 11 + [True]
+        assert ledger.account_version(ACCOUNT, SECRET, V1).overrides == 1
+
+    def test_a_granted_request_makes_earlier_acceptances_license_nothing(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0)
+        self._record(ledger, "accepted", "run-a", T0 + 1)
+        self._record(ledger, "rejected", "run-b", T0 + 2, locator="other.contoso.local")
+        ledger.allow_again(ACCOUNT, SECRET, V1, request="req-1", now=T0 + 3, reason="op")
+        # accepted here before, but the version was contradicted since: one probe again
+        assert self._claim(ledger, "run-c", T0 + 4)[0] is Claim.GRANTED
+        assert self._claim(ledger, "run-d", T0 + 4)[0] is Claim.BUSY
+        self._record(ledger, "accepted", "run-c", T0 + 5, sent_at=T0 + 4)
+        assert self._claim(ledger, "run-d", T0 + 6)[0] is Claim.ACCEPTED
+
+    def test_an_acceptance_licenses_followers_for_a_while_only(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0)
+        state = self._record(ledger, "accepted", "run-a", T0 + 2, sent_at=T0 + 1)
+        assert state.acceptance_time(HOST) == T0 + 1
+        last = T0 + 1 + FANOUT_LICENCE_SECONDS
+        assert self._claim(ledger, "run-b", last - 1)[0] is Claim.ACCEPTED
+        claim, state = self._claim(ledger, "run-b", last)
+        assert claim is Claim.GRANTED and state.presentations == 2  # a probe checks it again
+        assert self._claim(ledger, "run-c", last)[0] is Claim.BUSY
+        self._record(ledger, "accepted", "run-b", last + 1, sent_at=last)
+        assert self._claim(ledger, "run-c", last + 2)[0] is Claim.ACCEPTED
+
+    def test_a_lost_answer_contradicts_every_earlier_acceptance(self, ledger: Ledger) -> None:
+        self._claim(ledger, "run-a", T0)
+        self._record(ledger, "accepted", "run-a", T0 + 1)
+        state = self._record(ledger, "in-doubt", "run-b", T0 + 10, reason="read timeout")
+        assert state.verdict == "in-doubt" and state.contradicted_at == T0 + 10
+        assert self._claim(ledger, "run-c", T0 + 11)[0] is Claim.IN_DOUBT
+        # an acceptance of a presentation sent before the doubt was recorded proves nothing after it
+        state = self._record(ledger, "accepted", "run-d", T0 + 12, sent_at=T0 + 9)
+        assert state.verdict == "in-doubt"
+        state = self._record(ledger, "accepted", "run-e", T0 + 13, sent_at=T0 + 11)
+        assert state.verdict is None and state.acceptance_time(HOST) == T0 + 11
+        assert self._claim(ledger, "run-f", T0 + 14)[0] is Claim.ACCEPTED
+
+    def test_a_rejection_is_a_contradiction_that_stays(self, ledger: Ledger) -> None:
+        self._record(ledger, "accepted", "run-a", T0 + 1)
+        state = self._record(ledger, "rejected", "run-b", T0 + 2)
+        assert state.contradicted_at == T0 + 2
+        state = self._record(ledger, "in-doubt", "run-c", T0 + 3)
+        assert state.verdict == "rejected" and state.contradicted_at == T0 + 3
 
     def test_keys_and_locators_are_normalised(self, ledger: Ledger) -> None:
         claim, state = ledger.claim_presentation(
@@ -740,11 +821,15 @@ class LedgerContract:
         with pytest.raises(ValueError):
             self._record(ledger, "rejected", now=float("nan"))
         with pytest.raises(ValueError):
-            ledger.allow_again(ACCOUNT, SECRET, V1, now=T0, reason=" ")
+            ledger.allow_again(ACCOUNT, SECRET, V1, request="req-1", now=T0, reason=" ")
         with pytest.raises(ValueError):
-            ledger.allow_again(ACCOUNT, "", V1, now=T0, reason="operator")
+            ledger.allow_again(ACCOUNT, "", V1, request="req-1", now=T0, reason="operator")
         with pytest.raises(ValueError):
-            ledger.allow_again(ACCOUNT, SECRET, V1, now=float("-inf"), reason="operator")
+            ledger.allow_again(ACCOUNT, SECRET, V1, request="req-1", now=float("-inf"), reason="operator")
+        with pytest.raises(ValueError):
+            ledger.allow_again(ACCOUNT, SECRET, V1, request=" ", now=T0, reason="operator")
+        with pytest.raises(ValueError):
+            self._record(ledger, "accepted", now=T0, sent_at=float("nan"))
         assert ledger.account_versions(with_verdict_only=False) == []  # nothing was written
         assert claim(account="a" * MAX_ACCOUNT_LENGTH)[0] is Claim.GRANTED
 
@@ -805,7 +890,7 @@ class LedgerContract:
         etags.append(self._claim(ledger, "run-a", T0 + 1)[1].etag)  # renewal
         etags.append(self._record(ledger, "in-doubt", now=T0 + 2).etag)
         etags.append(self._record(ledger, "accepted", now=T0 + 3).etag)
-        etags.append(ledger.allow_again(ACCOUNT, SECRET, V1, now=T0 + 4, reason="operator").etag)
+        etags.append(ledger.allow_again(ACCOUNT, SECRET, V1, request="r", now=T0 + 4, reason="operator")[1].etag)
         assert None not in etags and len(set(etags)) == len(etags)
         assert ledger.account_version(ACCOUNT, SECRET, V1).etag == etags[-1]
 

@@ -10,7 +10,8 @@ only knows how to
 2. :meth:`~TargetKind.send` the credential built from the resolved secret, calling
    ``before_attempt`` before every attempt of the request that presents it;
 3. :meth:`~TargetKind.verdict` of an error answer to that request (accepted, rejected, not
-   presented, in doubt: :mod:`remediation.presentation`).
+   presented, in doubt): the kind only says which service answered (:func:`answer_of`); the
+   meaning is the safety core's (:func:`remediation.safety.answers.verdict_of`).
 
 Kinds: :mod:`remediation.targets.gateway` (Power BI gateway data sources) and
 :mod:`remediation.targets.fabric` (Fabric connections).
@@ -23,12 +24,23 @@ from typing import Protocol
 
 from remediation.credentials import ResolvedCredential
 from remediation.errors import RemediationError
-from remediation.http import ApiError
+from remediation.http import ApiConnectionError, ApiError
 from remediation.keyvault import SecretValue
-from remediation.presentation import VerdictOf
 from remediation.runs import Resolved, Run
+from remediation.safety.answers import Answer, Service, VerdictOf
 
-__all__ = ["Presented", "TargetKind", "TargetRefused"]
+__all__ = ["Presented", "TargetKind", "TargetRefused", "answer_of"]
+
+
+def answer_of(service: Service, exc: ApiError) -> Answer:
+    """The :class:`~remediation.safety.answers.Answer` an API error stands for: its status, its
+    code and every detail (an inner code counts as a detail), or no answer at all."""
+    if isinstance(exc, ApiConnectionError):
+        return Answer(service, None, exc.code, exc.message, sent=exc.sent)
+    details = tuple(exc.details)
+    if exc.inner_code and exc.inner_code != exc.code:
+        details = ((exc.inner_code, ""), *details)
+    return Answer(service, exc.status, exc.code, exc.message, details)
 
 
 class TargetRefused(RemediationError):

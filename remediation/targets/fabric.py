@@ -15,10 +15,11 @@ What is particular to them (FABRIC.md; ``specs/fabric/``):
   wrong value is caught, and it is a sign-in; so the PATCH is a presentation like Power BI's.
 * **Partial update.** ``privacyLevel`` and ``connectionEncryption`` are sent only when the
   binding sets them (Fabric keeps what an admin chose otherwise).
-* **Verdicts**: ``IncorrectCredentials`` (or a ``DM_GWPipeline_*`` credential failure from the
-  gateway) is a rejection; refusals before any test (``InvalidCredentialDetails``, permissions,
-  not found) present nothing; 5xx, lost answers and ``UpdateGatewayConnectionFailed`` without a
-  credential detail are in doubt.
+* **Verdicts** are the safety core's (:mod:`remediation.safety.answers`): ``IncorrectCredentials``
+  or a refused sign-in in the details (18456 under ``DM_GWPipeline_Gateway_DataSourceAccessError``)
+  is a rejection; only the refusals its table proves came before any test (throttling,
+  permissions, not found, ``InvalidCredentialDetails``) present nothing; everything else is in
+  doubt.
 """
 
 from __future__ import annotations
@@ -29,21 +30,19 @@ from dataclasses import dataclass
 
 from remediation.bindings import Binding, CredentialType
 from remediation.credentials import ResolvedCredential, credentials_json
-from remediation.diagnosis import diagnose_api_error
 from remediation.errors import RemediationError
 from remediation.fabric import (
     Connection,
     ConnectivityType,
     FabricClient,
     GatewayMember,
-    IncorrectCredentials,
 )
 from remediation.gateway_crypto import GatewayPublicKey, encrypt_credentials
-from remediation.http import ApiConnectionError, ApiError
+from remediation.http import ApiError
 from remediation.keyvault import SecretValue
-from remediation.presentation import Verdict, VerdictOf
 from remediation.runs import Resolved, Run
-from remediation.targets import Presented, TargetRefused
+from remediation.safety.answers import Verdict, VerdictOf, verdict_of
+from remediation.targets import Presented, TargetRefused, answer_of
 
 __all__ = [
     "FabricKind",
@@ -196,32 +195,9 @@ def update_connection_request(
 
 
 def fabric_verdict(exc: ApiError) -> VerdictOf:
-    """The verdict of a connection PATCH (``skipTestConnection`` false) that raised ``exc``."""
-    if isinstance(exc, ApiConnectionError):
-        if not exc.sent:
-            return VerdictOf(Verdict.NOT_PRESENTED, f"not sent: {exc}")
-        return VerdictOf(Verdict.IN_DOUBT, f"the answer was lost ({exc.code or 'no answer'})")
-    status = exc.status or 0
-    if status == 429:
-        return VerdictOf(Verdict.NOT_PRESENTED, "Fabric throttled the request (HTTP 429); it was not served")
-    if status >= 500 or status < 400:
-        return VerdictOf(
-            Verdict.IN_DOUBT,
-            f"Fabric answered HTTP {status} ({exc.code or 'no code'}); it may have tested it",
-        )
-    if isinstance(exc, IncorrectCredentials):
-        return VerdictOf(Verdict.REJECTED, f"the source rejected it (IncorrectCredentials: {exc.message})")
-    diagnosis = diagnose_api_error(status, exc.code, message=exc.message, details=exc.details)
-    if status == 400 and diagnosis.blocks_account:
-        return VerdictOf(Verdict.REJECTED, f"the source refused the account ({exc.code}): {diagnosis.fix}")
-    if status == 400 and diagnosis.credential_related:
-        return VerdictOf(Verdict.REJECTED, f"the source rejected it ({exc.code}). {diagnosis.fix}")
-    if exc.code in ("UpdateGatewayConnectionFailed", "CreateGatewayConnectionFailed"):
-        # The gateway failed after the request reached it: the test may have run.
-        return VerdictOf(Verdict.IN_DOUBT, f"Fabric answered {exc.code}: the gateway may have tested it")
-    return VerdictOf(
-        Verdict.NOT_PRESENTED, f"Fabric refused the request before any test ({exc.code}): {exc.message}"
-    )
+    """The verdict of a connection PATCH (``skipTestConnection`` false) or ``testConnection``
+    that raised ``exc``: the safety core's reading of Fabric's answer."""
+    return verdict_of(answer_of("fabric", exc))
 
 
 class FabricKind:

@@ -65,10 +65,10 @@ from remediation.powerbi import (
     PowerBIClient,
     PowerBINotAuthorized,
 )
-from remediation.presentation import Verdict, VerdictOf, grant_verdict, patch_verdict
 from remediation.redact import describe_datasource, mask_urls
 from remediation.runs import Resolved, Run, TakeOver
-from remediation.targets import Presented
+from remediation.safety.answers import Verdict, VerdictOf, grant_answer, undecryptable, verdict_of
+from remediation.targets import Presented, answer_of
 
 __all__ = [
     "GATEWAY_CACHE_SECONDS",
@@ -79,6 +79,8 @@ __all__ = [
     "SourceSettings",
     "TakeOverRefused",
     "UserTokenFactory",
+    "grant_verdict",
+    "patch_verdict",
     "request_body",
     "source_settings",
 ]
@@ -189,6 +191,18 @@ def request_body(
             encrypted_connection=settings.encrypted_connection,
         )
     )
+
+
+def patch_verdict(exc: ApiError) -> VerdictOf:
+    """The verdict of a credentials PATCH that raised ``exc`` (the safety core's reading)."""
+    return verdict_of(answer_of("powerbi", exc))
+
+
+def grant_verdict(exc: AuthenticationError) -> VerdictOf:
+    """The verdict of the password grant of a caller-identity binding that raised ``exc``."""
+    verdict = verdict_of(grant_answer(exc.code, exc.error, exc.message))
+    hint = f" ({exc.hint})" if exc.hint else ""
+    return VerdictOf(verdict.verdict, f"password grant: {verdict.reason}{hint}")
 
 
 class GatewayKeys:
@@ -443,7 +457,7 @@ class GatewayKind:
                 send(body)
             except ApiError as exc:
                 fresh = None if gateway is None else self.gateways.fresh_key_after(exc, gateway)
-                if fresh is None:
+                if fresh is None or not undecryptable(answer_of("powerbi", exc), key_changed=True):
                     raise
                 send(request_body(binding, resolved, fresh, settings))
         except TakeOverRefused as exc:

@@ -12,7 +12,7 @@ from remediation.errors import BindingsError
 from remediation.fabric import Connection, GatewayMember, IncorrectCredentials
 from remediation.gateway_crypto import GatewayPublicKey
 from remediation.http import ApiConnectionError, ApiError
-from remediation.presentation import Verdict
+from remediation.safety.answers import Verdict
 from remediation.settings import Settings
 from remediation.targets.fabric import (
     FabricTarget,

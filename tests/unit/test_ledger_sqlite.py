@@ -58,6 +58,7 @@ EXPECTED_SCHEMA = {
         "presentations",
         "overrides",
         "etag",
+        "evidence",
     ],
     "inventory": ["workspace_id", "dataset_id", "fingerprint", "learnt_at", "sources", "refreshable"],
     "markers": ["name", "mark", "set_at"],
@@ -145,12 +146,39 @@ def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path: Path) -> None
         assert claim is Claim.GRANTED
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     finally:
         conn.close()
     assert _columns(path) == EXPECTED_SCHEMA
     with SqliteLedger(path) as ledger:  # opening a migrated file changes nothing
         assert ledger.account_version("user:svc", SECRET, V1).probe_owner == "run-a"
+
+
+def test_a_version_4_file_keeps_its_verdicts_and_its_old_acceptances_license_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    conn = sqlite3.connect(path)  # a ledger file as the version 4 code wrote it
+    for step in _MIGRATIONS[:4]:
+        for statement in step:
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO account_versions (account, secret_name, secret_version, verdict, accepted, etag) "
+        "VALUES ('user:svc', ?, ?, NULL, '[\"host\"]', 3), ('user:svc', ?, ?, 'rejected', '[]', 2)",
+        (SECRET, V1, SECRET, V2),
+    )
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+
+    with SqliteLedger(path) as ledger:
+        old = ledger.account_version("user:svc", SECRET, V1)
+        assert old.accepted == ("host",) and old.acceptance_time("host") is None
+        assert ledger.account_version("user:svc", SECRET, V2).verdict == "rejected"
+        # An acceptance of unknown age proves nothing about now: the next presentation is a probe.
+        claim, _ = ledger.claim_presentation(
+            "user:svc", SECRET, V1, locator="host", target="gw/ds", owner="run-a", now=T0, ttl=60.0
+        )
+        assert claim is Claim.GRANTED
+    assert _columns(path) == EXPECTED_SCHEMA
 
 
 def test_a_version_3_file_gets_the_outcome_account_column_and_keeps_its_outcomes(tmp_path: Path) -> None:
@@ -187,9 +215,18 @@ def test_corrupt_account_record_raises_ledger_error(tmp_path: Path) -> None:
         ledger.record_presentation(
             "user:svc", SECRET, V1, owner="run-a", locator="", verdict="rejected", reason="no", now=T0
         )
-    for corruption in ("accepted = 'not json'", "verdict = 'perhaps'", "presentations = -1"):
+    for corruption in (
+        "accepted = 'not json'",
+        "verdict = 'perhaps'",
+        "presentations = -1",
+        "evidence = '[1]'",
+        "evidence = '{\"acceptedAt\": [\"x\"]}'",
+        "evidence = '{\"grants\": [1]}'",
+    ):
         conn = sqlite3.connect(path)
-        conn.execute("UPDATE account_versions SET accepted = '[]', verdict = 'rejected', presentations = 0")
+        conn.execute(
+            "UPDATE account_versions SET accepted = '[]', verdict = 'rejected', presentations = 0, evidence = '{}'"
+        )
         conn.execute(f"UPDATE account_versions SET {corruption}")
         conn.commit()
         conn.close()

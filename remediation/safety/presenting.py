@@ -1,0 +1,296 @@
+"""Decision 2: may version V be presented to target T of account A now? (pure)
+
+Lockout policies count failed sign-ins per *account*, so the answer comes from two records of the
+ledger's evidence: the target's (:class:`~remediation.ledger.TargetState`: what it holds, what
+its source rejected, how often it was tried) and the account's for that version
+(:class:`~remediation.ledger.AccountVersion`). The rules:
+
+* **Idempotent.** A target that holds V is not sent V again, unless its source rejected V since
+  it was applied (a refresh failed on it).
+* **One presentation at a time per account.** A version nobody has accepted is presented to one
+  target (the *probe*, claimed in the ledger so that other runs, workers and instances wait); the
+  others follow only once it was accepted at the same locator (an acceptance on one SQL server
+  says nothing of another's login).
+* **Evidence has time.** An acceptance licenses followers only while it is younger than
+  :data:`FANOUT_LICENCE_SECONDS` and younger than the last evidence against the version (a
+  rejection, an in-doubt answer, a refresh that failed on it: ``contradicted_at``). Older, the
+  next presentation is a probe again. A lost answer is in doubt for the account, whoever sent it.
+* **A rejected or in-doubt version is not presented again** to any target of the account. Only a
+  new version or an operator's request lifts it, and a request lifts it once (:func:`grant_step`),
+  however many parts, re-queues or redeliveries it goes through.
+
+The ledger applies the ``*_step`` functions inside its atomic compare-and-swap, so the rules
+hold across threads, processes and instances; the healer asks :func:`decide` and
+:func:`account_decision` before it takes a lease.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Final, Literal
+
+from remediation.ledger import AccountVersion, Claim, TargetState
+from remediation.report import Action
+
+__all__ = [
+    "FANOUT_LICENCE_SECONDS",
+    "MAX_GRANTS_KEPT",
+    "ClaimStep",
+    "Decision",
+    "account_decision",
+    "claim_step",
+    "decide",
+    "grant_step",
+    "licensed",
+    "release_step",
+    "verdict_step",
+]
+
+FANOUT_LICENCE_SECONDS: Final = 900.0
+"""How long an acceptance at a locator lets other targets there follow without a probe. A
+rotation's fan-out takes seconds; a licence older than this may predate an out-of-band password
+change nobody has seen yet, so the next presentation re-checks the version on one target."""
+
+MAX_GRANTS_KEPT: Final = 64
+"""Operator requests remembered per account and version (the newest)."""
+
+_REJECTED: Final = "rejected"
+_IN_DOUBT: Final = "in-doubt"
+_ACCEPTED: Final = "accepted"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+
+
+def decide(
+    state: TargetState,
+    secret: str,
+    version: str,
+    *,
+    now: float,
+    max_attempts: int,
+    window_seconds: float,
+    present_again: bool = False,
+) -> Decision:
+    """What to do for one target, from its ledger state alone.
+
+    Order matters: a target that already holds the version is fine, unless the source rejected
+    that version *since* it was applied (a refresh failed on it: the password changed behind Key
+    Vault's back); a version the source rejected stays blocked however long ago that was (unless
+    an operator asks to present it once more: the account's grant then decides, see
+    :func:`grant_step`); only then do the attempt bound and the update.
+    """
+    wanted = version.strip().lower()
+    disproved = any(
+        r.version == wanted and state.applied_at is not None and r.at >= state.applied_at
+        for r in state.rejections
+    )
+    if state.holds(secret, version) and not disproved:
+        return Decision(Action.CURRENT, f"holds version {version} since the last update")
+    if state.is_rejected(version) and not present_again:
+        return Decision(
+            Action.BLOCKED,
+            f"the source rejected version {version} before; it is not presented again. Put the "
+            f"right value in Key Vault as a new version of {secret!r}",
+        )
+    attempts = state.attempts_since(now - window_seconds)
+    if attempts >= max_attempts:
+        return Decision(
+            Action.LIMITED,
+            f"{attempts} credential updates in the last {int(window_seconds)} s (limit {max_attempts}); "
+            "the next run after the window tries again",
+        )
+    return Decision(Action.UPDATED, f"holds {state.applied_version or 'an unknown version'}, not {version}")
+
+
+def account_decision(av: AccountVersion, *, present_again: bool) -> Decision | None:
+    """What the account's record says about presenting its version at all; None: go on.
+
+    ``present_again`` is an operator's request that has not been consumed yet (a consumed one
+    is no licence: see :func:`grant_step`)."""
+    if av.verdict is None or present_again:
+        return None
+    what = av.account.split(":", 1)[-1]
+    if av.verdict == _REJECTED:
+        return Decision(
+            Action.BLOCKED,
+            f"account {what} rejected version {av.version} ({av.reason or 'no reason recorded'}); it is "
+            f"not presented to any of its data sources again. Put the right value in Key Vault as a new "
+            f"version of {av.secret!r}, or, once the source has it, heal with --present-again",
+        )
+    return Decision(
+        Action.IN_DOUBT,
+        f"version {av.version} was presented to account {what} and its verdict never came back "
+        f"({av.reason or 'no reason recorded'}); it is not presented again automatically, since that "
+        "could be a second failed sign-in. Check the data source, then heal with --present-again "
+        "(or put a new version in Key Vault)",
+    )
+
+
+def licensed(record: AccountVersion, locator: str, now: float) -> bool:
+    """Whether an acceptance at ``locator`` lets a presentation there go without a probe: it was
+    sent after the last evidence against the version, less than :data:`FANOUT_LICENCE_SECONDS`
+    ago, and the account has no verdict."""
+    if record.verdict is not None:
+        return False
+    at = record.acceptance_time(locator)
+    if at is None:
+        return False
+    if record.contradicted_at is not None and at <= record.contradicted_at:
+        return False
+    return now - at < FANOUT_LICENCE_SECONDS
+
+
+@dataclass(frozen=True)
+class ClaimStep:
+    """The answer to a claim, the record to write (None: no write), and the presenter that
+    stopped before its verdict (owner, target) when this claim found it so."""
+
+    claim: Claim
+    record: AccountVersion | None
+    stale: tuple[str, str] | None = None
+
+
+def claim_step(
+    record: AccountVersion, *, locator: str, target: str, owner: str, now: float, ttl: float
+) -> ClaimStep:
+    """May ``owner`` present the version to ``target`` at ``locator`` now? In this order:
+
+    1. a verdict is set: :attr:`Claim.REJECTED` or :attr:`Claim.IN_DOUBT`;
+    2. the locator is :func:`licensed`: :attr:`Claim.ACCEPTED` (a follower, no write);
+    3. ``owner``'s own probe for the same target: :attr:`Claim.GRANTED` again (renewed);
+       ``owner``'s probe for another target, or another owner's unexpired probe:
+       :attr:`Claim.BUSY` (one presentation at a time); another owner's expired probe: the
+       presenter stopped before its verdict, so the version is in doubt for the account;
+    4. otherwise ``owner`` gets the probe (``presentations`` + 1): :attr:`Claim.GRANTED`.
+    """
+    if record.verdict is not None:
+        return ClaimStep(Claim.REJECTED if record.verdict == _REJECTED else Claim.IN_DOUBT, None)
+    if licensed(record, locator, now):
+        return ClaimStep(Claim.ACCEPTED, None)
+    if record.probe_owner == owner and record.probe_target == target:
+        return ClaimStep(Claim.GRANTED, replace(record, probe_expires=now + ttl))
+    if record.probe_active(now) or record.probe_owner == owner:
+        return ClaimStep(Claim.BUSY, None)
+    if record.probe_owner is not None:
+        stale = (record.probe_owner, record.probe_target or "an unknown target")
+        doubted = _without_probe(
+            replace(
+                record,
+                verdict=_IN_DOUBT,
+                reason=(
+                    f"the run {stale[0]} presenting it to {stale[1]} stopped before its verdict was recorded"
+                ),
+                verdict_at=now,
+                contradicted_at=_later(record.contradicted_at, now),
+            )
+        )
+        return ClaimStep(Claim.IN_DOUBT, doubted, stale)
+    return ClaimStep(
+        Claim.GRANTED,
+        replace(
+            record,
+            probe_owner=owner,
+            probe_locator=locator,
+            probe_target=target,
+            probe_expires=now + ttl,
+            presentations=record.presentations + 1,
+        ),
+    )
+
+
+def verdict_step(
+    record: AccountVersion,
+    *,
+    verdict: Literal["accepted", "rejected", "in-doubt"],
+    owner: str,
+    locator: str,
+    reason: str | None,
+    sent_at: float,
+    now: float,
+) -> AccountVersion | None:
+    """The record after a presentation's verdict (None: nothing to write). ``owner``'s probe is
+    cleared. A verdict is written even when the probe expired or was taken: it is a fact.
+
+    * accepted: the locator's acceptance time becomes ``sent_at`` (when it is new, or older than
+      the last contradiction, or half a licence old: followers' acceptances write rarely); an
+      in-doubt verdict is cleared when the acceptance was sent after it was recorded (the
+      version is proven good since); a rejection stays.
+    * rejected: the verdict (over an in-doubt one), and a contradiction at ``now``.
+    * in-doubt: the verdict unless it is a rejection, and a contradiction at ``now``.
+    """
+    before = record
+    if record.probe_owner == owner:
+        record = _without_probe(record)
+    if verdict == _ACCEPTED:
+        known = record.acceptance_time(locator)
+        stale = (
+            known is None
+            or (record.contradicted_at is not None and known <= record.contradicted_at)
+            or sent_at - known >= FANOUT_LICENCE_SECONDS / 2
+        )
+        if stale and (known is None or sent_at > known):
+            record = _with_acceptance(record, locator, sent_at)
+        if record.verdict == _IN_DOUBT and record.verdict_at is not None and sent_at >= record.verdict_at:
+            record = replace(record, verdict=None, reason=reason, verdict_at=now)
+        return None if record == before else record
+    contradicted = _later(record.contradicted_at, now)
+    if verdict == _IN_DOUBT and record.verdict == _REJECTED:
+        return replace(record, contradicted_at=contradicted)  # a rejection is the stronger fact
+    if verdict not in (_REJECTED, _IN_DOUBT):
+        raise ValueError("verdict must be 'accepted', 'rejected' or 'in-doubt'")
+    return replace(record, verdict=verdict, reason=reason, verdict_at=now, contradicted_at=contradicted)
+
+
+def release_step(record: AccountVersion, *, owner: str) -> AccountVersion | None:
+    """Give up ``owner``'s probe without a verdict (the request certainly never reached the
+    source); another owner's probe is left alone."""
+    return _without_probe(record) if record.probe_owner == owner else None
+
+
+def grant_step(
+    record: AccountVersion, *, request: str, reason: str | None, now: float
+) -> tuple[bool, AccountVersion | None]:
+    """An operator's request to present the version once more; (granted now, record to write).
+
+    A request lifts the verdict once: a request already in ``grants`` changes nothing, so the
+    parts of one fan-out, its re-queues and its redeliveries share one presentation. A granted
+    request clears the verdict and any probe and counts as a contradiction at ``now``: every
+    earlier acceptance stops licensing followers, so the next presentation is one probe.
+    """
+    key = request.strip()
+    if not key:
+        raise ValueError("request must not be empty: grants are kept per operator request")
+    if key in record.grants:
+        return False, None
+    granted = _without_probe(
+        replace(
+            record,
+            verdict=None,
+            reason=reason,
+            verdict_at=now,
+            overrides=record.overrides + 1,
+            grants=(*record.grants, key)[-MAX_GRANTS_KEPT:],
+            contradicted_at=_later(record.contradicted_at, now),
+        )
+    )
+    return True, granted
+
+
+def _later(at: float | None, now: float) -> float:
+    return now if at is None else max(at, now)
+
+
+def _with_acceptance(record: AccountVersion, locator: str, at: float) -> AccountVersion:
+    times = list(record.accepted_at) + [0.0] * (len(record.accepted) - len(record.accepted_at))
+    if locator in record.accepted:
+        times[record.accepted.index(locator)] = at
+        return replace(record, accepted_at=tuple(times))
+    return replace(record, accepted=(*record.accepted, locator), accepted_at=(*times, at))
+
+
+def _without_probe(record: AccountVersion) -> AccountVersion:
+    return replace(record, probe_owner=None, probe_locator=None, probe_target=None, probe_expires=None)
