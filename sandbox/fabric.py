@@ -72,12 +72,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sandbox.accounts import Cause
 from sandbox.entra import TokenInfo, TokenRejected
 from sandbox.gateway_keys import GatewayDecryptError, GatewayKeyPair
 from sandbox.powerbi import Datasource, _CredentialFormatError, parse_credentials
 from sandbox.refusals import FABRIC_REFUSALS, FabricRefusal, Refused, fabric_error, fabric_refusal
 from sandbox.server import HTTPError, Request, Response
-from sandbox.sources import SourceSystem, presented_secret
+from sandbox.sources import CheckResult, SourceSystem, presented_secret
 from sandbox.specs import fabric_errors, fabric_subtype
 
 if TYPE_CHECKING:
@@ -473,7 +474,7 @@ class Fabric:
             body["gatewayId"] = datasource.gateway.id
         return body
 
-    def sign_in(self, connection: FabricConnection, *, cause: Any = "refresh") -> str:
+    def sign_in(self, connection: FabricConnection, *, cause: Cause = "refresh") -> CheckResult:
         """One sign-in at the connection's source with what it holds (a Key Vault reference:
         the source's current secret, which Fabric reads at run time)."""
         with self._lock:
