@@ -159,7 +159,8 @@ class Refused:
     """A rendered refusal: what goes on the wire.
 
     ``body`` is the JSON document (``None`` when the answer is not JSON); ``text`` is the body as
-    sent (for Power BI also what a refresh's ``serviceExceptionJson`` holds); ``content_type`` its
+    text, compact JSON or the unreadable page (for Power BI also what a refresh's
+    ``serviceExceptionJson`` holds; the server may space JSON differently); ``content_type`` its
     media type. ``code`` is the error code the body carries, ``None`` when there is none to read.
     """
 
