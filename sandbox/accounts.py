@@ -3,10 +3,10 @@
 Active Directory, SQL Server logins with ``CHECK_POLICY`` and Entra ID smart lockout count
 failed sign-ins **per account**, whatever caused them: the credential test of an Update
 Datasource, a refresh or a status check on a stored wrong password, a resource-owner password
-grant. Many data sources sign in as one service account, so the sandbox keeps the account (its
-username, its current secret, the consecutive-failure count that locks it) apart from the
-systems that use it (:mod:`sandbox.sources`) and from Entra's users (:mod:`sandbox.entra`),
-which are accounts too.
+grant, a Fabric ``testConnection``. Many data sources sign in as one service account, so the
+sandbox keeps the account (its username, its current secret, the consecutive-failure count that
+locks it) apart from the systems that use it (:mod:`sandbox.sources`) and from Entra's users
+(:mod:`sandbox.entra`), which are accounts too.
 
 Every refused sign-in is recorded with its time, cause and a :func:`fingerprint` of the
 presented secret, so tests can assert the product's promise: per account and per presented
@@ -38,7 +38,7 @@ __all__ = [
 
 DEFAULT_LOCKOUT_THRESHOLD = 5
 
-Cause = Literal["update-test", "refresh", "status-check", "password-grant"]
+Cause = Literal["update-test", "refresh", "status-check", "password-grant", "test-connection"]
 SignInOutcome = Literal["ok", "invalid", "locked"]
 
 

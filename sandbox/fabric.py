@@ -14,8 +14,29 @@ What it decides, as Fabric does (FABRIC.md; ``specs/fabric/``):
   private key (a missing or undecryptable entry: 400 ``InvalidCredentialDetails``, nothing
   tested); a personal gateway one ``encryptedCredentials``.
 * **The connection test** (``skipTestConnection`` false) signs in at the source through its
-  account (``sb.sources``): a wrong value is 400 ``IncorrectCredentials`` and one failed sign-in
-  of that account; only a tested credential is stored.
+  account (``sb.sources``): a wrong value is one failed sign-in of that account and a 400 in the
+  connection's refusal shape (``IncorrectCredentials`` by default); only a tested credential is
+  stored.
+* **Refusal shapes**, per connection (:meth:`Fabric.set_refusal`, one of
+  :data:`sandbox.refusals.FABRIC_REFUSALS`; the catalogue and the source of each real body are in
+  :mod:`sandbox.refusals`): besides ``IncorrectCredentials``, SQL Server's failed login 18456
+  passed through as ``DM_GWPipeline_Gateway_DataSourceAccessError`` (semantic-link-labs issue
+  1025), Windows' logon failure, codes nobody documents, a body that is not JSON, a message
+  echoing the submitted value. The PATCH's test, ``testConnection`` and refreshes of semantic
+  models bound to the connection (in Power BI's terms) use it; the sign-in and its counting
+  never change with it. A locked account looks like a wrong value unless
+  :attr:`Fabric.report_lockouts` (refreshes follow ``sb.powerbi.report_lockouts``).
+* **``POST /connections/{id}/testConnection``** (``Connections_TestConnection``) answers
+  synchronously (the spec allows 200 or a 202 LRO; the sandbox never starts an LRO): it is a
+  sign-in at the source with what the connection holds, counted like any (cause
+  ``test-connection``). Allowed to a user of the connection or an admin of its gateway (the
+  spec's "permission to read the connection, or admin permission for the gateway"); 200
+  ``{"status": "Online", "errors": []}``; a refused sign-in 400 in the refusal shape (the spec
+  declares ``IncorrectCredentials``); a source the gateway cannot reach 200 ``Offline`` with
+  ``DM_GWPipeline_Client_GatewayUnreachable`` in ``errors`` (the spec's offline example is a
+  gateway fault). ``StreamingVirtualNetworkGateway`` connections are refused (400
+  ``InvalidInput``, not supported), and so are Power BI data sources shown as connections (as
+  for the PATCH).
 * **Key Vault references**: a cloud connection can hold a reference instead of a copy; a PATCH
   with a copy replaces it (``reference_overwritten`` counts it, so tests can prove the healer
   never does that).
@@ -51,17 +72,28 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sandbox.accounts import Cause
 from sandbox.entra import TokenInfo, TokenRejected
 from sandbox.gateway_keys import GatewayDecryptError, GatewayKeyPair
 from sandbox.powerbi import Datasource, _CredentialFormatError, parse_credentials
+from sandbox.refusals import FABRIC_REFUSALS, FabricRefusal, Refused, fabric_error, fabric_refusal
 from sandbox.server import HTTPError, Request, Response
-from sandbox.sources import SourceSystem
+from sandbox.sources import CheckResult, SourceSystem, presented_secret
 from sandbox.specs import fabric_errors, fabric_subtype
 
 if TYPE_CHECKING:
     from sandbox.world import Sandbox
 
-__all__ = ["FABRIC_AUDIENCE", "Fabric", "FabricConnection", "FabricGateway", "GatewayMember"]
+__all__ = [
+    "FABRIC_AUDIENCE",
+    "FABRIC_REFUSALS",
+    "Fabric",
+    "FabricConnection",
+    "FabricGateway",
+    "FabricRefusal",
+    "GatewayMember",
+    "fabric_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +112,6 @@ _FIELDS = {
     "SharedAccessSignature": ("token",),
     "ServicePrincipal": ("tenantId", "servicePrincipalClientId", "servicePrincipalSecret"),
 }
-
-
-def fabric_error(code: str, message: str, *, more: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
-    """Fabric's ``ErrorResponse``."""
-    body: dict[str, Any] = {"errorCode": code, "message": message, "requestId": str(uuid.uuid4())}
-    details = [{"errorCode": c, "message": m} for c, m in more]
-    if details:
-        body["moreDetails"] = details
-    return body
 
 
 def _fault_body(status: int, code: str, message: str) -> dict[str, Any]:
@@ -138,6 +161,7 @@ class FabricConnection:
     updates: int = 0  # accepted PATCHes
     reference_overwritten: int = 0  # PATCHes that replaced a Key Vault reference with a copy
     received: list[dict[str, Any]] = field(default_factory=list, repr=False)  # decrypted per PATCH
+    refusal: FabricRefusal = "incorrect-credentials"  # how a refused sign-in is answered (set_refusal)
 
 
 class Fabric:
@@ -155,6 +179,9 @@ class Fabric:
         the service. Off by default: tests that count connections (and ``discover``, which would
         show each such data source twice) predate it; tests of what the healer reads turn it on."""
         self.page_size = 100
+        self.report_lockouts = False
+        """True: a sign-in refused because the account is locked says so, in the shapes that can
+        (SQL Server's 18486); False (the default, like ``sb.powerbi``): it looks like a wrong value."""
         self._register_routes()
 
     @property
@@ -225,6 +252,30 @@ class Fabric:
             self.connections[connection.id] = connection
         return connection
 
+    def set_refusal(
+        self, connection: FabricConnection, shape: FabricRefusal = "incorrect-credentials"
+    ) -> None:
+        """How Fabric answers when ``connection``'s source refuses a sign-in (the PATCH's test,
+        ``testConnection``, and -- in Power BI's terms -- refreshes of models bound to it): one of
+        :data:`sandbox.refusals.FABRIC_REFUSALS`. The sign-in and its counting never change."""
+        if shape not in FABRIC_REFUSALS:
+            raise ValueError(f"shape must be one of {', '.join(FABRIC_REFUSALS)}, not {shape!r}")
+        with self._lock:
+            connection.refusal = shape
+
+    def _refused(
+        self, connection: FabricConnection, *, locked: bool, presented: str | None = None
+    ) -> HTTPError:
+        """The answer to a sign-in ``connection``'s source refused, in the connection's shape."""
+        account = connection.source.account
+        refused: Refused = fabric_refusal(
+            connection.refusal,
+            user=account.username or account.name,
+            locked=locked and self.report_lockouts,
+            presented=presented,
+        )
+        return HTTPError(refused.status, refused.payload, refused.headers)
+
     # -- routing ---------------------------------------------------------------------------------
     def _register_routes(self) -> None:
         c, g = _SEGMENT.format("connection"), _SEGMENT.format("gateway")
@@ -232,6 +283,7 @@ class Fabric:
             ("list_connections", "GET", "/connections", self._list_connections),
             ("get_connection", "GET", f"/connections/{c}", self._get_connection),
             ("update_connection", "PATCH", f"/connections/{c}", self._update_connection),
+            ("test_connection", "POST", f"/connections/{c}/testConnection", self._test_connection),
             ("get_gateway", "GET", f"/gateways/{g}", self._get_gateway),
             ("list_gateway_members", "GET", f"/gateways/{g}/members", self._list_members),
             (
@@ -422,7 +474,7 @@ class Fabric:
             body["gatewayId"] = datasource.gateway.id
         return body
 
-    def sign_in(self, connection: FabricConnection, *, cause: Any = "refresh") -> str:
+    def sign_in(self, connection: FabricConnection, *, cause: Cause = "refresh") -> CheckResult:
         """One sign-in at the connection's source with what it holds (a Key Vault reference:
         the source's current secret, which Fabric reads at run time)."""
         with self._lock:
@@ -585,12 +637,7 @@ class Fabric:
                     ),
                 )
             if result != "ok":
-                raise HTTPError(
-                    400,
-                    fabric_error(
-                        "IncorrectCredentials", "Failed to establish connection using the Credentials input"
-                    ),
-                )
+                raise self._refused(connection, locked=result == "locked", presented=presented_secret(data))
         with self._lock:
             if connection.key_vault_reference is not None:
                 connection.reference_overwritten += 1
@@ -606,6 +653,46 @@ class Fabric:
             "sandbox fabric: %s updated credentials of connection %s", caller.principal, connection.id
         )
         return Response(200, self.connection_json(connection))
+
+    def _test_connection(self, request: Request) -> Response:
+        """``Connections_TestConnection``: a sign-in with what the connection holds (it counts)."""
+        caller = self._authenticate(request)
+        connection_id = self._path_id(request, "connection")
+        if connection_id in self._datasource_connections(caller):
+            raise HTTPError(
+                400,
+                fabric_error(
+                    "InvalidInput", "The sandbox tests Power BI gateway data sources through Power BI only."
+                ),
+            )
+        with self._lock:
+            connection = self.connections.get(connection_id)
+            if connection is None:
+                raise HTTPError(
+                    404, fabric_error("EntityNotFound", "The requested connection was not found.")
+                )
+            gateway = connection.gateway
+            admin = gateway is not None and any(a.lower() == caller.principal.lower() for a in gateway.admins)
+            if not admin:
+                self._connection(caller, request)  # 403 unless a user of the connection
+        if connection.connectivity_type == "StreamingVirtualNetworkGateway":
+            raise HTTPError(
+                400,
+                fabric_error(
+                    "InvalidInput",
+                    "Testing a connection through a streaming virtual network gateway is not supported.",
+                ),
+            )
+        result = self.sign_in(connection, cause="test-connection")
+        if result == "ok":
+            return Response(200, {"status": "Online", "errors": []})
+        if result == "unreachable":
+            error = {
+                "errorCode": "DM_GWPipeline_Client_GatewayUnreachable",
+                "message": "The gateway could not reach the data source.",
+            }
+            return Response(200, {"status": "Offline", "errors": [error]})
+        raise self._refused(connection, locked=result == "locked")
 
     def _received(
         self, connection: FabricConnection, credential_type: str, credentials: dict[str, Any]

@@ -5,9 +5,17 @@ behaves the way the platform does where the healer depends on it (DESIGN.md, "Fa
 platform"): on-premises gateways hold a real RSA key and decrypt what they receive, every
 credential update is tested against the source system (whose account counts failed sign-ins
 from every cause -- update tests, refreshes, status checks -- and locks out; see
-:mod:`sandbox.accounts`), refreshes sign in with the *stored* credential and fail with
-``DM_GWPipeline_Gateway_InvalidConnectionCredentials`` when it is stale, and a credential
-failure switches the refresh schedule off.
+:mod:`sandbox.accounts`), refreshes sign in with the *stored* credential and fail when it is
+stale, and a credential failure switches the refresh schedule off.
+
+How a refused sign-in is answered is chosen per data source (:meth:`PowerBI.set_refusal`, one of
+:data:`sandbox.refusals.POWERBI_REFUSALS`; the catalogue and the source of each real body are in
+:mod:`sandbox.refusals`). The default, ``invalid-credentials``, is
+``DM_GWPipeline_Gateway_InvalidConnectionCredentials``; others play SQL Server's failed login
+18456 as ``DM_GWPipeline_Gateway_DataSourceAccessError``, Windows' "The user name or password is
+incorrect.", codes nobody documents, a body that is not JSON, and a message echoing the
+submitted value. The shape is used by the credential update's test, the status check and the
+refresh's ``serviceExceptionJson`` alike; the sign-in and its counting never change with it.
 
 Routes (service ``"powerbi"``; the names are stable, tests and fault injection use them)::
 
@@ -70,8 +78,9 @@ Behaviours that had to be decided (the real service documents none of them preci
   is the gateway that fails and it reports no more; cloud needs ``None`` (``RSA-OAEP`` ->
   ``DMTS_InvalidEncryptionAlgorithmError``) and strict JSON (otherwise ``InvalidRequest``).
   The service then tests the connection like the real one does: wrong or locked-out
-  credentials -> 400 ``DM_GWPipeline_Gateway_InvalidConnectionCredentials`` (counted by the
-  source's account), unreachable -> 400 ``DM_GWPipeline_Client_GatewayUnreachable``; nothing is stored
+  credentials -> 400 in the data source's refusal shape (``invalid-credentials`` by default:
+  ``DM_GWPipeline_Gateway_InvalidConnectionCredentials``; counted by the source's account),
+  unreachable -> 400 ``DM_GWPipeline_Client_GatewayUnreachable``; nothing is stored
   unless the source accepted it.
 * **OAuth2 "caller identity only" sources** (dataflows, SharePoint): app / managed identity
   callers -> ``PowerBINotAuthorizedException``; a payload carrying an ``accessToken`` -> 400
@@ -80,7 +89,10 @@ Behaviours that had to be decided (the real service documents none of them preci
   against the account; ``useCallerAADIdentity: true`` from the owner's user token succeeds and
   stores "signed in as" that user.
 * **Datasource status** is a real connection attempt by the gateway, so it counts toward
-  lockout like any sign-in.
+  lockout like any sign-in; a refused one answers 400 in the data source's refusal shape (no
+  stored credential at all: ``InvalidConnectionCredentials``, the source is not asked).
+* **Locked accounts** are answered like a wrong value unless :attr:`PowerBI.report_lockouts`;
+  then the shapes that can say so do (SQL Server's 18486, Windows' error 1909).
 * **Admin scanner APIs** (``admin/workspaces/getInfo``, ``scanStatus``, ``scanResult``) are
   refused to every principal unless it is in :attr:`PowerBI.admin_principals` (the tenant setting
   "Service principals can access read-only admin APIs" with the principal in its allowed
@@ -94,8 +106,11 @@ Behaviours that had to be decided (the real service documents none of them preci
   with ``lineage=True``, ``datasourceInstances`` only with ``datasourceDetails=True`` (the
   swagger's shapes: ``WorkspaceInfoResponse``). Another principal's scan id is 404.
 * **Refresh**: a sign-in per data source, in order, stopping at the first failure (a mashup
-  evaluation aborts on the first error). The refresh finishes ``duration`` seconds after it
-  started, evaluated lazily when history is read or a refresh is requested. Credential
+  evaluation aborts on the first error); a refused one fails the refresh with the data source's
+  refusal shape as ``serviceExceptionJson`` (``unreadable``: a string that is not JSON); through
+  a Fabric connection, with the connection's shape in Power BI's terms. The refresh finishes
+  ``duration`` seconds after it started, evaluated lazily when history is read or a refresh is
+  requested. Credential
   failure (wrong, locked out, or no credentials at all) disables the schedule; gateway or
   source unreachability does not.
 * **Daily quota**: shared capacity allows 8 refreshes (API and scheduled) per dataset; the
@@ -136,8 +151,18 @@ from sandbox import specs
 from sandbox.accounts import Cause
 from sandbox.entra import POWERBI_AUDIENCE, TokenInfo, TokenRejected
 from sandbox.gateway_keys import GatewayDecryptError, GatewayKeyPair
+from sandbox.refusals import (
+    INVALID_CONNECTION_CREDENTIALS,
+    POWERBI_REFUSALS,
+    POWERBI_SHAPE_OF_FABRIC,
+    PowerBIRefusal,
+    Refused,
+    credentials_error,
+    pbi_error,
+    powerbi_refusal,
+)
 from sandbox.server import HTTPError, Request, Response
-from sandbox.sources import CheckResult, SourceSystem
+from sandbox.sources import CheckResult, SourceSystem, presented_secret
 
 if TYPE_CHECKING:
     from sandbox.world import Sandbox
@@ -147,9 +172,11 @@ __all__ = [
     "CREDENTIALS_NOT_SPECIFIED",
     "GATEWAY_UNREACHABLE",
     "INVALID_CONNECTION_CREDENTIALS",
+    "POWERBI_REFUSALS",
     "SHARED_DAILY_REFRESH_LIMIT",
     "UNKNOWN_GATEWAY_ERROR",
     "CloudGatewayAnswer",
+    "PowerBIRefusal",
     "Dataset",
     "Datasource",
     "Gateway",
@@ -160,12 +187,12 @@ __all__ = [
     "StoredCredential",
     "UpdateAttempt",
     "Workspace",
+    "credentials_error",
     "pbi_error",
 ]
 
 logger = logging.getLogger(__name__)
 
-INVALID_CONNECTION_CREDENTIALS = "DM_GWPipeline_Gateway_InvalidConnectionCredentials"
 GATEWAY_UNREACHABLE = "DM_GWPipeline_Client_GatewayUnreachable"
 UNKNOWN_GATEWAY_ERROR = "DM_GWPipeline_UnknownError"
 INVALID_ENCRYPTION_ALGORITHM = "DMTS_InvalidEncryptionAlgorithmError"
@@ -200,25 +227,6 @@ SignInResult = CheckResult | Literal["missing"]
 
 
 # -- error bodies ----------------------------------------------------------------------------------
-def pbi_error(code: str, details: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
-    """The Power BI service error envelope (also what ``serviceExceptionJson`` holds, as a string)."""
-    return {
-        "error": {
-            "code": code,
-            "pbi.error": {
-                "code": code,
-                "parameters": {},
-                "details": [dict(d) for d in details],
-                "exceptionCulprit": 1,
-            },
-        }
-    }
-
-
-def _detail(code: str, value: str) -> dict[str, Any]:
-    return {"code": code, "detail": {"type": 1, "value": value}}
-
-
 def _invalid_request(message: str) -> dict[str, Any]:
     return {"error": {"code": "InvalidRequest", "message": message}}
 
@@ -305,6 +313,8 @@ class Datasource:
     credential: StoredCredential | None = None
     credential_history: list[StoredCredential] = field(default_factory=list, repr=False)
     update_attempts: list[UpdateAttempt] = field(default_factory=list, repr=False)
+    # How the service answers a sign-in its source refuses (sandbox.refusals; set_refusal).
+    refusal: PowerBIRefusal = "invalid-credentials"
 
     @property
     def gateway_id(self) -> str:
@@ -682,6 +692,15 @@ class PowerBI:
             if connection_encryption is not None:
                 datasource.connection_encryption = connection_encryption
 
+    def set_refusal(self, datasource: Datasource, shape: PowerBIRefusal = "invalid-credentials") -> None:
+        """How the service answers when ``datasource``'s source refuses a sign-in (the credential
+        update's test, a status check, a refresh): one of :data:`sandbox.refusals.POWERBI_REFUSALS`.
+        The sign-in and its counting by the account are the same whatever the shape."""
+        if shape not in POWERBI_REFUSALS:
+            raise ValueError(f"shape must be one of {', '.join(POWERBI_REFUSALS)}, not {shape!r}")
+        with self._lock:
+            datasource.refusal = shape
+
     def clear_credentials(self, datasource: Datasource) -> None:
         """Power BI holds no credential for ``datasource`` (refreshes fail: CredentialsNotSpecified)."""
         with self._lock:
@@ -832,11 +851,11 @@ class PowerBI:
                 continue
             refresh.status = "Failed"
             if result == "missing":
-                error: dict[str, Any] = {"errorCode": CREDENTIALS_NOT_SPECIFIED}
+                error = _compact({"errorCode": CREDENTIALS_NOT_SPECIFIED})
             elif result == "unreachable":
-                error = pbi_error(GATEWAY_UNREACHABLE)
+                error = _compact(pbi_error(GATEWAY_UNREACHABLE))
             else:
-                error = _credentials_error(datasource, locked=result == "locked" and self.report_lockouts)
+                error = self._refusal(datasource, locked=result == "locked").text
             self._fail_refresh(dataset, refresh, result, error)
             return
         for connection in dataset.connections:
@@ -845,24 +864,40 @@ class PowerBI:
                 continue
             refresh.status = "Failed"
             if result == "unreachable":
-                error = pbi_error(GATEWAY_UNREACHABLE)
+                error = _compact(pbi_error(GATEWAY_UNREACHABLE))
             else:
-                error = credentials_error(
-                    connection.connection_type,
-                    connection.path,
-                    connection.source.account.name,
+                # The connection's Fabric shape, in Power BI's terms (a refresh is Power BI's).
+                error = powerbi_refusal(
+                    POWERBI_SHAPE_OF_FABRIC[connection.refusal],
+                    kind=connection.connection_type,
+                    path=connection.path,
+                    user=_user_of(connection.source),
                     locked=result == "locked" and self.report_lockouts,
-                )
+                ).text
             self._fail_refresh(dataset, refresh, result, error)
             return
         refresh.status = "Completed"
 
-    def _fail_refresh(self, dataset: Dataset, refresh: Refresh, result: str, error: dict[str, Any]) -> None:
-        refresh.service_exception = json.dumps(error, separators=(",", ":"))
+    def _fail_refresh(self, dataset: Dataset, refresh: Refresh, result: str, error: str) -> None:
+        """``error`` is the ``serviceExceptionJson`` string (normally JSON; see sandbox.refusals)."""
+        refresh.service_exception = error
         if result != "unreachable":
             # Power BI turns the schedule off after a credential failure.
             dataset.schedule.enabled = False
         logger.info("sandbox powerbi: refresh %s of %s failed (%s)", refresh.request_id, dataset.id, result)
+
+    def _refusal(self, datasource: Datasource, *, locked: bool, presented: str | None = None) -> Refused:
+        """The answer to a sign-in ``datasource``'s source refused, in the data source's shape.
+        ``locked`` is said only when :attr:`report_lockouts` (otherwise it looks like a wrong value)."""
+        kind, path = _source_kind_path(datasource)
+        return powerbi_refusal(
+            datasource.refusal,
+            kind=kind,
+            path=path,
+            user=_user_of(datasource.source),
+            locked=locked and self.report_lockouts,
+            presented=presented,
+        )
 
     def _sign_in(
         self, datasource: Datasource, credential: StoredCredential | None, *, cause: Cause
@@ -1437,7 +1472,11 @@ class PowerBI:
             return Response(200)
         if result == "unreachable":
             raise HTTPError(400, pbi_error(GATEWAY_UNREACHABLE))
-        raise HTTPError(400, _credentials_error(datasource))
+        if result == "missing":  # nothing to sign in with: the source was not asked
+            kind, path = _source_kind_path(datasource)
+            raise HTTPError(400, credentials_error(kind, path, _user_of(datasource.source)))
+        refused = self._refusal(datasource, locked=result == "locked")
+        raise HTTPError(refused.status, refused.payload, refused.headers)
 
     def _update_datasource(self, request: Request) -> Response:
         caller = self._authenticate(request)
@@ -1480,7 +1519,12 @@ class PowerBI:
             if (caller_identity or datasource.caller_identity_only) and caller.kind != "user":
                 raise self._forbidden()
 
-        def refuse(status: int, error: dict[str, Any], data: dict[str, str] | None = None) -> HTTPError:
+        def refuse(
+            status: int, error: dict[str, Any] | Refused, data: dict[str, str] | None = None
+        ) -> HTTPError:
+            if isinstance(error, Refused):
+                self._record_attempt(datasource, caller, error.code or "unreadable", credential_type, data)
+                return HTTPError(error.status, error.payload, error.headers)
             code = error["error"]["code"]
             self._record_attempt(datasource, caller, code, credential_type, data)
             return HTTPError(status, error)
@@ -1518,8 +1562,10 @@ class PowerBI:
             signed_in_as = caller.principal
             data = {"username": caller.principal}
         elif credential_type == "OAuth2" and datasource.caller_identity_only:
-            # A token in the payload: the service's connection test with it fails (no account attempt).
-            raise refuse(400, _credentials_error(datasource), data)
+            # A token in the payload: the service's connection test with it fails (no account
+            # attempt, so no source's refusal either: always the invalid-credentials answer).
+            kind, path = _source_kind_path(datasource)
+            raise refuse(400, credentials_error(kind, path, _user_of(datasource.source)), data)
 
         credential = StoredCredential(
             credential_type,
@@ -1535,8 +1581,9 @@ class PowerBI:
             if result == "unreachable":
                 raise refuse(400, pbi_error(GATEWAY_UNREACHABLE), data)
             if result != "ok":
-                locked = result == "locked" and self.report_lockouts
-                raise refuse(400, _credentials_error(datasource, locked=locked), data)
+                presented = None if caller_identity else presented_secret(data)
+                locked = result == "locked"
+                raise refuse(400, self._refusal(datasource, locked=locked, presented=presented), data)
             datasource.credential = credential
             datasource.credential_type = credential_type
             datasource.privacy_level = credential.privacy_level
@@ -1679,6 +1726,11 @@ class PowerBI:
             )
 
 
+def _compact(document: dict[str, Any]) -> str:
+    """A JSON document as ``serviceExceptionJson`` carries it (no spaces)."""
+    return json.dumps(document, separators=(",", ":"))
+
+
 def _query_true(request: Request, name: str) -> bool:
     value = request.query_ci(name)
     if value is None:
@@ -1688,37 +1740,19 @@ def _query_true(request: Request, name: str) -> bool:
     return value.lower() == "true"
 
 
-def _credentials_error(datasource: Datasource, *, locked: bool = False) -> dict[str, Any]:
-    """``DM_GWPipeline_Gateway_InvalidConnectionCredentials`` as a refresh or an update reports it;
-    ``locked``: the source's message is SQL Server's error 18486 (the account is locked out)."""
+def _source_kind_path(datasource: Datasource) -> tuple[str, str]:
+    """How a refusal names the data source: its kind (``SQL``, ``Web``...) and its path."""
     kind = "SQL" if datasource.datasource_type.lower() == "sql" else datasource.datasource_type
     cd = datasource.connection_details
     path = ";".join(v for v in (cd.get("server"), cd.get("database")) if v) or next(
         iter(cd.values()), datasource.name
     )
-    return credentials_error(kind, path, datasource.source.account.name, locked=locked)
+    return kind, path
 
 
-def credentials_error(kind: str, path: str, account: str, *, locked: bool = False) -> dict[str, Any]:
-    """The refresh error of a credential failure at the source of ``kind`` at ``path``."""
-    return pbi_error(
-        INVALID_CONNECTION_CREDENTIALS,
-        [
-            _detail("DM_ErrorDetailNameCode_UnderlyingErrorCode", "-2147467259"),
-            _detail(
-                "DM_ErrorDetailNameCode_UnderlyingErrorMessage",
-                f"<ccon>Login failed for user '{account}' because the account is "
-                "currently locked out. The system administrator can unlock it. </ccon>"
-                if locked
-                else f"<ccon>The credentials provided for the {kind} source are invalid. "
-                f"(Source at {path}.)</ccon>",
-            ),
-            _detail("DM_ErrorDetailNameCode_UnderlyingHResult", "-2147467259"),
-            _detail("Microsoft.Data.Mashup.CredentialError.DataSourceKind", kind),
-            _detail("Microsoft.Data.Mashup.CredentialError.DataSourcePath", f"<ccon>{path}</ccon>"),
-            _detail("Microsoft.Data.Mashup.CredentialError.Reason", "AccessUnauthorized"),
-        ],
-    )
+def _user_of(source: SourceSystem) -> str:
+    """The user name a source's refusal names: its account's (the account's name without one)."""
+    return source.account.username or source.account.name
 
 
 def _int_param(request: Request, name: str, *, minimum: int) -> int | None:

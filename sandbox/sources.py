@@ -23,11 +23,17 @@ from sandbox.accounts import DEFAULT_LOCKOUT_THRESHOLD, Account, Cause
 if TYPE_CHECKING:
     from sandbox.world import Sandbox
 
-__all__ = ["CheckResult", "SourceSystem", "Sources"]
+__all__ = ["CheckResult", "SourceSystem", "Sources", "presented_secret"]
 
 CheckResult = Literal["ok", "invalid", "locked", "unreachable"]
 
 _SECRET_NAMES = ("password", "key", "token", "servicePrincipalSecret")
+
+
+def presented_secret(data: dict[str, str]) -> str | None:
+    """The secret a sign-in with ``data`` presents (its password, key, token or client secret;
+    the user name when it carries none, as an OAuth2 caller identity does)."""
+    return next((data[n] for n in _SECRET_NAMES if n in data), data.get("username"))
 
 
 @dataclass(eq=False)
@@ -80,7 +86,7 @@ class SourceSystem:
         """Try to sign in with ``data`` (the decoded ``credentialData`` name/value pairs)."""
         if not self.reachable:
             return "unreachable"
-        presented = next((data[n] for n in _SECRET_NAMES if n in data), data.get("username"))
+        presented = presented_secret(data)
         with self.account.lock:
             result = self.account.sign_in(
                 lambda username, secret: self._matches(credential_type, data, username, secret),

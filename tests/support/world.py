@@ -14,6 +14,10 @@ key, or the cloud gateway) whose admin is the app, ``sources`` source systems si
 dataset per source (owned by
 the app's client id, the principal Power BI compares, so schedule updates are allowed), the Key
 Vault secret holding the current credential, and the bindings JSON for all of it.
+
+How Power BI answers a sign-in the sources refuse is ``refusal`` (``build_world(refusal=...)``,
+one of :data:`sandbox.refusals.POWERBI_REFUSALS`, on every data source; :meth:`World.set_refusal`
+changes it per data source). The sign-ins and their counting are the same whatever the shape.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from sandbox import Sandbox
 from sandbox.accounts import Account
 from sandbox.entra import App
 from sandbox.powerbi import Dataset, Datasource, Gateway, Workspace
+from sandbox.refusals import PowerBIRefusal
 from sandbox.sources import SourceSystem
 from sandbox.world import RotationOrder, generate_password
 
@@ -50,6 +55,7 @@ class World:
     datasources: list[Datasource] = field(default_factory=list)
     datasets: list[Dataset] = field(default_factory=list)
     oauth2: str | None = None  # "caller-identity" for OAuth2 bindings
+    refusal: PowerBIRefusal = "invalid-credentials"  # what build_world set on every data source
 
     # -- ids ---------------------------------------------------------------------------------
     @property
@@ -155,6 +161,15 @@ class World:
         self.version = self.sb.vault.set_secret(self.secret_name, value)
         return self.version
 
+    def set_refusal(self, shape: PowerBIRefusal, *datasources: Datasource | int) -> None:
+        """How Power BI answers a refused sign-in of ``datasources`` (data sources or their indexes
+        in :attr:`datasources`; none: every one of this world's)."""
+        chosen = [self.datasources[d] if isinstance(d, int) else d for d in datasources] or self.datasources
+        for datasource in chosen:
+            self.sb.powerbi.set_refusal(datasource, shape)
+        if not datasources:
+            self.refusal = shape
+
     def fail_scheduled_refreshes(self) -> None:
         """Run a scheduled refresh of every dataset now (with the stored credential)."""
         for dataset in self.datasets:
@@ -190,6 +205,7 @@ def build_world(
     shared_account: bool = True,
     account_name: str | None = None,
     servers: int | None = None,
+    refusal: PowerBIRefusal = "invalid-credentials",
 ) -> World:
     """Make the world described in the module docstring in the started sandbox ``sb``.
 
@@ -207,6 +223,9 @@ def build_world(
     ``shared_account`` (default): every source signs in as one account, ``account_name``
     (default ``"{binding_name}-{prefix}\\{username or credential type}"``); ``False``: each source
     has its own account, named after the source.
+
+    ``refusal``: how Power BI answers a sign-in the sources refuse, on every data source (see
+    :mod:`sandbox.refusals`; :meth:`World.set_refusal` changes it later, per data source).
     """
     pbi = sb.powerbi
     app = app or sb.entra.default_app or sb.entra.add_app(name="healer")
@@ -234,6 +253,7 @@ def build_world(
         secret=secret,
         version=version,
         oauth2=oauth2,
+        refusal=refusal,
     )
     shared: Account | None = None
     if shared_account:
@@ -266,6 +286,7 @@ def build_world(
             credential_type=credential_type,
             caller_identity_only=caller_identity_only,
         )
+        pbi.set_refusal(datasource, refusal)
         dataset = pbi.add_dataset(workspace, f"{source.id} model", [datasource], owner=principal)
         world.sources.append(source)
         world.datasources.append(datasource)
