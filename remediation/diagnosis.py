@@ -350,7 +350,9 @@ _NO_CREDENTIALS = frozenset(
 _REFUSED_SIGN_IN = _Rule(
     Category.CREDENTIAL,
     "the data source refused the sign-in",
-    _FIX_CREDENTIAL,
+    _FIX_CREDENTIAL
+    + " If Key Vault's value is right, check that the account may sign in there (for Analysis "
+    "Services, the gateway's account needs to read tokenGroupsGlobalAndUniversal, and a trust).",
 )
 
 

@@ -317,22 +317,9 @@ class Healer:
             failed = self.refresher.scan_failed_datasets(run, say)
             say(f"{len(failed)} datasets whose last refresh failed")
 
-            def heal(found: tuple[str, str, Refresh]) -> None:
-                workspace_id, dataset_id, latest = found
-                if run.out_of_time(self._clock()):
-                    self.refresher.report_dataset(
-                        run,
-                        workspace_id,
-                        dataset_id,
-                        Action.DEFERRED,
-                        "the sweep's time budget ran out; the next sweep continues",
-                    )
-                    return
-                self.refresher.heal_dataset(
-                    workspace_id, dataset_id, run, latest=latest, latest_is_fresh=True
-                )
-
-            self.in_parallel(heal, failed)
+            self.refresher.heal_failed(
+                failed, run, why_deferred="the sweep's time budget ran out; the next sweep continues"
+            )
         finally:
             report = self._finish(run)
         return report
@@ -587,6 +574,7 @@ class Healer:
                 owner=run.owner,
                 now=self._clock(),
                 ttl=self.lease_ttl(),
+                request=run.correlation_id,
             )
             if claim is Claim.BUSY:
                 return done(
@@ -737,6 +725,7 @@ class Healer:
                     owner=run.owner,
                     now=now,
                     ttl=self.lease_ttl(),
+                    request=run.correlation_id,
                 )
                 if claim is not Claim.GRANTED:
                     raise _NotSent(f"the claim on the presentation is gone ({claim.value})")
@@ -820,6 +809,7 @@ class Healer:
                 reason=f"{reason} [{target.gateway_id}/{target.datasource_id}]",
                 now=now,
                 sent_at=min(sent_at, now),
+                request=run.correlation_id,
             )
 
         if verdict.verdict is Verdict.ACCEPTED:

@@ -494,11 +494,12 @@ class AccountVersion:
     with every write (None: never written).
 
     **Evidence has time** (the rules are :mod:`remediation.safety.presenting`'s):
-    ``accepted_at`` holds, for each locator of ``accepted`` in the same order, when the
-    presentation last seen accepted there was *sent*; ``contradicted_at`` is the last time
-    evidence spoke against the version (a rejection, an in-doubt answer, a refresh that failed
-    on it); an acceptance licenses nothing unless it is younger than that. ``grants`` are the
-    operator requests (``present again``) already consumed: each lifts a verdict once.
+    ``licences`` hold, per locator and operator request (a command's correlation id, shared by
+    the parts of its fan-out), when the presentation last seen accepted there was *sent*;
+    ``contradicted_at`` is the last time evidence spoke against the version (a rejection, an
+    in-doubt answer, a refresh that failed on it): an acceptance licenses nothing unless it is
+    younger. ``grants`` are the operator requests (``present again``) already consumed: each
+    lifts a verdict once.
     """
 
     account: str
@@ -515,24 +516,22 @@ class AccountVersion:
     presentations: int = 0
     overrides: int = 0
     etag: str | None = None
-    accepted_at: tuple[float, ...] = ()
+    licences: tuple[tuple[str, float, str], ...] = ()
     contradicted_at: float | None = None
     grants: tuple[str, ...] = ()
 
-    def acceptance_time(self, locator: str) -> float | None:
-        """When the latest presentation accepted at ``locator`` was sent (None: never, or an
-        acceptance recorded before times were kept, which licenses nothing)."""
-        wanted = locator.strip().lower()
-        for index, known in enumerate(self.accepted):
-            if known == wanted:
-                return self.accepted_at[index] if index < len(self.accepted_at) else None
-        return None
+    def licence(self, locator: str, request: str) -> float | None:
+        """When the latest presentation of ``request`` accepted at ``locator`` was sent (None:
+        none, or only acceptances recorded before times were kept, which license nothing)."""
+        wanted, by = locator.strip().lower(), request.strip()
+        times = [at for where, at, who in self.licences if where == wanted and who == by]
+        return max(times) if times else None
 
     def evidence_json(self) -> str:
-        """``accepted_at``, ``contradicted_at`` and ``grants`` as one JSON object (stored form)."""
+        """``licences``, ``contradicted_at`` and ``grants`` as one JSON object (stored form)."""
         return json.dumps(
             {
-                "acceptedAt": list(self.accepted_at),
+                "licences": [[where, at, who] for where, at, who in self.licences],
                 "contradictedAt": self.contradicted_at,
                 "grants": list(self.grants),
             },
@@ -540,7 +539,9 @@ class AccountVersion:
         )
 
     @staticmethod
-    def parse_evidence(text: str | None) -> tuple[tuple[float, ...], float | None, tuple[str, ...]]:
+    def parse_evidence(
+        text: str | None,
+    ) -> tuple[tuple[tuple[str, float, str], ...], float | None, tuple[str, ...]]:
         """Read :meth:`evidence_json` back (empty text: no evidence); raises :class:`LedgerError`
         if it is malformed."""
         if text is None or not text.strip():
@@ -551,21 +552,25 @@ class AccountVersion:
             raise LedgerError("corrupt ledger record: evidence") from exc
         if not isinstance(doc, dict):
             raise LedgerError("corrupt ledger record: evidence")
-        times, contradicted, grants = (
-            doc.get("acceptedAt", []),
-            doc.get("contradictedAt"),
-            doc.get("grants", []),
-        )
+        licences, contradicted = doc.get("licences", []), doc.get("contradictedAt")
+        grants = doc.get("grants", [])
         if (
-            not isinstance(times, list)
-            or not all(_is_number(t) for t in times)
+            not isinstance(licences, list)
+            or not all(
+                isinstance(item, list)
+                and len(item) == 3
+                and isinstance(item[0], str)
+                and _is_number(item[1])
+                and isinstance(item[2], str)
+                for item in licences
+            )
             or (contradicted is not None and not _is_number(contradicted))
             or not isinstance(grants, list)
             or not all(isinstance(g, str) for g in grants)
         ):
             raise LedgerError("corrupt ledger record: evidence")
         return (
-            tuple(float(t) for t in times),
+            tuple((str(w), float(t), str(r)) for w, t, r in licences),
             None if contradicted is None else float(contradicted),
             tuple(grants),
         )
@@ -753,12 +758,14 @@ class Ledger(Protocol):
         owner: str,
         now: float,
         ttl: float,
+        request: str = "",
     ) -> tuple[Claim, AccountVersion]:
-        """Ask to present ``version`` to ``account`` at ``locator`` (for ``target``); the answer
-        and the state after it. The rule is :func:`remediation.safety.presenting.claim_step`:
-        a verdict answers REJECTED / IN_DOUBT; a locator licensed by a recent acceptance (younger
-        than the last contradiction) ACCEPTED; otherwise one probe at a time per account (an
-        expired probe of another owner makes the version in doubt).
+        """Ask to present ``version`` to ``account`` at ``locator`` (for ``target``), for the
+        command ``request`` (its correlation id); the answer and the state after it. The rule is
+        :func:`remediation.safety.presenting.claim_step`: a verdict answers REJECTED / IN_DOUBT;
+        a locator licensed for ``request`` by a recent acceptance (younger than the last
+        contradiction) ACCEPTED; otherwise one probe at a time per account (an expired probe of
+        another owner makes the version in doubt).
 
         Atomic: of concurrent claimers with different owners exactly one is granted. A granted
         caller must call :meth:`record_presentation` with the source's verdict (or "in-doubt"
@@ -778,14 +785,15 @@ class Ledger(Protocol):
         reason: str,
         now: float,
         sent_at: float | None = None,
+        request: str = "",
     ) -> AccountVersion:
-        """Record the source's verdict on a presentation sent at ``sent_at`` (default ``now``);
-        the new state. Written even when the caller's probe expired or was taken (a verdict is a
-        fact). The rule is :func:`remediation.safety.presenting.verdict_step`: "accepted"
-        records the locator's acceptance time (and clears an "in-doubt" verdict recorded before
-        it was sent), "rejected" and "in-doubt" set the verdict (a rejection is never replaced
-        by doubt) and a contradiction at ``now``. ``owner``'s probe, if current, is cleared.
-        Raises ValueError for another verdict.
+        """Record the source's verdict on a presentation of ``request`` sent at ``sent_at``
+        (default ``now``); the new state. Written even when the caller's probe expired or was
+        taken (a verdict is a fact). The rule is :func:`remediation.safety.presenting.verdict_step`:
+        "accepted" records the locator's licence for ``request`` (and clears an "in-doubt" verdict
+        recorded before it was sent), "rejected" and "in-doubt" set the verdict (a rejection is
+        never replaced by doubt) and a contradiction at ``now``. ``owner``'s probe, if current,
+        is cleared. Raises ValueError for another verdict.
         """
         ...
 

@@ -362,6 +362,7 @@ class EntityLedgerBase(abc.ABC):
         owner: str,
         now: float,
         ttl: float,
+        request: str = "",
     ) -> tuple[Claim, AccountVersion]:
         """See :meth:`Ledger.claim_presentation`; the rule is :func:`.presenting.claim_step`."""
         key = _account_key(account, secret, version)
@@ -370,7 +371,9 @@ class EntityLedgerBase(abc.ABC):
         steps: list[ClaimStep] = []
 
         def change(record: AccountVersion) -> AccountVersion | None:
-            step = claim_step(record, locator=locator, target=target, owner=owner, now=now, ttl=ttl)
+            step = claim_step(
+                record, locator=locator, target=target, owner=owner, request=request.strip(), now=now, ttl=ttl
+            )
             steps[:] = [step]
             if step.record is not None and step.record.reason is not None:
                 return replace(step.record, reason=_reason(step.record.reason))
@@ -401,6 +404,7 @@ class EntityLedgerBase(abc.ABC):
         reason: str,
         now: float,
         sent_at: float | None = None,
+        request: str = "",
     ) -> AccountVersion:
         """See :meth:`Ledger.record_presentation`; the rule is :func:`.presenting.verdict_step`."""
         key = _account_key(account, secret, version)
@@ -412,7 +416,14 @@ class EntityLedgerBase(abc.ABC):
 
         def change(record: AccountVersion) -> AccountVersion | None:
             return verdict_step(
-                record, verdict=verdict, owner=owner, locator=locator, reason=why, sent_at=sent, now=now
+                record,
+                verdict=verdict,
+                owner=owner,
+                locator=locator,
+                reason=why,
+                sent_at=sent,
+                now=now,
+                request=request.strip(),
             )
 
         return self._account_cas(key, change)

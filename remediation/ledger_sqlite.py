@@ -253,7 +253,7 @@ def _account_params(record: AccountVersion) -> dict[str, object]:
 def _account_from_row(row: tuple[object, ...]) -> AccountVersion:
     """An :class:`AccountVersion` from a row of :data:`_SELECT_ACCOUNT_VERSION`'s columns."""
     account, secret, version = (_text(v) for v in row[:3])
-    accepted_at, contradicted_at, grants = AccountVersion.parse_evidence(_opt_text(row[14]))
+    licences, contradicted_at, grants = AccountVersion.parse_evidence(_opt_text(row[14]))
     return AccountVersion(
         account=account,
         secret=secret,
@@ -269,7 +269,7 @@ def _account_from_row(row: tuple[object, ...]) -> AccountVersion:
         presentations=_count(row[11]),
         overrides=_count(row[12]),
         etag=str(row[13]),
-        accepted_at=accepted_at,
+        licences=licences,
         contradicted_at=contradicted_at,
         grants=grants,
     )

@@ -829,7 +829,7 @@ def _account_from_entity(entity: Mapping[str, Any]) -> AccountVersion:
     )
     if account is None or secret is None or version is None:
         raise LedgerError("corrupt ledger record: account version")
-    accepted_at, contradicted_at, grants = AccountVersion.parse_evidence(_read_chunked(entity, "evidence"))
+    licences, contradicted_at, grants = AccountVersion.parse_evidence(_read_chunked(entity, "evidence"))
     return AccountVersion(
         account=account,
         secret=secret,
@@ -845,7 +845,7 @@ def _account_from_entity(entity: Mapping[str, Any]) -> AccountVersion:
         presentations=_count(entity, "presentations"),
         overrides=_count(entity, "overrides"),
         etag=str(entity["etag"]),
-        accepted_at=accepted_at,
+        licences=licences,
         contradicted_at=contradicted_at,
         grants=grants,
     )

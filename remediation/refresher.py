@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, TypeVar
 
@@ -97,6 +98,21 @@ def _path_details(path: str | None) -> dict[str, str]:
     return {"path": text} if text else {}
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A dataset read and learnt from, ready to heal: its last refresh, the diagnosis of its
+    failure when a credential can cure it (else None), its credential-bearing sources, their
+    bound targets and the source the failure names."""
+
+    workspace_id: str
+    dataset_id: str
+    latest: Refresh | None
+    diagnosis: Diagnosis | None
+    credential_bearing: tuple[DatasetDatasource, ...]
+    resolved: tuple[Resolved, ...]
+    culprit: DatasetDatasource | None
+
+
 class Refresher:
     """Heals datasets: their bound sources through the healer, then their refresh."""
 
@@ -152,52 +168,102 @@ class Refresher:
         read as evidence (:meth:`_learn_from_failure`), then the bound sources are healed under
         the account rules, then the safety core decides whether the dataset may be refreshed
         (:func:`~remediation.safety.refreshing.may_refresh`)."""
-        report = partial(self.report_dataset, run, workspace_id, dataset_id)
+        plan = self._prepare(
+            workspace_id, dataset_id, run, latest, sources, heal_credentials=heal_credentials
+        )
+        if plan is not None:
+            self._finish(plan, run, latest_is_fresh=latest_is_fresh)
 
+    def heal_failed(self, found: Sequence[tuple[str, str, Refresh]], run: Run, *, why_deferred: str) -> None:
+        """Heal datasets whose last refresh failed (a sweep's, or a rotation's retry), in two
+        passes: every failure is read as evidence first, then the datasets are healed and maybe
+        refreshed. So one dataset's failure on a version stops another dataset's refresh on that
+        version in the same run, whichever is handled first."""
+
+        def prepare(item: tuple[str, str, Refresh]) -> _Plan | None:
+            workspace_id, dataset_id, latest = item
+            if run.out_of_time(self._clock()):
+                self.report_dataset(run, workspace_id, dataset_id, Action.DEFERRED, why_deferred)
+                return None
+            return self._prepare(workspace_id, dataset_id, run, latest, None, heal_credentials=False)
+
+        plans = self._targets.in_parallel(prepare, list(found))
+
+        def finish(plan: _Plan | None) -> None:
+            if plan is not None:
+                self._finish(plan, run, latest_is_fresh=True)
+
+        self._targets.in_parallel(finish, plans)
+
+    def _prepare(
+        self,
+        workspace_id: str,
+        dataset_id: str,
+        run: Run,
+        latest: Refresh | None,
+        sources: Sequence[DatasetDatasource] | None,
+        *,
+        heal_credentials: bool,
+    ) -> _Plan | None:
+        """Read the dataset (its last refresh, its data sources and their bindings) and learn from
+        its failure; None when there is nothing more to do (reported)."""
+        report = partial(self.report_dataset, run, workspace_id, dataset_id)
         try:
             if latest is None:
                 history = self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=1)
                 latest = history[0] if history else None
         except ApiError as exc:
             report(Action.FAILED, f"could not read the refresh history: {exc}")
-            return
+            return None
         diagnosis = diagnose(latest) if latest is not None and latest.failed else None
-        curable = diagnosis is not None and diagnosis.category in (Category.CREDENTIAL, Category.ACCOUNT)
+        curable = diagnosis is not None and diagnosis.category in _CURABLE
         if (diagnosis is not None and not curable) or (not curable and not heal_credentials):
             # A failure a credential cannot cure changes no credential (the gateway is offline, the
             # source unreachable...): PATCHing would only add sign-ins, or fail the same way.
             self._report_refresh_state(report, latest)
-            return
-
+            return None
         if sources is None:
             try:
                 sources = self.powerbi.get_datasources_in_group(workspace_id, dataset_id)
             except ApiError as exc:
                 report(Action.FAILED, f"could not list the dataset's data sources: {exc}")
-                return
+                return None
         sources, connections = self._with_connections(workspace_id, dataset_id, sources, run)
-        resolved, unbound = self._dataset_bindings(sources, report, connections)
+        resolved, _unbound = self._dataset_bindings(sources, report, connections)
         credential_bearing = [s for s in sources if s.bound]
         culprit = self._culprit(latest, credential_bearing) if curable else None
         if curable and diagnosis is not None and latest is not None and not run.dry_run:
             self._learn_from_failure(diagnosis, latest, culprit, resolved, run)
+        return _Plan(
+            workspace_id,
+            dataset_id,
+            latest,
+            diagnosis if curable else None,
+            tuple(credential_bearing),
+            tuple(resolved),
+            culprit,
+        )
 
-        outcomes = self._targets.heal_targets(resolved, run)
-        if not curable or latest is None or diagnosis is None:
+    def _finish(self, plan: _Plan, run: Run, *, latest_is_fresh: bool) -> None:
+        """Heal the dataset's bound sources, then refresh it if the safety core allows."""
+        report = partial(self.report_dataset, run, plan.workspace_id, plan.dataset_id)
+        outcomes = self._targets.heal_targets(plan.resolved, run)
+        latest, diagnosis = plan.latest, plan.diagnosis
+        if latest is None or diagnosis is None:
             self._report_refresh_state(report, latest)
             return
         decision = may_refresh(
-            self._evidence(credential_bearing, resolved, outcomes, run),
+            self._evidence(plan.credential_bearing, plan.resolved, outcomes, run),
             FailureEvidence(
                 latest.start_time.timestamp() if latest.start_time is not None else None,
-                None if culprit is None else _source_key(culprit),
+                None if plan.culprit is None else _source_key(plan.culprit),
             ),
         )
         if decision.allowed:
-            self._refresh(workspace_id, dataset_id, run, check_running=not latest_is_fresh)
+            self._refresh(plan.workspace_id, plan.dataset_id, run, check_running=not latest_is_fresh)
             return
         account = f" {diagnosis.message}. {diagnosis.fix}" if diagnosis.category is Category.ACCOUNT else ""
-        if decision.unbound and not resolved:
+        if decision.unbound and not plan.resolved:
             report(
                 Action.UNBOUND,
                 "the refresh failed for credentials but none of the dataset's data sources is bound: "
@@ -663,21 +729,7 @@ class Refresher:
             and (self.inventory.uses_any(r, keys) or any(uses_connection(s) for s in r.sources))
         ]
         failed = self._failed_among(records, run, cursor=None)
-
-        def retry(found: tuple[str, str, Refresh]) -> None:
-            workspace_id, dataset_id, latest = found
-            if run.out_of_time(self._clock()):
-                self.report_dataset(
-                    run,
-                    workspace_id,
-                    dataset_id,
-                    Action.DEFERRED,
-                    "the run's time ran out before this dataset",
-                )
-                return
-            self.heal_dataset(workspace_id, dataset_id, run, latest=latest, latest_is_fresh=True)
-
-        self._targets.in_parallel(retry, failed)
+        self.heal_failed(failed, run, why_deferred="the run's time ran out before this dataset")
 
     def scan_failed_datasets(self, run: Run, say: Callable[[str], None]) -> list[tuple[str, str, Refresh]]:
         """Datasets using bound data sources whose last refresh failed for credentials.

@@ -493,9 +493,18 @@ class LedgerContract:
         version: str = V1,
         account: str = ACCOUNT,
         ttl: float = 60.0,
+        request: str = "",
     ) -> tuple[Claim, AccountVersion]:
         return ledger.claim_presentation(
-            account, SECRET, version, locator=locator, target=TARGET, owner=owner, now=now, ttl=ttl
+            account,
+            SECRET,
+            version,
+            locator=locator,
+            target=TARGET,
+            owner=owner,
+            now=now,
+            ttl=ttl,
+            request=request,
         )
 
     @staticmethod
@@ -509,6 +518,7 @@ class LedgerContract:
         version: str = V1,
         reason: str = "the source said so",
         sent_at: float | None = None,
+        request: str = "",
     ) -> AccountVersion:
         return ledger.record_presentation(
             ACCOUNT,
@@ -520,6 +530,7 @@ class LedgerContract:
             reason=reason,
             now=now,
             sent_at=sent_at,
+            request=request,
         )
 
     def test_unknown_account_version_has_the_empty_state(self, ledger: Ledger) -> None:
@@ -653,7 +664,9 @@ class LedgerContract:
         assert state.verdict == "rejected" and state.reason == "login failed"  # the late answer is a fact
 
         self._claim(ledger, "run-a", T0, version=V2)
-        ledger.allow_again(ACCOUNT, SECRET, V2, request="req-1", now=T0 + 1, reason="operator")  # clears the probe
+        ledger.allow_again(
+            ACCOUNT, SECRET, V2, request="req-1", now=T0 + 1, reason="operator"
+        )  # clears the probe
         assert self._claim(ledger, "run-b", T0 + 2, version=V2)[0] is Claim.GRANTED
         state = self._record(ledger, "in-doubt", "run-a", T0 + 3, version=V2, reason="read timeout")
         assert state.verdict == "in-doubt" and state.probe_owner == "run-b"  # only the owner's probe goes
@@ -721,10 +734,22 @@ class LedgerContract:
         self._record(ledger, "accepted", "run-c", T0 + 5, sent_at=T0 + 4)
         assert self._claim(ledger, "run-d", T0 + 6)[0] is Claim.ACCEPTED
 
+    def test_an_acceptance_licenses_the_parts_of_its_own_request_only(self, ledger: Ledger) -> None:
+        self._claim(ledger, "part-1", T0, request="req-a")
+        self._record(ledger, "accepted", "part-1", T0 + 1, request="req-a")
+        assert self._claim(ledger, "part-2", T0 + 2, request="req-a")[0] is Claim.ACCEPTED
+        # a later sweep did not see that acceptance: it checks the version on one target first
+        claim, state = self._claim(ledger, "sweep", T0 + 3, request="req-b")
+        assert claim is Claim.GRANTED and state.presentations == 2
+        assert self._claim(ledger, "sweep-2", T0 + 3, request="req-b")[0] is Claim.BUSY
+        state = self._record(ledger, "accepted", "sweep", T0 + 4, request="req-b")
+        assert {(where, who) for where, _, who in state.licences} == {(HOST, "req-a"), (HOST, "req-b")}
+        assert self._claim(ledger, "sweep-2", T0 + 5, request="req-b")[0] is Claim.ACCEPTED
+
     def test_an_acceptance_licenses_followers_for_a_while_only(self, ledger: Ledger) -> None:
         self._claim(ledger, "run-a", T0)
         state = self._record(ledger, "accepted", "run-a", T0 + 2, sent_at=T0 + 1)
-        assert state.acceptance_time(HOST) == T0 + 1
+        assert state.licence(HOST, "") == T0 + 1
         last = T0 + 1 + FANOUT_LICENCE_SECONDS
         assert self._claim(ledger, "run-b", last - 1)[0] is Claim.ACCEPTED
         claim, state = self._claim(ledger, "run-b", last)
@@ -743,7 +768,7 @@ class LedgerContract:
         state = self._record(ledger, "accepted", "run-d", T0 + 12, sent_at=T0 + 9)
         assert state.verdict == "in-doubt"
         state = self._record(ledger, "accepted", "run-e", T0 + 13, sent_at=T0 + 11)
-        assert state.verdict is None and state.acceptance_time(HOST) == T0 + 11
+        assert state.verdict is None and state.licence(HOST, "") == T0 + 11
         assert self._claim(ledger, "run-f", T0 + 14)[0] is Claim.ACCEPTED
 
     def test_a_rejection_is_a_contradiction_that_stays(self, ledger: Ledger) -> None:
@@ -890,7 +915,9 @@ class LedgerContract:
         etags.append(self._claim(ledger, "run-a", T0 + 1)[1].etag)  # renewal
         etags.append(self._record(ledger, "in-doubt", now=T0 + 2).etag)
         etags.append(self._record(ledger, "accepted", now=T0 + 3).etag)
-        etags.append(ledger.allow_again(ACCOUNT, SECRET, V1, request="r", now=T0 + 4, reason="operator")[1].etag)
+        etags.append(
+            ledger.allow_again(ACCOUNT, SECRET, V1, request="r", now=T0 + 4, reason="operator")[1].etag
+        )
         assert None not in etags and len(set(etags)) == len(etags)
         assert ledger.account_version(ACCOUNT, SECRET, V1).etag == etags[-1]
 

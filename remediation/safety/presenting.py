@@ -11,10 +11,11 @@ its source rejected, how often it was tried) and the account's for that version
   target (the *probe*, claimed in the ledger so that other runs, workers and instances wait); the
   others follow only once it was accepted at the same locator (an acceptance on one SQL server
   says nothing of another's login).
-* **Evidence has time.** An acceptance licenses followers only while it is younger than
-  :data:`FANOUT_LICENCE_SECONDS` and younger than the last evidence against the version (a
-  rejection, an in-doubt answer, a refresh that failed on it: ``contradicted_at``). Older, the
-  next presentation is a probe again. A lost answer is in doubt for the account, whoever sent it.
+* **Evidence has time.** An acceptance licenses followers of the same command (the parts of one
+  fan-out) only while it is younger than :data:`FANOUT_LICENCE_SECONDS` and younger than the last
+  evidence against the version (a rejection, an in-doubt answer, a refresh that failed on it:
+  ``contradicted_at``). Another command, or a later one, probes again: an acceptance is not a
+  blank cheque. A lost answer is in doubt for the account, whoever sent it.
 * **A rejected or in-doubt version is not presented again** to any target of the account. Only a
   new version or an operator's request lifts it, and a request lifts it once (:func:`grant_step`),
   however many parts, re-queues or redeliveries it goes through.
@@ -35,6 +36,7 @@ from remediation.report import Action
 __all__ = [
     "FANOUT_LICENCE_SECONDS",
     "MAX_GRANTS_KEPT",
+    "MAX_LICENCES_KEPT",
     "ClaimStep",
     "Decision",
     "account_decision",
@@ -53,6 +55,9 @@ change nobody has seen yet, so the next presentation re-checks the version on on
 
 MAX_GRANTS_KEPT: Final = 64
 """Operator requests remembered per account and version (the newest)."""
+
+MAX_LICENCES_KEPT: Final = 64
+"""Licences (locator, request) kept per account and version (the newest)."""
 
 _REJECTED: Final = "rejected"
 _IN_DOUBT: Final = "in-doubt"
@@ -130,13 +135,15 @@ def account_decision(av: AccountVersion, *, present_again: bool) -> Decision | N
     )
 
 
-def licensed(record: AccountVersion, locator: str, now: float) -> bool:
-    """Whether an acceptance at ``locator`` lets a presentation there go without a probe: it was
-    sent after the last evidence against the version, less than :data:`FANOUT_LICENCE_SECONDS`
-    ago, and the account has no verdict."""
+def licensed(record: AccountVersion, locator: str, request: str, now: float) -> bool:
+    """Whether an acceptance lets a presentation of ``request`` at ``locator`` go without a
+    probe: the account has no verdict, and a presentation of the same request (the parts of one
+    fan-out share it) was accepted there, sent after the last evidence against the version and
+    less than :data:`FANOUT_LICENCE_SECONDS` ago. Another request, a later sweep say, probes
+    again: an acceptance it did not see is no licence for it."""
     if record.verdict is not None:
         return False
-    at = record.acceptance_time(locator)
+    at = record.licence(locator, request)
     if at is None:
         return False
     if record.contradicted_at is not None and at <= record.contradicted_at:
@@ -155,12 +162,21 @@ class ClaimStep:
 
 
 def claim_step(
-    record: AccountVersion, *, locator: str, target: str, owner: str, now: float, ttl: float
+    record: AccountVersion,
+    *,
+    locator: str,
+    target: str,
+    owner: str,
+    request: str,
+    now: float,
+    ttl: float,
 ) -> ClaimStep:
-    """May ``owner`` present the version to ``target`` at ``locator`` now? In this order:
+    """May ``owner`` (a run of ``request``) present the version to ``target`` at ``locator``
+    now? In this order:
 
     1. a verdict is set: :attr:`Claim.REJECTED` or :attr:`Claim.IN_DOUBT`;
-    2. the locator is :func:`licensed`: :attr:`Claim.ACCEPTED` (a follower, no write);
+    2. the locator is :func:`licensed` for ``request``: :attr:`Claim.ACCEPTED` (a follower, no
+       write);
     3. ``owner``'s own probe for the same target: :attr:`Claim.GRANTED` again (renewed);
        ``owner``'s probe for another target, or another owner's unexpired probe:
        :attr:`Claim.BUSY` (one presentation at a time); another owner's expired probe: the
@@ -169,7 +185,7 @@ def claim_step(
     """
     if record.verdict is not None:
         return ClaimStep(Claim.REJECTED if record.verdict == _REJECTED else Claim.IN_DOUBT, None)
-    if licensed(record, locator, now):
+    if licensed(record, locator, request, now):
         return ClaimStep(Claim.ACCEPTED, None)
     if record.probe_owner == owner and record.probe_target == target:
         return ClaimStep(Claim.GRANTED, replace(record, probe_expires=now + ttl))
@@ -211,14 +227,15 @@ def verdict_step(
     reason: str | None,
     sent_at: float,
     now: float,
+    request: str = "",
 ) -> AccountVersion | None:
     """The record after a presentation's verdict (None: nothing to write). ``owner``'s probe is
     cleared. A verdict is written even when the probe expired or was taken: it is a fact.
 
-    * accepted: the locator's acceptance time becomes ``sent_at`` (when it is new, or older than
-      the last contradiction, or half a licence old: followers' acceptances write rarely); an
-      in-doubt verdict is cleared when the acceptance was sent after it was recorded (the
-      version is proven good since); a rejection stays.
+    * accepted: the locator is accepted, and its licence for ``request`` becomes ``sent_at``
+      (when it is new, older than the last contradiction, or half a licence old: followers'
+      acceptances write rarely); an in-doubt verdict is cleared when the acceptance was sent
+      after it was recorded (the version is proven good since); a rejection stays.
     * rejected: the verdict (over an in-doubt one), and a contradiction at ``now``.
     * in-doubt: the verdict unless it is a rejection, and a contradiction at ``now``.
     """
@@ -226,14 +243,16 @@ def verdict_step(
     if record.probe_owner == owner:
         record = _without_probe(record)
     if verdict == _ACCEPTED:
-        known = record.acceptance_time(locator)
+        if locator not in record.accepted:
+            record = replace(record, accepted=(*record.accepted, locator))
+        known = record.licence(locator, request)
         stale = (
             known is None
             or (record.contradicted_at is not None and known <= record.contradicted_at)
             or sent_at - known >= FANOUT_LICENCE_SECONDS / 2
         )
         if stale and (known is None or sent_at > known):
-            record = _with_acceptance(record, locator, sent_at)
+            record = _with_licence(record, locator, request.strip(), sent_at)
         if record.verdict == _IN_DOUBT and record.verdict_at is not None and sent_at >= record.verdict_at:
             record = replace(record, verdict=None, reason=reason, verdict_at=now)
         return None if record == before else record
@@ -284,12 +303,9 @@ def _later(at: float | None, now: float) -> float:
     return now if at is None else max(at, now)
 
 
-def _with_acceptance(record: AccountVersion, locator: str, at: float) -> AccountVersion:
-    times = list(record.accepted_at) + [0.0] * (len(record.accepted) - len(record.accepted_at))
-    if locator in record.accepted:
-        times[record.accepted.index(locator)] = at
-        return replace(record, accepted_at=tuple(times))
-    return replace(record, accepted=(*record.accepted, locator), accepted_at=(*times, at))
+def _with_licence(record: AccountVersion, locator: str, request: str, at: float) -> AccountVersion:
+    kept = [item for item in record.licences if (item[0], item[2]) != (locator, request)]
+    return replace(record, licences=(*kept, (locator, at, request))[-MAX_LICENCES_KEPT:])
 
 
 def _without_probe(record: AccountVersion) -> AccountVersion:

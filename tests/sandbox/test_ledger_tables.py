@@ -43,7 +43,8 @@ ACCOUNT_PROPERTIES = {
     "secret_name",
     "secret_version",
     "write_id",
-} - {"secret", "version", "etag"}
+    "evidence",  # licences, contradicted_at and grants, one JSON property
+} - {"secret", "version", "etag", "licences", "contradicted_at", "grants"}
 
 
 @pytest.fixture(scope="module")

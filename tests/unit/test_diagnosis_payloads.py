@@ -108,7 +108,7 @@ CURABLE = [
         "swagger Datasets_GetRefreshHistory 'Failed refresh example' (verbatim)",
         '{"errorCode":"ModelRefreshFailed_CredentialsNotSpecified"}',
         Category.CREDENTIAL,
-        "password",
+        "no-credentials",  # no sign-in happened: evidence of nothing against the password
     ),
     Case(
         "windows-share-bad-logon",
@@ -146,6 +146,28 @@ CURABLE = [
         Category.CREDENTIAL,
         "oauth-expired",
         "caller-identity",
+    ),
+    Case(
+        "as-tggau-user-name-or-password",
+        "powerbi-docs service-gateway-onprem-tshoot.md: same section (missing TGGAU attribute, or no trust)",
+        envelope(ACCESS, "The user name or password is incorrect."),
+        # The words of a refused sign-in under DataSourceAccessError: read as credentials (fail
+        # closed; issue 17), although for Analysis Services they may mean a missing TGGAU right.
+        Category.CREDENTIAL,
+        "password",
+    ),
+    Case(
+        "sql-login-failed-behind-a-gateway-verbatim",
+        "microsoft/PowerBI-Cli issue 27: SQL Server's 18456 reported as DataSourceAccessError (verbatim)",
+        '{"error":{"code":"DM_GWPipeline_Gateway_DataSourceAccessError","pbi.error":{"code":'
+        '"DM_GWPipeline_Gateway_DataSourceAccessError","parameters":{},"details":[{"code":'
+        '"DM_ErrorDetailNameCode_UnderlyingErrorCode","detail":{"type":1,"value":"-2146232060"}},{"code":'
+        '"DM_ErrorDetailNameCode_UnderlyingErrorMessage","detail":{"type":1,"value":"Login failed for user '
+        '\'admin\'."}},{"code":"DM_ErrorDetailNameCode_UnderlyingHResult","detail":{"type":1,'
+        '"value":"-2146232060"}},{"code":"DM_ErrorDetailNameCode_UnderlyingNativeErrorCode","detail":'
+        '{"type":1,"value":"18456"}}]}}}',
+        Category.CREDENTIAL,
+        "password",
     ),
 ]
 
@@ -249,6 +271,23 @@ ACCOUNT = [
 # -- not a credential problem: nothing about credentials changes --------------------------------
 OTHER = [
     Case(
+        "sql-network-error",
+        "SQL Server's network error (error 26/40 wording) under DataSourceAccessError: no sign-in refused",
+        envelope(
+            ACCESS,
+            "A network-related or instance-specific error occurred while establishing a connection to SQL "
+            "Server. The server was not found or was not accessible.",
+        ),
+        Category.SOURCE,
+    ),
+    Case(
+        "gateway-timeout",
+        "powerbi-docs service-gateway-onprem-tshoot.md: the gateway timed out",
+        '{"error":{"code":"DM_GWPipeline_Gateway_TimeoutError","pbi.error":{"code":'
+        '"DM_GWPipeline_Gateway_TimeoutError","parameters":{},"details":[],"exceptionCulprit":1}}}',
+        Category.GATEWAY,
+    ),
+    Case(
         "processing-error-verbatim",
         "swagger Datasets_GetRefreshExecutionDetails 'Failed refresh example' (verbatim, shortened)",
         '{"errorCode":"ModelRefresh_ShortMessage_ProcessingError","errorDescription":"0xC112001C: '
@@ -285,12 +324,6 @@ OTHER = [
             ACCESS,
             "The 'CONTOSO\\account' value of the 'EffectiveUserName' XML for Analysis property is not valid.",
         ),
-        Category.SOURCE,
-    ),
-    Case(
-        "as-tggau-user-name-or-password",
-        "powerbi-docs service-gateway-onprem-tshoot.md: same section (missing TGGAU attribute, or no trust)",
-        envelope(ACCESS, "The user name or password is incorrect."),
         Category.SOURCE,
     ),
     Case(
@@ -422,11 +455,12 @@ def test_a_patch_rejected_for_a_wrong_password_is_still_a_rejection_of_the_secre
     exc = _patch_error(CURABLE[0].payload)
     assert diagnose_api_error(400, exc.code, details=exc.details).cause == "password"
     verdict = patch_verdict(exc)
-    assert verdict.verdict is Verdict.REJECTED and "the source rejected it" in verdict.reason
+    assert verdict.verdict is Verdict.REJECTED and "refused the sign-in" in verdict.reason
 
 
 def test_locked_wording_under_a_gateway_fault_stays_a_gateway_fault() -> None:
-    # A gateway that is down is the problem whatever text comes with it: nothing is presented.
+    # A gateway that is down is the problem whatever text comes with it: no credential is changed
+    # for this refresh failure (a PATCH answered so is still a rejection: test_presentation.py).
     payload = envelope("DM_GWPipeline_Client_GatewayUnreachable", "account is currently locked out")
     d = diagnose_refresh({"status": "Failed", "serviceExceptionJson": payload})
     assert d.category is Category.GATEWAY and not d.credential_related

@@ -163,7 +163,7 @@ def test_a_version_4_file_keeps_its_verdicts_and_its_old_acceptances_license_not
     conn.execute(
         "INSERT INTO account_versions (account, secret_name, secret_version, verdict, accepted, etag) "
         "VALUES ('user:svc', ?, ?, NULL, '[\"host\"]', 3), ('user:svc', ?, ?, 'rejected', '[]', 2)",
-        (SECRET, V1, SECRET, V2),
+        (SECRET, V1, SECRET, V1 + "0"),
     )
     conn.execute("PRAGMA user_version = 4")
     conn.commit()
@@ -171,8 +171,8 @@ def test_a_version_4_file_keeps_its_verdicts_and_its_old_acceptances_license_not
 
     with SqliteLedger(path) as ledger:
         old = ledger.account_version("user:svc", SECRET, V1)
-        assert old.accepted == ("host",) and old.acceptance_time("host") is None
-        assert ledger.account_version("user:svc", SECRET, V2).verdict == "rejected"
+        assert old.accepted == ("host",) and old.licence("host", "") is None
+        assert ledger.account_version("user:svc", SECRET, V1 + "0").verdict == "rejected"
         # An acceptance of unknown age proves nothing about now: the next presentation is a probe.
         claim, _ = ledger.claim_presentation(
             "user:svc", SECRET, V1, locator="host", target="gw/ds", owner="run-a", now=T0, ttl=60.0
@@ -220,7 +220,7 @@ def test_corrupt_account_record_raises_ledger_error(tmp_path: Path) -> None:
         "verdict = 'perhaps'",
         "presentations = -1",
         "evidence = '[1]'",
-        "evidence = '{\"acceptedAt\": [\"x\"]}'",
+        'evidence = \'{"licences": [["host", "soon", "req"]]}\'',
         "evidence = '{\"grants\": [1]}'",
     ):
         conn = sqlite3.connect(path)

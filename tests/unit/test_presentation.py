@@ -27,7 +27,9 @@ from sandbox.refusals import FABRIC_REFUSALS, POWERBI_REFUSALS, fabric_refusal, 
 from requests.structures import CaseInsensitiveDict
 
 
-def _api(status: int | None, code: str | None = None, details: list[tuple[str, str]] | None = None) -> ApiError:
+def _api(
+    status: int | None, code: str | None = None, details: list[tuple[str, str]] | None = None
+) -> ApiError:
     return ApiError("x", status=status, code=code, details=details or [])
 
 
@@ -52,13 +54,22 @@ SQL_LOGIN_FAILED = {
             "code": "DM_GWPipeline_Gateway_DataSourceAccessError",
             "parameters": {},
             "details": [
-                {"code": "DM_ErrorDetailNameCode_UnderlyingErrorCode", "detail": {"type": 1, "value": "-2146232060"}},
+                {
+                    "code": "DM_ErrorDetailNameCode_UnderlyingErrorCode",
+                    "detail": {"type": 1, "value": "-2146232060"},
+                },
                 {
                     "code": "DM_ErrorDetailNameCode_UnderlyingErrorMessage",
                     "detail": {"type": 1, "value": "Login failed for user 'admin'."},
                 },
-                {"code": "DM_ErrorDetailNameCode_UnderlyingHResult", "detail": {"type": 1, "value": "-2146232060"}},
-                {"code": "DM_ErrorDetailNameCode_UnderlyingNativeErrorCode", "detail": {"type": 1, "value": "18456"}},
+                {
+                    "code": "DM_ErrorDetailNameCode_UnderlyingHResult",
+                    "detail": {"type": 1, "value": "-2146232060"},
+                },
+                {
+                    "code": "DM_ErrorDetailNameCode_UnderlyingNativeErrorCode",
+                    "detail": {"type": 1, "value": "18456"},
+                },
             ],
         },
     }
@@ -136,13 +147,33 @@ def test_patch_answers(error: ApiError, verdict: Verdict) -> None:
         ([("DM_ErrorDetailNameCode_UnderlyingNativeErrorCode", "18486")], Verdict.REJECTED),  # locked
         ([("DM_ErrorDetailNameCode_UnderlyingNativeErrorCode", "18470")], Verdict.REJECTED),  # disabled
         ([("DM_ErrorDetailNameCode_UnderlyingNativeErrorCode", "4060")], Verdict.IN_DOUBT),
-        ([("DM_ErrorDetailNameCode_UnderlyingErrorMessage", "Login failed for user 'svc'.")], Verdict.REJECTED),
-        ([("DM_ErrorDetailNameCode_UnderlyingErrorMessage", "The user name or password is incorrect.")], Verdict.REJECTED),
-        ([("DM_ErrorDetailNameCode_UnderlyingErrorMessage", "Could not login because the authentication failed.")], Verdict.REJECTED),
-        ([("DM_ErrorDetailNameCode_UnderlyingErrorMessage", "The account is currently locked out.")], Verdict.REJECTED),
+        (
+            [("DM_ErrorDetailNameCode_UnderlyingErrorMessage", "Login failed for user 'svc'.")],
+            Verdict.REJECTED,
+        ),
+        (
+            [("DM_ErrorDetailNameCode_UnderlyingErrorMessage", "The user name or password is incorrect.")],
+            Verdict.REJECTED,
+        ),
+        (
+            [
+                (
+                    "DM_ErrorDetailNameCode_UnderlyingErrorMessage",
+                    "Could not login because the authentication failed.",
+                )
+            ],
+            Verdict.REJECTED,
+        ),
+        (
+            [("DM_ErrorDetailNameCode_UnderlyingErrorMessage", "The account is currently locked out.")],
+            Verdict.REJECTED,
+        ),
         ([("Microsoft.Data.Mashup.CredentialError.Reason", "AccessUnauthorized")], Verdict.REJECTED),
         ([("Microsoft.Data.Mashup.CredentialError.Reason", "AccessForbidden")], Verdict.IN_DOUBT),
-        ([("DM_ErrorDetailNameCode_UnderlyingErrorMessage", "A network-related error occurred.")], Verdict.IN_DOUBT),
+        (
+            [("DM_ErrorDetailNameCode_UnderlyingErrorMessage", "A network-related error occurred.")],
+            Verdict.IN_DOUBT,
+        ),
         ([("IncorrectCredentials", "")], Verdict.REJECTED),
     ],
 )
@@ -211,7 +242,11 @@ def test_every_power_bi_refusal_shape_of_the_sandbox_is_never_not_presented(shap
     rendered = powerbi_refusal(shape, kind="SQL", path="sql1;db", user="svc", presented="pw")  # type: ignore[arg-type]
     content = rendered.payload if isinstance(rendered.payload, bytes) else json.dumps(rendered.body).encode()
     verdict = patch_verdict(error_from_response(_response(rendered.status, content, "powerbi")))
-    expected = {"unknown-gateway-code": Verdict.IN_DOUBT, "unknown-code": Verdict.IN_DOUBT, "unreadable": Verdict.IN_DOUBT}
+    expected = {
+        "unknown-gateway-code": Verdict.IN_DOUBT,
+        "unknown-code": Verdict.IN_DOUBT,
+        "unreadable": Verdict.IN_DOUBT,
+    }
     assert verdict.verdict is expected.get(shape, Verdict.REJECTED), (shape, verdict)
 
 
@@ -220,7 +255,11 @@ def test_every_fabric_refusal_shape_of_the_sandbox_is_never_not_presented(shape:
     rendered = fabric_refusal(shape, user="svc", presented="pw")  # type: ignore[arg-type]
     content = rendered.payload if isinstance(rendered.payload, bytes) else json.dumps(rendered.body).encode()
     verdict = fabric_verdict(_fabric_error(_response(rendered.status, content, "fabric")))
-    expected = {"unknown-gateway-code": Verdict.IN_DOUBT, "unknown-code": Verdict.IN_DOUBT, "unreadable": Verdict.IN_DOUBT}
+    expected = {
+        "unknown-gateway-code": Verdict.IN_DOUBT,
+        "unknown-code": Verdict.IN_DOUBT,
+        "unreadable": Verdict.IN_DOUBT,
+    }
     assert verdict.verdict is expected.get(shape, Verdict.REJECTED), (shape, verdict)
 
 
@@ -243,7 +282,11 @@ def test_a_rejection_says_what_to_do_and_names_no_value() -> None:
     verdict = patch_verdict(_api(400, "DM_GWPipeline_Gateway_InvalidConnectionCredentials"))
     assert "Key Vault" in verdict.reason and "new version" in verdict.reason
     locked = patch_verdict(
-        _api(400, "DM_GWPipeline_Gateway_DataSourceAccessError", [("DM_ErrorDetailNameCode_UnderlyingNativeErrorCode", "18486")])
+        _api(
+            400,
+            "DM_GWPipeline_Gateway_DataSourceAccessError",
+            [("DM_ErrorDetailNameCode_UnderlyingNativeErrorCode", "18486")],
+        )
     )
     assert locked.verdict is Verdict.REJECTED and "refused the account" in locked.reason
     assert "unlock" in locked.reason.lower()
@@ -253,7 +296,9 @@ def test_only_a_changed_key_makes_a_gateway_unknown_error_undecryptable() -> Non
     unknown = Answer("powerbi", 400, "DM_GWPipeline_UnknownError")
     assert undecryptable(unknown, key_changed=True)
     assert not undecryptable(unknown, key_changed=False)
-    assert not undecryptable(Answer("powerbi", 400, "DM_GWPipeline_Gateway_InvalidConnectionCredentials"), key_changed=True)
+    assert not undecryptable(
+        Answer("powerbi", 400, "DM_GWPipeline_Gateway_InvalidConnectionCredentials"), key_changed=True
+    )
     assert not undecryptable(Answer("fabric", 400, "DM_GWPipeline_UnknownError"), key_changed=True)
     assert not undecryptable(Answer("powerbi", 500, "DM_GWPipeline_UnknownError"), key_changed=True)
     assert not undecryptable(
@@ -264,7 +309,10 @@ def test_only_a_changed_key_makes_a_gateway_unknown_error_undecryptable() -> Non
 def test_the_recogniser_reads_codes_details_and_words_case_insensitively() -> None:
     assert refused_sign_in("dm_gwpipeline_gateway_invalidconnectioncredentials") is not None
     assert refused_sign_in(None, "LOGIN FAILED FOR USER 'x'") is not None
-    assert refused_sign_in("X", None, [("dm_errordetailnamecode_underlyingnativeerrorcode", " 18456 ")]) is not None
+    assert (
+        refused_sign_in("X", None, [("dm_errordetailnamecode_underlyingnativeerrorcode", " 18456 ")])
+        is not None
+    )
     assert refused_sign_in("X", None, [("Other", "18456")]) is None  # a number alone is no refusal
     assert refused_sign_in("X", "Cannot open database 'db'.") is None
     assert refused_sign_in(None, None) is None
