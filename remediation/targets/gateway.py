@@ -266,8 +266,9 @@ class GatewayKeys:
         return found
 
 
-UserTokenFactory = Callable[[str, Callable[[], str]], Callable[[], str]]
-"""``(username, password_supplier) -> token provider`` for OAuth2 caller-identity bindings."""
+UserTokenFactory = Callable[[str, str, Callable[[], str]], Callable[[], str]]
+"""``(username, secret version, password_supplier) -> token provider`` for OAuth2 caller-identity
+bindings; its tokens are granted for that version's password only."""
 
 
 class TakeOverRefused(RemediationError):
@@ -553,7 +554,9 @@ class GatewayKind:
             if provider is None:
                 # The provider asks Key Vault again when it needs the password, so no copy is kept.
                 provider = self._user_tokens(
-                    username, lambda: self.keyvault.get_secret(secret.name, secret.version).value
+                    username,
+                    secret.version,
+                    lambda: self.keyvault.get_secret(secret.name, secret.version).value,
                 )
                 self._user_providers[key] = provider
         return provider

@@ -337,6 +337,44 @@ def test_a_wrong_password_of_a_caller_identity_account_is_tried_once(make: Make,
     assert len(grants) == 1  # one password grant for the version, not one per data source or heal
 
 
+@pytest.mark.usefixtures("port_443")
+def test_a_new_version_of_a_caller_identity_password_is_signed_in_with_never_a_cached_token(
+    make: Make, sb: Sandbox
+) -> None:
+    """One worker, two requests: the token granted for version 1's password must not answer for
+    version 2, whose password nobody has checked (it would be recorded accepted unchecked)."""
+    password = "Correct#Horse-Battery-1"
+    sb.entra.add_user(UPN, password)
+    w = build_world(
+        sb,
+        sources=2,
+        cloud=True,
+        credential_type="OAuth2",
+        datasource_type="Extension",
+        username=UPN,
+        secret=password,
+        secret_name="pbi-service-account",
+        binding_name="dataflow",
+        caller_identity_only=True,
+        oauth2="caller-identity",
+    )
+    h = make(w)
+    first = h.healer.heal_secret(w.secret_name)
+    assert actions(first.targets()) == ["updated"] * 2, first.to_dict()
+
+    wrong = wrong_value()
+    version = w.put_in_vault(wrong)  # within the hour of version 1's token
+    second = h.healer.heal_secret(w.secret_name)
+
+    assert actions(second.targets()) == ["blocked", "rejected"], second.to_dict()
+    assert all(o.secret_version == version for o in second.targets())
+    assert "AADSTS50126" in (next(o for o in second.targets() if o.action == "rejected").reason or "")
+    account = sb.sources.account(UPN)
+    assert account.failures_of(wrong) == 1
+    grants = [t for t in sb.entra.tokens_issued("user") if t.principal.lower() == UPN]
+    assert len(grants) == 1  # version 1's; version 2 got none
+
+
 # -- 8. datasets with several sources --------------------------------------------------------------
 def _two_source_dataset(h: Harness) -> Any:
     w = h.world
