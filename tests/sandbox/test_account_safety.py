@@ -196,6 +196,29 @@ def test_a_lost_verdict_is_in_doubt_and_not_presented_again(make: Make, fault: d
     converge(h)
 
 
+def test_a_patch_whose_answer_trickles_in_after_the_test_is_in_doubt_within_its_deadline(make: Make) -> None:
+    """Each byte of the answer comes within the read timeout (1 s), so only the request's total
+    deadline (connect 1 s + read 1 s) ends the wait: the verdict is lost, the run goes on."""
+    h = make(sources=3, env={"REMEDIATION_HTTP_TIMEOUT": "1"})
+    w = h.world
+    wrong = wrong_value()
+    w.put_in_vault(wrong)
+    h.sb.faults.add("powerbi.update_datasource", after=True, trickle=0.1)
+
+    started = time.monotonic()
+    first = h.healer.heal_secret(w.secret_name)
+    elapsed = time.monotonic() - started
+    later = h.healer.sweep()
+
+    assert actions(first.targets()) == ["in-doubt"] * 3, first.to_dict()
+    assert elapsed < 4.0, elapsed  # about 2 s (the deadline), not the minute the answer takes
+    assert all(o.action == Action.IN_DOUBT for o in later.targets())
+    (patch,) = patches(h.sb)
+    assert patch.processed_status == 400 and (patch.fault or "").startswith("after-trickle")
+    assert w.account.failures_of(wrong) == 1
+    converge(h)
+
+
 def test_an_operator_presents_an_in_doubt_version_again_once_the_source_has_it(make: Make) -> None:
     h = make(sources=3)
     w = h.world
