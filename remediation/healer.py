@@ -49,7 +49,7 @@ from remediation.bindings import CONNECTIONS, Binding, BindingSet, CredentialTyp
 from remediation.credentials import ResolvedCredential, resolve_credential
 from remediation.errors import ConfigError, NotBound, RemediationError, SecretVersionNotFound
 from remediation.fabric import Connection, FabricClient
-from remediation.http import ApiError, ThrottledPastDeadline, deadline_scope
+from remediation.http import ApiError, ThrottledPastDeadline, attempt_worst_case, deadline_scope
 from remediation.identity import AuthenticationError
 from remediation.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
 from remediation.ledger import Claim, Lease, LeaseLost, Ledger, Outcome
@@ -665,9 +665,9 @@ class Healer:
         return at if self._clock() < at else None
 
     def _worst_case(self) -> float:
-        """The longest one PATCH attempt can take: a wait for a request slot (at most the
-        timeout budget) plus connect and read."""
-        return 2.0 * (min(10.0, self.settings.http_timeout_seconds) + self.settings.http_timeout_seconds)
+        """The longest one PATCH attempt can take: a wait for a request slot plus the attempt's
+        total deadline (:func:`~remediation.http.attempt_worst_case`, the pipeline's own bound)."""
+        return attempt_worst_case(self.settings)
 
     def lease_ttl(self) -> float:
         """Leases and presentation claims: ``REMEDIATION_LEASE_SECONDS``, and always at least

@@ -1,7 +1,10 @@
 """HTTP for every service client: the one place where retries, timeouts and error typing live.
 
 :class:`HttpPipeline` wraps one :class:`requests.Session` per service (connection pool sized to
-the product's concurrency), puts a ``(connect, read)`` timeout on every call, keeps TLS
+the product's concurrency), puts a ``(connect, read)`` timeout on every call and a total deadline
+on every attempt (:func:`request_deadline`: an answer that trickles in a byte at a time, each
+within the read timeout, is cut there and its connection shut; after sending, that is a lost
+answer, :class:`ApiConnectionError` ``Timeout`` with ``sent=True``), keeps TLS
 verification on (``REQUESTS_CA_BUNDLE`` is honoured exactly as ``requests`` honours it), and
 turns every non-2xx answer into an :class:`ApiError` carrying the status, the service's error
 code and details, and the request id. :class:`Retrier` is the retry loop itself; the pipeline
@@ -19,11 +22,11 @@ Retry decisions (what is retried, and why):
   the header, the exponential backoff below.
 * **503** is retried for every method: "Service Unavailable" means the request was not taken on
   (except for a request that presents credentials, below).
-* **500, 502, 504, read timeouts and connections dropped after the request was sent** are retried
-  only for *idempotent* calls, because the service may already have acted. GET/HEAD/PUT/DELETE
-  are idempotent; a POST or PATCH is idempotent only when its caller says so
-  (``idempotent=True``), as :mod:`remediation.powerbi` does for the refresh-schedule PATCH and
-  Take Over (same body, same end state).
+* **500, 502, 504, read timeouts, answers cut at the total deadline and connections dropped
+  after the request was sent** are retried only for *idempotent* calls, because the service may
+  already have acted. GET/HEAD/PUT/DELETE are idempotent; a POST or PATCH is idempotent only
+  when its caller says so (``idempotent=True``), as :mod:`remediation.powerbi` does for the
+  refresh-schedule PATCH and Take Over (same body, same end state).
 * **Connection failures before the request was sent** (DNS, refused, connect timeout, a TLS
   handshake that broke off) are retried for every method. A failed *certificate verification*
   is never retried: it is configuration, not weather.
@@ -58,12 +61,16 @@ tokens, credentials) are never logged, and no exception raised here contains a r
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import email.utils
+import heapq
+import itertools
 import json
 import logging
 import math
 import random
+import socket
 import ssl
 import threading
 import time
@@ -77,12 +84,16 @@ import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import PoolManager
 
 from remediation.errors import RemediationError
 from remediation.limiter import AdaptiveLimiter, LimiterTicket
 from remediation.settings import Settings
 
 __all__ = [
+    "AnswerDeadlineExceeded",
     "ApiConnectionError",
     "ApiError",
     "ApiResponse",
@@ -96,6 +107,8 @@ __all__ = [
     "error_from_response",
     "parse_error_body",
     "parse_retry_after",
+    "attempt_worst_case",
+    "request_deadline",
     "request_id_of",
     "restore_exception",
     "timeouts_from",
@@ -667,10 +680,170 @@ def _certificate_failure(exc: BaseException) -> bool:
     return False
 
 
+# --- the total deadline of one attempt ------------------------------------------------------------
+class AnswerDeadlineExceeded(requests.exceptions.Timeout):
+    """An attempt that did not end within its total deadline (:func:`request_deadline`); its
+    connection was shut. After sending, the request may have been served: its answer is lost."""
+
+
+class _Cut:
+    """One attempt's deadline: when it passes, the connections the attempt holds are shut down
+    (``shutdown(SHUT_RDWR)``), so a blocked read or write returns at once, whatever the server
+    trickles. A connection is held from its request until it goes back to the pool (``detach``,
+    under the same lock as the shutdown, so a connection another attempt took from the pool is
+    never shut). ``finish`` ends the watch; ``expired`` then says whether the deadline cut it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: list[HTTPConnection] = []
+        self._done = False
+        self.expired = False
+
+    def attach(self, connection: HTTPConnection) -> None:
+        with self._lock:
+            if self._done:
+                return
+            if self.expired:
+                _shut(connection)  # connected after the deadline passed
+            elif not any(c is connection for c in self._connections):
+                self._connections.append(connection)
+
+    def detach(self, connection: HTTPConnection) -> None:
+        with self._lock:
+            self._connections = [c for c in self._connections if c is not connection]
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            for connection in self._connections:
+                _shut(connection)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._done = True
+            self._connections.clear()
+
+
+def _shut(connection: HTTPConnection) -> None:
+    sock = getattr(connection, "sock", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            # The raw socket's shutdown (an SSLSocket's own would drop its TLS state under a reader).
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_CUT: contextvars.ContextVar[_Cut | None] = contextvars.ContextVar("http_attempt_cut", default=None)
+
+
+class _Watchdog:
+    """One daemon thread that expires attempts' cuts when their deadline (monotonic) passes."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._due: list[tuple[float, int, _Cut]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, cut: _Cut, at: float) -> None:
+        with self._changed:
+            heapq.heappush(self._due, (at, next(self._order), cut))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._changed.wait(None if not self._due else self._due[0][0] - time.monotonic())
+                cut = heapq.heappop(self._due)[2]
+            cut.expire()
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _CutHTTPConnection(HTTPConnection):
+    """Registers itself with the calling attempt's cut (see :class:`_Cut`)."""
+
+    def connect(self) -> None:
+        super().connect()
+        cut = _CUT.get()
+        if cut is not None:
+            cut.attach(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        cut = _CUT.get()
+        if cut is not None:
+            cut.attach(self)
+        super().request(*args, **kwargs)
+
+
+class _CutHTTPSConnection(HTTPSConnection):
+    """Registers itself with the calling attempt's cut (see :class:`_Cut`)."""
+
+    def connect(self) -> None:
+        super().connect()
+        cut = _CUT.get()
+        if cut is not None:
+            cut.attach(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        cut = _CUT.get()
+        if cut is not None:
+            cut.attach(self)
+        super().request(*args, **kwargs)
+
+
+def _detach(connection: Any) -> None:
+    cut = _CUT.get()
+    if cut is not None and isinstance(connection, HTTPConnection):
+        cut.detach(connection)
+
+
+class _CutHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _CutHTTPConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        _detach(conn)  # back in the pool: no longer this attempt's to cut
+        super()._put_conn(conn)
+
+
+class _CutHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _CutHTTPSConnection
+
+    def _put_conn(self, conn: Any) -> None:
+        _detach(conn)
+        super()._put_conn(conn)
+
+
+class _CutAdapter(HTTPAdapter):
+    """An adapter whose connections (direct or through an HTTP proxy) can be cut at a deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        _use_cut_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
+        manager: PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS pools are their own (not cut)
+            _use_cut_pools(manager)
+        return manager
+
+
+def _use_cut_pools(manager: PoolManager) -> None:
+    manager.pool_classes_by_scheme = {"http": _CutHTTPConnectionPool, "https": _CutHTTPSConnectionPool}
+
+
 class HttpPipeline:
     """One service's HTTP: a pooled session, timeouts, TLS verification, retries, typed errors.
 
-    ``service`` names the service in logs and errors. ``timeout`` is ``(connect, read)`` seconds.
+    ``service`` names the service in logs and errors. ``timeout`` is ``(connect, read)`` seconds;
+    every attempt must also end within :func:`request_deadline` of it (connect + read) from the
+    moment it is sent, or its connection is shut and it is a lost answer.
     ``concurrency`` sizes the connection pool (the number of threads that call at once) and is the
     ceiling of the :class:`AdaptiveLimiter` every attempt passes (``adaptive=False``: none;
     ``limiter``: a given one, e.g. with a test clock).
@@ -696,6 +869,8 @@ class HttpPipeline:
             raise ValueError("concurrency must be at least 1")
         self.service = service
         self.timeout = timeout
+        self.deadline = request_deadline(timeout)
+        """Seconds one attempt may take from sending to the last byte of its answer."""
         self.retrier = Retrier(policy, sleep=sleep, rand=rand, stats=stats)
         self._clock = clock
         self.shared_pause = shared_pause
@@ -705,7 +880,7 @@ class HttpPipeline:
             self.limiter = limiter if limiter is not None else AdaptiveLimiter(concurrency)
         session = requests.Session()
         session.verify = True  # REQUESTS_CA_BUNDLE still applies (requests merges it per request)
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=concurrency, max_retries=0)
+        adapter = _CutAdapter(pool_connections=4, pool_maxsize=concurrency, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers["User-Agent"] = user_agent
@@ -804,19 +979,31 @@ class HttpPipeline:
                 before_attempt()
             attempts = number
             ticket = self._admit(label, served_until, method, path, number)
+            cut = _Cut()
+            scope = _CUT.set(cut)
+            _WATCHDOG.watch(cut, time.monotonic() + self.deadline)
             try:
-                response = self._session.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json_body,
-                    headers=send_headers,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                )
-            except BaseException:
+                try:
+                    response = self._session.request(
+                        method,
+                        url,
+                        params=params,
+                        json=json_body,
+                        headers=send_headers,
+                        timeout=self.timeout,
+                        allow_redirects=False,
+                    )
+                finally:
+                    cut.finish()
+                    _CUT.reset(scope)
+                if cut.expired:  # complete just as it was cut: the deadline still decides (fail closed)
+                    response.close()
+                    raise AnswerDeadlineExceeded()
+            except BaseException as exc:
                 if ticket is not None and self.limiter is not None:
                     self.limiter.release(ticket)
+                if cut.expired and isinstance(exc, Exception) and not isinstance(exc, AnswerDeadlineExceeded):
+                    raise AnswerDeadlineExceeded() from None
                 raise
             logger.debug("%s -> %s (attempt %d)", label, response.status_code, number)
             if ticket is not None:
@@ -888,7 +1075,7 @@ class HttpPipeline:
         limiter = self.limiter
         if limiter is None:
             return None
-        budget = sum(self.timeout)
+        budget = self.deadline  # attempt_worst_case counts this wait
 
         def paused(seconds: float) -> None:
             self.stats.record_pause(seconds)
@@ -971,6 +1158,9 @@ class HttpPipeline:
     ) -> ApiConnectionError:
         if _certificate_failure(exc) or sent_before_failure(exc) is None:
             code, message = "CertificateVerificationFailed", "TLS certificate verification failed"
+        elif isinstance(exc, AnswerDeadlineExceeded):
+            code = "Timeout"
+            message = f"no complete answer within the request's deadline ({self.deadline:g}s): cut"
         elif isinstance(exc, requests.exceptions.Timeout):
             code, message = "Timeout", f"no answer within the timeout ({type(exc).__name__})"
         else:
@@ -996,3 +1186,19 @@ def timeouts_from(settings: Settings) -> tuple[float, float]:
     """``(connect, read)`` seconds: ``http_timeout_seconds`` to read, at most 10 s of it to connect."""
     read = float(settings.http_timeout_seconds)
     return (min(10.0, read), read)
+
+
+def request_deadline(timeout: tuple[float, float]) -> float:
+    """The total deadline of one attempt with ``(connect, read)`` timeouts: connect + read seconds
+    from sending to the last byte of the answer. The read timeout bounds each wait for a byte; this
+    bounds them all (an answer that trickles in is cut here)."""
+    connect, read = timeout
+    return connect + read
+
+
+def attempt_worst_case(settings: Settings) -> float:
+    """The longest one attempt of :meth:`HttpPipeline.request` can take with ``settings``: the wait
+    for a request slot (at most :func:`request_deadline`, see ``_admit``) plus the attempt itself
+    (at most :func:`request_deadline`). The healer's leases outlast it."""
+    deadline = request_deadline(timeouts_from(settings))
+    return deadline + deadline

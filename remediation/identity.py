@@ -429,26 +429,30 @@ class PowerBITokenProvider:
 
 
 # --- Power BI as a user (OAuth2 caller identity) -----------------------------------------------
+_UserKey = tuple[str, str, str, str]
+
+
 class UserTokenCache:
     """Users' Power BI tokens, shared by :class:`UserTokenProvider` instances (thread-safe).
 
-    Keyed by authority, client id and lower-cased user name; entries are replaced near expiry.
+    Keyed by authority, client id, lower-cased user name and the password's secret version (a
+    token proves only the password it was granted for); entries are replaced near expiry.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._tokens: dict[tuple[str, str, str], _Token] = {}
+        self._tokens: dict[_UserKey, _Token] = {}
 
-    def get(self, key: tuple[str, str, str], now: float) -> str | None:
+    def get(self, key: _UserKey, now: float) -> str | None:
         with self._lock:
             token = self._tokens.get(key)
         return token.value if token is not None and now < token.refresh_at else None
 
-    def put(self, key: tuple[str, str, str], token: _Token) -> None:
+    def put(self, key: _UserKey, token: _Token) -> None:
         with self._lock:
             self._tokens[key] = token
 
-    def forget(self, key: tuple[str, str, str]) -> None:
+    def forget(self, key: _UserKey) -> None:
         with self._lock:
             self._tokens.pop(key, None)
 
@@ -464,8 +468,10 @@ class UserTokenProvider:
     lives only for that token request. Uses ``msal.PublicClientApplication`` with
     ``settings.client_id`` as the public client (the app registration must allow public client
     flows). msal first asks ``https://<authority host>/common/userrealm/<user>`` (on port 443,
-    whatever port the authority has). Tokens are cached per user in ``cache`` (one of its own
-    unless shared) until :data:`REFRESH_MARGIN_SECONDS` before expiry.
+    whatever port the authority has). Tokens are cached per user and per ``version`` (the Key
+    Vault version of the password) in ``cache`` (one of its own unless shared) until
+    :data:`REFRESH_MARGIN_SECONDS` before expiry: a token granted for one version's password never
+    answers for another version, whose password has not been checked yet.
 
     Calling raises :class:`AuthenticationError` with the ``AADSTS`` code (e.g. ``AADSTS50126`` for
     a wrong password, ``credentials_rejected`` is then True); the password is never in it.
@@ -478,6 +484,7 @@ class UserTokenProvider:
         username: str,
         password_supplier: Callable[[], str],
         *,
+        version: str = "",
         cache: UserTokenCache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -497,7 +504,7 @@ class UserTokenProvider:
         self._app: msal.PublicClientApplication | None = None
         tenant = settings.tenant_id or "organizations"
         self._authority = f"{settings.authority_host.rstrip('/')}/{tenant}"
-        self._key = (self._authority.lower(), settings.user_client_id, self.username.lower())
+        self._key = (self._authority.lower(), settings.user_client_id, self.username.lower(), version)
 
     def __call__(self) -> str:
         with self._lock:

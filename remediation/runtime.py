@@ -134,8 +134,8 @@ def build_healer(
     )
     user_cache = UserTokenCache()
 
-    def user_tokens(username: str, password: Callable[[], str]) -> Callable[[], str]:
-        return UserTokenProvider(settings, username, password, cache=user_cache)
+    def user_tokens(username: str, version: str, password: Callable[[], str]) -> Callable[[], str]:
+        return UserTokenProvider(settings, username, password, version=version, cache=user_cache)
 
     healer = Healer(
         settings,

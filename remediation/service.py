@@ -492,27 +492,16 @@ class RemediationService:
             return error(
                 400, "UnknownParameter", f"unknown parameter(s) {', '.join(unknown)}; allowed: since, limit"
             )
-        since = self._clock() - 86400
-        if query.get("since"):
-            try:
-                moment = datetime.fromisoformat(query["since"].replace("Z", "+00:00"))
-            except ValueError:
-                return error(
-                    400, "InvalidParameter", "since must be an ISO 8601 time, e.g. 2026-11-22T08:00:00Z"
-                )
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=UTC)
-            if moment < datetime.now(UTC) - timedelta(days=90):
-                return error(400, "InvalidParameter", "since may be at most 90 days ago")
-            since = moment.timestamp()
-        limit = 200
-        if query.get("limit"):
-            if not query["limit"].isdigit() or not 1 <= int(query["limit"]) <= 1000:
-                return error(400, "InvalidParameter", "limit must be a whole number from 1 to 1000")
-            limit = int(query["limit"])
-        outcomes = self.runtime.ledger.outcomes(since=since, limit=limit)
+        now = self._clock()
+        since = _since(query.get("since") or "", now)
+        if not isinstance(since, datetime):
+            return since
+        limit = _limit(query.get("limit") or "")
+        if not isinstance(limit, int):
+            return limit
+        outcomes = self.runtime.ledger.outcomes(since=since.timestamp(), limit=limit)
         return 200, {
-            "since": datetime.fromtimestamp(since, UTC).isoformat(),
+            "since": since.isoformat(),
             "outcomes": [o.to_dict() for o in outcomes],
         }
 
@@ -522,6 +511,51 @@ class RemediationService:
         API calls so far (see :class:`~remediation.telemetry.LiveOutcomes`)."""
         before = self.runtime.stats.snapshot()
         return self.telemetry.live(lambda: self.runtime.stats.snapshot() - before)
+
+
+MAX_LIST_LIMIT = 1000
+"""The most outcomes ``GET /api/remediations`` answers with (``limit``); 200 by default."""
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
+_LIMIT_ERROR = f"limit must be a whole number from 1 to {MAX_LIST_LIMIT} (ASCII digits)"
+_SINCE_ERROR = "since must be an ISO 8601 time, e.g. 2026-11-22T08:00:00Z"
+
+
+def _since(text: str, now: float) -> datetime | Answer:
+    """``since`` of ``GET /api/remediations`` in UTC (default: a day before ``now``), or the 400.
+
+    Whatever the text, the answer is a time or a 400: a time whose UTC date is outside
+    datetime's years 1-9999 (``9999-12-31T23:59:59-14:00``) is out of range, not a failure."""
+    try:
+        if not text:
+            return datetime.fromtimestamp(now - 86400, UTC)
+        if not text.isascii():
+            return error(400, "InvalidParameter", _SINCE_ERROR)
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return error(400, "InvalidParameter", _SINCE_ERROR)
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        earliest = datetime.fromtimestamp(now, UTC) - timedelta(days=90)
+    except (ValueError, OverflowError, OSError):
+        return error(400, "InvalidParameter", "since is out of range (a UTC time from year 1 to 9999)")
+    if moment < earliest:
+        return error(400, "InvalidParameter", "since may be at most 90 days ago")
+    return moment
+
+
+def _limit(text: str) -> int | Answer:
+    """``limit`` of ``GET /api/remediations`` (default 200), or the 400. ASCII digits only:
+    ``str.isdigit`` also takes ``²`` and other digits ``int`` refuses, and ``int`` refuses more
+    than 4300 digits, so the length (leading zeros aside) is checked before it is converted."""
+    if not text:
+        return 200
+    digits = text.lstrip("0") or "0"
+    if _WHOLE_NUMBER.fullmatch(text) is None or len(digits) > len(str(MAX_LIST_LIMIT)):
+        return error(400, "InvalidParameter", _LIMIT_ERROR)
+    limit = int(digits)
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        return error(400, "InvalidParameter", _LIMIT_ERROR)
+    return limit
 
 
 def status_base(request_url: str) -> str:

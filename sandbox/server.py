@@ -4,7 +4,8 @@ One threaded HTTPS server on 127.0.0.1 serves every stand-in (Entra ID, Key Vaul
 Application Insights ingestion). Each service module registers named routes on a
 :class:`Router`; every request is recorded in :class:`Recorder` so that tests can assert
 exactly what a client did; :class:`Faults` queues canned failures per route (429 with
-``Retry-After``, 5xx, a dropped connection, an answer held back), before the handler runs or
+``Retry-After``, 5xx, a dropped connection, an answer held back or trickled out a byte at a
+time), before the handler runs or
 after it (the request was processed, its answer is lost), and adds a per-request latency for
 benchmarks.
 
@@ -15,6 +16,7 @@ service's own error shape, and any other exception becomes a 500 in that shape t
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -228,6 +230,9 @@ class Fault:
     ``status`` replaces the real answer (a 5xx after the work was done), ``delay`` holds the real
     answer back (wall-clock seconds, so a client's read timeout fires) and ``hold`` blocks it until
     :meth:`Faults.release_held`. Without ``drop`` or ``status`` the real answer goes out in the end.
+    ``trickle`` (seconds per byte, before or after processing) writes the answer -- status line,
+    headers and body -- one byte at a time with that pause between bytes: each byte comes within
+    a client's read timeout, so only a total deadline ends the wait.
     """
 
     status: int | None = None
@@ -237,11 +242,14 @@ class Fault:
     delay: float = 0.0  # extra seconds before answering
     after: bool = False  # apply once the handler ran (the request was processed)
     hold: bool = False  # block the answer until released
+    trickle: float = 0.0  # seconds between the bytes of the answer
 
     def describe(self) -> str:
         what = "drop" if self.drop else str(self.status) if self.status is not None else "answer"
         if self.hold:
             what = f"hold+{what}"
+        if self.trickle:
+            what = f"trickle+{what}"
         return f"after-{what}" if self.after else what
 
 
@@ -302,6 +310,7 @@ class Faults:
         delay: float = 0.0,
         after: bool = False,
         hold: bool = False,
+        trickle: float = 0.0,
     ) -> None:
         """Queue ``times`` canned answers for ``route`` (a route name, a service name or ``"*"``).
 
@@ -312,9 +321,12 @@ class Faults:
             status = 503
         if delay < 0:
             raise ValueError("delay must be >= 0")
+        if not (math.isfinite(trickle) and trickle >= 0):
+            raise ValueError("trickle must be a finite number of seconds per byte >= 0")
         with self._lock:
             self._queues.setdefault(route, []).extend(
-                Fault(status, body, dict(headers or {}), drop, delay, after, hold) for _ in range(times)
+                Fault(status, body, dict(headers or {}), drop, delay, after, hold, trickle)
+                for _ in range(times)
             )
 
     # -- held answers --------------------------------------------------------------------------
@@ -483,6 +495,7 @@ class _Handler(BaseHTTPRequestHandler):
             at=time.time(),
         )
         recorded = False
+        trickle = 0.0
         try:
             if sandbox.faults.latency:
                 time.sleep(sandbox.faults.latency)
@@ -513,6 +526,7 @@ class _Handler(BaseHTTPRequestHandler):
                     response = _call(route, request)
                 elif not fault.after:
                     record.fault = fault.describe()
+                    trickle = fault.trickle
                     if fault.hold:
                         sandbox.faults._hold(route)
                     if fault.delay:
@@ -526,6 +540,7 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     response = _call(route, request)
                     record.fault = fault.describe()
+                    trickle = fault.trickle
                     record.processed_status = response.status
                     if fault.status is not None:
                         response = _fault_response(route, fault, fault.status)
@@ -554,9 +569,26 @@ class _Handler(BaseHTTPRequestHandler):
             record.status = response.status
             sandbox.recorder.add(record)
         try:
-            self._send(response)
-        except OSError:  # the client went away (e.g. killed while its answer was held)
+            if trickle:
+                self._trickle(response, trickle)
+            else:
+                self._send(response)
+        except OSError:  # the client went away (e.g. killed while its answer was held, or cut)
             self.close_connection = True
+
+    def _trickle(self, response: Response, seconds_per_byte: float) -> None:
+        """Write ``response`` one byte at a time, ``seconds_per_byte`` apart (then close)."""
+        buffer = io.BytesIO()
+        wfile, self.wfile = self.wfile, buffer
+        try:
+            self._send(response)
+        finally:
+            self.wfile = wfile
+        self.close_connection = True
+        for byte in buffer.getvalue():
+            time.sleep(seconds_per_byte)
+            self.wfile.write(bytes((byte,)))
+            self.wfile.flush()
 
     def _send(self, response: Response) -> None:
         data, headers = response.encode()

@@ -53,7 +53,7 @@ from remediation.credentials import ResolvedCredential, credential_details, upda
 from remediation.errors import RemediationError
 from remediation.fabric import Connection, FabricClient
 from remediation.gateway_crypto import encrypt_credentials
-from remediation.http import ApiError
+from remediation.http import ApiError, ThrottledPastDeadline
 from remediation.identity import AuthenticationError
 from remediation.inventory import Inventory
 from remediation.keyvault import KeyVaultClient, SecretValue
@@ -280,8 +280,9 @@ class GatewayKeys:
         return found
 
 
-UserTokenFactory = Callable[[str, Callable[[], str]], Callable[[], str]]
-"""``(username, password_supplier) -> token provider`` for OAuth2 caller-identity bindings."""
+UserTokenFactory = Callable[[str, str, Callable[[], str]], Callable[[], str]]
+"""``(username, secret version, password_supplier) -> token provider`` for OAuth2 caller-identity
+bindings; its tokens are granted for that version's password only."""
 
 
 class TakeOverRefused(RemediationError):
@@ -469,8 +470,9 @@ class GatewayKind:
         """Take over a dataset that uses ``target`` (bindings with ``takeOver`` only).
 
         Take Over resets the credentials of the dataset's other cloud data sources, so it is
-        refused (:class:`TakeOverRefused`, nothing presented) when one of them has no binding
-        that could put its credential back. Raises it too when no dataset uses ``target``.
+        refused (:class:`TakeOverRefused`, nothing presented) when one of them, as Power BI lists
+        them right before, has no binding that could put its credential back. Raises it too when
+        no dataset uses ``target``, or when the dataset's data sources cannot be read.
         """
         found = self._dataset_using(target)
         if found is None:
@@ -567,33 +569,45 @@ class GatewayKind:
             if provider is None:
                 # The provider asks Key Vault again when it needs the password, so no copy is kept.
                 provider = self._user_tokens(
-                    username, lambda: self.keyvault.get_secret(secret.name, secret.version).value
+                    username,
+                    secret.version,
+                    lambda: self.keyvault.get_secret(secret.name, secret.version).value,
                 )
                 self._user_providers[key] = provider
         return provider
 
     def _dataset_using(self, target: Target) -> tuple[str, str, list[DatasetDatasource]] | None:
-        """A dataset (workspace, id, its data sources) that uses ``target``: from the stored
-        inventory when it knows one (no Power BI call: this runs under the target's lease), else
-        by a scan."""
-        for record in self._inventory().known():
-            if any(source.key == target.key for source in record.sources):
-                sources = [
-                    DatasetDatasource(
-                        datasource_type=s.datasource_type,
-                        connection_details=s.details(),
-                        gateway_id=s.gateway_id,
-                        datasource_id=s.datasource_id,
-                    )
-                    for s in record.sources
-                ]
-                return record.workspace_id, record.dataset_id, sources
-        workspaces = list(self.bindings.watch_workspaces) or [g.id for g in self.powerbi.get_groups()]
-        for workspace_id in workspaces:
-            for dataset in self.powerbi.get_datasets_in_group(workspace_id):
-                sources = self.powerbi.get_datasources_in_group(workspace_id, dataset.id)
-                if any(_source_key(s) == target.key for s in sources):
-                    return workspace_id, dataset.id, sources
+        """A dataset (workspace, id, its data sources) that uses ``target``, with the data sources
+        as Power BI lists them now: Take Over is decided on them, and a republished model may use
+        sources the stored inventory (up to a day old) does not know. The inventory only says which
+        dataset to ask about; without one that uses ``target``, the watched workspaces are scanned.
+
+        Raises :class:`TakeOverRefused` when Power BI cannot be asked (nothing is presented then),
+        :class:`~remediation.http.ThrottledPastDeadline` when it asks to wait past the run.
+        """
+        try:
+            for record in self._inventory().known():
+                if any(source.key == target.key for source in record.sources):
+                    sources = self.powerbi.get_datasources_in_group(record.workspace_id, record.dataset_id)
+                    if any(_source_key(s) == target.key for s in sources):
+                        return record.workspace_id, record.dataset_id, sources
+                    # Republished without the target since the inventory learnt it: look further.
+            workspaces = list(self.bindings.watch_workspaces) or [g.id for g in self.powerbi.get_groups()]
+            for workspace_id in workspaces:
+                for dataset in self.powerbi.get_datasets_in_group(workspace_id):
+                    sources = self.powerbi.get_datasources_in_group(workspace_id, dataset.id)
+                    if any(_source_key(s) == target.key for s in sources):
+                        return workspace_id, dataset.id, sources
+        except ThrottledPastDeadline:
+            raise
+        except RemediationError as exc:
+            raise TakeOverRefused(
+                f"not taking over a dataset to update {target.gateway_id}/{target.datasource_id}: the "
+                f"data sources of the dataset that uses it could not be read ({_why(exc)}); Take Over "
+                "resets the credentials of those in the cloud, so it is decided on what Power BI lists "
+                "right before it, never on the stored inventory. Nothing was presented; the next run "
+                "tries again"
+            ) from None
         return None
 
 

@@ -13,11 +13,14 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import azure.functions as func
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from remediation import service as service_module
 from sandbox import Sandbox
@@ -373,6 +376,108 @@ def test_get_remediations_lists_recent_outcomes(world: World) -> None:
         invoke("remediations", http_datum("GET", "remediations", params={"since": "yesterday"}))
     )
     assert (status, body["error"]["code"]) == (400, "InvalidParameter")
+
+
+def listing(**params: str) -> tuple[int, dict[str, Any]]:
+    return answer(invoke("remediations", http_datum("GET", "remediations", params=params)))
+
+
+def assert_invalid_parameter(status: int, body: dict[str, Any]) -> None:
+    assert (status, sorted(body), sorted(body["error"])) == (400, ["error"], ["code", "message"])
+    assert body["error"]["code"] == "InvalidParameter" and body["error"]["message"]
+    assert "Traceback" not in json.dumps(body)
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "9999-12-31T23:59:59-14:00",  # year 10000 in UTC
+        "9999-12-31T23:59:59.999999-00:01",
+        "0001-01-01T00:00:00+14:00",  # year 0 in UTC
+        "0001-01-01T00:00:00Z",
+        "2026-01-01T24:00:00Z",
+        "2026-02-30T00:00:00Z",
+        "2026-01-01T00:00:00+24:00",
+        "\u0662\u0660\u0662\u0666-01-01T00:00:00Z",  # Arabic-Indic digits
+        "\uff12\uff10\uff12\uff16-01-01T00:00:00Z",  # full-width digits
+        "2026-01-01T00:00:00.\u0665Z",
+        "\u00b2026-01-01",
+        "2026-01-01T00:00:00\x00",
+        " 2026-01-01T00:00:00Z",
+        "yesterday",
+        "Z",
+        "9" * 5000,
+    ],
+)
+def test_get_remediations_answers_400_for_any_since_that_is_not_a_time_in_range(
+    world: World, since: str
+) -> None:
+    assert_invalid_parameter(*listing(since=since))
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        "\u00b2",
+        "\u00b9\u2070",
+        "\u0663",
+        "\uff15",
+        "\u09e7\u09e6",
+        "0",
+        "1001",
+        "9" * 5000,
+        "-1",
+        "+5",
+        " 5",
+        "5 ",
+        "1e3",
+        "1.0",
+        "0x10",
+        "1_000",
+        "\u2155",
+    ],
+)
+def test_get_remediations_answers_400_for_any_limit_that_is_not_1_to_1000_in_ascii_digits(
+    world: World, limit: str
+) -> None:
+    assert_invalid_parameter(*listing(limit=limit))
+
+
+def test_get_remediations_takes_the_edges_of_its_ranges(world: World) -> None:
+    world.rotate()
+    post(json.dumps({"secretName": world.secret_name}).encode())
+
+    for params in (
+        {"limit": "1"},
+        {"limit": "1000"},
+        {"limit": "0001000"},
+        {"limit": "0" * 4400 + "5"},
+        {"since": "9999-12-31T23:59:59+14:00"},
+    ):
+        status, body = listing(**params)
+        assert status == 200, (params, body)
+    assert len(listing(limit="1")[1]["outcomes"]) == 1
+    assert listing(since="9999-12-31T23:59:59Z")[1] == {"since": "9999-12-31T23:59:59+00:00", "outcomes": []}
+    recent = datetime.now(UTC) - timedelta(hours=1)
+    status, body = listing(since=recent.strftime("%Y-%m-%dT%H:%M:%S+00:00"))
+    assert status == 200 and body["outcomes"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    since=st.one_of(st.none(), st.text(max_size=40), st.datetimes().map(str)),
+    limit=st.one_of(st.none(), st.text(max_size=8)),
+)
+def test_get_remediations_never_fails_on_its_query(
+    world: World, since: str | None, limit: str | None
+) -> None:
+    params = {k: v for k, v in (("since", since), ("limit", limit)) if v is not None}
+
+    status, body = listing(**params)
+
+    assert status in (200, 400), body
+    if status == 400:
+        assert_invalid_parameter(status, body)
 
 
 # -- telemetry, end to end ----------------------------------------------------------------------

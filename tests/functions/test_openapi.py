@@ -286,8 +286,16 @@ def _fuzz(data: st.DataObject, world: World, counts: dict[int, int]) -> None:
                 st.sampled_from(["since", "limit", "bogus"]),
                 st.one_of(
                     st.text(alphabet=st.characters(codec="ascii", exclude_characters="&=#%+ "), max_size=30),
+                    st.text(alphabet=st.characters(exclude_characters="&=#%+ "), max_size=12),
                     st.sampled_from(
                         ["2026-11-22T08:00:00Z", "2026-11-22T08:00:00", "5", "1000", "1001", "0"]
+                        + [
+                            "\u00b2",
+                            "\u0665",
+                            "9" * 5000,
+                            "9999-12-31T23:59:59-14:00",
+                            "0001-01-01T00:00:00+14:00",
+                        ]
                     ),
                 ),
                 max_size=3,

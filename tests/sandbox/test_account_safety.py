@@ -196,6 +196,29 @@ def test_a_lost_verdict_is_in_doubt_and_not_presented_again(make: Make, fault: d
     converge(h)
 
 
+def test_a_patch_whose_answer_trickles_in_after_the_test_is_in_doubt_within_its_deadline(make: Make) -> None:
+    """Each byte of the answer comes within the read timeout (1 s), so only the request's total
+    deadline (connect 1 s + read 1 s) ends the wait: the verdict is lost, the run goes on."""
+    h = make(sources=3, env={"REMEDIATION_HTTP_TIMEOUT": "1"})
+    w = h.world
+    wrong = wrong_value()
+    w.put_in_vault(wrong)
+    h.sb.faults.add("powerbi.update_datasource", after=True, trickle=0.1)
+
+    started = time.monotonic()
+    first = h.healer.heal_secret(w.secret_name)
+    elapsed = time.monotonic() - started
+    later = h.healer.sweep()
+
+    assert actions(first.targets()) == ["in-doubt"] * 3, first.to_dict()
+    assert elapsed < 4.0, elapsed  # about 2 s (the deadline), not the minute the answer takes
+    assert all(o.action == Action.IN_DOUBT for o in later.targets())
+    (patch,) = patches(h.sb)
+    assert patch.processed_status == 400 and (patch.fault or "").startswith("after-trickle")
+    assert w.account.failures_of(wrong) == 1
+    converge(h)
+
+
 def test_an_operator_presents_an_in_doubt_version_again_once_the_source_has_it(make: Make) -> None:
     h = make(sources=3)
     w = h.world
@@ -335,6 +358,44 @@ def test_a_wrong_password_of_a_caller_identity_account_is_tried_once(make: Make,
     assert actions(again.targets()) == ["already-current"] * 3
     grants = [t for t in sb.entra.tokens_issued("user") if t.principal.lower() == UPN]
     assert len(grants) == 1  # one password grant for the version, not one per data source or heal
+
+
+@pytest.mark.usefixtures("port_443")
+def test_a_new_version_of_a_caller_identity_password_is_signed_in_with_never_a_cached_token(
+    make: Make, sb: Sandbox
+) -> None:
+    """One worker, two requests: the token granted for version 1's password must not answer for
+    version 2, whose password nobody has checked (it would be recorded accepted unchecked)."""
+    password = "Correct#Horse-Battery-1"
+    sb.entra.add_user(UPN, password)
+    w = build_world(
+        sb,
+        sources=2,
+        cloud=True,
+        credential_type="OAuth2",
+        datasource_type="Extension",
+        username=UPN,
+        secret=password,
+        secret_name="pbi-service-account",
+        binding_name="dataflow",
+        caller_identity_only=True,
+        oauth2="caller-identity",
+    )
+    h = make(w)
+    first = h.healer.heal_secret(w.secret_name)
+    assert actions(first.targets()) == ["updated"] * 2, first.to_dict()
+
+    wrong = wrong_value()
+    version = w.put_in_vault(wrong)  # within the hour of version 1's token
+    second = h.healer.heal_secret(w.secret_name)
+
+    assert actions(second.targets()) == ["blocked", "rejected"], second.to_dict()
+    assert all(o.secret_version == version for o in second.targets())
+    assert "AADSTS50126" in (next(o for o in second.targets() if o.action == "rejected").reason or "")
+    account = sb.sources.account(UPN)
+    assert account.failures_of(wrong) == 1
+    grants = [t for t in sb.entra.tokens_issued("user") if t.principal.lower() == UPN]
+    assert len(grants) == 1  # version 1's; version 2 got none
 
 
 # -- 8. datasets with several sources --------------------------------------------------------------

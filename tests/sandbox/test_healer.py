@@ -636,6 +636,69 @@ def test_after_a_take_over_the_other_cloud_source_is_healed_again_and_the_refres
     assert "warnings" not in again.to_dict()["targets"][0]  # type: ignore[index]
 
 
+def _inventory_knows_one_cloud_source_then_the_model_gains_an_unbound_one(
+    h: Harness,
+) -> tuple[Runtime, Datasource]:
+    """A take-over binding; a sweep stores the inventory (the dataset uses the bound source A
+    only); then the model is republished with a second cloud source B that no binding covers,
+    whose credential Power BI holds; then only ownership lets the identity update A."""
+    w = h.world
+    runtime = _runtime_with_bindings(
+        h, {"bindings": [{**w.binding(), "takeOver": True}], "watch": {"workspaces": [w.workspace.id]}}
+    )
+    runtime.healer.sweep()
+    (record,) = [r for r in runtime.ledger.inventory(w.workspace_id) if r.dataset_id == w.dataset_ids[0]]
+    assert [s.datasource_id for s in record.sources] == [w.datasource_ids[0]]
+    b_source = h.sb.sources.add("crm-cloud", credential_type="Basic", username="svc_crm", secret="Crm#1")
+    b = h.sb.powerbi.add_datasource(w.gateway, b_source, connection_details={"server": "crm.example"})
+    h.sb.powerbi.store_credential(b, {"username": "svc_crm", "password": "Crm#1"})
+    w.datasets[0].datasources.append(b)  # republished: the inventory does not know it yet
+    w.datasets[0].owner = "someone.else@contoso.com"
+    w.gateway.admins.discard(w.app.client_id)
+    w.rotate()
+    h.sb.requests.clear()
+    return runtime, b
+
+
+def test_take_over_is_decided_on_the_datasets_sources_as_power_bi_lists_them_not_the_stored_inventory(
+    make: Make,
+) -> None:
+    h = make(cloud=True)
+    w = h.world
+    runtime, b = _inventory_knows_one_cloud_source_then_the_model_gains_an_unbound_one(h)
+    try:
+        report = runtime.healer.heal_secret(w.secret_name, retry_refreshes=False)
+    finally:
+        runtime.close()
+
+    (outcome,) = report.targets()
+    assert outcome.action == Action.FAILED and "not taking over" in (outcome.reason or "")
+    assert "Sql on crm.example" in (outcome.reason or "")
+    assert h.sb.requests.find("powerbi.take_over") == []
+    assert len(h.sb.requests.find("powerbi.get_datasources")) == 1  # read right before deciding
+    assert b.credential is not None and b.credential.data["password"] == "Crm#1"  # intact
+    assert w.datasets[0].owner == "someone.else@contoso.com"
+    assert w.account.failures_of(w.secret) == 0
+
+
+def test_no_take_over_when_the_datasets_sources_cannot_be_read_right_before_it(make: Make) -> None:
+    h = make(cloud=True)
+    w = h.world
+    runtime, b = _inventory_knows_one_cloud_source_then_the_model_gains_an_unbound_one(h)
+    h.sb.faults.add("powerbi.get_datasources", status=500, times=10)
+    try:
+        report = runtime.healer.heal_secret(w.secret_name, retry_refreshes=False)
+    finally:
+        runtime.close()
+
+    (outcome,) = report.targets()
+    assert outcome.action == Action.FAILED, outcome
+    assert "not taking over" in (outcome.reason or "") and "HTTP 500" in (outcome.reason or "")
+    assert h.sb.requests.find("powerbi.take_over") == []
+    assert b.credential is not None and b.credential.data["password"] == "Crm#1"
+    assert w.account.failures_of(w.secret) == 0
+
+
 def took_over(target: dict[str, Any]) -> list[str]:
     """The target's Take Over warnings (not those about settings sent as defaults)."""
     return [w for w in target.get("warnings", []) if w.startswith("took over")]

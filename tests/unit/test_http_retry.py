@@ -13,6 +13,7 @@ import math
 import pickle
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -340,6 +341,38 @@ def test_a_read_timeout_is_retried_for_a_get(sb: Sandbox, route: str) -> None:
     sleep = Recorder()
     response = _pipeline(sleep, timeout=(5.0, 0.3)).request("GET", f"{route}/ok")
     assert response.attempts == 2 and len(sleep.waits) == 1
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize(
+    ("path", "trickle"),
+    [("ok", 0.05), ("big", 0.001)],  # "big": 5 kB, its headers in time, its body not
+    ids=["cut-in-the-status-line", "cut-in-the-body"],
+)
+def test_an_answer_that_trickles_in_is_cut_at_the_total_deadline(
+    sb: Sandbox, route: str, path: str, trickle: float
+) -> None:
+    """Each byte comes well within the read timeout (0.3 s), so only the total deadline (connect
+    + read = 0.6 s) ends the wait: the connection is shut, and the answer is lost (sent=True)."""
+    sb.router.add("test", "test.big", "GET", r"/big", lambda _r: Response(200, {"pad": "x" * 5000}), _error)
+    route_name, url = ("test.big", f"{sb.url}/big") if path == "big" else ("test.get", f"{route}/ok")
+    sb.faults.add(route_name, after=True, trickle=trickle)
+    pipeline = _pipeline(Recorder(), policy=RetryPolicy(max_attempts=1), timeout=(0.3, 0.3))
+    assert pipeline.deadline == 0.6
+
+    started = time.monotonic()
+    with pytest.raises(ApiConnectionError) as caught:
+        pipeline.request("GET", url)
+    elapsed = time.monotonic() - started
+
+    assert (caught.value.code, caught.value.sent, caught.value.attempts) == ("Timeout", True, 1)
+    assert "deadline" in str(caught.value)
+    assert 0.6 <= elapsed < 1.5, elapsed
+    # The pool goes on with a fresh connection; a GET cut so is retried (idempotent).
+    assert pipeline.request("GET", f"{route}/ok").status == 200
+    sb.faults.add(route_name, after=True, trickle=trickle)
+    retried = _pipeline(Recorder(), timeout=(0.3, 0.3)).request("GET", url)
+    assert (retried.status, retried.attempts) == (200, 2)
 
 
 def test_a_connection_refused_is_retried_even_for_a_post_because_nothing_was_sent(
