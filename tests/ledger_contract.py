@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from remediation.safety.presenting import FANOUT_LICENCE_SECONDS
 from remediation.ledger import (
     MAX_ACCOUNT_LENGTH,
     MAX_ATTEMPTS_KEPT,
@@ -35,6 +34,7 @@ from remediation.ledger import (
     Outcome,
     utc_day,
 )
+from remediation.safety.presenting import FANOUT_LICENCE_SECONDS
 
 T = TypeVar("T")
 LedgerFactory = Callable[[], Ledger]

@@ -225,7 +225,8 @@ def test_corrupt_account_record_raises_ledger_error(tmp_path: Path) -> None:
     ):
         conn = sqlite3.connect(path)
         conn.execute(
-            "UPDATE account_versions SET accepted = '[]', verdict = 'rejected', presentations = 0, evidence = '{}'"
+            "UPDATE account_versions SET accepted = '[]', verdict = 'rejected', presentations = 0, "
+            "evidence = '{}'"
         )
         conn.execute(f"UPDATE account_versions SET {corruption}")
         conn.commit()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from requests.structures import CaseInsensitiveDict
 
 from remediation.fabric import _fabric_error
 from remediation.http import ApiConnectionError, ApiError, ApiResponse, error_from_response
@@ -24,7 +25,6 @@ from remediation.safety.signins import refused_sign_in
 from remediation.targets.fabric import fabric_verdict
 from remediation.targets.gateway import grant_verdict, patch_verdict
 from sandbox.refusals import FABRIC_REFUSALS, POWERBI_REFUSALS, fabric_refusal, powerbi_refusal
-from requests.structures import CaseInsensitiveDict
 
 
 def _api(
