@@ -250,18 +250,14 @@ def scrub_exception(exc: BaseException, mask: SecretMask) -> None:
     and a formatted traceback of it show none (an :class:`~remediation.http.ApiError`'s
     ``message`` and ``details`` are attributes). Attributes that cannot be set are left alone."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    pending: list[BaseException] = []
-    while current is not None or pending:
-        if current is None:
-            current = pending.pop()
-        if id(current) not in seen:
-            seen.add(id(current))
-            _scrub_one(current, mask)
-            for linked in (current.__cause__, current.__context__):
-                if linked is not None:
-                    pending.append(linked)
-        current = None
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        _scrub_one(current, mask)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
 
 
 def _scrub_one(exc: BaseException, mask: SecretMask) -> None:
