@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import logging
 import os
 import socket
@@ -65,7 +64,6 @@ from remediation.settings import Settings
 from remediation.targets import Presented, TargetKind, TargetRefused
 from remediation.targets.fabric import FabricKind
 from remediation.targets.gateway import GatewayKind, TakeOverRefused, UserTokenFactory
-from remediation.telemetry import REDACTOR
 
 __all__ = [
     "HOLDS_CURRENT",
@@ -806,7 +804,7 @@ class Healer:
                 owner=lease.owner,
                 locator=item.where,
                 verdict=value,
-                reason=f"{reason} [{target.gateway_id}/{target.datasource_id}]",
+                reason=run.redact(f"{reason} [{target.gateway_id}/{target.datasource_id}]"),
                 now=now,
                 sent_at=min(sent_at, now),
                 request=run.correlation_id,
@@ -853,8 +851,7 @@ class Healer:
             if secret is None:
                 secret = self.keyvault.get_secret(name)
                 run.secrets[key] = secret
-                # While the value is in memory, the telemetry redactor masks it wherever it shows.
-                run.redactions.extend(REDACTOR.register(v) for v in _secret_parts(secret.value))
+                run.hold_secret(secret.value)  # masked in every text the run lets out (runs.py)
             return secret
 
     # ------------------------------------------------------------------------------------------
@@ -895,10 +892,7 @@ class Healer:
     def _finish(self, run: Run) -> Report:
         """End a run (also after an error): drop the secrets and their redactions."""
         run.scopes.close()
-        run.secrets.clear()  # the secret values are not kept past the command
-        for handle in run.redactions:
-            REDACTOR.unregister(handle)
-        run.redactions.clear()
+        run.drop_secrets()  # not kept past the command; an escaping exception is masked first
         recorded: list[Outcome] | None = None
         if run.quiet:
             summary = self._summary(run)
@@ -937,17 +931,3 @@ class Healer:
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _secret_parts(value: str) -> list[str]:
-    """The value, and the password inside a ``{"username", "password"}`` value (messages may show
-    the password alone)."""
-    parts = [value]
-    if value.lstrip().startswith("{"):
-        try:
-            doc = json.loads(value)
-        except (ValueError, RecursionError):
-            return parts
-        if isinstance(doc, dict) and isinstance(doc.get("password"), str) and doc["password"]:
-            parts.append(doc["password"])
-    return parts

@@ -15,17 +15,48 @@ Parameter **names** are kept (they tell an operator which URL it was); values ar
 taken to end at whitespace, a quote, a backslash (JSON-escaped text), ``<``, ``>`` or a backtick.
 Not covered: URLs without a scheme (``contoso.com/x?key=v``) and percent-encoded URLs that stand
 alone outside another URL's query string (inside one, they are masked with it).
+
+**Secret values.** Services echo submitted values in their validation messages (ASP.NET's "The
+value '...' is not valid for ..."), so an error text may carry the very password the product sent.
+A :class:`SecretMask` (or :func:`mask_secrets`) masks known secret values in any text, in every
+form a service, a serializer or a traceback may show them (:func:`secret_forms`): as is;
+JSON-escaped (``ensure_ascii`` on and off, the .NET ``System.Text.Json`` default encoder's
+``\\u0027``-style escapes, and JSON inside a JSON string); ``repr``-escaped; URL-encoded
+(``quote``, ``quote_plus``, JavaScript's and .NET's safe sets); HTML-escaped (``&#x27;``, ASP.NET's
+``&#39;``, XML's ``&apos;``); hexadecimal escapes in upper and lower case. A value is found
+anywhere, also inside a longer string; overlapping occurrences of several values become one mask,
+and a JSON secret ``{"username", "password"}`` masks its password alone too (:func:`secret_parts`).
+
+Very short values: a value of fewer than :data:`SHORT_SECRET` characters is masked only where it
+stands alone, that is not glued to a letter or digit on either side (``'ab'``, ``=ab&``, ``"ab"``,
+``ab.``), never inside a word (``about`` stays ``about``). Masking every ``a`` of a message would
+destroy it and tell as much as it hides (the mask shows where the letters were); a password that
+short is a few guesses away anyway. An echo always sets the value apart (quotes, ``=``, spaces),
+so an echoed short password is still masked. From :data:`SHORT_SECRET` characters on, every
+occurrence is masked, even inside a word.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
-from collections.abc import Mapping
-from typing import Final
-from urllib.parse import urlsplit
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+from urllib.parse import quote, quote_plus, urlsplit
 
-__all__ = ["HARMLESS_PARAMETERS", "MASK", "datasource_host", "describe_datasource", "mask_urls"]
+__all__ = [
+    "HARMLESS_PARAMETERS",
+    "MASK",
+    "SHORT_SECRET",
+    "SecretMask",
+    "datasource_host",
+    "describe_datasource",
+    "mask_secrets",
+    "mask_urls",
+    "secret_forms",
+    "secret_parts",
+]
 
 MASK: Final = "[REDACTED]"
 
@@ -156,3 +187,168 @@ def describe_datasource(
     if not kind:
         return f"of unknown type on {host}" if host else "of unknown type"
     return f"{kind} on {host}" if host else kind
+
+
+# -- secret values ------------------------------------------------------------------------------
+SHORT_SECRET: Final = 4
+"""Values shorter than this (in characters) are masked only where they stand alone (see above)."""
+
+# The .NET System.Text.Json default encoder (JavaScriptEncoder.Default) escapes these as \uXXXX.
+_NET_JSON_ESCAPED: Final = frozenset("\"&'+<>`")
+_JSON_SHORT: Final = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+# Hexadecimal digits inside escapes: %2b, \u00e9, &#xe9; (serializers differ in their case).
+_HEX_ESCAPE: Final = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|&#x[0-9A-Fa-f]+;")
+_STANDS_ALONE_BEFORE: Final = r"(?<![^\W_])"  # not after a letter or digit
+_STANDS_ALONE_AFTER: Final = r"(?![^\W_])"  # not before a letter or digit
+
+
+def secret_parts(value: str) -> tuple[str, ...]:
+    """The values to mask for one secret value: the value itself and, when it is a JSON object
+    with a string ``password`` (the ``{"username", "password"}`` form of Basic and Windows
+    secrets), that password too (a message may show it alone). Empty values are left out."""
+    parts = [value] if value else []
+    if value.lstrip().startswith("{"):
+        try:
+            doc = json.loads(value)
+        except (ValueError, RecursionError):
+            return tuple(parts)
+        password = doc.get("password") if isinstance(doc, dict) else None
+        if isinstance(password, str) and password and password != value:
+            parts.append(password)
+    return tuple(parts)
+
+
+def _net_json(value: str) -> str:
+    """``value`` as System.Text.Json's default encoder writes it inside a JSON string."""
+    out: list[str] = []
+    for ch in value:
+        code = ord(ch)
+        if ch in _JSON_SHORT:
+            out.append(_JSON_SHORT[ch])
+        elif code < 0x20 or code >= 0x7F or ch in _NET_JSON_ESCAPED:
+            if code > 0xFFFF:  # a surrogate pair
+                code -= 0x10000
+                out.append(f"\\u{0xD800 + (code >> 10):04X}\\u{0xDC00 + (code & 0x3FF):04X}")
+            else:
+                out.append(f"\\u{code:04X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _json_inner(value: str, *, ascii_only: bool) -> str:
+    return json.dumps(value, ensure_ascii=ascii_only)[1:-1]
+
+
+def secret_forms(value: str) -> frozenset[str]:
+    """Every form in which ``value`` may appear in a text: see the module docstring."""
+    if not value:
+        return frozenset()
+    forms = {value, repr(value)[1:-1], _net_json(value)}
+    for ascii_only in (True, False):
+        once = _json_inner(value, ascii_only=ascii_only)
+        forms.add(once)
+        forms.add(_json_inner(once, ascii_only=ascii_only))  # JSON inside a JSON string
+    for safe in ("", "/", "!'()*"):  # Python's default, RFC 3986 paths, encodeURIComponent
+        forms.add(quote(value, safe=safe))
+    for safe in ("", "!'()*", "!()*"):  # form encoding: Python, JavaScript, .NET's UrlEncode
+        forms.add(quote_plus(value, safe=safe))
+    escaped = html.escape(value)
+    forms |= {
+        escaped,
+        html.escape(value, quote=False),
+        escaped.replace("&#x27;", "&#39;"),  # ASP.NET's HtmlEncode
+        escaped.replace("&#x27;", "&apos;"),  # XML
+    }
+    cased = {_HEX_ESCAPE.sub(_upper_hex, f) for f in forms} | {_HEX_ESCAPE.sub(_lower_hex, f) for f in forms}
+    return frozenset(f for f in forms | cased if f)
+
+
+def _upper_hex(match: re.Match[str]) -> str:
+    escape = match.group(0)
+    cut = 3 if escape.startswith("&#x") else (1 if escape.startswith("%") else 2)
+    return escape[:cut] + escape[cut:].upper()
+
+
+def _lower_hex(match: re.Match[str]) -> str:
+    return match.group(0).lower()
+
+
+class SecretMask:
+    """Known secret values, compiled once, masked in any text (immutable, thread-safe).
+
+    ``SecretMask(values)`` masks each value (and the password inside a JSON one, see
+    :func:`secret_parts`) in every form of :func:`secret_forms`; an empty mask changes nothing.
+    Where occurrences overlap or touch (two values, or one inside another) they become one
+    :data:`MASK`, so no piece of either is left. Its ``repr`` shows no value.
+    """
+
+    __slots__ = ("_any", "_at", "_size")
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        anywhere: dict[str, bool] = {}
+        size = 0
+        for value in values:
+            for part in secret_parts(value):
+                size += 1
+                alone = len(part) < SHORT_SECRET
+                for form in secret_forms(part):
+                    anywhere[form] = anywhere.get(form, False) or not alone
+        self._size = size
+        if not anywhere:
+            self._any: re.Pattern[str] | None = None
+            self._at: re.Pattern[str] | None = None
+            return
+        # Longest first: at one position the longest form wins (no partial leftovers).
+        ordered = sorted(anywhere, key=lambda f: (-len(f), f))
+        items = [
+            re.escape(f) if anywhere[f] else f"{_STANDS_ALONE_BEFORE}{re.escape(f)}{_STANDS_ALONE_AFTER}"
+            for f in ordered
+        ]
+        alternatives = "|".join(items)
+        self._any = re.compile(alternatives)
+        self._at = re.compile(f"(?=({alternatives}))")  # every start, overlapping ones too
+
+    def __bool__(self) -> bool:
+        return self._any is not None
+
+    def __repr__(self) -> str:
+        return f"SecretMask({self._size} value{'s' if self._size != 1 else ''})"
+
+    def mask(self, text: str) -> str:
+        """``text`` with every occurrence of every value, in every form, replaced by :data:`MASK`."""
+        if not text or self._any is None or self._at is None:
+            return text
+        first = self._any.search(text)
+        if first is None:
+            return text
+        spans: list[list[int]] = []
+        for match in self._at.finditer(text, first.start()):
+            start, end = match.start(), match.start() + len(match.group(1))
+            if spans and start <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([start, end])
+        out: list[str] = []
+        pos = 0
+        for start, end in spans:
+            out.append(text[pos:start])
+            out.append(MASK)
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
+
+    def mask_value(self, value: Any) -> Any:
+        """Strings masked; lists, tuples and dicts (values) of them recursively; others unchanged."""
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, tuple | list):
+            return type(value)(self.mask_value(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.mask_value(v) for k, v in value.items()}
+        return value
+
+
+def mask_secrets(text: str, values: Iterable[str]) -> str:
+    """``text`` with each of ``values`` masked in every form (see :class:`SecretMask`)."""
+    return SecretMask(values).mask(text)

@@ -1,13 +1,36 @@
-"""One run of a command: what it learns as it goes, and the targets it works on."""
+"""One run of a command: what it learns as it goes, and the targets it works on.
+
+**The run's secrets never leave it.** Services echo submitted values in their validation
+messages, so any text a run produces after it sent a secret may carry it. A run therefore knows
+the secret values it fetched (:meth:`Run.hold_secret`) and masks them, in every form a service
+could echo them (:class:`remediation.redact.SecretMask`), wherever a text leaves memory:
+
+* every outcome it records (:meth:`Run.add`): the ledger's outcomes, telemetry, the report, the
+  CLI's and the HTTP answers all come from these;
+* the reasons written with an account's verdict (:meth:`Run.redact`, used by the healer);
+* the warnings shown on a target (:meth:`Run.warn`);
+* the log records of the reconciler's loggers (:data:`RUN_LOGGERS`), exception text included,
+  by :class:`RunSecretsFilter` (installed on import: it does not wait for telemetry to be
+  configured), with the values of every run still holding secrets;
+* an exception on its way out of the run (:meth:`Run.drop_secrets`, when the run ends): its
+  message and string attributes, and those of its causes, are masked in place, so that
+  ``str(exc)`` in the CLI's error line or an HTTP error answer shows no secret.
+
+The values are forgotten when the run ends. (Telemetry's process-wide ``REDACTOR`` is told about
+them too, for spans and exported records; this does not depend on it.)
+"""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
 
 from remediation.accounts import presentation_locator
 from remediation.bindings import Binding, Target
@@ -15,8 +38,18 @@ from remediation.fabric import Connection
 from remediation.keyvault import SecretValue
 from remediation.ledger import Outcome
 from remediation.powerbi import GatewayDatasource
+from remediation.redact import SecretMask, mask_urls
+from remediation.telemetry import REDACTOR
 
-__all__ = ["QUIET_ACTION", "Resolved", "Run", "TakeOver"]
+__all__ = [
+    "QUIET_ACTION",
+    "RUN_LOGGERS",
+    "Resolved",
+    "Run",
+    "RunSecretsFilter",
+    "TakeOver",
+    "scrub_exception",
+]
 
 QUIET_ACTION = "already-current"
 """The action a summarising run records once, as a count: a target that already holds the
@@ -90,10 +123,49 @@ class Run:
     reset_again: dict[tuple[str, str], tuple[Resolved, bool]] = field(default_factory=dict)
     reset_done: set[tuple[str, str]] = field(default_factory=set)
     notes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # see warn()
+    # The secret values fetched in this run, and their mask (see the module docstring).
+    held: list[str] = field(default_factory=list, repr=False)
+    mask: SecretMask = field(default_factory=SecretMask, repr=False)
+
+    def hold_secret(self, value: str) -> None:
+        """A secret value this run fetched: from now until :meth:`drop_secrets` it is masked in
+        every text the run lets out (and the password inside a JSON value too), and telemetry's
+        ``REDACTOR`` masks it in spans and exported records."""
+        if not value:
+            return
+        handle = REDACTOR.register(value)
+        with self.lock:
+            self.redactions.append(handle)
+            if value not in self.held:
+                self.held.append(value)
+                self.mask = SecretMask(self.held)
+                _LIVE.hold(self)
+
+    def redact(self, text: str) -> str:
+        """``text`` without the run's secret values (in any form) and without URL keys."""
+        return mask_urls(self.mask.mask(text))
+
+    def drop_secrets(self) -> None:
+        """The run ends: an exception on its way out of it (the one being raised or handled
+        now) is masked in place (:func:`scrub_exception`), then the secret values are forgotten
+        and telemetry's redactions released."""
+        escaping = sys.exc_info()[1]
+        if escaping is not None and self.mask:
+            scrub_exception(escaping, self.mask)
+        _LIVE.drop(self)
+        with self.lock:
+            self.secrets.clear()  # the secret values are not kept past the command
+            self.held.clear()
+            self.mask = SecretMask()
+            handles, self.redactions = self.redactions, []
+        for handle in handles:
+            REDACTOR.unregister(handle)
 
     def add(self, outcome: Outcome) -> Outcome:
         """Keep the outcome (the caller's report lists it) and record it (ledger, as it happens),
-        unless it is a repetition that the run's summary will stand for."""
+        unless it is a repetition that the run's summary will stand for. Its texts are masked
+        first (:meth:`redact`): what is kept, recorded and returned is the masked outcome."""
+        outcome = self._masked(outcome)
         quiet = self.summarise and outcome.action == QUIET_ACTION and outcome.dataset_id is None
         with self.lock:
             self.outcomes.append(outcome)
@@ -102,6 +174,13 @@ class Run:
         if self.persist is not None and not quiet:
             self.persist(outcome)
         return outcome
+
+    def _masked(self, outcome: Outcome) -> Outcome:
+        reason = self.redact(outcome.reason) if outcome.reason else outcome.reason
+        state = self.redact(outcome.refresh_state) if outcome.refresh_state else outcome.refresh_state
+        if reason == outcome.reason and state == outcome.refresh_state:
+            return outcome
+        return replace(outcome, reason=reason, refresh_state=state)
 
     def key_lock(self, key: str) -> threading.Lock:
         with self.lock:
@@ -143,6 +222,7 @@ class Run:
     def warn(self, target: tuple[str, str], warning: str) -> None:
         """Something a person should know about ``target`` (gateway id, data source id) although
         it may be healed, e.g. settings sent as defaults; shown once on the report's target."""
+        warning = self.redact(warning)
         with self.lock:
             said = self.notes.setdefault(target, [])
             if warning not in said:
@@ -162,6 +242,134 @@ class Run:
     def again_at(self, when: float) -> None:
         with self.lock:
             self.retry_at = when if self.retry_at is None else min(self.retry_at, when)
+
+
+def scrub_exception(exc: BaseException, mask: SecretMask) -> None:
+    """Mask ``mask``'s values in place in ``exc`` and in its causes and contexts: the ``args``
+    and every string (or list, tuple, dict of strings) attribute, so that ``str()``, ``repr()``
+    and a formatted traceback of it show none (an :class:`~remediation.http.ApiError`'s
+    ``message`` and ``details`` are attributes). Attributes that cannot be set are left alone."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        _scrub_one(current, mask)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+def _scrub_one(exc: BaseException, mask: SecretMask) -> None:
+    with contextlib.suppress(AttributeError, TypeError):  # an exception type that refuses
+        exc.args = tuple(mask.mask_value(a) for a in exc.args)
+    for name, value in list(vars(exc).items()):
+        if isinstance(value, str | list | tuple | dict):
+            cleaned = mask.mask_value(value)
+            if cleaned != value:
+                with contextlib.suppress(AttributeError, TypeError):  # a read-only attribute
+                    setattr(exc, name, cleaned)
+
+
+class _LiveRuns:
+    """The masks of the runs that hold secrets now (for log records, which do not know their run)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._masks: dict[int, SecretMask] = {}
+
+    def hold(self, run: Run) -> None:
+        with self._lock:
+            self._masks[id(run)] = run.mask
+
+    def drop(self, run: Run) -> None:
+        with self._lock:
+            self._masks.pop(id(run), None)
+
+    def masks(self) -> list[SecretMask]:
+        with self._lock:
+            return list(self._masks.values())
+
+    def redact(self, text: str) -> str:
+        for mask in self.masks():
+            text = mask.mask(text)
+        return text
+
+    def redact_value(self, value: Any) -> Any:
+        for mask in self.masks():
+            value = mask.mask_value(value)
+        return value
+
+
+_LIVE: Final = _LiveRuns()
+
+# LogRecord attributes that are not ``extra``.
+_RECORD_FIELDS: Final = frozenset(
+    vars(logging.LogRecord("n", logging.INFO, "p", 1, "m", None, None)).keys() | {"message", "asctime"}
+)
+
+RUN_LOGGERS: Final = (
+    "remediation.healer",
+    "remediation.refresher",
+    "remediation.resolver",
+    "remediation.presentation",
+    "remediation.targets.gateway",
+    "remediation.targets.fabric",
+    "remediation.http",
+    "remediation.powerbi",
+    "remediation.fabric",
+    "remediation.identity",
+    "remediation.runs",
+)
+"""The loggers of the code a run executes: their records are masked by :class:`RunSecretsFilter`."""
+
+
+class RunSecretsFilter(logging.Filter):
+    """Masks the secret values of every run that holds some, in a log record, before any handler
+    sees it: the message (formatted with its arguments), string ``extra`` values, the exception
+    text (formatted from ``exc_info``) and the stack text. A record with nothing to mask is left
+    as it is. Always returns True."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        masks = _LIVE.masks()
+        if not masks:
+            return True
+
+        def clean(value: Any) -> Any:
+            for mask in masks:
+                value = mask.mask_value(value)
+            return value
+
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string must not break logging
+            message = str(record.msg)
+        masked = clean(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        for key, value in list(vars(record).items()):
+            if key not in _RECORD_FIELDS and isinstance(value, str | tuple | list | dict):
+                setattr(record, key, clean(value))
+        if record.exc_info and not record.exc_text:
+            text = logging.Formatter().formatException(record.exc_info)
+            if clean(text) != text:
+                record.exc_text = clean(text)
+        elif record.exc_text:
+            record.exc_text = clean(record.exc_text)
+        if record.stack_info:
+            record.stack_info = clean(record.stack_info)
+        return True
+
+
+def _install_log_filter() -> None:
+    flt = RunSecretsFilter()
+    for name in RUN_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, RunSecretsFilter) for f in target.filters):
+            target.addFilter(flt)
+
+
+_install_log_filter()
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,11 @@ INFO line per outcome), so a console or the Functions host log shows them.
   ``#access_token=``...; names are kept, and the values of ``api-version``, ``$top``, ``$skip``),
   by :func:`remediation.redact.mask_urls`, which the healer also applies to every outcome;
 * every value registered with :meth:`Redactor.register` while it is registered -- verbatim and as
-  it appears JSON-escaped, ``repr``-escaped and URL-encoded. The healer registers each secret
-  value it holds for the length of a run; :class:`Telemetry` registers ``AZURE_CLIENT_SECRET``
-  and ``AZURE_CLIENT_CERTIFICATE_PASSWORD`` for the life of the process.
+  it appears JSON-escaped, ``repr``-escaped, URL-encoded and HTML-escaped, and the password inside
+  a JSON ``{"username", "password"}`` value (:class:`remediation.redact.SecretMask`, the masking
+  every run applies to its own texts too). A run registers each secret value it holds for its
+  length (:meth:`remediation.runs.Run.hold_secret`); :class:`Telemetry` registers
+  ``AZURE_CLIENT_SECRET`` and ``AZURE_CLIENT_CERTIFICATE_PASSWORD`` for the life of the process.
 
 It is applied (a) to log records, by :class:`RedactingFilter` on the ``remediation`` logger and
 on every handler of the root and ``remediation`` loggers at configuration time (the Functions
@@ -54,14 +56,13 @@ records of loggers outside the ``remediation`` tree that go to handlers added af
 (not rewritten -- the instrumentations name spans after the method and route, never a query); and
 the ``on_end`` span scrub writes the SDK's ``ReadableSpan`` private fields (``_attributes``,
 ``_events``, ``_status``): if a future SDK renames them the end-of-span scrub is skipped (logged
-once) while the start-of-span scrub, which uses the public API, keeps working. Very short
-registered values (one or two characters) mask every occurrence of those characters: correct, but
-ugly.
+once) while the start-of-span scrub, which uses the public API, keeps working. Registered values
+shorter than :data:`remediation.redact.SHORT_SECRET` characters are masked only where they stand
+alone (not inside a word), as :class:`~remediation.redact.SecretMask` explains.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -71,10 +72,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import count
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote, quote_plus
 
 from remediation.ledger import Outcome
-from remediation.redact import MASK, mask_urls
+from remediation.redact import MASK, SecretMask, mask_urls
 from remediation.settings import Settings
 
 if TYPE_CHECKING:
@@ -214,27 +214,26 @@ class Redactor:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._handles: dict[int, tuple[str, ...]] = {}
+        self._handles: dict[int, str] = {}
         self._ids = count(1)
-        self._pattern: re.Pattern[str] | None = None
+        self._mask = SecretMask()
 
     def register(self, value: str) -> int:
-        """Mask ``value`` (and its escaped and URL-encoded forms) from now on; returns a handle.
+        """Mask ``value`` (and its escaped and encoded forms) from now on; returns a handle.
 
         An empty value is accepted and ignored (there is nothing to mask).
         """
-        forms = _forms(value) if value else ()
         with self._lock:
             handle = next(self._ids)
-            self._handles[handle] = forms
-            if forms:
+            self._handles[handle] = value
+            if value:
                 self._rebuild()
         return handle
 
     def unregister(self, handle: int) -> None:
         """Stop masking the value of ``handle`` (unless another handle holds it). Unknown: no-op."""
         with self._lock:
-            if self._handles.pop(handle, ()):
+            if self._handles.pop(handle, ""):
                 self._rebuild()
 
     @contextmanager
@@ -253,20 +252,13 @@ class Redactor:
             return len(self._handles)
 
     def _rebuild(self) -> None:  # caller holds the lock
-        forms = {form for group in self._handles.values() for form in group}
-        if not forms:
-            self._pattern = None
-            return
-        ordered = sorted(forms, key=lambda f: (-len(f), f))  # longest first: no partial leftovers
-        self._pattern = re.compile("|".join(re.escape(f) for f in ordered))
+        self._mask = SecretMask(sorted({v for v in self._handles.values() if v}))
 
     def redact(self, text: str) -> str:
         """``text`` with every registered value and every secret-shaped substring masked."""
         if not text:
             return text
-        pattern = self._pattern  # one atomic read: a consistent snapshot
-        if pattern is not None:
-            text = pattern.sub(MASK, text)
+        text = self._mask.mask(text)  # one atomic read: a consistent snapshot
         text = mask_urls(text)
         text = _mask_json_values(text)
         text = _AUTH_SCHEME.sub(rf"\1\2{MASK}", text)
@@ -285,19 +277,6 @@ class Redactor:
         if isinstance(value, bytes | bytearray):
             return self.redact(bytes(value).decode("utf-8", "replace"))
         return value
-
-
-def _forms(value: str) -> tuple[str, ...]:
-    """How a value can appear in text: as is, JSON-/repr-escaped, URL-encoded."""
-    candidates = {
-        value,
-        json.dumps(value)[1:-1],
-        json.dumps(value, ensure_ascii=False)[1:-1],
-        repr(value)[1:-1],
-        quote(value, safe=""),
-        quote_plus(value, safe=""),
-    }
-    return tuple(sorted(c for c in candidates if c))
 
 
 REDACTOR: Final = Redactor()
