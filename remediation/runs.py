@@ -312,7 +312,7 @@ RUN_LOGGERS: Final = (
     "remediation.healer",
     "remediation.refresher",
     "remediation.resolver",
-    "remediation.presentation",
+    "remediation.ledger_base",
     "remediation.targets.gateway",
     "remediation.targets.fabric",
     "remediation.http",
