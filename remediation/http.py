@@ -952,10 +952,10 @@ class HttpPipeline:
         default (see the module docstring). ``presents_credentials`` marks a request whose serving
         is a sign-in at a source system (the credentials PATCH): it is retried only when the
         service certainly did not serve it (429, or not sent), never after a 5xx or a lost answer.
-        ``before_attempt`` is called before every attempt (after any wait), so a caller can check
-        and renew what the request needs (a lease); an exception it raises stops the call, and
-        that attempt is not sent. Raises :class:`ApiError` for any other status and
-        :class:`ApiConnectionError` when no answer came.
+        ``before_attempt`` is called right before every attempt is sent (after every wait, with a
+        request slot held), so a caller can check and renew what the request needs (a lease); an
+        exception it raises stops the call, and that attempt is not sent. Raises
+        :class:`ApiError` for any other status and :class:`ApiConnectionError` when no answer came.
         """
         method = method.upper()
         path = urlsplit(url).path or "/"
@@ -975,10 +975,17 @@ class HttpPipeline:
         def attempt(number: int) -> requests.Response:
             nonlocal attempts, served_until, served_shared
             served_shared = max(served_shared, self._wait_shared_pause(label, served_shared))
-            if before_attempt is not None:
-                before_attempt()
             attempts = number
             ticket = self._admit(label, served_until, method, path, number)
+            if before_attempt is not None:
+                # Right before sending, after every wait (a pause, a request slot): what the
+                # caller checks there (a lease, a claim) must outlast this request, not the waits.
+                try:
+                    before_attempt()
+                except BaseException:
+                    if ticket is not None and self.limiter is not None:
+                        self.limiter.release(ticket)
+                    raise
             cut = _Cut()
             scope = _CUT.set(cut)
             _WATCHDOG.watch(cut, time.monotonic() + self.deadline)

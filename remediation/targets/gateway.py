@@ -507,7 +507,17 @@ class GatewayKind:
                     f"{gateway_id}/{datasource_id} holds ({exc}), so that source would not be healed "
                     "again after Power BI resets it; the next run tries again"
                 ) from None
-        self.powerbi.take_over_in_group(workspace_id, dataset_id)
+        try:
+            self.powerbi.take_over_in_group(workspace_id, dataset_id)
+        except ThrottledPastDeadline:
+            raise
+        except ApiError as exc:
+            # Not a presentation (no credential is in it): the credential was not sent. Whether
+            # Power BI took it over is unknown, so the reset sources stay forgotten (healed again).
+            raise TakeOverRefused(
+                f"the Take Over of dataset {dataset_id} failed ({_why(exc)}); nothing was presented, "
+                "and the next run tries again"
+            ) from None
         logger.warning(
             "took over dataset %s to update %s; its other data sources' credentials are reset by Power BI",
             dataset_id,
