@@ -61,6 +61,19 @@ def test_every_request_is_recorded_with_its_body_and_status(sb: Sandbox, echo: s
     ]
 
 
+def test_the_answer_time_is_recorded_before_the_client_can_send_again_and_none_when_dropped(
+    sb: Sandbox, echo: str
+) -> None:
+    sb.faults.add("test", drop=True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(f"{echo}/a", timeout=5)
+    requests.post(f"{echo}/b", timeout=5)
+    requests.post(f"{echo}/c", timeout=5)
+    dropped, first, second = sb.requests.find("test.echo")
+    assert dropped.answered_at is None
+    assert first.answered_at is not None and first.at <= first.answered_at <= second.at
+
+
 def test_a_queued_429_carries_retry_after_then_the_route_recovers(sb: Sandbox, echo: str) -> None:
     sb.faults.throttle("test.echo", retry_after=7, times=2)
     first = requests.post(f"{echo}/a", timeout=5)
