@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from sandbox import Sandbox
 from tests.support.azurite import Azurite, start_azurite
+
+# Property tests (Hypothesis). "deterministic", the default: the same examples every run
+# (derandomized: the seed comes from the test's own code), no example database (nothing written to
+# .hypothesis/). "long" (HYPOTHESIS_PROFILE=long): more examples, new random ones each run; a
+# failure prints the @reproduce_failure line that replays it.
+settings.register_profile("deterministic", derandomize=True, max_examples=60, print_blob=True)
+settings.register_profile("long", max_examples=1000, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @pytest.fixture
