@@ -15,6 +15,7 @@ import requests
 
 from sandbox import Sandbox
 from sandbox.server import HTTPError, Request, Response
+from tests.support.ports import require_user_realm_port
 
 pytestmark = pytest.mark.sandbox
 
@@ -130,8 +131,7 @@ def test_gzip_bodies_are_decoded(sb: Sandbox, echo: str) -> None:
 
 
 def test_port_443_serves_the_same_routes_for_msal_user_realm_discovery(sb: Sandbox, echo: str) -> None:
-    if 443 not in sb.http.extra_ports_bound:
-        pytest.skip("port 443 cannot be bound here (not root)")
+    require_user_realm_port(sb)
     assert requests.post("https://127.0.0.1:443/echo/realm", timeout=5).json()["word"] == "realm"
 
 
