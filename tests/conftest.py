@@ -1,4 +1,5 @@
-"""Shared fixtures: a running sandbox per test, and the product's environment pointing at it."""
+"""Shared fixtures: a running sandbox per test, and the product's environment pointing at it; the
+Hypothesis profiles; and the checks that no test leaves telemetry exporters behind."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+from remediation import telemetry
 from sandbox import Sandbox
+from tests.support import leftovers
 from tests.support.azurite import Azurite, start_azurite
 
 # Property tests (Hypothesis). "deterministic", the default: the same examples every run
@@ -18,6 +21,35 @@ from tests.support.azurite import Azurite, start_azurite
 settings.register_profile("deterministic", derandomize=True, max_examples=60, print_blob=True)
 settings.register_profile("long", max_examples=1000, database=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_behind() -> Iterator[None]:
+    """The run fails (an error at the last test's teardown) if new Azure Monitor storage folders
+    appeared in the system temp directory or exporter threads are still running at its end
+    (see :mod:`tests.support.leftovers`)."""
+    before = leftovers.storage_folders()
+    yield
+    found = leftovers.problems(before)
+    if found:
+        pytest.fail("the tests left telemetry behind: " + "; ".join(found), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_exporter_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The product configuring the real Azure Monitor distro in the pytest process fails the test
+    (a test that replaces the distro's ``configure_azure_monitor`` with a fake may call it)."""
+    configure = telemetry._configure_azure_monitor
+
+    def guarded(*args: object, **kwargs: object) -> None:
+        import azure.monitor.opentelemetry as distro
+        from azure.monitor.opentelemetry._configure import configure_azure_monitor as real
+
+        if distro.configure_azure_monitor is real:
+            pytest.fail(leftovers.IN_PROCESS, pytrace=False)
+        configure(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(telemetry, "_configure_azure_monitor", guarded)
 
 
 @pytest.fixture
