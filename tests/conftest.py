@@ -11,7 +11,7 @@ from hypothesis import settings
 
 from remediation import telemetry
 from sandbox import Sandbox
-from tests.support import leftovers
+from tests.support import layers, leftovers
 from tests.support.azurite import Azurite, start_azurite
 
 # Property tests (Hypothesis). "deterministic", the default: the same examples every run
@@ -21,6 +21,16 @@ from tests.support.azurite import Azurite, start_azurite
 settings.register_profile("deterministic", derandomize=True, max_examples=60, print_blob=True)
 settings.register_profile("long", max_examples=1000, database=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``standin`` the tests that check a stand-in, not the product (tests/support/layers.py)."""
+    root = config.rootpath
+    for item in items:
+        path = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        function = getattr(item, "originalname", item.name)
+        if layers.is_standin(path, function):
+            item.add_marker(pytest.mark.standin)
 
 
 @pytest.fixture(scope="session", autouse=True)
