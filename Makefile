@@ -68,7 +68,10 @@ infra-check: $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/checkov --directory infra --framework bicep --quiet --compact --skip-download
 
 ## test: lint, types, checkov on infra/ and the whole test suite
+# The caller-identity tests need port 443 (msal's user-realm discovery): one line says whether
+# it can be bound here; without it they are skipped, and fail under CI=true.
 test: $(STAMP) $(NODE_STAMP) lint typecheck infra-check
+	@$(PY) -m tests.support.ports
 	$(VENV)/bin/pytest
 
 ## bench: the performance benchmarks (see docs/PERFORMANCE.md); BENCH_ARGS=--quick for a smoke run

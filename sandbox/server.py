@@ -176,7 +176,8 @@ class RecordedRequest:
     status: int = 0
     token_kind: str | None = None  # "app" | "user" | "managed_identity" | None
     principal: str | None = None
-    at: float = 0.0
+    at: float = 0.0  # arrival (wall clock)
+    answered_at: float | None = None  # when the answer started going out; None: no answer was sent
     fault: str | None = None  # "503", "drop", "after-drop", "after-503", "after-hold+answer", ...
     processed_status: int | None = None  # after-processing faults: what the handler answered
 
@@ -568,12 +569,16 @@ class _Handler(BaseHTTPRequestHandler):
             _note_caller(record, request)
             record.status = response.status
             sandbox.recorder.add(record)
+        # Taken before the first byte goes out: whatever the client sends after reading this
+        # answer arrives (``at``) later than ``answered_at``.
+        record.answered_at = time.time()
         try:
             if trickle:
                 self._trickle(response, trickle)
             else:
                 self._send(response)
         except OSError:  # the client went away (e.g. killed while its answer was held, or cut)
+            record.answered_at = None
             self.close_connection = True
 
     def _trickle(self, response: Response, seconds_per_byte: float) -> None:

@@ -20,6 +20,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import tempfile
+import weakref
 from types import TracebackType
 from typing import Any, Literal
 
@@ -55,6 +58,9 @@ class Sandbox:
         serve_user_realm: bool = True,
     ) -> None:
         self.clock = clock or Clock()
+        if tls_dir is None:  # a directory of its own for the CA file, removed with the sandbox
+            tls_dir = tempfile.mkdtemp(prefix="pbi-sandbox-")
+            weakref.finalize(self, shutil.rmtree, tls_dir, ignore_errors=True)
         self.tls = make_tls(tls_dir)
         self.router = Router()
         self.http = HTTPSService(

@@ -1,13 +1,65 @@
-"""Shared fixtures: a running sandbox per test, and the product's environment pointing at it."""
+"""Shared fixtures: a running sandbox per test, and the product's environment pointing at it; the
+Hypothesis profiles; and the checks that no test leaves telemetry exporters behind."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
+from remediation import telemetry
 from sandbox import Sandbox
+from tests.support import layers, leftovers
 from tests.support.azurite import Azurite, start_azurite
+
+# Property tests (Hypothesis). "deterministic", the default: the same examples every run
+# (derandomized: the seed comes from the test's own code), no example database (nothing written to
+# .hypothesis/). "long" (HYPOTHESIS_PROFILE=long): more examples, new random ones each run; a
+# failure prints the @reproduce_failure line that replays it.
+settings.register_profile("deterministic", derandomize=True, max_examples=60, print_blob=True)
+settings.register_profile("long", max_examples=1000, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``standin`` the tests that check a stand-in, not the product (tests/support/layers.py)."""
+    root = config.rootpath
+    for item in items:
+        path = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
+        function = getattr(item, "originalname", item.name)
+        if layers.is_standin(path, function):
+            item.add_marker(pytest.mark.standin)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_behind() -> Iterator[None]:
+    """The run fails (an error at the last test's teardown) if new Azure Monitor storage folders
+    appeared in the system temp directory or exporter threads are still running at its end
+    (see :mod:`tests.support.leftovers`)."""
+    before = leftovers.storage_folders()
+    yield
+    found = leftovers.problems(before)
+    if found:
+        pytest.fail("the tests left telemetry behind: " + "; ".join(found), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_exporter_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The product configuring the real Azure Monitor distro in the pytest process fails the test
+    (a test that replaces the distro's ``configure_azure_monitor`` with a fake may call it)."""
+    configure = telemetry._configure_azure_monitor
+
+    def guarded(*args: object, **kwargs: object) -> None:
+        import azure.monitor.opentelemetry as distro
+        from azure.monitor.opentelemetry._configure import configure_azure_monitor as real
+
+        if distro.configure_azure_monitor is real:
+            pytest.fail(leftovers.IN_PROCESS, pytrace=False)
+        configure(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(telemetry, "_configure_azure_monitor", guarded)
 
 
 @pytest.fixture

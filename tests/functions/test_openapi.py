@@ -318,10 +318,7 @@ def _fuzz(data: st.DataObject, world: World, counts: dict[int, int]) -> None:
 
 def test_generated_requests_find_no_5xx_no_traceback_and_no_secret(sb: Sandbox, world: World) -> None:
     counts: dict[int, int] = {}
-    started = time.monotonic()
-    _fuzz(world=world, counts=counts)
+    _fuzz(world=world, counts=counts)  # about 30 s on an idle 2-core machine (counted, not timed)
     assert sum(counts.values()) >= 2000
     assert {200, 400, 404}.issubset(counts), counts
-    # About 30 s on an idle 2-core machine; the bound leaves room for a busy one.
-    assert time.monotonic() - started < 90, counts
     print(f"generated requests by status: {dict(sorted(counts.items()))}")

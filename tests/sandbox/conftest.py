@@ -9,6 +9,7 @@ import pytest
 
 from sandbox import Sandbox
 from tests.support.harness import Make, harness_factory
+from tests.support.ports import require_user_realm_port
 
 
 @pytest.fixture
@@ -19,5 +20,6 @@ def make(sb: Sandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterat
 
 @pytest.fixture
 def port_443(sb: Sandbox) -> None:
-    if 443 not in sb.http.extra_ports_bound:
-        pytest.skip("port 443 could not be bound; msal's user-realm discovery needs it")
+    """The test needs the sandbox on port 443 (msal's user-realm discovery): skipped without it,
+    failed under ``CI=true`` (see :mod:`tests.support.ports`)."""
+    require_user_realm_port(sb)

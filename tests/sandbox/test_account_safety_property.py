@@ -13,6 +13,10 @@ example:
 The account never locks here (no threshold), so a long sequence cannot hide a second failure
 behind a lock. Power BI's own scheduled refreshes are left out: they sign in with whatever is
 stored, which is not the healer's doing.
+
+Which examples run is the Hypothesis profile that ``tests/conftest.py`` loads: by default the same
+60 every run (derandomized, so CI never draws different cases); ``HYPOTHESIS_PROFILE=long`` draws
+1 000 new ones (a failure prints the ``@reproduce_failure`` line that replays it).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import contextlib
 import os
 import secrets
 import tempfile
-import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -89,28 +93,30 @@ def _apply(step: Step, w: World, clock: ManualClock, instances: list[Runtime]) -
         case ("sweep", i):
             instances[i].healer.sweep()
         case ("concurrent",):
-            runs = [
-                threading.Thread(target=lambda: instances[0].healer.heal_secret(w.secret_name)),
-                threading.Thread(target=lambda: instances[1].healer.sweep()),
-            ]
-            for run in runs:
-                run.start()
-            for run in runs:
-                run.join(timeout=120)
+            # .result() re-raises what a run raised: a crash in either thread fails the example.
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="property-run") as pool:
+                runs = [
+                    pool.submit(instances[0].healer.heal_secret, w.secret_name),
+                    pool.submit(instances[1].healer.sweep),
+                ]
+                for run in runs:
+                    run.result(timeout=120)
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+# How many examples and which: the profile tests/conftest.py loads (a fixed set by default,
+# HYPOTHESIS_PROFILE=long for a longer random run); about 0.2 s an example.
+@pytest.mark.timeout(120 + settings().max_examples)
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(steps, min_size=1, max_size=7))
 def test_any_interleaving_costs_an_account_at_most_one_failed_sign_in_per_value_and_converges(
     history: list[Step],
 ) -> None:
     clock = ManualClock()
-    state = Path(tempfile.mkdtemp(prefix="healer-property-"))
-    with Sandbox(clock=clock, serve_user_realm=False) as sb:
+    with (
+        tempfile.TemporaryDirectory(prefix="healer-property-") as tmp,
+        Sandbox(clock=clock, serve_user_realm=False) as sb,
+    ):
+        state = Path(tmp)
         # The SDKs cache tokens by the wall clock; this world's clock jumps hours ahead.
         sb.entra.token_lifetime = 30 * 86400.0
         w = build_world(sb, sources=3, lockout_threshold=None)

@@ -44,6 +44,7 @@ from sandbox.entra import App
 from sandbox.powerbi import Dataset, Datasource, Gateway, Workspace
 from tests.support.certs import make_client_certificate
 from tests.support.clock import Sleeps
+from tests.support.ports import user_realm_port_served
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
 
@@ -104,12 +105,6 @@ def world(sb: Sandbox, app: App, env: dict[str, str]) -> World:
     dataset = pbi.add_dataset(workspace, "Sales model", [datasource], owner=app.client_id)
     settings = Settings.from_env(env)
     return World(sb, app, settings, workspace, gateway, datasource, dataset, CallStats(), Sleeps())
-
-
-@pytest.fixture
-def port_443(sb: Sandbox) -> None:
-    if 443 not in sb.http.extra_ports_bound:
-        pytest.skip("port 443 could not be bound; msal's user-realm discovery needs it")
 
 
 def _basic(username: str, password: str) -> str:
@@ -553,7 +548,7 @@ def test_a_full_flow_logs_no_token_secret_or_password(world: World, everything_l
         )
     pbi.refresh_dataset_in_group(world.workspace.id, world.dataset.id)
     passwords = [NEW, OLD]
-    if 443 in world.sb.http.extra_ports_bound:  # the user flow needs msal's user-realm call on 443
+    if user_realm_port_served(world.sb):  # the user flow needs msal's user-realm call on 443
         world.sb.entra.add_user(UPN, USER_PASSWORD)
         UserTokenProvider(world.settings, UPN, lambda: USER_PASSWORD)()
         with pytest.raises(AuthenticationError):

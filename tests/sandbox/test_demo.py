@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.sandbox
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_demo_heals_a_rotation_and_never_locks_the_account() -> None:
+def test_the_demo_heals_a_rotation_and_never_locks_the_account(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "sandbox.demo"],
         cwd=ROOT,
@@ -20,6 +21,7 @@ def test_the_demo_heals_a_rotation_and_never_locks_the_account() -> None:
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # its ledger directory, in this test's own
     )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from sandbox import Sandbox
 from sandbox.entra import KEYVAULT_AUDIENCE, POWERBI_AUDIENCE, App
 from tests.support.certs import make_client_certificate
+from tests.support.ports import require_user_realm_port
 
 pytestmark = pytest.mark.sandbox
 
@@ -56,8 +57,7 @@ def _ropc(pca: msal.PublicClientApplication, username: str, password: str) -> di
 
 
 def _needs_port_443(sb: Sandbox) -> None:
-    if 443 not in sb.http.extra_ports_bound:
-        pytest.skip("port 443 could not be bound; msal's user-realm discovery needs it")
+    require_user_realm_port(sb)
 
 
 def test_msal_confidential_client_gets_an_app_token_from_a_custom_authority(

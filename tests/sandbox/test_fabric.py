@@ -105,6 +105,12 @@ def harness(make: Make, sb: Sandbox, *fabric: FabricWorld, world: World | None =
     return make(w, env={"REMEDIATION_BINDINGS": json.dumps(bindings), **env})
 
 
+def cli_env(h: Harness) -> dict[str, str]:
+    """The CLI's environment in this process: without the connection string, so it configures no
+    exporter here (CLI telemetry is proven in a child process, test_cli_telemetry.py)."""
+    return {k: v for k, v in h.env.items() if k != "APPLICATIONINSIGHTS_CONNECTION_STRING"}
+
+
 def fabric_patches(sb: Sandbox) -> list[Any]:
     return sb.requests.find("fabric.update_connection")
 
@@ -309,7 +315,7 @@ def test_bindings_check_reads_connections_and_says_which_could_reference_key_vau
     h = harness(make, sb, cloud, onprem, hidden, world=w)
     out, err = StringIO(), StringIO()
 
-    code = main(["--json", "bindings", "check"], environ=h.env, stdout=out, stderr=err)
+    code = main(["--json", "bindings", "check"], environ=cli_env(h), stdout=out, stderr=err)
 
     rows = {r["datasource"]: r for r in json.loads(out.getvalue())}
     assert code == 1, err.getvalue()  # the hidden connection is a problem
@@ -342,7 +348,7 @@ def test_the_cli_names_a_connection_target_as_a_connection(make: Make, sb: Sandb
     h = harness(make, sb, f, world=w)
     new = f.rotate(sb)
     out, err = StringIO(), StringIO()
-    code = main(["heal", "--secret", f.secret_name], environ=h.env, stdout=out, stderr=err)
+    code = main(["heal", "--secret", f.secret_name], environ=cli_env(h), stdout=out, stderr=err)
     assert code == 0, err.getvalue()
     assert f"connection {f.connection.id[:8]}…" in out.getvalue()
     assert "updated" in out.getvalue() and new not in out.getvalue() + err.getvalue()
@@ -380,7 +386,10 @@ def test_the_cli_heals_one_connection_named_by_connection(make: Make, sb: Sandbo
     new = f.rotate(sb)
     out, err = StringIO(), StringIO()
     code = main(
-        ["heal", "--connection", f.connection.id.upper(), "--json"], environ=h.env, stdout=out, stderr=err
+        ["heal", "--connection", f.connection.id.upper(), "--json"],
+        environ=cli_env(h),
+        stdout=out,
+        stderr=err,
     )
     assert code == 0, err.getvalue()
     (outcome,) = json.loads(out.getvalue())["targets"]
@@ -393,5 +402,5 @@ def test_the_cli_heals_one_connection_named_by_connection(make: Make, sb: Sandbo
         (["--connection", f.connection.id, "--gateway", w.gateway_id], "exactly one of"),
     ):
         out, err = StringIO(), StringIO()
-        assert main(["heal", *bad], environ=h.env, stdout=out, stderr=err) == 2, bad
+        assert main(["heal", *bad], environ=cli_env(h), stdout=out, stderr=err) == 2, bad
         assert says in err.getvalue(), err.getvalue()

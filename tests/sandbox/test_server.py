@@ -15,6 +15,7 @@ import requests
 
 from sandbox import Sandbox
 from sandbox.server import HTTPError, Request, Response
+from tests.support.ports import require_user_realm_port
 
 pytestmark = pytest.mark.sandbox
 
@@ -59,6 +60,19 @@ def test_every_request_is_recorded_with_its_body_and_status(sb: Sandbox, echo: s
         ("/echo/one", 200, {"x": "y"}),
         ("/echo/teapot", 418, None),
     ]
+
+
+def test_the_answer_time_is_recorded_before_the_client_can_send_again_and_none_when_dropped(
+    sb: Sandbox, echo: str
+) -> None:
+    sb.faults.add("test", drop=True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.post(f"{echo}/a", timeout=5)
+    requests.post(f"{echo}/b", timeout=5)
+    requests.post(f"{echo}/c", timeout=5)
+    dropped, first, second = sb.requests.find("test.echo")
+    assert dropped.answered_at is None
+    assert first.answered_at is not None and first.at <= first.answered_at <= second.at
 
 
 def test_a_queued_429_carries_retry_after_then_the_route_recovers(sb: Sandbox, echo: str) -> None:
@@ -117,8 +131,7 @@ def test_gzip_bodies_are_decoded(sb: Sandbox, echo: str) -> None:
 
 
 def test_port_443_serves_the_same_routes_for_msal_user_realm_discovery(sb: Sandbox, echo: str) -> None:
-    if 443 not in sb.http.extra_ports_bound:
-        pytest.skip("port 443 cannot be bound here (not root)")
+    require_user_realm_port(sb)
     assert requests.post("https://127.0.0.1:443/echo/realm", timeout=5).json()["word"] == "realm"
 
 

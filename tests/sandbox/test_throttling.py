@@ -98,7 +98,8 @@ def test_rate_limit_arguments_are_checked(sb: Sandbox) -> None:
 class Run:
     throttled: int  # 429s the sandbox served
     failures: int
-    seconds: float
+    round_trips: int  # requests the sandbox served
+    waits: list[float]  # every wait the pipeline asked for (slept for real: the bucket is real time)
     limiter: LimiterSnapshot | None
 
 
@@ -106,23 +107,30 @@ def _run(sb: Sandbox, url: str, *, adaptive: bool) -> Run:
     sb.faults.clear_rate_limits()
     sb.faults.rate_limit("test.echo", RATE)  # a full bucket for each run
     sb.faults.latency = LATENCY
+    sb.requests.clear()
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
     pipeline = HttpPipeline(
         service="test",
         timeout=(5.0, 10.0),
         concurrency=THREADS,
         policy=RetryPolicy(max_attempts=10),
         adaptive=adaptive,
+        sleep=sleep,
     )
 
     def get(_: int) -> bool:
         return pipeline.request("GET", url).status == 200
 
-    started = time.monotonic()
     with pipeline, ThreadPoolExecutor(THREADS) as pool:
         ok = list(pool.map(get, range(N)))
-    seconds = time.monotonic() - started
     limiter = pipeline.limiter.snapshot() if pipeline.limiter is not None else None
-    return Run(sb.faults.throttled("test.echo"), ok.count(False), seconds, limiter)
+    served = len(sb.requests.find("test.echo"))
+    return Run(sb.faults.throttled("test.echo"), ok.count(False), served, sorted(waits), limiter)
 
 
 def test_eight_threads_through_one_pipeline_learn_the_rate_with_few_429s(sb: Sandbox, echo: str) -> None:
@@ -138,4 +146,8 @@ def test_eight_threads_through_one_pipeline_learn_the_rate_with_few_429s(sb: San
     assert adaptive.limiter.decreases <= 2
     assert adaptive.throttled <= THREADS + THREADS // 2
     assert adaptive.throttled < alone.throttled
-    assert adaptive.seconds < 10.0
+    # Counted, not timed: each request went out once more per 429 and never otherwise, the
+    # pipeline paused at most twice, and no wait was longer than the 1 s Retry-After.
+    assert (alone.round_trips, adaptive.round_trips) == (N + alone.throttled, N + adaptive.throttled)
+    assert adaptive.limiter.pauses <= 2
+    assert max(adaptive.waits) <= 1.0, adaptive.waits
