@@ -39,7 +39,9 @@ CHILD = GUARD + textwrap.dedent(
         runs.append({"argv": argv, "code": code, "out": out.getvalue(), "err": err.getvalue()})
     loaded = sorted(m for m in sys.modules if m.startswith(("azure.monitor", "opentelemetry")))
     import threading
-    threads = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
+    # threads that could hold the exit (a daemon one, e.g. the idle answer watchdog, cannot)
+    alive = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    threads = sorted(t.name for t in alive)
     print(json.dumps({"attempts": attempts, "loaded": loaded, "runs": runs, "threads": threads}))
     """
 )
