@@ -245,13 +245,10 @@ def verdict_of(answer: Answer) -> VerdictOf:
         diagnosis = diagnose_api_error(
             answer.status, answer.code, message=answer.message, details=answer.details
         )
-        what = (
-            "the source refused the account" if diagnosis.blocks_account else "the source refused the sign-in"
-        )
-        return VerdictOf(
-            Verdict.REJECTED,
-            f"{what} ({name} HTTP {answer.status} {code}; recognised by {refusal}). {diagnosis.fix}",
-        )
+        said = f"{name} HTTP {answer.status} {code}; recognised by {refusal}"
+        if diagnosis.blocks_account:  # no password cures it: say what a person must do first
+            return VerdictOf(Verdict.REJECTED, f"the source refused the account ({said}). {diagnosis.fix}")
+        return VerdictOf(Verdict.REJECTED, f"the source refused the sign-in ({said})")
     return VerdictOf(
         Verdict.IN_DOUBT,
         f"{name} answered HTTP {answer.status} ({code}), which does not prove the source was left "

@@ -689,3 +689,36 @@ def test_a_part_of_a_fan_out_round_trips_and_is_done_on_its_own() -> None:
     assert part.done_key == f"evt-1|{gateway}|{datasource}" and parent.done_key == "evt-1"
     with pytest.raises(WorkMessageError, match="part"):
         WorkCommand.parse(json.dumps({**parent.to_dict(), "part": True}))
+
+
+# -- an operator's "present again" is one presentation, whatever the queue does with it ---------
+def test_a_queued_present_again_fanned_out_and_redelivered_is_one_presentation_to_the_account(
+    sb: Sandbox, storage: Azurite, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, work: WorkQueue
+) -> None:
+    w = build_world(sb, sources=4)
+    _apply(w, monkeypatch, tmp_path)
+    monkeypatch.setenv("AzureWebJobsStorage", storage.connection_string)
+    monkeypatch.setenv("REMEDIATION_FANOUT_TARGETS", "1")  # every target is a queued part
+    service_module.reset_service()
+    try:
+        wrong = "Wrong#" + "x" * 12
+        w.put_in_vault(wrong)
+        assert post({"secretName": w.secret_name}).status == 202
+        while pump(work):
+            pass
+        assert w.account.failures_of(wrong) == 1  # the rotation's one failed sign-in
+
+        assert post({"secretName": w.secret_name, "presentAgain": True}).status == 202
+        (message,) = work.receive(max_messages=32, visibility_timeout=120)
+        request = WorkCommand.parse(message.content)
+        assert request.present_again
+        for _ in range(2):  # delivered at least once: the same request arrives twice more
+            work.send(request)
+        work.send(request, delay=0)
+        work.delete(message)
+        while pump(work):  # each delivery fans out again; every part carries presentAgain
+            pass
+
+        assert w.account.failures_of(wrong) == 2  # one more: the request's one presentation
+    finally:
+        service_module.reset_service()

@@ -280,7 +280,7 @@ def test_an_answer_naming_a_refused_sign_in_never_matches_a_row() -> None:
 
 def test_a_rejection_says_what_to_do_and_names_no_value() -> None:
     verdict = patch_verdict(_api(400, "DM_GWPipeline_Gateway_InvalidConnectionCredentials"))
-    assert "Key Vault" in verdict.reason and "new version" in verdict.reason
+    assert "refused the sign-in" in verdict.reason and "InvalidConnectionCredentials" in verdict.reason
     locked = patch_verdict(
         _api(
             400,
