@@ -83,8 +83,13 @@ def source_locator(datasource_type: str | None, connection_details: Mapping[str,
     return ""
 
 
-def presentation_locator(binding: Binding, server: str, target: tuple[str, str]) -> str:
+def presentation_locator(
+    binding: Binding, server: str, target: tuple[str, str], username: str | None = None
+) -> str:
     """Where an acceptance of a version licenses presenting it again without a probe.
+
+    ``username`` is the one the credential signs in as (a JSON secret's ``username`` overrides
+    the binding's); without it, the binding's.
 
     * A Windows account named with its domain (``CONTOSO\\svc``, ``svc@contoso.com``) is one
       directory account wherever it signs in: accepted on one server, it is right on all of them
@@ -94,8 +99,9 @@ def presentation_locator(binding: Binding, server: str, target: tuple[str, str])
     * A server that is not known must not be shared with other targets (two of them may be two
       logins with two passwords): ``unknown:<gatewayId>/<datasourceId>``, a locator of its own.
     """
-    if binding.credential_type is CredentialType.WINDOWS and binding.username:
-        name = binding.username.strip().lower()
+    user = binding.username if username is None else username
+    if binding.credential_type is CredentialType.WINDOWS and user:
+        name = user.strip().lower()
         domain = name.split("\\", 1)[0] if "\\" in name else name.split("@", 1)[1] if "@" in name else ""
         if domain:
             return f"domain:{domain}"

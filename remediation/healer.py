@@ -51,7 +51,7 @@ from remediation.fabric import Connection, FabricClient
 from remediation.http import ApiError, ThrottledPastDeadline, attempt_worst_case, deadline_scope
 from remediation.identity import AuthenticationError
 from remediation.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
-from remediation.ledger import Claim, Lease, LeaseLost, Ledger, Outcome
+from remediation.ledger import Claim, Intent, Lease, LeaseLost, Ledger, Outcome
 from remediation.powerbi import EntityNotFound, InvalidId, PowerBIClient, Refresh
 from remediation.redact import mask_urls
 from remediation.refresher import Refresher
@@ -365,6 +365,7 @@ class Healer:
         targets at the same locator follow in parallel, and the first target at another locator
         is the next probe (an acceptance on one server says nothing of another)."""
         groups: dict[str, list[int]] = {}
+        resolved = [self._with_username(item, run) for item in resolved]
         for index, item in enumerate(resolved):
             groups.setdefault(self.account_of(item, run), []).append(index)
         results: dict[int, Outcome] = {}
@@ -405,6 +406,23 @@ class Healer:
                 if item.target.key in latest:
                     results[index] = latest[item.target.key]
         return [results[i] for i in range(len(resolved))]
+
+    def _with_username(self, item: Resolved, run: Run) -> Resolved:
+        """``item`` with the user name its credential signs in as (a JSON secret may override the
+        binding's), so that its locator is the right one; unchanged when it cannot be read."""
+        binding = item.binding
+        if binding.credential_type not in (CredentialType.BASIC, CredentialType.WINDOWS):
+            return item
+        try:
+            return replace(
+                item, username=resolve_credential(binding, self.secret(binding.secret, run).value).username
+            )
+        except RemediationError:
+            return item  # _heal_one reports why
+
+    def where_of(self, item: Resolved, run: Run) -> str:
+        """Where an acceptance at ``item`` licenses (its locator, with the secret's user name)."""
+        return self._with_username(item, run).where
 
     def account_of(self, item: Resolved, run: Run) -> str:
         """The account key of a target (its secret's username may override the binding's)."""
@@ -533,6 +551,7 @@ class Healer:
         except RemediationError as exc:
             return done(Action.FAILED, str(exc), version)
         account = account_key(binding, resolved.username)
+        item = replace(item, username=resolved.username)  # where an acceptance licenses (break 5)
         blocked = self._account_check(account, binding, version, run, item.where)
         if blocked is not None:
             return done(blocked.action, blocked.reason, version)
@@ -559,6 +578,7 @@ class Healer:
         if lease is None:
             return done(Action.BUSY, "another run is updating this data source", version)
         try:
+            self._resolve_intent(lease, run)
             # Decide again under the lease: the previous holder may have just applied it.
             decision = self._decide(target, binding, version, run)
             if decision.action is not Action.UPDATED:
@@ -702,18 +722,22 @@ class Healer:
         held = [lease]
         claim_until = [lease.expires]  # the probe was claimed with the lease's lifetime
         sent = Sent(self._clock())
+        attempts = [0]
 
         def before_attempt() -> None:
-            # Checked before every attempt (after any Retry-After wait): a PATCH is sent only on a
-            # lease and a claim that outlast its worst case; they are renewed when they would not.
+            # Checked right before every attempt is sent (after any wait): a PATCH is sent only on
+            # a lease and a claim that outlast its worst case; they are renewed when they would
+            # not. A retry (after a 429) asks the account again: a verdict recorded meanwhile (a
+            # follower elsewhere refused, say) stops it.
             now = self._clock()
             sent.at = now  # the verdict speaks of the presentation sent now (evidence has time)
+            attempts[0] += 1
             if run.out_of_time(now):
                 raise _NotSent("the run's deadline passed")
             if held[0].expires - now < self._worst_case() + 5.0:
                 held[0] = self.ledger.renew_lease(held[0], now, self.lease_ttl())
-            if probe and claim_until[0] - now < self._worst_case() + 5.0:
-                claim_until[0] = now + self.lease_ttl()
+            expiring = probe and claim_until[0] - now < self._worst_case() + 5.0
+            if attempts[0] > 1 or expiring:
                 claim, _ = self.ledger.claim_presentation(
                     account,
                     binding.secret,
@@ -725,12 +749,26 @@ class Healer:
                     ttl=self.lease_ttl(),
                     request=run.correlation_id,
                 )
-                if claim is not Claim.GRANTED:
-                    raise _NotSent(f"the claim on the presentation is gone ({claim.value})")
+                wanted = Claim.GRANTED if probe else Claim.ACCEPTED
+                if claim is not wanted:
+                    raise _NotSent(f"the account's claim changed before this attempt ({claim.value})")
+                if probe:
+                    claim_until[0] = now + self.lease_ttl()
 
         try:
-            # The attempt counts toward the per-target bound (a password grant too: it is a sign-in).
-            self.ledger.record_attempt(lease, self._clock())
+            # The attempt counts toward the per-target bound (a password grant too: it is a sign-in),
+            # and its intent is recorded before anything is sent: a verdict that is never recorded
+            # (the worker dies, the ledger fails) leaves it, and the next holder finds it.
+            now = self._clock()
+            intent = Intent(
+                secret=binding.secret.strip().lower(),
+                version=secret.version.strip().lower(),
+                account=account.strip().lower(),
+                locator=item.where.strip().lower(),
+                at=now,
+                lease_id=lease.lease_id,
+            )
+            self.ledger.record_attempt(lease, now, intent=intent)
         except LeaseLost:
             lost = VerdictOf(Verdict.NOT_PRESENTED, "the lease was taken over before sending")
             return self._record(item, secret, account, lease, lost, probe, run, sent.at)
@@ -831,6 +869,7 @@ class Healer:
             # In doubt for the account, whoever sent it: a follower of an acceptance may have met a
             # password changed since, and its lost answer may be that failed sign-in.
             account_verdict("in-doubt", verdict.reason)
+            self._clear_intent(lease)
             return Action.IN_DOUBT, (
                 f"{verdict.reason}: the source may have counted a failed sign-in, so version "
                 f"{version} is not presented to account {who} again automatically. Check the data "
@@ -838,7 +877,50 @@ class Healer:
             )
         if probe:
             self.ledger.release_presentation(account, binding.secret, version, owner=lease.owner)
+        self._clear_intent(lease)
         return Action.FAILED, verdict.reason
+
+    def _clear_intent(self, lease: Lease) -> None:
+        """The presentation's verdict is recorded: its intent goes (best effort; left, it makes
+        the next holder record the version in doubt, which is the safe side)."""
+        try:
+            self.ledger.clear_intent(lease)
+        except RemediationError as exc:  # pragma: no cover - storage errors only
+            logger.warning(
+                "could not clear the intent on %s/%s: %s", lease.gateway_id, lease.datasource_id, exc
+            )
+
+    def _resolve_intent(self, lease: Lease, run: Run) -> None:
+        """An intent another lease left on the target: that presentation's verdict was never
+        recorded, so its version is in doubt for its account (recorded, then the intent goes)."""
+        intent = self.ledger.target_state(lease.gateway_id, lease.datasource_id).intent
+        if intent is None or intent.lease_id == lease.lease_id:
+            return
+        logger.warning(
+            "target %s/%s: a presentation of version %s sent at %s never got its verdict recorded; "
+            "the version is in doubt for %s",
+            lease.gateway_id,
+            lease.datasource_id,
+            intent.version,
+            _iso(intent.at),
+            intent.account,
+        )
+        self.ledger.record_presentation(
+            intent.account,
+            intent.secret,
+            intent.version,
+            owner=run.owner,
+            locator=intent.locator,
+            verdict="in-doubt",
+            reason=(
+                f"a presentation to {lease.gateway_id}/{lease.datasource_id} sent at {_iso(intent.at)} "
+                "never got its verdict recorded (the worker stopped, or the ledger failed)"
+            ),
+            now=self._clock(),
+            sent_at=intent.at,
+            request=run.correlation_id,
+        )
+        self.ledger.doubt_intent(lease, intent)
 
     def all_connections(self, run: Run) -> list[Connection]:
         """Every Fabric connection the identity has a role on (see :class:`TargetResolver`)."""

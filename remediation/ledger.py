@@ -93,6 +93,7 @@ __all__ = [
     "AccountVersion",
     "Claim",
     "DatasetRecord",
+    "Intent",
     "InventorySource",
     "Lease",
     "LeaseLost",
@@ -158,6 +159,52 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class Intent:
+    """A presentation about to be sent to a target, recorded before it is sent (with the attempt)
+    and cleared with its verdict. One that a later lease holder finds is a presentation whose
+    verdict was never recorded (the worker died, or the ledger failed after sending): the
+    version is in doubt for ``account`` (the healer records it so before anything else)."""
+
+    secret: str
+    version: str
+    account: str
+    locator: str
+    at: float
+    lease_id: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "secret": self.secret,
+                "version": self.version,
+                "account": self.account,
+                "locator": self.locator,
+                "at": self.at,
+                "leaseId": self.lease_id,
+            },
+            separators=(",", ":"),
+        )
+
+    @staticmethod
+    def parse(text: str | None) -> Intent | None:
+        """Read :meth:`to_json` back (empty: none); raises :class:`LedgerError` if malformed."""
+        if text is None or not text.strip():
+            return None
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise LedgerError("corrupt ledger record: intent") from exc
+        if not isinstance(doc, dict):
+            raise LedgerError("corrupt ledger record: intent")
+        names = ("secret", "version", "account", "locator", "leaseId")
+        if not all(isinstance(doc.get(n), str) for n in names) or not _is_number(doc.get("at")):
+            raise LedgerError("corrupt ledger record: intent")
+        return Intent(
+            doc["secret"], doc["version"], doc["account"], doc["locator"], float(doc["at"]), doc["leaseId"]
+        )
+
+
+@dataclass(frozen=True)
 class Lease:
     """Proof of being the one writer of a target, as granted by :meth:`Ledger.acquire_lease`.
 
@@ -194,6 +241,7 @@ class TargetState:
     lease_owner: str | None = None
     lease_expires: float | None = None
     etag: str | None = None
+    intent: Intent | None = None
 
     @property
     def rejected_versions(self) -> frozenset[str]:
@@ -238,6 +286,7 @@ class TargetRecord:
     lease_id: str | None = None
     lease_expires: float | None = None
     etag: str | None = None
+    intent: Intent | None = None
 
     def state(self) -> TargetState:
         """The public view (without the lease id)."""
@@ -252,6 +301,7 @@ class TargetRecord:
             lease_owner=self.lease_owner if self.lease_id is not None else None,
             lease_expires=self.lease_expires if self.lease_id is not None else None,
             etag=self.etag,
+            intent=self.intent,
         )
 
     def held_by(self, lease: Lease) -> bool:
@@ -646,10 +696,23 @@ class Ledger(Protocol):
         """
         ...
 
-    def record_attempt(self, lease: Lease, now: float) -> None:
+    def record_attempt(self, lease: Lease, now: float, *, intent: Intent | None = None) -> None:
         """Record a credential-update attempt at ``now`` (only the newest
-        :data:`MAX_ATTEMPTS_KEPT` are kept). Like rejections, recorded even when ``lease`` is no
-        longer current, and then :class:`LeaseLost` is raised."""
+        :data:`MAX_ATTEMPTS_KEPT` are kept), and the ``intent`` of the presentation about to be
+        sent (its ``lease_id`` is ``lease``'s). Like rejections, recorded even when ``lease`` is
+        no longer current, and then :class:`LeaseLost` is raised (the intent is then not kept)."""
+        ...
+
+    def clear_intent(self, lease: Lease) -> None:
+        """Forget the intent ``lease`` recorded, once its verdict is recorded (an intent of
+        another lease is left alone: only a verdict, or :meth:`doubt_intent`, resolves it).
+        :meth:`record_applied` and :meth:`record_rejected` clear it too."""
+        ...
+
+    def doubt_intent(self, lease: Lease, intent: Intent) -> None:
+        """Forget ``intent`` (recorded under another lease, now expired or released) once the
+        caller has recorded its version in doubt for its account; written only while ``lease`` is
+        current (else :class:`LeaseLost`), and only if the target still holds that intent."""
         ...
 
     def attempts_since(self, gateway_id: str, datasource_id: str, since: float) -> int:

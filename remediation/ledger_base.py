@@ -28,6 +28,7 @@ from remediation.ledger import (
     MAX_REASON_LENGTH,
     AccountVersion,
     Claim,
+    Intent,
     Lease,
     LeaseLost,
     LedgerConflict,
@@ -277,7 +278,13 @@ class EntityLedgerBase(abc.ABC):
             lost = current is None or not current.held_by(lease)
             if current is None or lost:
                 return None
-            return replace(current, applied_secret=secret, applied_version=version, applied_at=now)
+            return replace(
+                current,
+                applied_secret=secret,
+                applied_version=version,
+                applied_at=now,
+                intent=_without_own_intent(current, lease),
+            )
 
         self._cas(gw, ds, change)
         if lost:
@@ -294,10 +301,11 @@ class EntityLedgerBase(abc.ABC):
             nonlocal lost
             lost = current is None or not current.held_by(lease)
             record = current or TargetRecord(gateway_id=gw, datasource_id=ds)
+            intent = _without_own_intent(record, lease)
             if any(r.version == version for r in record.rejections):
-                return None
+                return None if intent == record.intent else replace(record, intent=intent)
             rejection = Rejection(secret=secret, version=version, at=now)
-            return replace(record, rejections=(*record.rejections, rejection))
+            return replace(record, rejections=(*record.rejections, rejection), intent=intent)
 
         self._cas(gw, ds, change)
         if lost:
@@ -306,10 +314,12 @@ class EntityLedgerBase(abc.ABC):
             )
             raise LeaseLost(f"lease on target {gw}/{ds} held by {lease.owner} is no longer current")
 
-    def record_attempt(self, lease: Lease, now: float) -> None:
+    def record_attempt(self, lease: Lease, now: float, *, intent: Intent | None = None) -> None:
         """See :meth:`Ledger.record_attempt`."""
         gw, ds = _lease_key(lease)
         _check_time(now, "now")
+        if intent is not None and intent.lease_id != lease.lease_id:
+            raise ValueError("an intent is recorded under its own lease")
         lost = False
 
         def change(current: TargetRecord | None) -> TargetRecord | None:
@@ -317,7 +327,37 @@ class EntityLedgerBase(abc.ABC):
             lost = current is None or not current.held_by(lease)
             record = current or TargetRecord(gateway_id=gw, datasource_id=ds)
             attempts = tuple(sorted((*record.attempts, now)))[-MAX_ATTEMPTS_KEPT:]
-            return replace(record, attempts=attempts)
+            if lost or intent is None:
+                return replace(record, attempts=attempts)
+            return replace(record, attempts=attempts, intent=intent)
+
+        self._cas(gw, ds, change)
+        if lost:
+            raise LeaseLost(f"lease on target {gw}/{ds} held by {lease.owner} is no longer current")
+
+    def clear_intent(self, lease: Lease) -> None:
+        """See :meth:`Ledger.clear_intent`."""
+        gw, ds = _lease_key(lease)
+
+        def change(current: TargetRecord | None) -> TargetRecord | None:
+            if current is None:
+                return None
+            intent = _without_own_intent(current, lease)
+            return None if intent == current.intent else replace(current, intent=intent)
+
+        self._cas(gw, ds, change)
+
+    def doubt_intent(self, lease: Lease, intent: Intent) -> None:
+        """See :meth:`Ledger.doubt_intent`."""
+        gw, ds = _lease_key(lease)
+        lost = False
+
+        def change(current: TargetRecord | None) -> TargetRecord | None:
+            nonlocal lost
+            lost = current is None or not current.held_by(lease)
+            if current is None or lost or current.intent != intent:
+                return None
+            return replace(current, intent=None)
 
         self._cas(gw, ds, change)
         if lost:
@@ -495,6 +535,13 @@ def _marker_number(text: str | None) -> float:
     except ValueError:
         return -math.inf
     return value if math.isfinite(value) else -math.inf
+
+
+def _without_own_intent(record: TargetRecord, lease: Lease) -> Intent | None:
+    """The record's intent, unless it is ``lease``'s own (its verdict is being recorded)."""
+    if record.intent is not None and record.intent.lease_id == lease.lease_id:
+        return None
+    return record.intent
 
 
 def _owner(owner: str) -> str:

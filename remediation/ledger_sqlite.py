@@ -24,6 +24,7 @@ from remediation.ledger import (
     SCHEMA_VERSION,
     AccountVersion,
     DatasetRecord,
+    Intent,
     Ledger,
     LedgerError,
     Outcome,
@@ -155,27 +156,31 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ("ALTER TABLE outcomes ADD COLUMN account TEXT",),
     # 4 -> 5: evidence with times per account and version (acceptance times, the last
     # contradiction, the operator requests consumed), one JSON column.
-    ("ALTER TABLE account_versions ADD COLUMN evidence TEXT NOT NULL DEFAULT '{}'",),
+    # The intent of a presentation about to be sent to a target (cleared with its verdict).
+    (
+        "ALTER TABLE account_versions ADD COLUMN evidence TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE targets ADD COLUMN intent TEXT",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 _SELECT_TARGET: Final = """
     SELECT gateway_id, datasource_id, applied_secret, applied_version, applied_at, rejections, attempts,
-           lease_owner, lease_id, lease_expires, etag
+           lease_owner, lease_id, lease_expires, etag, intent
     FROM targets WHERE gateway_id = ? AND datasource_id = ?
 """
 _INSERT_TARGET: Final = """
     INSERT INTO targets (gateway_id, datasource_id, applied_secret, applied_version, applied_at,
-                         rejections, attempts, lease_owner, lease_id, lease_expires, etag)
+                         rejections, attempts, lease_owner, lease_id, lease_expires, intent, etag)
     VALUES (:gateway_id, :datasource_id, :applied_secret, :applied_version, :applied_at,
-            :rejections, :attempts, :lease_owner, :lease_id, :lease_expires, 1)
+            :rejections, :attempts, :lease_owner, :lease_id, :lease_expires, :intent, 1)
     ON CONFLICT (gateway_id, datasource_id) DO NOTHING
 """
 _REPLACE_TARGET: Final = """
     UPDATE targets SET applied_secret = :applied_secret, applied_version = :applied_version,
                        applied_at = :applied_at, rejections = :rejections, attempts = :attempts,
                        lease_owner = :lease_owner, lease_id = :lease_id, lease_expires = :lease_expires,
-                       etag = etag + 1
+                       intent = :intent, etag = etag + 1
     WHERE gateway_id = :gateway_id AND datasource_id = :datasource_id AND etag = :etag
     RETURNING etag
 """
@@ -194,6 +199,7 @@ def _target_params(record: TargetRecord) -> dict[str, object]:
         "lease_owner": record.lease_owner,
         "lease_id": record.lease_id,
         "lease_expires": record.lease_expires,
+        "intent": None if record.intent is None else record.intent.to_json(),
     }
 
 
@@ -427,6 +433,7 @@ class SqliteLedger(EntityLedgerBase):
             lease_id=row[8],
             lease_expires=row[9],
             etag=str(row[10]),
+            intent=Intent.parse(row[11]),
         )
 
     def _insert_target(self, record: TargetRecord) -> str | None:

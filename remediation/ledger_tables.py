@@ -116,6 +116,7 @@ from remediation.ledger import (
     DEFAULT_OUTCOME_RETENTION_SECONDS,
     AccountVersion,
     DatasetRecord,
+    Intent,
     LedgerConflict,
     LedgerError,
     Outcome,
@@ -441,6 +442,7 @@ class TableLedger(EntityLedgerBase):
             lease_id=_opt_str(entity, "lease_id"),
             lease_expires=_opt_float(entity, "lease_expires"),
             etag=str(entity["etag"]),
+            intent=Intent.parse(_opt_str(entity, "intent")),
         )
 
     def _insert_target(self, record: TargetRecord) -> str | None:
@@ -895,6 +897,7 @@ def _target_entity(record: TargetRecord) -> dict[str, Any]:
         "lease_owner": record.lease_owner,
         "lease_id": record.lease_id,
         "lease_expires": None if record.lease_expires is None else float(record.lease_expires),
+        "intent": None if record.intent is None else record.intent.to_json(),
     }
     entity.update({name: value for name, value in optional.items() if value is not None})
     _write_chunked(entity, "rejections", record.rejections_json())

@@ -30,6 +30,7 @@ settle stays an unbound source (the dataset is then not refreshed: the safe side
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -57,7 +58,8 @@ from remediation.powerbi import (
 from remediation.redact import describe_datasource, mask_urls
 from remediation.report import Action
 from remediation.runs import Resolved, Run
-from remediation.safety.refreshing import FailureEvidence, SourceEvidence, may_refresh
+from remediation.safety.presenting import licensed
+from remediation.safety.refreshing import FailureEvidence, RefreshDecision, SourceEvidence, may_refresh
 from remediation.scanner import InventoryPath
 from remediation.settings import Settings
 
@@ -79,6 +81,8 @@ class TargetHealer(Protocol):
     def heal_targets(self, resolved: Sequence[Resolved], run: Run) -> list[Outcome]: ...
 
     def account_of(self, item: Resolved, run: Run) -> str: ...
+
+    def where_of(self, item: Resolved, run: Run) -> str: ...
 
     def secret(self, name: str, run: Run) -> SecretValue: ...
 
@@ -252,15 +256,23 @@ class Refresher:
         if latest is None or diagnosis is None:
             self._report_refresh_state(report, latest)
             return
-        decision = may_refresh(
-            self._evidence(plan.credential_bearing, plan.resolved, outcomes, run),
-            FailureEvidence(
-                latest.start_time.timestamp() if latest.start_time is not None else None,
-                None if plan.culprit is None else _source_key(plan.culprit),
-            ),
-        )
+
+        def decide() -> RefreshDecision:
+            return may_refresh(
+                self._evidence(plan.credential_bearing, plan.resolved, outcomes, run),
+                FailureEvidence(
+                    latest.start_time.timestamp()
+                    if latest is not None and latest.start_time is not None
+                    else None,
+                    None if plan.culprit is None else _source_key(plan.culprit),
+                ),
+            )
+
+        decision = decide()
         if decision.allowed:
-            self._refresh(plan.workspace_id, plan.dataset_id, run, check_running=not latest_is_fresh)
+            self._refresh_in_turn(
+                plan, run, decision.probe_accounts, decide, check_running=not latest_is_fresh
+            )
             return
         account = f" {diagnosis.message}. {diagnosis.fix}" if diagnosis.category is Category.ACCOUNT else ""
         if decision.unbound and not plan.resolved:
@@ -337,6 +349,7 @@ class Refresher:
                 logger.warning("dataset source %s: cannot read its evidence: %s", label, exc)
                 evidence.append(SourceEvidence(key, label, Action.FAILED))
                 continue
+            where = self._targets.where_of(item, run)
             evidence.append(
                 SourceEvidence(
                     key,
@@ -346,6 +359,8 @@ class Refresher:
                     applied_at=state.applied_at,
                     account_verdict=av.verdict,
                     contradicted_at=av.contradicted_at,
+                    account=f"{account}|{item.binding.secret.lower()}|{version.lower()}",
+                    licensed_now=licensed(av, where, run.correlation_id, self._clock()),
                 )
             )
         return evidence
@@ -626,13 +641,69 @@ class Refresher:
             )
         return resolved, unbound
 
-    def _refresh(self, workspace_id: str, dataset_id: str, run: Run, *, check_running: bool) -> None:
-        """Retry the refresh: never while one runs, within the daily budget, schedule re-enabled.
+    def _refresh_in_turn(
+        self,
+        plan: _Plan,
+        run: Run,
+        accounts: Sequence[str],
+        decide: Callable[[], RefreshDecision],
+        *,
+        check_running: bool,
+    ) -> None:
+        """Refresh the dataset, one dataset at a time per account whose version this command has
+        not seen accepted (``accounts``, from the safety core): the first refresh proves the
+        version (or records its rejection); the others follow once it completed. One whose outcome
+        is still unknown when the follow-up ends leaves the others of its accounts for a later run.
+        """
+        keys = sorted(f"refresh-proof:{account}" for account in accounts)
+        if not keys:
+            self._refresh(plan, run, decide, check_running=check_running)
+            return
+        report = partial(self.report_dataset, run, plan.workspace_id, plan.dataset_id)
+        with contextlib.ExitStack() as held:
+            for key in keys:
+                held.enter_context(run.key_lock(key))
+            with run.lock:
+                pending = [k for k in keys if k in run.refresh_pending]
+                unproven = [k for k in keys if k not in run.refresh_proven]
+            if pending:
+                who = ", ".join(k.split(":", 1)[1].split("|", 1)[0].split(":", 1)[-1] for k in pending)
+                report(
+                    Action.DEFERRED,
+                    f"not refreshed yet: another dataset's refresh is the first to sign in as {who} with "
+                    "this version, and its outcome is not known yet (a refresh is a sign-in); the next "
+                    "run continues",
+                )
+                return
+            if not unproven:
+                held.close()  # proven in this run: refreshes follow concurrently
+                self._refresh(plan, run, decide, check_running=check_running)
+                return
+            final = self._refresh(plan, run, decide, check_running=check_running)
+            with run.lock:
+                if final is not None and final.status == "Completed":
+                    run.refresh_proven.update(unproven)
+                elif final is None or final.running:
+                    run.refresh_pending.update(unproven)
+
+    def _refresh(
+        self,
+        plan: _Plan,
+        run: Run,
+        decide: Callable[[], RefreshDecision],
+        *,
+        check_running: bool,
+    ) -> Refresh | None:
+        """Retry the refresh: never while one runs, within the daily budget, schedule re-enabled;
+        the safety core is asked again right before the schedule and the refresh (another run may
+        have recorded evidence against the version since). The refresh is followed; a failure on
+        credentials is evidence at once (:meth:`_learn_from_failure`). Returns how it ended (None:
+        not started, or not seen).
 
         ``check_running`` reads the history first; it is skipped when this run has just read it
         (a refresh started since is refused by Power BI and reported as running, not retried).
         """
-
+        workspace_id, dataset_id = plan.workspace_id, plan.dataset_id
         report = partial(self.report_dataset, run, workspace_id, dataset_id)
 
         now = self._clock()
@@ -650,7 +721,7 @@ class Refresher:
                     refresh_request_id=history[0].request_id,
                     refresh_state=history[0].status,
                 )
-                return
+                return None
             used = self.ledger.refresh_posts(dataset_id, day)
             if used >= self.settings.refresh_daily_budget:
                 report(
@@ -658,12 +729,20 @@ class Refresher:
                     f"{used} refreshes started today (budget "
                     f"{self.settings.refresh_daily_budget}); the next scheduled refresh will run",
                 )
-                return
+                return None
             schedule = self.powerbi.get_refresh_schedule_in_group(workspace_id, dataset_id)
             if run.dry_run:
                 again = "" if schedule.enabled else " and re-enable its schedule"
                 report(Action.WOULD_REFRESH, f"would refresh the dataset{again}")
-                return
+                return None
+            again_now = decide()
+            if not again_now.allowed:
+                report(
+                    again_now.action or Action.BLOCKED,
+                    "not refreshed, and its schedule is left as it is: evidence against a data source's "
+                    "credential arrived meanwhile: " + ", ".join(again_now.waiting),
+                )
+                return None
             notes = []
             if not schedule.enabled and schedule.days:
                 self.powerbi.update_refresh_schedule_in_group(workspace_id, dataset_id, True)
@@ -672,26 +751,36 @@ class Refresher:
             request = self.powerbi.refresh_dataset_in_group(workspace_id, dataset_id)
         except RefreshAlreadyRunning:
             report(Action.REFRESH_RUNNING, "a refresh is already running: not starting another")
-            return
+            return None
         except RefreshQuotaExceeded as exc:
             report(Action.REFRESH_BUDGET, f"Power BI's daily refresh limit is reached: {exc}")
-            return
+            return None
         except ThrottledPastDeadline as exc:
             report(Action.DEFERRED, f"not refreshed: {exc}")
-            return
+            return None
         except ApiError as exc:
             report(Action.FAILED, f"could not refresh: {exc}")
-            return
+            return None
         final = self._follow(workspace_id, dataset_id, request.request_id, run)
         state = final.status if final is not None else "Unknown"
         reason = f"refresh {state}"
+        action = Action.REFRESHED
         if final is not None and final.failed:
-            reason += f": {diagnose(final).message}"
+            diagnosis = diagnose(final)
+            reason += f": {diagnosis.message}"
+            if diagnosis.category in _CURABLE:
+                # The refresh was a sign-in with the version: its failure is evidence now.
+                action = Action.FAILED
+                credential_bearing = list(plan.credential_bearing)
+                self._learn_from_failure(
+                    diagnosis, final, self._culprit(final, credential_bearing), plan.resolved, run
+                )
         elif final is None or final.running:
             reason += " within this run's time; it goes on in Power BI"
         if notes:
             reason += f" ({', '.join(notes)})"
-        report(Action.REFRESHED, reason, refresh_request_id=request.request_id, refresh_state=state)
+        report(action, reason, refresh_request_id=request.request_id, refresh_state=state)
+        return final
 
     def _follow(self, workspace_id: str, dataset_id: str, request_id: str, run: Run) -> Refresh | None:
         """Poll the history until the refresh ``request_id`` ends, the follow-up time limit or the

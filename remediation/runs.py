@@ -123,6 +123,10 @@ class Run:
     reset_again: dict[tuple[str, str], tuple[Resolved, bool]] = field(default_factory=dict)
     reset_done: set[tuple[str, str]] = field(default_factory=set)
     notes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # see warn()
+    # Accounts (and versions) a refresh of this run proved (completed), or is still proving: see
+    # Refresher._refresh_in_turn (a refresh is a sign-in; one dataset per account goes first).
+    refresh_proven: set[str] = field(default_factory=set)
+    refresh_pending: set[str] = field(default_factory=set)
     # The secret values fetched in this run, and their mask (see the module docstring).
     held: list[str] = field(default_factory=list, repr=False)
     mask: SecretMask = field(default_factory=SecretMask, repr=False)
@@ -378,12 +382,15 @@ class Resolved:
     target: Target
     locator: str = ""  # where at the source it signs in, when known (see accounts.source_locator)
     refused: str = ""  # why a match's selection is not healed (nothing is sent), when it is not
+    username: str | None = None  # the user it signs in as, once the secret is read (JSON overrides)
 
     @property
     def where(self) -> str:
         """The locator the account rules use (see :func:`remediation.accounts.presentation_locator`):
-        a Windows account's domain, else the source's server, else one of this target alone."""
-        return presentation_locator(self.binding, self.locator, self.target.key)
+        a Windows account's domain, else the source's server, else one of this target alone. Set
+        :attr:`username` first (the healer does, from the secret): a JSON secret's user name
+        decides whether a Windows account is a domain account."""
+        return presentation_locator(self.binding, self.locator, self.target.key, self.username)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ __all__ = [
     "verdict_step",
 ]
 
-FANOUT_LICENCE_SECONDS: Final = 900.0
+FANOUT_LICENCE_SECONDS: Final = 120.0
 """How long an acceptance at a locator lets other targets there follow without a probe. A
 rotation's fan-out takes seconds; a licence older than this may predate an out-of-band password
 change nobody has seen yet, so the next presentation re-checks the version on one target."""

@@ -16,6 +16,12 @@ failed on credentials is refreshed only when, for **every** credential-bearing d
   only when the failure names another data source;
 * an unbound source is acceptable only when the failure names another, bound data source.
 
+A refresh is itself a sign-in with the stored credentials. Where this command has not just seen
+the version accepted (a sweep, days after the update), the answer names the accounts whose
+version the refresh would be the first to try again (``probe_accounts``): per account, one
+dataset refreshes first, and the others follow only once that refresh completed, exactly like
+presentations follow a probe.
+
 Anything the evidence does not show is a reason to wait, never a licence: an unknown culprit, an
 unknown applied time, a lost answer anywhere on the account.
 """
@@ -47,6 +53,10 @@ class SourceEvidence:
     applied_at: float | None = None
     account_verdict: str | None = None
     contradicted_at: float | None = None
+    account: str | None = None
+    licensed_now: bool = False
+    """Whether this command saw the version accepted for the account, at the source's locator,
+    within the licence (:func:`remediation.safety.presenting.licensed`)."""
 
     @property
     def bound(self) -> bool:
@@ -70,6 +80,9 @@ class RefreshDecision:
     action: Action | None = None
     waiting: tuple[str, ...] = ()
     unbound: bool = False
+    probe_accounts: tuple[str, ...] = ()
+    """Accounts whose version this command has not seen accepted: a refresh is a sign-in, so for
+    each of them one dataset's refresh goes first, and the others follow only once it completed."""
 
 
 def may_refresh(sources: Sequence[SourceEvidence], failure: FailureEvidence) -> RefreshDecision:
@@ -91,7 +104,10 @@ def may_refresh(sources: Sequence[SourceEvidence], failure: FailureEvidence) -> 
         waiting.append(f"{source.label} ({why})")
         settling += source.action is Action.SETTLING
     if not waiting:
-        return RefreshDecision(True)
+        probes = sorted(
+            {s.account for s in sources if s.bound and s.account is not None and not s.licensed_now}
+        )
+        return RefreshDecision(True, probe_accounts=tuple(probes))
     action = Action.SETTLING if settling == len(waiting) else Action.BLOCKED
     return RefreshDecision(False, action, tuple(waiting))
 

@@ -118,15 +118,6 @@ def part(h: Harness, runtime: Runtime | None, datasource_id: str, request: str, 
 # =====================================================================================================
 # 1. Refreshes the healer starts are sign-ins, and nothing serialises them per account
 # =====================================================================================================
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BREAK 1: refresher.Refresher._finish/_refresh start one refresh per dataset with no claim on "
-        "the account and never read the failure they follow (_follow) as evidence: after a password "
-        "change behind Key Vault's back, one sweep refreshes 3 datasets of one account and costs it 3 "
-        "failed sign-ins with one value"
-    ),
-)
 def test_refreshes_the_healer_starts_on_one_account_cost_at_most_one_failed_sign_in(manual: Any) -> None:
     sb, clock, make = manual
     h = make(sources=3, servers=1, clock=clock.now)
@@ -151,9 +142,11 @@ def test_refreshes_the_healer_starts_on_one_account_cost_at_most_one_failed_sign
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BREAK 1b: the same within one heal_secret run (the rotation's retry of failed refreshes): "
-        "Refresher.heal_failed finishes every dataset (refresh + schedule) in parallel, with no "
-        "per-account claim; a failed refresh followed by _follow is never evidence for the others"
+        "FILED (break 1b, not fixed): within one command whose updates were just accepted, the "
+        "datasets' refreshes run concurrently on that fresh evidence; a password changed behind Key "
+        "Vault's back in the seconds between the acceptance and the refreshes costs one failed sign-in "
+        "per refresh in flight (bounded by REMEDIATION_CONCURRENCY). Serialising them would be one "
+        "refresh at a time per account on every rotation"
     ),
 )
 def test_a_rotation_retrying_failed_refreshes_refreshes_one_dataset_per_account_first(manual: Any) -> None:
@@ -181,15 +174,6 @@ def test_a_rotation_retrying_failed_refreshes_refreshes_one_dataset_per_account_
     assert w.account.failures_of(current) <= 1, (len(refreshes(sb)), w.account.failures_by_fingerprint())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BREAK 2: refresher.Refresher._finish decides may_refresh, then _refresh reads the schedule, "
-        "re-enables it and POSTs the refresh without looking at the ledger again: another instance's "
-        "rejection of the version recorded in between is ignored (schedule re-enabled and refresh "
-        "started on a version the ledger knew bad)"
-    ),
-)
 def test_no_refresh_is_started_on_a_version_another_instance_rejected_after_the_decision(manual: Any) -> None:
     sb, clock, make = manual
     h = make(sources=2, servers=1, clock=clock.now)
@@ -243,11 +227,12 @@ def test_no_refresh_is_started_on_a_version_another_instance_rejected_after_the_
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BREAK 3: a follower (claim ACCEPTED by a licence) records no intent before its PATCH "
-        "(presenting.claim_step writes nothing for a licensed claim): a worker that dies between "
-        "the follower's PATCH and its verdict leaves the licence standing, so the next part of the "
-        "same fan-out (or the redelivery of the dead one) presents the refused value again; a storage "
-        "error on record_presentation (caught by _heal_one as FAILED) does the same with no crash"
+        "FILED (break 3, partly fixed): a follower now records its intent on its target before it "
+        "sends, so a redelivery of the dead part (or any later run on that target) finds it and holds "
+        "the version in doubt for the account (see the test after this one). Another target's part "
+        "of the same fan-out still rides the acceptance until the licence ends: the account record "
+        "keeps no trace of followers in flight, which would cost two conditional writes per follower "
+        "on one entity"
     ),
 )
 @pytest.mark.parametrize("death", ["crash", "storage-error"])
@@ -275,6 +260,37 @@ def test_a_follower_that_dies_after_its_patch_stops_the_fan_out_of_the_version(
     assert w.account.failures_of(current) <= 1, w.account.failures_by_fingerprint()
 
 
+@pytest.mark.parametrize("death", ["crash", "storage-error"])
+def test_a_dead_followers_target_holds_the_version_in_doubt_for_its_redelivery_and_every_later_run(
+    make: Make, death: str
+) -> None:
+    """Regression for break 3: the intent a follower records before it sends outlives the worker;
+    the next run on that target records the version in doubt for the account, so nothing of the
+    account is sent that value again."""
+    h = make(sources=3, servers=1)
+    w = h.world
+    w.rotate()
+    request = "fan-out-" + secrets.token_hex(4)
+    part(h, None, w.datasource_ids[0], request)
+    current = w.secret
+    w.rotate_sources_only()
+    dying = h.another_instance()
+    with dies_before_its_next_verdict(
+        dying, LedgerError("storage unavailable") if death != "crash" else None
+    ):
+        part(h, dying, w.datasource_ids[1], request)  # sent, refused, the verdict is lost
+    assert w.account.failures_of(current) == 1
+
+    again = part(h, h.another_instance(), w.datasource_ids[1], request)  # the dead part, redelivered
+    sweep = h.another_instance().healer.sweep()
+
+    assert [o.action for o in again.targets()] == [Action.IN_DOUBT], again.to_dict()
+    assert Action.UPDATED not in {o.action for o in sweep.targets()}
+    assert w.account.failures_of(current) == 1
+    record = h.runtime.ledger.account_version(f"user:{w.username}", w.secret_name, w.version)
+    assert record.verdict == "in-doubt"
+
+
 def test_sequential_parts_of_one_fan_out_stop_at_the_first_refusal_after_an_out_of_band_change(
     make: Make,
 ) -> None:
@@ -297,9 +313,12 @@ def test_sequential_parts_of_one_fan_out_stop_at_the_first_refusal_after_an_out_
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "BREAK 4: the parts of one fan-out share the probe's licence for FANOUT_LICENCE_SECONDS "
-        "(presenting.licensed) and present concurrently with no claim: after a password change behind "
-        "Key Vault's back within the licence, every part in flight is a failed sign-in (3 here)"
+        "FILED (break 4, not fixed): the parts of one fan-out follow the probe's acceptance in "
+        "parallel while the licence lasts (safety.presenting.FANOUT_LICENCE_SECONDS, refreshed by "
+        "their acceptances); a password changed behind Key Vault's back while parts are in flight "
+        "costs one failed sign-in per part in flight, bounded by the concurrency. The first recorded "
+        "refusal stops the rest. One presentation at a time per account, always, would make a "
+        "1 000-source rotation take a round trip per source"
     ),
 )
 def test_concurrent_parts_of_one_fan_out_cost_at_most_one_failed_sign_in_after_an_out_of_band_change(
@@ -331,15 +350,6 @@ def test_concurrent_parts_of_one_fan_out_cost_at_most_one_failed_sign_in_after_a
 # =====================================================================================================
 # 3. Where an acceptance licenses: the locator ignores a JSON secret's username
 # =====================================================================================================
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BREAK 5: runs.Resolved.where -> accounts.presentation_locator reads binding.username, not the "
-        "username the JSON secret overrides it with: a Windows binding written CONTOSO\\svc whose secret "
-        "says username 'svc' (a per-server local account) is licensed domain-wide, so an acceptance on "
-        "server A lets every data source on server B follow at once (2 failed sign-ins of B's account)"
-    ),
-)
 def test_a_json_secrets_username_decides_where_an_acceptance_licenses(make: Make, sb: Sandbox) -> None:
     password = generate_password()
     w = build_world(
@@ -419,15 +429,6 @@ def test_a_windows_account_without_a_domain_is_probed_once_per_server(make: Make
 # =====================================================================================================
 # 4. A follower retried after a 429 does not look at the account again
 # =====================================================================================================
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BREAK 6: healer._present.before_attempt, run before the retry of a PATCH after a 429's "
-        "Retry-After, renews the lease (and a probe's claim only when near expiry) but never re-reads "
-        "the account's verdict: a rejection recorded by another part during the wait is ignored and "
-        "the refused value is sent again (2 failed sign-ins)"
-    ),
-)
 def test_a_patch_retried_after_a_429_is_not_sent_once_the_account_rejected_the_version(make: Make) -> None:
     h = make(sources=3, servers=1)
     w = h.world
