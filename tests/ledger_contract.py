@@ -27,6 +27,7 @@ from remediation.ledger import (
     AccountVersion,
     Claim,
     DatasetRecord,
+    Intent,
     InventorySource,
     Lease,
     LeaseLost,
@@ -359,6 +360,58 @@ class LedgerContract:
         lease = self._lease(ledger)
         ledger.record_rejected(lease, SECRET, V1, T0)
         assert not ledger.target_state(GW, "other-datasource").is_rejected(V1)
+
+    # -- the intent of a presentation (recorded before it is sent) ------------------------------
+
+    @staticmethod
+    def _intent(lease: Lease, at: float = T0) -> Intent:
+        return Intent(SECRET, V1, ACCOUNT, HOST, at, lease.lease_id)
+
+    def test_an_intent_is_kept_until_its_own_verdict_is_recorded(self, ledger: Ledger) -> None:
+        lease = ledger.acquire_lease(GW, DS, "run-a", T0, 30.0)
+        assert lease is not None
+        ledger.record_attempt(lease, T0, intent=self._intent(lease))
+        state = ledger.target_state(GW, DS)
+        assert state.intent == self._intent(lease) and state.attempts == (T0,)
+        ledger.record_applied(lease, SECRET, V1, T0 + 1)
+        assert ledger.target_state(GW, DS).intent is None  # the verdict is recorded: it goes
+
+        ledger.record_attempt(lease, T0 + 2, intent=self._intent(lease, T0 + 2))
+        ledger.record_rejected(lease, SECRET, V1, T0 + 3)
+        assert ledger.target_state(GW, DS).intent is None
+        ledger.record_attempt(lease, T0 + 4, intent=self._intent(lease, T0 + 4))
+        ledger.clear_intent(lease)
+        assert ledger.target_state(GW, DS).intent is None
+
+    def test_an_intent_left_by_a_dead_holder_survives_until_the_next_holder_doubts_it(
+        self, ledger: Ledger
+    ) -> None:
+        dead = ledger.acquire_lease(GW, DS, "run-a", T0, 30.0)
+        assert dead is not None
+        ledger.record_attempt(dead, T0, intent=self._intent(dead))
+        # The worker died: its lease expires, another run takes the target over.
+        lease = ledger.acquire_lease(GW, DS, "run-b", T0 + 31, 30.0)
+        assert lease is not None and lease.lease_id != dead.lease_id
+        left = ledger.target_state(GW, DS).intent
+        assert left == self._intent(dead)
+        ledger.clear_intent(lease)  # only its own
+        ledger.record_applied(lease, SECRET, V1, T0 + 32)
+        assert ledger.target_state(GW, DS).intent == left  # another lease's verdict does not resolve it
+        ledger.doubt_intent(lease, left)
+        assert ledger.target_state(GW, DS).intent is None
+        with pytest.raises(LeaseLost):
+            ledger.doubt_intent(dead, left)
+        with pytest.raises(ValueError):
+            ledger.record_attempt(lease, T0 + 33, intent=self._intent(dead))  # not its own lease
+
+    def test_a_stale_writers_attempt_keeps_no_intent(self, ledger: Ledger) -> None:
+        dead = ledger.acquire_lease(GW, DS, "run-a", T0, 30.0)
+        lease = ledger.acquire_lease(GW, DS, "run-b", T0 + 31, 30.0)
+        assert dead is not None and lease is not None
+        with pytest.raises(LeaseLost):
+            ledger.record_attempt(dead, T0 + 32, intent=self._intent(dead, T0 + 32))
+        state = ledger.target_state(GW, DS)
+        assert state.intent is None and T0 + 32 in state.attempts  # the attempt counts all the same
 
     def test_attempts_since_counts_within_the_window_only(self, ledger: Ledger) -> None:
         lease = self._lease(ledger, ttl=3600.0)

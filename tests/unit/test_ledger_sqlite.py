@@ -39,6 +39,7 @@ EXPECTED_SCHEMA = {
         "lease_id",
         "lease_expires",
         "etag",
+        "intent",
     ],
     "seen_events": ["event_id", "seen_at"],
     "outcomes": ["id", *(f.name for f in dataclasses.fields(Outcome))],
