@@ -36,3 +36,10 @@ def test_the_demo_heals_a_rotation_and_never_locks_the_account(tmp_path: Path) -
     assert "Healer, Fabric connection ERP: 1 updated" in out
     assert "1 connection update with 2 encrypted entries, one per member; 2 members decrypted" in out
     assert "Rotated#Erp2" not in out
+    # A clean run: its world models gateway data sources as Fabric connections, as the service
+    # does, so the healer reads each one's privacy level and encryption and keeps them, and the
+    # demo causes no warning of its own.
+    assert "1 Private, 5 Organizational; 6 of 6 kept" in out
+    assert "warning" not in out.lower()
+    assert "2 refreshed, 6 updated." in out
+    assert done.stderr == ""  # nothing else on the terminal either (no port 443 notice)
