@@ -447,14 +447,18 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
         out.write("\n")
     else:
         width = max([len(str(r["binding"])) for r in rows] + [7])
-        said: set[str] = set()
         for r in rows:
             out.write(f"{r['binding']!s:<{width}}  {r['gateway']}  {r['datasource']}  {r['status']}\n")
+        # Each warning once, naming every binding it concerns (JSON keeps it on each row).
+        concerns: dict[str, list[str]] = {}
         for r in rows:
             for warning in r.get("warnings", []):  # type: ignore[attr-defined]
-                if f"{r['binding']}: {warning}" not in said:
-                    said.add(f"{r['binding']}: {warning}")
-                    out.write(f"warning: {r['binding']}: {warning}\n")
+                names = concerns.setdefault(warning, [])
+                if str(r["binding"]) not in names:
+                    names.append(str(r["binding"]))
+        for warning, names in concerns.items():
+            who = names[0] if len(names) == 1 else f"{len(names)} bindings ({', '.join(names)})"
+            out.write(f"warning: {who}: {warning}\n")
     return EXIT_OK if all(str(r["status"]).startswith("ok") for r in rows) else EXIT_PROBLEM
 
 
