@@ -406,13 +406,18 @@ def binding_problems(binding: Binding) -> list[str]:
 def binding_warnings(binding: Binding) -> list[str]:
     """What a person should know before this binding is used (it still works)."""
     warnings: list[str] = []
+    # Only a gateway data source's PATCH must carry both; a Fabric connection's sends neither
+    # unless the binding gives it (a partial update: the connection keeps its own).
+    gateway_targets = any(t.connection_id is None for t in binding.targets) or any(
+        not m.selects_connections for m in binding.matches
+    )
     unset = [
         f"{key} ({value})"
         for key, value, given in (
             ("privacyLevel", binding.privacy_level.value, binding.privacy_level_given),
             ("encryptedConnection", binding.encrypted_connection.value, binding.encrypted_connection_given),
         )
-        if not given
+        if not given and gateway_targets
     ]
     if unset:
         warnings.append(

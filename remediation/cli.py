@@ -447,14 +447,18 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
         out.write("\n")
     else:
         width = max([len(str(r["binding"])) for r in rows] + [7])
-        said: set[str] = set()
         for r in rows:
             out.write(f"{r['binding']!s:<{width}}  {r['gateway']}  {r['datasource']}  {r['status']}\n")
+        # Each warning once, naming every binding it concerns (JSON keeps it on each row).
+        concerns: dict[str, list[str]] = {}
         for r in rows:
             for warning in r.get("warnings", []):  # type: ignore[attr-defined]
-                if f"{r['binding']}: {warning}" not in said:
-                    said.add(f"{r['binding']}: {warning}")
-                    out.write(f"warning: {r['binding']}: {warning}\n")
+                names = concerns.setdefault(warning, [])
+                if str(r["binding"]) not in names:
+                    names.append(str(r["binding"]))
+        for warning, names in concerns.items():
+            who = names[0] if len(names) == 1 else f"{len(names)} bindings ({', '.join(names)})"
+            out.write(f"warning: {who}: {warning}\n")
     return EXIT_OK if all(str(r["status"]).startswith("ok") for r in rows) else EXIT_PROBLEM
 
 
@@ -596,18 +600,50 @@ def _print_report(report: Report, out: TextIO, as_json: bool) -> None:
         out.write("Nothing to do.\n")
         return
     _table(report.outcomes, out)
-    said: set[str] = set()
-    for o in report.targets():
-        for warning in report.target_warnings(o):
-            if warning not in said:
-                said.add(warning)
-                out.write(f"warning: {o.gateway_id}/{o.datasource_id}: {warning}\n")
+    for line in warning_lines(report):
+        out.write(line + "\n")
     counts: dict[str, int] = {}
     for o in report.outcomes:
         counts[o.action or "?"] = counts.get(o.action or "?", 0) + 1
     summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
     prefix = "dry run: " if report.dry_run else ""
     out.write(f"\n{prefix}{summary}. Correlation id {report.correlation_id}.\n")
+
+
+WARNING_TARGETS_SHOWN = 3
+"""How many targets a warning shared by several names (then: "and N more"; ``--json`` has each)."""
+
+
+def warning_lines(report: Report) -> list[str]:
+    """The report's warnings as ``warning:`` lines: one per warning of a single target, naming
+    it; one per warning several targets share, said once with their count and the first
+    :data:`WARNING_TARGETS_SHOWN` of them as the table shows them (see
+    :meth:`~remediation.report.Report.grouped_warnings`)."""
+    lines: list[str] = []
+    for group in report.grouped_warnings():
+        if len(group.targets) == 1:
+            ((gateway_id, datasource_id),) = group.targets
+            where = (
+                f"connection {datasource_id}"
+                if gateway_id == CONNECTIONS
+                else f"{gateway_id}/{datasource_id}"
+            )
+            lines.append(f"warning: {where}: {group.text}")
+            continue
+        kinds = {gateway_id == CONNECTIONS for gateway_id, _ in group.targets}
+        noun = "targets" if len(kinds) > 1 else ("connections" if True in kinds else "data sources")
+        shown = ", ".join(_short_target(g, d) for g, d in group.targets[:WARNING_TARGETS_SHOWN])
+        more = len(group.targets) - WARNING_TARGETS_SHOWN
+        tail = f" and {more} more" if more > 0 else ""
+        lines.append(f"warning: {len(group.targets)} {noun}: {group.text} ({shown}{tail})")
+    return lines
+
+
+def _short_target(gateway_id: str, datasource_id: str) -> str:
+    """A target as the table's ``what`` column shows it, without the word "source"."""
+    if gateway_id == CONNECTIONS:
+        return f"connection {datasource_id[:8]}…"
+    return f"{gateway_id[:8]}…/{datasource_id[:8]}…"
 
 
 def _table(outcomes: Sequence[Outcome], out: TextIO, *, with_time: bool = False) -> None:

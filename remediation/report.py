@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from remediation.bindings import CONNECTIONS
 from remediation.ledger import Outcome
 
-__all__ = ["HOLDS_CURRENT", "PROBLEMS", "Action", "Report"]
+__all__ = ["HOLDS_CURRENT", "PROBLEMS", "Action", "Report", "WarningGroup"]
 
 
 class Action(StrEnum):
@@ -52,6 +54,29 @@ PROBLEMS = frozenset(
         Action.DEFERRED,
     }
 )
+
+
+@dataclass(frozen=True)
+class WarningGroup:
+    """One warning as a person reads it, and the targets it is about, as ``(gateway id, data
+    source id)`` pairs in the report's order (``gateway id`` is :data:`~remediation.bindings.
+    CONNECTIONS` for a Fabric connection). With several targets, ``text`` names none of them: where
+    a target's warning named its own ids they read ``<its id>`` and ``<its gateway>``."""
+
+    text: str
+    targets: tuple[tuple[str, str], ...]
+
+
+OWN_ID = "<its id>"
+OWN_GATEWAY = "<its gateway>"
+
+
+def _without_own_ids(text: str, gateway_id: str, datasource_id: str) -> str:
+    """``text`` with the target's own ids (whole, in any case) as placeholders."""
+    for own, placeholder in ((datasource_id, OWN_ID), (gateway_id, OWN_GATEWAY)):
+        if own and own != CONNECTIONS:
+            text = re.sub(rf"(?<![\w-]){re.escape(own)}(?![\w-])", placeholder, text, flags=re.IGNORECASE)
+    return text
 
 
 @dataclass
@@ -106,6 +131,29 @@ class Report:
             return []
         key = ((outcome.gateway_id or "").lower(), outcome.datasource_id.lower())
         return list(self.warnings.get(key, ()))
+
+    def grouped_warnings(self) -> list[WarningGroup]:
+        """The targets' warnings for a person to read: a warning several targets share (the same
+        text once each target's own ids are set aside) is one group of all of them, in the order
+        of :meth:`targets`; a warning of one target keeps its text. Human-readable output only:
+        :meth:`to_dict` keeps every warning on its own target (the JSON contract)."""
+        texts: dict[str, list[str]] = {}  # generic text -> each target's own text
+        targets: dict[str, list[tuple[str, str]]] = {}
+        seen: set[tuple[str, tuple[str, str]]] = set()
+        for outcome in self.targets():
+            gateway_id, datasource_id = outcome.gateway_id or "", outcome.datasource_id or ""
+            for warning in self.target_warnings(outcome):
+                generic = _without_own_ids(warning, gateway_id, datasource_id)
+                key = (generic, (gateway_id.lower(), datasource_id.lower()))
+                if key in seen:  # a target reported twice (a batch of commands)
+                    continue
+                seen.add(key)
+                texts.setdefault(generic, []).append(warning)
+                targets.setdefault(generic, []).append((gateway_id, datasource_id))
+        return [
+            WarningGroup(generic if len(said) > 1 else said[0], tuple(targets[generic]))
+            for generic, said in texts.items()
+        ]
 
     def merge(self, other: Report) -> None:
         """Add ``other``'s outcomes and warnings (a batch of commands reported as one)."""

@@ -9,9 +9,11 @@ rotation sample does it: Key Vault first, the SQL login a moment later; 3. Key V
 settle time, so nothing is presented yet (presenting it now would be refused and burn the right
 version); 4. two scheduled refreshes fail on the old password and Power BI turns their schedules
 off; 5. once the version has settled the healer presents it to *one* data source of the account,
-then to the other five, re-encrypted for each gateway, turns the schedules back on and retries the
-refreshes; 6. someone stores a *wrong* password in Key Vault: six data sources sign in as that one
-account, and it sees exactly one failed sign-in with that password, however many sweeps follow.
+then to the other five, re-encrypted for each gateway, keeping the privacy level and encryption
+each one's admin set (read from its Fabric connection: gateway data sources are connections too),
+turns the schedules back on and retries the refreshes; 6. someone stores a *wrong* password in
+Key Vault: six data sources sign in as that one account, and it sees exactly one failed sign-in
+with that password, however many sweeps follow.
 Beside them, a Fabric connection on a two-member on-premises gateway cluster is healed through
 Fabric's Connections API: one entry per member, each encrypted with that member's own key.
 """
@@ -23,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from sandbox.accounts import fingerprint
@@ -40,7 +43,8 @@ def main() -> int:
     def say(message: str) -> None:
         print(f"[{time.monotonic() - t0:6.2f}s] {message}", flush=True)
 
-    with Sandbox() as sb:
+    # No caller-identity binding here: msal's user-realm port (443) is not needed.
+    with Sandbox(serve_user_realm=False) as sb:
         world = build_demo_world(sb)
         os.environ.update(
             sb.env(
@@ -62,6 +66,8 @@ def main() -> int:
         healer, pbi = runtime.healer, sb.powerbi
         account = sb.sources.account(ACCOUNT)
         sales = [d for d in world.datasets if d.name != "Finance"]
+        sources = [s for d in sales for s in d.datasources]
+        admin_set = {s.id: (s.privacy_level, s.connection_encryption) for s in sources}
 
         def until_settled(run: Callable[[], Report]) -> Report:
             """What the CLI and the Functions app's queue do with a settling version: wait, again."""
@@ -127,6 +133,14 @@ def main() -> int:
             f"Power BI saw {len(patches)} credential updates (one per data source, {encrypted} encrypted for "
             f"their gateway); failed sign-ins with the new password: {burnt}."
         )
+        kept = sum(1 for s in sources if (s.privacy_level, s.connection_encryption) == admin_set[s.id])
+        levels = Counter(s.privacy_level for s in sources)
+        say(
+            "Privacy levels and encryption as their admins set them, read from each data source's Fabric "
+            "connection: "
+            + ", ".join(f"{n} {level}" for level, n in sorted(levels.items(), key=lambda x: (x[1], x[0])))
+            + f"; {kept} of {len(sources)} kept."
+        )
         print()
         _print_report(report, sys.stdout, False)
         print()
@@ -175,6 +189,7 @@ def main() -> int:
         )
         runtime.close()
         healthy = report.exit_code == 0 and burnt == 0 and with_wrong == 1 and not account.locked
+        healthy = healthy and kept == len(sources)
         code = 0 if healthy and fabric_ok else 1
     say("Done." if code == 0 else "The demo did not go as expected.")
     return code

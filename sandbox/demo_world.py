@@ -7,6 +7,11 @@ Finance dataset on a cloud Azure SQL source with its own secret. The healer runs
 principal that is a gateway admin and owns the datasets. Beside them, a Fabric connection to
 the ERP database (``erp-fabric-password``, ``CONTOSO\\svc_erp``) through the two-member
 on-premises gateway cluster GW-FABRIC, which the healer updates through Fabric's Connections API.
+
+As in the real service, the gateway data sources are Fabric connections too
+(:attr:`sandbox.fabric.Fabric.lists_gateway_datasources`): Fabric's ``GET /connections`` lists
+each with the privacy level and encryption its admin set, which is how the healer keeps them
+(Power BI's API does not report them). The DW source's admin made it ``Private``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from sandbox.fabric import FabricConnection
 from sandbox.powerbi import Dataset, Datasource, Gateway, Workspace
 from sandbox.sources import SourceSystem
 from sandbox.world import Sandbox
+
+DW_PRIVACY_LEVEL = "Private"
 
 
 @dataclass
@@ -37,6 +44,9 @@ class DemoWorld:
 def build_demo_world(sb: Sandbox) -> DemoWorld:
     app = sb.entra.add_app(name="pbi-credential-healer")
     pbi = sb.powerbi
+    # Gateway data sources are Fabric connections too, as in the service: the healer reads their
+    # privacy level and encryption there (ids other than Power BI's: the stricter, unconfirmed side).
+    sb.fabric.lists_gateway_datasources = True
     workspace = pbi.add_workspace("Sales", members=[app.client_id])
     gateway = pbi.add_gateway("GW-PROD-01", bits=2048, admins=[app.client_id])
     legacy = pbi.add_gateway("GW-LEGACY", bits=1024, admins=[app.client_id])
@@ -59,6 +69,7 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
     ds_dw = pbi.add_datasource(
         legacy, sql_dw, connection_details={"server": "sqldw.contoso.local", "database": "DW"}
     )
+    pbi.set_datasource_settings(ds_dw, privacy_level=DW_PRIVACY_LEVEL)  # an admin's choice, to be kept
     ds_fin = pbi.add_datasource(
         cloud, azure_sql, connection_details={"server": "finance.database.windows.net", "database": "Finance"}
     )

@@ -343,6 +343,25 @@ def test_bindings_check_exit_0_for_a_good_world(make: Make) -> None:
     assert powerbi_writes(cli.sb) == []
 
 
+def test_bindings_check_says_a_warning_several_bindings_share_once_naming_them(make: Make) -> None:
+    cli = make(sources=2)
+    first, second = cli.world.binding(), cli.world.binding()
+    first["targets"], second["targets"] = first["targets"][:1], first["targets"][1:]
+    second["name"] = "sales-sql-2"
+    env = {**cli.env, "REMEDIATION_BINDINGS": json.dumps({"bindings": [first, second]})}
+
+    result = cli("bindings", "check", env=env)
+    as_json = cli("--json", "bindings", "check", env=env)
+
+    assert result.code == 0, result.out + result.err
+    (line,) = [x for x in result.out.splitlines() if x.startswith("warning:")]
+    assert line.startswith(
+        f"warning: 2 bindings ({first['name']}, sales-sql-2): privacyLevel (Organizational) and "
+        "encryptedConnection (Encrypted) not set"
+    )
+    assert all(len(r["warnings"]) == 1 for r in as_json.json())  # JSON: on each row
+
+
 def test_bindings_check_exit_1_when_a_target_does_not_exist(make: Make) -> None:
     cli = make()
     bindings = cli.world.bindings()

@@ -51,3 +51,13 @@ def test_unset_privacy_and_encryption_say_which_defaults_replace_the_admins_choi
     assert "reads them in the Fabric connection" in warning and "keeps them" in warning
     (warning,) = binding_warnings(_binding(credentialType="Key", privacyLevel="Private"))
     assert warning.startswith("encryptedConnection (Encrypted) not set")
+
+
+def test_a_binding_of_fabric_connections_only_is_not_warned_about_privacy_and_encryption() -> None:
+    """Their PATCH is partial: without the binding's values the connection keeps its own."""
+    connection = {"connectionId": DS}
+    assert binding_warnings(_binding(credentialType="Windows", targets=[connection])) == []
+    (warning,) = binding_warnings(
+        _binding(credentialType="Windows", targets=[connection, {"gatewayId": GW, "datasourceId": GW}])
+    )
+    assert warning.startswith("privacyLevel (Organizational) and encryptedConnection (Encrypted) not set")
