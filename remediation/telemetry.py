@@ -80,7 +80,7 @@ from remediation.settings import Settings
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-    from remediation.healer import Report
+    from remediation.report import Report
     from remediation.http import StatsSnapshot
 
 __all__ = [
