@@ -1,6 +1,6 @@
 """Azure Functions entry point (Python v2 programming model): thin adapters only.
 
-Each function turns its trigger into a call on :mod:`remediation.service`, which knows nothing of
+Each function turns its trigger into a call on :mod:`remediation.edges.service`, which knows nothing of
 Azure Functions; the service is built on first use, once per worker. Importing this module loads
 only ``azure.functions`` (what indexing needs): the product is imported on the first invocation.
 
@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 import azure.functions as func
 
 if TYPE_CHECKING:
-    from remediation.service import Answer, RemediationService
+    from remediation.edges.service import Answer, RemediationService
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 logger = logging.getLogger("remediation.functions")
 
 
 def _service() -> RemediationService:
-    from remediation.service import get_service
+    from remediation.edges.service import get_service
 
     return get_service()
 
@@ -61,7 +61,7 @@ def _event(event: func.EventGridEvent | func.CloudEvent) -> dict[str, Any]:
 
 
 def _handle(event: func.EventGridEvent, trigger: str) -> None:
-    from remediation.events import EventError
+    from remediation.inbound.events import EventError
 
     service = _service()
     try:
@@ -119,8 +119,8 @@ def _respond(answer: Answer) -> func.HttpResponse:
 
 def _http(call: Callable[[RemediationService], Answer]) -> func.HttpResponse:
     """Run ``call`` on the service; any failure still answers in JSON, without a traceback."""
+    from remediation.edges.service import error
     from remediation.errors import RemediationError
-    from remediation.service import error
 
     try:
         service = _service()
@@ -142,7 +142,7 @@ def _http(call: Callable[[RemediationService], Answer]) -> func.HttpResponse:
 @app.function_name("remediate")
 @app.route(route="remediate", methods=["POST"])
 def remediate(req: func.HttpRequest) -> func.HttpResponse:
-    from remediation.service import status_base
+    from remediation.edges.service import status_base
 
     body, base = req.get_body(), status_base(req.url)
     return _http(lambda service: service.remediate(body, status_base=base))

@@ -78,8 +78,8 @@ def api_calls(sb: Sandbox, since: int) -> int:
 
 
 def runtime_for(world: BenchWorld, concurrency: int, state_dir: str, **env: str) -> Any:
-    from remediation.runtime import build_healer
-    from remediation.settings import Settings
+    from remediation.config.settings import Settings
+    from remediation.edges.runtime import build_healer
 
     world.apply_env(
         os.path.join(state_dir, f"{uuid.uuid4().hex}.sqlite"), REMEDIATION_CONCURRENCY=str(concurrency), **env
@@ -97,7 +97,7 @@ def bench_heal(latency: float, repeats: int, state_dir: str) -> list[Row]:
     import azure.functions as func
 
     import function_app
-    from remediation import service as service_module
+    from remediation.edges import service as service_module
 
     rows = []
     with sandbox(latency) as sb:
@@ -223,7 +223,7 @@ def bench_fanout(
 def _compare_with_sequential(latency: float, n: int, concurrency: int, state_dir: str) -> list[Row]:
     """The same rotation handled as Microsoft's sample scripts do it (one data source after
     another: update, then refresh) and by the healer (updates, then the failed refreshes)."""
-    from remediation.gateway_crypto import GatewayPublicKey, encrypt_credentials
+    from remediation.rules.gateway_crypto import GatewayPublicKey, encrypt_credentials
 
     rows = []
     gateways = min(4, n)
@@ -713,7 +713,7 @@ FIRST_INVOCATION = _timed(
 
 # -- 5. under throttling -------------------------------------------------------------------------
 def bench_throttling(latency: float, n: int, rate: float, concurrency: int, state_dir: str) -> list[Row]:
-    from remediation.http import HttpPipeline
+    from remediation.clients.http import HttpPipeline
 
     rows = []
     for adaptive in (True, False):

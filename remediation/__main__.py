@@ -1,5 +1,5 @@
-"""``python -m remediation``: the operator CLI (see :mod:`remediation.cli`)."""
+"""``python -m remediation``: the operator CLI (see :mod:`remediation.edges.cli`)."""
 
-from remediation.cli import main
+from remediation.edges.cli import main
 
 raise SystemExit(main())

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BindingsError", "ConfigError", "RemediationError"]
+__all__ = ["BindingsError", "ConfigError", "LedgerError", "RemediationError"]
 
 
 class RemediationError(Exception):
     """Base class of every error the product raises on purpose."""
+
+
+class LedgerError(RemediationError):
+    """The ledger could not be read or written (storage error, closed ledger, corrupt record)."""
 
 
 class ConfigError(RemediationError):

@@ -54,11 +54,11 @@ def main() -> int:
             )
         )
         # Imported after the environment points at the sandbox (CA bundle for requests).
-        from remediation.cli import _print_report  # noqa: PLC0415 - the demo's own output
-        from remediation.events import Kind, parse_events
-        from remediation.healer import Report
-        from remediation.runtime import build_healer
-        from remediation.settings import Settings
+        from remediation.config.settings import Settings
+        from remediation.edges.cli import _print_report  # noqa: PLC0415 - the demo's own output
+        from remediation.edges.runtime import build_healer
+        from remediation.inbound.events import Kind, parse_events
+        from remediation.reconciler.healer import Report
 
         events: list[dict[str, object]] = []
         sb.vault.subscribe(events.append, schema="EventGridSchema")

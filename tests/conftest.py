@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
-from remediation import telemetry
+from remediation.telemetry import appinsights as telemetry
 from sandbox import Sandbox
 from tests.support import layers, leftovers
 from tests.support.azurite import Azurite, start_azurite

@@ -35,7 +35,7 @@ var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 
-// The tables of remediation/ledger_tables.py (it also creates them if missing).
+// The tables of remediation/ledger/tables.py (it also creates them if missing).
 var ledgerTables = [
   'healertargets'
   'healerevents'
@@ -135,7 +135,7 @@ resource tableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-// Queue Data Contributor on the account: the app sends to the work queue (remediation/workqueue.py),
+// Queue Data Contributor on the account: the app sends to the work queue (remediation/inbound/workqueue.py),
 // and the host's queue trigger reads, hides, deletes and moves poison messages.
 resource queueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(account.id, identityPrincipalId, storageQueueDataContributor)

@@ -8,7 +8,7 @@ decides for itself:
 
 1. :mod:`remediation.safety.answers` - what an answer to a presentation means (accepted,
    rejected, in doubt, not presented), failing closed: only the answers in its table prove the
-   source was not contacted. :mod:`remediation.safety.signins` recognises a refused sign-in in
+   source was not contacted. :mod:`remediation.rules.signins` recognises a refused sign-in in
    the shapes the services use.
 2. :mod:`remediation.safety.presenting` - may version V be presented to target T of account A now
    (idempotence, one probe per account, licences that expire and yield to later evidence, the

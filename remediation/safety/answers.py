@@ -8,7 +8,7 @@ checks the password), and a data source status check (the gateway signs in). Loc
 failed sign-ins, so every answer becomes one of four verdicts:
 
 * ``ACCEPTED``: the source took it.
-* ``REJECTED``: the answer names a refused sign-in (:func:`~remediation.safety.signins.refused_sign_in`:
+* ``REJECTED``: the answer names a refused sign-in (:func:`~remediation.rules.signins.refused_sign_in`:
   ``InvalidConnectionCredentials``, ``IncorrectCredentials``, SQL Server's 18456 under
   ``DM_GWPipeline_Gateway_DataSourceAccessError``, "Login failed", "password is incorrect",
   ``AADSTS50126``, a locked or disabled account...). Presenting the version again would be a
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from remediation.diagnosis import diagnose_api_error
-from remediation.safety.signins import refused_sign_in
+from remediation.rules.diagnosis import diagnose_api_error
+from remediation.rules.signins import refused_sign_in
 
 __all__ = [
     "NOT_PRESENTED_ANSWERS",

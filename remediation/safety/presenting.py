@@ -30,8 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
-from remediation.ledger import AccountVersion, Claim, TargetState
-from remediation.report import Action
+from remediation.safety.actions import Action
+from remediation.safety.evidence import AccountVersion, Claim, TargetState
 
 __all__ = [
     "FANOUT_LICENCE_SECONDS",

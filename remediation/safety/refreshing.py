@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from remediation.report import Action
+from remediation.safety.actions import Action
 
 __all__ = ["FailureEvidence", "RefreshDecision", "SourceEvidence", "may_refresh"]
 

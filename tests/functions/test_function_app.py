@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from remediation import service as service_module
+from remediation.edges import service as service_module
 from sandbox import Sandbox
 from sandbox.server import RecordedRequest
 from tests.functions.host import (

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from remediation.service import RemediationService
-from remediation.settings import Settings
-from remediation.telemetry import EVENTS_LOGGER, OUTCOME_EVENT
-from remediation.workqueue import WorkCommand
+from remediation.config.settings import Settings
+from remediation.edges.service import RemediationService
+from remediation.inbound.workqueue import WorkCommand
+from remediation.telemetry.appinsights import EVENTS_LOGGER, OUTCOME_EVENT
 from sandbox import Sandbox
 from tests.functions.test_work_queue import _apply
 from tests.support.world import build_world

@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from remediation import service as service_module
+from remediation.edges import service as service_module
 from sandbox import Sandbox
 from tests.functions.host import HttpAnswer, http_datum, invoke
 from tests.support.world import World, build_world

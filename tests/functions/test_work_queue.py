@@ -21,18 +21,18 @@ from typing import Any
 import pytest
 from azure.storage.queue import QueueClient
 
-from remediation import service as service_module
+from remediation.config.settings import Settings
+from remediation.edges import service as service_module
+from remediation.edges.service import MAX_SETTLE_ATTEMPTS, RemediationService, get_service
 from remediation.errors import RemediationError
-from remediation.healer import Report
-from remediation.service import MAX_SETTLE_ATTEMPTS, RemediationService, get_service
-from remediation.settings import Settings
-from remediation.workqueue import (
+from remediation.inbound.workqueue import (
     MAX_DELAY_SECONDS,
     WorkCommand,
     WorkKind,
     WorkMessageError,
     WorkQueue,
 )
+from remediation.reconciler.healer import Report
 from sandbox import Sandbox
 from sandbox.server import RecordedRequest
 from tests.functions.host import HttpAnswer, event_datum, http_datum, invoke, queue_datum, route_of
@@ -516,7 +516,7 @@ def test_two_workers_racing_on_two_deliveries_update_each_target_once(queued: Wo
 def test_host_json_matches_how_the_queue_is_written_and_how_long_runs_may_take() -> None:
     from azure.storage.queue import TextBase64EncodePolicy
 
-    from remediation.service import HTTP_RUN_SECONDS, RUN_SECONDS
+    from remediation.edges.service import HTTP_RUN_SECONDS, RUN_SECONDS
     from tests.functions.host import FUNCTIONS
 
     host = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())

@@ -59,7 +59,7 @@ def test_the_package_carries_hash_checked_bytecode_that_a_read_only_worker_uses(
     for source in (tmp_path / "function_app.py", *(tmp_path / "remediation").glob("*.py")):
         os.utime(source, (0, 0))  # zip archives change file times: a hash check does not care
     probe = (
-        "import importlib.util, sys, function_app, remediation.service as s\n"
+        "import importlib.util, sys, function_app, remediation.edges.service as s\n"
         "from importlib._bootstrap_external import _classify_pyc\n"
         "for m in (function_app, s):\n"
         "    data = open(m.__cached__, 'rb').read(16)\n"

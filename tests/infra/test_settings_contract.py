@@ -1,6 +1,6 @@
 """Every setting the code reads is set by the Bicep, in local.settings.json.example and in README.
 
-The code's settings: what remediation/settings.py reads, the %...% expressions of function_app.py,
+The code's settings: what remediation/config/settings.py reads, the %...% expressions of function_app.py,
 and what the Functions host / telemetry need at run time. The Bicep must also set every setting
 of local.settings.json.example. Settings that mean nothing in Azure are listed below with why.
 """
@@ -12,10 +12,11 @@ import re
 
 from tests.infra._tools import ROOT, app_settings_in_bicep
 
-# Read by the runtime rather than remediation/settings.py.
+# Read by the runtime rather than remediation/config/settings.py.
 RUNTIME_SETTINGS = {
     "APPLICATIONINSIGHTS_CONNECTION_STRING",  # the Functions host and the telemetry exporter
-    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",  # Entra ID ingestion (host, remediation/telemetry.py)
+    # Entra ID ingestion (the host, and remediation/telemetry/appinsights.py):
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
     "AzureWebJobsStorage__accountName",  # the host's identity-based storage
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from azure.identity import ManagedIdentityCredential
 
-from remediation import telemetry
-from remediation.telemetry import AadIngestion, parse_authentication_string
+from remediation.telemetry import appinsights as telemetry
+from remediation.telemetry.appinsights import AadIngestion, parse_authentication_string
 
 CONNECTION_STRING = (
     "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://127.0.0.1:9/"
@@ -74,7 +74,7 @@ def test_user_assigned_client_id_reaches_the_credential(monkeypatch: pytest.Monk
 
 
 def test_telemetry_reads_the_authentication_string(monkeypatch: pytest.MonkeyPatch) -> None:
-    from remediation.settings import Settings
+    from remediation.config.settings import Settings
 
     env = {
         "APPLICATIONINSIGHTS_CONNECTION_STRING": CONNECTION_STRING,

@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from remediation.healer import Action, Report
+from remediation.config.settings import Settings
+from remediation.edges.runtime import build_healer
 from remediation.ledger import Ledger, LedgerError
-from remediation.runtime import build_healer
-from remediation.settings import Settings
-from remediation.telemetry import REDACTOR
+from remediation.reconciler.healer import Action, Report
+from remediation.telemetry.appinsights import REDACTOR
 from sandbox import Sandbox
 from sandbox.clock import ManualClock
 from sandbox.powerbi import INVALID_CONNECTION_CREDENTIALS, pbi_error

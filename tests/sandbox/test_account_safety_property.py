@@ -44,12 +44,12 @@ import pytest
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
-import remediation.targets.gateway as gateway_kind
-from remediation.healer import Action
-from remediation.http import ApiConnectionError, ApiError
-from remediation.runtime import Runtime, build_healer
+import remediation.reconciler.targets.gateway as gateway_kind
+from remediation.clients.http import ApiConnectionError, ApiError
+from remediation.config.settings import Settings
+from remediation.edges.runtime import Runtime, build_healer
+from remediation.reconciler.healer import Action
 from remediation.safety.answers import Verdict, VerdictOf
-from remediation.settings import Settings
 from sandbox import Sandbox
 from sandbox.accounts import fingerprint
 from sandbox.clock import ManualClock

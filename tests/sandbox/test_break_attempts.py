@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from remediation.healer import Action
+from remediation.config.settings import Settings
+from remediation.edges.runtime import Runtime, build_healer
 from remediation.ledger import LedgerError
-from remediation.runtime import Runtime, build_healer
-from remediation.settings import Settings
+from remediation.reconciler.healer import Action
 from sandbox import Sandbox
 from sandbox.clock import ManualClock
 from sandbox.world import generate_password

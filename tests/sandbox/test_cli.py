@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from remediation.cli import main
+from remediation.edges.cli import main
 from remediation.ledger import Outcome
-from remediation.ledger_sqlite import SqliteLedger
+from remediation.ledger.sqlite import SqliteLedger
 from sandbox import Sandbox
 from sandbox.keyvault import EventSchema
 from sandbox.server import RecordedRequest

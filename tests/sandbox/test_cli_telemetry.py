@@ -1,7 +1,7 @@
 """The CLI reports to Application Insights like the Functions app, and never leaks a URL's key.
 
 ``configure_azure_monitor`` installs process-global providers, so the CLI runs in a child process
-(``remediation.cli.main``, as ``python -m remediation`` calls it) behind the network guard of
+(``remediation.edges.cli.main``, as ``python -m remediation`` calls it) behind the network guard of
 ``test_appinsights.py``, against the sandbox: its Power BI, Key Vault and ingestion endpoint.
 """
 
@@ -30,7 +30,7 @@ WEB_SECRET = "web-api-key"
 CHILD = GUARD + textwrap.dedent(
     """
     import io
-    from remediation.cli import main
+    from remediation.edges.cli import main
 
     runs = []
     for argv in json.loads(os.environ["TEST_RUNS"]):

@@ -15,30 +15,30 @@ from typing import Any
 
 import pytest
 
-from remediation.errors import ConfigError
-from remediation.gateway_crypto import encrypt_credentials
-from remediation.http import ApiError, CallStats, HttpPipeline
-from remediation.identity import (
+from remediation.clients.http import ApiError, CallStats, HttpPipeline
+from remediation.clients.identity import (
     AuthenticationError,
     PowerBITokenProvider,
     UserTokenCache,
     UserTokenProvider,
     build_azure_credential,
 )
-from remediation.keyvault import (
+from remediation.clients.keyvault import (
     KeyVaultClient,
     SecretAccessDenied,
     SecretDisabled,
     SecretNotFound,
 )
-from remediation.powerbi import (
+from remediation.clients.powerbi import (
     EntityNotFound,
     InvalidId,
     PowerBIClient,
     PowerBINotAuthorized,
     RefreshAlreadyRunning,
 )
-from remediation.settings import Settings
+from remediation.config.settings import Settings
+from remediation.errors import ConfigError
+from remediation.rules.gateway_crypto import encrypt_credentials
 from sandbox import Sandbox
 from sandbox.entra import App
 from sandbox.powerbi import Dataset, Datasource, Gateway, Workspace

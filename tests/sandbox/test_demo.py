@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from remediation.cli import main
+from remediation.edges.cli import main
 from sandbox import Sandbox
 from sandbox.demo_world import build_demo_world
 

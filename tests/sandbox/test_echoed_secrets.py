@@ -30,14 +30,14 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from remediation import service as service_module
-from remediation.cli import main
-from remediation.healer import Action
-from remediation.http import ApiError
-from remediation.powerbi import PowerBIClient
-from remediation.redact import MASK
-from remediation.refresher import Refresher
-from remediation.telemetry import RedactingFilter
+from remediation.clients.http import ApiError
+from remediation.clients.powerbi import PowerBIClient
+from remediation.edges import service as service_module
+from remediation.edges.cli import main
+from remediation.reconciler.healer import Action
+from remediation.reconciler.refresher import Refresher
+from remediation.rules.redact import MASK
+from remediation.telemetry.appinsights import RedactingFilter
 from sandbox import Sandbox
 from sandbox.powerbi import pbi_error
 from tests.functions.host import http_datum, invoke
@@ -333,7 +333,7 @@ def test_an_unexpected_error_of_the_patch_is_logged_without_the_password(
     report = h.healer.heal_secret(w.secret_name)
 
     assert [o.action for o in report.targets()] == [Action.IN_DOUBT]
-    logged = [r for r in caplog.records if r.name == "remediation.healer" and r.exc_info]
+    logged = [r for r in caplog.records if r.name == "remediation.reconciler.healer" and r.exc_info]
     assert logged and "RuntimeError: cannot read the answer to" in caplog.text and MASK in caplog.text
     assert leaks({"logs": caplog.text, "report": json.dumps(report.to_dict())}, [password]) == {}
 
@@ -342,7 +342,7 @@ def test_an_unexpected_error_of_the_patch_is_logged_without_the_password(
 CHILD = GUARD + textwrap.dedent(
     """
     import io
-    from remediation.cli import main
+    from remediation.edges.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     code = main(json.loads(os.environ["TEST_ARGV"]), stdout=out, stderr=err)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from remediation.healer import Action
-from remediation.settings import Settings
+from remediation.config.settings import Settings
+from remediation.reconciler.healer import Action
 from sandbox import Sandbox
 from sandbox.accounts import Account
 from sandbox.fabric import FabricConnection, FabricGateway
@@ -306,7 +306,7 @@ def test_bindings_check_reads_connections_and_says_which_could_reference_key_vau
 ) -> None:
     from io import StringIO  # noqa: PLC0415
 
-    from remediation.cli import main  # noqa: PLC0415
+    from remediation.edges.cli import main  # noqa: PLC0415
 
     w = build_world(sb)
     cloud = add_fabric(sb, w.app.client_id, name="lake")
@@ -341,7 +341,7 @@ def test_a_referenced_connection_healed_as_one_target_is_left_alone_too(make: Ma
 def test_the_cli_names_a_connection_target_as_a_connection(make: Make, sb: Sandbox) -> None:
     from io import StringIO  # noqa: PLC0415
 
-    from remediation.cli import main  # noqa: PLC0415
+    from remediation.edges.cli import main  # noqa: PLC0415
 
     w = build_world(sb)
     f = add_fabric(sb, w.app.client_id)
@@ -378,7 +378,7 @@ def test_a_fabric_429_holds_every_instance_through_the_ledger_and_not_power_bi(
 def test_the_cli_heals_one_connection_named_by_connection(make: Make, sb: Sandbox) -> None:
     from io import StringIO  # noqa: PLC0415
 
-    from remediation.cli import main  # noqa: PLC0415
+    from remediation.edges.cli import main  # noqa: PLC0415
 
     w = build_world(sb)
     f = add_fabric(sb, w.app.client_id)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from requests.structures import CaseInsensitiveDict
 
-from remediation.fabric import (
+from remediation.clients.fabric import (
     FabricClient,
     FabricEntityNotFound,
     FabricError,
@@ -16,9 +16,9 @@ from remediation.fabric import (
     IncorrectCredentials,
     OperationFailed,
 )
-from remediation.http import ApiResponse, HttpPipeline
-from remediation.identity import PowerBITokenProvider
-from remediation.settings import Settings
+from remediation.clients.http import ApiResponse, HttpPipeline
+from remediation.clients.identity import PowerBITokenProvider
+from remediation.config.settings import Settings
 from sandbox import Sandbox
 from sandbox.server import Request, Response
 from tests.support.clock import Sleeps

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from remediation.healer import Action
+from remediation.reconciler.healer import Action
 from sandbox import Sandbox
 from tests.sandbox.test_fabric import add_fabric, fabric_patches
 from tests.support.harness import Make
@@ -123,7 +123,7 @@ def test_a_single_heal_of_a_connection_that_signs_in_another_way_is_refused_too(
 def test_bindings_check_lists_what_a_connection_match_selects(make: Make, sb: Sandbox) -> None:
     from io import StringIO  # noqa: PLC0415
 
-    from remediation.cli import main  # noqa: PLC0415
+    from remediation.edges.cli import main  # noqa: PLC0415
 
     w = build_world(sb)
     lake = add_fabric(sb, w.app.client_id, name="lake")

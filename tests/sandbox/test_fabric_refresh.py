@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from remediation.healer import Action
-from remediation.identity import PowerBITokenProvider
+from remediation.clients.identity import PowerBITokenProvider
+from remediation.reconciler.healer import Action
 from sandbox import Sandbox
 from sandbox.powerbi import Dataset
 from sandbox.specs import fabric_errors

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from remediation.healer import Action
+from remediation.reconciler.healer import Action
 from sandbox import Sandbox
 from sandbox.clock import ManualClock
 from sandbox.refusals import POWERBI_REFUSALS

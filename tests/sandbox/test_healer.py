@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from remediation.cli import main
+from remediation.config.settings import Settings
+from remediation.edges.cli import main
+from remediation.edges.runtime import Runtime, build_healer
 from remediation.errors import RemediationError
-from remediation.healer import Action, Report
-from remediation.runtime import Runtime, build_healer
-from remediation.settings import Settings
+from remediation.reconciler.healer import Action, Report
 from sandbox import Sandbox
 from sandbox.gateway_keys import GatewayKeyPair
 from sandbox.powerbi import GATEWAY_UNREACHABLE, INVALID_CONNECTION_CREDENTIALS, Datasource, pbi_error
@@ -858,7 +858,7 @@ def test_healing_a_dataset_brings_its_sources_to_the_current_version_even_after_
 
 # -- an explicit version must exist (issue 9.4) -------------------------------------------------------
 def test_an_explicit_version_that_key_vault_lacks_or_disabled_is_refused_and_nothing_sent(make: Make) -> None:
-    from remediation.healer import SecretVersionNotFound
+    from remediation.reconciler.healer import SecretVersionNotFound
 
     h = make()
     w = h.world

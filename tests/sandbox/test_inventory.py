@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from remediation.healer import Action, Report
-from remediation.settings import Settings
-from remediation.telemetry import Telemetry
+from remediation.config.settings import Settings
+from remediation.reconciler.healer import Action, Report
+from remediation.telemetry.appinsights import Telemetry
 from sandbox import Sandbox
 from sandbox.powerbi import Dataset
 from tests.support.harness import Harness, Make

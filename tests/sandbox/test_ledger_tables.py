@@ -15,7 +15,9 @@ import pytest
 from azure.core.credentials import AccessToken
 from azure.data.tables import TableServiceClient
 
-import remediation.ledger_tables as ledger_tables
+import remediation.ledger.tables as ledger_tables
+from remediation.config.settings import Settings
+from remediation.edges.runtime import open_ledger
 from remediation.errors import ConfigError
 from remediation.ledger import (
     AccountVersion,
@@ -28,10 +30,8 @@ from remediation.ledger import (
     Rejection,
     TargetRecord,
 )
-from remediation.ledger_sqlite import SqliteLedger
-from remediation.ledger_tables import TableLedger
-from remediation.runtime import open_ledger
-from remediation.settings import Settings
+from remediation.ledger.sqlite import SqliteLedger
+from remediation.ledger.tables import TableLedger
 from tests.ledger_contract import DS, GW, SECRET, T0, V1, LedgerContract, LedgerFactory
 from tests.support.azurite import ACCOUNT_KEY, Azurite, start_azurite
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from remediation.accounts import presentation_locator
-from remediation.bindings import parse_bindings
-from remediation.healer import Action
+from remediation.config.bindings import parse_bindings
+from remediation.reconciler.healer import Action
+from remediation.rules.accounts import presentation_locator
 from sandbox import Sandbox
 from sandbox.powerbi import Datasource
 from sandbox.world import generate_password

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from remediation.cli import main
+from remediation.edges.cli import main
 from sandbox import Sandbox
 from tests.support.world import World, build_world
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from remediation.gateway_crypto import GatewayPublicKey, encrypt_credentials
+from remediation.rules.gateway_crypto import GatewayPublicKey, encrypt_credentials
 from sandbox import ManualClock, Sandbox, specs
 from sandbox.entra import KEYVAULT_AUDIENCE, POWERBI_AUDIENCE
 from sandbox.powerbi import (

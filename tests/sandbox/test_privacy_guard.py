@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from remediation.healer import Action
+from remediation.reconciler.healer import Action
 from sandbox import Sandbox
 from sandbox.powerbi import Datasource
 from tests.support.harness import Harness, Make

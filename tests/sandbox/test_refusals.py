@@ -21,7 +21,7 @@ import jsonschema
 import pytest
 import requests
 
-from remediation.gateway_crypto import GatewayPublicKey, encrypt_credentials
+from remediation.rules.gateway_crypto import GatewayPublicKey, encrypt_credentials
 from sandbox import ManualClock, Sandbox, specs
 from sandbox.entra import POWERBI_AUDIENCE
 from sandbox.fabric import FABRIC_AUDIENCE, FabricConnection

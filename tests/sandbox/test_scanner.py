@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import requests
 
-from remediation.healer import Action, Report
+from remediation.inventory.scanner import REFUSAL_MARKER, REFUSAL_SECONDS
 from remediation.ledger import DatasetRecord
-from remediation.scanner import REFUSAL_MARKER, REFUSAL_SECONDS
+from remediation.reconciler.healer import Action, Report
 from sandbox import Sandbox, specs
 from sandbox.entra import POWERBI_AUDIENCE
 from tests.sandbox.test_inventory import add_unbound, calls, deferred, history_reads, mark

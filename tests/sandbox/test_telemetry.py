@@ -1,6 +1,6 @@
 """Telemetry: outcomes as Application Insights custom events, and the redaction layer.
 
-The end-to-end tests run the product's :class:`remediation.telemetry.Telemetry` with the real
+The end-to-end tests run the product's :class:`remediation.telemetry.appinsights.Telemetry` with the real
 azure-monitor-opentelemetry distro in a child process (it installs process-global providers),
 against the sandbox's ingestion endpoint, with the network guard of ``test_appinsights.py``.
 """
@@ -20,9 +20,15 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from remediation.http import StatsSnapshot
+from remediation.clients.http import StatsSnapshot
 from remediation.ledger import Outcome
-from remediation.telemetry import MASK, OUTCOME_PROPERTIES, RedactingFilter, Redactor, outcome_properties
+from remediation.telemetry.appinsights import (
+    MASK,
+    OUTCOME_PROPERTIES,
+    RedactingFilter,
+    Redactor,
+    outcome_properties,
+)
 from sandbox import Sandbox, specs
 from tests.support.network_guard import GUARD
 
@@ -177,10 +183,10 @@ def test_outcome_properties_are_exactly_the_contract_as_strings_and_numbers() ->
 CHILD = GUARD + textwrap.dedent(
     """
     import requests
-    from remediation.http import StatsSnapshot
+    from remediation.clients.http import StatsSnapshot
     from remediation.ledger import Outcome
-    from remediation.settings import Settings
-    from remediation.telemetry import REDACTOR, Telemetry
+    from remediation.config.settings import Settings
+    from remediation.telemetry.appinsights import REDACTOR, Telemetry
 
     lazy = "azure.monitor.opentelemetry" not in sys.modules
     secret, token = os.environ["TEST_SECRET"], os.environ["TEST_TOKEN"]
@@ -192,7 +198,7 @@ CHILD = GUARD + textwrap.dedent(
                                       duration=1.5)
     probe = requests.get(os.environ["TEST_URL"], params={"probe": secret, "sig": "abc"}, timeout=10)
     status = probe.status_code
-    log = logging.getLogger("remediation.healer")
+    log = logging.getLogger("remediation.reconciler.healer")
     log.warning("applying %s with Authorization: Bearer %s", secret, token)
     try:
         raise RuntimeError(f"login failed with {secret}")
@@ -214,8 +220,8 @@ NO_CONNECTION_STRING_CHILD = textwrap.dedent(
     import json, logging, sys
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(name)s %(message)s")
     from remediation.ledger import Outcome
-    from remediation.settings import Settings
-    from remediation.telemetry import Telemetry
+    from remediation.config.settings import Settings
+    from remediation.telemetry.appinsights import Telemetry
 
     telemetry = Telemetry(Settings.from_env())
     n = telemetry.emit_outcomes([Outcome(time=1.0, gateway_id="g1", datasource_id="d1", action="updated")],
@@ -360,9 +366,9 @@ def test_without_a_connection_string_telemetry_only_logs_and_never_loads_the_dis
 def test_a_report_goes_to_the_standard_log_and_an_outcomes_own_ids_win_over_the_runs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from remediation.healer import Report
-    from remediation.settings import Settings
-    from remediation.telemetry import EVENTS_LOGGER, Telemetry
+    from remediation.config.settings import Settings
+    from remediation.reconciler.healer import Report
+    from remediation.telemetry.appinsights import EVENTS_LOGGER, Telemetry
 
     redactor = Redactor()
     Telemetry(Settings(client_secret="sp-secret-value"), redactor=redactor)
@@ -389,8 +395,8 @@ def test_a_report_goes_to_the_standard_log_and_an_outcomes_own_ids_win_over_the_
 
 
 def test_configure_sets_the_azure_sdk_http_logging_policy_to_warning_unless_set_explicitly() -> None:
-    from remediation.settings import Settings
-    from remediation.telemetry import LIBRARY_LOG_LEVELS, Telemetry
+    from remediation.config.settings import Settings
+    from remediation.telemetry.appinsights import LIBRARY_LOG_LEVELS, Telemetry
 
     name = "azure.core.pipeline.policies.http_logging_policy"
     sdk = logging.getLogger(name)

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from remediation.http import HttpPipeline, RetryPolicy
-from remediation.limiter import LimiterSnapshot
+from remediation.clients.http import HttpPipeline, RetryPolicy
+from remediation.clients.limiter import LimiterSnapshot
 from sandbox import Sandbox
 from sandbox.server import Faults, Request, Response, Route
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from remediation.runtime import Runtime, build_healer
-from remediation.settings import Settings
+from remediation.config.settings import Settings
+from remediation.edges.runtime import Runtime, build_healer
 from sandbox import Sandbox
 from tests.support.clock import Sleeps
 from tests.support.world import World, build_world

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from remediation.accounts import account_key, failed_source, source_locator, source_matches
-from remediation.bindings import Binding, CredentialType, OAuth2Mode
+from remediation.config.bindings import Binding, CredentialType, OAuth2Mode
+from remediation.rules.accounts import account_key, failed_source, source_locator, source_matches
 
 
 def binding(ctype: CredentialType, username: str | None = "svc_pbi", secret: str = "Sql-Pw") -> Binding:

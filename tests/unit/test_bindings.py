@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from remediation.bindings import (
+from remediation.config.bindings import (
     Binding,
     BindingSet,
     CredentialType,

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from remediation.bindings import binding_problems, binding_warnings, is_windows_account_name, parse_bindings
+from remediation.config.bindings import (
+    binding_problems,
+    binding_warnings,
+    is_windows_account_name,
+    parse_bindings,
+)
 
 GW, DS = "1f69e798-5852-4fdd-ab01-33bb14b6e934", "2f69e798-5852-4fdd-ab01-33bb14b6e934"
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from remediation.bindings import (
+from remediation.config.bindings import (
     Binding,
     CredentialType,
     EncryptedConnection,
@@ -18,7 +18,8 @@ from remediation.bindings import (
     PrivacyLevel,
     Target,
 )
-from remediation.credentials import (
+from remediation.errors import BindingsError
+from remediation.rules.credentials import (
     EMPTY_CREDENTIALS,
     ResolvedCredential,
     SecretValueError,
@@ -27,7 +28,6 @@ from remediation.credentials import (
     resolve_credential,
     update_datasource_request,
 )
-from remediation.errors import BindingsError
 from sandbox.specs import SPEC_DIR, validate_powerbi_request
 
 GW = "1f69e798-5852-4fdd-ab01-33bb14b6e934"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from remediation.healer import Action, Report, decide
 from remediation.ledger import Outcome, Rejection, TargetState
+from remediation.reconciler.healer import Action, Report, decide
 
 NOW = 1_800_000_000.0
 V1, V2 = "a" * 32, "b" * 32

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from remediation.diagnosis import (
+from remediation.rules.diagnosis import (
     Category,
     Diagnosis,
     ServiceError,

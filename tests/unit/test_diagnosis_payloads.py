@@ -16,10 +16,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from remediation.diagnosis import Category, diagnose_api_error, diagnose_refresh, parse_service_exception
-from remediation.http import ApiError
+from remediation.clients.http import ApiError
+from remediation.reconciler.targets.gateway import patch_verdict
+from remediation.rules.diagnosis import (
+    Category,
+    diagnose_api_error,
+    diagnose_refresh,
+    parse_service_exception,
+)
 from remediation.safety.answers import Verdict
-from remediation.targets.gateway import patch_verdict
 
 INVALID = "DM_GWPipeline_Gateway_InvalidConnectionCredentials"
 ACCESS = "DM_GWPipeline_Gateway_DataSourceAccessError"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remediation.events import EventError, Kind, parse_event, parse_events
+from remediation.inbound.events import EventError, Kind, parse_event, parse_events
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "specs" / "eventgrid" / "samples"

@@ -6,20 +6,20 @@ import json
 
 import pytest
 
-from remediation.bindings import CONNECTIONS, CredentialType, Target, parse_bindings
-from remediation.credentials import resolve_credential
+from remediation.clients.fabric import Connection, GatewayMember, IncorrectCredentials
+from remediation.clients.http import ApiConnectionError, ApiError
+from remediation.config.bindings import CONNECTIONS, CredentialType, Target, parse_bindings
+from remediation.config.settings import Settings
 from remediation.errors import BindingsError
-from remediation.fabric import Connection, GatewayMember, IncorrectCredentials
-from remediation.gateway_crypto import GatewayPublicKey
-from remediation.http import ApiConnectionError, ApiError
-from remediation.safety.answers import Verdict
-from remediation.settings import Settings
-from remediation.targets.fabric import (
+from remediation.reconciler.targets.fabric import (
     FabricTarget,
     UnsupportedConnection,
     fabric_verdict,
     update_connection_request,
 )
+from remediation.rules.credentials import resolve_credential
+from remediation.rules.gateway_crypto import GatewayPublicKey
+from remediation.safety.answers import Verdict
 from sandbox.gateway_keys import GatewayKeyPair
 
 CONN = "6952a7b2-aea3-414f-9d85-6c0fe5d34539"
@@ -240,7 +240,7 @@ def test_a_key_vault_reference_mark_must_be_a_boolean() -> None:
 
 
 def test_a_fabric_connection_part_of_a_fan_out_survives_the_queue() -> None:
-    from remediation.workqueue import WorkCommand  # noqa: PLC0415
+    from remediation.inbound.workqueue import WorkCommand  # noqa: PLC0415
 
     part = WorkCommand.secret("lake-secret", None, trigger="eventgrid", correlation_id="c1").fan_out(
         CONNECTIONS, CONN

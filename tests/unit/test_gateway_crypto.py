@@ -1,6 +1,6 @@
 """Credential encryption for on-premises gateways (remediation) against the sandbox's gateway.
 
-The product side (``remediation.gateway_crypto``) and the gateway side
+The product side (``remediation.rules.gateway_crypto``) and the gateway side
 (``sandbox.gateway_keys``) are written independently; where it matters these tests also check
 the product's output with ``cryptography``'s own OAEP, HMAC and AES directly, and build
 ciphertexts by hand to probe the decryptor, so the two modules cannot agree on a mistake.
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from remediation.gateway_crypto import (
+from remediation.rules.gateway_crypto import (
     CredentialEncryptionError,
     GatewayKeyError,
     GatewayPublicKey,

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from requests.structures import CaseInsensitiveDict
 
-from remediation.http import (
+from remediation.clients.http import (
     ApiConnectionError,
     ApiError,
     CallStats,
@@ -32,11 +32,11 @@ from remediation.http import (
     parse_error_body,
     parse_retry_after,
 )
-from remediation.identity import AuthenticationError
-from remediation.keyvault import SecretAccessDenied
-from remediation.ledger_sqlite import SqliteLedger
-from remediation.powerbi import InvalidId, RefreshAlreadyRunning
-from remediation.throttle import LedgerPause
+from remediation.clients.identity import AuthenticationError
+from remediation.clients.keyvault import SecretAccessDenied
+from remediation.clients.powerbi import InvalidId, RefreshAlreadyRunning
+from remediation.ledger.pause import LedgerPause
+from remediation.ledger.sqlite import SqliteLedger
 from sandbox import Sandbox
 from sandbox.server import HTTPError, Request, Response
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from remediation.limiter import AdaptiveLimiter, LimiterTicket
+from remediation.clients.limiter import AdaptiveLimiter, LimiterTicket
 
 
 class Clock:

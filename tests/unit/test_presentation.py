@@ -10,9 +10,12 @@ import json
 import pytest
 from requests.structures import CaseInsensitiveDict
 
-from remediation.fabric import _fabric_error
-from remediation.http import ApiConnectionError, ApiError, ApiResponse, error_from_response
-from remediation.identity import AuthenticationError
+from remediation.clients.fabric import _fabric_error
+from remediation.clients.http import ApiConnectionError, ApiError, ApiResponse, error_from_response
+from remediation.clients.identity import AuthenticationError
+from remediation.reconciler.targets.fabric import fabric_verdict
+from remediation.reconciler.targets.gateway import grant_verdict, patch_verdict
+from remediation.rules.signins import refused_sign_in
 from remediation.safety.answers import (
     NOT_PRESENTED_ANSWERS,
     Answer,
@@ -21,9 +24,6 @@ from remediation.safety.answers import (
     undecryptable,
     verdict_of,
 )
-from remediation.safety.signins import refused_sign_in
-from remediation.targets.fabric import fabric_verdict
-from remediation.targets.gateway import grant_verdict, patch_verdict
 from sandbox.refusals import FABRIC_REFUSALS, POWERBI_REFUSALS, fabric_refusal, powerbi_refusal
 
 

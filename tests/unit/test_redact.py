@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediation.redact import MASK, datasource_host, describe_datasource, mask_urls
+from remediation.rules.redact import MASK, datasource_host, describe_datasource, mask_urls
 
 KEY = "k3y-Zx81qQ"
 

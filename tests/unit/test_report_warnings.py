@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
-from remediation.bindings import CONNECTIONS
-from remediation.cli import warning_lines
+from remediation.config.bindings import CONNECTIONS
+from remediation.edges.cli import warning_lines
 from remediation.ledger import Outcome
-from remediation.report import OWN_ID, Report
+from remediation.reconciler.report import OWN_ID, Report
 
 GW = "98122ae8-e193-4a41-aae5-74dbc74d070e"
 LEGACY = "a1a60f35-2fbe-462b-972d-b57e97d5b8d8"

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from remediation.http import ApiError
+from remediation.clients.http import ApiError
 from remediation.ledger import Outcome
-from remediation.redact import MASK
-from remediation.runs import Run
-from remediation.telemetry import REDACTOR
+from remediation.reconciler.runs import Run
+from remediation.rules.redact import MASK
+from remediation.telemetry.appinsights import REDACTOR
 
 PASSWORD = 'Pw "with" \\ & + spaces'
 JSON_SECRET = json.dumps({"username": "svc_pbi", "password": PASSWORD})
@@ -114,7 +114,12 @@ def test_telemetrys_redactor_holds_the_values_and_the_json_password_while_the_ru
 
 
 @pytest.mark.parametrize(
-    "name", ["remediation.healer", "remediation.refresher", "remediation.targets.fabric"]
+    "name",
+    [
+        "remediation.reconciler.healer",
+        "remediation.reconciler.refresher",
+        "remediation.reconciler.targets.fabric",
+    ],
 )
 def test_log_records_of_the_reconciler_are_masked_exception_text_included(
     name: str, caplog: pytest.LogCaptureFixture

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from remediation import runtime
+from remediation.config.settings import Settings
+from remediation.edges import runtime
 from remediation.errors import BindingsError, ConfigError
-from remediation.settings import Settings
 
 
 def test_a_relative_bindings_path_is_found_next_to_the_app(

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from remediation.redact import MASK, SHORT_SECRET, SecretMask, mask_secrets, secret_forms, secret_parts
+from remediation.rules.redact import MASK, SHORT_SECRET, SecretMask, mask_secrets, secret_forms, secret_parts
 
 # A quote, a backslash, a space, &, +, /, an apostrophe, non-ASCII and a character outside the BMP.
 VALUE = 'Pä "q" \\ s&+/\'x 😀'

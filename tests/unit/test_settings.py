@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
+from remediation.config.settings import DEFAULT_POWERBI_SCOPE, Settings, StorageSettings
 from remediation.errors import ConfigError
-from remediation.settings import DEFAULT_POWERBI_SCOPE, Settings, StorageSettings
 
 SECRET = "s3cr3t-Cl!ent~value"
 

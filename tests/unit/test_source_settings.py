@@ -1,17 +1,17 @@
 """What a gateway data source PATCH carries for privacy level and encryption (issue 13): the
 data source's current settings as its Fabric connection reports them, unless the binding says
 otherwise; the defaults, with a warning, when they could not be read. And the one rule for which
-connection a data source is (:mod:`remediation.connections`)."""
+connection a data source is (:mod:`remediation.rules.connections`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from remediation.bindings import EncryptedConnection, PrivacyLevel, parse_bindings
-from remediation.connections import corresponding_connection
-from remediation.credentials import ResolvedCredential, credential_details
-from remediation.fabric import Connection
-from remediation.targets.gateway import source_settings
+from remediation.clients.fabric import Connection
+from remediation.config.bindings import EncryptedConnection, PrivacyLevel, parse_bindings
+from remediation.reconciler.targets.gateway import source_settings
+from remediation.rules.connections import corresponding_connection
+from remediation.rules.credentials import ResolvedCredential, credential_details
 
 GW = "11111111-1111-1111-1111-111111111111"
 DS = "22222222-2222-2222-2222-222222222222"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from remediation import telemetry
+from remediation.telemetry import appinsights as telemetry
 from tests.support import leftovers
 
 CONNECTION_STRING = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from remediation import diagnosis
+from remediation.rules import diagnosis
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
 

@@ -1,0 +1,673 @@
+"""Operator CLI: ``python -m remediation ...``.
+
+    heal --secret NAME [--version V] | --workspace W --dataset D | --gateway G --datasource S | --connection C
+    sweep                      what the timer runs
+    replay FILE                Event Grid or CloudEvents JSON (one event or an array), e.g. dead-lettered
+    history [--hours H] [--figures]
+                               recent outcomes from the ledger (or figures per binding, account and day)
+    bindings check             validate the bindings file and resolve its targets against Power BI
+    discover [--json|--csv] [--propose FILE]
+                               read-only inventory of the data sources, their datasets and bindings
+    --dry-run                  plan only: no update, no refresh, no ledger write
+    --json                     the report as JSON on stdout
+
+With ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set, ``heal``, ``sweep`` and ``replay`` send their
+outcomes to Application Insights as ``CredentialRemediation`` events (trigger ``cli``, redacted
+like the Functions app's) and flush them before exiting; without it nothing is configured.
+
+Exit codes: 0 every target in scope holds the current secret (healed now or already) or there was
+nothing to do; 1 some target failed, was rejected, or stays blocked; 2 usage or configuration
+error (one line on stderr saying what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TextIO
+
+from remediation.clients.fabric import FabricEntityNotFound, FabricNotAuthorized
+from remediation.config.bindings import (
+    CONNECTIONS,
+    Binding,
+    BindingSet,
+    Target,
+    TargetMatch,
+    binding_problems,
+    binding_warnings,
+)
+from remediation.config.settings import Settings
+from remediation.edges.runtime import (
+    Runtime,
+    build_fabric,
+    build_healer,
+    build_powerbi,
+    load_bindings_from,
+    open_ledger,
+)
+from remediation.errors import ConfigError, RemediationError
+from remediation.inbound.events import EventError, Kind, parse_events
+from remediation.inventory import discover
+from remediation.ledger import Outcome
+from remediation.reconciler.healer import Action, NotBound, Report
+from remediation.reconciler.runs import outcomes_to
+from remediation.rules.connections import could_reference, fabric_credential_type
+from remediation.rules.redact import mask_urls
+from remediation.telemetry.appinsights import Telemetry, redact
+from remediation.telemetry.figures import figures
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+TRIGGER = "cli"
+"""The ``trigger`` of every outcome and ``CredentialRemediation`` event of the CLI (replay too)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line that says what is wrong and where to look, not the whole usage block.
+        print(f"error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--dry-run", action="store_true", default=argparse.SUPPRESS, help="plan only; change nothing"
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the report as JSON"
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log what happens (never secrets)",
+    )
+    parser = _Parser(
+        prog="python -m remediation",
+        parents=[common],
+        description="Self-healing Power BI gateway credentials from Azure Key Vault.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    heal = sub.add_parser(
+        "heal", parents=[common], help="heal a secret's targets, a dataset or a data source"
+    )
+    heal.add_argument("--secret", help="Key Vault secret name")
+    heal.add_argument(
+        "--version",
+        help="a version that must exist and be enabled (the current version is what is applied)",
+    )
+    heal.add_argument(
+        "--present-again",
+        action="store_true",
+        help="present the current version once more although it was rejected or is in doubt "
+        "(only once the source is known to have it: each presentation may be a failed sign-in)",
+    )
+    heal.add_argument("--workspace", help="workspace (group) id, with --dataset")
+    heal.add_argument("--dataset", help="dataset id, with --workspace")
+    heal.add_argument("--gateway", help="gateway id, with --datasource")
+    heal.add_argument("--datasource", help="gateway data source id, with --gateway")
+    heal.add_argument("--connection", help="Fabric connection id (a GUID)")
+
+    sub.add_parser("sweep", parents=[common], help="reconcile every binding and scan for failed refreshes")
+    replay = sub.add_parser("replay", parents=[common], help="process events from a JSON file")
+    replay.add_argument("file", help="Event Grid or CloudEvents JSON: one event or an array ('-' for stdin)")
+    history = sub.add_parser("history", parents=[common], help="recent outcomes from the ledger")
+    history.add_argument("--hours", type=float, default=24.0, help="how far back (default 24)")
+    history.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
+    history.add_argument(
+        "--figures",
+        action="store_true",
+        help=(
+            "per binding and per account and day: healed, rejected, in doubt, blocked, deferred; "
+            "rotation to healed refresh"
+        ),
+    )
+    bindings = sub.add_parser("bindings", parents=[common], help="bindings file tools")
+    bindings.add_argument("action", choices=["check"], help="check: validate and resolve against Power BI")
+    discover = sub.add_parser(
+        "discover", parents=[common], help="read-only inventory: data sources, datasets, bindings"
+    )
+    discover.add_argument("--csv", action="store_true", help="print the inventory as CSV")
+    discover.add_argument(
+        "--propose",
+        metavar="FILE",
+        help="write a draft bindings file for the unbound data sources (fill in the <...> placeholders)",
+    )
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: dict[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run the CLI; returns the exit code."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    try:
+        # argparse writes usage errors and --help to sys.stderr / sys.stdout and exits.
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    as_json = bool(getattr(args, "json", False))
+    dry_run = bool(getattr(args, "dry_run", False))
+    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    console = logging.StreamHandler(err)
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    console.setLevel(level)  # the INFO outcome event records show only with --verbose
+    logging.basicConfig(level=level, handlers=[console])
+    telemetry: Telemetry | None = None
+    try:
+        settings = Settings.from_env(os.environ if environ is None else environ)
+        if args.command == "history":
+            return _history(settings, args, out, as_json)
+        if args.command == "bindings":
+            return _bindings_check(settings, out, as_json)
+        if args.command == "discover":
+            return _discover(settings, args, out, err, as_json)
+        command = _command(args)  # usage errors before anything is built
+        # Before the healer is built, so its calls are reported as dependencies; without
+        # APPLICATIONINSIGHTS_CONNECTION_STRING this only installs the log redaction filter.
+        telemetry = Telemetry(settings)
+        telemetry.configure()
+        runtime = build_healer(settings)
+        try:
+
+            def reported(rt: Runtime, dry: bool, say: Callable[[str], None]) -> Report:
+                before = rt.stats.snapshot()
+                live = telemetry.live(lambda: rt.stats.snapshot() - before, trigger=TRIGGER)
+                with outcomes_to(live):  # each outcome is sent as it is recorded
+                    report = command(rt, dry, say)
+                live.finish(report)
+                return report
+
+            report = _run_settled(reported, runtime, dry_run, _progress(err, as_json), err)
+        finally:
+            runtime.close()
+        _print_report(report, out, as_json)
+        return report.exit_code
+    except (ConfigError, NotBound, EventError) as exc:
+        print(f"error: {redact(str(exc))}", file=err)
+        return EXIT_USAGE
+    except RemediationError as exc:
+        print(f"error: {redact(str(exc))}", file=err)
+        return EXIT_PROBLEM
+    finally:
+        if telemetry is not None and not telemetry.flush():
+            print("warning: not every telemetry item was sent to Application Insights", file=err)
+
+
+Command = Callable[[Runtime, bool, Callable[[str], None]], Report]
+
+MAX_SETTLE_WAITS = 3
+"""How often the CLI waits for a settling version and runs the command again."""
+
+
+def _run_settled(
+    command: Command,
+    runtime: Runtime,
+    dry_run: bool,
+    say: Callable[[str], None],
+    err: TextIO,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+) -> Report:
+    """Run ``command``; while a version is still settling (``retry_at``), wait and run it again."""
+    report = command(runtime, dry_run, say)
+    for _ in range(MAX_SETTLE_WAITS):
+        if dry_run or report.retry_at is None:
+            break
+        wait = max(0.0, report.retry_at - clock())
+        print(
+            f"waiting {wait:.0f} s: a Key Vault version is younger than REMEDIATION_SETTLE_SECONDS",
+            file=err,
+        )
+        sleep(wait)
+        report = command(runtime, dry_run, say)
+    return report
+
+
+def _command(args: argparse.Namespace) -> Command:
+    if args.command == "sweep":
+        return lambda rt, dry, say: rt.healer.sweep(dry_run=dry, trigger=TRIGGER, progress=say)
+    if args.command == "replay":
+        return lambda rt, dry, say: _replay(rt, args.file, dry)
+    given = {
+        k
+        for k in ("secret", "workspace", "dataset", "gateway", "datasource", "connection")
+        if getattr(args, k)
+    }
+    again = bool(getattr(args, "present_again", False))
+    if given == {"secret"}:
+        return lambda rt, dry, say: rt.healer.heal_secret(
+            args.secret, args.version, dry_run=dry, trigger=TRIGGER, present_again=again
+        )
+    if args.version:
+        raise ConfigError("--version goes with --secret")
+    if given == {"workspace", "dataset"}:
+        return lambda rt, dry, say: rt.healer.heal_dataset(
+            args.workspace, args.dataset, dry_run=dry, trigger=TRIGGER, present_again=again
+        )
+    if given == {"gateway", "datasource"}:
+        return lambda rt, dry, say: rt.healer.heal_target(
+            args.gateway, args.datasource, dry_run=dry, trigger=TRIGGER, present_again=again
+        )
+    if given == {"connection"}:
+        if not _GUID.fullmatch(args.connection.strip()):
+            raise ConfigError(f"--connection {args.connection!r} is not a connection id (a GUID)")
+        connection_id = args.connection.strip().lower()
+        return lambda rt, dry, say: rt.healer.heal_target(
+            CONNECTIONS, connection_id, dry_run=dry, trigger=TRIGGER, present_again=again
+        )
+    raise ConfigError(
+        "heal needs exactly one of: --secret NAME | --workspace W --dataset D | --gateway G --datasource S"
+        " | --connection C"
+    )
+
+
+def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
+    """Process a batch of events the way the Functions app does, with event-id dedupe."""
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    events = parse_events(text, vault_origin=runtime.settings.vault_origin)
+    combined = Report(dry_run=dry_run, correlation_id=str(uuid.uuid4()))
+    healer, ledger = runtime.healer, runtime.ledger
+    for event in events:
+        if event.kind is Kind.SECRET_NEW_VERSION and not event.foreign_vault and event.secret_name:
+            if not healer.bindings.for_secret(event.secret_name):
+                continue
+            if not dry_run and ledger.event_seen(event.id):
+                continue
+            part = healer.heal_secret(
+                event.secret_name,
+                event_version=event.secret_version,
+                dry_run=dry_run,
+                trigger=TRIGGER,
+                correlation_id=event.id,
+            )
+        elif event.kind is Kind.REFRESH_FAILED and event.workspace_id and event.dataset_id:
+            if not dry_run and ledger.event_seen(event.id):
+                continue
+            part = healer.heal_dataset(
+                event.workspace_id,
+                event.dataset_id,
+                dry_run=dry_run,
+                trigger=TRIGGER,
+                correlation_id=event.id,
+            )
+        else:
+            continue
+        if not dry_run:  # done once handled, so a replay that failed half-way can be run again
+            ledger.mark_event_seen(event.id, time.time())
+        combined.merge(part)
+    return combined
+
+
+def _history(settings: Settings, args: argparse.Namespace, out: TextIO, as_json: bool) -> int:
+    ledger = open_ledger(settings)
+    try:
+        rows = ledger.outcomes(since=time.time() - args.hours * 3600, limit=args.limit)
+    finally:
+        ledger.close()
+    # Rows recorded before outcomes were masked may still hold a URL's key: mask it on the way out.
+    rows = [replace(o, reason=mask_urls(o.reason)) if o.reason else o for o in rows]
+    if args.figures:
+        doc = figures(rows)
+        if as_json:
+            json.dump(doc, out, indent=2)
+            out.write("\n")
+            return EXIT_OK
+        out.write("BINDING  DAY  HEALED  REJECTED  IN-DOUBT  BLOCKED  DEFERRED\n")
+        for f in doc["byBinding"]:
+            out.write(
+                f"{f['binding']}  {f['day']}  {f['healed']}  {f['rejected']}  {f['inDoubt']}  "
+                f"{f['blocked']}  {f['deferred']}\n"
+            )
+        if doc["byAccount"]:
+            out.write("\nACCOUNT  DAY  HEALED  REJECTED  IN-DOUBT  BLOCKED  DEFERRED\n")
+        for f in doc["byAccount"]:
+            out.write(
+                f"{f['account']}  {f['day']}  {f['healed']}  {f['rejected']}  {f['inDoubt']}  "
+                f"{f['blocked']}  {f['deferred']}\n"
+            )
+        for r in doc["rotationToHealed"]:
+            out.write(
+                f"{r['secretName']}@{r['secretVersion'][:8]}: healed refresh {r['seconds']:.0f} s after\n"
+            )
+        return EXIT_OK
+    if as_json:
+        json.dump([o.to_dict() for o in rows], out, indent=2)
+        out.write("\n")
+    else:
+        _table(rows, out, with_time=True)
+    return EXIT_OK
+
+
+def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
+    """Validate the file (exit 2 if invalid), then look every target up in Power BI (GETs only;
+    never the status check, which signs in). Rows whose status does not start with ``ok`` make
+    the exit code 1; ``ok (...)`` rows carry a warning a person should read."""
+    bindings = load_bindings_from(settings)
+    runtime = build_healer(settings, bindings=bindings)
+    rows: list[dict[str, object]] = []
+
+    def row(binding: str, gateway: str, datasource: str, status: str, warnings: Sequence[str] = ()) -> None:
+        entry: dict[str, object] = {"binding": binding, "gateway": gateway, "datasource": datasource}
+        entry["status"] = status
+        if warnings:
+            entry["warnings"] = list(warnings)
+        rows.append(entry)
+
+    try:
+        gateways = {g.id.lower(): g for g in runtime.powerbi.get_gateways()}
+        by_gateway = {gid: runtime.powerbi.get_datasources(gid) for gid in gateways}
+        for binding in bindings.bindings:
+            for problem in binding_problems(binding):
+                row(binding.name, "-", "-", problem)
+            warnings = binding_warnings(binding)
+            if binding.matches:
+                warnings.append(
+                    "a match selects by type, server, database, url and path, not by account: Power "
+                    "BI does not report which account a data source signs in as, so every data source "
+                    f"it selects that signs in with {binding.credential_type.value} credentials is given "
+                    f"{binding.name!r}'s (one with another credential type is refused); bind by id the "
+                    "ones that sign in as another account"
+                )
+            for target in binding.targets:
+                if target.connection_id is not None:
+                    status, advice = _check_connection(runtime, binding, target)
+                    row(binding.name, "connection", target.connection_id, status, [*warnings, *advice])
+                    continue
+                found = next(
+                    (
+                        d
+                        for d in by_gateway.get(target.gateway_id, [])
+                        if d.id.lower() == target.datasource_id
+                    ),
+                    None,
+                )
+                if found is None and target.gateway_id not in gateways:
+                    # A cloud data source (its virtual gateway is never listed): read it directly.
+                    with contextlib.suppress(RemediationError):
+                        found = runtime.powerbi.get_datasource(target.gateway_id, target.datasource_id)
+                if found is None:
+                    status = (
+                        "gateway not visible: add the identity as a gateway admin (on-premises) "
+                        "or make it the owner of a dataset using the source (cloud)"
+                        if target.gateway_id not in gateways
+                        else "data source not found on the gateway"
+                    )
+                elif found.credential_type != binding.credential_type.value:
+                    status = (
+                        f"credential type is {found.credential_type} in Power BI, "
+                        f"{binding.credential_type} here"
+                    )
+                else:
+                    status = "ok"
+                row(binding.name, target.gateway_id, target.datasource_id, status, warnings)
+            for match in binding.matches:
+                if match.selects_connections:
+                    for connection_id, status in _check_connection_match(runtime, bindings, binding, match):
+                        row(binding.name, "connection", connection_id, status, warnings)
+                    continue
+                hits = [
+                    (gid, d.id)
+                    for gid, items in by_gateway.items()
+                    for d in items
+                    if match.matches(d.datasource_type or "", _strings(d.connection() or {}))
+                ]
+                for gid, did in hits:
+                    row(binding.name, gid, did, "ok (match)", warnings)
+                if not hits:
+                    row(binding.name, "-", "-", "match selects no data source", warnings)
+    finally:
+        runtime.close()
+    if as_json:
+        json.dump(rows, out, indent=2)
+        out.write("\n")
+    else:
+        width = max([len(str(r["binding"])) for r in rows] + [7])
+        for r in rows:
+            out.write(f"{r['binding']!s:<{width}}  {r['gateway']}  {r['datasource']}  {r['status']}\n")
+        # Each warning once, naming every binding it concerns (JSON keeps it on each row).
+        concerns: dict[str, list[str]] = {}
+        for r in rows:
+            for warning in r.get("warnings", []):  # type: ignore[attr-defined]
+                names = concerns.setdefault(warning, [])
+                if str(r["binding"]) not in names:
+                    names.append(str(r["binding"]))
+        for warning, names in concerns.items():
+            who = names[0] if len(names) == 1 else f"{len(names)} bindings ({', '.join(names)})"
+            out.write(f"warning: {who}: {warning}\n")
+    return EXIT_OK if all(str(r["status"]).startswith("ok") for r in rows) else EXIT_PROBLEM
+
+
+def _check_connection(runtime: Runtime, binding: Binding, target: Target) -> tuple[str, list[str]]:
+    """``bindings check`` for a Fabric connection target: a GET, never a test (it would sign in)."""
+    if runtime.fabric is None:  # pragma: no cover - build_healer always builds one
+        return "Fabric is not configured", []
+    connection_id = target.connection_id or ""
+    try:
+        connection = runtime.fabric.get_connection(connection_id)
+    except FabricNotAuthorized:
+        return (
+            "connection not visible: give the identity a role on it (User, or Owner) in Manage "
+            "connections and gateways",
+            [],
+        )
+    except FabricEntityNotFound:
+        return "connection not found", []
+    except RemediationError as exc:
+        return f"could not read the connection: {exc}", []
+    wanted = {"SAS": "SharedAccessSignature"}.get(
+        binding.credential_type.value, binding.credential_type.value
+    )
+    if target.key_vault_reference:
+        return "ok (Key Vault reference: Fabric reads the secret itself; never pushed)", []
+    advice: list[str] = []
+    if could_reference(connection, binding.credential_type):
+        advice.append(
+            f"connection {connection_id} ({connection.connection_type}, {wanted}) could reference Key Vault "
+            f"secret {binding.secret!r} instead of being pushed a copy on every rotation; once it does, mark "
+            'the target "keyVaultReference": true'
+        )
+    if connection.credential_type and connection.credential_type != wanted:
+        return f"credential type is {connection.credential_type} in Fabric, {wanted} here", advice
+    return "ok", advice
+
+
+def _check_connection_match(
+    runtime: Runtime, bindings: BindingSet, binding: Binding, match: TargetMatch
+) -> list[tuple[str, str]]:
+    """``bindings check`` for a connection ``match``: which connections it selects (a GET)."""
+    if runtime.fabric is None:  # pragma: no cover - build_healer always builds one
+        return [("-", "Fabric is not configured")]
+    try:
+        connections = runtime.fabric.list_connections()
+    except RemediationError as exc:
+        return [("-", f"could not list the Fabric connections: {exc}")]
+    wanted = fabric_credential_type(binding.credential_type)
+    rows: list[tuple[str, str]] = []
+    for connection in connections:
+        if not match.matches_connection(
+            connection.connection_type, connection.connectivity_type, connection.path
+        ):
+            continue
+        explicit = bindings.for_target(CONNECTIONS, connection.id)
+        if explicit is not None and explicit.name != binding.name:
+            rows.append((connection.id, f"ok (match; bound by id by {explicit.name!r}, which decides)"))
+        elif connection.credential_type and connection.credential_type != wanted:
+            rows.append(
+                (
+                    connection.id,
+                    f"match selects it, but it signs in with {connection.credential_type}, not {wanted}",
+                )
+            )
+        else:
+            rows.append((connection.id, "ok (match)"))
+    return rows or [("-", "match selects no connection")]
+
+
+def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO, as_json: bool) -> int:
+    """Read-only inventory (GET requests only, no ledger, no Key Vault); see
+    :mod:`remediation.inventory.discover`."""
+    if as_json and args.csv:
+        raise ConfigError("discover takes --json or --csv, not both")
+    bindings = load_bindings_from(settings) if settings.bindings else BindingSet()
+    powerbi = build_powerbi(settings)
+    fabric = build_fabric(settings)
+    live = err.isatty() and not (as_json or args.csv)
+    try:
+        inventory = discover.scan(
+            powerbi,
+            bindings,
+            workspaces=bindings.watch_workspaces,
+            progress=(lambda m: print(f"\r\033[K… {m}", end="", file=err, flush=True))
+            if live
+            else (lambda _m: None),
+            concurrency=settings.concurrency,
+            fabric=fabric,
+        )
+    finally:
+        powerbi.pipeline.close()
+        fabric.pipeline.close()
+        if live:
+            print("\r\033[K", end="", file=err, flush=True)
+    if as_json:
+        json.dump(discover.to_json(inventory), out, indent=2)
+        out.write("\n")
+    elif args.csv:
+        csv.writer(out, lineterminator="\n").writerows(discover.to_csv_rows(inventory))
+    else:
+        out.write("\n".join(discover.table_lines(inventory)) + "\n")
+    if (as_json or args.csv) and inventory.problems:
+        for problem in inventory.problems:
+            print(f"warning: {problem}", file=err)
+    if args.propose:
+        draft = discover.propose(inventory)
+        try:
+            with open(args.propose, "x", encoding="utf-8") as fh:
+                json.dump(draft, fh, indent=2)
+                fh.write("\n")
+        except FileExistsError:
+            raise ConfigError(f"{args.propose} exists; --propose does not overwrite a file") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.propose}: {exc.strerror}") from None
+        print(
+            f"wrote {args.propose}: {len(draft['bindings'])} draft bindings for "
+            f"{sum(len(b['targets']) for b in draft['bindings'])} unbound data sources and connections; "
+            "fill in every <...> placeholder, then run: python -m remediation bindings check",
+            file=err,
+        )
+    return EXIT_OK
+
+
+def _strings(details: dict[str, object]) -> dict[str, str]:
+    return {k: v for k, v in details.items() if isinstance(v, str)}
+
+
+def _progress(err: TextIO, as_json: bool) -> Callable[[str], None]:
+    if as_json or not err.isatty():
+        return lambda _m: None
+    return lambda message: print(f"… {message}", file=err)
+
+
+def _print_report(report: Report, out: TextIO, as_json: bool) -> None:
+    if as_json:
+        json.dump(report.to_dict(), out, indent=2)
+        out.write("\n")
+        return
+    if not report.outcomes:
+        out.write("Nothing to do.\n")
+        return
+    _table(report.outcomes, out)
+    for line in warning_lines(report):
+        out.write(line + "\n")
+    counts: dict[str, int] = {}
+    for o in report.outcomes:
+        counts[o.action or "?"] = counts.get(o.action or "?", 0) + 1
+    summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+    prefix = "dry run: " if report.dry_run else ""
+    out.write(f"\n{prefix}{summary}. Correlation id {report.correlation_id}.\n")
+
+
+WARNING_TARGETS_SHOWN = 3
+"""How many targets a warning shared by several names (then: "and N more"; ``--json`` has each)."""
+
+
+def warning_lines(report: Report) -> list[str]:
+    """The report's warnings as ``warning:`` lines: one per warning of a single target, naming
+    it; one per warning several targets share, said once with their count and the first
+    :data:`WARNING_TARGETS_SHOWN` of them as the table shows them (see
+    :meth:`~remediation.reconciler.report.Report.grouped_warnings`)."""
+    lines: list[str] = []
+    for group in report.grouped_warnings():
+        if len(group.targets) == 1:
+            ((gateway_id, datasource_id),) = group.targets
+            where = (
+                f"connection {datasource_id}"
+                if gateway_id == CONNECTIONS
+                else f"{gateway_id}/{datasource_id}"
+            )
+            lines.append(f"warning: {where}: {group.text}")
+            continue
+        kinds = {gateway_id == CONNECTIONS for gateway_id, _ in group.targets}
+        noun = "targets" if len(kinds) > 1 else ("connections" if True in kinds else "data sources")
+        shown = ", ".join(_short_target(g, d) for g, d in group.targets[:WARNING_TARGETS_SHOWN])
+        more = len(group.targets) - WARNING_TARGETS_SHOWN
+        tail = f" and {more} more" if more > 0 else ""
+        lines.append(f"warning: {len(group.targets)} {noun}: {group.text} ({shown}{tail})")
+    return lines
+
+
+def _short_target(gateway_id: str, datasource_id: str) -> str:
+    """A target as the table's ``what`` column shows it, without the word "source"."""
+    if gateway_id == CONNECTIONS:
+        return f"connection {datasource_id[:8]}…"
+    return f"{gateway_id[:8]}…/{datasource_id[:8]}…"
+
+
+def _table(outcomes: Sequence[Outcome], out: TextIO, *, with_time: bool = False) -> None:
+    headers = (["time"] if with_time else []) + ["what", "binding", "version", "action", "reason"]
+    rows = []
+    for o in outcomes:
+        if o.datasource_id and o.gateway_id == CONNECTIONS:
+            what = f"connection {o.datasource_id[:8]}…"
+        elif o.datasource_id:
+            what = f"source {o.gateway_id[:8] if o.gateway_id else '?'}…/{o.datasource_id[:8]}…"
+        else:
+            what = f"dataset {(o.dataset_id or '?')[:8]}…"
+        reason = o.reason or ""
+        if o.refresh_state and o.action == Action.REFRESHED:
+            reason = f"[{o.refresh_state}] {reason}"
+        row = [what, o.binding or "", (o.secret_version or "")[:8], o.action or "", reason]
+        if with_time:
+            row.insert(0, datetime.fromtimestamp(o.time, UTC).strftime("%Y-%m-%d %H:%M:%S"))
+        rows.append(row)
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if i < len(headers) - 1 else 0 for i, h in enumerate(headers)
+    ]
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
+    out.write(line + "\n")
+    for r in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")

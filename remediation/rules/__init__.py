@@ -1,0 +1,4 @@
+"""Pure rules (no I/O): who a credential signs in as and where, what a refused sign-in looks like,
+why a refresh failed, the credential payloads, gateway encryption, the correspondence of data
+sources and Fabric connections, and redaction.
+"""
