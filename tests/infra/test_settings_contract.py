@@ -55,7 +55,7 @@ NOT_IN_README = {
 
 
 def code_settings() -> set[str]:
-    settings_py = (ROOT / "remediation" / "settings.py").read_text(encoding="utf-8")
+    settings_py = (ROOT / "remediation" / "config" / "settings.py").read_text(encoding="utf-8")
     reader = r"\b(?:env|self)\.(?:text|raw|secret|integer|https_url|scope|queue_name)\(\s*\"([A-Za-z_]\w*)\""
     read = set(re.findall(reader, settings_py))
     function_app = (ROOT / "function_app.py").read_text(encoding="utf-8")
