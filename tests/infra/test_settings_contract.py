@@ -1,4 +1,5 @@
-"""Every setting the code reads is set by the Bicep, in local.settings.json.example and in README.
+"""Every setting the code reads is set by the Bicep, in local.settings.json.example and in
+docs/configuration.md (its environment variables table).
 
 The code's settings: what remediation/config/settings.py reads, the %...% expressions of function_app.py,
 and what the Functions host / telemetry need at run time. The Bicep must also set every setting
@@ -40,7 +41,7 @@ NOT_IN_AZURE = {
 }
 
 # Meaningful only on a developer's machine, or covered by another name: not required in the
-# example file / the README table.
+# example file / the configuration table.
 NOT_IN_EXAMPLE = {
     "AzureWebJobsStorage__accountName": "the example uses the AzureWebJobsStorage connection string",
     "AzureWebJobsStorage__credential": "as AzureWebJobsStorage__accountName",
@@ -48,7 +49,7 @@ NOT_IN_EXAMPLE = {
     "AzureWebJobsStorage__tableServiceUri": "as AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__queueServiceUri": "as AzureWebJobsStorage__accountName",
 }
-NOT_IN_README = {
+NOT_IN_TABLE = {
     "AzureWebJobsStorage__credential": "host plumbing of identity-based storage, set by the Bicep",
     "AzureWebJobsStorage__clientId": "as AzureWebJobsStorage__credential",
 }
@@ -68,11 +69,11 @@ def example_settings() -> set[str]:
     return set(example["Values"])
 
 
-def readme_configuration() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = readme.index("## Configuration")
-    end = readme.find("\n## ", start + 1)
-    return readme[start : end if end != -1 else None]
+def configuration_table() -> str:
+    doc = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    start = doc.index("## Environment variables")
+    end = doc.find("\n## ", start + 1)
+    return doc[start : end if end != -1 else None]
 
 
 def documented(name: str, table: str) -> bool:
@@ -105,10 +106,10 @@ def test_every_setting_the_code_reads_is_in_the_example_file() -> None:
     assert not missing, f"add these to local.settings.json.example: {missing}"
 
 
-def test_every_setting_the_code_reads_is_in_the_readme_configuration_table() -> None:
-    table = readme_configuration()
-    missing = sorted(n for n in code_settings() - NOT_IN_README.keys() if not documented(n, table))
-    assert not missing, f"document these in README.md's Configuration table: {missing}"
+def test_every_setting_the_code_reads_is_in_the_configuration_table() -> None:
+    table = configuration_table()
+    missing = sorted(n for n in code_settings() - NOT_IN_TABLE.keys() if not documented(n, table))
+    assert not missing, f"document these in docs/configuration.md's Environment variables table: {missing}"
 
 
 def test_every_bicep_setting_is_known() -> None:
