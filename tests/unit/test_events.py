@@ -78,9 +78,11 @@ def test_a_key_vault_event_without_a_secret_url_is_refused(data: dict[str, str])
         )
 
 
-def test_the_refresh_failed_example_in_the_readme_parses() -> None:
+def test_the_refresh_failed_example_in_the_operations_guide_parses() -> None:
     block = re.search(
-        r"### The refresh-failure event.*?```json\n(.*?)```", (ROOT / "README.md").read_text(), re.S
+        r"### The refresh-failure event.*?```json\n(.*?)```",
+        (ROOT / "docs" / "operations.md").read_text(),
+        re.S,
     )
     assert block is not None
     event = parse_event(json.loads(block.group(1)), vault_origin=OURS)
