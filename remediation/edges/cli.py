@@ -44,9 +44,8 @@ from remediation.config.bindings import (
     BindingSet,
     Target,
     TargetMatch,
-    binding_problems,
-    binding_warnings,
 )
+from remediation.config.bindings_advice import binding_problems, binding_warnings
 from remediation.config.settings import Settings
 from remediation.edges.runtime import (
     Runtime,

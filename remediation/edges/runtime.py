@@ -23,7 +23,8 @@ from remediation.clients.identity import (
 )
 from remediation.clients.keyvault import KeyVaultClient
 from remediation.clients.powerbi import PowerBIClient
-from remediation.config.bindings import BindingSet, load_bindings
+from remediation.config.bindings import BindingSet
+from remediation.config.bindings_file import load_bindings
 from remediation.config.settings import Settings
 from remediation.errors import ConfigError
 from remediation.ledger import Ledger

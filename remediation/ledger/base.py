@@ -4,7 +4,8 @@
 protocol and its records); this module keeps those promises over single-entity storage
 primitives (read, insert if absent, replace if the ETag matches), so that the SQLite file
 (:mod:`remediation.ledger.sqlite`) and Table storage (:mod:`remediation.ledger.tables`) differ
-only in how they store an entity, never in what a lease, a claim or a verdict means.
+only in how they store an entity, never in what a lease, a claim or a verdict means. One job: the
+rules of targets and of accounts over those primitives, and the argument checks both backends share.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import math
 import random
 import re
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -594,36 +594,7 @@ def _day(day: str) -> str:
     return day
 
 
-def _is_busy(exc: BaseException | None) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
 def _check_positive(value: float, what: str) -> float:
     if not is_number(value) or value <= 0:
         raise ValueError(f"{what} must be a positive number of seconds")
-    return float(value)
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise LedgerError("corrupt ledger record: account version")
-    return value
-
-
-def _opt_text(value: object) -> str | None:
-    return None if value is None else _text(value)
-
-
-def _count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise LedgerError("corrupt ledger record: account version")
-    return value
-
-
-def _opt_real(value: object) -> float | None:
-    if value is None:
-        return None
-    if not is_number(value):
-        raise LedgerError("corrupt ledger record: account version")
     return float(value)

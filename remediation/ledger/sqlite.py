@@ -3,7 +3,9 @@
 WAL mode with a busy timeout, safe for a pool of threads and for several processes at once. Every
 target, account and inventory change is a one-row write (lists and sets are JSON columns), so it
 keeps exactly the invariants :class:`remediation.ledger.base.EntityLedgerBase` defines, like the Table
-storage backend. The schema is versioned in ``PRAGMA user_version`` and migrated on open.
+storage backend. The schema is versioned in ``PRAGMA user_version`` and migrated on open; the
+tables, their migrations and the statements that read and write a record are in
+:mod:`remediation.ledger.sqlite_schema`.
 """
 
 from __future__ import annotations
@@ -14,21 +16,15 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 from time import monotonic, sleep
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from remediation.ledger.base import (
     EntityLedgerBase,
     _check_positive,
-    _count,
     _day,
-    _is_busy,
     _marker_number,
-    _opt_real,
-    _opt_text,
-    _text,
 )
 from remediation.ledger.protocol import Ledger
 from remediation.ledger.records import (
@@ -44,277 +40,35 @@ from remediation.ledger.records import (
     normalised_record,
     utc_day,
 )
-from remediation.safety.evidence import (
-    AccountVersion,
-    Intent,
+from remediation.ledger.sqlite_schema import (
+    INSERT_ACCOUNT_VERSION,
+    INSERT_OUTCOME,
+    INSERT_TARGET,
+    MIGRATIONS,
+    RAISE_MARKER,
+    REPLACE_ACCOUNT_VERSION,
+    REPLACE_TARGET,
+    SCAN_ACCOUNT_VERSIONS,
+    SELECT_ACCOUNT_VERSION,
+    SELECT_INVENTORY,
+    SELECT_OUTCOMES,
+    SELECT_TARGET,
+    UPSERT_INVENTORY,
+    account_from_row,
+    account_params,
+    dataset_from_row,
+    dataset_params,
+    opt_text,
+    outcome_from_row,
+    target_from_row,
+    target_params,
+    text,
 )
+from remediation.safety.evidence import AccountVersion
 
 __all__ = ["SqliteLedger"]
 
 logger = logging.getLogger(__name__)
-
-# Each entry upgrades the schema by one version; entry i takes user_version i to i + 1.
-# Lists and sets of one target are JSON columns so that every change stays a one-row write
-# (the Table storage backend has no multi-entity transactions across partitions).
-_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        """
-        CREATE TABLE IF NOT EXISTS targets (
-            gateway_id      TEXT NOT NULL,
-            datasource_id   TEXT NOT NULL,
-            applied_secret  TEXT,
-            applied_version TEXT,
-            applied_at      REAL,
-            rejections      TEXT NOT NULL DEFAULT '[]',
-            attempts        TEXT NOT NULL DEFAULT '[]',
-            lease_owner     TEXT,
-            lease_id        TEXT,
-            lease_expires   REAL,
-            etag            INTEGER NOT NULL,
-            PRIMARY KEY (gateway_id, datasource_id)
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE IF NOT EXISTS seen_events (
-            event_id TEXT PRIMARY KEY,
-            seen_at  REAL NOT NULL
-        ) WITHOUT ROWID
-        """,
-        "CREATE INDEX IF NOT EXISTS seen_events_by_time ON seen_events (seen_at)",
-        """
-        CREATE TABLE IF NOT EXISTS outcomes (
-            id                 INTEGER PRIMARY KEY AUTOINCREMENT,
-            "time"             REAL NOT NULL,
-            "trigger"          TEXT,
-            correlation_id     TEXT,
-            binding            TEXT,
-            secret_name        TEXT,
-            secret_version     TEXT,
-            gateway_id         TEXT,
-            datasource_id      TEXT,
-            workspace_id       TEXT,
-            dataset_id         TEXT,
-            "action"           TEXT,
-            reason             TEXT,
-            refresh_request_id TEXT,
-            refresh_state      TEXT,
-            duration           REAL
-        )
-        """,
-        'CREATE INDEX IF NOT EXISTS outcomes_by_time ON outcomes ("time")',
-        """
-        CREATE TABLE IF NOT EXISTS refresh_posts (
-            dataset_id TEXT NOT NULL,
-            day        TEXT NOT NULL,
-            posts      INTEGER NOT NULL,
-            PRIMARY KEY (dataset_id, day)
-        ) WITHOUT ROWID
-        """,
-    ),
-    # 1 -> 2: presentation verdicts per account (AccountVersion), one row per account and version.
-    (
-        """
-        CREATE TABLE IF NOT EXISTS account_versions (
-            account        TEXT NOT NULL,
-            secret_name    TEXT NOT NULL,
-            secret_version TEXT NOT NULL,
-            verdict        TEXT,
-            reason         TEXT,
-            verdict_at     REAL,
-            accepted       TEXT NOT NULL DEFAULT '[]',
-            probe_owner    TEXT,
-            probe_locator  TEXT,
-            probe_target   TEXT,
-            probe_expires  REAL,
-            presentations  INTEGER NOT NULL DEFAULT 0,
-            overrides      INTEGER NOT NULL DEFAULT 0,
-            etag           INTEGER NOT NULL,
-            PRIMARY KEY (account, secret_name, secret_version)
-        ) WITHOUT ROWID
-        """,
-    ),
-    # 2 -> 3: the inventory of which datasets use which gateway data sources, and named markers.
-    (
-        """
-        CREATE TABLE IF NOT EXISTS inventory (
-            workspace_id TEXT NOT NULL,
-            dataset_id   TEXT NOT NULL,
-            fingerprint  TEXT NOT NULL,
-            learnt_at    REAL NOT NULL,
-            sources      TEXT NOT NULL DEFAULT '[]',
-            refreshable  INTEGER NOT NULL DEFAULT 1,
-            PRIMARY KEY (workspace_id, dataset_id)
-        ) WITHOUT ROWID
-        """,
-        """
-        CREATE TABLE IF NOT EXISTS markers (
-            name   TEXT PRIMARY KEY,
-            mark   TEXT NOT NULL,
-            set_at REAL NOT NULL
-        ) WITHOUT ROWID
-        """,
-    ),
-    # 3 -> 4: the account each outcome's sign-ins count against (per-account figures).
-    ("ALTER TABLE outcomes ADD COLUMN account TEXT",),
-    # 4 -> 5: evidence with times per account and version (acceptance times, the last
-    # contradiction, the operator requests consumed), one JSON column.
-    # The intent of a presentation about to be sent to a target (cleared with its verdict).
-    (
-        "ALTER TABLE account_versions ADD COLUMN evidence TEXT NOT NULL DEFAULT '{}'",
-        "ALTER TABLE targets ADD COLUMN intent TEXT",
-    ),
-)
-assert len(_MIGRATIONS) == SCHEMA_VERSION
-
-_SELECT_TARGET: Final = """
-    SELECT gateway_id, datasource_id, applied_secret, applied_version, applied_at, rejections, attempts,
-           lease_owner, lease_id, lease_expires, etag, intent
-    FROM targets WHERE gateway_id = ? AND datasource_id = ?
-"""
-_INSERT_TARGET: Final = """
-    INSERT INTO targets (gateway_id, datasource_id, applied_secret, applied_version, applied_at,
-                         rejections, attempts, lease_owner, lease_id, lease_expires, intent, etag)
-    VALUES (:gateway_id, :datasource_id, :applied_secret, :applied_version, :applied_at,
-            :rejections, :attempts, :lease_owner, :lease_id, :lease_expires, :intent, 1)
-    ON CONFLICT (gateway_id, datasource_id) DO NOTHING
-"""
-_REPLACE_TARGET: Final = """
-    UPDATE targets SET applied_secret = :applied_secret, applied_version = :applied_version,
-                       applied_at = :applied_at, rejections = :rejections, attempts = :attempts,
-                       lease_owner = :lease_owner, lease_id = :lease_id, lease_expires = :lease_expires,
-                       intent = :intent, etag = etag + 1
-    WHERE gateway_id = :gateway_id AND datasource_id = :datasource_id AND etag = :etag
-    RETURNING etag
-"""
-
-
-def _target_params(record: TargetRecord) -> dict[str, object]:
-    """The named parameters of :data:`_INSERT_TARGET` / :data:`_REPLACE_TARGET` for ``record``."""
-    return {
-        "gateway_id": record.gateway_id,
-        "datasource_id": record.datasource_id,
-        "applied_secret": record.applied_secret,
-        "applied_version": record.applied_version,
-        "applied_at": record.applied_at,
-        "rejections": record.rejections_json(),
-        "attempts": record.attempts_json(),
-        "lease_owner": record.lease_owner,
-        "lease_id": record.lease_id,
-        "lease_expires": record.lease_expires,
-        "intent": None if record.intent is None else record.intent.to_json(),
-    }
-
-
-_SELECT_ACCOUNT_VERSION: Final = """
-    SELECT account, secret_name, secret_version, verdict, reason, verdict_at, accepted,
-           probe_owner, probe_locator, probe_target, probe_expires, presentations, overrides, etag,
-           evidence
-    FROM account_versions WHERE account = ? AND secret_name = ? AND secret_version = ?
-"""
-_SCAN_ACCOUNT_VERSIONS: Final = """
-    SELECT account, secret_name, secret_version, verdict, reason, verdict_at, accepted,
-           probe_owner, probe_locator, probe_target, probe_expires, presentations, overrides, etag,
-           evidence
-    FROM account_versions WHERE (:all OR verdict IS NOT NULL)
-"""
-_INSERT_ACCOUNT_VERSION: Final = """
-    INSERT INTO account_versions (account, secret_name, secret_version, verdict, reason, verdict_at,
-                                  accepted, probe_owner, probe_locator, probe_target, probe_expires,
-                                  presentations, overrides, evidence, etag)
-    VALUES (:account, :secret_name, :secret_version, :verdict, :reason, :verdict_at,
-            :accepted, :probe_owner, :probe_locator, :probe_target, :probe_expires,
-            :presentations, :overrides, :evidence, 1)
-    ON CONFLICT (account, secret_name, secret_version) DO NOTHING
-"""
-_REPLACE_ACCOUNT_VERSION: Final = """
-    UPDATE account_versions SET verdict = :verdict, reason = :reason, verdict_at = :verdict_at,
-                                accepted = :accepted, probe_owner = :probe_owner,
-                                probe_locator = :probe_locator, probe_target = :probe_target,
-                                probe_expires = :probe_expires, presentations = :presentations,
-                                overrides = :overrides, evidence = :evidence, etag = etag + 1
-    WHERE account = :account AND secret_name = :secret_name AND secret_version = :secret_version
-      AND etag = :etag
-    RETURNING etag
-"""
-
-
-def _account_params(record: AccountVersion) -> dict[str, object]:
-    """The named parameters of :data:`_INSERT_ACCOUNT_VERSION` / :data:`_REPLACE_ACCOUNT_VERSION`."""
-    return {
-        "account": record.account,
-        "secret_name": record.secret,
-        "secret_version": record.version,
-        "verdict": record.verdict,
-        "reason": record.reason,
-        "verdict_at": record.verdict_at,
-        "accepted": record.accepted_json(),
-        "probe_owner": record.probe_owner,
-        "probe_locator": record.probe_locator,
-        "probe_target": record.probe_target,
-        "probe_expires": record.probe_expires,
-        "presentations": record.presentations,
-        "overrides": record.overrides,
-        "evidence": record.evidence_json(),
-    }
-
-
-def _account_from_row(row: tuple[object, ...]) -> AccountVersion:
-    """An :class:`AccountVersion` from a row of :data:`_SELECT_ACCOUNT_VERSION`'s columns."""
-    account, secret, version = (_text(v) for v in row[:3])
-    licences, contradicted_at, grants = AccountVersion.parse_evidence(_opt_text(row[14]))
-    return AccountVersion(
-        account=account,
-        secret=secret,
-        version=version,
-        verdict=_opt_text(row[3]),
-        reason=_opt_text(row[4]),
-        verdict_at=_opt_real(row[5]),
-        accepted=AccountVersion.parse_accepted(_opt_text(row[6])),
-        probe_owner=_opt_text(row[7]),
-        probe_locator=_opt_text(row[8]),
-        probe_target=_opt_text(row[9]),
-        probe_expires=_opt_real(row[10]),
-        presentations=_count(row[11]),
-        overrides=_count(row[12]),
-        etag=str(row[13]),
-        licences=licences,
-        contradicted_at=contradicted_at,
-        grants=grants,
-    )
-
-
-_INSERT_OUTCOME: Final = """
-    INSERT INTO outcomes ("time", "trigger", correlation_id, binding, secret_name, secret_version,
-                          gateway_id, datasource_id, workspace_id, dataset_id, "action", reason,
-                          refresh_request_id, refresh_state, duration, account)
-    VALUES (:time, :trigger, :correlation_id, :binding, :secret_name, :secret_version,
-            :gateway_id, :datasource_id, :workspace_id, :dataset_id, :action, :reason,
-            :refresh_request_id, :refresh_state, :duration, :account)
-"""
-_SELECT_OUTCOMES: Final = """
-    SELECT "time", "trigger", correlation_id, binding, secret_name, secret_version,
-           gateway_id, datasource_id, workspace_id, dataset_id, "action", reason,
-           refresh_request_id, refresh_state, duration, account
-    FROM outcomes
-    WHERE (:since IS NULL OR "time" >= :since)
-    ORDER BY "time" DESC, id DESC
-    LIMIT :limit
-"""
-_OUTCOME_COLUMNS: Final = tuple(f.name for f in fields(Outcome))
-_UPSERT_INVENTORY: Final = """
-    INSERT INTO inventory (workspace_id, dataset_id, fingerprint, learnt_at, sources, refreshable)
-    VALUES (:workspace_id, :dataset_id, :fingerprint, :learnt_at, :sources, :refreshable)
-    ON CONFLICT (workspace_id, dataset_id) DO UPDATE SET
-        fingerprint = excluded.fingerprint, learnt_at = excluded.learnt_at,
-        sources = excluded.sources, refreshable = excluded.refreshable
-    WHERE excluded.learnt_at >= inventory.learnt_at
-"""
-
-_RAISE_MARKER: Final = """
-    INSERT INTO markers (name, mark, set_at) VALUES (?, ?, ?)
-    ON CONFLICT (name) DO UPDATE SET mark = excluded.mark, set_at = excluded.set_at
-    WHERE markers.mark IS NULL OR CAST(markers.mark AS REAL) < CAST(excluded.mark AS REAL)
-"""
 
 
 class SqliteLedger(EntityLedgerBase):
@@ -407,7 +161,7 @@ class SqliteLedger(EntityLedgerBase):
                     f"ledger schema version {current} is newer than this code's {SCHEMA_VERSION}"
                 )
             for step in range(current, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[step]:
+                for statement in MIGRATIONS[step]:
                     db.execute(statement)
                 logger.info("ledger schema migrated to version %d", step + 1)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -420,27 +174,12 @@ class SqliteLedger(EntityLedgerBase):
 
     def _get_target(self, gateway_id: str, datasource_id: str) -> TargetRecord | None:
         with self._db() as db:
-            row = db.execute(_SELECT_TARGET, (gateway_id, datasource_id)).fetchone()
-        if row is None:
-            return None
-        return TargetRecord(
-            gateway_id=row[0],
-            datasource_id=row[1],
-            applied_secret=row[2],
-            applied_version=row[3],
-            applied_at=row[4],
-            rejections=TargetRecord.parse_rejections(row[5]),
-            attempts=TargetRecord.parse_attempts(row[6]),
-            lease_owner=row[7],
-            lease_id=row[8],
-            lease_expires=row[9],
-            etag=str(row[10]),
-            intent=Intent.parse(row[11]),
-        )
+            row = db.execute(SELECT_TARGET, (gateway_id, datasource_id)).fetchone()
+        return None if row is None else target_from_row(row)
 
     def _insert_target(self, record: TargetRecord) -> str | None:
         with self._db() as db:
-            cursor = db.execute(_INSERT_TARGET, _target_params(record))
+            cursor = db.execute(INSERT_TARGET, target_params(record))
             return "1" if cursor.rowcount == 1 else None
 
     def _replace_target(self, record: TargetRecord, if_match: str) -> str | None:
@@ -449,19 +188,19 @@ class SqliteLedger(EntityLedgerBase):
         except ValueError:
             return None
         with self._db() as db:
-            rows = db.execute(_REPLACE_TARGET, {**_target_params(record), "etag": expected}).fetchall()
+            rows = db.execute(REPLACE_TARGET, {**target_params(record), "etag": expected}).fetchall()
         return str(rows[0][0]) if rows else None
 
     # -- account primitives -------------------------------------------------------------------
 
     def _get_account_version(self, account: str, secret: str, version: str) -> AccountVersion | None:
         with self._db() as db:
-            row = db.execute(_SELECT_ACCOUNT_VERSION, (account, secret, version)).fetchone()
-        return None if row is None else _account_from_row(row)
+            row = db.execute(SELECT_ACCOUNT_VERSION, (account, secret, version)).fetchone()
+        return None if row is None else account_from_row(row)
 
     def _insert_account_version(self, record: AccountVersion) -> str | None:
         with self._db() as db:
-            cursor = db.execute(_INSERT_ACCOUNT_VERSION, _account_params(record))
+            cursor = db.execute(INSERT_ACCOUNT_VERSION, account_params(record))
             return "1" if cursor.rowcount == 1 else None
 
     def _replace_account_version(self, record: AccountVersion, if_match: str) -> str | None:
@@ -471,14 +210,14 @@ class SqliteLedger(EntityLedgerBase):
             return None
         with self._db() as db:
             rows = db.execute(
-                _REPLACE_ACCOUNT_VERSION, {**_account_params(record), "etag": expected}
+                REPLACE_ACCOUNT_VERSION, {**account_params(record), "etag": expected}
             ).fetchall()
         return str(rows[0][0]) if rows else None
 
     def _scan_account_versions(self, with_verdict_only: bool) -> list[AccountVersion]:
         with self._db() as db:
-            rows = db.execute(_SCAN_ACCOUNT_VERSIONS, {"all": not with_verdict_only}).fetchall()
-        return [_account_from_row(row) for row in rows]
+            rows = db.execute(SCAN_ACCOUNT_VERSIONS, {"all": not with_verdict_only}).fetchall()
+        return [account_from_row(row) for row in rows]
 
     # -- events, outcomes, refresh budget -----------------------------------------------------
 
@@ -521,7 +260,7 @@ class SqliteLedger(EntityLedgerBase):
         """See :meth:`Ledger.add_outcome`."""
         check_time(outcome.time, "outcome.time")
         with self._db() as db:
-            db.execute(_INSERT_OUTCOME, outcome.to_dict())
+            db.execute(INSERT_OUTCOME, outcome.to_dict())
 
     def outcomes(self, since: float | None = None, limit: int = 500) -> list[Outcome]:
         """See :meth:`Ledger.outcomes`."""
@@ -530,8 +269,8 @@ class SqliteLedger(EntityLedgerBase):
         if limit <= 0:
             return []
         with self._db() as db:
-            rows = db.execute(_SELECT_OUTCOMES, {"since": since, "limit": limit}).fetchall()
-        return [Outcome.from_dict(dict(zip(_OUTCOME_COLUMNS, row, strict=True))) for row in rows]
+            rows = db.execute(SELECT_OUTCOMES, {"since": since, "limit": limit}).fetchall()
+        return [outcome_from_row(row) for row in rows]
 
     def refresh_posts(self, dataset_id: str, day: str) -> int:
         """See :meth:`Ledger.refresh_posts`."""
@@ -557,46 +296,26 @@ class SqliteLedger(EntityLedgerBase):
 
     def inventory(self, workspace_id: str | None = None) -> list[DatasetRecord]:
         """See :meth:`Ledger.inventory`."""
-        query = "SELECT workspace_id, dataset_id, fingerprint, learnt_at, sources, refreshable FROM inventory"
+        query = SELECT_INVENTORY
         params: tuple[str, ...] = ()
         if workspace_id is not None:
             query += " WHERE workspace_id = ?"
             params = (norm(workspace_id, "workspace_id"),)
         with self._db() as db:
             rows = db.execute(query, params).fetchall()
-        return [
-            DatasetRecord(
-                workspace_id=_text(row[0]),
-                dataset_id=_text(row[1]),
-                fingerprint=_text(row[2]),
-                learnt_at=float(_opt_real(row[3]) or 0.0),
-                sources=DatasetRecord.parse_sources(_opt_text(row[4])),
-                refreshable=bool(row[5]),
-            )
-            for row in rows
-        ]
+        return [dataset_from_row(row) for row in rows]
 
     def put_inventory(self, records: Iterable[DatasetRecord]) -> None:
         """See :meth:`Ledger.put_inventory`. One conditional upsert per record, all in one
         transaction (autocommit would make each its own synced transaction: seconds for a
         few thousand records)."""
-        params = [
-            {
-                "workspace_id": r.workspace_id,
-                "dataset_id": r.dataset_id,
-                "fingerprint": r.fingerprint,
-                "learnt_at": r.learnt_at,
-                "sources": r.sources_json(),
-                "refreshable": int(r.refreshable),
-            }
-            for r in map(normalised_record, records)
-        ]
+        params = [dataset_params(r) for r in map(normalised_record, records)]
         if not params:
             return
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(_UPSERT_INVENTORY, params)
+                db.executemany(UPSERT_INVENTORY, params)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -613,7 +332,7 @@ class SqliteLedger(EntityLedgerBase):
         """See :meth:`Ledger.marker`."""
         with self._db() as db:
             row = db.execute("SELECT mark FROM markers WHERE name = ?", (norm(name, "name"),)).fetchone()
-        return None if row is None else _text(row[0])
+        return None if row is None else text(row[0])
 
     def set_marker(self, name: str, value: str, now: float) -> None:
         """See :meth:`Ledger.set_marker`."""
@@ -632,9 +351,9 @@ class SqliteLedger(EntityLedgerBase):
         value = check_time(value, "value")
         key = norm(name, "name")
         with self._db() as db:
-            db.execute(_RAISE_MARKER, (key, repr(float(value)), now))
+            db.execute(RAISE_MARKER, (key, repr(float(value)), now))
             row = db.execute("SELECT mark FROM markers WHERE name = ?", (key,)).fetchone()
-        return _marker_number(None if row is None else _opt_text(row[0]))
+        return _marker_number(None if row is None else opt_text(row[0]))
 
     def close(self) -> None:
         """See :meth:`Ledger.close`."""
@@ -646,3 +365,8 @@ class SqliteLedger(EntityLedgerBase):
 
 if TYPE_CHECKING:
     _sqlite_is_a_ledger: type[Ledger] = SqliteLedger
+
+
+def _is_busy(exc: BaseException | None) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)

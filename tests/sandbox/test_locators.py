@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from remediation.config.bindings import parse_bindings
+from remediation.config.bindings_file import parse_bindings
 from remediation.reconciler.healer import Action
 from remediation.rules.accounts import presentation_locator
 from sandbox import Sandbox

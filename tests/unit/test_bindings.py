@@ -19,9 +19,8 @@ from remediation.config.bindings import (
     PrivacyLevel,
     Target,
     TargetMatch,
-    load_bindings,
-    parse_bindings,
 )
+from remediation.config.bindings_file import load_bindings, parse_bindings
 from remediation.errors import BindingsError, ConfigError
 
 GW = "1f69e798-5852-4fdd-ab01-33bb14b6e934"

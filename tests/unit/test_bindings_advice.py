@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from remediation.config.bindings import (
+from remediation.config.bindings_advice import (
     binding_problems,
     binding_warnings,
     is_windows_account_name,
-    parse_bindings,
 )
+from remediation.config.bindings_file import parse_bindings
 
 GW, DS = "1f69e798-5852-4fdd-ab01-33bb14b6e934", "2f69e798-5852-4fdd-ab01-33bb14b6e934"
 

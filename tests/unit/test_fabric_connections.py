@@ -8,7 +8,8 @@ import pytest
 
 from remediation.clients.fabric import Connection, GatewayMember, IncorrectCredentials
 from remediation.clients.http import ApiConnectionError, ApiError
-from remediation.config.bindings import CONNECTIONS, CredentialType, Target, parse_bindings
+from remediation.config.bindings import CONNECTIONS, CredentialType, Target
+from remediation.config.bindings_file import parse_bindings
 from remediation.config.settings import Settings
 from remediation.errors import BindingsError
 from remediation.reconciler.targets.fabric import (

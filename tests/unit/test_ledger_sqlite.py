@@ -20,7 +20,8 @@ from remediation.ledger import (
     Outcome,
     TargetState,
 )
-from remediation.ledger.sqlite import _MIGRATIONS, SqliteLedger
+from remediation.ledger.sqlite import SqliteLedger
+from remediation.ledger.sqlite_schema import MIGRATIONS as _MIGRATIONS
 from tests.ledger_contract import DS, GW, SECRET, T0, V1, LedgerContract, LedgerFactory
 
 # Column names that could only exist to hold a secret value.

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from remediation.clients.fabric import Connection
-from remediation.config.bindings import EncryptedConnection, PrivacyLevel, parse_bindings
+from remediation.config.bindings import EncryptedConnection, PrivacyLevel
+from remediation.config.bindings_file import parse_bindings
 from remediation.reconciler.targets.gateway import source_settings
 from remediation.rules.connections import corresponding_connection
 from remediation.rules.credentials import ResolvedCredential, credential_details
