@@ -4,7 +4,8 @@
 :meth:`~PowerBIClient.get_groups`, ``Gateways_UpdateDatasource`` ->
 :meth:`~PowerBIClient.update_datasource`, ...). Each returns small frozen models parsed and
 *validated* at this boundary: a response that is not what the API documents raises
-:class:`~remediation.clients.http.ResponseValidationError` naming the field, never a ``KeyError`` later.
+:class:`~remediation.clients.api_errors.ResponseValidationError` naming the field, never a ``KeyError``
+later.
 Every id is checked to be a GUID before it goes into a URL (:class:`InvalidId`), so no caller
 input can reach another path.
 
@@ -13,7 +14,7 @@ bearer token goes into ``Authorization`` and is never logged). Which calls may b
 the service may have acted is decided per operation: the refresh-schedule PATCH and Take Over
 are idempotent; the refresh POST and the credentials PATCH are not (see :mod:`remediation.clients.http`).
 
-Typed errors beyond :class:`~remediation.clients.http.ApiError`: :class:`RefreshAlreadyRunning` and
+Typed errors beyond :class:`~remediation.clients.api_errors.ApiError`: :class:`RefreshAlreadyRunning` and
 :class:`RefreshQuotaExceeded` (both :class:`RefreshRefused`), :class:`PowerBINotAuthorized`,
 :class:`EntityNotFound`.
 
@@ -33,13 +34,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
-from remediation.clients.http import (
-    ApiError,
-    ApiResponse,
-    HttpPipeline,
-    error_from_response,
-    restore_exception,
-)
+from remediation.clients.api_errors import ApiError, restore_exception
+from remediation.clients.http import ApiResponse, HttpPipeline, error_from_response
 from remediation.errors import RemediationError
 from remediation.rules.gateway_crypto import GatewayKeyError, GatewayPublicKey
 
@@ -570,10 +566,10 @@ class PowerBIClient:
     """Power BI REST operations at ``api_url`` (``.../v1.0/myorg``) as ``token_provider``'s identity.
 
     ``token_provider`` is called for each request (it caches); ``pipeline`` carries the HTTP.
-    Methods raise :class:`~remediation.clients.http.ApiError` (or a subclass listed in the module
-    docstring) for error answers, :class:`~remediation.clients.http.ApiConnectionError` when the service
-    cannot be reached, :class:`~remediation.clients.http.ResponseValidationError` for malformed answers,
-    and :class:`InvalidId` for ids that are not GUIDs.
+    Methods raise :class:`~remediation.clients.api_errors.ApiError` (or a subclass listed in the
+    module docstring) for error answers, :class:`~remediation.clients.api_errors.ApiConnectionError`
+    when the service cannot be reached, :class:`~remediation.clients.api_errors.ResponseValidationError`
+    for malformed answers, and :class:`InvalidId` for ids that are not GUIDs.
     """
 
     def __init__(self, api_url: str, token_provider: Callable[[], str], pipeline: HttpPipeline) -> None:

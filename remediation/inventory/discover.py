@@ -34,8 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from remediation.clients.api_errors import ApiError
 from remediation.clients.fabric import Connection, FabricClient, FabricNotAuthorized
-from remediation.clients.http import ApiError
 from remediation.clients.powerbi import DatasetDatasource, GatewayDatasource, PowerBIClient
 from remediation.config.bindings import BINDABLE_TYPES, CONNECTIONS, BindingSet, CredentialType
 from remediation.errors import BindingsError

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from remediation.clients.http import ApiError
+from remediation.clients.api_errors import ApiError
 from remediation.clients.powerbi import Dataset, DatasetDatasource, EntityNotFound, PowerBIClient
 from remediation.config.bindings import BindingSet
 from remediation.errors import RemediationError

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from remediation.clients.http import ApiError
+from remediation.clients.api_errors import ApiError
 from remediation.clients.powerbi import MAX_SCAN_WORKSPACES, DatasetDatasource, PowerBIClient, ScanResult
 from remediation.ledger import Ledger, LedgerError
 

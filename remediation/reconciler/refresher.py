@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, TypeVar
 
+from remediation.clients.api_errors import ApiError, ThrottledPastDeadline
 from remediation.clients.fabric import Connection, FabricClient, ItemConnection
-from remediation.clients.http import ApiError, ThrottledPastDeadline
 from remediation.clients.keyvault import SecretValue
 from remediation.clients.powerbi import (
     DatasetDatasource,

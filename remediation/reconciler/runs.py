@@ -320,6 +320,7 @@ RUN_LOGGERS: Final = (
     "remediation.reconciler.targets.gateway",
     "remediation.reconciler.targets.fabric",
     "remediation.clients.http",
+    "remediation.clients.retry",
     "remediation.clients.powerbi",
     "remediation.clients.fabric",
     "remediation.clients.identity",

@@ -39,8 +39,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
+from remediation.clients.api_errors import ApiError, ThrottledPastDeadline
 from remediation.clients.fabric import Connection, FabricClient
-from remediation.clients.http import ApiError, ThrottledPastDeadline
 from remediation.clients.identity import AuthenticationError
 from remediation.clients.keyvault import KeyVaultClient, SecretValue
 from remediation.clients.powerbi import (
