@@ -31,7 +31,8 @@ from urllib.parse import quote, urlsplit
 
 from remediation.clients.api_errors import ApiError
 from remediation.clients.http import ApiResponse, HttpPipeline
-from remediation.clients.powerbi import InvalidId, is_guid
+from remediation.clients.powerbi import InvalidId
+from remediation.clients.powerbi_models import is_guid
 from remediation.clients.retry import parse_retry_after
 from remediation.rules.gateway_crypto import GatewayKeyError, GatewayPublicKey
 

@@ -48,7 +48,8 @@ from remediation.clients.fabric import Connection, FabricClient
 from remediation.clients.http import attempt_worst_case
 from remediation.clients.identity import AuthenticationError
 from remediation.clients.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
-from remediation.clients.powerbi import EntityNotFound, InvalidId, PowerBIClient, Refresh
+from remediation.clients.powerbi import EntityNotFound, InvalidId, PowerBIClient
+from remediation.clients.powerbi_models import Refresh
 from remediation.clients.retry import deadline_scope
 from remediation.config.bindings import CONNECTIONS, Binding, BindingSet, CredentialType, Target
 from remediation.config.settings import Settings
