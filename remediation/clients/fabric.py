@@ -29,8 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from remediation.clients.http import ApiError, ApiResponse, HttpPipeline, parse_retry_after
-from remediation.clients.powerbi import InvalidId, is_guid
+from remediation.clients.api_errors import ApiError
+from remediation.clients.http import ApiResponse, HttpPipeline
+from remediation.clients.powerbi import InvalidId
+from remediation.clients.powerbi_models import is_guid
+from remediation.clients.retry import parse_retry_after
 from remediation.rules.gateway_crypto import GatewayKeyError, GatewayPublicKey
 
 __all__ = [
@@ -75,7 +78,7 @@ class ErrorDetail:
 
 
 class FabricError(ApiError):
-    """A Fabric ``ErrorResponse``. Beyond :class:`~remediation.clients.http.ApiError` (whose ``code`` is
+    """A Fabric ``ErrorResponse``. Beyond :class:`~remediation.clients.api_errors.ApiError` (whose ``code`` is
     ``errorCode`` and whose ``details`` are the ``moreDetails`` pairs): ``more_details``,
     ``related_resource`` (``(resourceType, resourceId)``) and ``is_retriable``."""
 
@@ -312,9 +315,9 @@ class FabricClient:
     """Fabric REST operations at ``api_url`` (``.../v1``) as ``token_provider``'s identity.
 
     Methods raise :class:`FabricError` (or a subclass) for error answers,
-    :class:`~remediation.clients.http.ApiError` for 5xx answers and
-    :class:`~remediation.clients.http.ApiConnectionError` when Fabric cannot be reached,
-    :class:`~remediation.clients.http.ResponseValidationError` for malformed answers and
+    :class:`~remediation.clients.api_errors.ApiError` for 5xx answers and
+    :class:`~remediation.clients.api_errors.ApiConnectionError` when Fabric cannot be reached,
+    :class:`~remediation.clients.api_errors.ResponseValidationError` for malformed answers and
     :class:`~remediation.clients.powerbi.InvalidId` for ids that are not GUIDs.
     """
 

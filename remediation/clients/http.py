@@ -1,23 +1,27 @@
-"""HTTP for every service client: the one place where retries, timeouts and error typing live.
+"""The HTTP pipeline of every service client: one session per service, timeouts, retries, typed errors.
 
 :class:`HttpPipeline` wraps one :class:`requests.Session` per service (connection pool sized to
 the product's concurrency), puts a ``(connect, read)`` timeout on every call and a total deadline
-on every attempt (:func:`request_deadline`: an answer that trickles in a byte at a time, each
-within the read timeout, is cut there and its connection shut; after sending, that is a lost
-answer, :class:`ApiConnectionError` ``Timeout`` with ``sent=True``), keeps TLS
-verification on (``REQUESTS_CA_BUNDLE`` is honoured exactly as ``requests`` honours it), and
-turns every non-2xx answer into an :class:`ApiError` carrying the status, the service's error
-code and details, and the request id. :class:`Retrier` is the retry loop itself; the pipeline
-uses it, and so does :mod:`remediation.clients.keyvault` around the Azure SDK (whose own retries are
-switched off), so that one :class:`RetryPolicy` and one :class:`CallStats` cover every service.
+on every attempt (:mod:`remediation.clients.answer_deadline`: an answer that trickles in a byte at
+a time, each within the read timeout, is cut there and its connection shut; after sending, that
+is a lost answer, :class:`~remediation.clients.api_errors.ApiConnectionError` ``Timeout`` with
+``sent=True``), keeps TLS verification on (``REQUESTS_CA_BUNDLE`` is honoured exactly as
+``requests`` honours it), and turns every non-2xx answer into an
+:class:`~remediation.clients.api_errors.ApiError` carrying the status, the service's error code and
+details, and the request id (:func:`error_from_response`). Its attempts run in the product's one
+retry loop, :class:`~remediation.clients.retry.Retrier` (the policy, the waits and ``Retry-After``
+live in :mod:`remediation.clients.retry`), and are counted into one
+:class:`~remediation.clients.stats.CallStats`; this module decides which HTTP outcomes that loop
+retries.
 
 Retry decisions (what is retried, and why):
 
 * **429** is retried for every method: the service refused the request before doing anything.
   The wait is the ``Retry-After`` header (delta-seconds or an HTTP-date; ``retry-after-ms`` and
-  ``x-ms-retry-after-ms`` too), as long as the service asks (:attr:`RetryPolicy.max_retry_after`,
-  an hour, only guards against nonsense) but never past the run's deadline
-  (:func:`deadline_scope`): a wait that would end after it raises :class:`ThrottledPastDeadline`
+  ``x-ms-retry-after-ms`` too), as long as the service asks
+  (:attr:`~remediation.clients.retry.RetryPolicy.max_retry_after`, an hour, only guards against
+  nonsense) but never past the run's deadline (:func:`~remediation.clients.retry.deadline_scope`):
+  a wait that would end after it raises :class:`~remediation.clients.api_errors.ThrottledPastDeadline`
   at once, so the caller reports the work as deferred instead of holding the invocation; without
   the header, the exponential backoff below.
 * **503** is retried for every method: "Service Unavailable" means the request was not taken on
@@ -38,7 +42,7 @@ Two POST/PATCH calls are deliberately *not* marked idempotent:
   8 daily refreshes of shared capacity). It is retried only when the service certainly did not
   take it (429, 503, not sent); if a retried POST still meets "another refresh is already
   executing", that answer says the refresh runs (possibly our own first attempt), which
-  :class:`ApiError.attempts` lets the caller tell.
+  :attr:`ApiError.attempts <remediation.clients.api_errors.ApiError.attempts>` lets the caller tell.
 * the credentials ``PATCH .../datasources/{id}``: the body is the same on every attempt, so it is
   idempotent in HTTP terms, but Power BI tests the credentials against the source system while
   serving it. After a 500/502/504 or a read timeout the password may already have been presented;
@@ -48,9 +52,9 @@ Two POST/PATCH calls are deliberately *not* marked idempotent:
   healer renew its lease before every attempt. Whether to present it again later is the healer's
   decision (the per-account verdicts in the ledger), not the transport's.
 
-Backoff is exponential with full jitter: before retry ``n`` (1-based) the wait is
-``rand() * min(max_delay, base_delay * 2 ** (n - 1))``. Attempts are bounded by
-:attr:`RetryPolicy.max_attempts`. ``sleep``, ``rand`` and ``clock`` are injected for tests.
+Waits before a retry are the server's ``Retry-After`` or an exponential backoff with full jitter,
+bounded by :attr:`~remediation.clients.retry.RetryPolicy.max_attempts` (see
+:mod:`remediation.clients.retry`). ``sleep``, ``rand`` and ``clock`` are injected for tests.
 
 Adaptive concurrency: every attempt passes the pipeline's
 :class:`~remediation.clients.limiter.AdaptiveLimiter` (AIMD, with a pause shared by every caller;
@@ -62,142 +66,62 @@ tokens, credentials) are never logged, and no exception raised here contains a r
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import email.utils
-import heapq
-import itertools
 import json
 import logging
 import math
 import random
-import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
-from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.poolmanager import PoolManager
 
+from remediation.clients.answer_deadline import (
+    AnswerDeadlineExceeded,
+    AttemptCut,
+    CutAdapter,
+    request_deadline,
+)
+from remediation.clients.api_errors import (
+    ApiConnectionError,
+    ApiError,
+    ResponseValidationError,
+    parse_error_body,
+    request_id_of,
+)
 from remediation.clients.limiter import AdaptiveLimiter, LimiterTicket
+from remediation.clients.retry import (
+    ALWAYS_RETRIED_STATUSES,
+    IDEMPOTENT_RETRIED_STATUSES,
+    Retrier,
+    RetryPolicy,
+    RetryVerdict,
+    check_deadline,
+    parse_retry_after,
+)
+from remediation.clients.stats import CallStats
 from remediation.config.settings import Settings
-from remediation.errors import RemediationError
 
 __all__ = [
-    "AnswerDeadlineExceeded",
-    "ApiConnectionError",
-    "ApiError",
     "ApiResponse",
-    "CallStats",
     "HttpPipeline",
-    "ResponseValidationError",
-    "RetryPolicy",
-    "RetryVerdict",
-    "Retrier",
-    "StatsSnapshot",
-    "error_from_response",
-    "parse_error_body",
-    "parse_retry_after",
+    "SharedPause",
     "attempt_worst_case",
-    "request_deadline",
-    "request_id_of",
-    "restore_exception",
+    "error_from_response",
+    "sent_before_failure",
     "timeouts_from",
 ]
 
 logger = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-_E = TypeVar("_E", bound=BaseException)
-
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 """Methods retried on any transient fault unless the caller says otherwise."""
-ALWAYS_RETRIED_STATUSES = frozenset({429, 503})
-"""Statuses retried for every method: the service did not take the request on."""
-IDEMPOTENT_RETRIED_STATUSES = frozenset({500, 502, 504})
-"""Statuses retried only for idempotent calls: the service may have acted."""
-REQUEST_ID_HEADERS = ("x-ms-request-id", "RequestId", "request-id", "x-ms-client-request-id")
 _MAX_MESSAGE = 500
-
-
-# --- policy ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to retry.
-
-    ``max_attempts`` counts the first try (5 = one try and up to four retries); ``base_delay`` and
-    ``max_delay`` bound the exponential backoff; ``max_retry_after`` caps a server's
-    ``Retry-After`` (a larger value is waited only up to the cap; an hour by default: Power BI is
-    waited as long as it asks, and the run's deadline, not this cap, is what usually stops it).
-    """
-
-    max_attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    max_retry_after: float = 3600.0
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("RetryPolicy.max_attempts must be at least 1")
-        for name in ("base_delay", "max_delay", "max_retry_after"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"RetryPolicy.{name} must be a finite number >= 0")
-
-    def backoff(self, retry: int, rand: Callable[[], float]) -> float:
-        """The wait before retry number ``retry`` (1-based): full jitter under an exponential bound."""
-        exponent = min(max(retry - 1, 0), 62)  # 2**62 is far past any max_delay
-        bound = min(self.max_delay, self.base_delay * float(2**exponent))
-        fraction = min(max(rand(), 0.0), 1.0)
-        return bound * fraction
-
-    def delay(self, retry: int, retry_after: float | None, rand: Callable[[], float]) -> float:
-        """The wait before retry ``retry``: the server's ``retry_after`` (capped) or the backoff."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_retry_after)
-        return self.backoff(retry, rand)
-
-
-_DEADLINE: contextvars.ContextVar[tuple[Callable[[], float | None], Callable[[], float]] | None] = (
-    contextvars.ContextVar("remediation_deadline", default=None)
-)
-
-
-@contextmanager
-def deadline_scope(
-    deadline: Callable[[], float | None], clock: Callable[[], float] = time.time
-) -> Iterator[None]:
-    """Within this block (and in the threads it hands a copy of its context to), no throttling
-    wait is begun that would end after ``deadline()`` (seconds on ``clock``; None: no bound)."""
-    token = _DEADLINE.set((deadline, clock))
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
-
-
-def check_deadline(wait: float, *, label: str) -> None:
-    """Raise :class:`ThrottledPastDeadline` when a throttling wait of ``wait`` seconds from now
-    would end after the enclosing :func:`deadline_scope`'s deadline."""
-    scope = _DEADLINE.get()
-    deadline = None if scope is None else scope[0]()
-    if scope is not None and deadline is not None and scope[1]() + wait > deadline:
-        raise ThrottledPastDeadline(
-            f"{label}: the service asked to wait {wait:.0f}s, past this run's deadline; left to a later run",
-            status=429,
-            code="ThrottledPastDeadline",
-            retry_after=wait,
-        )
 
 
 class SharedPause(Protocol):
@@ -210,376 +134,6 @@ class SharedPause(Protocol):
     def pause_until(self, at: float) -> None:
         """A 429 asked everyone to wait until ``at`` (epoch seconds)."""
         ...
-
-
-def parse_retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
-    """Seconds the server asked us to wait, or ``None`` when it did not say (or said nonsense).
-
-    Reads ``retry-after-ms`` / ``x-ms-retry-after-ms`` (milliseconds, Azure) first, then
-    ``Retry-After`` as delta-seconds or an HTTP-date (RFC 9110, section 10.2.3). A date in the
-    past means "now" (0). ``headers`` must be case-insensitive (as ``requests`` gives them).
-    """
-    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
-        raw = headers.get(name)
-        if raw is not None:
-            try:
-                millis = float(raw.strip())
-            except ValueError:
-                continue
-            if math.isfinite(millis) and millis >= 0:
-                return millis / 1000.0
-    raw = headers.get("Retry-After")
-    if raw is None:
-        return None
-    value = raw.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; the obsolete forms parse naive
-        return None
-    return max(0.0, when.timestamp() - now())
-
-
-# --- statistics -----------------------------------------------------------------------------------
-_STAT_FIELDS = (
-    "calls",
-    "attempts",
-    "retries",
-    "throttled",
-    "failures",
-    "wait_seconds",
-    "paused",
-    "pause_seconds",
-)
-
-
-@dataclass(frozen=True)
-class StatsSnapshot:
-    """Counters at one moment. ``attempts``: requests sent (first tries and retries)."""
-
-    calls: int = 0
-    attempts: int = 0
-    retries: int = 0
-    throttled: int = 0
-    failures: int = 0
-    wait_seconds: float = 0.0
-    paused: int = 0
-    pause_seconds: float = 0.0
-
-    def __sub__(self, other: StatsSnapshot) -> StatsSnapshot:
-        values: dict[str, Any] = {name: getattr(self, name) - getattr(other, name) for name in _STAT_FIELDS}
-        return StatsSnapshot(**values)
-
-
-class CallStats:
-    """Thread-safe counters shared by the clients of one run, read by the healer for telemetry.
-
-    ``calls``: logical API operations; ``attempts``: requests sent; ``retries``: attempts after the
-    first; ``throttled``: 429 answers seen; ``failures``: operations that ended in an error;
-    ``wait_seconds``: total time slept before retries; ``paused`` / ``pause_seconds``: attempts held
-    back by a pause another call's 429 started (see :class:`AdaptiveLimiter`), and the time.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._snap = StatsSnapshot()
-
-    def _bump(self, **delta: float) -> None:
-        with self._lock:
-            current = self._snap
-            values: dict[str, Any] = {
-                name: getattr(current, name) + delta.get(name, 0) for name in _STAT_FIELDS
-            }
-            self._snap = StatsSnapshot(**values)
-
-    def record_call(self) -> None:
-        self._bump(calls=1)
-
-    def record_attempt(self) -> None:
-        self._bump(attempts=1)
-
-    def record_throttled(self) -> None:
-        self._bump(throttled=1)
-
-    def record_retry(self, wait_seconds: float) -> None:
-        self._bump(retries=1, wait_seconds=wait_seconds)
-
-    def record_failure(self) -> None:
-        self._bump(failures=1)
-
-    def record_pause(self, seconds: float) -> None:
-        self._bump(paused=1, pause_seconds=seconds)
-
-    def snapshot(self) -> StatsSnapshot:
-        with self._lock:
-            return self._snap
-
-    def reset(self) -> StatsSnapshot:
-        """Zero the counters and return what they were."""
-        with self._lock:
-            old, self._snap = self._snap, StatsSnapshot()
-        return old
-
-    # Convenience read-outs
-    @property
-    def calls(self) -> int:
-        return self.snapshot().calls
-
-    @property
-    def attempts(self) -> int:
-        return self.snapshot().attempts
-
-    @property
-    def retries(self) -> int:
-        return self.snapshot().retries
-
-    @property
-    def throttled(self) -> int:
-        return self.snapshot().throttled
-
-    @property
-    def wait_seconds(self) -> float:
-        return self.snapshot().wait_seconds
-
-
-# --- errors ---------------------------------------------------------------------------------------
-class ApiError(RemediationError):
-    """A service answered with an error (or could not be reached: see :class:`ApiConnectionError`).
-
-    ``status``: HTTP status (``None`` when there was no answer); ``code``: the service's error code
-    (Power BI ``error.code``, Key Vault ``error.code``, Entra ``error``); ``inner_code``: Key Vault's
-    ``innererror.code`` or Power BI's ``pbi.error.code`` when it differs; ``details``: ``(code,
-    value)`` pairs from ``pbi.error.details`` (or OData ``error.details``); ``request_id``: the
-    ``x-ms-request-id`` / ``RequestId`` header; ``retry_after``: seconds the service asked to wait
-    (uncapped), when it said; ``attempts``: requests sent for this call, retries included.
-    ``str()`` names the call and the service's code and message, never a header or request body.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        code: str | None = None,
-        inner_code: str | None = None,
-        details: Iterable[tuple[str, str]] = (),
-        request_id: str | None = None,
-        method: str | None = None,
-        path: str | None = None,
-        service: str | None = None,
-        retry_after: float | None = None,
-        attempts: int = 1,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
-        self.inner_code = inner_code
-        self.details: list[tuple[str, str]] = list(details)
-        self.request_id = request_id
-        self.method = method
-        self.path = path
-        self.service = service
-        self.retry_after = retry_after
-        self.attempts = attempts
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only attributes survive pickling (errors may cross process boundaries).
-        return (restore_exception, (type(self), self.args, dict(self.__dict__)))
-
-    def detail(self, code: str) -> str | None:
-        """The value of the first detail named ``code`` (case-insensitive), if any."""
-        for name, value in self.details:
-            if name.lower() == code.lower():
-                return value
-        return None
-
-    def __str__(self) -> str:
-        where = f"{self.method} {self.path}" if self.method and self.path else (self.service or "request")
-        status = f" -> {self.status}" if self.status is not None else ""
-        code = f" {self.code}" if self.code else ""
-        rid = f" (request id {self.request_id})" if self.request_id else ""
-        tries = f" after {self.attempts} attempts" if self.attempts > 1 else ""
-        return f"{where}{status}{code}: {self.message}{rid}{tries}"
-
-
-def restore_exception(cls: type[_E], args: tuple[Any, ...], state: dict[str, Any]) -> _E:
-    """Rebuild a pickled exception without calling its (keyword-only) constructor."""
-    error = cls.__new__(cls)
-    Exception.__init__(error, *args)
-    error.__dict__.update(state)
-    return error
-
-
-class ApiConnectionError(ApiError):
-    """No answer: connection refused or dropped, DNS, TLS, or a timeout (``code`` says which).
-
-    ``sent`` is False when the request certainly never reached the service (refused, connect
-    timeout, no request slot), True when it may have been served and the answer was lost.
-    """
-
-    def __init__(self, message: str, *, sent: bool = True, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.sent = sent
-
-
-class ThrottledPastDeadline(ApiError):
-    """The service asked to wait (a 429's ``Retry-After``, or a pause another caller or instance
-    drew) until after the run's deadline. The request was not served; the work is left to a later
-    run, which the caller reports as deferred. ``retry_after``: the seconds asked."""
-
-
-class ResponseValidationError(ApiError):
-    """A 2xx answer whose body is not what the API documents (names the field that is wrong)."""
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def parse_error_body(content: bytes) -> tuple[str | None, str | None, str | None, list[tuple[str, str]]]:
-    """``(code, inner_code, message, details)`` from a service error body; Nones if not recognised.
-
-    Shapes: Power BI ``{"error": {"code", "pbi.error": {"code", "details": [{"code", "detail":
-    {"type", "value"}}]}}}`` and ``{"error": {"code", "message"}}``; Key Vault ``{"error": {"code",
-    "message", "innererror": {"code"}}}``; OData ``error.details[{code, message}]``; Entra
-    ``{"error": "invalid_grant", "error_description"}``.
-    """
-    try:
-        body = json.loads(content.decode("utf-8")) if content else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None, None, None, []
-    if not isinstance(body, dict):
-        return None, None, None, []
-    error = body.get("error")
-    if isinstance(error, str):  # OAuth2 / Entra
-        return _text(error), None, _text(body.get("error_description")), []
-    if not isinstance(error, dict):
-        return _text(body.get("errorCode")), None, _text(body.get("message")), []
-    code = _text(error.get("code"))
-    message = _text(error.get("message"))
-    inner_code: str | None = None
-    details: list[tuple[str, str]] = []
-    pbi = error.get("pbi.error")
-    if isinstance(pbi, dict):
-        pbi_code = _text(pbi.get("code"))
-        if pbi_code and pbi_code != code:
-            inner_code = pbi_code
-        code = code or pbi_code
-        for item in pbi.get("details") or []:
-            if not isinstance(item, dict):
-                continue
-            detail = item.get("detail")
-            value = detail.get("value") if isinstance(detail, dict) else detail
-            name = _text(item.get("code"))
-            if name is not None:
-                details.append((name, value if isinstance(value, str) else json.dumps(value)))
-    inner = error.get("innererror")
-    if isinstance(inner, dict) and _text(inner.get("code")):
-        inner_code = _text(inner.get("code"))
-    odata_details = error.get("details")
-    for item in odata_details if isinstance(odata_details, list) else []:
-        if isinstance(item, dict) and _text(item.get("code")):
-            details.append((str(item["code"]), str(item.get("message", ""))))
-    return code, inner_code, message, details
-
-
-def request_id_of(headers: Mapping[str, str]) -> str | None:
-    """The service's request id from ``headers`` (case-insensitive mapping)."""
-    for name in REQUEST_ID_HEADERS:
-        value = headers.get(name)
-        if value:
-            return value
-    return None
-
-
-# --- the retry loop -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RetryVerdict:
-    """Why an attempt may be retried: ``reason`` for the log, ``retry_after`` from the server."""
-
-    reason: str
-    retry_after: float | None = None
-    throttled: bool = False
-
-
-class Retrier:
-    """Runs one operation under a :class:`RetryPolicy`: the product's only retry loop.
-
-    ``run(attempt, classify_result, classify_error)`` calls ``attempt()`` until it succeeds, the
-    classifier says the outcome is final (returns ``None``), or attempts run out. The last result
-    is returned or the last exception re-raised; what a final non-2xx result means is up to the
-    caller. Waits go through ``sleep`` and ``rand`` (injected for tests) and into ``stats``.
-    """
-
-    def __init__(
-        self,
-        policy: RetryPolicy | None = None,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-        rand: Callable[[], float] = random.random,
-        stats: CallStats | None = None,
-    ) -> None:
-        self.policy = policy or RetryPolicy()
-        self.sleep = sleep
-        self.rand = rand
-        self.stats = stats if stats is not None else CallStats()
-
-    def run(
-        self,
-        attempt: Callable[[int], _T],
-        *,
-        label: str,
-        classify_result: Callable[[_T], RetryVerdict | None] = lambda _result: None,
-        classify_error: Callable[[Exception], RetryVerdict | None] = lambda _error: None,
-    ) -> _T:
-        """Call ``attempt(n)`` (n = 1, 2, ...) with retries; ``label`` names it in the log."""
-        self.stats.record_call()
-        number = 1
-        while True:
-            self.stats.record_attempt()
-            try:
-                result = attempt(number)
-            except Exception as exc:
-                verdict = classify_error(exc)
-                if verdict is None or number >= self.policy.max_attempts:
-                    self.stats.record_failure()
-                    if verdict is not None:
-                        logger.warning("%s: giving up after %d attempts (%s)", label, number, verdict.reason)
-                    raise
-            else:
-                verdict = classify_result(result)
-                if verdict is None:
-                    return result
-                if number >= self.policy.max_attempts:
-                    if verdict.throttled:
-                        self.stats.record_throttled()
-                    logger.warning("%s: giving up after %d attempts (%s)", label, number, verdict.reason)
-                    return result
-            if verdict.throttled:
-                self.stats.record_throttled()
-            wait = self.policy.delay(number, verdict.retry_after, self.rand)
-            if verdict.throttled:
-                check_deadline(wait, label=label)
-            logger.info(
-                "%s: %s; retry %d/%d in %.2fs",
-                label,
-                verdict.reason,
-                number,
-                self.policy.max_attempts - 1,
-                wait,
-            )
-            self.stats.record_retry(wait)
-            if wait > 0:
-                self.sleep(wait)
-            number += 1
 
 
 # --- the pipeline ---------------------------------------------------------------------------------
@@ -681,164 +235,6 @@ def _certificate_failure(exc: BaseException) -> bool:
     return False
 
 
-# --- the total deadline of one attempt ------------------------------------------------------------
-class AnswerDeadlineExceeded(requests.exceptions.Timeout):
-    """An attempt that did not end within its total deadline (:func:`request_deadline`); its
-    connection was shut. After sending, the request may have been served: its answer is lost."""
-
-
-class _Cut:
-    """One attempt's deadline: when it passes, the connections the attempt holds are shut down
-    (``shutdown(SHUT_RDWR)``), so a blocked read or write returns at once, whatever the server
-    trickles. A connection is held from its request until it goes back to the pool (``detach``,
-    under the same lock as the shutdown, so a connection another attempt took from the pool is
-    never shut). ``finish`` ends the watch; ``expired`` then says whether the deadline cut it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._connections: list[HTTPConnection] = []
-        self._done = False
-        self.expired = False
-
-    def attach(self, connection: HTTPConnection) -> None:
-        with self._lock:
-            if self._done:
-                return
-            if self.expired:
-                _shut(connection)  # connected after the deadline passed
-            elif not any(c is connection for c in self._connections):
-                self._connections.append(connection)
-
-    def detach(self, connection: HTTPConnection) -> None:
-        with self._lock:
-            self._connections = [c for c in self._connections if c is not connection]
-
-    def expire(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self.expired = True
-            for connection in self._connections:
-                _shut(connection)
-
-    def finish(self) -> None:
-        with self._lock:
-            self._done = True
-            self._connections.clear()
-
-
-def _shut(connection: HTTPConnection) -> None:
-    sock = getattr(connection, "sock", None)
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            # The raw socket's shutdown (an SSLSocket's own would drop its TLS state under a reader).
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-_CUT: contextvars.ContextVar[_Cut | None] = contextvars.ContextVar("http_attempt_cut", default=None)
-
-
-class _Watchdog:
-    """One daemon thread that expires attempts' cuts when their deadline (monotonic) passes."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._due: list[tuple[float, int, _Cut]] = []
-        self._order = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, cut: _Cut, at: float) -> None:
-        with self._changed:
-            heapq.heappush(self._due, (at, next(self._order), cut))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
-                self._thread.start()
-            self._changed.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                while not self._due or self._due[0][0] > time.monotonic():
-                    self._changed.wait(None if not self._due else self._due[0][0] - time.monotonic())
-                cut = heapq.heappop(self._due)[2]
-            cut.expire()
-
-
-_WATCHDOG = _Watchdog()
-
-
-class _CutHTTPConnection(HTTPConnection):
-    """Registers itself with the calling attempt's cut (see :class:`_Cut`)."""
-
-    def connect(self) -> None:
-        super().connect()
-        cut = _CUT.get()
-        if cut is not None:
-            cut.attach(self)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        cut = _CUT.get()
-        if cut is not None:
-            cut.attach(self)
-        super().request(*args, **kwargs)
-
-
-class _CutHTTPSConnection(HTTPSConnection):
-    """Registers itself with the calling attempt's cut (see :class:`_Cut`)."""
-
-    def connect(self) -> None:
-        super().connect()
-        cut = _CUT.get()
-        if cut is not None:
-            cut.attach(self)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        cut = _CUT.get()
-        if cut is not None:
-            cut.attach(self)
-        super().request(*args, **kwargs)
-
-
-def _detach(connection: Any) -> None:
-    cut = _CUT.get()
-    if cut is not None and isinstance(connection, HTTPConnection):
-        cut.detach(connection)
-
-
-class _CutHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _CutHTTPConnection
-
-    def _put_conn(self, conn: Any) -> None:
-        _detach(conn)  # back in the pool: no longer this attempt's to cut
-        super()._put_conn(conn)
-
-
-class _CutHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _CutHTTPSConnection
-
-    def _put_conn(self, conn: Any) -> None:
-        _detach(conn)
-        super()._put_conn(conn)
-
-
-class _CutAdapter(HTTPAdapter):
-    """An adapter whose connections (direct or through an HTTP proxy) can be cut at a deadline."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        _use_cut_pools(self.poolmanager)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
-        manager: PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):  # SOCKS pools are their own (not cut)
-            _use_cut_pools(manager)
-        return manager
-
-
-def _use_cut_pools(manager: PoolManager) -> None:
-    manager.pool_classes_by_scheme = {"http": _CutHTTPConnectionPool, "https": _CutHTTPSConnectionPool}
-
-
 class HttpPipeline:
     """One service's HTTP: a pooled session, timeouts, TLS verification, retries, typed errors.
 
@@ -881,7 +277,7 @@ class HttpPipeline:
             self.limiter = limiter if limiter is not None else AdaptiveLimiter(concurrency)
         session = requests.Session()
         session.verify = True  # REQUESTS_CA_BUNDLE still applies (requests merges it per request)
-        adapter = _CutAdapter(pool_connections=4, pool_maxsize=concurrency, max_retries=0)
+        adapter = CutAdapter(pool_connections=4, pool_maxsize=concurrency, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers["User-Agent"] = user_agent
@@ -987,9 +383,7 @@ class HttpPipeline:
                     if ticket is not None and self.limiter is not None:
                         self.limiter.release(ticket)
                     raise
-            cut = _Cut()
-            scope = _CUT.set(cut)
-            _WATCHDOG.watch(cut, time.monotonic() + self.deadline)
+            cut = AttemptCut.start(self.deadline)
             try:
                 try:
                     response = self._session.request(
@@ -1002,8 +396,7 @@ class HttpPipeline:
                         allow_redirects=False,
                     )
                 finally:
-                    cut.finish()
-                    _CUT.reset(scope)
+                    cut.end()
                 if cut.expired:  # complete just as it was cut: the deadline still decides (fail closed)
                     response.close()
                     raise AnswerDeadlineExceeded()
@@ -1194,14 +587,6 @@ def timeouts_from(settings: Settings) -> tuple[float, float]:
     """``(connect, read)`` seconds: ``http_timeout_seconds`` to read, at most 10 s of it to connect."""
     read = float(settings.http_timeout_seconds)
     return (min(10.0, read), read)
-
-
-def request_deadline(timeout: tuple[float, float]) -> float:
-    """The total deadline of one attempt with ``(connect, read)`` timeouts: connect + read seconds
-    from sending to the last byte of the answer. The read timeout bounds each wait for a byte; this
-    bounds them all (an answer that trickles in is cut here)."""
-    connect, read = timeout
-    return connect + read
 
 
 def attempt_worst_case(settings: Settings) -> float:

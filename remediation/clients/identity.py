@@ -43,7 +43,9 @@ from azure.identity import (
     ManagedIdentityCredential,
 )
 
-from remediation.clients.http import RetryPolicy, restore_exception, sent_before_failure, timeouts_from
+from remediation.clients.api_errors import restore_exception
+from remediation.clients.http import sent_before_failure, timeouts_from
+from remediation.clients.retry import RetryPolicy
 from remediation.config.settings import Settings
 from remediation.errors import ConfigError, RemediationError
 

@@ -1,16 +1,16 @@
 """Key Vault secrets, read through ``azure-keyvault-secrets`` with the product's retry policy.
 
-Retries live in one place (:mod:`remediation.clients.http`): the SDK's own retry policy is switched off
-(``retry_total=0``) and every operation runs inside :class:`~remediation.clients.http.Retrier`, which
+Retries live in one place (:mod:`remediation.clients.retry`): the SDK's own retry policy is switched off
+(``retry_total=0``) and every operation runs inside :class:`~remediation.clients.retry.Retrier`, which
 retries 429 (honouring ``Retry-After``, capped), 5xx and connection failures with bounded
-backoff, counts into the shared :class:`~remediation.clients.http.CallStats`, and sleeps through the
+backoff, counts into the shared :class:`~remediation.clients.stats.CallStats`, and sleeps through the
 injected ``sleep``. Every operation here is a read, so every transient fault is retried. The
 SDK still answers Key Vault's authentication challenge itself (the first request of a client
 goes without a token to learn the tenant): that is a handshake, not a retry.
 
 Errors are typed at this boundary: :class:`SecretNotFound` (404), :class:`SecretDisabled` (403
 ``SecretDisabled``), :class:`SecretAccessDenied` (other 401/403), :class:`KeyVaultError` (other
-statuses), :class:`~remediation.clients.http.ApiConnectionError` (no answer) and
+statuses), :class:`~remediation.clients.api_errors.ApiConnectionError` (no answer) and
 :class:`~remediation.clients.identity.AuthenticationError` (no token). Each names the secret and says how
 to fix it; none ever carries a secret value, and the SDK's exception is never chained.
 """
@@ -36,21 +36,18 @@ from azure.core.exceptions import (
 )
 from azure.keyvault.secrets import SecretClient, SecretProperties
 
-from remediation.clients.http import (
+from remediation.clients.api_errors import ApiConnectionError, ApiError, parse_error_body, request_id_of
+from remediation.clients.http import timeouts_from
+from remediation.clients.identity import AuthenticationError
+from remediation.clients.retry import (
     ALWAYS_RETRIED_STATUSES,
     IDEMPOTENT_RETRIED_STATUSES,
-    ApiConnectionError,
-    ApiError,
-    CallStats,
     Retrier,
     RetryPolicy,
     RetryVerdict,
-    parse_error_body,
     parse_retry_after,
-    request_id_of,
-    timeouts_from,
 )
-from remediation.clients.identity import AuthenticationError
+from remediation.clients.stats import CallStats
 from remediation.config.settings import Settings
 from remediation.errors import RemediationError
 
@@ -161,7 +158,7 @@ class SecretDisabled(KeyVaultError):
 class KeyVaultClient:
     """Reads secrets from the vault at ``settings.key_vault_url`` as ``credential``.
 
-    ``stats``, ``policy``, ``sleep`` and ``rand`` are the retry loop's (see :mod:`remediation.clients.http`).
+    ``stats``, ``policy``, ``sleep`` and ``rand`` are the retry loop's (see :mod:`remediation.clients.retry`).
     ``verify_challenge_resource`` is off only for a loopback vault (the sandbox), whose host is
     not a ``*.vault.azure.net`` name. TLS verification is on; ``REQUESTS_CA_BUNDLE`` applies.
 

@@ -8,7 +8,7 @@ attempt passes an AIMD limiter shared by all callers of the pipeline:
 * at most ``limit`` requests are in flight. ``limit`` starts at the configured concurrency (the
   ceiling) and never drops below 1. A request waits for a free slot at most the call's timeout
   budget (connect + read); past that the call fails with
-  :class:`~remediation.clients.http.ApiConnectionError` ``Timeout``.
+  :class:`~remediation.clients.api_errors.ApiConnectionError` ``Timeout``.
 * a **429 halves** ``limit`` (multiplicative decrease) and sets a **shared pause**: no caller sends
   anything until the ``Retry-After`` moment (capped like the retry wait). The pause is shared
   because the other threads' requests would otherwise keep hitting the limit the service has just

@@ -14,7 +14,7 @@ from pathlib import Path
 from azure.core.credentials import TokenCredential
 
 from remediation.clients.fabric import FabricClient
-from remediation.clients.http import CallStats, HttpPipeline
+from remediation.clients.http import HttpPipeline
 from remediation.clients.identity import (
     PowerBITokenProvider,
     UserTokenCache,
@@ -23,6 +23,7 @@ from remediation.clients.identity import (
 )
 from remediation.clients.keyvault import KeyVaultClient
 from remediation.clients.powerbi import PowerBIClient
+from remediation.clients.stats import CallStats
 from remediation.config.bindings import BindingSet
 from remediation.config.bindings_file import load_bindings
 from remediation.config.settings import Settings

@@ -34,9 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from remediation.clients.api_errors import ApiError
 from remediation.clients.fabric import Connection, FabricClient, FabricNotAuthorized
-from remediation.clients.http import ApiError
-from remediation.clients.powerbi import DatasetDatasource, GatewayDatasource, PowerBIClient
+from remediation.clients.powerbi import PowerBIClient
+from remediation.clients.powerbi_models import DatasetDatasource, GatewayDatasource
 from remediation.config.bindings import BINDABLE_TYPES, CONNECTIONS, BindingSet, CredentialType
 from remediation.errors import BindingsError
 from remediation.rules.connections import corresponding_connection, could_reference, is_connection_of

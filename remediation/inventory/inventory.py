@@ -48,8 +48,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from remediation.clients.http import ApiError
-from remediation.clients.powerbi import Dataset, DatasetDatasource, EntityNotFound, PowerBIClient
+from remediation.clients.api_errors import ApiError
+from remediation.clients.powerbi import EntityNotFound, PowerBIClient
+from remediation.clients.powerbi_models import Dataset, DatasetDatasource
 from remediation.config.bindings import BindingSet
 from remediation.errors import RemediationError
 from remediation.inventory.scanner import InventoryPath, Scanner, ScanOutcome

@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from remediation.clients.http import ApiError
-from remediation.clients.powerbi import MAX_SCAN_WORKSPACES, DatasetDatasource, PowerBIClient, ScanResult
+from remediation.clients.api_errors import ApiError
+from remediation.clients.powerbi import MAX_SCAN_WORKSPACES, PowerBIClient
+from remediation.clients.powerbi_models import DatasetDatasource, ScanResult
 from remediation.ledger import Ledger, LedgerError
 
 __all__ = [

@@ -43,11 +43,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
+from remediation.clients.api_errors import ApiError, ThrottledPastDeadline
 from remediation.clients.fabric import Connection, FabricClient
-from remediation.clients.http import ApiError, ThrottledPastDeadline, attempt_worst_case, deadline_scope
+from remediation.clients.http import attempt_worst_case
 from remediation.clients.identity import AuthenticationError
 from remediation.clients.keyvault import KeyVaultClient, SecretDisabled, SecretNotFound, SecretValue
-from remediation.clients.powerbi import EntityNotFound, InvalidId, PowerBIClient, Refresh
+from remediation.clients.powerbi import EntityNotFound, InvalidId, PowerBIClient
+from remediation.clients.powerbi_models import Refresh
+from remediation.clients.retry import deadline_scope
 from remediation.config.bindings import CONNECTIONS, Binding, BindingSet, CredentialType, Target
 from remediation.config.settings import Settings
 from remediation.errors import ConfigError, NotBound, RemediationError, SecretVersionNotFound

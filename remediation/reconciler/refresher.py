@@ -38,16 +38,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, TypeVar
 
+from remediation.clients.api_errors import ApiError, ThrottledPastDeadline
 from remediation.clients.fabric import Connection, FabricClient, ItemConnection
-from remediation.clients.http import ApiError, ThrottledPastDeadline
 from remediation.clients.keyvault import SecretValue
-from remediation.clients.powerbi import (
-    DatasetDatasource,
-    PowerBIClient,
-    Refresh,
-    RefreshAlreadyRunning,
-    RefreshQuotaExceeded,
-)
+from remediation.clients.powerbi import PowerBIClient, RefreshAlreadyRunning, RefreshQuotaExceeded
+from remediation.clients.powerbi_models import DatasetDatasource, Refresh
 from remediation.config.bindings import CONNECTIONS, BindingSet, Target
 from remediation.config.settings import Settings
 from remediation.errors import RemediationError

@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
+from remediation.clients.api_errors import ApiError
 from remediation.clients.fabric import Connection, FabricClient
-from remediation.clients.http import ApiError
-from remediation.clients.powerbi import GatewayDatasource, PowerBIClient
+from remediation.clients.powerbi import PowerBIClient
+from remediation.clients.powerbi_models import GatewayDatasource
 from remediation.config.bindings import CONNECTIONS, Binding, BindingSet, Target
 from remediation.errors import BindingsError, RemediationError
 from remediation.inventory.inventory import CACHE_SECONDS, Inventory

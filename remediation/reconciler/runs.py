@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from remediation.clients.fabric import Connection
 from remediation.clients.keyvault import SecretValue
-from remediation.clients.powerbi import GatewayDatasource
+from remediation.clients.powerbi_models import GatewayDatasource
 from remediation.config.bindings import Binding, Target
 from remediation.ledger import Outcome
 from remediation.rules.accounts import presentation_locator
@@ -320,6 +320,7 @@ RUN_LOGGERS: Final = (
     "remediation.reconciler.targets.gateway",
     "remediation.reconciler.targets.fabric",
     "remediation.clients.http",
+    "remediation.clients.retry",
     "remediation.clients.powerbi",
     "remediation.clients.fabric",
     "remediation.clients.identity",

@@ -80,7 +80,7 @@ from remediation.rules.redact import MASK, SecretMask, mask_urls
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-    from remediation.clients.http import StatsSnapshot
+    from remediation.clients.stats import StatsSnapshot
 
 __all__ = [
     "ReportLike",

@@ -20,7 +20,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from remediation.clients.http import StatsSnapshot
+from remediation.clients.stats import StatsSnapshot
 from remediation.ledger import Outcome
 from remediation.telemetry.appinsights import (
     MASK,
@@ -183,7 +183,7 @@ def test_outcome_properties_are_exactly_the_contract_as_strings_and_numbers() ->
 CHILD = GUARD + textwrap.dedent(
     """
     import requests
-    from remediation.clients.http import StatsSnapshot
+    from remediation.clients.stats import StatsSnapshot
     from remediation.ledger import Outcome
     from remediation.config.settings import Settings
     from remediation.telemetry.appinsights import REDACTOR, Telemetry

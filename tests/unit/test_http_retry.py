@@ -21,20 +21,20 @@ from typing import Any
 import pytest
 from requests.structures import CaseInsensitiveDict
 
+from remediation.clients.api_errors import ThrottledPastDeadline
 from remediation.clients.http import (
     ApiConnectionError,
     ApiError,
     CallStats,
     HttpPipeline,
     RetryPolicy,
-    ThrottledPastDeadline,
-    deadline_scope,
     parse_error_body,
     parse_retry_after,
 )
 from remediation.clients.identity import AuthenticationError
 from remediation.clients.keyvault import SecretAccessDenied
 from remediation.clients.powerbi import InvalidId, RefreshAlreadyRunning
+from remediation.clients.retry import deadline_scope
 from remediation.ledger.pause import LedgerPause
 from remediation.ledger.sqlite import SqliteLedger
 from sandbox import Sandbox

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from remediation.clients.http import ApiConnectionError, ApiError
+from remediation.clients.api_errors import ApiConnectionError, ApiError
 from remediation.clients.keyvault import SecretValue
 from remediation.errors import RemediationError
 from remediation.reconciler.runs import Resolved, Run

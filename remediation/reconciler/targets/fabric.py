@@ -28,13 +28,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from remediation.clients.api_errors import ApiError
 from remediation.clients.fabric import (
     Connection,
     ConnectivityType,
     FabricClient,
     GatewayMember,
 )
-from remediation.clients.http import ApiError
 from remediation.clients.keyvault import SecretValue
 from remediation.config.bindings import Binding, CredentialType
 from remediation.errors import RemediationError

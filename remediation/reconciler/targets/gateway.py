@@ -39,17 +39,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
+from remediation.clients.api_errors import ApiError, ThrottledPastDeadline
 from remediation.clients.fabric import Connection, FabricClient
-from remediation.clients.http import ApiError, ThrottledPastDeadline
 from remediation.clients.identity import AuthenticationError
 from remediation.clients.keyvault import KeyVaultClient, SecretValue
-from remediation.clients.powerbi import (
-    DatasetDatasource,
-    EntityNotFound,
-    Gateway,
-    PowerBIClient,
-    PowerBINotAuthorized,
-)
+from remediation.clients.powerbi import EntityNotFound, PowerBIClient, PowerBINotAuthorized
+from remediation.clients.powerbi_models import DatasetDatasource, Gateway
 from remediation.config.bindings import (
     Binding,
     BindingSet,
