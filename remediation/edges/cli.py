@@ -64,8 +64,9 @@ from remediation.reconciler.healer import Action, NotBound, Report
 from remediation.reconciler.runs import outcomes_to
 from remediation.rules.connections import could_reference, fabric_credential_type
 from remediation.rules.redact import mask_urls
-from remediation.telemetry.appinsights import Telemetry, redact
+from remediation.telemetry.appinsights import Telemetry
 from remediation.telemetry.figures import figures
+from remediation.telemetry.redaction import redact
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
