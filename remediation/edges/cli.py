@@ -58,7 +58,7 @@ from remediation.edges.runtime import (
 )
 from remediation.errors import ConfigError, RemediationError
 from remediation.inbound.events import EventError, Kind, parse_events
-from remediation.inventory import discover
+from remediation.inventory import discover, proposal, rendering
 from remediation.ledger import Outcome
 from remediation.reconciler.healer import Action, NotBound, Report
 from remediation.reconciler.runs import outcomes_to
@@ -555,17 +555,17 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
         if live:
             print("\r\033[K", end="", file=err, flush=True)
     if as_json:
-        json.dump(discover.to_json(inventory), out, indent=2)
+        json.dump(rendering.to_json(inventory), out, indent=2)
         out.write("\n")
     elif args.csv:
-        csv.writer(out, lineterminator="\n").writerows(discover.to_csv_rows(inventory))
+        csv.writer(out, lineterminator="\n").writerows(rendering.to_csv_rows(inventory))
     else:
-        out.write("\n".join(discover.table_lines(inventory)) + "\n")
+        out.write("\n".join(rendering.table_lines(inventory)) + "\n")
     if (as_json or args.csv) and inventory.problems:
         for problem in inventory.problems:
             print(f"warning: {problem}", file=err)
     if args.propose:
-        draft = discover.propose(inventory)
+        draft = proposal.propose(inventory)
         try:
             with open(args.propose, "x", encoding="utf-8") as fh:
                 json.dump(draft, fh, indent=2)
