@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import azure.functions as func
 
 if TYPE_CHECKING:
-    from remediation.edges.service import Answer, RemediationService
+    from remediation.edges.http_input import Answer
+    from remediation.edges.service import RemediationService
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 logger = logging.getLogger("remediation.functions")
@@ -119,7 +120,7 @@ def _respond(answer: Answer) -> func.HttpResponse:
 
 def _http(call: Callable[[RemediationService], Answer]) -> func.HttpResponse:
     """Run ``call`` on the service; any failure still answers in JSON, without a traceback."""
-    from remediation.edges.service import error
+    from remediation.edges.http_input import error
     from remediation.errors import RemediationError
 
     try:
@@ -142,7 +143,7 @@ def _http(call: Callable[[RemediationService], Answer]) -> func.HttpResponse:
 @app.function_name("remediate")
 @app.route(route="remediate", methods=["POST"])
 def remediate(req: func.HttpRequest) -> func.HttpResponse:
-    from remediation.edges.service import status_base
+    from remediation.edges.http_input import status_base
 
     body, base = req.get_body(), status_base(req.url)
     return _http(lambda service: service.remediate(body, status_base=base))

@@ -55,7 +55,7 @@ def main() -> int:
         )
         # Imported after the environment points at the sandbox (CA bundle for requests).
         from remediation.config.settings import Settings
-        from remediation.edges.cli import _print_report  # noqa: PLC0415 - the demo's own output
+        from remediation.edges.render import print_report as _print_report  # noqa: PLC0415 - the demo's own output
         from remediation.edges.runtime import build_healer
         from remediation.inbound.events import Kind, parse_events
         from remediation.reconciler.healer import Report

@@ -15,6 +15,9 @@ With ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set, ``heal``, ``sweep`` and ``re
 outcomes to Application Insights as ``CredentialRemediation`` events (trigger ``cli``, redacted
 like the Functions app's) and flush them before exiting; without it nothing is configured.
 
+The parser and the commands are here; what they print (tables, JSON, warning lines) is
+:mod:`remediation.edges.render`.
+
 Exit codes: 0 every target in scope holds the current secret (healed now or already) or there was
 nothing to do; 1 some target failed, was rejected, or stays blocked; 2 usage or configuration
 error (one line on stderr saying what to fix).
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -34,7 +36,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import TextIO
 
 from remediation.clients.fabric import FabricEntityNotFound, FabricNotAuthorized
@@ -47,6 +48,7 @@ from remediation.config.bindings import (
 )
 from remediation.config.bindings_advice import binding_problems, binding_warnings
 from remediation.config.settings import Settings
+from remediation.edges.render import print_check, print_figures, print_history, print_inventory, print_report
 from remediation.edges.runtime import (
     Runtime,
     build_fabric,
@@ -57,14 +59,14 @@ from remediation.edges.runtime import (
 )
 from remediation.errors import ConfigError, RemediationError
 from remediation.inbound.events import EventError, Kind, parse_events
-from remediation.inventory import discover
-from remediation.ledger import Outcome
-from remediation.reconciler.healer import Action, NotBound, Report
+from remediation.inventory import discover, proposal
+from remediation.reconciler.healer import NotBound, Report
 from remediation.reconciler.runs import outcomes_to
 from remediation.rules.connections import could_reference, fabric_credential_type
 from remediation.rules.redact import mask_urls
-from remediation.telemetry.appinsights import Telemetry, redact
+from remediation.telemetry.appinsights import Telemetry
 from remediation.telemetry.figures import figures
+from remediation.telemetry.redaction import redact
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -200,7 +202,7 @@ def main(
             report = _run_settled(reported, runtime, dry_run, _progress(err, as_json), err)
         finally:
             runtime.close()
-        _print_report(report, out, as_json)
+        print_report(report, out, as_json)
         return report.exit_code
     except (ConfigError, NotBound, EventError) as exc:
         print(f"error: {redact(str(exc))}", file=err)
@@ -331,34 +333,9 @@ def _history(settings: Settings, args: argparse.Namespace, out: TextIO, as_json:
     # Rows recorded before outcomes were masked may still hold a URL's key: mask it on the way out.
     rows = [replace(o, reason=mask_urls(o.reason)) if o.reason else o for o in rows]
     if args.figures:
-        doc = figures(rows)
-        if as_json:
-            json.dump(doc, out, indent=2)
-            out.write("\n")
-            return EXIT_OK
-        out.write("BINDING  DAY  HEALED  REJECTED  IN-DOUBT  BLOCKED  DEFERRED\n")
-        for f in doc["byBinding"]:
-            out.write(
-                f"{f['binding']}  {f['day']}  {f['healed']}  {f['rejected']}  {f['inDoubt']}  "
-                f"{f['blocked']}  {f['deferred']}\n"
-            )
-        if doc["byAccount"]:
-            out.write("\nACCOUNT  DAY  HEALED  REJECTED  IN-DOUBT  BLOCKED  DEFERRED\n")
-        for f in doc["byAccount"]:
-            out.write(
-                f"{f['account']}  {f['day']}  {f['healed']}  {f['rejected']}  {f['inDoubt']}  "
-                f"{f['blocked']}  {f['deferred']}\n"
-            )
-        for r in doc["rotationToHealed"]:
-            out.write(
-                f"{r['secretName']}@{r['secretVersion'][:8]}: healed refresh {r['seconds']:.0f} s after\n"
-            )
-        return EXIT_OK
-    if as_json:
-        json.dump([o.to_dict() for o in rows], out, indent=2)
-        out.write("\n")
+        print_figures(figures(rows), out, as_json)
     else:
-        _table(rows, out, with_time=True)
+        print_history(rows, out, as_json)
     return EXIT_OK
 
 
@@ -441,23 +418,7 @@ def _bindings_check(settings: Settings, out: TextIO, as_json: bool) -> int:
                     row(binding.name, "-", "-", "match selects no data source", warnings)
     finally:
         runtime.close()
-    if as_json:
-        json.dump(rows, out, indent=2)
-        out.write("\n")
-    else:
-        width = max([len(str(r["binding"])) for r in rows] + [7])
-        for r in rows:
-            out.write(f"{r['binding']!s:<{width}}  {r['gateway']}  {r['datasource']}  {r['status']}\n")
-        # Each warning once, naming every binding it concerns (JSON keeps it on each row).
-        concerns: dict[str, list[str]] = {}
-        for r in rows:
-            for warning in r.get("warnings", []):  # type: ignore[attr-defined]
-                names = concerns.setdefault(warning, [])
-                if str(r["binding"]) not in names:
-                    names.append(str(r["binding"]))
-        for warning, names in concerns.items():
-            who = names[0] if len(names) == 1 else f"{len(names)} bindings ({', '.join(names)})"
-            out.write(f"warning: {who}: {warning}\n")
+    print_check(rows, out, as_json)
     return EXIT_OK if all(str(r["status"]).startswith("ok") for r in rows) else EXIT_PROBLEM
 
 
@@ -552,18 +513,9 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
         fabric.pipeline.close()
         if live:
             print("\r\033[K", end="", file=err, flush=True)
-    if as_json:
-        json.dump(discover.to_json(inventory), out, indent=2)
-        out.write("\n")
-    elif args.csv:
-        csv.writer(out, lineterminator="\n").writerows(discover.to_csv_rows(inventory))
-    else:
-        out.write("\n".join(discover.table_lines(inventory)) + "\n")
-    if (as_json or args.csv) and inventory.problems:
-        for problem in inventory.problems:
-            print(f"warning: {problem}", file=err)
+    print_inventory(inventory, out, err, as_json=as_json, as_csv=args.csv)
     if args.propose:
-        draft = discover.propose(inventory)
+        draft = proposal.propose(inventory)
         try:
             with open(args.propose, "x", encoding="utf-8") as fh:
                 json.dump(draft, fh, indent=2)
@@ -589,84 +541,3 @@ def _progress(err: TextIO, as_json: bool) -> Callable[[str], None]:
     if as_json or not err.isatty():
         return lambda _m: None
     return lambda message: print(f"… {message}", file=err)
-
-
-def _print_report(report: Report, out: TextIO, as_json: bool) -> None:
-    if as_json:
-        json.dump(report.to_dict(), out, indent=2)
-        out.write("\n")
-        return
-    if not report.outcomes:
-        out.write("Nothing to do.\n")
-        return
-    _table(report.outcomes, out)
-    for line in warning_lines(report):
-        out.write(line + "\n")
-    counts: dict[str, int] = {}
-    for o in report.outcomes:
-        counts[o.action or "?"] = counts.get(o.action or "?", 0) + 1
-    summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
-    prefix = "dry run: " if report.dry_run else ""
-    out.write(f"\n{prefix}{summary}. Correlation id {report.correlation_id}.\n")
-
-
-WARNING_TARGETS_SHOWN = 3
-"""How many targets a warning shared by several names (then: "and N more"; ``--json`` has each)."""
-
-
-def warning_lines(report: Report) -> list[str]:
-    """The report's warnings as ``warning:`` lines: one per warning of a single target, naming
-    it; one per warning several targets share, said once with their count and the first
-    :data:`WARNING_TARGETS_SHOWN` of them as the table shows them (see
-    :meth:`~remediation.reconciler.report.Report.grouped_warnings`)."""
-    lines: list[str] = []
-    for group in report.grouped_warnings():
-        if len(group.targets) == 1:
-            ((gateway_id, datasource_id),) = group.targets
-            where = (
-                f"connection {datasource_id}"
-                if gateway_id == CONNECTIONS
-                else f"{gateway_id}/{datasource_id}"
-            )
-            lines.append(f"warning: {where}: {group.text}")
-            continue
-        kinds = {gateway_id == CONNECTIONS for gateway_id, _ in group.targets}
-        noun = "targets" if len(kinds) > 1 else ("connections" if True in kinds else "data sources")
-        shown = ", ".join(_short_target(g, d) for g, d in group.targets[:WARNING_TARGETS_SHOWN])
-        more = len(group.targets) - WARNING_TARGETS_SHOWN
-        tail = f" and {more} more" if more > 0 else ""
-        lines.append(f"warning: {len(group.targets)} {noun}: {group.text} ({shown}{tail})")
-    return lines
-
-
-def _short_target(gateway_id: str, datasource_id: str) -> str:
-    """A target as the table's ``what`` column shows it, without the word "source"."""
-    if gateway_id == CONNECTIONS:
-        return f"connection {datasource_id[:8]}…"
-    return f"{gateway_id[:8]}…/{datasource_id[:8]}…"
-
-
-def _table(outcomes: Sequence[Outcome], out: TextIO, *, with_time: bool = False) -> None:
-    headers = (["time"] if with_time else []) + ["what", "binding", "version", "action", "reason"]
-    rows = []
-    for o in outcomes:
-        if o.datasource_id and o.gateway_id == CONNECTIONS:
-            what = f"connection {o.datasource_id[:8]}…"
-        elif o.datasource_id:
-            what = f"source {o.gateway_id[:8] if o.gateway_id else '?'}…/{o.datasource_id[:8]}…"
-        else:
-            what = f"dataset {(o.dataset_id or '?')[:8]}…"
-        reason = o.reason or ""
-        if o.refresh_state and o.action == Action.REFRESHED:
-            reason = f"[{o.refresh_state}] {reason}"
-        row = [what, o.binding or "", (o.secret_version or "")[:8], o.action or "", reason]
-        if with_time:
-            row.insert(0, datetime.fromtimestamp(o.time, UTC).strftime("%Y-%m-%d %H:%M:%S"))
-        rows.append(row)
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if i < len(headers) - 1 else 0 for i, h in enumerate(headers)
-    ]
-    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()
-    out.write(line + "\n")
-    for r in rows:
-        out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")

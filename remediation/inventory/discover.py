@@ -5,9 +5,9 @@ with (*which dataset uses which credentials?*) before they write a bindings file
 **read-only**: only ``GET`` requests, and none of them signs in at a source (the data source
 *status* check does, so it is never called), no ledger, no Key Vault.
 
-Two halves:
+This module gathers (:func:`scan`, I/O) and matches what it found to the bindings:
 
-* :func:`scan` (I/O): on-premises gateway data sources (``GET /gateways``, ``.../datasources``)
+* on-premises gateway data sources (``GET /gateways``, ``.../datasources``)
   and the data sources of every dataset in every workspace the identity sees
   (``GET /groups/{g}/datasets/{d}/datasources``), each dataset with its last refresh status
   (``GET .../refreshes?$top=1``). Cloud data sources appear only through datasets; Power BI says
@@ -19,17 +19,18 @@ Two halves:
   connectors and credential types), the binding that covers it, and the datasets found for free:
   those whose Power BI data source has the connection's id or corresponds to it (same type, its
   ``server;database`` path; no extra call per dataset). A 401/403 from Fabric is a warning.
-* pure functions: :func:`masked_details` (secrets in URLs and connection strings masked),
-  :func:`to_json`, :func:`to_csv_rows`, :func:`table_lines` and :func:`propose_bindings` (a draft
-  bindings file for the data sources no binding covers, grouped by type, server, database, url,
-  path and credential type, with placeholder secret names and usernames that must be filled in).
+* :func:`masked_details` (pure): secrets in URLs and connection strings masked before anything
+  is kept.
+
+What it found is rendered by :mod:`remediation.inventory.rendering` (``--json``, ``--csv``, the
+table) and drafted into bindings by :mod:`remediation.inventory.proposal` (``--propose``).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,46 +42,26 @@ from remediation.clients.powerbi_models import DatasetDatasource, GatewayDatasou
 from remediation.config.bindings import BINDABLE_TYPES, CONNECTIONS, BindingSet, CredentialType
 from remediation.errors import BindingsError
 from remediation.rules.connections import corresponding_connection, could_reference, is_connection_of
-from remediation.rules.redact import MASK, datasource_host, describe_datasource, mask_urls
+from remediation.rules.redact import MASK, describe_datasource, mask_urls
 
 __all__ = [
-    "PLACEHOLDER_SECRET",
-    "PLACEHOLDER_USERNAME",
     "DatasetUse",
     "DiscoveredConnection",
     "DiscoveredSource",
     "Inventory",
-    "is_placeholder",
+    "bindable_credential_type",
+    "connection_credential_type",
     "masked_details",
-    "propose_bindings",
-    "propose",
-    "propose_connection_bindings",
     "scan",
-    "table_lines",
-    "to_csv_rows",
-    "to_json",
 ]
-
-PLACEHOLDER_SECRET = "<Key Vault secret name>"
-"""Not a valid secret name: ``bindings check`` refuses the draft until it is replaced."""
-PLACEHOLDER_USERNAME = "<username>"
-PLACEHOLDER_UPN = "<owner@contoso.com>"
-_PLACEHOLDER = re.compile(r"^<[^<>]*>$")
 
 # key=value pairs of connection strings that carry secrets (ODBC, OLE DB, storage, SAS).
 _SECRET_PAIR = re.compile(
     r"(?i)\b(password|pwd|accountkey|sharedaccesskey|sharedaccesssignature|sig|token|apikey|"
     r"api_key|secret|client_secret)(\s*=\s*)([^;&\s\"']*)"
 )
-_DETAIL_KEYS = ("server", "database", "url", "path")
-_NAME_CHARS = re.compile(r"[^a-z0-9]+")
 
 Progress = Callable[[str], None]
-
-
-def is_placeholder(value: object) -> bool:
-    """True for a draft's ``<...>`` placeholders (a proposed file not yet filled in)."""
-    return isinstance(value, str) and bool(_PLACEHOLDER.match(value.strip()))
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -389,16 +370,16 @@ _FABRIC_BINDABLE = {
 }
 
 
-def _connection_credential_type(credential_type: str | None) -> CredentialType | None:
+def connection_credential_type(credential_type: str | None) -> CredentialType | None:
     """A connection's credential type as a binding spells it, when a binding can rotate it."""
     if credential_type in _FABRIC_BINDABLE:
         return _FABRIC_BINDABLE[credential_type]
-    found = _bindable(credential_type)
+    found = bindable_credential_type(credential_type)
     return None if found is CredentialType.OAUTH2 else found
 
 
 def _could_reference(connection: Connection) -> bool:
-    ctype = _connection_credential_type(connection.credential_type)
+    ctype = connection_credential_type(connection.credential_type)
     return ctype is not None and could_reference(connection, ctype)
 
 
@@ -440,306 +421,10 @@ def _attach_binding(source: DiscoveredSource, bindings: BindingSet) -> None:
     source.binding = binding.name if binding is not None else None
 
 
-# -- output (pure) ----------------------------------------------------------------------------------
-def to_json(inventory: Inventory) -> dict[str, Any]:
-    """The ``--json`` document: ``{"datasources": [...]}`` exactly as DESIGN.md lists it, and
-    ``"connections": [...]`` beside it (Fabric connections)."""
-    return {
-        "datasources": [
-            {
-                "gatewayId": s.gateway_id,
-                "datasourceId": s.datasource_id,
-                "datasourceType": s.datasource_type,
-                "connectionDetails": s.connection_details,
-                "credentialType": s.credential_type,
-                "binding": s.binding,
-                "datasets": [
-                    {
-                        "workspaceId": u.workspace_id,
-                        "datasetId": u.dataset_id,
-                        "lastRefreshStatus": u.last_refresh_status,
-                    }
-                    for u in s.datasets
-                ],
-            }
-            for s in inventory.sources
-        ],
-        "connections": [
-            {
-                "id": c.id,
-                "displayName": c.display_name,
-                "connectivityType": c.connectivity_type,
-                "gatewayId": c.gateway_id,
-                "connectionDetails": {"type": c.connection_type, "path": c.path},
-                "credentialType": c.credential_type,
-                "keyVaultReference": c.key_vault_reference,
-                "couldReferenceKeyVault": c.could_reference,
-                "binding": c.binding,
-                "datasource": None
-                if c.datasource is None
-                else {"gatewayId": c.datasource[0], "datasourceId": c.datasource[1]},
-                "datasets": [
-                    {
-                        "workspaceId": u.workspace_id,
-                        "datasetId": u.dataset_id,
-                        "lastRefreshStatus": u.last_refresh_status,
-                    }
-                    for u in c.datasets
-                ],
-            }
-            for c in inventory.connections
-        ],
-    }
-
-
-CSV_HEADER = (
-    "gatewayId",
-    "datasourceId",
-    "datasourceType",
-    "connectionDetails",
-    "credentialType",
-    "binding",
-    "datasets",
-    "kind",
-    "connectivityType",
-    "keyVaultReference",
-)
-
-
-def to_csv_rows(inventory: Inventory) -> list[list[str]]:
-    """Header and one row per data source; ``connectionDetails`` as compact JSON, ``datasets``
-    as ``workspace/dataset:status`` separated by spaces."""
-    rows = [list(CSV_HEADER)]
-    for s in inventory.sources:
-        uses = " ".join(f"{u.workspace_id}/{u.dataset_id}:{u.last_refresh_status or '-'}" for u in s.datasets)
-        rows.append(
-            [
-                s.gateway_id or "",
-                s.datasource_id or "",
-                s.datasource_type or "",
-                json.dumps(s.connection_details, separators=(",", ":"), sort_keys=True),
-                s.credential_type or "",
-                s.binding or "",
-                uses,
-                "datasource",
-                "",
-                "",
-            ]
-        )
-    for c in inventory.connections:
-        uses = " ".join(f"{u.workspace_id}/{u.dataset_id}:{u.last_refresh_status or '-'}" for u in c.datasets)
-        rows.append(
-            [
-                c.gateway_id or "",
-                c.id,
-                c.connection_type or "",
-                json.dumps({"path": c.path}, separators=(",", ":")),
-                c.credential_type or "",
-                c.binding or "",
-                uses,
-                "connection",
-                c.connectivity_type,
-                _reference_state(c),
-            ]
-        )
-    return rows
-
-
-def _reference_state(c: DiscoveredConnection) -> str:
-    if c.key_vault_reference:
-        return "yes"
-    return "could" if c.could_reference else "no"
-
-
-def table_lines(inventory: Inventory) -> list[str]:
-    """A readable table: where, what, credential type, binding, datasets and their last refresh."""
-    headers = ["SOURCE", "GATEWAY", "DATASOURCE", "CREDENTIAL", "BINDING", "DATASETS (LAST REFRESH)"]
-    rows: list[list[str]] = []
-    for s in inventory.sources:
-        failed = sum(1 for u in s.datasets if (u.last_refresh_status or "").casefold() == "failed")
-        uses = f"{len(s.datasets)}" + (f" ({failed} failed)" if failed else "")
-        where = ("on-prem " if s.on_premises else "cloud ") + s.description
-        binding = s.binding or ("AMBIGUOUS" if s.binding_problem else "-")
-        rows.append(
-            [
-                where,
-                (s.gateway_id or "-")[:8],
-                (s.datasource_id or "-")[:8],
-                s.credential_type or "?",
-                binding,
-                uses,
-            ]
-        )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    unbound = len(inventory.unbound)
-    lines.append("")
-    lines.append(
-        f"{len(inventory.sources)} data sources ({unbound} not bound) on {inventory.gateways} gateways, "
-        f"used by {inventory.datasets} datasets in {inventory.workspaces} workspaces."
-    )
-    if inventory.connections:
-        lines += [""] + _connection_table(inventory.connections)
-        unbound = len(inventory.unbound_connections)
-        lines.append(f"{len(inventory.connections)} Fabric connections ({unbound} not bound).")
-    lines += [f"warning: {p}" for p in inventory.problems]
-    lines += [f"warning: {s.binding_problem}" for s in inventory.sources if s.binding_problem]
-    lines += [f"warning: {c.binding_problem}" for c in inventory.connections if c.binding_problem]
-    return lines
-
-
-def _connection_table(connections: Sequence[DiscoveredConnection]) -> list[str]:
-    headers = ["CONNECTION", "ID", "CONNECTIVITY", "CREDENTIAL", "KEY VAULT", "BINDING", "DATASETS"]
-    rows = [
-        [
-            c.description,
-            c.id[:8],
-            c.connectivity_type,
-            c.credential_type or "?",
-            {"yes": "reference", "could": "could reference", "no": "-"}[_reference_state(c)],
-            c.binding or ("AMBIGUOUS" if c.binding_problem else "-"),
-            str(len(c.datasets)),
-        ]
-        for c in connections
-    ]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return lines
-
-
-# -- proposal (pure) --------------------------------------------------------------------------------
-def propose(inventory: Inventory) -> dict[str, Any]:
-    """The draft of ``--propose``: the unbound data sources and connections, each real data
-    source once. A gateway data source that is also a Fabric connection the draft binds is left
-    to the connection's draft (Fabric takes more credential types, Key Vault references, and no
-    Take Over for a cloud data source)."""
-    connections = propose_connection_bindings(inventory.connections)
-    drafted = {tg["connectionId"] for b in connections for tg in b["targets"]}
-    twins = {c.datasource for c in inventory.connections if c.id in drafted and c.datasource}
-    sources = [s for s in inventory.sources if (s.gateway_id or "", s.datasource_id or "") not in twins]
-    draft = propose_bindings(sources)
-    names = {b["name"] for b in draft["bindings"]}
-    draft["bindings"] += propose_connection_bindings(inventory.connections, taken=names)
-    return draft
-
-
-def propose_bindings(sources: Iterable[DiscoveredSource]) -> dict[str, Any]:
-    """A draft bindings document for ``sources`` that no binding covers.
-
-    Data sources sharing type, server, database, url, path and credential type become one
-    binding with explicit ``{"gatewayId", "datasourceId"}`` targets (never a broad ``match``).
-    ``secret`` and ``username`` are ``<...>`` placeholders: the draft is refused (the secret
-    name is invalid) until a person fills them in. Anonymous sources have nothing to rotate,
-    sources without a gateway data source or a known credential type cannot be bound: skipped.
-    """
-    groups: dict[tuple[str, ...], list[DiscoveredSource]] = {}
-    for s in sources:
-        if s.binding is not None or not s.gateway_id or not s.datasource_id:
-            continue
-        ctype = _bindable(s.credential_type)
-        if ctype is None:
-            continue
-        lowered = {str(k).casefold(): v for k, v in s.connection_details.items()}
-        details = tuple(str(lowered.get(k, "")).casefold() for k in _DETAIL_KEYS)
-        key = ((s.datasource_type or "").casefold(), *details, ctype.value)
-        groups.setdefault(key, []).append(s)
-
-    bindings: list[dict[str, Any]] = []
-    names: set[str] = set()
-    for key in sorted(groups):
-        members = sorted(groups[key], key=lambda s: s.key)
-        first = members[0]
-        ctype = CredentialType(key[-1])
-        entry: dict[str, Any] = {
-            "name": _unique_name(_name_for(first), names),
-            "secret": PLACEHOLDER_SECRET,
-            "credentialType": ctype.value,
-        }
-        if ctype is CredentialType.OAUTH2:
-            entry["oauth2"] = "caller-identity"
-            entry["username"] = PLACEHOLDER_UPN
-        elif ctype in (CredentialType.BASIC, CredentialType.WINDOWS):
-            entry["username"] = PLACEHOLDER_USERNAME
-        entry["targets"] = [{"gatewayId": m.gateway_id, "datasourceId": m.datasource_id} for m in members]
-        bindings.append(entry)
-    return {"bindings": bindings}
-
-
-PLACEHOLDER_TENANT = "<tenant id of the app>"
-PLACEHOLDER_CLIENT = "<client id of the app>"
-
-
-def propose_connection_bindings(
-    connections: Iterable[DiscoveredConnection], taken: Iterable[str] = ()
-) -> list[dict[str, Any]]:
-    """Draft bindings with ``connectionId`` targets for the connections no binding covers, one
-    per type, path and credential type (placeholders as in :func:`propose_bindings`; a
-    ServicePrincipal draft also needs the app's tenant and client ids). Connections whose
-    credential a binding cannot rotate (OAuth2, WorkspaceIdentity, KeyPair, Anonymous...) are
-    skipped; one that could reference Key Vault is still proposed (see ``bindings check``)."""
-    groups: dict[tuple[str, str, str], list[DiscoveredConnection]] = {}
-    for c in connections:
-        if c.binding is not None or c.binding_problem:
-            continue
-        ctype = _connection_credential_type(c.credential_type)
-        if ctype is None:
-            continue
-        key = ((c.connection_type or "").casefold(), (c.path or "").casefold(), ctype.value)
-        groups.setdefault(key, []).append(c)
-    names = set(taken)
-    bindings: list[dict[str, Any]] = []
-    for key in sorted(groups):
-        members = sorted(groups[key], key=lambda c: c.id)
-        first = members[0]
-        ctype = CredentialType(key[-1])
-        host = (first.path or "").split(";", 1)[0]
-        base = "-".join(
-            w
-            for w in (
-                _NAME_CHARS.sub("-", p.casefold()).strip("-")
-                for p in ("conn", first.connection_type or "", host)
-            )
-            if w
-        )[:60]
-        entry: dict[str, Any] = {
-            "name": _unique_name(base or "connection", names),
-            "secret": PLACEHOLDER_SECRET,
-            "credentialType": ctype.value,
-        }
-        if ctype in (CredentialType.BASIC, CredentialType.WINDOWS):
-            entry["username"] = PLACEHOLDER_USERNAME
-        if ctype is CredentialType.SERVICE_PRINCIPAL:
-            entry["tenantId"] = PLACEHOLDER_TENANT
-            entry["clientId"] = PLACEHOLDER_CLIENT
-        entry["targets"] = [{"connectionId": m.id} for m in members]
-        bindings.append(entry)
-    return bindings
-
-
-def _bindable(credential_type: str | None) -> CredentialType | None:
+def bindable_credential_type(credential_type: str | None) -> CredentialType | None:
+    """A Power BI credential type as a binding spells it, when a binding can rotate it (matched
+    case-insensitively against :data:`~remediation.config.bindings.BINDABLE_TYPES`)."""
     for member in BINDABLE_TYPES:
         if credential_type is not None and credential_type.casefold() == member.value.casefold():
             return member
     return None
-
-
-def _name_for(source: DiscoveredSource) -> str:
-    """``sql-sales-db`` from the type, the host's first label and the database (when different)."""
-    lowered = {str(k).casefold(): v for k, v in source.connection_details.items()}
-    host = datasource_host(source.connection_details) or ""
-    parts = [source.datasource_type or "source", host.split(".", 1)[0]]
-    database = lowered.get("database")
-    if isinstance(database, str) and database.casefold() != parts[1].casefold():
-        parts.append(database)
-    words = [_NAME_CHARS.sub("-", p.casefold()).strip("-") for p in parts]
-    return "-".join(w for w in words if w)[:60] or "binding"
-
-
-def _unique_name(base: str, taken: set[str]) -> str:
-    name, n = base, 2
-    while name in taken:
-        name, n = f"{base}-{n}", n + 1
-    taken.add(name)
-    return name

@@ -39,7 +39,7 @@ from remediation.config.bindings import Binding, Target
 from remediation.ledger import Outcome
 from remediation.rules.accounts import presentation_locator
 from remediation.rules.redact import SecretMask, mask_urls
-from remediation.telemetry.appinsights import REDACTOR
+from remediation.telemetry.redaction import REDACTOR
 
 __all__ = [
     "QUIET_ACTION",

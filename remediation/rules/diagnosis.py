@@ -5,31 +5,32 @@ credential change: a gateway that is offline, a database that is down or a query
 would not be helped by presenting the password again, and every needless attempt counts toward
 an account lockout. When in doubt the answer is therefore *not* credential.
 
-Inputs are what Power BI returns, untrusted: ``serviceExceptionJson`` is a JSON document inside
-a string, in one of two shapes (``{"errorCode", ["errorDescription"]}`` or the service envelope
-``{"error": {"code", "pbi.error": {"code", "details": [{"code", "detail": {"value"}}]}}}``), or
-absent, empty or garbage. Nothing here raises on bad input, and no message quotes the service's
-free text (it can carry customer content); messages are our words plus the error code.
+Inputs are what Power BI returns, untrusted: refresh-history entries (their
+``serviceExceptionJson`` read by :mod:`remediation.rules.service_errors` into a
+:class:`~remediation.rules.service_errors.ServiceError`), status check codes and API error
+answers. Nothing here raises on bad input, and no message quotes the service's free text (it can
+carry customer content); messages are our words plus the error code.
+
+One job: classifying a failure. The code tables, the wordings of the usual causes and the order
+in which they are consulted are that job's data, kept beside the rules that read them.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from remediation.rules.service_errors import ServiceError, parse_service_exception
 from remediation.rules.signins import refused_sign_in
 
 __all__ = [
     "Category",
     "Diagnosis",
-    "ServiceError",
     "diagnose_api_error",
     "diagnose_refresh",
     "diagnose_status_error",
-    "parse_service_exception",
 ]
 
 
@@ -85,19 +86,6 @@ class Diagnosis:
         if self.category is Category.ACCOUNT:
             return True
         return self.category is Category.CREDENTIAL and self.cause not in ("no-credentials", "oauth-expired")
-
-
-@dataclass(frozen=True)
-class ServiceError:
-    """The useful part of a Power BI error document: its code, free text and detail entries."""
-
-    code: str | None
-    description: str | None = None
-    details: tuple[tuple[str, str], ...] = ()  # (detail code, detail value)
-
-    @property
-    def detail_codes(self) -> tuple[str, ...]:
-        return tuple(code for code, _ in self.details)
 
 
 # -- the code tables ------------------------------------------------------------------------------
@@ -408,78 +396,6 @@ def _refined(rule: _Rule, error: ServiceError) -> tuple[_Rule, str | None]:
             "windows-share",
         )
     return rule, "password"
-
-
-# -- parsing --------------------------------------------------------------------------------------
-def parse_service_exception(value: object) -> ServiceError | None:
-    """The :class:`ServiceError` in a ``serviceExceptionJson`` value (or an error body); never raises.
-
-    Accepts the JSON string, an already-decoded object, a doubly encoded string and a bare error
-    code. Returns None for absent, empty and unusable values.
-    """
-    try:
-        return _parse(value, depth=0)
-    except (ValueError, TypeError, RecursionError):
-        return None
-
-
-def _parse(value: object, *, depth: int) -> ServiceError | None:
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return None
-        if text[0] in '{["' and depth < 2:
-            try:
-                decoded = json.loads(text)
-            except ValueError:
-                return None
-            return _parse(decoded, depth=depth + 1)
-        if _looks_like_code(text):
-            return ServiceError(text)
-        return None
-    if not isinstance(value, Mapping):
-        return None
-    if "errorCode" in value or "errorDescription" in value:
-        return ServiceError(_text(value.get("errorCode")), _text(value.get("errorDescription")))
-    envelope = value.get("error")
-    if isinstance(envelope, str):
-        return ServiceError(envelope) if _looks_like_code(envelope) else None
-    if not isinstance(envelope, Mapping):
-        return None
-    code = _text(envelope.get("code"))
-    details: list[tuple[str, str]] = []
-    pbi = envelope.get("pbi.error")
-    if isinstance(pbi, Mapping):
-        code = _text(pbi.get("code")) or code
-        raw_details = pbi.get("details")
-        if isinstance(raw_details, Sequence) and not isinstance(raw_details, str):
-            for item in raw_details:
-                if not isinstance(item, Mapping):
-                    continue
-                detail_code = _text(item.get("code"))
-                if detail_code is None:
-                    continue
-                detail = item.get("detail")
-                detail_value = detail.get("value") if isinstance(detail, Mapping) else None
-                details.append((detail_code, "" if detail_value is None else str(detail_value)))
-    return ServiceError(code, _text(envelope.get("message")), tuple(details))
-
-
-def _text(value: object) -> str | None:
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
-
-
-def _looks_like_code(text: str) -> bool:
-    """An identifier such as ``DM_GWPipeline_UnknownError`` (not a number, not a JSON literal)."""
-    return (
-        len(text) <= 200
-        and text[:1].isascii()
-        and text[:1].isalpha()
-        and text not in ("null", "true", "false")
-        and all(ch.isascii() and (ch.isalnum() or ch in "_.-") for ch in text)
-    )
 
 
 # -- classification -------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import pytest
 from remediation.config.settings import Settings
 from remediation.edges.service import RemediationService
 from remediation.inbound.workqueue import WorkCommand
-from remediation.telemetry.appinsights import EVENTS_LOGGER, OUTCOME_EVENT
+from remediation.telemetry.appinsights import EVENTS_LOGGER
+from remediation.telemetry.outcomes import OUTCOME_EVENT
 from sandbox import Sandbox
 from tests.functions.test_work_queue import _apply
 from tests.support.world import build_world

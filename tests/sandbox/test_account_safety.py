@@ -25,7 +25,7 @@ from remediation.config.settings import Settings
 from remediation.edges.runtime import build_healer
 from remediation.ledger import Ledger, LedgerError
 from remediation.reconciler.healer import Action, Report
-from remediation.telemetry.appinsights import REDACTOR
+from remediation.telemetry.redaction import REDACTOR
 from sandbox import Sandbox
 from sandbox.clock import ManualClock
 from sandbox.powerbi import INVALID_CONNECTION_CREDENTIALS, pbi_error

@@ -37,7 +37,7 @@ from remediation.edges.cli import main
 from remediation.reconciler.healer import Action
 from remediation.reconciler.refresher import Refresher
 from remediation.rules.redact import MASK
-from remediation.telemetry.appinsights import RedactingFilter
+from remediation.telemetry.redaction import RedactingFilter
 from sandbox import Sandbox
 from sandbox.powerbi import pbi_error
 from tests.functions.host import http_datum, invoke

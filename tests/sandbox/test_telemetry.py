@@ -22,13 +22,9 @@ import pytest
 
 from remediation.clients.stats import StatsSnapshot
 from remediation.ledger import Outcome
-from remediation.telemetry.appinsights import (
-    MASK,
-    OUTCOME_PROPERTIES,
-    RedactingFilter,
-    Redactor,
-    outcome_properties,
-)
+from remediation.rules.redact import MASK
+from remediation.telemetry.outcomes import OUTCOME_PROPERTIES, outcome_properties
+from remediation.telemetry.redaction import RedactingFilter, Redactor
 from sandbox import Sandbox, specs
 from tests.support.network_guard import GUARD
 
@@ -186,7 +182,8 @@ CHILD = GUARD + textwrap.dedent(
     from remediation.clients.stats import StatsSnapshot
     from remediation.ledger import Outcome
     from remediation.config.settings import Settings
-    from remediation.telemetry.appinsights import REDACTOR, Telemetry
+    from remediation.telemetry.appinsights import Telemetry
+    from remediation.telemetry.redaction import REDACTOR
 
     lazy = "azure.monitor.opentelemetry" not in sys.modules
     secret, token = os.environ["TEST_SECRET"], os.environ["TEST_TOKEN"]

@@ -11,12 +11,11 @@ import pytest
 from remediation.rules.diagnosis import (
     Category,
     Diagnosis,
-    ServiceError,
     diagnose_api_error,
     diagnose_refresh,
     diagnose_status_error,
-    parse_service_exception,
 )
+from remediation.rules.service_errors import ServiceError, parse_service_exception
 from sandbox.specs import SPEC_DIR
 
 # Exact strings from specs/powerbi/service_exception_examples.md.

@@ -22,8 +22,8 @@ from remediation.rules.diagnosis import (
     Category,
     diagnose_api_error,
     diagnose_refresh,
-    parse_service_exception,
 )
+from remediation.rules.service_errors import parse_service_exception
 from remediation.safety.answers import Verdict
 
 INVALID = "DM_GWPipeline_Gateway_InvalidConnectionCredentials"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from remediation.config.bindings_file import parse_bindings
-from remediation.inventory.discover import DiscoveredSource, masked_details, propose_bindings
+from remediation.inventory.discover import DiscoveredSource, masked_details
+from remediation.inventory.proposal import propose_bindings
 
 GW = "1f69e798-5852-4fdd-ab01-33bb14b6e934"
 

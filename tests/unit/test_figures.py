@@ -11,8 +11,8 @@ from pathlib import Path
 from remediation.edges.cli import main
 from remediation.ledger import Outcome
 from remediation.ledger.sqlite import SqliteLedger
-from remediation.telemetry.appinsights import OUTCOME_PROPERTIES
 from remediation.telemetry.figures import figures
+from remediation.telemetry.outcomes import OUTCOME_PROPERTIES
 
 DAY = 1_796_000_000.0  # 2026-11-30
 INFRA = Path(__file__).resolve().parents[2] / "infra"

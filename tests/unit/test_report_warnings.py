@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from remediation.config.bindings import CONNECTIONS
-from remediation.edges.cli import warning_lines
+from remediation.edges.render import warning_lines
 from remediation.ledger import Outcome
 from remediation.reconciler.report import OWN_ID, Report
 

@@ -13,7 +13,7 @@ from remediation.clients.http import ApiError
 from remediation.ledger import Outcome
 from remediation.reconciler.runs import Run
 from remediation.rules.redact import MASK
-from remediation.telemetry.appinsights import REDACTOR
+from remediation.telemetry.redaction import REDACTOR
 
 PASSWORD = 'Pw "with" \\ & + spaces'
 JSON_SECRET = json.dumps({"username": "svc_pbi", "password": PASSWORD})
