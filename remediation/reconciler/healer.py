@@ -58,7 +58,8 @@ from remediation.reconciler.resolver import TargetResolver
 from remediation.reconciler.runs import Resolved, Run, recorded
 from remediation.reconciler.targets import Presented, TargetKind, TargetRefused
 from remediation.reconciler.targets.fabric import FabricKind
-from remediation.reconciler.targets.gateway import GatewayKind, TakeOverRefused, UserTokenFactory
+from remediation.reconciler.targets.gateway import GatewayKind, UserTokenFactory
+from remediation.reconciler.targets.gateway_take_over import TakeOverRefused
 from remediation.rules.accounts import account_key
 from remediation.rules.credentials import ResolvedCredential, resolve_credential
 from remediation.rules.redact import mask_urls
