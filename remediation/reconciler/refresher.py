@@ -40,7 +40,6 @@ from typing import Protocol, TypeVar
 
 from remediation.clients.fabric import Connection, FabricClient, ItemConnection
 from remediation.clients.http import ApiError, ThrottledPastDeadline
-from remediation.clients.keyvault import SecretValue
 from remediation.clients.powerbi import (
     DatasetDatasource,
     PowerBIClient,
@@ -54,6 +53,7 @@ from remediation.errors import RemediationError
 from remediation.inventory.inventory import Inventory
 from remediation.inventory.scanner import InventoryPath
 from remediation.ledger import DatasetRecord, InventorySource, Ledger, Outcome, utc_day
+from remediation.reconciler.accounts import Accounts
 from remediation.reconciler.report import Action
 from remediation.reconciler.runs import Resolved, Run
 from remediation.rules.accounts import failed_source, source_locator, source_matches, text_map
@@ -80,17 +80,7 @@ class TargetHealer(Protocol):
 
     def heal_targets(self, resolved: Sequence[Resolved], run: Run) -> list[Outcome]: ...
 
-    def account_of(self, item: Resolved, run: Run) -> str: ...
-
-    def where_of(self, item: Resolved, run: Run) -> str: ...
-
-    def secret(self, name: str, run: Run) -> SecretValue: ...
-
-    def lease_ttl(self) -> float: ...
-
     def in_parallel(self, work: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]: ...
-
-    def all_connections(self, run: Run) -> list[Connection]: ...
 
 
 def _path_details(path: str | None) -> dict[str, str]:
@@ -128,6 +118,9 @@ class Refresher:
         powerbi: PowerBIClient,
         ledger: Ledger,
         targets: TargetHealer,
+        accounts: Accounts,
+        lease_ttl: Callable[[], float],
+        connections: Callable[[Run], list[Connection]],
         fabric: FabricClient | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -139,6 +132,9 @@ class Refresher:
         self.fabric = fabric
         self.ledger = ledger
         self._targets = targets
+        self._accounts = accounts
+        self._lease_ttl = lease_ttl
+        self._connections = connections
         self._clock = clock
         self._sleep = sleep
         self._poll_interval = poll_interval
@@ -341,15 +337,15 @@ class Refresher:
                 evidence.append(SourceEvidence(key, label, action))
                 continue
             try:
-                version = self._targets.secret(item.binding.secret, run).version
-                account = self._targets.account_of(item, run)
+                version = self._accounts.secret(item.binding.secret, run).version
+                account = self._accounts.account_of(item, run)
                 state = self.ledger.target_state(*key)
                 av = self.ledger.account_version(account, item.binding.secret, version)
             except RemediationError as exc:
                 logger.warning("dataset source %s: cannot read its evidence: %s", label, exc)
                 evidence.append(SourceEvidence(key, label, Action.FAILED))
                 continue
-            where = self._targets.where_of(item, run)
+            where = self._accounts.where_of(item, run)
             evidence.append(
                 SourceEvidence(
                     key,
@@ -411,12 +407,12 @@ class Refresher:
             if state.applied_at is None or state.applied_at > started or state.applied_version is None:
                 return  # the failure speaks of what it held before: healing it is the cure
             try:
-                secret = self._targets.secret(item.binding.secret, run)
+                secret = self._accounts.secret(item.binding.secret, run)
             except RemediationError:
                 return
             if not state.holds(item.binding.secret, secret.version):
                 return  # it holds an older version: healing it is the cure
-            account = self._targets.account_of(item, run)
+            account = self._accounts.account_of(item, run)
             what = (
                 f"a refresh reported the account unusable ({diagnosis.message})"
                 if diagnosis.category is Category.ACCOUNT
@@ -440,7 +436,7 @@ class Refresher:
                 item.target.datasource_id,
                 run.owner,
                 self._clock(),
-                self._targets.lease_ttl(),
+                self._lease_ttl(),
             )
             if lease is not None:
                 try:
@@ -480,7 +476,7 @@ class Refresher:
             return list(sources), {}
         known: dict[str, ItemConnection | Connection] = {}
         try:
-            known.update((c.id, c) for c in self._targets.all_connections(run))
+            known.update((c.id, c) for c in self._connections(run))
         except (ApiError, RemediationError) as exc:
             logger.warning("cannot list the Fabric connections: %s", exc)
         items: list[ItemConnection] = []
@@ -866,7 +862,7 @@ class Refresher:
         if self.fabric is None or not self.bindings.binds_connections or wanted == set():
             return lambda _source: False
         try:
-            listed = self._targets.all_connections(run)
+            listed = self._connections(run)
         except (ApiError, RemediationError) as exc:
             logger.warning("cannot list the Fabric connections: %s", exc)
             listed = []
