@@ -124,7 +124,7 @@ class Run:
     reset_done: set[tuple[str, str]] = field(default_factory=set)
     notes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # see warn()
     # Accounts (and versions) a refresh of this run proved (completed), or is still proving: see
-    # Refresher._refresh_in_turn (a refresh is a sign-in; one dataset per account goes first).
+    # Refreshes.refresh_in_turn (a refresh is a sign-in; one dataset per account goes first).
     refresh_proven: set[str] = field(default_factory=set)
     refresh_pending: set[str] = field(default_factory=set)
     # The secret values fetched in this run, and their mask (see the module docstring).
