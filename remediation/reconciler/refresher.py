@@ -93,7 +93,7 @@ class Refresher:
         self.ledger = ledger
         self._targets = targets
         self._clock = clock
-        self.sources = DatasetSources(bindings, connections=connections, fabric=fabric)
+        self.dataset_sources = DatasetSources(bindings, connections=connections, fabric=fabric)
         self.evidence = RefreshEvidence(ledger=ledger, accounts=accounts, lease_ttl=lease_ttl, clock=clock)
         self.refreshes = Refreshes(
             settings,
@@ -194,8 +194,8 @@ class Refresher:
             except ApiError as exc:
                 report(Action.FAILED, f"could not list the dataset's data sources: {exc}")
                 return None
-        sources, connections = self.sources.with_connections(workspace_id, dataset_id, sources, run)
-        resolved, _unbound = self.sources.bindings_of(sources, report, connections)
+        sources, connections = self.dataset_sources.with_connections(workspace_id, dataset_id, sources, run)
+        resolved, _unbound = self.dataset_sources.bindings_of(sources, report, connections)
         credential_bearing = [s for s in sources if s.bound]
         blamed = culprit(latest, credential_bearing) if curable else None
         if curable and diagnosis is not None and latest is not None and not run.dry_run:
@@ -289,7 +289,7 @@ class Refresher:
         refresh failed for credentials. Which datasets those are comes from the stored inventory
         (no scan of the tenant); only their refresh history is read."""
         keys = {(g.lower(), d.lower()) for g, d in healed if g is not None and d is not None}
-        uses_connection = self.sources.connection_users({d for g, d in keys if g == CONNECTIONS}, run)
+        uses_connection = self.dataset_sources.connection_users({d for g, d in keys if g == CONNECTIONS}, run)
         records = [
             r
             for r in self.inventory.stored(run)
@@ -313,7 +313,7 @@ class Refresher:
         except ApiError as exc:
             logger.warning("cannot list workspaces: %s", exc)
             return []
-        uses_connection = self.sources.connection_users(None, run)
+        uses_connection = self.dataset_sources.connection_users(None, run)
         records = [
             r
             for r in sync.records
