@@ -39,13 +39,7 @@ from dataclasses import replace
 from typing import TextIO
 
 from remediation.clients.fabric import FabricEntityNotFound, FabricNotAuthorized
-from remediation.config.bindings import (
-    CONNECTIONS,
-    Binding,
-    BindingSet,
-    Target,
-    TargetMatch,
-)
+from remediation.config.bindings import CONNECTIONS, Binding, BindingSet, Target, TargetMatch
 from remediation.config.bindings_advice import binding_problems, binding_warnings
 from remediation.config.settings import Settings
 from remediation.edges.render import print_check, print_figures, print_history, print_inventory, print_report

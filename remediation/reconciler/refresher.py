@@ -1,73 +1,64 @@
-"""Datasets: read a failed refresh as evidence, heal their sources, and retry them when it is safe.
+"""Datasets: which failed, heal their sources, then refresh them when the safety core allows.
 
-A refresh signs in to every data source of the dataset with its stored credential, and so does
-every scheduled slot once the schedule is back on. Whether a dataset may be refreshed, and its
-schedule re-enabled, is the safety core's decision
-(:func:`remediation.safety.refreshing.may_refresh`): this module gathers the evidence it needs
-(which sources the dataset uses, what this run did to them, what the ledger knows of their
-targets and accounts) and acts on the answer (refresh, schedule, follow-up).
+The dataset flow, as one Key Vault event or a sweep takes it: the datasets whose last refresh
+failed for credentials are found (:meth:`Refresher.retry_failed_refreshes` from the stored
+inventory after a rotation, :meth:`Refresher.scan_failed_datasets` over the whole tenant for a
+sweep, from where the previous one ran out of time); each is read (its last refresh, its sources,
+the Fabric connections in their place and their bindings: :mod:`.dataset_sources`) and its
+failure read as evidence (:mod:`.refresh_evidence`), all of them before any is healed, so that one
+dataset's failure on a version stops another's refresh on that version in the same run. Then the
+bound sources are healed by the healer, under its rules, and the safety core decides whether the
+dataset may be refreshed and its schedule re-enabled
+(:func:`remediation.safety.refreshing.may_refresh`, asked with :mod:`.refresh_evidence`); the
+refresh is started and followed one dataset at a time per account (:mod:`.refreshes`).
 
-A failed refresh is evidence about the version each data source held *when it started*. It is
-blamed on a data source only when the failure names it (the ``DataSourceKind``/``DataSourcePath``
-details) or it is the dataset's only credential-bearing source; a refused sign-in there after the
-current version was applied proves the version wrong (recorded as rejected, for the target and
-the account); a failure without a sign-in (no credentials, a lapsed OAuth2 token) only makes the
-ledger forget what the source holds. Failures on an account that could not sign in at all
-(locked, disabled) are read the same way and retried by the sweep, so that a new version heals
-the dataset once an administrator has unlocked the account and rotated.
-
-**Semantic models bound to Fabric connections** follow the same rules, the connection standing
-for the data source. Which connections a model is bound to is read from Fabric
-(``GET /workspaces/{ws}/items/{id}/connections``) when some binding targets connections. Whether
-the ``datasourceId`` Power BI lists for such a source *is* the connection id is unconfirmed
-(FABRIC.md), so both are handled: a data source whose id is a connection's is that connection;
-otherwise it is the item connection it uniquely corresponds to (same type, its ``server;database``
-path, the same gateway for on-premises ones: :func:`is_connection_of`). An item connection that
-no Power BI data source corresponds to is one more credential-bearing source of the dataset.
-When the item connections cannot be read, only the first rule applies, and a source it does not
-settle stays an unbound source (the dataset is then not refreshed: the safe side).
+Failures on an account that could not sign in at all (locked, disabled) are read like credential
+failures and retried by the sweep, so that a new version heals the dataset once an administrator
+has unlocked the account and rotated. Every dataset ends in an outcome that says why
+(:meth:`Refresher.report_dataset`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Protocol, TypeVar
 
 from remediation.clients.api_errors import ApiError, ThrottledPastDeadline
-from remediation.clients.fabric import Connection, FabricClient, ItemConnection
-from remediation.clients.keyvault import SecretValue
-from remediation.clients.powerbi import PowerBIClient, RefreshAlreadyRunning, RefreshQuotaExceeded
+from remediation.clients.fabric import Connection, FabricClient
+from remediation.clients.powerbi import PowerBIClient
 from remediation.clients.powerbi_models import DatasetDatasource, Refresh
-from remediation.config.bindings import CONNECTIONS, BindingSet, Target
+from remediation.config.bindings import CONNECTIONS, BindingSet
 from remediation.config.settings import Settings
-from remediation.errors import RemediationError
 from remediation.inventory.inventory import Inventory
 from remediation.inventory.scanner import InventoryPath
-from remediation.ledger import DatasetRecord, InventorySource, Ledger, Outcome, utc_day
+from remediation.ledger import DatasetRecord, Ledger, Outcome
+from remediation.reconciler.accounts import Accounts
+from remediation.reconciler.dataset_sources import DatasetSources
+from remediation.reconciler.refresh_evidence import (
+    CURABLE,
+    DatasetPlan,
+    RefreshEvidence,
+    culprit,
+    diagnose,
+    source_key,
+)
+from remediation.reconciler.refreshes import Refreshes
 from remediation.reconciler.report import Action
 from remediation.reconciler.runs import Resolved, Run
-from remediation.rules.accounts import failed_source, source_locator, source_matches, text_map
-from remediation.rules.connections import corresponding_connection, is_connection_of
-from remediation.rules.diagnosis import Category, Diagnosis, diagnose_refresh
-from remediation.rules.redact import describe_datasource, mask_urls
-from remediation.safety.presenting import licensed
-from remediation.safety.refreshing import FailureEvidence, RefreshDecision, SourceEvidence, may_refresh
+from remediation.rules.diagnosis import Category
+from remediation.rules.redact import mask_urls
+from remediation.safety.refreshing import FailureEvidence, RefreshDecision, may_refresh
 
-__all__ = ["Refresher", "TargetHealer", "is_connection_of"]
+__all__ = ["Refresher", "TargetHealer"]
 
 logger = logging.getLogger(__name__)
 _CURSOR = "sweep-cursor"
 """The ledger marker of the sweep's scan cursor: ``workspace/dataset`` where the next scan starts."""
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-_CURABLE = (Category.CREDENTIAL, Category.ACCOUNT)
-"""Refresh failures a new version can cure: credentials, and an account that could not sign in
-(an administrator unlocks it and rotates; the new version heals the dataset with no operator)."""
 
 
 class TargetHealer(Protocol):
@@ -75,41 +66,7 @@ class TargetHealer(Protocol):
 
     def heal_targets(self, resolved: Sequence[Resolved], run: Run) -> list[Outcome]: ...
 
-    def account_of(self, item: Resolved, run: Run) -> str: ...
-
-    def where_of(self, item: Resolved, run: Run) -> str: ...
-
-    def secret(self, name: str, run: Run) -> SecretValue: ...
-
-    def lease_ttl(self) -> float: ...
-
     def in_parallel(self, work: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]: ...
-
-    def all_connections(self, run: Run) -> list[Connection]: ...
-
-
-def _path_details(path: str | None) -> dict[str, str]:
-    """A connection's path as the data source details a refresh failure is compared with."""
-    text = path or ""
-    server, _, database = text.partition(";")
-    if database:
-        return {"server": server, "database": database}
-    return {"path": text} if text else {}
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """A dataset read and learnt from, ready to heal: its last refresh, the diagnosis of its
-    failure when a credential can cure it (else None), its credential-bearing sources, their
-    bound targets and the source the failure names."""
-
-    workspace_id: str
-    dataset_id: str
-    latest: Refresh | None
-    diagnosis: Diagnosis | None
-    credential_bearing: tuple[DatasetDatasource, ...]
-    resolved: tuple[Resolved, ...]
-    culprit: DatasetDatasource | None
 
 
 class Refresher:
@@ -123,6 +80,9 @@ class Refresher:
         powerbi: PowerBIClient,
         ledger: Ledger,
         targets: TargetHealer,
+        accounts: Accounts,
+        lease_ttl: Callable[[], float],
+        connections: Callable[[Run], list[Connection]],
         fabric: FabricClient | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -131,12 +91,20 @@ class Refresher:
         self.settings = settings
         self.bindings = bindings
         self.powerbi = powerbi
-        self.fabric = fabric
         self.ledger = ledger
         self._targets = targets
         self._clock = clock
-        self._sleep = sleep
-        self._poll_interval = poll_interval
+        self.dataset_sources = DatasetSources(bindings, connections=connections, fabric=fabric)
+        self.evidence = RefreshEvidence(ledger=ledger, accounts=accounts, lease_ttl=lease_ttl, clock=clock)
+        self.refreshes = Refreshes(
+            settings,
+            powerbi=powerbi,
+            ledger=ledger,
+            evidence=self.evidence,
+            clock=clock,
+            sleep=sleep,
+            poll_interval=poll_interval,
+        )
         self.inventory = Inventory(
             bindings,
             powerbi=powerbi,
@@ -164,9 +132,9 @@ class Refresher:
         versions even when its last refresh did not fail (an operator's or an event's heal).
 
         A last refresh that failed on credentials (or on an account that cannot sign in) is first
-        read as evidence (:meth:`_learn_from_failure`), then the bound sources are healed under
-        the account rules, then the safety core decides whether the dataset may be refreshed
-        (:func:`~remediation.safety.refreshing.may_refresh`)."""
+        read as evidence (:meth:`RefreshEvidence.learn_from_failure`), then the bound sources are
+        healed under the account rules, then the safety core decides whether the dataset may be
+        refreshed (:func:`~remediation.safety.refreshing.may_refresh`)."""
         plan = self._prepare(
             workspace_id, dataset_id, run, latest, sources, heal_credentials=heal_credentials
         )
@@ -179,7 +147,7 @@ class Refresher:
         refreshed. So one dataset's failure on a version stops another dataset's refresh on that
         version in the same run, whichever is handled first."""
 
-        def prepare(item: tuple[str, str, Refresh]) -> _Plan | None:
+        def prepare(item: tuple[str, str, Refresh]) -> DatasetPlan | None:
             workspace_id, dataset_id, latest = item
             if run.out_of_time(self._clock()):
                 self.report_dataset(run, workspace_id, dataset_id, Action.DEFERRED, why_deferred)
@@ -188,7 +156,7 @@ class Refresher:
 
         plans = self._targets.in_parallel(prepare, list(found))
 
-        def finish(plan: _Plan | None) -> None:
+        def finish(plan: DatasetPlan | None) -> None:
             if plan is not None:
                 self._finish(plan, run, latest_is_fresh=True)
 
@@ -203,7 +171,7 @@ class Refresher:
         sources: Sequence[DatasetDatasource] | None,
         *,
         heal_credentials: bool,
-    ) -> _Plan | None:
+    ) -> DatasetPlan | None:
         """Read the dataset (its last refresh, its data sources and their bindings) and learn from
         its failure; None when there is nothing more to do (reported)."""
         report = partial(self.report_dataset, run, workspace_id, dataset_id)
@@ -215,7 +183,7 @@ class Refresher:
             report(Action.FAILED, f"could not read the refresh history: {exc}")
             return None
         diagnosis = diagnose(latest) if latest is not None and latest.failed else None
-        curable = diagnosis is not None and diagnosis.category in _CURABLE
+        curable = diagnosis is not None and diagnosis.category in CURABLE
         if (diagnosis is not None and not curable) or (not curable and not heal_credentials):
             # A failure a credential cannot cure changes no credential (the gateway is offline, the
             # source unreachable...): PATCHing would only add sign-ins, or fail the same way.
@@ -227,23 +195,23 @@ class Refresher:
             except ApiError as exc:
                 report(Action.FAILED, f"could not list the dataset's data sources: {exc}")
                 return None
-        sources, connections = self._with_connections(workspace_id, dataset_id, sources, run)
-        resolved, _unbound = self._dataset_bindings(sources, report, connections)
+        sources, connections = self.dataset_sources.with_connections(workspace_id, dataset_id, sources, run)
+        resolved, _unbound = self.dataset_sources.bindings_of(sources, report, connections)
         credential_bearing = [s for s in sources if s.bound]
-        culprit = self._culprit(latest, credential_bearing) if curable else None
+        blamed = culprit(latest, credential_bearing) if curable else None
         if curable and diagnosis is not None and latest is not None and not run.dry_run:
-            self._learn_from_failure(diagnosis, latest, culprit, resolved, run)
-        return _Plan(
+            self.evidence.learn_from_failure(diagnosis, latest, blamed, resolved, run)
+        return DatasetPlan(
             workspace_id,
             dataset_id,
             latest,
             diagnosis if curable else None,
             tuple(credential_bearing),
             tuple(resolved),
-            culprit,
+            blamed,
         )
 
-    def _finish(self, plan: _Plan, run: Run, *, latest_is_fresh: bool) -> None:
+    def _finish(self, plan: DatasetPlan, run: Run, *, latest_is_fresh: bool) -> None:
         """Heal the dataset's bound sources, then refresh it if the safety core allows."""
         report = partial(self.report_dataset, run, plan.workspace_id, plan.dataset_id)
         outcomes = self._targets.heal_targets(plan.resolved, run)
@@ -254,19 +222,19 @@ class Refresher:
 
         def decide() -> RefreshDecision:
             return may_refresh(
-                self._evidence(plan.credential_bearing, plan.resolved, outcomes, run),
+                self.evidence.of_sources(plan.credential_bearing, plan.resolved, outcomes, run),
                 FailureEvidence(
                     latest.start_time.timestamp()
                     if latest is not None and latest.start_time is not None
                     else None,
-                    None if plan.culprit is None else _source_key(plan.culprit),
+                    None if plan.culprit is None else source_key(plan.culprit),
                 ),
             )
 
         decision = decide()
         if decision.allowed:
-            self._refresh_in_turn(
-                plan, run, decision.probe_accounts, decide, check_running=not latest_is_fresh
+            self.refreshes.refresh_in_turn(
+                plan, run, decision.probe_accounts, decide, report, check_running=not latest_is_fresh
             )
             return
         account = f" {diagnosis.message}. {diagnosis.fix}" if diagnosis.category is Category.ACCOUNT else ""
@@ -296,154 +264,6 @@ class Refresher:
             refresh_state=latest.status,
         )
 
-    def _culprit(
-        self, latest: Refresh | None, credential_bearing: Sequence[DatasetDatasource]
-    ) -> DatasetDatasource | None:
-        """The data source a failed refresh is about: the one its details name (when exactly one
-        source matches), or the dataset's only credential-bearing source; None when unknown."""
-        if latest is None:
-            return None
-        named = failed_source(latest.service_exception_json)
-        if named is not None:
-            matching = [
-                s
-                for s in credential_bearing
-                if source_matches(named, s.datasource_type, s.connection_details)
-            ]
-            return matching[0] if len(matching) == 1 else None
-        return credential_bearing[0] if len(credential_bearing) == 1 else None
-
-    def _evidence(
-        self,
-        credential_bearing: Sequence[DatasetDatasource],
-        resolved: Sequence[Resolved],
-        outcomes: Sequence[Outcome],
-        run: Run,
-    ) -> list[SourceEvidence]:
-        """What the ledger knows of each credential-bearing source after the heal (for the core)."""
-        healed = {item.target.key: (item, outcome) for item, outcome in zip(resolved, outcomes, strict=True)}
-        evidence: list[SourceEvidence] = []
-        for source in credential_bearing:
-            key = _source_key(source)
-            label = f"{key[0]}/{key[1]}"
-            found = healed.get(key)
-            if found is None:
-                evidence.append(SourceEvidence(key, label, None))
-                continue
-            item, outcome = found
-            action = Action(outcome.action or Action.FAILED.value)
-            if action not in (Action.UPDATED, Action.CURRENT):
-                evidence.append(SourceEvidence(key, label, action))
-                continue
-            try:
-                version = self._targets.secret(item.binding.secret, run).version
-                account = self._targets.account_of(item, run)
-                state = self.ledger.target_state(*key)
-                av = self.ledger.account_version(account, item.binding.secret, version)
-            except RemediationError as exc:
-                logger.warning("dataset source %s: cannot read its evidence: %s", label, exc)
-                evidence.append(SourceEvidence(key, label, Action.FAILED))
-                continue
-            where = self._targets.where_of(item, run)
-            evidence.append(
-                SourceEvidence(
-                    key,
-                    label,
-                    action,
-                    holds_current=state.holds(item.binding.secret, version),
-                    applied_at=state.applied_at,
-                    account_verdict=av.verdict,
-                    contradicted_at=av.contradicted_at,
-                    account=f"{account}|{item.binding.secret.lower()}|{version.lower()}",
-                    licensed_now=licensed(av, where, run.correlation_id, self._clock()),
-                )
-            )
-        return evidence
-
-    def _learn_from_failure(
-        self,
-        diagnosis: Diagnosis,
-        latest: Refresh,
-        culprit: DatasetDatasource | None,
-        resolved: Sequence[Resolved],
-        run: Run,
-    ) -> None:
-        """Read a failed refresh as evidence about the version each source held *when it started*
-        (never about a version applied after it):
-
-        * a refused sign-in (a wrong password, or an account that cannot sign in) by the culprit,
-          which held Key Vault's current version since before the refresh started: that version
-          is rejected for the target and the account (that refresh was its failed sign-in);
-        * no credentials at all, or an OAuth2 token that lapsed: no sign-in happened and the
-          password is not in question, but the source no longer holds what the ledger says; the
-          ledger forgets it, so the heal presents the current version again (under the account
-          rules). Without a known culprit every bound source of the dataset is forgotten.
-        """
-        if latest.start_time is None:
-            return
-        started = latest.start_time.timestamp()
-        key = None if culprit is None else _source_key(culprit)
-        if not diagnosis.refused_sign_in:
-            for item in resolved:
-                if key is not None and item.target.key != key:
-                    continue
-                state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
-                if state.applied_at is not None and state.applied_at <= started:
-                    self.ledger.forget_applied(item.target.gateway_id, item.target.datasource_id)
-                    logger.info(
-                        "target %s/%s: %s; it is sent the current version again",
-                        item.target.gateway_id,
-                        item.target.datasource_id,
-                        diagnosis.message,
-                    )
-            return
-        if key is None:
-            return
-        for item in resolved:
-            if item.target.key != key:
-                continue
-            state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
-            if state.applied_at is None or state.applied_at > started or state.applied_version is None:
-                return  # the failure speaks of what it held before: healing it is the cure
-            try:
-                secret = self._targets.secret(item.binding.secret, run)
-            except RemediationError:
-                return
-            if not state.holds(item.binding.secret, secret.version):
-                return  # it holds an older version: healing it is the cure
-            account = self._targets.account_of(item, run)
-            what = (
-                f"a refresh reported the account unusable ({diagnosis.message})"
-                if diagnosis.category is Category.ACCOUNT
-                else "a refresh failed for credentials on this data source"
-            )
-            refresh = latest.request_id or "without id"
-            reason = f"{what} after version {secret.version} was applied (refresh {refresh})"
-            self.ledger.record_presentation(
-                account,
-                item.binding.secret,
-                secret.version,
-                owner=run.owner,
-                locator=item.where,
-                verdict="rejected",
-                reason=reason,
-                now=self._clock(),
-                sent_at=started,
-            )
-            lease = self.ledger.acquire_lease(
-                item.target.gateway_id,
-                item.target.datasource_id,
-                run.owner,
-                self._clock(),
-                self._targets.lease_ttl(),
-            )
-            if lease is not None:
-                try:
-                    self.ledger.record_rejected(lease, item.binding.secret, secret.version, self._clock())
-                finally:
-                    self.ledger.release_lease(lease)
-            return
-
     def _report_refresh_state(self, report: Callable[..., Outcome], latest: Refresh | None) -> None:
         if latest is None:
             report(Action.HEALTHY, "the dataset has no refresh history")
@@ -465,347 +285,12 @@ class Refresher:
                 refresh_state=latest.status,
             )
 
-    def _with_connections(
-        self, workspace_id: str, dataset_id: str, sources: Sequence[DatasetDatasource], run: Run
-    ) -> tuple[list[DatasetDatasource], dict[str, ItemConnection | Connection]]:
-        """The dataset's sources with the Fabric connections it is bound to in their place (as
-        ``(gatewayId "connections", connection id)``), and what is known of those connections
-        (see the module docstring). Unchanged when no binding targets connections."""
-        if self.fabric is None or not self.bindings.binds_connections:
-            return list(sources), {}
-        known: dict[str, ItemConnection | Connection] = {}
-        try:
-            known.update((c.id, c) for c in self._targets.all_connections(run))
-        except (ApiError, RemediationError) as exc:
-            logger.warning("cannot list the Fabric connections: %s", exc)
-        items: list[ItemConnection] = []
-        try:
-            items = [
-                c for c in self.fabric.list_item_connections(workspace_id, dataset_id) if c.id is not None
-            ]
-        except (ApiError, RemediationError) as exc:
-            logger.warning("dataset %s: cannot list the connections it is bound to: %s", dataset_id, exc)
-        for item in items:
-            assert item.id is not None
-            known.setdefault(item.id, item)
-        bound_ids = {t.connection_id for b in self.bindings for t in b.targets if t.connection_id is not None}
-        item_ids = {c.id for c in items if c.id is not None}
-        used: set[str] = set()
-        out: list[DatasetDatasource] = []
-        for source in sources:
-            if not source.bound or source.gateway_id is None or source.datasource_id is None:
-                out.append(source)
-                continue
-            connection_id = corresponding_connection(
-                source.datasource_id,
-                source.datasource_type,
-                source.gateway_id,
-                source.connection_details,
-                [c for c in items if c.id not in used],
-                ids=item_ids | bound_ids | set(known),
-            )
-            if connection_id is None:
-                out.append(source)
-                continue
-            used.add(connection_id)
-            if self._healed_as_datasource(source, known.get(connection_id), connection_id):
-                out.append(source)  # bound as the gateway data source it also is: healed as that
-                continue
-            out.append(
-                DatasetDatasource(
-                    source.datasource_type, source.connection_details, CONNECTIONS, connection_id, source.name
-                )
-            )
-        for item in items:
-            assert item.id is not None
-            if item.id not in used:
-                out.append(
-                    DatasetDatasource(
-                        item.connection_type,
-                        _path_details(item.path),
-                        CONNECTIONS,
-                        item.id,
-                        item.display_name,
-                    )
-                )
-        return out, known
-
-    def _healed_as_datasource(
-        self, source: DatasetDatasource, connection: ItemConnection | Connection | None, connection_id: str
-    ) -> bool:
-        """Whether a source that is also a Fabric connection is healed as the gateway data source:
-        when a binding names it by gateway and data source id, or, with no binding for the
-        connection, when a data source ``match`` selects it."""
-        gateway_id, datasource_id = source.gateway_id or "", source.datasource_id or ""
-        if self.bindings.for_target(gateway_id, datasource_id) is not None:
-            return True
-        try:
-            if (
-                self.bindings.for_connection(
-                    connection_id,
-                    connection_type=None if connection is None else connection.connection_type,
-                    connectivity_type=None if connection is None else connection.connectivity_type,
-                    path=None if connection is None else connection.path,
-                )
-                is not None
-            ):
-                return False
-            matched = self.bindings.for_datasource(
-                gateway_id,
-                datasource_id,
-                datasource_type=source.datasource_type or "",
-                connection_details=text_map(source.connection_details),
-            )
-        except RemediationError:
-            return False  # reported where the connection's binding is looked up again
-        return matched is not None
-
-    def _dataset_bindings(
-        self,
-        sources: Sequence[DatasetDatasource],
-        report: Callable[..., Outcome],
-        connections: Mapping[str, ItemConnection | Connection] | None = None,
-    ) -> tuple[list[Resolved], list[DatasetDatasource]]:
-        """The dataset's bound targets, and its credential-bearing sources that have no binding."""
-        resolved: list[Resolved] = []
-        unbound: list[DatasetDatasource] = []
-        for source in sources:
-            if not source.bound or source.gateway_id is None or source.datasource_id is None:
-                continue
-            details = text_map(source.connection_details)
-            if source.gateway_id == CONNECTIONS:
-                connection_id = source.datasource_id
-                connection = (connections or {}).get(connection_id)
-                try:
-                    binding = self.bindings.for_connection(
-                        connection_id,
-                        connection_type=None if connection is None else connection.connection_type,
-                        connectivity_type=None if connection is None else connection.connectivity_type,
-                        path=None if connection is None else connection.path,
-                    )
-                except RemediationError as exc:
-                    report(Action.FAILED, str(exc))
-                    unbound.append(source)
-                    continue
-                if binding is None:
-                    unbound.append(source)
-                    report(
-                        Action.UNBOUND,
-                        f"Fabric connection {connection_id} "
-                        f"({describe_datasource(source.datasource_type, source.connection_details)}) has no "
-                        "binding: add one to the bindings file so it can be healed",
-                        gateway_id=CONNECTIONS,
-                        datasource_id=connection_id,
-                    )
-                    continue
-                target = next(
-                    (t for t in binding.targets if t.connection_id == connection_id),
-                    Target.connection(connection_id),
-                )
-                resolved.append(Resolved(binding, target, source_locator(source.datasource_type, details)))
-                continue
-            binding = self.bindings.for_target(source.gateway_id, source.datasource_id)
-            if binding is None:
-                try:
-                    binding = self.bindings.for_datasource(
-                        source.gateway_id,
-                        source.datasource_id,
-                        datasource_type=source.datasource_type or "",
-                        connection_details=details,
-                    )
-                except RemediationError as exc:
-                    report(Action.FAILED, str(exc))
-                    unbound.append(source)
-                    continue
-            if binding is None:
-                unbound.append(source)
-                report(
-                    Action.UNBOUND,
-                    f"data source {describe_datasource(source.datasource_type, source.connection_details)} "
-                    "has no binding: add one to the bindings file so it can be healed",
-                    gateway_id=source.gateway_id.lower(),
-                    datasource_id=source.datasource_id.lower(),
-                )
-                continue
-            resolved.append(
-                Resolved(
-                    binding,
-                    Target(source.gateway_id.lower(), source.datasource_id.lower()),
-                    source_locator(source.datasource_type, details),
-                )
-            )
-        return resolved, unbound
-
-    def _refresh_in_turn(
-        self,
-        plan: _Plan,
-        run: Run,
-        accounts: Sequence[str],
-        decide: Callable[[], RefreshDecision],
-        *,
-        check_running: bool,
-    ) -> None:
-        """Refresh the dataset, one dataset at a time per account whose version this command has
-        not seen accepted (``accounts``, from the safety core): the first refresh proves the
-        version (or records its rejection); the others follow once it completed. One whose outcome
-        is still unknown when the follow-up ends leaves the others of its accounts for a later run.
-        """
-        keys = sorted(f"refresh-proof:{account}" for account in accounts)
-        if not keys:
-            self._refresh(plan, run, decide, check_running=check_running)
-            return
-        report = partial(self.report_dataset, run, plan.workspace_id, plan.dataset_id)
-        with contextlib.ExitStack() as held:
-            for key in keys:
-                held.enter_context(run.key_lock(key))
-            with run.lock:
-                pending = [k for k in keys if k in run.refresh_pending]
-                unproven = [k for k in keys if k not in run.refresh_proven]
-            if pending:
-                who = ", ".join(k.split(":", 1)[1].split("|", 1)[0].split(":", 1)[-1] for k in pending)
-                report(
-                    Action.DEFERRED,
-                    f"not refreshed yet: another dataset's refresh is the first to sign in as {who} with "
-                    "this version, and its outcome is not known yet (a refresh is a sign-in); the next "
-                    "run continues",
-                )
-                return
-            if not unproven:
-                held.close()  # proven in this run: refreshes follow concurrently
-                self._refresh(plan, run, decide, check_running=check_running)
-                return
-            final = self._refresh(plan, run, decide, check_running=check_running)
-            with run.lock:
-                if final is not None and final.status == "Completed":
-                    run.refresh_proven.update(unproven)
-                elif final is None or final.running:
-                    run.refresh_pending.update(unproven)
-
-    def _refresh(
-        self,
-        plan: _Plan,
-        run: Run,
-        decide: Callable[[], RefreshDecision],
-        *,
-        check_running: bool,
-    ) -> Refresh | None:
-        """Retry the refresh: never while one runs, within the daily budget, schedule re-enabled;
-        the safety core is asked again right before the schedule and the refresh (another run may
-        have recorded evidence against the version since). The refresh is followed; a failure on
-        credentials is evidence at once (:meth:`_learn_from_failure`). Returns how it ended (None:
-        not started, or not seen).
-
-        ``check_running`` reads the history first; it is skipped when this run has just read it
-        (a refresh started since is refused by Power BI and reported as running, not retried).
-        """
-        workspace_id, dataset_id = plan.workspace_id, plan.dataset_id
-        report = partial(self.report_dataset, run, workspace_id, dataset_id)
-
-        now = self._clock()
-        day = utc_day(now)
-        try:
-            history = (
-                self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=1)
-                if check_running
-                else []
-            )
-            if history and history[0].running:
-                report(
-                    Action.REFRESH_RUNNING,
-                    "a refresh is already running: not starting another",
-                    refresh_request_id=history[0].request_id,
-                    refresh_state=history[0].status,
-                )
-                return None
-            used = self.ledger.refresh_posts(dataset_id, day)
-            if used >= self.settings.refresh_daily_budget:
-                report(
-                    Action.REFRESH_BUDGET,
-                    f"{used} refreshes started today (budget "
-                    f"{self.settings.refresh_daily_budget}); the next scheduled refresh will run",
-                )
-                return None
-            schedule = self.powerbi.get_refresh_schedule_in_group(workspace_id, dataset_id)
-            if run.dry_run:
-                again = "" if schedule.enabled else " and re-enable its schedule"
-                report(Action.WOULD_REFRESH, f"would refresh the dataset{again}")
-                return None
-            again_now = decide()
-            if not again_now.allowed:
-                report(
-                    again_now.action or Action.BLOCKED,
-                    "not refreshed, and its schedule is left as it is: evidence against a data source's "
-                    "credential arrived meanwhile: " + ", ".join(again_now.waiting),
-                )
-                return None
-            notes = []
-            if not schedule.enabled and schedule.days:
-                self.powerbi.update_refresh_schedule_in_group(workspace_id, dataset_id, True)
-                notes.append("schedule re-enabled")
-            self.ledger.record_refresh_post(dataset_id, day)
-            request = self.powerbi.refresh_dataset_in_group(workspace_id, dataset_id)
-        except RefreshAlreadyRunning:
-            report(Action.REFRESH_RUNNING, "a refresh is already running: not starting another")
-            return None
-        except RefreshQuotaExceeded as exc:
-            report(Action.REFRESH_BUDGET, f"Power BI's daily refresh limit is reached: {exc}")
-            return None
-        except ThrottledPastDeadline as exc:
-            report(Action.DEFERRED, f"not refreshed: {exc}")
-            return None
-        except ApiError as exc:
-            report(Action.FAILED, f"could not refresh: {exc}")
-            return None
-        final = self._follow(workspace_id, dataset_id, request.request_id, run)
-        state = final.status if final is not None else "Unknown"
-        reason = f"refresh {state}"
-        action = Action.REFRESHED
-        if final is not None and final.failed:
-            diagnosis = diagnose(final)
-            reason += f": {diagnosis.message}"
-            if diagnosis.category in _CURABLE:
-                # The refresh was a sign-in with the version: its failure is evidence now.
-                action = Action.FAILED
-                credential_bearing = list(plan.credential_bearing)
-                self._learn_from_failure(
-                    diagnosis, final, self._culprit(final, credential_bearing), plan.resolved, run
-                )
-        elif final is None or final.running:
-            reason += " within this run's time; it goes on in Power BI"
-        if notes:
-            reason += f" ({', '.join(notes)})"
-        report(action, reason, refresh_request_id=request.request_id, refresh_state=state)
-        return final
-
-    def _follow(self, workspace_id: str, dataset_id: str, request_id: str, run: Run) -> Refresh | None:
-        """Poll the history until the refresh ``request_id`` ends, the follow-up time limit or the
-        run's deadline passes."""
-        deadline = self._clock() + self.settings.refresh_timeout_seconds
-        if run.deadline is not None:
-            deadline = min(deadline, run.deadline)
-        interval = min(self._poll_interval, 1.0)
-        last: Refresh | None = None
-        while True:
-            try:
-                for entry in self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=5):
-                    if (entry.request_id or "").lower() == request_id:
-                        last = entry
-                        break
-            except ApiError as exc:
-                logger.warning("following refresh %s: %s", request_id, exc)
-            if last is not None and not last.running:
-                return last
-            if self._clock() + interval > deadline:
-                return last
-            self._sleep(interval)
-            interval = min(interval * 2, self._poll_interval)
-
     def retry_failed_refreshes(self, healed: set[tuple[str | None, str | None]], run: Run) -> None:
         """After a secret change: refresh the datasets on the healed data sources whose last
         refresh failed for credentials. Which datasets those are comes from the stored inventory
         (no scan of the tenant); only their refresh history is read."""
         keys = {(g.lower(), d.lower()) for g, d in healed if g is not None and d is not None}
-        uses_connection = self._connection_users({d for g, d in keys if g == CONNECTIONS}, run)
+        uses_connection = self.dataset_sources.connection_users({d for g, d in keys if g == CONNECTIONS}, run)
         records = [
             r
             for r in self.inventory.stored(run)
@@ -829,7 +314,7 @@ class Refresher:
         except ApiError as exc:
             logger.warning("cannot list workspaces: %s", exc)
             return []
-        uses_connection = self._connection_users(None, run)
+        uses_connection = self.dataset_sources.connection_users(None, run)
         records = [
             r
             for r in sync.records
@@ -852,64 +337,6 @@ class Refresher:
                 "reads them",
             )
         return self._failed_among(records, run, cursor=_CURSOR)
-
-    def _connection_users(self, wanted: set[str] | None, run: Run) -> Callable[[InventorySource], bool]:
-        """Whether an inventory source may be one of the Fabric connections ``wanted`` (None:
-        every connection some binding covers): its id is the connection's, or it corresponds to
-        the connection (:func:`is_connection_of`). Candidates only: :meth:`heal_dataset` reads
-        the item's connections before anything is decided."""
-        if self.fabric is None or not self.bindings.binds_connections or wanted == set():
-            return lambda _source: False
-        try:
-            listed = self._targets.all_connections(run)
-        except (ApiError, RemediationError) as exc:
-            logger.warning("cannot list the Fabric connections: %s", exc)
-            listed = []
-        ids = set(wanted or ()) | (
-            {t.connection_id for b in self.bindings for t in b.targets if t.connection_id}
-            if wanted is None
-            else set()
-        )
-        chosen: list[Connection] = []
-        for c in listed:
-            if wanted is not None and c.id not in wanted:
-                continue
-            if wanted is None:
-                try:
-                    covered = (
-                        self.bindings.for_connection(
-                            c.id,
-                            connection_type=c.connection_type,
-                            connectivity_type=c.connectivity_type,
-                            path=c.path,
-                        )
-                        is not None
-                    )
-                except RemediationError:
-                    covered = True  # selected by several matches: bound (heal_dataset reports it)
-                if not covered:
-                    continue
-            ids.add(c.id)
-            chosen.append(c)
-
-        def uses(source: InventorySource) -> bool:
-            if source.datasource_id.lower() in ids:
-                return True
-            details = source.details()
-            return any(
-                is_connection_of(
-                    c.connection_type,
-                    c.connectivity_type,
-                    c.gateway_id,
-                    c.path,
-                    source.datasource_type,
-                    source.gateway_id,
-                    details,
-                )
-                for c in chosen
-            )
-
-        return uses
 
     def _failed_among(
         self, records: Sequence[DatasetRecord], run: Run, *, cursor: str | None
@@ -936,7 +363,7 @@ class Refresher:
             except ApiError as exc:
                 logger.warning("dataset %s: cannot read refresh history: %s", pair[1], exc)
                 return None
-            if history and history[0].failed and diagnose(history[0]).category in _CURABLE:
+            if history and history[0].failed and diagnose(history[0]).category in CURABLE:
                 return pair[0], pair[1], history[0]
             return None
 
@@ -988,15 +415,3 @@ class Refresher:
                 datasource_id=datasource_id,
             )
         )
-
-
-def diagnose(refresh: Refresh) -> Diagnosis:
-    """The diagnosis of a refresh-history entry."""
-    entry: dict[str, object] = {"status": refresh.status}
-    if refresh.service_exception_json is not None:
-        entry["serviceExceptionJson"] = refresh.service_exception_json
-    return diagnose_refresh(entry)
-
-
-def _source_key(source: DatasetDatasource) -> tuple[str, str]:
-    return (source.gateway_id or "").lower(), (source.datasource_id or "").lower()

@@ -28,7 +28,7 @@ from remediation.inventory.inventory import CACHE_SECONDS, Inventory
 from remediation.ledger import Outcome
 from remediation.reconciler.report import Action
 from remediation.reconciler.runs import Resolved, Run
-from remediation.reconciler.targets.gateway import SourceFacts
+from remediation.reconciler.targets.gateway_settings import SourceFacts
 from remediation.rules.accounts import source_locator, text_map
 from remediation.rules.connections import corresponding_connection, is_connection_of, match_refusal
 from remediation.rules.redact import mask_urls

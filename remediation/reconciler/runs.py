@@ -9,9 +9,8 @@ could echo them (:class:`remediation.rules.redact.SecretMask`), wherever a text 
   CLI's and the HTTP answers all come from these;
 * the reasons written with an account's verdict (:meth:`Run.redact`, used by the healer);
 * the warnings shown on a target (:meth:`Run.warn`);
-* the log records of the reconciler's loggers (:data:`RUN_LOGGERS`), exception text included,
-  by :class:`RunSecretsFilter` (installed on import: it does not wait for telemetry to be
-  configured), with the values of every run still holding secrets;
+* the log records of the reconciler's loggers, exception text included, with the values of every
+  run still holding secrets (:mod:`remediation.reconciler.run_secrets`, installed on import);
 * an exception on its way out of the run (:meth:`Run.drop_secrets`, when the run ends): its
   message and string attributes, and those of its causes, are masked in place, so that
   ``str(exc)`` in the CLI's error line or an HTTP error answer shows no secret.
@@ -22,7 +21,6 @@ them too, for spans and exported records; this does not depend on it.)
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
 import sys
@@ -30,25 +28,24 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
 
 from remediation.clients.fabric import Connection
 from remediation.clients.keyvault import SecretValue
 from remediation.clients.powerbi_models import GatewayDatasource
 from remediation.config.bindings import Binding, Target
 from remediation.ledger import Outcome
+from remediation.reconciler.run_secrets import LIVE_RUNS, scrub_exception
 from remediation.rules.accounts import presentation_locator
 from remediation.rules.redact import SecretMask, mask_urls
 from remediation.telemetry.redaction import REDACTOR
 
 __all__ = [
     "QUIET_ACTION",
-    "RUN_LOGGERS",
     "Resolved",
     "Run",
-    "RunSecretsFilter",
     "TakeOver",
-    "scrub_exception",
+    "outcomes_to",
+    "recorded",
 ]
 
 QUIET_ACTION = "already-current"
@@ -124,7 +121,7 @@ class Run:
     reset_done: set[tuple[str, str]] = field(default_factory=set)
     notes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # see warn()
     # Accounts (and versions) a refresh of this run proved (completed), or is still proving: see
-    # Refresher._refresh_in_turn (a refresh is a sign-in; one dataset per account goes first).
+    # Refreshes.refresh_in_turn (a refresh is a sign-in; one dataset per account goes first).
     refresh_proven: set[str] = field(default_factory=set)
     refresh_pending: set[str] = field(default_factory=set)
     # The secret values fetched in this run, and their mask (see the module docstring).
@@ -143,7 +140,7 @@ class Run:
             if value not in self.held:
                 self.held.append(value)
                 self.mask = SecretMask(self.held)
-                _LIVE.hold(self)
+                LIVE_RUNS.hold(self, self.mask)
 
     def redact(self, text: str) -> str:
         """``text`` without the run's secret values (in any form) and without URL keys."""
@@ -156,7 +153,7 @@ class Run:
         escaping = sys.exc_info()[1]
         if escaping is not None and self.mask:
             scrub_exception(escaping, self.mask)
-        _LIVE.drop(self)
+        LIVE_RUNS.drop(self)
         with self.lock:
             self.secrets.clear()  # the secret values are not kept past the command
             self.held.clear()
@@ -246,135 +243,6 @@ class Run:
     def again_at(self, when: float) -> None:
         with self.lock:
             self.retry_at = when if self.retry_at is None else min(self.retry_at, when)
-
-
-def scrub_exception(exc: BaseException, mask: SecretMask) -> None:
-    """Mask ``mask``'s values in place in ``exc`` and in its causes and contexts: the ``args``
-    and every string (or list, tuple, dict of strings) attribute, so that ``str()``, ``repr()``
-    and a formatted traceback of it show none (an :class:`~remediation.clients.http.ApiError`'s
-    ``message`` and ``details`` are attributes). Attributes that cannot be set are left alone."""
-    seen: set[int] = set()
-    pending = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        _scrub_one(current, mask)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-
-
-def _scrub_one(exc: BaseException, mask: SecretMask) -> None:
-    with contextlib.suppress(AttributeError, TypeError):  # an exception type that refuses
-        exc.args = tuple(mask.mask_value(a) for a in exc.args)
-    for name, value in list(vars(exc).items()):
-        if isinstance(value, str | list | tuple | dict):
-            cleaned = mask.mask_value(value)
-            if cleaned != value:
-                with contextlib.suppress(AttributeError, TypeError):  # a read-only attribute
-                    setattr(exc, name, cleaned)
-
-
-class _LiveRuns:
-    """The masks of the runs that hold secrets now (for log records, which do not know their run)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._masks: dict[int, SecretMask] = {}
-
-    def hold(self, run: Run) -> None:
-        with self._lock:
-            self._masks[id(run)] = run.mask
-
-    def drop(self, run: Run) -> None:
-        with self._lock:
-            self._masks.pop(id(run), None)
-
-    def masks(self) -> list[SecretMask]:
-        with self._lock:
-            return list(self._masks.values())
-
-    def redact(self, text: str) -> str:
-        for mask in self.masks():
-            text = mask.mask(text)
-        return text
-
-    def redact_value(self, value: Any) -> Any:
-        for mask in self.masks():
-            value = mask.mask_value(value)
-        return value
-
-
-_LIVE: Final = _LiveRuns()
-
-# LogRecord attributes that are not ``extra``.
-_RECORD_FIELDS: Final = frozenset(
-    vars(logging.LogRecord("n", logging.INFO, "p", 1, "m", None, None)).keys() | {"message", "asctime"}
-)
-
-RUN_LOGGERS: Final = (
-    "remediation.reconciler.healer",
-    "remediation.reconciler.refresher",
-    "remediation.reconciler.resolver",
-    "remediation.ledger.base",
-    "remediation.reconciler.targets.gateway",
-    "remediation.reconciler.targets.fabric",
-    "remediation.clients.http",
-    "remediation.clients.retry",
-    "remediation.clients.powerbi",
-    "remediation.clients.fabric",
-    "remediation.clients.identity",
-    "remediation.reconciler.runs",
-)
-"""The loggers of the code a run executes: their records are masked by :class:`RunSecretsFilter`."""
-
-
-class RunSecretsFilter(logging.Filter):
-    """Masks the secret values of every run that holds some, in a log record, before any handler
-    sees it: the message (formatted with its arguments), string ``extra`` values, the exception
-    text (formatted from ``exc_info``) and the stack text. A record with nothing to mask is left
-    as it is. Always returns True."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        masks = _LIVE.masks()
-        if not masks:
-            return True
-
-        def clean(value: Any) -> Any:
-            for mask in masks:
-                value = mask.mask_value(value)
-            return value
-
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a bad format string must not break logging
-            message = str(record.msg)
-        masked = clean(message)
-        if masked != message:
-            record.msg, record.args = masked, None
-        for key, value in list(vars(record).items()):
-            if key not in _RECORD_FIELDS and isinstance(value, str | tuple | list | dict):
-                setattr(record, key, clean(value))
-        if record.exc_info and not record.exc_text:
-            text = logging.Formatter().formatException(record.exc_info)
-            if clean(text) != text:
-                record.exc_text = clean(text)
-        elif record.exc_text:
-            record.exc_text = clean(record.exc_text)
-        if record.stack_info:
-            record.stack_info = clean(record.stack_info)
-        return True
-
-
-def _install_log_filter() -> None:
-    flt = RunSecretsFilter()
-    for name in RUN_LOGGERS:
-        target = logging.getLogger(name)
-        if not any(isinstance(f, RunSecretsFilter) for f in target.filters):
-            target.addFilter(flt)
-
-
-_install_log_filter()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 from remediation.clients.fabric import Connection
 from remediation.config.bindings import EncryptedConnection, PrivacyLevel
 from remediation.config.bindings_file import parse_bindings
-from remediation.reconciler.targets.gateway import source_settings
+from remediation.reconciler.targets.gateway_settings import source_settings
 from remediation.rules.connections import corresponding_connection
 from remediation.rules.credentials import ResolvedCredential, credential_details
 

@@ -13,7 +13,9 @@ only knows how to
    presented, in doubt): the kind only says which service answered (:func:`answer_of`); the
    meaning is the safety core's (:func:`remediation.safety.answers.verdict_of`).
 
-Kinds: :mod:`remediation.reconciler.targets.gateway` (Power BI gateway data sources) and
+Kinds: :mod:`remediation.reconciler.targets.gateway` (Power BI gateway data sources; its parts:
+:mod:`~remediation.reconciler.targets.gateway_keys`, :mod:`~remediation.reconciler.targets.gateway_settings`
+and :mod:`~remediation.reconciler.targets.gateway_take_over`) and
 :mod:`remediation.reconciler.targets.fabric` (Fabric connections).
 """
 
@@ -27,9 +29,10 @@ from remediation.clients.keyvault import SecretValue
 from remediation.errors import RemediationError
 from remediation.reconciler.runs import Resolved, Run
 from remediation.rules.credentials import ResolvedCredential
+from remediation.rules.redact import mask_urls
 from remediation.safety.answers import Answer, Service, VerdictOf
 
-__all__ = ["Presented", "TargetKind", "TargetRefused", "answer_of"]
+__all__ = ["Presented", "TargetKind", "TargetRefused", "answer_of", "in_few_words"]
 
 
 def answer_of(service: Service, exc: ApiError) -> Answer:
@@ -41,6 +44,13 @@ def answer_of(service: Service, exc: ApiError) -> Answer:
     if exc.inner_code and exc.inner_code != exc.code:
         details = ((exc.inner_code, ""), *details)
     return Answer(service, exc.status, exc.code, exc.message, details)
+
+
+def in_few_words(exc: Exception) -> str:
+    """A failed read in a few words (status and code: no body, no header), for a reason."""
+    if isinstance(exc, ApiError):
+        return f"HTTP {exc.status}" + (f" {exc.code}" if exc.code else "")
+    return mask_urls(str(exc))
 
 
 class TargetRefused(RemediationError):
