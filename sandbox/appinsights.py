@@ -21,10 +21,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sandbox import specs
-from sandbox.server import HTTPError, Response
+from sandbox.routing import HTTPError, Response
 
 if TYPE_CHECKING:
-    from sandbox.server import Request
+    from sandbox.routing import Request
     from sandbox.world import Sandbox
 
 T = TypeVar("T")

@@ -47,10 +47,10 @@ from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sandbox.accounts import DEFAULT_LOCKOUT_THRESHOLD, Account
-from sandbox.server import HTTPError, Response
+from sandbox.routing import HTTPError, Response
 
 if TYPE_CHECKING:
-    from sandbox.server import Request
+    from sandbox.routing import Request
     from sandbox.world import Sandbox
 
 logger = logging.getLogger(__name__)

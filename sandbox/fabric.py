@@ -77,7 +77,7 @@ from sandbox.entra import TokenInfo, TokenRejected
 from sandbox.gateway_keys import GatewayDecryptError, GatewayKeyPair
 from sandbox.powerbi import Datasource, _CredentialFormatError, parse_credentials
 from sandbox.refusals import FABRIC_REFUSALS, FabricRefusal, Refused, fabric_error, fabric_refusal
-from sandbox.server import HTTPError, Request, Response
+from sandbox.routing import HTTPError, Request, Response
 from sandbox.sources import CheckResult, SourceSystem, presented_secret
 from sandbox.specs import fabric_errors, fabric_subtype
 

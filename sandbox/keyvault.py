@@ -35,10 +35,10 @@ from urllib.parse import quote
 
 from sandbox import specs
 from sandbox.entra import KEYVAULT_AUDIENCE, TokenInfo, TokenRejected
-from sandbox.server import HTTPError, Response
+from sandbox.routing import HTTPError, Response
 
 if TYPE_CHECKING:
-    from sandbox.server import Request
+    from sandbox.routing import Request
     from sandbox.world import Sandbox
 
 logger = logging.getLogger(__name__)

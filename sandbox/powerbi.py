@@ -161,7 +161,7 @@ from sandbox.refusals import (
     pbi_error,
     powerbi_refusal,
 )
-from sandbox.server import HTTPError, Request, Response
+from sandbox.routing import HTTPError, Request, Response
 from sandbox.sources import CheckResult, SourceSystem, presented_secret
 
 if TYPE_CHECKING:

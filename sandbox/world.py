@@ -30,9 +30,12 @@ from sandbox.appinsights import AppInsights
 from sandbox.clock import Clock
 from sandbox.entra import Entra
 from sandbox.fabric import Fabric
+from sandbox.faults import Faults
 from sandbox.keyvault import KeyVault
 from sandbox.powerbi import PowerBI
-from sandbox.server import Faults, HTTPSService, Recorder, Router
+from sandbox.recorder import Recorder
+from sandbox.routing import Router
+from sandbox.server import HTTPSService
 from sandbox.sources import Sources
 from sandbox.tls import make_tls
 
