@@ -48,10 +48,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sandbox.accounts import DEFAULT_LOCKOUT_THRESHOLD, Account
 from sandbox.routing import HTTPError, Response
+from sandbox.sources import Sources
 
 if TYPE_CHECKING:
+    from sandbox.host import Host
     from sandbox.routing import Request
-    from sandbox.world import Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +140,9 @@ class TokenRejected(Exception):
 class Entra:
     """Principals of one tenant, the tokens issued to them, and Entra's HTTP endpoints."""
 
-    def __init__(self, sandbox: Sandbox, tenant_id: str = DEFAULT_TENANT) -> None:
-        self._sb = sandbox
+    def __init__(self, host: Host, sources: Sources, tenant_id: str = DEFAULT_TENANT) -> None:
+        self._host = host
+        self._sources = sources  # where users' accounts live (add_user)
         self.tenant_id = tenant_id
         self._lock = threading.RLock()
         self.apps: dict[str, App] = {}
@@ -195,7 +197,7 @@ class Entra:
         Entra's smart lockout is 10 by default, the sandbox is stricter). Data sources that sign
         in as this user (OAuth2) may share the same account: ``sb.sources.add(..., account=upn)``.
         """
-        sources = self._sb.sources
+        sources = self._sources
         if account is None:
             account = sources.find_account(upn)
             if account is None:
@@ -237,7 +239,7 @@ class Entra:
         When ``mi`` is given, ``AZURE_CLIENT_ID`` names it too: the conventional way
         (``DefaultAzureCredential``, Functions settings) to pick a user-assigned identity.
         """
-        env = {"IDENTITY_ENDPOINT": f"{self._sb.url}/msi/token", "IDENTITY_HEADER": self.identity_header}
+        env = {"IDENTITY_ENDPOINT": f"{self._host.url}/msi/token", "IDENTITY_HEADER": self.identity_header}
         if mi is not None:
             with self._lock:
                 if mi.client_id not in self.managed_identities:
@@ -263,7 +265,7 @@ class Entra:
             tenant=self.tenant_id,
             audience=audience.rstrip("/"),
             scopes=scopes,
-            expires_at=self._sb.clock.now() + (self.token_lifetime if lifetime is None else lifetime),
+            expires_at=self._host.clock.now() + (self.token_lifetime if lifetime is None else lifetime),
         )
         with self._lock:
             self.tokens[info.token] = info
@@ -285,7 +287,7 @@ class Entra:
         if info is None:
             raise TokenRejected("unknown")
         request.token = info
-        if info.expires_at <= self._sb.clock.now():
+        if info.expires_at <= self._host.clock.now():
             raise TokenRejected("expired")
         if info.audience != audience.rstrip("/"):
             raise TokenRejected("audience")
@@ -297,7 +299,7 @@ class Entra:
 
     # -- HTTP --------------------------------------------------------------------------------
     def _register_routes(self) -> None:
-        add = self._sb.router.add
+        add = self._host.router.add
         tenant = r"/(?P<tenant>[^/]+)"
         add(
             "entra",
@@ -344,7 +346,7 @@ class Entra:
 
     def _oauth_error(self, error: str, aadsts: int, description: str) -> dict[str, Any]:
         trace_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
-        stamp = _dt.datetime.fromtimestamp(self._sb.clock.now(), _dt.UTC)
+        stamp = _dt.datetime.fromtimestamp(self._host.clock.now(), _dt.UTC)
         timestamp = stamp.strftime("%Y-%m-%d %H:%M:%SZ")
         return {
             "error": error,
@@ -356,7 +358,7 @@ class Entra:
             "timestamp": timestamp,
             "trace_id": trace_id,
             "correlation_id": correlation_id,
-            "error_uri": f"{self._sb.url}/error?code={aadsts}",
+            "error_uri": f"{self._host.url}/error?code={aadsts}",
         }
 
     def _fail(self, status: int, error: str, aadsts: int, description: str) -> HTTPError:
@@ -384,7 +386,7 @@ class Entra:
     def _openid_configuration(self, request: Request) -> Response:
         tenant = request.params["tenant"]
         self._check_tenant(tenant)
-        base = f"{self._sb.url}/{tenant}"
+        base = f"{self._host.url}/{tenant}"
         # Like the real service, the multi-tenant documents carry a placeholder issuer.
         issuer_tenant = self.tenant_id if tenant == self.tenant_id else "{tenantid}"
         body = {
@@ -400,9 +402,9 @@ class Entra:
             "id_token_signing_alg_values_supported": ["RS256"],
             "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
-            "issuer": f"{self._sb.url}/{issuer_tenant}/v2.0",
+            "issuer": f"{self._host.url}/{issuer_tenant}/v2.0",
             "request_uri_parameter_supported": False,
-            "userinfo_endpoint": f"{self._sb.url}/oidc/userinfo",
+            "userinfo_endpoint": f"{self._host.url}/oidc/userinfo",
             "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
             "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
             "http_logout_supported": True,
@@ -575,7 +577,7 @@ class Entra:
                 700021,
                 "Client assertion application identifier doesn't match 'client_id' parameter.",
             )
-        endpoint = f"{self._sb.url}/{tenant}/oauth2/v2.0/token"
+        endpoint = f"{self._host.url}/{tenant}/oauth2/v2.0/token"
         if claims.get("aud") != endpoint:
             raise self._fail(
                 401,
@@ -743,7 +745,7 @@ class Entra:
         return response
 
     def _token_response(self, info: TokenInfo, *, scope: str | None) -> Response:
-        lifetime = max(0, round(info.expires_at - self._sb.clock.now()))
+        lifetime = max(0, round(info.expires_at - self._host.clock.now()))
         body: dict[str, Any] = {"token_type": "Bearer"}
         if scope is not None:
             body["scope"] = scope
@@ -760,11 +762,11 @@ class Entra:
 
     def _id_token(self, app: App, user: User) -> str:
         """A well-formed JWT with Entra's v2.0 claims. Unsigned: msal decodes, never verifies, it."""
-        now = int(self._sb.clock.now())
+        now = int(self._host.clock.now())
         header = {"typ": "JWT", "alg": "RS256", "kid": "sandbox"}
         claims = {
             "aud": app.client_id,
-            "iss": f"{self._sb.url}/{self.tenant_id}/v2.0",
+            "iss": f"{self._host.url}/{self.tenant_id}/v2.0",
             "iat": now,
             "nbf": now,
             "exp": now + int(self.token_lifetime),

@@ -72,9 +72,11 @@ class Sandbox:
             port=port,
             extra_ports=(USER_REALM_PORT,) if serve_user_realm else (),
         )
-        self.sources = Sources(self)
-        self.entra = Entra(self)
-        self.vault = KeyVault(self)
+        # Each stand-in is given this sandbox as its Host (router, url, clock) and, by name, the
+        # stand-ins it talks to. The order is the routes' order (the first match wins).
+        self.sources = Sources(self.clock)
+        self.entra = Entra(self, self.sources)
+        self.vault = KeyVault(self, self.entra)
         self.powerbi = PowerBI(self)
         self.fabric = Fabric(self)
         self.appinsights = AppInsights(self)
