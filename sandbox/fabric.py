@@ -69,20 +69,19 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sandbox.accounts import Cause
-from sandbox.entra import TokenInfo, TokenRejected
+from sandbox.connections import FabricConnection, FabricGateway, GatewayMember
+from sandbox.credential_data import CredentialFormatError, parse_credentials
+from sandbox.entra import Entra, TokenInfo, TokenRejected
 from sandbox.gateway_keys import GatewayDecryptError, GatewayKeyPair
-from sandbox.powerbi import Datasource, _CredentialFormatError, parse_credentials
+from sandbox.host import Host
+from sandbox.powerbi import Datasource, PowerBI
 from sandbox.refusals import FABRIC_REFUSALS, FabricRefusal, Refused, fabric_error, fabric_refusal
 from sandbox.routing import HTTPError, Request, Response
-from sandbox.sources import CheckResult, SourceSystem, presented_secret
+from sandbox.sources import CheckResult, Sources, SourceSystem, presented_secret
 from sandbox.specs import fabric_errors, fabric_subtype
-
-if TYPE_CHECKING:
-    from sandbox.world import Sandbox
 
 __all__ = [
     "FABRIC_AUDIENCE",
@@ -120,55 +119,14 @@ def _fault_body(status: int, code: str, message: str) -> dict[str, Any]:
     return body
 
 
-@dataclass(eq=False)
-class GatewayMember:
-    """One member of a gateway cluster: its own key pair."""
-
-    id: str
-    name: str
-    keys: GatewayKeyPair = field(repr=False)
-    enabled: bool = True
-
-
-@dataclass(eq=False)
-class FabricGateway:
-    """An on-premises gateway cluster (or a personal gateway: one member, type ``OnPremisesPersonal``)."""
-
-    id: str
-    name: str
-    type: str
-    members: list[GatewayMember]
-    admins: set[str] = field(default_factory=set)
-
-
-@dataclass(eq=False)
-class FabricConnection:
-    """A connection and the source system its credential signs in to."""
-
-    id: str
-    display_name: str
-    connectivity_type: str
-    source: SourceSystem = field(repr=False)
-    credential_type: str
-    gateway: FabricGateway | None = None
-    connection_type: str = "SQL"
-    path: str = ""
-    privacy_level: str = "Organizational"
-    connection_encryption: str = "Encrypted"
-    users: set[str] = field(default_factory=set)
-    key_vault_reference: dict[str, str] | None = None  # {"connectionId", "secretName"} instead of a copy
-    data: dict[str, str] = field(default_factory=dict, repr=False)  # the stored copy (no reference)
-    updates: int = 0  # accepted PATCHes
-    reference_overwritten: int = 0  # PATCHes that replaced a Key Vault reference with a copy
-    received: list[dict[str, Any]] = field(default_factory=list, repr=False)  # decrypted per PATCH
-    refusal: FabricRefusal = "incorrect-credentials"  # how a refused sign-in is answered (set_refusal)
-
-
 class Fabric:
     """The Fabric connections and gateways of one tenant."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
-        self._sb = sandbox
+    def __init__(self, host: Host, entra: Entra, sources: Sources, powerbi: PowerBI) -> None:
+        self._host = host
+        self._entra = entra  # whose tokens it accepts
+        self._sources = sources  # the systems behind the connections, where sign-ins are counted
+        self._powerbi = powerbi  # whose workspaces hold the items, and whose data sources it shows
         self._lock = threading.RLock()
         self.connections: dict[str, FabricConnection] = {}
         self.gateways: dict[str, FabricGateway] = {}
@@ -187,7 +145,7 @@ class Fabric:
     @property
     def api_url(self) -> str:
         """``https://127.0.0.1:PORT/v1`` -- the product's ``FABRIC_API_URL``."""
-        return self._sb.url + "/v1"
+        return self._host.url + "/v1"
 
     # -- world building (tests) ------------------------------------------------------------------
     def add_gateway(
@@ -294,7 +252,7 @@ class Fabric:
             ),
         ]
         for name, method, pattern, handler in routes:
-            self._sb.router.add(
+            self._host.router.add(
                 "fabric", f"fabric.{name}", method, _BASE + pattern, self._wrap(handler), _fault_body
             )
 
@@ -314,7 +272,7 @@ class Fabric:
 
     def _authenticate(self, request: Request) -> TokenInfo:
         try:
-            return self._sb.entra.verify(request, FABRIC_AUDIENCE)
+            return self._entra.verify(request, FABRIC_AUDIENCE)
         except TokenRejected as exc:
             code = "TokenExpired" if exc.reason == "expired" else "InvalidToken"
             raise HTTPError(
@@ -434,7 +392,7 @@ class Fabric:
         whether ``caller`` may manage it (see the module docstring)."""
         if not self.lists_gateway_datasources:
             return {}
-        powerbi = self._sb.powerbi
+        powerbi = self._powerbi
         found: dict[str, tuple[dict[str, Any], bool]] = {}
         with powerbi.lock:
             for gateway in powerbi.gateways.values():
@@ -483,7 +441,7 @@ class Fabric:
             else:
                 data = dict(connection.data)
             kind = _SOURCE_TYPE.get(connection.credential_type, connection.credential_type)
-        return self._sb.sources.check(connection.source.id, kind, data, cause=cause)
+        return self._sources.check(connection.source.id, kind, data, cause=cause)
 
     def _page(self, request: Request, value: list[dict[str, Any]]) -> Response:
         """One page of ``value`` from ``continuationToken`` on, with the link to the next."""
@@ -499,7 +457,7 @@ class Fabric:
         body: dict[str, Any] = {"value": value[start:end]}
         if end < len(value):
             body["continuationToken"] = str(end)
-            body["continuationUri"] = f"{self._sb.url}{request.path}?continuationToken={end}"
+            body["continuationUri"] = f"{self._host.url}{request.path}?continuationToken={end}"
         return Response(200, body)
 
     # -- handlers --------------------------------------------------------------------------------
@@ -519,7 +477,7 @@ class Fabric:
         caller = self._authenticate(request)
         workspace_id = self._path_id(request, "workspace")
         item_id = self._path_id(request, "item")
-        powerbi = self._sb.powerbi
+        powerbi = self._powerbi
         with powerbi.lock:
             workspace = powerbi.workspaces.get(workspace_id)
             if workspace is None or not any(m.lower() == caller.principal.lower() for m in workspace.members):
@@ -626,7 +584,7 @@ class Fabric:
         skip_test = details.get("skipTestConnection") is True
         if not skip_test:
             source_type = _SOURCE_TYPE.get(credential_type, credential_type)
-            result = self._sb.sources.check(connection.source.id, source_type, data, cause="update-test")
+            result = self._sources.check(connection.source.id, source_type, data, cause="update-test")
             if result == "unreachable":
                 raise HTTPError(
                     400,
@@ -739,7 +697,7 @@ class Fabric:
             try:
                 plaintext = member.keys.decrypt(blobs[member.id])
                 decoded.append(parse_credentials(source_type, plaintext))
-            except (GatewayDecryptError, _CredentialFormatError) as exc:
+            except (GatewayDecryptError, CredentialFormatError) as exc:
                 logger.info("sandbox fabric: member %s refused credentials: %s", member.id, exc)
                 raise invalid(f"Gateway member {member.id} could not decrypt its credentials.") from None
         if any(d != decoded[0] for d in decoded):

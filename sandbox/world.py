@@ -77,8 +77,9 @@ class Sandbox:
         self.sources = Sources(self.clock)
         self.entra = Entra(self, self.sources)
         self.vault = KeyVault(self, self.entra)
-        self.powerbi = PowerBI(self)
-        self.fabric = Fabric(self)
+        self.powerbi = PowerBI(self, self.entra, self.sources)
+        self.fabric = Fabric(self, self.entra, self.sources, self.powerbi)
+        self.powerbi.fabric = self.fabric  # refreshes of models bound to connections sign in through it
         self.appinsights = AppInsights(self)
         self._started = False
 
