@@ -13,6 +13,10 @@ Services (each in its own module, each registering its routes on the shared rout
 behind the data sources and the accounts they sign in as, which hold the real passwords and
 count failed sign-ins). ``sb.requests`` records every request;
 ``sb.faults`` queues failures and sets latency.
+
+This module is the top of the sandbox: it builds the stand-ins and hands each what it uses (the
+sandbox itself as their :class:`~sandbox.host.Host`, and the other stand-ins by name); none of
+them imports it.
 """
 
 from __future__ import annotations

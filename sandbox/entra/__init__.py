@@ -1,4 +1,4 @@
-"""Entra ID stand-in (``sb.entra``):
+"""Entra ID stand-in (``sb.entra``): a directory, its token endpoint, and what the SDKs call.
 
 - :mod:`~sandbox.entra.directory`: principals and the tokens issued to them (and their audiences);
 - :mod:`~sandbox.entra.oauth`: the token endpoint (client authentication, grants, OAuth errors);
