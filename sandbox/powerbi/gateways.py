@@ -52,6 +52,7 @@ from sandbox.powerbi.models import (
 from sandbox.powerbi.tenant import Tenant, contains, same, source_kind_path, user_of
 from sandbox.powerbi.wire import (
     GATEWAY_UNREACHABLE,
+    INVALID_ENCRYPTION_ALGORITHM,
     NOT_AUTHORIZED,
     UNKNOWN_GATEWAY_ERROR,
     bad_request,
@@ -66,9 +67,6 @@ from sandbox.routing import HTTPError, Request, Response
 from sandbox.sources import SourceSystem, presented_secret
 
 logger = logging.getLogger(__name__)
-
-
-INVALID_ENCRYPTION_ALGORITHM = "DMTS_InvalidEncryptionAlgorithmError"
 
 
 def _source_credential(source: SourceSystem) -> dict[str, str]:
