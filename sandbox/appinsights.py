@@ -21,11 +21,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sandbox import specs
-from sandbox.server import HTTPError, Response
+from sandbox.routing import HTTPError, Response
 
 if TYPE_CHECKING:
-    from sandbox.server import Request
-    from sandbox.world import Sandbox
+    from sandbox.host import Host
+    from sandbox.routing import Request
 
 T = TypeVar("T")
 
@@ -35,8 +35,8 @@ INSTRUMENTATION_KEY = "00000000-0000-0000-0000-0000000000aa"
 class AppInsights:
     """Accepted telemetry, queryable by kind, with a polling helper for the asynchronous exporter."""
 
-    def __init__(self, sandbox: Sandbox, instrumentation_key: str = INSTRUMENTATION_KEY) -> None:
-        self._sb = sandbox
+    def __init__(self, host: Host, instrumentation_key: str = INSTRUMENTATION_KEY) -> None:
+        self._host = host
         self.instrumentation_key = instrumentation_key
         self._lock = threading.Lock()
         self._envelopes: list[dict[str, Any]] = []
@@ -45,8 +45,8 @@ class AppInsights:
     @property
     def connection_string(self) -> str:
         return (
-            f"InstrumentationKey={self.instrumentation_key};IngestionEndpoint={self._sb.url}/;"
-            f"LiveEndpoint={self._sb.url}/"
+            f"InstrumentationKey={self.instrumentation_key};IngestionEndpoint={self._host.url}/;"
+            f"LiveEndpoint={self._host.url}/"
         )
 
     # -- queries -----------------------------------------------------------------------------
@@ -105,7 +105,7 @@ class AppInsights:
 
     # -- HTTP --------------------------------------------------------------------------------
     def _register_routes(self) -> None:
-        add = self._sb.router.add
+        add = self._host.router.add
         add("appinsights", "appinsights.track", "POST", r"/v2(?:\.1)?/track", self._track, _track_error)
         add(
             "appinsights",

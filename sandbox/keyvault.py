@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 from sandbox import specs
-from sandbox.entra import KEYVAULT_AUDIENCE, TokenInfo, TokenRejected
-from sandbox.server import HTTPError, Response
+from sandbox.entra import KEYVAULT_AUDIENCE, Entra, TokenInfo, TokenRejected
+from sandbox.routing import HTTPError, Response
 
 if TYPE_CHECKING:
-    from sandbox.server import Request
-    from sandbox.world import Sandbox
+    from sandbox.host import Host
+    from sandbox.routing import Request
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +100,15 @@ class KeyVault:
 
     def __init__(
         self,
-        sandbox: Sandbox,
+        host: Host,
+        entra: Entra,
         *,
         name: str = "sandbox-kv",
         subscription_id: str = "00000000-0000-4000-8000-0000000000a1",
         resource_group: str = "sandbox-rg",
     ) -> None:
-        self._sb = sandbox
+        self._host = host
+        self._entra = entra  # whose tokens it accepts
         self.name = name
         self.subscription_id = subscription_id
         self.resource_group = resource_group
@@ -124,7 +126,7 @@ class KeyVault:
     @property
     def url(self) -> str:
         """The vault URL with a trailing slash, as ``KEY_VAULT_URL`` carries it."""
-        return self._sb.url + "/"
+        return self._host.url + "/"
 
     @property
     def resource_id(self) -> str:
@@ -154,7 +156,7 @@ class KeyVault:
         """Add a new version of ``name`` and return it; subscribers hear of it when ``notify``."""
         if not _NAME.fullmatch(name):
             raise ValueError(f"invalid secret name {name!r}")
-        now = int(self._sb.clock.now())
+        now = int(self._host.clock.now())
         record = _Version(
             uuid.uuid4().hex, value, dict(tags or {}), content_type, enabled, now, now, not_before, expires
         )
@@ -197,7 +199,7 @@ class KeyVault:
             if record is None:
                 raise KeyError(f"{name}/{version}")
             record.enabled = enabled
-            record.updated = int(self._sb.clock.now())
+            record.updated = int(self._host.clock.now())
 
     # Access ------------------------------------------------------------------------------
     def restrict(self) -> None:
@@ -255,7 +257,7 @@ class KeyVault:
                 raise KeyError(f"{name}/{version}" if version else name)
             snapshot = self._snapshot(name, record)
             subscribers = list(self._subscribers)
-            event_id, now = str(uuid.uuid4()), self._sb.clock.now()
+            event_id, now = str(uuid.uuid4()), self._host.clock.now()
             self.events.append(
                 self._event(f"Microsoft.KeyVault.{short}", snapshot, "EventGridSchema", event_id, now)
             )
@@ -360,7 +362,7 @@ class KeyVault:
 
     # -- HTTP --------------------------------------------------------------------------------
     def _register_routes(self) -> None:
-        add = self._sb.router.add
+        add = self._host.router.add
         name = r"(?P<name>[^/]+)"
         add("keyvault", "keyvault.list_secrets", "GET", r"/secrets/?", self._http_list_secrets, _error_body)
         add(
@@ -391,7 +393,7 @@ class KeyVault:
     def _authorize(self, request: Request, permission: Permission) -> TokenInfo:
         """Authenticate like Key Vault (401 + challenge), then apply the access policy (403)."""
         try:
-            info = self._sb.entra.verify(request, KEYVAULT_AUDIENCE)
+            info = self._entra.verify(request, KEYVAULT_AUDIENCE)
         except TokenRejected as exc:
             raise HTTPError(
                 401,
@@ -422,8 +424,7 @@ class KeyVault:
 
     def _challenge(self) -> str:
         return (
-            f'Bearer authorization="{self._sb.url}/{self._sb.entra.tenant_id}", '
-            f'resource="{KEYVAULT_AUDIENCE}"'
+            f'Bearer authorization="{self._host.url}/{self._entra.tenant_id}", resource="{KEYVAULT_AUDIENCE}"'
         )
 
     def _headers(self) -> dict[str, str]:

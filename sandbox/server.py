@@ -1,16 +1,11 @@
-"""The sandbox's HTTPS server: routing, recording, faults and latency.
+"""The sandbox's HTTPS server: one threaded server on 127.0.0.1 that serves every stand-in.
 
-One threaded HTTPS server on 127.0.0.1 serves every stand-in (Entra ID, Key Vault, Power BI,
-Application Insights ingestion). Each service module registers named routes on a
-:class:`Router`; every request is recorded in :class:`Recorder` so that tests can assert
-exactly what a client did; :class:`Faults` queues canned failures per route (429 with
-``Retry-After``, 5xx, a dropped connection, an answer held back or trickled out a byte at a
-time), before the handler runs or
-after it (the request was processed, its answer is lost), and adds a per-request latency for
-benchmarks.
+Each request is matched on the :class:`~sandbox.routing.Router`, recorded in a
+:class:`~sandbox.recorder.Recorder`, given to :class:`~sandbox.faults.Faults` (which may fail,
+delay, hold, drop or trickle it, before the handler runs or after), and answered.
 
-Handlers never let a Python exception escape as a traceback: :class:`HTTPError` becomes the
-service's own error shape, and any other exception becomes a 500 in that shape too.
+Handlers never let a Python exception escape as a traceback: :class:`~sandbox.routing.HTTPError`
+becomes the service's own error shape, and any other exception becomes a 500 in that shape too.
 """
 
 from __future__ import annotations
@@ -19,426 +14,21 @@ import contextlib
 import io
 import json
 import logging
-import math
-import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from sandbox.faults import Fault, Faults
+from sandbox.recorder import RecordedRequest, Recorder
+from sandbox.routing import Headers, HTTPError, Request, Response, Route, Router
+
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 4 * 1024 * 1024
-
-
-class HTTPError(Exception):
-    """Raised by a handler to answer with ``status`` and a JSON ``body`` (the service's shape)."""
-
-    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.body = body
-        self.headers = dict(headers or {})
-
-
-@dataclass
-class Response:
-    status: int = 200
-    body: Any = None  # dict/list -> JSON, bytes -> raw, str -> text/plain, None -> empty
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def encode(self) -> tuple[bytes, dict[str, str]]:
-        headers = dict(self.headers)
-        if self.body is None:
-            data = b""
-        elif isinstance(self.body, bytes):
-            data = self.body
-        elif isinstance(self.body, str):
-            data = self.body.encode("utf-8")
-            headers.setdefault("Content-Type", "text/plain; charset=utf-8")
-        else:
-            data = json.dumps(self.body).encode("utf-8")
-            headers.setdefault("Content-Type", "application/json; charset=utf-8")
-        return data, headers
-
-
-class _Headers:
-    """Case-insensitive read-only view of request headers."""
-
-    def __init__(self, items: list[tuple[str, str]]) -> None:
-        self._items = {k.lower(): v for k, v in items}
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self._items.get(name.lower(), default)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._items
-
-    def items(self) -> Iterator[tuple[str, str]]:
-        return iter(self._items.items())
-
-
-@dataclass
-class Request:
-    method: str
-    path: str  # percent-decoded path without the query
-    raw_path: str  # as sent, with the query
-    query: dict[str, str]  # keys as sent; last value wins
-    headers: _Headers
-    body: bytes
-    route: str = ""
-    params: dict[str, str] = field(default_factory=dict)
-    token: Any = None  # set by an auth helper (sandbox.entra.TokenInfo)
-
-    def query_ci(self, name: str) -> str | None:
-        """Query parameter by case-insensitive name (OData's ``$top`` vs ``$Top``)."""
-        for key, value in self.query.items():
-            if key.lower() == name.lower():
-                return value
-        return None
-
-    def json(self, error: Callable[[str], HTTPError]) -> Any:
-        """Parse the body as JSON, or raise ``error(message)`` (the service's bad-request shape)."""
-        if not self.body:
-            raise error("The request body is empty.")
-        try:
-            return json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise error(f"The request body is not valid JSON: {exc.__class__.__name__}.") from None
-
-    def form(self) -> dict[str, str]:
-        return dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
-
-
-Handler = Callable[[Request], Response]
-
-
-@dataclass
-class Route:
-    name: str
-    service: str
-    method: str
-    pattern: re.Pattern[str]
-    handler: Handler
-    error: Callable[[int, str, str], Any]  # (status, code, message) -> the service's error body
-
-
-class Router:
-    """Named routes; the first whose method and full-path regex match wins."""
-
-    def __init__(self) -> None:
-        self.routes: list[Route] = []
-
-    def add(
-        self,
-        service: str,
-        name: str,
-        method: str,
-        pattern: str,
-        handler: Handler,
-        error: Callable[[int, str, str], Any],
-    ) -> None:
-        """Register ``handler`` for ``method`` on paths fully matching ``pattern`` (case-insensitive)."""
-        self.routes.append(
-            Route(name, service, method.upper(), re.compile(pattern, re.IGNORECASE), handler, error)
-        )
-
-    def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
-        """Return (route, params, path_known). ``path_known`` tells 405 from 404."""
-        path_known = False
-        for route in self.routes:
-            m = route.pattern.fullmatch(path)
-            if m is None:
-                continue
-            path_known = True
-            if route.method == method:
-                return route, {k: v for k, v in m.groupdict().items() if v is not None}, True
-        return None, {}, path_known
-
-
-@dataclass
-class RecordedRequest:
-    """What a client sent and what it got back. ``body`` is parsed JSON when it was JSON."""
-
-    service: str
-    route: str
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
-    raw_body: bytes
-    status: int = 0
-    token_kind: str | None = None  # "app" | "user" | "managed_identity" | None
-    principal: str | None = None
-    at: float = 0.0  # arrival (wall clock)
-    answered_at: float | None = None  # when the answer started going out; None: no answer was sent
-    fault: str | None = None  # "503", "drop", "after-drop", "after-503", "after-hold+answer", ...
-    processed_status: int | None = None  # after-processing faults: what the handler answered
-
-
-class Recorder:
-    """Thread-safe list of every request the sandbox served."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: list[RecordedRequest] = []
-
-    def add(self, item: RecordedRequest) -> None:
-        with self._lock:
-            self._items.append(item)
-
-    def all(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self._items)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def find(
-        self,
-        route: str | None = None,
-        *,
-        service: str | None = None,
-        method: str | None = None,
-        status: int | None = None,
-    ) -> list[RecordedRequest]:
-        """Recorded requests filtered by route name, service, method and status."""
-        return [
-            r
-            for r in self.all()
-            if (route is None or r.route == route)
-            and (service is None or r.service == service)
-            and (method is None or r.method == method.upper())
-            and (status is None or r.status == status)
-        ]
-
-
-@dataclass
-class Fault:
-    """A canned failure of one request.
-
-    Before processing (``after=False``, the default) the handler never runs: the answer is
-    ``status`` (503 unless given) or, with ``drop``, no answer at all, ``delay`` seconds late.
-    After processing (``after=True``) the handler has run -- the source tested the credential,
-    Power BI stored or refused it -- and then the answer is lost: ``drop`` closes the connection,
-    ``status`` replaces the real answer (a 5xx after the work was done), ``delay`` holds the real
-    answer back (wall-clock seconds, so a client's read timeout fires) and ``hold`` blocks it until
-    :meth:`Faults.release_held`. Without ``drop`` or ``status`` the real answer goes out in the end.
-    ``trickle`` (seconds per byte, before or after processing) writes the answer -- status line,
-    headers and body -- one byte at a time with that pause between bytes: each byte comes within
-    a client's read timeout, so only a total deadline ends the wait.
-    """
-
-    status: int | None = None
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    drop: bool = False  # close the connection without an answer
-    delay: float = 0.0  # extra seconds before answering
-    after: bool = False  # apply once the handler ran (the request was processed)
-    hold: bool = False  # block the answer until released
-    trickle: float = 0.0  # seconds between the bytes of the answer
-
-    def describe(self) -> str:
-        what = "drop" if self.drop else str(self.status) if self.status is not None else "answer"
-        if self.hold:
-            what = f"hold+{what}"
-        if self.trickle:
-            what = f"trickle+{what}"
-        return f"after-{what}" if self.after else what
-
-
-class _Held:
-    """A request whose answer waits for :meth:`Faults.release_held`."""
-
-    def __init__(self, route: Route) -> None:
-        self.scopes = Faults._scopes(route)
-        self.released = threading.Event()
-
-
-@dataclass
-class _Bucket:
-    """A token bucket: ``rate`` tokens a second up to ``burst``; one token per request."""
-
-    rate: float
-    burst: float
-    retry_after: int
-    tokens: float
-    updated: float
-
-    def refill(self, now: float) -> None:
-        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.updated) * self.rate)
-        self.updated = now
-
-    def wait(self) -> int:
-        """``Retry-After`` for a refused request: seconds until a token is there, rounded up."""
-        return max(self.retry_after, math.ceil((1.0 - self.tokens) / self.rate))
-
-
-class Faults:
-    """Per-route queues of canned answers, rate limits, plus a per-request latency (seconds).
-
-    A *scope* is a route name, a service name (``"powerbi"``) or ``"*"`` (every route).
-    ``clock`` (monotonic seconds) drives the rate limits' token buckets.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._lock = threading.Lock()
-        self._queues: dict[str, list[Fault]] = {}
-        self._buckets: dict[str, _Bucket] = {}
-        self._throttled: dict[str, int] = {}
-        self._clock = clock
-        self._held: list[_Held] = []
-        self._held_changed = threading.Condition(self._lock)
-        self.latency = 0.0
-        self.hold_timeout = 300.0  # a held answer goes out by itself after this (wall seconds)
-
-    def add(
-        self,
-        route: str,
-        *,
-        status: int | None = None,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        drop: bool = False,
-        times: int = 1,
-        delay: float = 0.0,
-        after: bool = False,
-        hold: bool = False,
-        trickle: float = 0.0,
-    ) -> None:
-        """Queue ``times`` canned answers for ``route`` (a route name, a service name or ``"*"``).
-
-        See :class:`Fault`. Before processing, ``status`` defaults to 503; after processing
-        (``after=True``) it defaults to the handler's own answer.
-        """
-        if not after and status is None and not hold:
-            status = 503
-        if delay < 0:
-            raise ValueError("delay must be >= 0")
-        if not (math.isfinite(trickle) and trickle >= 0):
-            raise ValueError("trickle must be a finite number of seconds per byte >= 0")
-        with self._lock:
-            self._queues.setdefault(route, []).extend(
-                Fault(status, body, dict(headers or {}), drop, delay, after, hold, trickle)
-                for _ in range(times)
-            )
-
-    # -- held answers --------------------------------------------------------------------------
-    def wait_held(self, route: str, timeout: float = 10.0) -> bool:
-        """Wait until a request of ``route`` (name, service or ``"*"``) is being held; True if so."""
-        with self._held_changed:
-            return self._held_changed.wait_for(
-                lambda: any(route in h.scopes for h in self._held), timeout=timeout
-            )
-
-    def held(self, route: str = "*") -> int:
-        """How many answers of ``route`` are being held now."""
-        with self._lock:
-            return sum(1 for h in self._held if route in h.scopes)
-
-    def release_held(self, route: str = "*") -> int:
-        """Let the held answers of ``route`` go (answered, dropped or failed as queued); how many."""
-        with self._lock:
-            released = [h for h in self._held if route in h.scopes]
-            for h in released:
-                h.released.set()
-                self._held.remove(h)
-            self._held_changed.notify_all()
-        return len(released)
-
-    def _hold(self, route: Route) -> None:
-        held = _Held(route)
-        with self._held_changed:
-            self._held.append(held)
-            self._held_changed.notify_all()
-        held.released.wait(self.hold_timeout)
-        with self._held_changed:
-            if held in self._held:
-                self._held.remove(held)
-            self._held_changed.notify_all()
-
-    def throttle(self, route: str, retry_after: int = 1, times: int = 1) -> None:
-        """Queue 429 answers with ``Retry-After`` (seconds), as Power BI and Key Vault send."""
-        self.add(route, status=429, headers={"Retry-After": str(retry_after)}, times=times)
-
-    def rate_limit(
-        self, scope: str, per_second: float, *, burst: int | None = None, retry_after: int = 1
-    ) -> None:
-        """Answer 429 to requests in ``scope`` above ``per_second`` (a token bucket, full at first).
-
-        ``burst``: the bucket's size (default: one second's worth, at least 1). A refused request
-        takes no token; its ``Retry-After`` is the time until a token is there, in whole seconds
-        (rounded up), at least ``retry_after``. Replaces an earlier limit on the same scope.
-        """
-        if not (math.isfinite(per_second) and per_second > 0):
-            raise ValueError("per_second must be a finite number > 0")
-        size = float(burst) if burst is not None else max(1.0, float(math.ceil(per_second)))
-        if size < 1:
-            raise ValueError("burst must be at least 1")
-        if retry_after < 1:
-            raise ValueError("retry_after must be at least 1 second")
-        with self._lock:
-            self._buckets[scope] = _Bucket(per_second, size, retry_after, size, self._clock())
-
-    def clear_rate_limits(self) -> None:
-        """Remove every rate limit and zero the 429 counts."""
-        with self._lock:
-            self._buckets.clear()
-            self._throttled.clear()
-
-    def throttled(self, scope: str) -> int:
-        """How many 429s the rate limit on ``scope`` has served."""
-        with self._lock:
-            return self._throttled.get(scope, 0)
-
-    def admit(self, route: Route) -> int | None:
-        """Take a token from every bucket ``route`` falls under; ``Retry-After`` seconds if refused.
-
-        All or nothing: a refused request takes no token from any bucket.
-        """
-        with self._lock:
-            buckets = [(key, self._buckets[key]) for key in self._scopes(route) if key in self._buckets]
-            if not buckets:
-                return None
-            now = self._clock()
-            for _key, bucket in buckets:
-                bucket.refill(now)
-            refused = [(key, bucket) for key, bucket in buckets if bucket.tokens < 1.0]
-            if refused:
-                for key, _bucket in refused:
-                    self._throttled[key] = self._throttled.get(key, 0) + 1
-                return max(bucket.wait() for _key, bucket in refused)
-            for _key, bucket in buckets:
-                bucket.tokens -= 1.0
-            return None
-
-    def take(self, route: Route) -> Fault | None:
-        with self._lock:
-            for key in self._scopes(route):
-                queue = self._queues.get(key)
-                if queue:
-                    return queue.pop(0)
-        return None
-
-    def pending(self) -> int:
-        with self._lock:
-            return sum(len(q) for q in self._queues.values())
-
-    def clear(self) -> None:
-        """Drop every queued fault that has not been served yet."""
-        with self._lock:
-            self._queues.clear()
-
-    @staticmethod
-    def _scopes(route: Route) -> tuple[str, str, str]:
-        return (route.name, route.service, "*")
 
 
 class _DroppedConnection(Exception):
@@ -480,7 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
             path=path,
             raw_path=self.path,
             query=query,
-            headers=_Headers(list(self.headers.items())),
+            headers=Headers(list(self.headers.items())),
             body=body,
         )
         route, params, known = sandbox.router.match(self.command, path)
@@ -529,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
                     record.fault = fault.describe()
                     trickle = fault.trickle
                     if fault.hold:
-                        sandbox.faults._hold(route)
+                        sandbox.faults.hold_until_released(route)
                     if fault.delay:
                         time.sleep(fault.delay)
                     if fault.drop:
@@ -551,7 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
                     sandbox.recorder.add(record)
                     recorded = True
                     if fault.hold:
-                        sandbox.faults._hold(route)
+                        sandbox.faults.hold_until_released(route)
                     if fault.delay:
                         time.sleep(fault.delay)
                     if fault.drop:

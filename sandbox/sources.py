@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from sandbox.accounts import DEFAULT_LOCKOUT_THRESHOLD, Account, Cause
-
-if TYPE_CHECKING:
-    from sandbox.world import Sandbox
+from sandbox.clock import Clock
 
 __all__ = ["CheckResult", "SourceSystem", "Sources", "presented_secret"]
 
@@ -127,8 +125,8 @@ class SourceSystem:
 class Sources:
     """Registry of :class:`SourceSystem` by id and of :class:`Account` by name."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
-        self._sandbox = sandbox
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock  # when a failed sign-in happened, and when a pending change is due
         self._lock = threading.RLock()
         self._items: dict[str, SourceSystem] = {}
         self._accounts: dict[str, Account] = {}
@@ -153,7 +151,7 @@ class Sources:
         with self._lock:
             if name in self._accounts:
                 raise ValueError(f"account {name!r} exists")
-            account = Account(name, username, secret, lockout_threshold, clock=self._sandbox.clock.now)
+            account = Account(name, username, secret, lockout_threshold, clock=self._clock.now)
             self._accounts[name] = account
             return account
 

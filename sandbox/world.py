@@ -13,6 +13,10 @@ Services (each in its own module, each registering its routes on the shared rout
 behind the data sources and the accounts they sign in as, which hold the real passwords and
 count failed sign-ins). ``sb.requests`` records every request;
 ``sb.faults`` queues failures and sets latency.
+
+This module is the top of the sandbox: it builds the stand-ins and hands each what it uses (the
+sandbox itself as their :class:`~sandbox.host.Host`, and the other stand-ins by name); none of
+them imports it.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from sandbox.appinsights import AppInsights
 from sandbox.clock import Clock
 from sandbox.entra import Entra
 from sandbox.fabric import Fabric
+from sandbox.faults import Faults
 from sandbox.keyvault import KeyVault
 from sandbox.powerbi import PowerBI
-from sandbox.server import Faults, HTTPSService, Recorder, Router
+from sandbox.recorder import Recorder
+from sandbox.routing import Router
+from sandbox.server import HTTPSService
 from sandbox.sources import Sources
 from sandbox.tls import make_tls
 
@@ -69,11 +76,14 @@ class Sandbox:
             port=port,
             extra_ports=(USER_REALM_PORT,) if serve_user_realm else (),
         )
-        self.sources = Sources(self)
-        self.entra = Entra(self)
-        self.vault = KeyVault(self)
-        self.powerbi = PowerBI(self)
-        self.fabric = Fabric(self)
+        # Each stand-in is given this sandbox as its Host (router, url, clock) and, by name, the
+        # stand-ins it talks to. The order is the routes' order (the first match wins).
+        self.sources = Sources(self.clock)
+        self.entra = Entra(self, self.sources)
+        self.vault = KeyVault(self, self.entra)
+        self.powerbi = PowerBI(self, self.entra, self.sources)
+        self.fabric = Fabric(self, self.entra, self.sources, self.powerbi)
+        self.powerbi.fabric = self.fabric  # refreshes of models bound to connections sign in through it
         self.appinsights = AppInsights(self)
         self._started = False
 

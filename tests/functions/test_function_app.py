@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from remediation.edges import service as service_module
 from sandbox import Sandbox
-from sandbox.server import RecordedRequest
+from sandbox.recorder import RecordedRequest
 from tests.functions.host import (
     FUNCTIONS,
     HttpAnswer,

@@ -34,7 +34,7 @@ from remediation.inbound.workqueue import (
 )
 from remediation.reconciler.healer import Report
 from sandbox import Sandbox
-from sandbox.server import RecordedRequest
+from sandbox.recorder import RecordedRequest
 from tests.functions.host import HttpAnswer, event_datum, http_datum, invoke, queue_datum, route_of
 from tests.functions.test_function_app import key_vault_event
 from tests.support.azurite import Azurite, start_azurite

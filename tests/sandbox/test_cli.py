@@ -18,7 +18,7 @@ from remediation.ledger import Outcome
 from remediation.ledger.sqlite import SqliteLedger
 from sandbox import Sandbox
 from sandbox.keyvault import EventSchema
-from sandbox.server import RecordedRequest
+from sandbox.recorder import RecordedRequest
 from tests.support.world import World, build_world
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]

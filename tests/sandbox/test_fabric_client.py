@@ -20,7 +20,7 @@ from remediation.clients.http import ApiResponse, HttpPipeline
 from remediation.clients.identity import PowerBITokenProvider
 from remediation.config.settings import Settings
 from sandbox import Sandbox
-from sandbox.server import Request, Response
+from sandbox.routing import Request, Response
 from tests.support.clock import Sleeps
 from tests.support.world import build_world
 

@@ -27,7 +27,7 @@ from remediation.reconciler.healer import Action, Report
 from sandbox import Sandbox
 from sandbox.gateway_keys import GatewayKeyPair
 from sandbox.powerbi import GATEWAY_UNREACHABLE, INVALID_CONNECTION_CREDENTIALS, Datasource, pbi_error
-from sandbox.server import RecordedRequest
+from sandbox.recorder import RecordedRequest
 from tests.support.harness import Harness, Make
 from tests.support.world import World, build_world
 

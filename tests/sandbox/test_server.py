@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from sandbox import Sandbox
-from sandbox.server import HTTPError, Request, Response
+from sandbox.routing import HTTPError, Request, Response
 from tests.support.ports import require_user_realm_port
 
 pytestmark = pytest.mark.sandbox

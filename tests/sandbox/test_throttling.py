@@ -19,7 +19,8 @@ import requests
 from remediation.clients.http import HttpPipeline, RetryPolicy
 from remediation.clients.limiter import LimiterSnapshot
 from sandbox import Sandbox
-from sandbox.server import Faults, Request, Response, Route
+from sandbox.faults import Faults
+from sandbox.routing import Request, Response, Route
 
 pytestmark = pytest.mark.sandbox
 

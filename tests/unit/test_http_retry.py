@@ -38,7 +38,7 @@ from remediation.clients.retry import deadline_scope
 from remediation.ledger.pause import LedgerPause
 from remediation.ledger.sqlite import SqliteLedger
 from sandbox import Sandbox
-from sandbox.server import HTTPError, Request, Response
+from sandbox.routing import HTTPError, Request, Response
 
 NOW = 1_790_000_000.0
 BODY_SECRET = "Pw!do-not-leak-9f3c"

@@ -1,5 +1,9 @@
 """The Fabric REST API's connections and gateways (``/v1``), as far as credential healing goes.
 
+One job, the ``sb.fabric`` stand-in: its world building, its routes and what they decide. The
+connections and gateway clusters themselves are data Power BI shares (:mod:`sandbox.connections`);
+what a PATCH's credentials carry is read in :mod:`sandbox.fabric.credentials`.
+
 What it decides, as Fabric does (FABRIC.md; ``specs/fabric/``):
 
 * **Tokens** come from the sandbox's Entra ID for ``https://api.fabric.microsoft.com`` (app,
@@ -8,11 +12,8 @@ What it decides, as Fabric does (FABRIC.md; ``specs/fabric/``):
   a gateway and its members only as one of the gateway's admins. Otherwise 403
   ``InsufficientPermissionsToManageConnection`` / ``...Gateway`` (nothing tested).
 * **``PATCH /connections/{id}``** is validated against ``UpdateConnectionRequest`` and the
-  subtype its ``connectivityType`` names (which must be the connection's). Cloud and virtual
-  network gateway connections take plain credential fields. An on-premises gateway connection
-  needs one ``values`` entry per member of its cluster, each decrypted with **that member's**
-  private key (a missing or undecryptable entry: 400 ``InvalidCredentialDetails``, nothing
-  tested); a personal gateway one ``encryptedCredentials``.
+  subtype its ``connectivityType`` names (which must be the connection's); what its credentials
+  carry is read in :mod:`sandbox.fabric.credentials`.
 * **The connection test** (``skipTestConnection`` false) signs in at the source through its
   account (``sb.sources``): a wrong value is one failed sign-in of that account and a 400 in the
   connection's refusal shape (``IncorrectCredentials`` by default); only a tested credential is
@@ -69,31 +70,19 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sandbox.accounts import Cause
-from sandbox.entra import TokenInfo, TokenRejected
-from sandbox.gateway_keys import GatewayDecryptError, GatewayKeyPair
-from sandbox.powerbi import Datasource, _CredentialFormatError, parse_credentials
+from sandbox.connections import FabricConnection, FabricGateway, GatewayMember
+from sandbox.entra import Entra, TokenInfo, TokenRejected
+from sandbox.fabric.credentials import SOURCE_TYPE, read_credentials, source_data
+from sandbox.gateway_keys import GatewayKeyPair
+from sandbox.host import Host
+from sandbox.powerbi import Datasource, PowerBI
 from sandbox.refusals import FABRIC_REFUSALS, FabricRefusal, Refused, fabric_error, fabric_refusal
-from sandbox.server import HTTPError, Request, Response
-from sandbox.sources import CheckResult, SourceSystem, presented_secret
+from sandbox.routing import HTTPError, Request, Response
+from sandbox.sources import CheckResult, Sources, SourceSystem, presented_secret
 from sandbox.specs import fabric_errors, fabric_subtype
-
-if TYPE_CHECKING:
-    from sandbox.world import Sandbox
-
-__all__ = [
-    "FABRIC_AUDIENCE",
-    "FABRIC_REFUSALS",
-    "Fabric",
-    "FabricConnection",
-    "FabricGateway",
-    "FabricRefusal",
-    "GatewayMember",
-    "fabric_error",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -101,17 +90,6 @@ FABRIC_AUDIENCE = "https://api.fabric.microsoft.com"
 _BASE = r"/v1"
 _SEGMENT = r"(?P<{}>[^/]+)"
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_PLAIN = ("ShareableCloud", "PersonalCloud", "VirtualNetworkGateway", "StreamingVirtualNetworkGateway")
-# Fabric credential type -> the source system's (sb.sources) spelling.
-_SOURCE_TYPE = {"SharedAccessSignature": "SAS"}
-# The plain credential fields each type carries (what the source is asked to check).
-_FIELDS = {
-    "Basic": ("username", "password"),
-    "Windows": ("username", "password"),
-    "Key": ("key",),
-    "SharedAccessSignature": ("token",),
-    "ServicePrincipal": ("tenantId", "servicePrincipalClientId", "servicePrincipalSecret"),
-}
 
 
 def _fault_body(status: int, code: str, message: str) -> dict[str, Any]:
@@ -120,55 +98,14 @@ def _fault_body(status: int, code: str, message: str) -> dict[str, Any]:
     return body
 
 
-@dataclass(eq=False)
-class GatewayMember:
-    """One member of a gateway cluster: its own key pair."""
-
-    id: str
-    name: str
-    keys: GatewayKeyPair = field(repr=False)
-    enabled: bool = True
-
-
-@dataclass(eq=False)
-class FabricGateway:
-    """An on-premises gateway cluster (or a personal gateway: one member, type ``OnPremisesPersonal``)."""
-
-    id: str
-    name: str
-    type: str
-    members: list[GatewayMember]
-    admins: set[str] = field(default_factory=set)
-
-
-@dataclass(eq=False)
-class FabricConnection:
-    """A connection and the source system its credential signs in to."""
-
-    id: str
-    display_name: str
-    connectivity_type: str
-    source: SourceSystem = field(repr=False)
-    credential_type: str
-    gateway: FabricGateway | None = None
-    connection_type: str = "SQL"
-    path: str = ""
-    privacy_level: str = "Organizational"
-    connection_encryption: str = "Encrypted"
-    users: set[str] = field(default_factory=set)
-    key_vault_reference: dict[str, str] | None = None  # {"connectionId", "secretName"} instead of a copy
-    data: dict[str, str] = field(default_factory=dict, repr=False)  # the stored copy (no reference)
-    updates: int = 0  # accepted PATCHes
-    reference_overwritten: int = 0  # PATCHes that replaced a Key Vault reference with a copy
-    received: list[dict[str, Any]] = field(default_factory=list, repr=False)  # decrypted per PATCH
-    refusal: FabricRefusal = "incorrect-credentials"  # how a refused sign-in is answered (set_refusal)
-
-
 class Fabric:
     """The Fabric connections and gateways of one tenant."""
 
-    def __init__(self, sandbox: Sandbox) -> None:
-        self._sb = sandbox
+    def __init__(self, host: Host, entra: Entra, sources: Sources, powerbi: PowerBI) -> None:
+        self._host = host
+        self._entra = entra  # whose tokens it accepts
+        self._sources = sources  # the systems behind the connections, where sign-ins are counted
+        self._powerbi = powerbi  # whose workspaces hold the items, and whose data sources it shows
         self._lock = threading.RLock()
         self.connections: dict[str, FabricConnection] = {}
         self.gateways: dict[str, FabricGateway] = {}
@@ -187,7 +124,7 @@ class Fabric:
     @property
     def api_url(self) -> str:
         """``https://127.0.0.1:PORT/v1`` -- the product's ``FABRIC_API_URL``."""
-        return self._sb.url + "/v1"
+        return self._host.url + "/v1"
 
     # -- world building (tests) ------------------------------------------------------------------
     def add_gateway(
@@ -247,7 +184,7 @@ class Fabric:
             users=set(users),
             key_vault_reference=dict(key_vault_reference) if key_vault_reference else None,
         )
-        connection.data = {} if key_vault_reference else _source_data(source, kind)
+        connection.data = {} if key_vault_reference else source_data(source, kind)
         with self._lock:
             self.connections[connection.id] = connection
         return connection
@@ -294,7 +231,7 @@ class Fabric:
             ),
         ]
         for name, method, pattern, handler in routes:
-            self._sb.router.add(
+            self._host.router.add(
                 "fabric", f"fabric.{name}", method, _BASE + pattern, self._wrap(handler), _fault_body
             )
 
@@ -314,7 +251,7 @@ class Fabric:
 
     def _authenticate(self, request: Request) -> TokenInfo:
         try:
-            return self._sb.entra.verify(request, FABRIC_AUDIENCE)
+            return self._entra.verify(request, FABRIC_AUDIENCE)
         except TokenRejected as exc:
             code = "TokenExpired" if exc.reason == "expired" else "InvalidToken"
             raise HTTPError(
@@ -434,7 +371,7 @@ class Fabric:
         whether ``caller`` may manage it (see the module docstring)."""
         if not self.lists_gateway_datasources:
             return {}
-        powerbi = self._sb.powerbi
+        powerbi = self._powerbi
         found: dict[str, tuple[dict[str, Any], bool]] = {}
         with powerbi.lock:
             for gateway in powerbi.gateways.values():
@@ -479,11 +416,11 @@ class Fabric:
         the source's current secret, which Fabric reads at run time)."""
         with self._lock:
             if connection.key_vault_reference is not None:
-                data = _source_data(connection.source, connection.credential_type)
+                data = source_data(connection.source, connection.credential_type)
             else:
                 data = dict(connection.data)
-            kind = _SOURCE_TYPE.get(connection.credential_type, connection.credential_type)
-        return self._sb.sources.check(connection.source.id, kind, data, cause=cause)
+            kind = SOURCE_TYPE.get(connection.credential_type, connection.credential_type)
+        return self._sources.check(connection.source.id, kind, data, cause=cause)
 
     def _page(self, request: Request, value: list[dict[str, Any]]) -> Response:
         """One page of ``value`` from ``continuationToken`` on, with the link to the next."""
@@ -499,7 +436,7 @@ class Fabric:
         body: dict[str, Any] = {"value": value[start:end]}
         if end < len(value):
             body["continuationToken"] = str(end)
-            body["continuationUri"] = f"{self._sb.url}{request.path}?continuationToken={end}"
+            body["continuationUri"] = f"{self._host.url}{request.path}?continuationToken={end}"
         return Response(200, body)
 
     # -- handlers --------------------------------------------------------------------------------
@@ -519,7 +456,7 @@ class Fabric:
         caller = self._authenticate(request)
         workspace_id = self._path_id(request, "workspace")
         item_id = self._path_id(request, "item")
-        powerbi = self._sb.powerbi
+        powerbi = self._powerbi
         with powerbi.lock:
             workspace = powerbi.workspaces.get(workspace_id)
             if workspace is None or not any(m.lower() == caller.principal.lower() for m in workspace.members):
@@ -622,11 +559,11 @@ class Fabric:
                 connection.privacy_level = body.get("privacyLevel", connection.privacy_level)
             return Response(200, self.connection_json(connection))
         credential_type = credentials["credentialType"]
-        data = self._received(connection, credential_type, credentials)
+        data = read_credentials(connection, credential_type, credentials)
         skip_test = details.get("skipTestConnection") is True
         if not skip_test:
-            source_type = _SOURCE_TYPE.get(credential_type, credential_type)
-            result = self._sb.sources.check(connection.source.id, source_type, data, cause="update-test")
+            source_type = SOURCE_TYPE.get(credential_type, credential_type)
+            result = self._sources.check(connection.source.id, source_type, data, cause="update-test")
             if result == "unreachable":
                 raise HTTPError(
                     400,
@@ -693,65 +630,3 @@ class Fabric:
             }
             return Response(200, {"status": "Offline", "errors": [error]})
         raise self._refused(connection, locked=result == "locked")
-
-    def _received(
-        self, connection: FabricConnection, credential_type: str, credentials: dict[str, Any]
-    ) -> dict[str, str]:
-        """The name/value pairs the PATCH carries: plain fields, or decrypted by every member."""
-
-        def invalid(message: str) -> HTTPError:
-            return HTTPError(400, fabric_error("InvalidCredentialDetails", message))
-
-        ctype = connection.connectivity_type
-        if ctype in _PLAIN:
-            if credential_type == "Windows":
-                raise invalid("Windows credentials are only supported for on-premises gateways.")
-            names = _FIELDS.get(credential_type)
-            if names is None:
-                raise invalid(f"Credential type {credential_type} cannot be set through this API.")
-            if any(k.endswith("Reference") for k in credentials):
-                raise invalid("The sandbox takes no Key Vault reference through the healer's path.")
-            missing = [n for n in names if not isinstance(credentials.get(n), str) or not credentials[n]]
-            if missing:
-                raise invalid(f"credentials is missing {', '.join(missing)}.")
-            data = {n: credentials[n] for n in names}
-            connection.received.append(dict(data))
-            return data
-        gateway = connection.gateway
-        assert gateway is not None
-        source_type = _SOURCE_TYPE.get(credential_type, credential_type)
-        if ctype == "OnPremisesGatewayPersonal":
-            if "encryptedCredentials" not in credentials:
-                raise invalid("A personal gateway connection takes one encryptedCredentials.")
-            blobs = {gateway.members[0].id: credentials["encryptedCredentials"]}
-        else:
-            values = credentials.get("values") or []
-            blobs = {str(v["gatewayId"]).lower(): v["encryptedCredentials"] for v in values}
-            missing = [m.id for m in gateway.members if m.id not in blobs]
-            extra = sorted(set(blobs) - {m.id for m in gateway.members})
-            if missing or extra:
-                raise invalid(
-                    f"values must have one entry per member of gateway {gateway.id}: "
-                    f"missing {missing}, not members {extra}."
-                )
-        decoded: list[dict[str, str]] = []
-        for member in gateway.members:
-            try:
-                plaintext = member.keys.decrypt(blobs[member.id])
-                decoded.append(parse_credentials(source_type, plaintext))
-            except (GatewayDecryptError, _CredentialFormatError) as exc:
-                logger.info("sandbox fabric: member %s refused credentials: %s", member.id, exc)
-                raise invalid(f"Gateway member {member.id} could not decrypt its credentials.") from None
-        if any(d != decoded[0] for d in decoded):
-            raise invalid("The members of the gateway received different credentials.")
-        connection.received.append(dict(decoded[0]))
-        return decoded[0]
-
-
-def _source_data(source: SourceSystem, credential_type: str) -> dict[str, str]:
-    secret = source.secret or ""
-    if credential_type in ("Basic", "Windows"):
-        return {"username": source.username or "", "password": secret}
-    if credential_type == "ServicePrincipal":
-        return {"servicePrincipalClientId": source.username or "", "servicePrincipalSecret": secret}
-    return {"key": secret} if credential_type == "Key" else {"token": secret}
