@@ -195,7 +195,7 @@ class TargetResolver:
 
     def all_connections(self, run: Run) -> list[Connection]:
         """Every Fabric connection the identity has a role on (``GET /connections``, paged; once
-        per run). Empty without a Fabric client. Raises :class:`~remediation.clients.http.ApiError`."""
+        per run). Empty without a Fabric client. Raises :class:`~remediation.clients.api_errors.ApiError`."""
         if self._fabric is None:
             return []
         with run.key_lock("fabric-connections"):

@@ -27,7 +27,7 @@ __all__ = ["LIVE_RUNS", "RUN_LOGGERS", "RunSecretsFilter", "scrub_exception"]
 def scrub_exception(exc: BaseException, mask: SecretMask) -> None:
     """Mask ``mask``'s values in place in ``exc`` and in its causes and contexts: the ``args``
     and every string (or list, tuple, dict of strings) attribute, so that ``str()``, ``repr()``
-    and a formatted traceback of it show none (an :class:`~remediation.clients.http.ApiError`'s
+    and a formatted traceback of it show none (an :class:`~remediation.clients.api_errors.ApiError`'s
     ``message`` and ``details`` are attributes). Attributes that cannot be set are left alone."""
     seen: set[int] = set()
     pending = [exc]

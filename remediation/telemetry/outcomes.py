@@ -49,7 +49,7 @@ OUTCOME_PROPERTIES: Final = (
 """The properties of every ``CredentialRemediation`` event, always all present ("" = unknown).
 ``account`` is the account key a target's sign-ins count against (``user:svc_pbi``,
 ``app:<client id>``, ``secret:<name>``): a user name from the bindings file or a JSON secret's
-``username`` (also in the reasons), never a credential (README, "Ledger and telemetry": the
+``username`` (also in the reasons), never a credential (docs/operations.md, "Ledger and telemetry": the
 account dimension)."""
 
 

@@ -1,4 +1,4 @@
-"""Port 443, which msal's user-realm discovery always calls (see ``sandbox/entra.py``).
+"""Port 443, which msal's user-realm discovery always calls (see ``sandbox/entra/service.py``).
 
 The sandbox serves its routes on 443 too when it can bind it. The caller-identity tests (the
 password grant, the lockout of an Entra user) need it: without it they are skipped, and under

@@ -81,7 +81,7 @@ class TargetKind(Protocol):
         """What :meth:`send` needs, read before the lease (it may be slow).
 
         Raises :class:`~remediation.errors.RemediationError` when it cannot be read
-        (:class:`~remediation.clients.http.ThrottledPastDeadline` when the service asked to wait too long).
+        (:class:`~remediation.clients.api_errors.ThrottledPastDeadline` when the service asked to wait too long).
         """
         ...
 
@@ -96,7 +96,7 @@ class TargetKind(Protocol):
     ) -> None:
         """Build the credential and present it; return when the target accepted it.
 
-        Raises :class:`Presented` with a verdict, :class:`~remediation.clients.http.ApiError` (read with
+        Raises :class:`Presented` with a verdict, :class:`~remediation.clients.api_errors.ApiError` (read with
         :meth:`verdict`), or whatever ``before_attempt`` raises (the request was not sent).
         """
         ...

@@ -45,7 +45,7 @@ class GatewayKeys:
     def gateway(self, gateway_id: str) -> Gateway:
         """The gateway to encrypt for: with its key when on-premises, without one when cloud.
 
-        Raises :class:`~remediation.clients.http.ApiError` only when Power BI cannot be asked at all.
+        Raises :class:`~remediation.clients.api_errors.ApiError` only when Power BI cannot be asked at all.
         """
         gateway_id = gateway_id.lower()
         listed = self._on_premises()

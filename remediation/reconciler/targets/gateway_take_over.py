@@ -164,7 +164,7 @@ class TakeOvers:
         dataset to ask about; without one that uses ``target``, the watched workspaces are scanned.
 
         Raises :class:`TakeOverRefused` when Power BI cannot be asked (nothing is presented then),
-        :class:`~remediation.clients.http.ThrottledPastDeadline` when it asks to wait past the run.
+        :class:`~remediation.clients.api_errors.ThrottledPastDeadline` when it asks to wait past the run.
         """
         try:
             for record in self._inventory().known():
