@@ -3,9 +3,9 @@
 Every error the core raises derives from :class:`RemediationError`; modules add their own
 subclasses next to the code that raises them (a client's HTTP errors live with the client).
 Errors are turned into exit codes and HTTP statuses only at the edges (CLI, ``function_app``):
-a :class:`ConfigError` means "the environment or the bindings file is wrong" (exit 2; HTTP 500 ``ConfigurationError``: the
-deployment, not the request, is wrong),
-and its message is one line that names what is wrong and how to fix it.
+a :class:`ConfigError` means "the environment or the bindings file is wrong" (exit 2; HTTP 500
+``ConfigurationError``: the deployment, not the request, is wrong), and its message is one line
+that names what is wrong and how to fix it.
 
 No message built here, or anywhere in the product, carries a secret value.
 """

@@ -81,7 +81,8 @@ class TargetKind(Protocol):
         """What :meth:`send` needs, read before the lease (it may be slow).
 
         Raises :class:`~remediation.errors.RemediationError` when it cannot be read
-        (:class:`~remediation.clients.api_errors.ThrottledPastDeadline` when the service asked to wait too long).
+        (:class:`~remediation.clients.api_errors.ThrottledPastDeadline` when the service asked to
+        wait too long).
         """
         ...
 
