@@ -214,6 +214,13 @@ class RemediationService:
                         exc,
                     )
                     skipped += 1
+                except Exception:  # noqa: BLE001 - one entry's fault must not lose the rest of the batch
+                    logger.exception(
+                        "event hub message %d, event %d failed (the sweep will heal what it reported)",
+                        index,
+                        position,
+                    )
+                    skipped += 1
         return BatchResult(results, skipped)
 
     def _dispatch(self, event: Event, trigger: str) -> EventResult:
