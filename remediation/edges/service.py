@@ -498,12 +498,15 @@ class RemediationService:
             events = [parse_event(raw, vault_origin=origin, index=i) for i, raw in enumerate(request.events)]
         except EventError as exc:
             return error(400, "InvalidEvent", str(exc))
+        for index, event in enumerate(events):
+            if correlation_id_error(event.id) is not None:  # it becomes the command's correlation id
+                return error(
+                    400, "InvalidEvent", f"event {index}: its id must be 1-128 letters, digits or ._:@+=-"
+                )
         results = []
         try:
             for event in events:
                 results.append(self._handle_parsed(event, "http-event"))
-        except EventError as exc:  # an id the work queue cannot carry
-            return error(400, "InvalidEvent", str(exc))
         except ConfigError as exc:
             logger.error("configuration error: %s", exc)
             return error(500, "ConfigurationError", str(exc))

@@ -317,7 +317,13 @@ def test_post_remediate_refuses_a_batch_with_an_unreadable_event_and_does_nothin
     failed = broken(world)
     world.sb.requests.clear()
 
-    for body in ([failed[0], {"id": "x"}], [failed[0], 5], {"type": "Microsoft.Fabric.ItemJobFailed"}):
+    bad_id = {**failed[1], "id": "an id with spaces"}
+    for body in (
+        [failed[0], {"id": "x"}],
+        [failed[0], 5],
+        {"type": "Microsoft.Fabric.ItemJobFailed"},
+        [failed[0], bad_id],
+    ):
         answer = post(body)
         assert answer.status == 400, answer.body
         assert answer.json()["error"]["code"] in ("InvalidEvent", "InvalidJson")
