@@ -8,7 +8,7 @@ reading of Microsoft's documentation (see ``sandbox/job_events.py``).
 
 Whatever the path, a job event only starts the dataset heal a ``PowerBI.RefreshFailed`` starts:
 the refresh history is read before anything changes (the event has no reason), and the safety
-core decides the rest. Time is a ``ManualClock``: nothing here sleeps.
+core decides the rest. The sandbox's time is a ``ManualClock``: nothing here sleeps.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    """The sandbox's time stands still (refreshes end when read; nothing waits); it starts at the
+    wall clock's now, which the Functions app's service keeps reading, so the two agree."""
+    return ManualClock(start=time.time())
 
 
 @pytest.fixture

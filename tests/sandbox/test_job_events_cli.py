@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 from remediation.config.settings import Settings
 from remediation.edges.cli import main
 from remediation.edges.service import RemediationService
-from sandbox import Sandbox
+from sandbox import ManualClock, Sandbox
 from tests.support.world import World, build_world
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
@@ -25,6 +27,13 @@ def run(env: dict[str, str], *argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = main(list(argv), environ=env, stdout=out, stderr=err)
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def sb() -> Iterator[Sandbox]:
+    """A sandbox whose time stands still (refreshes end when read), from the wall clock's now."""
+    with Sandbox(clock=ManualClock(start=time.time())) as sandbox:
+        yield sandbox
 
 
 @pytest.fixture
