@@ -24,8 +24,10 @@ failure when a semantic model's job failed, as Microsoft delivers them (Microsof
 * the type as delivered (``Microsoft.Fabric.ItemJobFailed``) or as subscriptions name it
   (``Microsoft.Fabric.JobEvents.ItemJobFailed``, seen delivered too); the other job event types
   (created, status changed, succeeded) are acknowledged and ignored;
-* the field names of Microsoft's table, misspellings included (``jobInovkeType``,
-  ``executingPricipalId``), and their corrected spellings, in any case;
+* what is read of ``data``: ``itemId``, ``itemKind``, ``workspaceId``, ``jobInstanceId`` and the
+  invoke type under Microsoft's spelling (``jobInovkeType``) or the corrected one
+  (``jobInvokeType``), keys in any case; the rest (names, times, ``executingPricipalId``...) is
+  not needed;
 * workspace and item from ``data``, else from ``subject``; the job instance likewise;
 * only a semantic model is acted on: ``itemKind`` ``SemanticModel`` or ``Dataset`` (the value is
   undocumented), compared case-insensitively; any other kind, or none, is ignored;
