@@ -2,12 +2,18 @@
 
 Each function turns its trigger into a call on :mod:`remediation.edges.service`, which knows nothing of
 Azure Functions; the service is built on first use, once per worker. Importing this module loads
-only ``azure.functions`` (what indexing needs): the product is imported on the first invocation.
+only ``azure.functions`` (what indexing needs) and :mod:`remediation.config.settings` (to know
+whether the Eventstream connection exists): the product is imported on the first invocation.
 
 - ``keyvault_events``   Event Grid (Key Vault system topic), Event Grid or CloudEvents 1.0 schema:
                         SecretNewVersionCreated heals; near expiry / expired are warnings.
 - ``refresh_events``    Event Grid (custom topic): ``PowerBI.RefreshFailed`` (and Fabric's
                         ``Microsoft.Fabric.ItemJobFailed`` for semantic models) heals the dataset.
+- ``job_events``        Event Hubs, batches (an Eventstream's custom endpoint): Fabric job events,
+                        read as ``refresh_events`` reads them. Registered only when the connection
+                        ``REMEDIATION_EVENTSTREAM_CONNECTION`` is set (or its identity-based
+                        ``__fullyQualifiedNamespace``); hub ``%REMEDIATION_EVENTSTREAM_HUB%``,
+                        consumer group ``%REMEDIATION_EVENTSTREAM_CONSUMER_GROUP%``.
 - ``remediation_work``  queue ``%REMEDIATION_WORK_QUEUE%`` on ``AzureWebJobsStorage``: the
                         commands the push triggers queued (with a storage account).
 - ``sweep``             timer, ``%REMEDIATION_SWEEP_SCHEDULE%`` (every 15 minutes by default).
@@ -20,10 +26,13 @@ from __future__ import annotations
 
 import json
 import logging
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
+
+from remediation.config.settings import connection_configured
 
 if TYPE_CHECKING:
     from remediation.edges.http_input import Answer
@@ -84,6 +93,35 @@ def keyvault_events(event: func.EventGridEvent) -> None:
 @app.event_grid_trigger(arg_name="event")
 def refresh_events(event: func.EventGridEvent) -> None:
     _handle(event, "refresh-event")
+
+
+EVENTSTREAM_CONNECTION = "REMEDIATION_EVENTSTREAM_CONNECTION"
+eventstream = func.Blueprint()
+"""The Eventstream function: on the app only when its connection is set (below)."""
+
+
+@eventstream.function_name("job_events")
+@eventstream.event_hub_message_trigger(
+    arg_name="events",
+    connection=EVENTSTREAM_CONNECTION,
+    event_hub_name="%REMEDIATION_EVENTSTREAM_HUB%",
+    consumer_group="%REMEDIATION_EVENTSTREAM_CONSUMER_GROUP%",
+    cardinality=func.Cardinality.MANY,
+    data_type=func.DataType.BINARY,
+)
+def job_events(events: typing.List[func.EventHubEvent]) -> None:  # noqa: UP006 - the worker refuses list[...]
+    """A batch from an Eventstream custom endpoint: each entry's events are handled on their own;
+    an unreadable one is skipped and logged, the rest are handled (Event Hubs checkpoints the
+    batch whatever happens here; the sweep heals what an entry that failed reported)."""
+    service = _service()
+    try:
+        service.handle_event_batch([event.get_body() for event in events], trigger="eventstream")
+    finally:
+        service.telemetry.flush()
+
+
+if connection_configured(EVENTSTREAM_CONNECTION):
+    app.register_functions(eventstream)
 
 
 @app.function_name("remediation_work")

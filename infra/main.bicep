@@ -130,6 +130,18 @@ param authorityHost string = 'https://login.microsoftonline.com'
 @description('Object ids of the principals that publish PowerBI.RefreshFailed events to the custom topic (a pipeline\'s or a Logic App\'s identity): each gets EventGrid Data Sender on that topic only. The topic accepts Entra ID only (no access keys).')
 param refreshEventSenderPrincipalIds array = []
 
+@description('Fabric job events through an Eventstream custom endpoint (docs/events.md, recipe 1), signed in with its connection string: the name of a secret in the app\'s Key Vault that holds the custom endpoint\'s Event Hubs connection string. REMEDIATION_EVENTSTREAM_CONNECTION becomes a Key Vault reference to it (never the value) and the identity may read it. Empty, with eventstreamNamespace empty too: the job_events function does not exist.')
+param eventstreamConnectionSecretName string = ''
+
+@description('Fabric job events through an Eventstream custom endpoint signed in with Microsoft Entra ID instead of a key: its fully qualified namespace (es-....servicebus.windows.net, from the custom endpoint\'s details). The app\'s identity signs in; give it a role on the eventstream\'s Fabric workspace. Empty: not used.')
+param eventstreamNamespace string = ''
+
+@description('REMEDIATION_EVENTSTREAM_HUB: the custom endpoint\'s event hub name (es_..., on its Keys page).')
+param eventstreamHubName string = ''
+
+@description('REMEDIATION_EVENTSTREAM_CONSUMER_GROUP: the custom endpoint\'s consumer group (on its Basics page).')
+param eventstreamConsumerGroup string = '$Default'
+
 @description('Object id of the person running azd (azd sets AZURE_PRINCIPAL_ID): gets Storage Blob Data Reader on the dead-letter container only, to replay dead-lettered events. Empty: nobody.')
 param operatorPrincipalId string = ''
 
@@ -233,7 +245,8 @@ module keyVault 'modules/keyvault.bicep' = {
     createVault: newVault
     location: location
     tags: tags
-    secretNames: keyVaultSecretNames
+    // A restricted grant also covers the Eventstream connection string's secret.
+    secretNames: empty(keyVaultSecretNames) || empty(eventstreamConnectionSecretName) ? keyVaultSecretNames : union(keyVaultSecretNames, [eventstreamConnectionSecretName])
     identityPrincipalId: identity.outputs.principalId
     systemTopicName: systemTopicName
     logAnalyticsWorkspaceId: keyVaultDiagnostics ? monitoring.outputs.logAnalyticsWorkspaceId : ''
@@ -288,6 +301,10 @@ module functionApp 'modules/functionapp.bicep' = {
     powerBiScope: powerBiScope
     powerBiPublicClientId: powerBiPublicClientId
     authorityHost: authorityHost
+    eventstreamConnection: empty(eventstreamConnectionSecretName) ? '' : '@Microsoft.KeyVault(VaultName=${vaultName};SecretName=${eventstreamConnectionSecretName})'
+    eventstreamNamespace: eventstreamNamespace
+    eventstreamHubName: eventstreamHubName
+    eventstreamConsumerGroup: eventstreamConsumerGroup
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
   }
@@ -312,6 +329,7 @@ output REMEDIATE_ENDPOINT string = '${functionApp.outputs.uri}/api/remediate'
 output REMEDIATIONS_ENDPOINT string = '${functionApp.outputs.uri}/api/remediations'
 output KEYVAULT_EVENTS_FUNCTION_ID string = '${functionApp.outputs.id}/functions/keyvault_events'
 output REFRESH_EVENTS_FUNCTION_ID string = '${functionApp.outputs.id}/functions/refresh_events'
+output JOB_EVENTS_ENABLED bool = !empty(eventstreamConnectionSecretName) || !empty(eventstreamNamespace)
 output AZURE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output AZURE_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output KEY_VAULT_NAME string = vaultName

@@ -84,6 +84,7 @@ resource refreshSubscription 'Microsoft.EventGrid/topics/eventSubscriptions@2022
       includedEventTypes: [
         'PowerBI.RefreshFailed'
         'Microsoft.Fabric.ItemJobFailed'
+        'Microsoft.Fabric.JobEvents.ItemJobFailed'
       ]
     }
   })

@@ -9,7 +9,8 @@
 Services (each in its own module, each registering its routes on the shared router):
 ``sb.entra`` (Entra ID + App Service managed identity), ``sb.vault`` (Key Vault secrets),
 ``sb.powerbi`` (Power BI REST), ``sb.fabric`` (Fabric connections and gateways),
-``sb.appinsights`` (ingestion), ``sb.sources`` (the systems
+``sb.appinsights`` (ingestion), ``sb.job_events`` (Fabric's job events of the refreshes run here,
+for tests to hand to the Functions app), ``sb.sources`` (the systems
 behind the data sources and the accounts they sign in as, which hold the real passwords and
 count failed sign-ins). ``sb.requests`` records every request;
 ``sb.faults`` queues failures and sets latency.
@@ -35,6 +36,7 @@ from sandbox.clock import Clock
 from sandbox.entra import Entra
 from sandbox.fabric import Fabric
 from sandbox.faults import Faults
+from sandbox.job_events import JobEvents
 from sandbox.keyvault import KeyVault
 from sandbox.powerbi import PowerBI
 from sandbox.recorder import Recorder
@@ -84,6 +86,8 @@ class Sandbox:
         self.powerbi = PowerBI(self, self.entra, self.sources)
         self.fabric = Fabric(self, self.entra, self.sources, self.powerbi)
         self.powerbi.fabric = self.fabric  # refreshes of models bound to connections sign in through it
+        self.job_events = JobEvents(lambda: self.entra.tenant_id, self.clock.now)
+        self.powerbi.job_events = self.job_events  # the refreshes it runs raise Fabric job events
         self.appinsights = AppInsights(self)
         self._started = False
 

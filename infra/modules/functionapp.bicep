@@ -90,6 +90,18 @@ param powerBiPublicClientId string
 @description('AZURE_AUTHORITY_HOST.')
 param authorityHost string
 
+@description('REMEDIATION_EVENTSTREAM_CONNECTION: a Key Vault reference to the Eventstream custom endpoint\'s connection string, or empty.')
+param eventstreamConnection string
+
+@description('The Eventstream custom endpoint\'s namespace, for an identity-based connection (REMEDIATION_EVENTSTREAM_CONNECTION__fullyQualifiedNamespace), or empty.')
+param eventstreamNamespace string
+
+@description('REMEDIATION_EVENTSTREAM_HUB.')
+param eventstreamHubName string
+
+@description('REMEDIATION_EVENTSTREAM_CONSUMER_GROUP.')
+param eventstreamConsumerGroup string
+
 @description('Flex Consumption: maximum instance count.')
 param maximumInstanceCount int
 
@@ -279,6 +291,33 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'REMEDIATION_WORK_QUEUE'
           value: workQueueName
+        }
+        // The Eventstream custom endpoint of Fabric job events (the job_events function exists
+        // only when one of the two connections is set): a Key Vault reference to its connection
+        // string, or its namespace with the identity.
+        {
+          name: 'REMEDIATION_EVENTSTREAM_CONNECTION'
+          value: eventstreamConnection
+        }
+        {
+          name: 'REMEDIATION_EVENTSTREAM_CONNECTION__fullyQualifiedNamespace'
+          value: eventstreamNamespace
+        }
+        {
+          name: 'REMEDIATION_EVENTSTREAM_CONNECTION__credential'
+          value: empty(eventstreamNamespace) ? '' : 'managedidentity'
+        }
+        {
+          name: 'REMEDIATION_EVENTSTREAM_CONNECTION__clientId'
+          value: empty(eventstreamNamespace) ? '' : identityClientId
+        }
+        {
+          name: 'REMEDIATION_EVENTSTREAM_HUB'
+          value: eventstreamHubName
+        }
+        {
+          name: 'REMEDIATION_EVENTSTREAM_CONSUMER_GROUP'
+          value: eventstreamConsumerGroup
         }
       ]
     }

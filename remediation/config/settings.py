@@ -26,6 +26,7 @@ __all__ = [
     "MICROSOFT_AUTHORITY_HOSTS",
     "Settings",
     "StorageSettings",
+    "connection_configured",
     "fabric_scope_for",
     "powerbi_scope_for",
 ]
@@ -85,6 +86,19 @@ def powerbi_scope_for(api_url: str) -> str:
     """The Entra ID scope for the Power BI API at ``api_url`` (by host; commercial otherwise)."""
     host = (urlsplit(api_url).hostname or "").lower()
     return _POWERBI_SCOPES.get(host, DEFAULT_POWERBI_SCOPE)
+
+
+def connection_configured(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the Functions connection setting ``name`` is set: the setting itself (a connection
+    string, or an App Service Key Vault reference to one) or its identity-based
+    ``name__fullyQualifiedNamespace``, as the Functions host reads a trigger's ``connection``.
+    Empty means unset (App Service writes empty app settings as empty strings).
+
+    ``function_app.py`` asks it for ``REMEDIATION_EVENTSTREAM_CONNECTION`` when it is imported:
+    the Event Hubs function exists only when that connection does (a trigger whose connection is
+    missing would be an indexing error of the host). The value is never read or shown here."""
+    env = os.environ if environ is None else environ
+    return any((env.get(key) or "").strip() for key in (name, f"{name}__fullyQualifiedNamespace"))
 
 
 @dataclass(frozen=True, repr=False)

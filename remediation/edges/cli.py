@@ -8,6 +8,8 @@
     bindings check             validate the bindings file and resolve its targets against Power BI
     discover [--json|--csv] [--propose FILE]
                                read-only inventory of the data sources, their datasets and bindings
+    events check [--json]      which watched semantic models Fabric job events could cover, which
+                               rely on the sweep alone, and the last event received for each
     --dry-run                  plan only: no update, no refresh, no ledger write
     --json                     the report as JSON on stdout
 
@@ -53,7 +55,7 @@ from remediation.edges.runtime import (
 )
 from remediation.errors import ConfigError, RemediationError
 from remediation.inbound.events import EventError, Kind, parse_events
-from remediation.inventory import discover, proposal
+from remediation.inventory import discover, event_coverage, proposal
 from remediation.reconciler.healer import NotBound, Report
 from remediation.reconciler.runs import outcomes_to
 from remediation.rules.connections import could_reference, fabric_credential_type
@@ -142,6 +144,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write a draft bindings file for the unbound data sources (fill in the <...> placeholders)",
     )
+    events = sub.add_parser(
+        "events", parents=[common], help="refresh-failure events: which models they can cover (read-only)"
+    )
+    events.add_argument(
+        "action",
+        choices=["check"],
+        help="check: the watched semantic models Fabric job events could cover, and those on the sweep alone",
+    )
     return parser
 
 
@@ -177,6 +187,8 @@ def main(
             return _bindings_check(settings, out, as_json)
         if args.command == "discover":
             return _discover(settings, args, out, err, as_json)
+        if args.command == "events":
+            return _events_check(settings, out, as_json)
         command = _command(args)  # usage errors before anything is built
         # Before the healer is built, so its calls are reported as dependencies; without
         # APPLICATIONINSIGHTS_CONNECTION_STRING this only installs the log redaction filter.
@@ -301,7 +313,7 @@ def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
                 correlation_id=event.id,
             )
         elif event.kind is Kind.REFRESH_FAILED and event.workspace_id and event.dataset_id:
-            if not dry_run and ledger.event_seen(event.id):
+            if not dry_run and any(ledger.event_seen(key) for key in event.dedupe_keys):
                 continue
             part = healer.heal_dataset(
                 event.workspace_id,
@@ -313,7 +325,8 @@ def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
         else:
             continue
         if not dry_run:  # done once handled, so a replay that failed half-way can be run again
-            ledger.mark_event_seen(event.id, time.time())
+            for key in event.dedupe_keys:  # a job event: its job instance too
+                ledger.mark_event_seen(key, time.time())
         combined.merge(part)
     return combined
 
@@ -524,6 +537,34 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
             "fill in every <...> placeholder, then run: python -m remediation bindings check",
             file=err,
         )
+    return EXIT_OK
+
+
+def _events_check(settings: Settings, out: TextIO, as_json: bool) -> int:
+    """Which watched semantic models Fabric job events could cover (read-only, as ``discover``; the
+    ledger is only read); see :mod:`remediation.inventory.event_coverage`."""
+    bindings = load_bindings_from(settings)
+    powerbi = build_powerbi(settings)
+    fabric = build_fabric(settings)
+    try:
+        inventory = discover.scan(
+            powerbi,
+            bindings,
+            workspaces=bindings.watch_workspaces,
+            concurrency=settings.concurrency,
+            fabric=fabric,
+        )
+        groups = powerbi.get_groups()
+    finally:
+        powerbi.pipeline.close()
+        fabric.pipeline.close()
+    ledger = open_ledger(settings)
+    try:
+        outcomes = ledger.outcomes(since=time.time() - 7 * 86400, limit=5000)
+    finally:
+        ledger.close()
+    rows = event_coverage.coverage(inventory, groups, outcomes, watched=bindings.watch_workspaces)
+    event_coverage.render(rows, out, as_json=as_json)
     return EXIT_OK
 
 

@@ -1,7 +1,9 @@
 """What the HTTP endpoints accept, and the one shape of their error answers.
 
 ``POST /api/remediate``'s body becomes the :class:`~remediation.inbound.workqueue.WorkCommand` it
-asks for, the ``GET /api/remediations`` query a time and a limit, a correlation id of
+asks for (or, for a body that is an event or an array of events, an :class:`EventsRequest`: what
+an Activator → Power Automate flow posts; the service reads them as the event triggers do), the
+``GET /api/remediations`` query a time and a limit, a correlation id of
 ``GET /api/remediations/{correlationId}`` is checked; anything else is a 4xx JSON error saying
 what is wrong (``{"error": {"code", "message"}}``), never a traceback, never a secret.
 Validation is strict: unknown fields, wrong types, ids that are not GUIDs and bodies over
@@ -27,6 +29,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_LIST_LIMIT",
     "Answer",
+    "EventsRequest",
     "ListQuery",
     "RemediateRequest",
     "correlation_id_error",
@@ -52,6 +55,9 @@ _SHAPES: tuple[frozenset[str], ...] = (
 _OPTIONS = frozenset({"dryRun", "presentAgain"})
 _KNOWN = frozenset().union(*_SHAPES) | _OPTIONS
 
+_EVENT_KEYS = frozenset({"specversion", "type", "eventType"})
+"""A body with one of these keys is an event (CloudEvents 1.0 or Event Grid schema), not a command."""
+
 _CORRELATION = re.compile(r"[0-9A-Za-z._:@+=-]{1,128}")
 
 MAX_LIST_LIMIT = 1000
@@ -75,11 +81,29 @@ class RemediateRequest:
     dry_run: bool
 
 
-def remediate_request(body: bytes) -> RemediateRequest | Answer:
-    """``POST /api/remediate``'s body as the command it asks for, or the 4xx saying what is wrong."""
-    parsed = _json_object(body)
+@dataclass(frozen=True)
+class EventsRequest:
+    """An accepted ``POST /api/remediate`` whose body is one event or an array of them (JSON
+    objects; the service reads each as the event triggers do, and refuses the whole request if
+    one is unreadable)."""
+
+    events: list[dict[str, Any]]
+
+
+def remediate_request(body: bytes) -> RemediateRequest | EventsRequest | Answer:
+    """``POST /api/remediate``'s body as the command it asks for, the events it carries, or the
+    4xx saying what is wrong."""
+    parsed = _json_document(body)
     if isinstance(parsed, tuple):
         return parsed
+    if isinstance(parsed, list):
+        if not parsed or not all(isinstance(item, dict) for item in parsed):
+            return error(
+                400, "InvalidJson", "the body must be a JSON object, or a non-empty array of events (objects)"
+            )
+        return EventsRequest(parsed)
+    if _EVENT_KEYS & set(parsed):
+        return EventsRequest([parsed])
     unknown = sorted(set(parsed) - _KNOWN)
     if unknown:
         return error(
@@ -209,7 +233,8 @@ def status_base(request_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"{prefix}/remediations", "", ""))
 
 
-def _json_object(body: bytes) -> dict[str, Any] | Answer:
+def _json_document(body: bytes) -> dict[str, Any] | list[Any] | Answer:
+    """The body as a JSON object or array, or the 4xx."""
     if len(body) > MAX_BODY_BYTES:
         return error(413, "BodyTooLarge", f"the body is over {MAX_BODY_BYTES} bytes")
     if not body.strip():
@@ -218,6 +243,6 @@ def _json_object(body: bytes) -> dict[str, Any] | Answer:
         parsed = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return error(400, "InvalidJson", "the body is not valid UTF-8 JSON")
-    if not isinstance(parsed, dict):
+    if not isinstance(parsed, (dict, list)):
         return error(400, "InvalidJson", "the body must be a JSON object")
     return parsed

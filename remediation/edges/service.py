@@ -21,7 +21,15 @@ HTTP run).
 
 Event dedupe is by event id (a queued command's correlation id) in the ledger: Event Grid and the
 queue deliver at least once. A command is marked done only *after* it was handled, so a failed
-invocation's redelivery runs it again (the healer is idempotent) instead of being dropped.
+invocation's redelivery runs it again (the healer is idempotent) instead of being dropped. A Fabric
+job event is also deduplicated by its job instance (``fabric-job:<id>``), so one job's failure that
+comes twice, or by two paths (Event Grid, an Eventstream's Event Hubs, HTTP), is handled once; that
+key is recorded when the event is handled inline, or as soon as its command is queued.
+
+Fabric job events from an Eventstream custom endpoint arrive as Event Hubs batches
+(:meth:`RemediationService.handle_event_batch`): each entry is read and handled on its own; an
+unreadable entry is skipped and logged, and the rest are handled. They may also be posted to
+``POST /api/remediate``, one or an array (:meth:`RemediationService.remediate`).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +48,7 @@ from remediation.config.bindings import CONNECTIONS
 from remediation.config.settings import Settings
 from remediation.edges.http_input import (
     Answer,
+    EventsRequest,
     ListQuery,
     RemediateRequest,
     correlation_id_error,
@@ -49,7 +58,7 @@ from remediation.edges.http_input import (
 )
 from remediation.edges.runtime import Runtime, build_healer
 from remediation.errors import ConfigError, RemediationError
-from remediation.inbound.events import Event, EventError, Kind, parse_event
+from remediation.inbound.events import Event, EventError, Kind, events_in_message, parse_event
 from remediation.inbound.workqueue import (
     MAX_DELAY_SECONDS,
     WorkCommand,
@@ -77,13 +86,45 @@ waits before it runs again (the probe's verdict usually comes within a second or
 
 @dataclass(frozen=True)
 class EventResult:
-    """What became of one event (for logs and tests)."""
+    """What became of one event (for logs, tests and the HTTP answer to posted events).
+
+    ``state``: ``done`` (run inline), ``queued``, ``warned`` (an expiry warning), ``duplicate``
+    (already handled) or ``ignored`` (nothing to do; ``note`` says why)."""
 
     event_id: str
     kind: str
     handled: bool
     note: str
     report: Report | None = None
+    state: str = "ignored"
+    correlation_id: str | None = None
+
+    def to_dict(self, status_base: str | None = None) -> dict[str, Any]:
+        """The entry of ``POST /api/remediate``'s answer to posted events."""
+        body: dict[str, Any] = {
+            "id": self.event_id,
+            "kind": self.kind,
+            "status": self.state,
+            "note": self.note,
+        }
+        if self.correlation_id is not None:
+            body["correlationId"] = self.correlation_id
+            if self.state == "queued":
+                body["statusUrl"] = (
+                    f"{(status_base or '/api/remediations').rstrip('/')}/{self.correlation_id}"
+                )
+        if self.report is not None:
+            body["report"] = self.report.to_dict()
+        return body
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What became of one Event Hubs batch: each readable event's result, and how many entries
+    were skipped as unreadable."""
+
+    results: list[EventResult]
+    skipped: int
 
 
 class RemediationService:
@@ -125,22 +166,68 @@ class RemediationService:
             self.work_queue.close()
 
     # -- events ---------------------------------------------------------------------------------
-    def handle_event(self, raw: Mapping[str, Any], *, trigger: str = "eventgrid") -> EventResult:
+    def handle_event(self, raw: object, *, trigger: str = "eventgrid") -> EventResult:
         """One Event Grid / CloudEvents event. Raises :class:`EventError` for an unreadable one.
 
         With the work queue, the command is queued and this returns at once; otherwise it runs
         inline (waiting for a settling version within the deadline)."""
         event = parse_event(raw, vault_origin=self.settings.vault_origin)
+        return self._handle_parsed(event, trigger)
+
+    def _handle_parsed(self, event: Event, trigger: str) -> EventResult:
         result = self._dispatch(event, trigger)
         level = logging.INFO if result.handled else logging.DEBUG  # ignored events are routine
         logger.log(level, "event %s (%s): %s", event.id, event.type, result.note)
         return result
 
+    def handle_event_batch(
+        self, bodies: Sequence[bytes | str], *, trigger: str = "eventstream"
+    ) -> BatchResult:
+        """One Event Hubs batch (an Eventstream custom endpoint; ``cardinality=many``): each
+        message holds one event, an array, or JSON Lines (:func:`events_in_message`).
+
+        Every entry is handled on its own: an unreadable message or event is skipped with a
+        warning (redelivery would not fix it) and the rest are handled; an entry whose handling
+        fails is logged as an error and left to the sweep (Event Hubs checkpoints the batch
+        whatever the function does, so raising would only lose the entries after it). A batch
+        delivered again finds its events already handled (dedupe by event id and job instance)."""
+        results: list[EventResult] = []
+        skipped = 0
+        for index, body in enumerate(bodies):
+            try:
+                items = events_in_message(body, index=index)
+            except EventError as exc:
+                logger.warning("event hub message skipped: %s", exc)
+                skipped += 1
+                continue
+            for position, raw in enumerate(items):
+                try:
+                    results.append(self.handle_event(raw, trigger=trigger))
+                except EventError as exc:
+                    logger.warning("event hub message %d, event %d skipped: %s", index, position, exc)
+                    skipped += 1
+                except RemediationError as exc:
+                    logger.error(
+                        "event hub message %d, event %d failed (the sweep will heal what it reported): %s",
+                        index,
+                        position,
+                        exc,
+                    )
+                    skipped += 1
+                except Exception:  # noqa: BLE001 - one entry's fault must not lose the rest of the batch
+                    logger.exception(
+                        "event hub message %d, event %d failed (the sweep will heal what it reported)",
+                        index,
+                        position,
+                    )
+                    skipped += 1
+        return BatchResult(results, skipped)
+
     def _dispatch(self, event: Event, trigger: str) -> EventResult:
         healer, ledger = self.runtime.healer, self.runtime.ledger
 
-        def skip(note: str) -> EventResult:
-            return EventResult(event.id, event.kind.value, False, note)
+        def skip(note: str, state: str = "ignored") -> EventResult:
+            return EventResult(event.id, event.kind.value, False, note, state=state)
 
         if event.kind in (Kind.SECRET_NEW_VERSION, Kind.SECRET_NEAR_EXPIRY, Kind.SECRET_EXPIRED):
             if event.foreign_vault:
@@ -165,9 +252,11 @@ class RemediationService:
                     event.type,
                     ", ".join(names),
                 )
-                return EventResult(event.id, event.kind.value, True, "expiry warning reported")
+                return EventResult(
+                    event.id, event.kind.value, True, "expiry warning reported", state="warned"
+                )
         elif event.kind is not Kind.REFRESH_FAILED:
-            return skip(f"event type {event.type} is not one the healer acts on")
+            return skip(event.note or f"event type {event.type} is not one the healer acts on")
 
         try:
             if event.kind is Kind.SECRET_NEW_VERSION:
@@ -184,17 +273,40 @@ class RemediationService:
                 )
         except ValueError as exc:
             raise EventError(f"event {event.id[:128]}: {exc}") from None
-        if ledger.event_seen(command.correlation_id):
-            return skip("a duplicate delivery: already handled")
+        keys = event.dedupe_keys
+        if any(ledger.event_seen(key) for key in keys):
+            return skip("a duplicate delivery: already handled", "duplicate")
+        others = [key for key in keys if key != command.correlation_id]
         if self.work_queue is not None:
             self.work_queue.send(command)
-            return EventResult(event.id, event.kind.value, True, "queued")
+            self._mark_seen(others)  # the job is the queue's now; the event id when it is done
+            return EventResult(
+                event.id,
+                event.kind.value,
+                True,
+                "queued",
+                state="queued",
+                correlation_id=command.correlation_id,
+            )
         try:
             report = self._run_inline(command, deadline=self._clock() + RUN_SECONDS)
         except NotBound as exc:
-            ledger.mark_event_seen(command.correlation_id, self._clock())
+            self._mark_seen(keys)
             return skip(str(exc))
-        return EventResult(event.id, event.kind.value, True, f"{len(report.outcomes)} outcomes", report)
+        self._mark_seen(others)
+        return EventResult(
+            event.id,
+            event.kind.value,
+            True,
+            f"{len(report.outcomes)} outcomes",
+            report,
+            state="done",
+            correlation_id=command.correlation_id,
+        )
+
+    def _mark_seen(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.runtime.ledger.mark_event_seen(key, self._clock())
 
     # -- commands -------------------------------------------------------------------------------
     def run_command(self, command: WorkCommand, *, deadline: float, dry_run: bool = False) -> Report:
@@ -344,6 +456,8 @@ class RemediationService:
         "statusUrl"}`` where ``statusUrl`` is ``{status_base}/{correlationId}``. Otherwise it runs
         inline and the answer is its report (200)."""
         request = remediate_request(body)
+        if isinstance(request, EventsRequest):
+            return self._posted_events(request, status_base=status_base)
         if not isinstance(request, RemediateRequest):
             return request
         command, dry_run = request.command, request.dry_run
@@ -371,6 +485,35 @@ class RemediationService:
             logger.error("remediation failed: %s", exc)
             return error(502, "UpstreamError", str(exc))
         return 200, report.to_dict()
+
+    def _posted_events(self, request: EventsRequest, *, status_base: str | None) -> Answer:
+        """Events posted to ``POST /api/remediate`` (an Activator → Power Automate flow): read
+        all first (one unreadable event refuses the request, 400 ``InvalidEvent``, and nothing is
+        done), then each is handled as the event triggers handle it (trigger ``http-event``):
+        deduplicated, queued or run, a job event's dataset heal reading the refresh history first.
+        200 ``{"events": [{"id", "kind", "status", "note", "correlationId"?, "statusUrl"?,
+        "report"?}]}``."""
+        origin = self.settings.vault_origin
+        try:
+            events = [parse_event(raw, vault_origin=origin, index=i) for i, raw in enumerate(request.events)]
+        except EventError as exc:
+            return error(400, "InvalidEvent", str(exc))
+        for index, event in enumerate(events):
+            if correlation_id_error(event.id) is not None:  # it becomes the command's correlation id
+                return error(
+                    400, "InvalidEvent", f"event {index}: its id must be 1-128 letters, digits or ._:@+=-"
+                )
+        results = []
+        try:
+            for event in events:
+                results.append(self._handle_parsed(event, "http-event"))
+        except ConfigError as exc:
+            logger.error("configuration error: %s", exc)
+            return error(500, "ConfigurationError", str(exc))
+        except RemediationError as exc:
+            logger.error("remediation failed: %s", exc)
+            return error(502, "UpstreamError", str(exc))
+        return 200, {"events": [r.to_dict(status_base) for r in results]}
 
     def _check_exists(self, command: WorkCommand) -> None:
         """What a queued command is checked for before the 202: that it is bound, and that an
@@ -470,6 +613,7 @@ def reset_service() -> None:
 
 
 __all__ = [
+    "BatchResult",
     "EventError",
     "EventResult",
     "RemediationService",

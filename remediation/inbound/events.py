@@ -6,12 +6,38 @@ payloads, so keys are matched case-insensitively and values trimmed; the secret 
 come from the ``Id`` URL, which must point at the configured vault (same scheme, host and port
 as ``KEY_VAULT_URL``) — ``VaultName`` is not trusted.
 
-Microsoft Fabric's ``Microsoft.Fabric.ItemJobFailed`` for a semantic model routed to the topic
-is read as the same refresh failure. The refresh-failure event (our custom topic) is::
+The refresh-failure event (our custom topic) is::
 
     {"id": "...", "eventType": "PowerBI.RefreshFailed", "subject": "workspaces/<w>/datasets/<d>",
      "data": {"workspaceId": "<guid>", "datasetId": "<guid>", "requestId": "<guid>?", "error": "...?"},
      "dataVersion": "1.0", "eventTime": "..."}
+
+Microsoft Fabric's **job events** (Real-Time hub; CloudEvents 1.0) are read as the same refresh
+failure when a semantic model's job failed, as Microsoft delivers them (MicrosoftDocs/fabric-docs,
+``real-time-hub/explore-fabric-job-events.md``)::
+
+    {"specversion": "1.0", "type": "Microsoft.Fabric.ItemJobFailed", "id": "...",
+     "source": "<tenant id>", "subject": "/workspaces/<w>/items/<item>/jobs/instances/<job>",
+     "data": {"itemId", "itemKind", "itemName", "workspaceId", "jobInstanceId", "jobStatus",
+              "jobType", "jobInovkeType", "jobScheduleTime", "jobStartTime", "jobEndTime", ...}}
+
+* the type as delivered (``Microsoft.Fabric.ItemJobFailed``) or as subscriptions name it
+  (``Microsoft.Fabric.JobEvents.ItemJobFailed``, seen delivered too); the other job event types
+  (created, status changed, succeeded) are acknowledged and ignored;
+* what is read of ``data``: ``itemId``, ``itemKind``, ``workspaceId``, ``jobInstanceId`` and the
+  invoke type under Microsoft's spelling (``jobInovkeType``) or the corrected one
+  (``jobInvokeType``), keys in any case; the rest (names, times, ``executingPricipalId``...) is
+  not needed;
+* workspace and item from ``data``, else from ``subject``; the job instance likewise;
+* only a semantic model is acted on: ``itemKind`` ``SemanticModel`` or ``Dataset`` (the value is
+  undocumented), compared case-insensitively; any other kind, or none, is ignored;
+* the event carries **no failure reason**: the healer reads the dataset's refresh history before
+  it changes anything, exactly as for ``PowerBI.RefreshFailed``;
+* :attr:`Event.dedupe_keys`: the event id and ``fabric-job:<jobInstanceId>``, so one job's failure
+  delivered twice, or through two paths (Event Grid, Eventstream, HTTP), is handled once.
+
+:func:`events_in_message` reads the events of one Event Hubs message (an Eventstream custom
+endpoint): one JSON object, an array of them, or one object per line.
 """
 
 from __future__ import annotations
@@ -19,7 +45,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from urllib.parse import unquote, urlsplit
 
@@ -30,7 +56,16 @@ SECRET_NEAR_EXPIRY = "Microsoft.KeyVault.SecretNearExpiry"
 SECRET_EXPIRED = "Microsoft.KeyVault.SecretExpired"
 REFRESH_FAILED = "PowerBI.RefreshFailed"
 FABRIC_JOB_FAILED = "Microsoft.Fabric.ItemJobFailed"
+FABRIC_JOB_FAILED_SUBSCRIBED = "Microsoft.Fabric.JobEvents.ItemJobFailed"
+"""The spelling Real-Time hub subscriptions use; one public project saw it delivered too."""
+FABRIC_JOB_PREFIXES = ("microsoft.fabric.itemjob", "microsoft.fabric.jobevents.itemjob")
+"""Every Fabric job event type, in both spellings (created, status changed, succeeded, failed)."""
+JOB_KEY_PREFIX = "fabric-job:"
 _SEMANTIC_MODEL_KINDS = frozenset({"semanticmodel", "dataset"})
+_JOB_SUBJECT = re.compile(
+    r"/?workspaces/(?P<workspace>[^/]+)/items/(?P<item>[^/]+)(?:/jobs/instances/(?P<job>[^/]+))?/?",
+    re.IGNORECASE,
+)
 SUBSCRIPTION_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
 
 MAX_EVENTS = 5000
@@ -64,6 +99,17 @@ class Event:
     request_id: str | None = None
     error: str | None = None
     validation_code: str | None = None
+    job_instance_id: str | None = None  # a Fabric job event's job instance (lower-case GUID)
+    item_kind: str | None = None  # a Fabric job event's itemKind, as sent
+    note: str | None = None  # why an acknowledged event is ignored, when the type does not say
+
+    @property
+    def dedupe_keys(self) -> tuple[str, ...]:
+        """The ledger keys under which this event counts as handled: its id, and for a Fabric job
+        event its job instance (the same job's failure may come twice, or by two paths)."""
+        if self.job_instance_id:
+            return (self.id, JOB_KEY_PREFIX + self.job_instance_id)
+        return (self.id,)
 
 
 def parse_events(payload: object, *, vault_origin: tuple[str, str, int] | None) -> list[Event]:
@@ -77,6 +123,36 @@ def parse_events(payload: object, *, vault_origin: tuple[str, str, int] | None) 
     if len(items) > MAX_EVENTS:
         raise EventError(f"{len(items)} events in one payload; at most {MAX_EVENTS}")
     return [parse_event(item, vault_origin=vault_origin, index=i) for i, item in enumerate(items)]
+
+
+def events_in_message(body: bytes | str, *, index: int = 0) -> list[object]:
+    """The events in one Event Hubs message body (an Eventstream custom endpoint): a JSON object,
+    an array of objects, or one object per line (JSON Lines). Raises :class:`EventError` for a
+    body that is none of these; the events themselves are read by :func:`parse_event`."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EventError(f"message {index} is not UTF-8 text") from None
+    text = body.lstrip("\ufeff").strip()
+    if not text:
+        raise EventError(f"message {index} is empty")
+    try:
+        parsed: object = json.loads(text)
+    except (ValueError, RecursionError):
+        lines = [line for line in text.splitlines() if line.strip()]
+        if len(lines) < 2:
+            raise EventError(f"message {index} is not JSON") from None
+        try:
+            parsed = [json.loads(line) for line in lines]
+        except (ValueError, RecursionError):
+            raise EventError(f"message {index} is neither JSON nor JSON Lines") from None
+    items = parsed if isinstance(parsed, list) else [parsed]
+    if not items:
+        raise EventError(f"message {index} is an empty array")
+    if len(items) > MAX_EVENTS:
+        raise EventError(f"message {index} holds {len(items)} events; at most {MAX_EVENTS}")
+    return items
 
 
 def parse_event(raw: object, *, vault_origin: tuple[str, str, int] | None, index: int = 0) -> Event:
@@ -121,27 +197,51 @@ def parse_event(raw: object, *, vault_origin: tuple[str, str, int] | None, index
             error=folded.get("error"),
             names="data.workspaceId and data.datasetId",
         )
-    if event_type.lower() == FABRIC_JOB_FAILED.lower():
-        return _fabric_job_failed(event_id, event_type, folded)
+    if event_type.lower() in (FABRIC_JOB_FAILED.lower(), FABRIC_JOB_FAILED_SUBSCRIBED.lower()):
+        return _fabric_job_failed(event_id, event_type, folded, raw.get("subject"))
+    if event_type.lower().startswith(FABRIC_JOB_PREFIXES):
+        return Event(event_id, event_type, Kind.OTHER, note="a Fabric job event that is not a failure")
     return Event(event_id, event_type, Kind.OTHER)
 
 
-def _fabric_job_failed(event_id: str, event_type: str, data: Mapping[str, object]) -> Event:
-    """Fabric's job event (CloudEvents; ``data.itemId``, ``itemKind``, ``workspaceId``,
-    ``jobInstanceId``) for a semantic model is a refresh failure; other item kinds are ignored.
-    (Microsoft's list of item kinds that raise job events does not name semantic models yet; the
-    healer takes them when they are routed to its topic.)"""
-    kind = (_text(data.get("itemkind")) or "").lower()
-    if kind not in _SEMANTIC_MODEL_KINDS:
-        return Event(event_id, event_type, Kind.OTHER)
-    return _refresh_failed(
+def _fabric_job_failed(event_id: str, event_type: str, data: Mapping[str, object], subject: object) -> Event:
+    """Fabric's ``ItemJobFailed`` (see the module docstring) for a semantic model is a refresh
+    failure with no reason; other item kinds (a pipeline, a notebook...) are ignored.
+
+    Microsoft's current list of items that raise job events does not name semantic models, while
+    its prerequisites page uses one as its example: only a real tenant can say whether they come,
+    and with which ``itemKind``; both documented spellings are taken."""
+    parts = _JOB_SUBJECT.fullmatch(_text(subject) or "")
+    item = _text(data.get("itemid")) or (parts.group("item") if parts else None)
+    workspace = _text(data.get("workspaceid")) or (parts.group("workspace") if parts else None)
+    job = _text(data.get("jobinstanceid")) or (parts.group("job") if parts else None)
+    kind = _text(data.get("itemkind"))
+    folded_kind = re.sub(r"[^a-z]", "", (kind or "").lower())
+    if folded_kind not in _SEMANTIC_MODEL_KINDS:
+        what = f"of a {kind[:40]}" if kind else "without an itemKind"
+        return Event(
+            event_id,
+            event_type,
+            Kind.OTHER,
+            item_kind=kind,
+            note=f"a Fabric job failure {what}, not a semantic model: ignored",
+        )
+    event = _refresh_failed(
         event_id,
         event_type,
-        workspace=data.get("workspaceid"),
-        dataset=data.get("itemid"),
-        request=data.get("jobinstanceid"),
+        workspace=workspace,
+        dataset=item,
+        request=job,
         error=None,
-        names="data.workspaceId and data.itemId",
+        names="the workspace and item ids (data.workspaceId and data.itemId, or the subject)",
+    )
+    job_id = event.request_id
+    invoke = _text(data.get("jobinvoketype")) or _text(data.get("jobinovketype"))  # Microsoft's spelling
+    return replace(
+        event,
+        job_instance_id=job_id,
+        item_kind=kind,
+        note=f"a {invoke[:20]} job" if invoke else None,
     )
 
 

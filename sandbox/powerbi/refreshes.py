@@ -18,6 +18,8 @@
   from an app or managed identity -> 400 ``Invalid NotifyOption value ... for app only owner
   requests`` (for refreshes and for schedules).
 * **Update Refresh Schedule** requires the dataset owner (the API's documented permission).
+* **Job events**: each refresh started and finished is told to ``job_events``
+  (:mod:`sandbox.job_events`), which records the Fabric job events a real tenant may raise.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 from sandbox.entra import Entra, TokenInfo
 from sandbox.host import Host
+from sandbox.job_events import RefreshJob
 from sandbox.powerbi.models import Dataset, Refresh, RefreshSchedule
 from sandbox.powerbi.tenant import Tenant, same, user_of
 from sandbox.powerbi.wire import (
@@ -149,6 +152,8 @@ class Refreshes(Tenant):
                 requested_by=requested_by,
             )
             dataset.refreshes.append(refresh)
+            if self.job_events is not None:
+                self.job_events.refresh_started(self._job(dataset, refresh))
             return refresh
 
     def settle(self) -> None:
@@ -174,6 +179,26 @@ class Refreshes(Tenant):
         for refresh in dataset.refreshes:
             if refresh.running and refresh.ends_at <= now:
                 self._finish(dataset, refresh)
+                if self.job_events is not None:
+                    self.job_events.refresh_finished(self._job(dataset, refresh))
+
+    @staticmethod
+    def _job(dataset: Dataset, refresh: Refresh) -> RefreshJob:
+        workspace = dataset.workspace
+        return RefreshJob(
+            workspace_id=workspace.id,
+            workspace_name=workspace.name,
+            dedicated_capacity=workspace.dedicated_capacity,
+            capacity_id=workspace.capacity_id,
+            dataset_id=dataset.id,
+            dataset_name=dataset.name,
+            request_id=refresh.request_id,
+            refresh_type=refresh.refresh_type,
+            requested_by=refresh.requested_by,
+            start=refresh.start,
+            end=refresh.end,
+            status=refresh.status,
+        )
 
     def _finish(self, dataset: Dataset, refresh: Refresh) -> None:
         """Sign in to each data source with the stored credential; the first failure decides."""

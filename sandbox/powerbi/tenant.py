@@ -40,6 +40,7 @@ from sandbox.accounts import Cause
 from sandbox.connections import FabricLink
 from sandbox.entra import POWERBI_AUDIENCE, Entra, TokenInfo, TokenRejected
 from sandbox.host import Host
+from sandbox.job_events import JobEvents
 from sandbox.powerbi.models import (
     SHARED_DAILY_REFRESH_LIMIT,
     Dataset,
@@ -88,6 +89,8 @@ class Tenant:
         self._sources = sources  # the systems behind the data sources, where sign-ins are counted
         self.fabric: FabricLink | None = None
         """Fabric, which holds the connections semantic models may be bound to (the sandbox sets it)."""
+        self.job_events: JobEvents | None = None
+        """Fabric's job events of the refreshes run here (the sandbox sets it: ``sb.job_events``)."""
         self._lock = threading.RLock()
         self.workspaces: dict[str, Workspace] = {}
         self.gateways: dict[str, Gateway] = {}

@@ -15,14 +15,28 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import azure.functions as func
 from azure.functions import meta
 
 import function_app
 
-FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}
+
+def _functions() -> dict[str, Any]:
+    """Every function ``function_app`` can have: the app's, and the Eventstream function, which
+    the app registers only when its connection is set (tests drive it either way)."""
+    found = {f.get_function_name(): f for f in function_app.app.get_functions()}
+    if "job_events" not in found:
+        optional = func.FunctionApp()
+        optional.register_functions(function_app.eventstream)
+        found.update((f.get_function_name(), f) for f in optional.get_functions())
+    return found
+
+
+FUNCTIONS = _functions()
 HOST = "https://healer.azurewebsites.net"
 
 
@@ -57,6 +71,55 @@ def event_datum(raw: Mapping[str, Any]) -> meta.Datum:
     """One event of an Event Grid delivery (Event Grid or CloudEvents 1.0 schema): the host
     splits the array and sends each event as JSON."""
     return meta.Datum(json.dumps(raw), "json")
+
+
+def eventhub_datum(
+    bodies: list[bytes],
+    *,
+    data_type: str = "collection_bytes",
+    first_sequence_number: int = 100,
+    enqueued: datetime | None = None,
+) -> tuple[meta.Datum, dict[str, meta.Datum]]:
+    """An Event Hubs trigger with ``cardinality=many``: the bodies as the host sends a batch
+    (``collection_bytes`` for ``dataType: binary``, ``collection_string`` for ``string``: a
+    protobuf message whose repeated field the converter reads as ``.bytes`` / ``.string``), and the
+    trigger metadata with one entry per event (``SystemPropertiesArray``, which the converter
+    reads, and the other ``...Array`` values the host sends beside it)."""
+    moment = (enqueued or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    system = [
+        {
+            "x-opt-sequence-number": first_sequence_number + i,
+            "x-opt-offset": str(4096 * (first_sequence_number + i)),
+            "x-opt-enqueued-time": moment,
+            "SequenceNumber": first_sequence_number + i,
+            "Offset": str(4096 * (first_sequence_number + i)),
+            "PartitionKey": None,
+            "EnqueuedTimeUtc": moment,
+        }
+        for i in range(len(bodies))
+    ]
+    if data_type == "collection_bytes":
+        value: Any = SimpleNamespace(bytes=list(bodies))
+    elif data_type == "collection_string":
+        value = SimpleNamespace(string=[b.decode("utf-8") for b in bodies])
+    else:
+        raise ValueError(data_type)
+
+    def as_json(obj: Any) -> meta.Datum:
+        return meta.Datum(json.dumps(obj), "json")
+
+    metadata = {
+        "SystemPropertiesArray": as_json(system),
+        "PropertiesArray": as_json([{} for _ in bodies]),
+        "PartitionKeyArray": as_json([None for _ in bodies]),
+        "OffsetArray": as_json([p["Offset"] for p in system]),
+        "SequenceNumberArray": as_json([p["SequenceNumber"] for p in system]),
+        "EnqueuedTimeUtcArray": as_json([moment for _ in bodies]),
+        "PartitionContext": as_json(
+            {"ConsumerGroup": "$Default", "EventHubName": "es_healer", "PartitionId": "0"}
+        ),
+    }
+    return meta.Datum(value, data_type), metadata
 
 
 def timer_datum(*, past_due: bool = False) -> meta.Datum:

@@ -103,6 +103,10 @@ def test_the_deployed_surface_is_exactly_these_functions() -> None:
                 "auth_level",
                 "queue_name",
                 "connection",
+                "event_hub_name",
+                "consumer_group",
+                "cardinality",
+                "data_type",
             )
         }
         surface[name] = (trigger.type, bindings, {k: v for k, v in extra.items() if v is not None})
@@ -141,6 +145,18 @@ def test_the_deployed_surface_is_exactly_these_functions() -> None:
             "queueTrigger",
             [("msg", "queueTrigger")],
             {"queue_name": "%REMEDIATION_WORK_QUEUE%", "connection": "AzureWebJobsStorage"},
+        ),
+        # Registered on the app only when its connection is set (test_job_events.py).
+        "job_events": (
+            "eventHubTrigger",
+            [("events", "eventHubTrigger")],
+            {
+                "connection": "REMEDIATION_EVENTSTREAM_CONNECTION",
+                "event_hub_name": "%REMEDIATION_EVENTSTREAM_HUB%",
+                "consumer_group": "%REMEDIATION_EVENTSTREAM_CONSUMER_GROUP%",
+                "cardinality": func.Cardinality.MANY,
+                "data_type": func.DataType.BINARY.value,  # the trigger keeps the value
+            },
         ),
     }
 
@@ -268,6 +284,7 @@ def test_a_refresh_failure_event_heals_that_dataset_and_refreshes_it(world: Worl
     assert [p.path.rsplit("/", 1)[-1] for p in patches(world.sb)] == [world.datasource_ids[0]]
     assert world.sb.powerbi.history(world.datasets[0])[0].status == "Completed"
     assert world.sb.powerbi.history(world.datasets[1])[0].status == "Failed"  # no event for it yet
+    # Fabric job events as Microsoft delivers them, the Event Hubs function and HTTP: test_job_events.py
 
 
 # -- timer ---------------------------------------------------------------------------------------

@@ -191,6 +191,9 @@ def test_every_request_shape_is_answered_as_documented(sb: Sandbox, world: World
             "SecretVersionNotFound",
         ),
         (b'{"secretName": "' + b"a" * 17000 + b'"}', 413, "BodyTooLarge"),
+        (b'{"type": "Microsoft.Fabric.ItemJobFailed"}', 400, "InvalidEvent"),
+        (b'[{"id": "e", "eventType": "PowerBI.RefreshFailed", "data": {}}]', 400, "InvalidEvent"),
+        (b"[]", 400, "InvalidJson"),
     }
     for body, status, code in errors:
         answer = call("POST", "remediate", body)
@@ -200,6 +203,44 @@ def test_every_request_shape_is_answered_as_documented(sb: Sandbox, world: World
         assert documented("GET", "remediations", answer)["error"]["code"] == code
     answer = call("GET", "remediations/" + "x" * 200)
     assert documented("GET", "remediations/x", answer)["error"]["code"] == "InvalidParameter"
+
+
+def job_event(world: World, event_id: str, *, kind: str = "SemanticModel") -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "type": "Microsoft.Fabric.ItemJobFailed",
+        "source": "tenant",
+        "id": event_id,
+        "subject": f"/workspaces/{world.workspace_id}/items/{world.dataset_ids[0]}/jobs/instances/{event_id}",
+        "data": {
+            "itemId": world.dataset_ids[0],
+            "itemKind": kind,
+            "workspaceId": world.workspace_id,
+            "jobInstanceId": "9b2e1c4d-5f6a-4b7c-8d9e-0f1a2b3c4d5" + event_id[-1],
+        },
+    }
+
+
+def test_posted_events_are_answered_as_documented(sb: Sandbox, world: World) -> None:
+    one = call("POST", "remediate", json.dumps(job_event(world, "e-1")).encode())
+    assert [e["status"] for e in documented("POST", "remediate", one)["events"]] == ["done"]
+    batch = [
+        job_event(world, "e-1"),
+        job_event(world, "e-2", kind="Pipeline"),
+        {"id": "k", "type": "Other.Thing"},
+    ]
+    answer = call("POST", "remediate", json.dumps(batch).encode())
+    assert [e["status"] for e in documented("POST", "remediate", answer)["events"]] == [
+        "duplicate",
+        "ignored",
+        "ignored",
+    ]
+    no_leak(answer, world)
+    service = service_module.get_service()
+    service.work_queue = FakeQueue()  # type: ignore[assignment]
+    queued = call("POST", "remediate", json.dumps([job_event(world, "e-3")]).encode())
+    (entry,) = documented("POST", "remediate", queued)["events"]
+    assert entry["status"] == "queued" and entry["statusUrl"].endswith("/remediations/e-3")
 
 
 def test_a_queued_command_is_answered_202_with_its_status_url(sb: Sandbox, world: World) -> None:
@@ -262,11 +303,42 @@ def _bodies(world: World) -> st.SearchStrategy[bytes]:
             "dryRun",
             "presentAgain",
             "extra",
+            "type",
             "",
         ]
     )
     mangled = st.dictionaries(keys, _json_values(), max_size=4)
-    documents = (valid | mangled | _json_values()).map(lambda v: json.dumps(v).encode())
+    event = st.fixed_dictionaries(
+        {
+            "id": st.text(max_size=8) | st.sampled_from(["e-1", "e-2"]),
+            "type": st.sampled_from(
+                [
+                    "Microsoft.Fabric.ItemJobFailed",
+                    "Microsoft.Fabric.JobEvents.ItemJobFailed",
+                    "Microsoft.Fabric.ItemJobSucceeded",
+                    "PowerBI.RefreshFailed",
+                    "Other",
+                ]
+            ),
+        },
+        optional={
+            "specversion": st.just("1.0"),
+            "subject": st.text(max_size=20),
+            "data": st.fixed_dictionaries(
+                {},
+                optional={
+                    "itemId": guid,
+                    "datasetId": guid,
+                    "workspaceId": guid,
+                    "itemKind": st.sampled_from(["SemanticModel", "Dataset", "Pipeline", ""]),
+                    "jobInstanceId": guid,
+                },
+            )
+            | _json_values(),
+        },
+    )
+    events = event | st.lists(event, max_size=3)
+    documents = (valid | mangled | events | _json_values()).map(lambda v: json.dumps(v).encode())
     raw = st.binary(max_size=64) | st.sampled_from([b"{", b"\xff\xfe", b"[" * 2000, b'{"a":' * 600, b" "])
     return documents | raw
 

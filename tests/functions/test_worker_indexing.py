@@ -1,4 +1,5 @@
-"""Microsoft's Python worker indexes ``function_app.py`` and loads all seven functions.
+"""Microsoft's Python worker indexes ``function_app.py`` and loads all seven functions (eight
+when the Eventstream connection is set: ``job_events`` exists only then).
 
 Before anything runs, the worker imports ``function_app.py``, checks every function's parameters
 against its bindings, and sends the host each function's metadata; an app that fails there
@@ -73,10 +74,26 @@ DECLARED: dict[str, list[dict[str, Any]]] = {
     "remediations": _http("remediations", "GET"),
     "remediation_status": _http("remediations/{correlationId}", "GET"),
 }
+# With REMEDIATION_EVENTSTREAM_CONNECTION set (its value is the host's to use, never the worker's).
+EVENTSTREAM: dict[str, list[dict[str, Any]]] = {
+    "job_events": [
+        {
+            "type": "eventHubTrigger",
+            "direction": "IN",
+            "name": "events",
+            "dataType": "BINARY",
+            "connection": "REMEDIATION_EVENTSTREAM_CONNECTION",
+            "eventHubName": "%REMEDIATION_EVENTSTREAM_HUB%",
+            "cardinality": "MANY",
+            "consumerGroup": "%REMEDIATION_EVENTSTREAM_CONSUMER_GROUP%",
+        }
+    ]
+}
 
 
-def index(app_dir: Path, home: Path) -> dict[str, Any]:
-    """What ``worker_index.py`` printed for ``app_dir``: the worker's init status and metadata."""
+def index(app_dir: Path, home: Path, settings: dict[str, str] | None = None) -> dict[str, Any]:
+    """What ``worker_index.py`` printed for ``app_dir``: the worker's init status and metadata.
+    ``settings``: app settings the worker process has besides the bare ones below."""
     if not WORKER_PYTHON.exists():
         message = ".venv-worker is missing: `make test` creates it (it needs Python 3.13)"
         if in_ci():
@@ -92,6 +109,7 @@ def index(app_dir: Path, home: Path) -> dict[str, Any]:
         "FUNCTIONS_WORKER_RUNTIME": "python",
         "AzureWebJobsScriptRoot": str(app_dir),
         "PYTHONDONTWRITEBYTECODE": "1",  # no cpython-313 pycs beside the deployed 3.11 ones
+        **(settings or {}),
     }
     done = subprocess.run(
         [str(WORKER_PYTHON), str(SCRIPT), str(app_dir)],
@@ -112,6 +130,16 @@ def indexed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return index(ROOT, tmp_path_factory.mktemp("worker-home"))
 
 
+@pytest.fixture(scope="module")
+def indexed_with_eventstream(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    settings = {
+        "REMEDIATION_EVENTSTREAM_CONNECTION": "@Microsoft.KeyVault(VaultName=kv;SecretName=eventstream)",
+        "REMEDIATION_EVENTSTREAM_HUB": "es_00000000-0000-0000-0000-000000000000",
+        "REMEDIATION_EVENTSTREAM_CONSUMER_GROUP": "$Default",
+    }
+    return index(ROOT, tmp_path_factory.mktemp("worker-home-es"), settings)
+
+
 def _functions(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     init = result["init"]
     assert init["status"] == "Success", init.get("exception", {}).get("message")
@@ -130,7 +158,7 @@ def test_the_worker_indexes_the_app_without_an_error(indexed: dict[str, Any]) ->
 def test_all_seven_functions_load_as_function_app_declares_them(indexed: dict[str, Any]) -> None:
     functions = _functions(indexed)
 
-    assert sorted(functions) == sorted(DECLARED) == sorted(FUNCTIONS)  # the ones our tests drive
+    assert sorted(functions) == sorted(DECLARED) == sorted(set(FUNCTIONS) - set(EVENTSTREAM))
     assert len({fn["function_id"] for fn in functions.values()}) == 7
     for name, fn in functions.items():
         assert fn["raw_bindings"] == DECLARED[name], name
@@ -138,6 +166,20 @@ def test_all_seven_functions_load_as_function_app_declares_them(indexed: dict[st
         assert Path(fn["directory"]) == ROOT
         assert fn["properties"] == {"worker_indexed": "True"}
         assert "retry_options" not in fn  # no retry policy: redelivery is Event Grid's and the queue's
+
+
+def test_with_the_eventstream_connection_the_event_hubs_function_loads_too(
+    indexed_with_eventstream: dict[str, Any],
+) -> None:
+    functions = _functions(indexed_with_eventstream)
+    declared = {**DECLARED, **EVENTSTREAM}
+
+    assert sorted(functions) == sorted(declared) == sorted(FUNCTIONS)  # the ones our tests drive
+    for name, fn in functions.items():
+        assert fn["raw_bindings"] == declared[name], name
+        assert "retry_options" not in fn  # Event Hubs checkpoints the batch; the sweep heals the rest
+    typed = {b: (i["type"], i["direction"]) for b, i in functions["job_events"]["bindings"].items()}
+    assert typed == {"events": ("eventHubTrigger", "in")}
 
 
 def test_each_binding_has_the_type_and_direction_the_host_is_told(indexed: dict[str, Any]) -> None:

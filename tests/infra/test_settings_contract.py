@@ -21,6 +21,10 @@ RUNTIME_SETTINGS = {
     "AzureWebJobsStorage__accountName",  # the host's identity-based storage
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
+    # The identity-based Eventstream connection (the host's Event Hubs extension reads them):
+    "REMEDIATION_EVENTSTREAM_CONNECTION__fullyQualifiedNamespace",
+    "REMEDIATION_EVENTSTREAM_CONNECTION__credential",
+    "REMEDIATION_EVENTSTREAM_CONNECTION__clientId",
 }
 
 # Not set in Azure, on purpose.
@@ -48,10 +52,16 @@ NOT_IN_EXAMPLE = {
     "AzureWebJobsStorage__clientId": "as AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__tableServiceUri": "as AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__queueServiceUri": "as AzureWebJobsStorage__accountName",
+    "REMEDIATION_EVENTSTREAM_CONNECTION__fullyQualifiedNamespace": "the example connects with the "
+    "REMEDIATION_EVENTSTREAM_CONNECTION connection string; the identity-based form is set by the Bicep",
+    "REMEDIATION_EVENTSTREAM_CONNECTION__credential": "as __fullyQualifiedNamespace",
+    "REMEDIATION_EVENTSTREAM_CONNECTION__clientId": "as __fullyQualifiedNamespace",
 }
 NOT_IN_TABLE = {
     "AzureWebJobsStorage__credential": "host plumbing of identity-based storage, set by the Bicep",
     "AzureWebJobsStorage__clientId": "as AzureWebJobsStorage__credential",
+    "REMEDIATION_EVENTSTREAM_CONNECTION__credential": "host plumbing of the identity-based connection",
+    "REMEDIATION_EVENTSTREAM_CONNECTION__clientId": "as REMEDIATION_EVENTSTREAM_CONNECTION__credential",
 }
 
 
@@ -61,6 +71,8 @@ def code_settings() -> set[str]:
     read = set(re.findall(reader, settings_py))
     function_app = (ROOT / "function_app.py").read_text(encoding="utf-8")
     read |= set(re.findall(r"%([A-Za-z_]\w*)%", function_app))
+    # Trigger connections name a setting (no %...%): the Eventstream's, by its constant.
+    read |= set(re.findall(r'^[A-Z_]+_CONNECTION = "([A-Za-z_]\w*)"', function_app, flags=re.M))
     return read | RUNTIME_SETTINGS
 
 

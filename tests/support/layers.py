@@ -80,6 +80,13 @@ STANDIN_TESTS: dict[str, frozenset[str]] = {
     "tests/sandbox/test_privacy_guard.py": frozenset(
         {"test_the_sandbox_shows_gateway_data_sources_as_connections_consistently"}
     ),
+    # The sandbox's Fabric job events (sandbox.job_events): shaped as Microsoft's table.
+    "tests/functions/test_job_events.py": frozenset(
+        {
+            "test_the_sandbox_raises_job_events_shaped_as_microsoft_documents_them",
+            "test_a_workspace_on_shared_capacity_raises_no_job_events",
+        }
+    ),
 }
 
 

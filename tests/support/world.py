@@ -206,6 +206,7 @@ def build_world(
     account_name: str | None = None,
     servers: int | None = None,
     refusal: PowerBIRefusal = "invalid-credentials",
+    dedicated_capacity: bool = False,
 ) -> World:
     """Make the world described in the module docstring in the started sandbox ``sb``.
 
@@ -226,6 +227,9 @@ def build_world(
 
     ``refusal``: how Power BI answers a sign-in the sources refuse, on every data source (see
     :mod:`sandbox.refusals`; :meth:`World.set_refusal` changes it later, per data source).
+
+    ``dedicated_capacity``: the workspace is on a Premium/Fabric capacity (its refreshes then
+    raise Fabric job events in ``sb.job_events``; no daily refresh quota).
     """
     pbi = sb.powerbi
     app = app or sb.entra.default_app or sb.entra.add_app(name="healer")
@@ -233,7 +237,9 @@ def build_world(
     secret = secret if secret is not None else generate_password()
     user = username if credential_type in _USERNAME_TYPES else None
 
-    workspace = pbi.add_workspace(f"{binding_name} workspace", members=[principal])
+    workspace = pbi.add_workspace(
+        f"{binding_name} workspace", members=[principal], dedicated_capacity=dedicated_capacity
+    )
     admins = [principal] + ([user] if credential_type == "OAuth2" and user else [])
     gateway = (
         pbi.add_cloud_gateway(f"{binding_name} cloud", admins=admins)
