@@ -82,7 +82,7 @@ class Sandbox:
         self.entra = Entra(self, self.sources)
         self.vault = KeyVault(self, self.entra)
         self.powerbi = PowerBI(self, self.entra, self.sources)
-        self.fabric = Fabric(self, self.entra, self.sources, self.powerbi)
+        self.fabric = Fabric(self, self.entra, self.sources, self.powerbi, vault=self.vault)
         self.powerbi.fabric = self.fabric  # refreshes of models bound to connections sign in through it
         self.appinsights = AppInsights(self)
         self._started = False
