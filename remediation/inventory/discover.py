@@ -41,8 +41,9 @@ from remediation.clients.powerbi import PowerBIClient
 from remediation.clients.powerbi_models import DatasetDatasource, GatewayDatasource
 from remediation.config.bindings import BINDABLE_TYPES, CONNECTIONS, BindingSet, CredentialType
 from remediation.errors import BindingsError
-from remediation.rules.connections import corresponding_connection, could_reference, is_connection_of
+from remediation.rules.connections import corresponding_connection, is_connection_of
 from remediation.rules.redact import MASK, describe_datasource, mask_urls
+from remediation.rules.references import could_reference
 
 __all__ = [
     "DatasetUse",
