@@ -30,7 +30,7 @@ from remediation.clients.fabric import Connection, FabricClient, FabricEntityNot
 from remediation.clients.keyvault import KeyVaultClient
 from remediation.config.bindings import Binding, BindingSet
 from remediation.errors import BindingsError, RemediationError
-from remediation.reconciler.references import RecordState, References
+from remediation.ledger.references import RecordState, References
 from remediation.reconciler.targets.fabric import UnsupportedConnection, reference_request
 from remediation.rules.accounts import account_key
 from remediation.rules.connections import fabric_credential_type

@@ -57,10 +57,10 @@ from remediation.config.bindings import CONNECTIONS, BindingSet, Target
 from remediation.config.settings import Settings
 from remediation.errors import NotBound, RemediationError, SecretVersionNotFound
 from remediation.ledger import Ledger, Outcome
+from remediation.ledger.references import RecordState, ReferenceRecord, References
 from remediation.reconciler.accounts import Accounts
 from remediation.reconciler.adopt import MovePlan
 from remediation.reconciler.presenter import Move, Presenter
-from remediation.reconciler.references import RecordState, ReferenceRecord, References
 from remediation.reconciler.refresher import Refresher
 from remediation.reconciler.report import HOLDS_CURRENT, PROBLEMS, Action, Report
 from remediation.reconciler.resolver import TargetResolver

@@ -52,8 +52,8 @@ from remediation.config.bindings import Binding, Target
 from remediation.config.settings import Settings
 from remediation.errors import ConfigError, RemediationError
 from remediation.ledger import Claim, Intent, Lease, LeaseLost, Ledger, Outcome
+from remediation.ledger.references import References
 from remediation.reconciler.accounts import Accounts
-from remediation.reconciler.references import References
 from remediation.reconciler.report import HOLDS_CURRENT, Action
 from remediation.reconciler.resolver import TargetResolver
 from remediation.reconciler.runs import Resolved, Run

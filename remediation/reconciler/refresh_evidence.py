@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from remediation.clients.powerbi_models import DatasetDatasource, Refresh
 from remediation.errors import RemediationError
 from remediation.ledger import Ledger, Outcome
+from remediation.ledger.references import References
 from remediation.reconciler.accounts import Accounts
-from remediation.reconciler.references import References
 from remediation.reconciler.report import Action
 from remediation.reconciler.runs import Resolved, Run
 from remediation.rules.accounts import failed_source, source_matches

@@ -35,9 +35,9 @@ from remediation.config.settings import Settings
 from remediation.inventory.inventory import Inventory
 from remediation.inventory.scanner import InventoryPath
 from remediation.ledger import DatasetRecord, Ledger, Outcome
+from remediation.ledger.references import References
 from remediation.reconciler.accounts import Accounts
 from remediation.reconciler.dataset_sources import DatasetSources
-from remediation.reconciler.references import References
 from remediation.reconciler.refresh_evidence import (
     CURABLE,
     DatasetPlan,

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from remediation.edges.cli import main
+from remediation.ledger.references import References
 from remediation.reconciler.healer import Action
-from remediation.reconciler.references import References
 from sandbox import Sandbox
 from sandbox.clock import ManualClock
 from sandbox.connections import KeyVaultConnection
