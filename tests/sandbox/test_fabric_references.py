@@ -372,7 +372,8 @@ def test_one_model_per_account_is_refreshed_first(manual: tuple[Sandbox, ManualC
     g = referenced(sb, w, kv, name="ware")
     g.account = f.account
     g.connection.source.account = f.account
-    g.binding["secret"] = f.secret_name
+    g.binding["secret"] = f.secret_name  # one secret, one account, two connections
+    g.connection.key_vault_reference = {"connectionId": kv.id, "secretName": f.secret_name}
     sales, stock = model(sb, w, "sales", f), model(sb, w, "stock", g)
     bindings = json.dumps(w.bindings(f.binding, g.binding))
     h = make(w, env={"REMEDIATION_BINDINGS": bindings, "REMEDIATION_SETTLE_SECONDS": "60"}, clock=clock.now)
