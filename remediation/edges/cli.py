@@ -59,6 +59,7 @@ from remediation.edges.runtime import (
 from remediation.errors import ConfigError, RemediationError
 from remediation.inbound.events import EventError, Kind, parse_events
 from remediation.inventory import discover, proposal
+from remediation.ledger.references import References
 from remediation.reconciler import adopt
 from remediation.reconciler.adopt import AdoptRefused, MovePlan
 from remediation.reconciler.healer import Action, NotBound, Report
@@ -606,13 +607,17 @@ def _check_connection_match(
 
 
 def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO, as_json: bool) -> int:
-    """Read-only inventory (GET requests only, no ledger, no Key Vault); see
-    :mod:`remediation.inventory.discover`."""
+    """Read-only inventory (GET requests only, no Key Vault; the ledger, when one exists, only for
+    adopt's records of the connections it moved); see :mod:`remediation.inventory.discover`."""
     if as_json and args.csv:
         raise ConfigError("discover takes --json or --csv, not both")
     bindings = load_bindings_from(settings) if settings.bindings else BindingSet()
     powerbi = build_powerbi(settings)
     fabric = build_fabric(settings)
+    # adopt's records of the connections it moved, when there is a ledger (never made for this)
+    ledger = (
+        open_ledger(settings) if settings.storage is not None or os.path.exists(settings.state_path) else None
+    )
     live = err.isatty() and not (as_json or args.csv)
     try:
         inventory = discover.scan(
@@ -624,10 +629,13 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
             else (lambda _m: None),
             concurrency=settings.concurrency,
             fabric=fabric,
+            records=None if ledger is None else References(ledger).of,
         )
     finally:
         powerbi.pipeline.close()
         fabric.pipeline.close()
+        if ledger is not None:
+            ledger.close()
         if live:
             print("\r\033[K", end="", file=err, flush=True)
     print_inventory(inventory, out, err, as_json=as_json, as_csv=args.csv)

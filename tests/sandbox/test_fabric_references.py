@@ -9,6 +9,7 @@ connections and gateways.
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterator
 from io import StringIO
@@ -433,3 +434,68 @@ def test_a_reference_fabric_cannot_read_is_diagnosed_and_changes_nothing(
     assert of(rotated, sales) == [Action.NOT_CREDENTIAL]
     assert fabric_patches(sb) == [] and api_refreshes(sales) == []
     assert f.account.total_failures == failures == 0
+
+
+# -- discover ---------------------------------------------------------------------------------------
+def test_discover_says_where_a_reference_is_possible_and_propose_drafts_the_mark(
+    make: Make, sb: Sandbox, tmp_path: Path
+) -> None:
+    w = build_world(sb)  # two on-premises gateway data sources... one, Basic
+    cloud = build_world(sb, cloud=True, credential_type="Key", secret_name="blob-key", binding_name="blob")
+    kv = vault_connection(sb, w)
+    lake = add_fabric(sb, w.app.client_id, name="lake")
+    erp = add_fabric(
+        sb, w.app.client_id, connectivity="OnPremisesGateway", credential_type="Windows", name="erp"
+    )
+    mine = add_fabric(sb, w.app.client_id, connectivity="OnPremisesGatewayPersonal", name="desk")
+    moved = add_fabric(sb, w.app.client_id, name="moved")
+    marked = referenced(sb, w, kv, name="marked")
+    h = harness(make, sb, lake, erp, mine, moved, marked, world=w)
+    assert adopt(h, moved, kv, "--yes")[0] == 0  # the ledger now says it references Key Vault
+
+    code, out, err = cli(h, "discover", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    states = {c["id"]: (c["referenceState"], c["referenceReason"]) for c in doc["connections"]}
+    assert states[lake.connection.id] == ("eligible", "Basic credentials take passwordReference")
+    assert (
+        states[erp.connection.id][0] == "not-eligible"
+        and "on-premises gateway" in states[erp.connection.id][1]
+    )
+    assert (
+        states[mine.connection.id][0] == "not-eligible"
+        and "personal gateway" in states[mine.connection.id][1]
+    )
+    assert states[moved.connection.id][0] == "referenced" and "by adopt" in states[moved.connection.id][1]
+    assert states[marked.connection.id][0] == "referenced" and "marked" in states[marked.connection.id][1]
+    assert states[kv.id][0] == "not-eligible" and "Key Vault connection" in states[kv.id][1]
+    sources = {d["datasourceId"]: d for d in doc["datasources"]}
+    assert sources[w.datasource_ids[0]]["referenceState"] == "not-eligible"
+    assert "on-premises gateway" in sources[w.datasource_ids[0]]["referenceReason"]
+    assert sources[cloud.datasource_ids[0]]["referenceState"] == "eligible"
+    assert "keyReference" in sources[cloud.datasource_ids[0]]["referenceReason"]
+
+    code, out, _ = cli(h, "discover", "--csv")
+    rows = list(csv.DictReader(StringIO(out)))
+    assert {r["referenceState"] for r in rows} == {"referenced", "eligible", "not-eligible"}
+    assert all(r["referenceReason"] for r in rows)
+    code, out, _ = cli(h, "discover")
+    assert "KEY VAULT" in out.splitlines()[0]
+    assert "Key Vault references: 2 referenced" in out and "adopt --connection ID" in out
+
+    # Without the bindings every connection is unbound: the draft marks the one adopt moved, with its secret.
+    draft = tmp_path / "draft.json"
+    code, _, err = cli(h, "discover", "--propose", str(draft), env={"REMEDIATION_BINDINGS": ""})
+    assert code == 0, err
+    proposed = {
+        t["connectionId"]: (b["secret"], t)
+        for b in json.loads(draft.read_text(encoding="utf-8"))["bindings"]
+        for t in b["targets"]
+        if "connectionId" in t
+    }
+    assert proposed[moved.connection.id] == (
+        moved.secret_name,
+        {"connectionId": moved.connection.id, "keyVaultReference": True},
+    )
+    assert proposed[lake.connection.id][1] == {"connectionId": lake.connection.id}
+    assert sb.vault.get_secret(moved.secret_name).value not in draft.read_text(encoding="utf-8")
