@@ -152,9 +152,9 @@ def reference_decision(*, marked: bool, recorded: str | None, connection: str) -
     if recorded == "in-doubt":
         return Decision(
             Action.FAILED,
-            f"the answer to `adopt` for connection {connection} was lost: whether it references Key "
-            "Vault or still holds its copy is unknown, so nothing is sent. Look at it in Manage "
-            "connections and gateways, then run `adopt ... --yes` again or `adopt --release`",
+            f"`adopt` is moving connection {connection}, or the answer to `adopt` was lost: whether it "
+            "references Key Vault or still holds its copy is unknown, so nothing is sent. Look at it in "
+            "Manage connections and gateways, then run `adopt ... --yes` again or `adopt --release`",
         )
     if recorded == "released" and marked:
         return Decision(

@@ -78,6 +78,11 @@ def test_adopt_without_yes_shows_the_plan_and_changes_nothing(make: Make, sb: Sa
     assert code == 0, out + err
     assert "passwordReference" in out and kv.id in out and f.secret_name in out
     assert "Nothing is changed without --yes" in out and "would-update" in out
+    code, out, err = adopt(h, f, kv, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["dryRun"] is True and [t["action"] for t in doc["targets"]] == ["would-update"]
+    assert doc["plan"]["field"] == "passwordReference" and doc["plan"]["vaultConnectionId"] == kv.id
     assert fabric_patches(sb) == [] and f.connection.key_vault_reference is None
     assert References(h.runtime.ledger).of(f.connection.id) is None
     assert f.account.total_failures == 0
