@@ -18,7 +18,7 @@ from sandbox.gateway_keys import GatewayKeyPair
 from sandbox.refusals import FabricRefusal
 from sandbox.sources import CheckResult, SourceSystem
 
-__all__ = ["FabricConnection", "FabricGateway", "FabricLink", "GatewayMember"]
+__all__ = ["FabricConnection", "FabricGateway", "FabricLink", "GatewayMember", "KeyVaultConnection"]
 
 
 @dataclass(eq=False)
@@ -57,12 +57,31 @@ class FabricConnection:
     privacy_level: str = "Organizational"
     connection_encryption: str = "Encrypted"
     users: set[str] = field(default_factory=set)
-    key_vault_reference: dict[str, str] | None = None  # {"connectionId", "secretName"} instead of a copy
-    data: dict[str, str] = field(default_factory=dict, repr=False)  # the stored copy (no reference)
+    key_vault_reference: dict[str, str] | None = None  # {"connectionId", "secretName"[, "version"]}, no copy
+    data: dict[str, str] = field(default_factory=dict, repr=False)  # the stored copy (with a reference:
+    # only the fields the reference does not stand for, e.g. Basic's username)
     updates: int = 0  # accepted PATCHes
     reference_overwritten: int = 0  # PATCHes that replaced a Key Vault reference with a copy
+    references_set: int = 0  # accepted PATCHes that put a Key Vault reference in place
     received: list[dict[str, Any]] = field(default_factory=list, repr=False)  # decrypted per PATCH
     refusal: FabricRefusal = "incorrect-credentials"  # how a refused sign-in is answered (set_refusal)
+
+
+@dataclass(eq=False)
+class KeyVaultConnection:
+    """A Key Vault connection ("Azure Key Vault reference" in Manage connections and gateways):
+    what a connection's ``*Reference`` points at with its ``connectionId``. It reads ``vault_url``
+    (the sandbox's vault when that is its URL) with an OAuth 2.0 sign-in of its own.
+
+    ``public_network``: False plays a vault that refuses the public network (Fabric reads
+    references from there); ``sign_in_expired``: True plays its OAuth 2.0 sign-in lapsed."""
+
+    id: str
+    display_name: str
+    vault_url: str
+    users: set[str] = field(default_factory=set)
+    public_network: bool = True
+    sign_in_expired: bool = False
 
 
 class FabricLink(Protocol):
@@ -74,4 +93,9 @@ class FabricLink(Protocol):
 
     def powerbi_datasource_json(self, connection: FabricConnection) -> dict[str, Any]:
         """How Power BI's dataset data sources list shows a source bound to ``connection``."""
+        ...
+
+    def reference_failure(self, connection: FabricConnection) -> dict[str, Any] | None:
+        """Why ``connection``'s Key Vault reference cannot be read now, as Power BI's error envelope
+        for a refresh's ``serviceExceptionJson`` (None: no reference, or it reads fine)."""
         ...

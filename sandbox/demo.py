@@ -15,7 +15,10 @@ turns the schedules back on and retries the refreshes; 6. someone stores a *wron
 Key Vault: six data sources sign in as that one account, and it sees exactly one failed sign-in
 with that password, however many sweeps follow.
 Beside them, a Fabric connection on a two-member on-premises gateway cluster is healed through
-Fabric's Connections API: one entry per member, each encrypted with that member's own key.
+Fabric's Connections API: one entry per member, each encrypted with that member's own key. And a
+cloud Fabric connection is moved onto a Key Vault reference (``adopt``): the request carries the
+reference alone, Fabric tests it, and after the next rotation the healer sends it nothing while
+its model's refresh reads the new password from Key Vault itself.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def main() -> int:
         from remediation.edges.render import print_report as _print_report  # noqa: PLC0415 - the demo's own output
         from remediation.edges.runtime import build_healer
         from remediation.inbound.events import Kind, parse_events
+        from remediation.reconciler.adopt import plan_adoption
         from remediation.reconciler.healer import Report
 
         events: list[dict[str, object]] = []
@@ -171,6 +175,56 @@ def main() -> int:
             f"{sb.sources.account('erp').failures_of(erp_password)}."
         )
 
+        lake, vault, lake_model = world.lake_connection, world.vault_connection, world.lake_model
+        assert (
+            lake is not None and vault is not None and lake_model is not None and runtime.fabric is not None
+        )
+        plan = plan_adoption(
+            fabric=runtime.fabric,
+            keyvault=runtime.keyvault,
+            bindings=runtime.bindings,
+            references=healer.references,
+            vault_url=runtime.settings.key_vault_url,
+            connection_id=lake.id,
+            vault_connection_id=vault.id,
+        )
+        say(
+            f"adopt: the cloud connection {lake.display_name} can read its password from Key Vault itself "
+            f"({plan.field}); it is moved onto a reference through the Key Vault connection "
+            f"{vault.display_name!r}."
+        )
+        moved = until_settled(lambda: healer.move_connection(plan, trigger="demo"))
+        _summary(say, f"adopt, Fabric connection {lake.display_name}", moved.targets())
+        sent = [r for r in sb.requests.find("fabric.update_connection") if r.status == 200][-1]
+        credentials = sent.body["credentialDetails"]["credentials"]
+        say(
+            f"Fabric saw 1 connection update carrying {', '.join(sorted(credentials))}: the reference "
+            f"{json.dumps(credentials['passwordReference'])}, no password; it tested it: failed sign-ins "
+            f"{sb.sources.account('lake-azsql').total_failures}."
+        )
+        updates = len(sb.requests.find("fabric.update_connection"))
+        sb.rotate("lake-azsql", "lake-sql-password", "Rotated#Lake2")
+        lake_report = until_settled(lambda: healer.heal_secret("lake-sql-password", trigger="demo"))
+        _summary(
+            say,
+            f"The lake password rotates; healer, Fabric connection {lake.display_name}",
+            lake_report.targets(),
+        )
+        pbi.start_refresh(lake_model)
+        pbi.settle()
+        lake_state = sb.powerbi.history(lake_model)[0].status
+        pushed = len(sb.requests.find("fabric.update_connection")) - updates
+        say(
+            f"Fabric saw {pushed} connection updates since; the Lake model's scheduled refresh: {lake_state} "
+            "(Fabric read the new password from Key Vault itself)."
+        )
+        adopt_ok = (
+            [o.action for o in moved.targets()] == ["adopted"]
+            and "password" not in credentials
+            and pushed == 0
+            and lake_state == "Completed"
+        )
+
         say(f"Someone stores a WRONG password in Key Vault ({ACCOUNT} keeps the real one).")
         wrong = "Wrong#Password1"
         sb.vault.set_secret("sql-sales-password", wrong)
@@ -190,7 +244,7 @@ def main() -> int:
         runtime.close()
         healthy = report.exit_code == 0 and burnt == 0 and with_wrong == 1 and not account.locked
         healthy = healthy and kept == len(sources)
-        code = 0 if healthy and fabric_ok else 1
+        code = 0 if healthy and fabric_ok and adopt_ok else 1
     say("Done." if code == 0 else "The demo did not go as expected.")
     return code
 

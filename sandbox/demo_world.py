@@ -6,7 +6,10 @@ one and a legacy 1024-bit one), all reading SQL Server as one service account,
 Finance dataset on a cloud Azure SQL source with its own secret. The healer runs as a service
 principal that is a gateway admin and owns the datasets. Beside them, a Fabric connection to
 the ERP database (``erp-fabric-password``, ``CONTOSO\\svc_erp``) through the two-member
-on-premises gateway cluster GW-FABRIC, which the healer updates through Fabric's Connections API.
+on-premises gateway cluster GW-FABRIC, which the healer updates through Fabric's Connections API;
+and a cloud Fabric connection to the data lake's Azure SQL (``lake-sql-password``, ``svc_lake``),
+read by the Lake model, which can read its password from Key Vault itself through the Key Vault
+connection "Contoso vault" (``adopt`` moves it there).
 
 As in the real service, the gateway data sources are Fabric connections too
 (:attr:`sandbox.fabric.Fabric.lists_gateway_datasources`): Fabric's ``GET /connections`` lists
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from sandbox.connections import KeyVaultConnection
 from sandbox.fabric import FabricConnection
 from sandbox.powerbi import Dataset, Datasource, Gateway, Workspace
 from sandbox.sources import SourceSystem
@@ -36,6 +40,9 @@ class DemoWorld:
     datasets: list[Dataset]
     bindings: dict[str, object] = field(default_factory=dict)
     fabric_connection: FabricConnection | None = None
+    lake_connection: FabricConnection | None = None
+    vault_connection: KeyVaultConnection | None = None
+    lake_model: Dataset | None = None
 
     def bindings_json(self) -> str:
         return json.dumps(self.bindings, indent=2)
@@ -107,6 +114,16 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
         name="ERP (SQL Server)",
     )
     sb.vault.set_secret("erp-fabric-password", erp_pw, notify=False)
+    # A cloud connection to the lake's Azure SQL database, and the Key Vault connection it can
+    # read its password through once adopted.
+    lake_pw = "Initial#Lake1"
+    lake = sb.sources.add("lake-azsql", credential_type="Basic", username="svc_lake", secret=lake_pw)
+    lake_connection = sb.fabric.add_connection(
+        lake, credential_type="Basic", users=[app.client_id], name="Lake (Azure SQL)"
+    )
+    vault_connection = sb.fabric.add_key_vault_connection("Contoso vault", users=[app.client_id])
+    sb.vault.set_secret("lake-sql-password", lake_pw, notify=False)
+    lake_model = pbi.add_dataset(workspace, "Lake", [], owner=app.client_id, connections=[lake_connection])
     bindings = {
         "bindings": [
             {
@@ -134,6 +151,13 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
                 "username": "CONTOSO\\svc_erp",
                 "targets": [{"connectionId": erp_connection.id}],
             },
+            {
+                "name": "lake-fabric",
+                "secret": "lake-sql-password",
+                "credentialType": "Basic",
+                "username": "svc_lake",
+                "targets": [{"connectionId": lake_connection.id}],
+            },
         ],
         "watch": {"workspaces": [workspace.id]},
     }
@@ -145,4 +169,7 @@ def build_demo_world(sb: Sandbox) -> DemoWorld:
         datasets,
         bindings,
         erp_connection,
+        lake_connection,
+        vault_connection,
+        lake_model,
     )

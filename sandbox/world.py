@@ -84,7 +84,7 @@ class Sandbox:
         self.entra = Entra(self, self.sources)
         self.vault = KeyVault(self, self.entra)
         self.powerbi = PowerBI(self, self.entra, self.sources)
-        self.fabric = Fabric(self, self.entra, self.sources, self.powerbi)
+        self.fabric = Fabric(self, self.entra, self.sources, self.powerbi, vault=self.vault)
         self.powerbi.fabric = self.fabric  # refreshes of models bound to connections sign in through it
         self.job_events = JobEvents(lambda: self.entra.tenant_id, self.clock.now)
         self.powerbi.job_events = self.job_events  # the refreshes it runs raise Fabric job events

@@ -45,7 +45,7 @@ from remediation.config.bindings import (
 )
 from remediation.errors import BindingsError
 
-__all__ = ["load_bindings", "parse_bindings"]
+__all__ = ["load_bindings", "parse_bindings", "with_reference_mark"]
 
 # Fabric's spelling of SAS.
 _TYPE_ALIASES = {"SharedAccessSignature": CredentialType.SAS}
@@ -76,6 +76,38 @@ _CONNECTION_KEYS = ("connectionId", "keyVaultReference")
 _MATCH_KEYS = ("kind", "datasourceType", "server", "database", "url", "path")
 _CONNECTION_MATCH_KEYS = ("kind", "connectionType", "connectivityType", "server", "database", "url", "path")
 _MATCH_KINDS = ("datasource", "connection")
+
+
+# -- editing ------------------------------------------------------------------------------------
+def with_reference_mark(doc: object, binding: str, connection_id: str, *, marked: bool) -> dict[str, Any]:
+    """A copy of the bindings document ``doc`` whose binding ``binding`` marks its target
+    ``{"connectionId": connection_id}`` ``"keyVaultReference": true`` (``marked``) or no longer
+    does; a connection the binding reaches only by a ``match`` gets a target of its own when
+    marked. The result is validated as :func:`parse_bindings` does (what ``adopt
+    --write-bindings`` writes).
+
+    Raises:
+        BindingsError: the document is invalid, or has no binding ``binding``.
+    """
+    parse_bindings(doc)
+    assert isinstance(doc, dict)
+    edited: dict[str, Any] = json.loads(json.dumps(doc))
+    wanted = connection_id.strip().lower()
+    entry = next(
+        (b for b in edited["bindings"] if str(b.get("name", "")).casefold() == binding.casefold()), None
+    )
+    if entry is None:
+        raise BindingsError(f"the bindings file has no binding {binding!r}", binding=binding)
+    targets = entry["targets"]
+    target = next((t for t in targets if str(t.get("connectionId", "")).strip().lower() == wanted), None)
+    if target is None and marked:
+        targets.append({"connectionId": wanted, "keyVaultReference": True})
+    elif target is not None and marked:
+        target["keyVaultReference"] = True
+    elif target is not None:
+        target.pop("keyVaultReference", None)
+    parse_bindings(edited)
+    return edited
 
 
 # -- loading ------------------------------------------------------------------------------------

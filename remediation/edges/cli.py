@@ -10,10 +10,14 @@
                                read-only inventory of the data sources, their datasets and bindings
     events check [--json]      which watched semantic models Fabric job events could cover, which
                                rely on the sweep alone, and the last event received for each
+    adopt --connection C --vault-connection K [--secret NAME] [--yes] [--write-bindings FILE]
+    adopt --connection C --release [--yes] [--write-bindings FILE]
+                               move a Fabric connection onto a Key Vault reference (or back); without
+                               --yes it shows the plan and changes nothing
     --dry-run                  plan only: no update, no refresh, no ledger write
     --json                     the report as JSON on stdout
 
-With ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set, ``heal``, ``sweep`` and ``replay`` send their
+With ``APPLICATIONINSIGHTS_CONNECTION_STRING`` set, ``heal``, ``sweep``, ``replay`` and ``adopt`` send their
 outcomes to Application Insights as ``CredentialRemediation`` events (trigger ``cli``, redacted
 like the Functions app's) and flush them before exiting; without it nothing is configured.
 
@@ -43,6 +47,7 @@ from typing import TextIO
 from remediation.clients.fabric import FabricEntityNotFound, FabricNotAuthorized
 from remediation.config.bindings import CONNECTIONS, Binding, BindingSet, Target, TargetMatch
 from remediation.config.bindings_advice import binding_problems, binding_warnings
+from remediation.config.bindings_file import with_reference_mark
 from remediation.config.settings import Settings
 from remediation.edges.render import print_check, print_figures, print_history, print_inventory, print_report
 from remediation.edges.runtime import (
@@ -56,10 +61,14 @@ from remediation.edges.runtime import (
 from remediation.errors import ConfigError, RemediationError
 from remediation.inbound.events import EventError, Kind, parse_events
 from remediation.inventory import discover, event_coverage, proposal
-from remediation.reconciler.healer import NotBound, Report
+from remediation.ledger.references import References
+from remediation.reconciler import adopt
+from remediation.reconciler.adopt import AdoptRefused, MovePlan
+from remediation.reconciler.healer import Action, NotBound, Report
 from remediation.reconciler.runs import outcomes_to
-from remediation.rules.connections import could_reference, fabric_credential_type
+from remediation.rules.connections import fabric_credential_type
 from remediation.rules.redact import mask_urls
+from remediation.rules.references import could_reference
 from remediation.telemetry.appinsights import Telemetry
 from remediation.telemetry.figures import figures
 from remediation.telemetry.redaction import redact
@@ -152,6 +161,28 @@ def _parser() -> argparse.ArgumentParser:
         choices=["check"],
         help="check: the watched semantic models Fabric job events could cover, and those on the sweep alone",
     )
+    adopt = sub.add_parser(
+        "adopt",
+        parents=[common],
+        help="move a Fabric connection onto a Key Vault reference (or back, --release)",
+    )
+    adopt.add_argument("--connection", required=True, help="the Fabric connection's id (a GUID)")
+    adopt.add_argument(
+        "--vault-connection",
+        help="the Key Vault connection's id (Manage connections and gateways, Azure Key Vault references)",
+    )
+    adopt.add_argument(
+        "--secret", help="the secret the reference names (default: the connection's binding's)"
+    )
+    adopt.add_argument(
+        "--release", action="store_true", help="move it back: Key Vault's current version is pushed as a copy"
+    )
+    adopt.add_argument("--yes", action="store_true", help="do it (without: show the plan, change nothing)")
+    adopt.add_argument(
+        "--write-bindings",
+        metavar="FILE",
+        help="once done, mark (or unmark) the target in this bindings file",
+    )
     return parser
 
 
@@ -189,13 +220,22 @@ def main(
             return _discover(settings, args, out, err, as_json)
         if args.command == "events":
             return _events_check(settings, out, as_json)
-        command = _command(args)  # usage errors before anything is built
+        if args.command == "adopt":
+            _adopt_usage(args)
+            dry_run = dry_run or not args.yes
+        else:
+            command = _command(args)  # usage errors before anything is built
         # Before the healer is built, so its calls are reported as dependencies; without
         # APPLICATIONINSIGHTS_CONNECTION_STRING this only installs the log redaction filter.
         telemetry = Telemetry(settings)
         telemetry.configure()
         runtime = build_healer(settings)
+        plan: MovePlan | None = None
         try:
+            if args.command == "adopt":
+                plan = _plan_move(runtime, args)  # reads only; refused: exit 2, nothing sent
+                _print_plan(plan, out, as_json, yes=not dry_run)
+                command = _move(plan)
 
             def reported(rt: Runtime, dry: bool, say: Callable[[str], None]) -> Report:
                 before = rt.stats.snapshot()
@@ -208,9 +248,11 @@ def main(
             report = _run_settled(reported, runtime, dry_run, _progress(err, as_json), err)
         finally:
             runtime.close()
-        print_report(report, out, as_json)
+        print_report(report, out, as_json, extra=None if plan is None else {"plan": plan.to_dict()})
+        if plan is not None:
+            _after_move(plan, report, args.write_bindings, dry_run, err)
         return report.exit_code
-    except (ConfigError, NotBound, EventError) as exc:
+    except (ConfigError, NotBound, EventError, AdoptRefused) as exc:
         print(f"error: {redact(str(exc))}", file=err)
         return EXIT_USAGE
     except RemediationError as exc:
@@ -288,6 +330,88 @@ def _command(args: argparse.Namespace) -> Command:
         "heal needs exactly one of: --secret NAME | --workspace W --dataset D | --gateway G --datasource S"
         " | --connection C"
     )
+
+
+def _adopt_usage(args: argparse.Namespace) -> None:
+    """``adopt``'s flags, checked before anything is built."""
+    for flag, value in (("--connection", args.connection), ("--vault-connection", args.vault_connection)):
+        if value is not None and not _GUID.fullmatch(value.strip()):
+            raise ConfigError(f"{flag} {value!r} is not a connection id (a GUID)")
+    if args.release and (args.vault_connection or args.secret):
+        raise ConfigError("adopt --release takes no --vault-connection or --secret (it moves back to a copy)")
+    if not args.release and not args.vault_connection:
+        raise ConfigError(
+            "adopt needs --vault-connection K: the Key Vault connection the reference goes through"
+        )
+
+
+def _plan_move(runtime: Runtime, args: argparse.Namespace) -> MovePlan:
+    """What ``adopt`` would do (GET requests and a Key Vault read only); raises
+    :class:`AdoptRefused` saying why not."""
+    healer = runtime.healer
+    if runtime.fabric is None:  # pragma: no cover - build_healer always builds one
+        raise ConfigError("Fabric is not configured")
+    connection_id = args.connection.strip().lower()
+    if args.release:
+        return adopt.plan_release(
+            fabric=runtime.fabric,
+            bindings=runtime.bindings,
+            references=healer.references,
+            connection_id=connection_id,
+        )
+    return adopt.plan_adoption(
+        fabric=runtime.fabric,
+        keyvault=runtime.keyvault,
+        bindings=runtime.bindings,
+        references=healer.references,
+        vault_url=runtime.settings.key_vault_url,
+        connection_id=connection_id,
+        vault_connection_id=args.vault_connection.strip().lower(),
+        secret_name=args.secret,
+    )
+
+
+def _move(plan: MovePlan) -> Command:
+    return lambda rt, dry, say: rt.healer.move_connection(plan, dry_run=dry, trigger=TRIGGER)
+
+
+def _print_plan(plan: MovePlan, out: TextIO, as_json: bool, *, yes: bool) -> None:
+    """The plan, before anything is sent (with ``--json`` the report carries it as ``plan``)."""
+    if as_json:
+        return
+    out.write(("Moving back" if plan.release else "Moving onto a Key Vault reference") + ":\n")
+    for line in plan.lines():
+        out.write(f"  {line}\n")
+    if not yes:
+        out.write("Nothing is changed without --yes. What the safety core says now:\n")
+    out.write("\n")
+
+
+def _after_move(plan: MovePlan, report: Report, write_to: str | None, dry_run: bool, err: TextIO) -> None:
+    """Once moved: the bindings change, written to ``write_to`` or said on stderr."""
+    wanted = Action.UPDATED if plan.release else Action.ADOPTED
+    if dry_run or not any(o.action == wanted for o in report.targets()):
+        if not dry_run:
+            print("the connection was not moved: the bindings stay as they are", file=err)
+        return
+    if write_to is None:
+        print(f"now change the bindings: {plan.bindings_change()}", file=err)
+        return
+    try:
+        with open(write_to, encoding="utf-8-sig") as fh:
+            doc = json.load(fh)
+        edited = with_reference_mark(doc, plan.binding.name, plan.connection_id, marked=not plan.release)
+        with open(write_to, "w", encoding="utf-8") as fh:
+            json.dump(edited, fh, indent=2)
+            fh.write("\n")
+    except (OSError, ValueError, RemediationError) as exc:
+        print(
+            f"warning: could not write {write_to} ({exc}); change the bindings by hand: "
+            f"{plan.bindings_change()}",
+            file=err,
+        )
+        return
+    print(f"wrote {write_to}: {plan.bindings_change().split(' (or ', 1)[0]}", file=err)
 
 
 def _replay(runtime: Runtime, path: str, dry_run: bool) -> Report:
@@ -496,13 +620,17 @@ def _check_connection_match(
 
 
 def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: TextIO, as_json: bool) -> int:
-    """Read-only inventory (GET requests only, no ledger, no Key Vault); see
-    :mod:`remediation.inventory.discover`."""
+    """Read-only inventory (GET requests only, no Key Vault; the ledger, when one exists, only for
+    adopt's records of the connections it moved); see :mod:`remediation.inventory.discover`."""
     if as_json and args.csv:
         raise ConfigError("discover takes --json or --csv, not both")
     bindings = load_bindings_from(settings) if settings.bindings else BindingSet()
     powerbi = build_powerbi(settings)
     fabric = build_fabric(settings)
+    # adopt's records of the connections it moved, when there is a ledger (never made for this)
+    ledger = (
+        open_ledger(settings) if settings.storage is not None or os.path.exists(settings.state_path) else None
+    )
     live = err.isatty() and not (as_json or args.csv)
     try:
         inventory = discover.scan(
@@ -514,10 +642,13 @@ def _discover(settings: Settings, args: argparse.Namespace, out: TextIO, err: Te
             else (lambda _m: None),
             concurrency=settings.concurrency,
             fabric=fabric,
+            records=None if ledger is None else References(ledger).of,
         )
     finally:
         powerbi.pipeline.close()
         fabric.pipeline.close()
+        if ledger is not None:
+            ledger.close()
         if live:
             print("\r\033[K", end="", file=err, flush=True)
     print_inventory(inventory, out, err, as_json=as_json, as_csv=args.csv)

@@ -28,10 +28,13 @@ __all__ = [
 ]
 
 
-def print_report(report: Report, out: TextIO, as_json: bool) -> None:
-    """A command's report: as JSON, or the outcome table, its warnings and a summary line."""
+def print_report(
+    report: Report, out: TextIO, as_json: bool, *, extra: Mapping[str, object] | None = None
+) -> None:
+    """A command's report: as JSON (with ``extra`` keys, e.g. ``adopt``'s plan), or the outcome
+    table, its warnings and a summary line."""
     if as_json:
-        json.dump(report.to_dict(), out, indent=2)
+        json.dump({**report.to_dict(), **(extra or {})}, out, indent=2)
         out.write("\n")
         return
     if not report.outcomes:

@@ -19,6 +19,12 @@ This module gathers (:func:`scan`, I/O) and matches what it found to the binding
   connectors and credential types), the binding that covers it, and the datasets found for free:
   those whose Power BI data source has the connection's id or corresponds to it (same type, its
   ``server;database`` path; no extra call per dataset). A 401/403 from Fabric is a warning.
+* **Where a Key Vault reference is possible**, for every connection and data source
+  (:class:`~remediation.rules.references.ReferenceSupport`): ``referenced`` (marked in the
+  bindings, or moved by ``adopt``, which the ledger records: ``references``, read when a ledger
+  exists), ``eligible`` or ``not-eligible`` with the reason, from the one table of
+  :mod:`remediation.rules.references`. A data source that is a Fabric connection stands where that
+  connection stands.
 * :func:`masked_details` (pure): secrets in URLs and connection strings masked before anything
   is kept.
 
@@ -41,8 +47,10 @@ from remediation.clients.powerbi import PowerBIClient
 from remediation.clients.powerbi_models import DatasetDatasource, GatewayDatasource
 from remediation.config.bindings import BINDABLE_TYPES, CONNECTIONS, BindingSet, CredentialType
 from remediation.errors import BindingsError
-from remediation.rules.connections import corresponding_connection, could_reference, is_connection_of
+from remediation.ledger.references import ReferenceRecord
+from remediation.rules.connections import corresponding_connection, is_connection_of
 from remediation.rules.redact import MASK, describe_datasource, mask_urls
+from remediation.rules.references import ReferenceState, ReferenceSupport, could_reference, reference_support
 
 __all__ = [
     "DatasetUse",
@@ -62,6 +70,8 @@ _SECRET_PAIR = re.compile(
 )
 
 Progress = Callable[[str], None]
+RecordOf = Callable[[str], ReferenceRecord | None]
+"""adopt's record of a connection's Key Vault reference, by connection id (the ledger's)."""
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -88,6 +98,7 @@ class DiscoveredSource:
     binding: str | None = None
     binding_problem: str | None = None
     datasets: list[DatasetUse] = field(default_factory=list)
+    reference: ReferenceSupport | None = None  # where it stands with Key Vault references
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -122,6 +133,8 @@ class DiscoveredConnection:
     datasource: tuple[str, str] | None = None
     """The Power BI gateway data source this connection is (gateway data sources are Fabric
     connections too), by :func:`remediation.rules.connections.corresponding_connection`; None if none."""
+    reference: ReferenceSupport | None = None  # where it stands with Key Vault references
+    reference_secret: str | None = None  # the secret adopt's reference names (the ledger's record)
 
     @property
     def description(self) -> str:
@@ -191,9 +204,11 @@ def scan(
     progress: Progress = lambda _m: None,
     concurrency: int = 8,
     fabric: FabricClient | None = None,
+    records: RecordOf | None = None,
 ) -> Inventory:
     """Read every reachable data source (GET requests only; no status check: it signs in), and
-    with ``fabric`` every Fabric connection the identity has a role on.
+    with ``fabric`` every Fabric connection the identity has a role on; ``records`` is adopt's
+    record of a connection's reference (the ledger's), when there is a ledger to read.
 
     ``workspaces``: extra workspace ids to read besides those ``GET /groups`` lists (the watched
     ones). Failures to read one gateway or dataset are kept in :attr:`Inventory.problems` and the
@@ -288,12 +303,13 @@ def scan(
     inventory.sources = sorted(found.values(), key=lambda s: (not s.on_premises, s.key))
     if fabric is not None:
         progress("reading Fabric connections")
-        inventory.connections = _connections(fabric, bindings, inventory)
+        inventory.connections = _connections(fabric, bindings, inventory, records)
+    _data_source_references(inventory)
     return inventory
 
 
 def _connections(
-    fabric: FabricClient, bindings: BindingSet, inventory: Inventory
+    fabric: FabricClient, bindings: BindingSet, inventory: Inventory, records: RecordOf | None = None
 ) -> list[DiscoveredConnection]:
     """The Fabric connections, with their bindings and the datasets known to use them."""
     try:
@@ -343,6 +359,7 @@ def _connections(
             item.binding = None if binding is None else binding.name
         except BindingsError as exc:
             item.binding_problem = str(exc)
+        item.reference, item.reference_secret = _connection_reference(c, item, records, inventory)
         twin = same.get(c.id.lower())
         if twin is not None:
             item.datasource = (twin.gateway_id or "", twin.datasource_id or "")
@@ -362,6 +379,78 @@ def _connections(
         item.datasets.sort(key=lambda u: (u.workspace_id, u.dataset_id))
         found.append(item)
     return sorted(found, key=lambda c: (c.connectivity_type, c.connection_type or "", c.path or "", c.id))
+
+
+def _connection_reference(
+    c: Connection, item: DiscoveredConnection, records: RecordOf | None, inventory: Inventory
+) -> tuple[ReferenceSupport, str | None]:
+    """Where a connection stands with Key Vault references, and the secret adopt's reference
+    names (when the ledger says it moved it)."""
+    record = None
+    if records is not None:
+        try:
+            record = records(c.id)
+        except Exception as exc:  # noqa: BLE001 - the ledger is optional here: a warning, not a stop
+            inventory.problems.append(
+                f"cannot read adopt's record of connection {c.id} ({type(exc).__name__})"
+            )
+    if item.key_vault_reference:
+        return ReferenceSupport.referenced(
+            f'marked "keyVaultReference": true in binding {item.binding or "?"}', "the bindings file"
+        ), None
+    if record is not None and record.state == "referenced":
+        return ReferenceSupport.referenced(
+            f"moved onto a reference to {record.secret!r} by adopt (not marked in the bindings yet)",
+            f"the ledger, request {record.request}",
+        ), record.secret
+    if record is not None and record.state == "in-doubt":
+        return ReferenceSupport.referenced(
+            "adopt's answer was lost: it may reference Key Vault (the healer sends it nothing until "
+            "adopt or adopt --release settles it)",
+            f"the ledger, request {record.request}",
+        ), record.secret
+    return reference_support(c.connectivity_type, c.credential_type, c.connection_type), None
+
+
+def _data_source_references(inventory: Inventory) -> None:
+    """Where each data source stands: where its Fabric connection stands, when one is known;
+    otherwise by its gateway and credential type."""
+    twins = {c.datasource: c for c in inventory.connections if c.datasource is not None}
+    for source in inventory.sources:
+        twin = twins.get((source.gateway_id or "", source.datasource_id or ""))
+        if twin is not None and twin.reference is not None:
+            through = f" (as Fabric connection {twin.id})"
+            source.reference = ReferenceSupport(
+                twin.reference.state,
+                twin.reference.reason + through,
+                twin.reference.source,
+                twin.reference.field,
+            )
+            if twin.reference.state is ReferenceState.REFERENCED and source.binding:
+                source.binding_problem = (
+                    f"data source {source.gateway_id}/{source.datasource_id} is bound as a data source, but "
+                    f"its Fabric connection {twin.id} references Key Vault: an update through Power BI "
+                    "would replace the reference; bind the connection (marked) instead"
+                )
+            continue
+        if source.on_premises:
+            source.reference = reference_support("OnPremisesGateway", source.credential_type)
+        elif source.credential_type is None:
+            source.reference = ReferenceSupport(
+                ReferenceState.NOT_ELIGIBLE,
+                "Power BI does not say its credential type to this identity",
+                "Power BI Get Datasource (gateway admins and dataset owners only)",
+            )
+        else:
+            support = reference_support("ShareableCloud", source.credential_type, source.datasource_type)
+            note = (
+                " (through its Fabric connection: adopt takes the connection's id)"
+                if support.eligible
+                else ""
+            )
+            source.reference = ReferenceSupport(
+                support.state, support.reason + note, support.source, support.field
+            )
 
 
 _FABRIC_BINDABLE = {

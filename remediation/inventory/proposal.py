@@ -1,7 +1,10 @@
 """``discover --propose``: a draft bindings file for the data sources and Fabric connections no
 binding covers, grouped by type, server, database, url, path and credential type, with
 placeholder secret names and usernames that must be filled in (``bindings check`` refuses the
-draft until they are). Pure: it reads a discovered
+draft until they are). A connection already referenced (``adopt`` moved it: the ledger says
+so) is drafted with its mark, ``"keyVaultReference": true``, and the secret its reference names;
+a data source whose Fabric connection references Key Vault is not drafted (an update through
+Power BI would replace the reference). Pure: it reads a discovered
 :class:`~remediation.inventory.discover.Inventory`.
 """
 
@@ -20,6 +23,7 @@ from remediation.inventory.discover import (
     connection_credential_type,
 )
 from remediation.rules.redact import datasource_host
+from remediation.rules.references import ReferenceState
 
 __all__ = [
     "PLACEHOLDER_CLIENT",
@@ -56,7 +60,9 @@ def propose(inventory: Inventory) -> dict[str, Any]:
     Take Over for a cloud data source)."""
     connections = propose_connection_bindings(inventory.connections)
     drafted = {tg["connectionId"] for b in connections for tg in b["targets"]}
-    twins = {c.datasource for c in inventory.connections if c.id in drafted and c.datasource}
+    twins = {
+        c.datasource for c in inventory.connections if c.datasource and (c.id in drafted or _referenced(c))
+    }
     sources = [s for s in inventory.sources if (s.gateway_id or "", s.datasource_id or "") not in twins]
     draft = propose_bindings(sources)
     names = {b["name"] for b in draft["bindings"]}
@@ -117,15 +123,17 @@ def propose_connection_bindings(
     per type, path and credential type (placeholders as in :func:`propose_bindings`; a
     ServicePrincipal draft also needs the app's tenant and client ids). Connections whose
     credential a binding cannot rotate (OAuth2, WorkspaceIdentity, KeyPair, Anonymous...) are
-    skipped; one that could reference Key Vault is still proposed (see ``bindings check``)."""
-    groups: dict[tuple[str, str, str], list[DiscoveredConnection]] = {}
+    skipped; one that could reference Key Vault is still proposed (see ``bindings check``); one
+    that references it already is drafted marked, with the secret its reference names when known."""
+    groups: dict[tuple[str, str, str, str], list[DiscoveredConnection]] = {}
     for c in connections:
         if c.binding is not None or c.binding_problem:
             continue
         ctype = connection_credential_type(c.credential_type)
         if ctype is None:
             continue
-        key = ((c.connection_type or "").casefold(), (c.path or "").casefold(), ctype.value)
+        secret = (c.reference_secret or "") if _referenced(c) else ""
+        key = ((c.connection_type or "").casefold(), (c.path or "").casefold(), secret, ctype.value)
         groups.setdefault(key, []).append(c)
     names = set(taken)
     bindings: list[dict[str, Any]] = []
@@ -144,7 +152,7 @@ def propose_connection_bindings(
         )[:60]
         entry: dict[str, Any] = {
             "name": _unique_name(base or "connection", names),
-            "secret": PLACEHOLDER_SECRET,
+            "secret": key[2] or PLACEHOLDER_SECRET,
             "credentialType": ctype.value,
         }
         if ctype in (CredentialType.BASIC, CredentialType.WINDOWS):
@@ -152,9 +160,16 @@ def propose_connection_bindings(
         if ctype is CredentialType.SERVICE_PRINCIPAL:
             entry["tenantId"] = PLACEHOLDER_TENANT
             entry["clientId"] = PLACEHOLDER_CLIENT
-        entry["targets"] = [{"connectionId": m.id} for m in members]
+        entry["targets"] = [
+            {"connectionId": m.id, "keyVaultReference": True} if _referenced(m) else {"connectionId": m.id}
+            for m in members
+        ]
         bindings.append(entry)
     return bindings
+
+
+def _referenced(connection: DiscoveredConnection) -> bool:
+    return connection.reference is not None and connection.reference.state is ReferenceState.REFERENCED
 
 
 def _name_for(source: DiscoveredSource) -> str:

@@ -1,6 +1,10 @@
 """The renderings of a discovered :class:`~remediation.inventory.discover.Inventory` that
 ``python -m remediation discover`` prints: the ``--json`` document, the ``--csv`` rows and the
 readable table. Pure; no secret (the inventory's connection details are already masked).
+
+Every data source and connection carries where it stands with Key Vault references:
+``referenceState`` (``referenced``, ``eligible``, ``not-eligible``) and ``referenceReason`` in
+JSON and CSV; the table shows the state in its KEY VAULT column and the reasons, counted, below.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from remediation.inventory.discover import DiscoveredConnection, Inventory
+from remediation.rules.references import ReferenceState, ReferenceSupport
 
 __all__ = ["CSV_HEADER", "table_lines", "to_csv_rows", "to_json"]
 
@@ -34,6 +39,7 @@ def to_json(inventory: Inventory) -> dict[str, Any]:
                     }
                     for u in s.datasets
                 ],
+                **_reference_json(s.reference),
             }
             for s in inventory.sources
         ],
@@ -59,9 +65,17 @@ def to_json(inventory: Inventory) -> dict[str, Any]:
                     }
                     for u in c.datasets
                 ],
+                **_reference_json(c.reference),
             }
             for c in inventory.connections
         ],
+    }
+
+
+def _reference_json(reference: ReferenceSupport | None) -> dict[str, str | None]:
+    return {
+        "referenceState": None if reference is None else reference.state.value,
+        "referenceReason": None if reference is None else reference.reason,
     }
 
 
@@ -76,6 +90,8 @@ CSV_HEADER = (
     "kind",
     "connectivityType",
     "keyVaultReference",
+    "referenceState",
+    "referenceReason",
 )
 
 
@@ -97,6 +113,7 @@ def to_csv_rows(inventory: Inventory) -> list[list[str]]:
                 "datasource",
                 "",
                 "",
+                *_reference_cells(s.reference),
             ]
         )
     for c in inventory.connections:
@@ -113,9 +130,14 @@ def to_csv_rows(inventory: Inventory) -> list[list[str]]:
                 "connection",
                 c.connectivity_type,
                 _reference_state(c),
+                *_reference_cells(c.reference),
             ]
         )
     return rows
+
+
+def _reference_cells(reference: ReferenceSupport | None) -> list[str]:
+    return ["", ""] if reference is None else [reference.state.value, reference.reason]
 
 
 def _reference_state(c: DiscoveredConnection) -> str:
@@ -126,7 +148,15 @@ def _reference_state(c: DiscoveredConnection) -> str:
 
 def table_lines(inventory: Inventory) -> list[str]:
     """A readable table: where, what, credential type, binding, datasets and their last refresh."""
-    headers = ["SOURCE", "GATEWAY", "DATASOURCE", "CREDENTIAL", "BINDING", "DATASETS (LAST REFRESH)"]
+    headers = [
+        "SOURCE",
+        "GATEWAY",
+        "DATASOURCE",
+        "CREDENTIAL",
+        "KEY VAULT",
+        "BINDING",
+        "DATASETS (LAST REFRESH)",
+    ]
     rows: list[list[str]] = []
     for s in inventory.sources:
         failed = sum(1 for u in s.datasets if (u.last_refresh_status or "").casefold() == "failed")
@@ -139,6 +169,7 @@ def table_lines(inventory: Inventory) -> list[str]:
                 (s.gateway_id or "-")[:8],
                 (s.datasource_id or "-")[:8],
                 s.credential_type or "?",
+                _state(s.reference),
                 binding,
                 uses,
             ]
@@ -156,6 +187,7 @@ def table_lines(inventory: Inventory) -> list[str]:
         lines += [""] + _connection_table(inventory.connections)
         unbound = len(inventory.unbound_connections)
         lines.append(f"{len(inventory.connections)} Fabric connections ({unbound} not bound).")
+    lines += _reference_lines(inventory)
     lines += [f"warning: {p}" for p in inventory.problems]
     lines += [f"warning: {s.binding_problem}" for s in inventory.sources if s.binding_problem]
     lines += [f"warning: {c.binding_problem}" for c in inventory.connections if c.binding_problem]
@@ -170,7 +202,7 @@ def _connection_table(connections: Sequence[DiscoveredConnection]) -> list[str]:
             c.id[:8],
             c.connectivity_type,
             c.credential_type or "?",
-            {"yes": "reference", "could": "could reference", "no": "-"}[_reference_state(c)],
+            _state(c.reference),
             c.binding or ("AMBIGUOUS" if c.binding_problem else "-"),
             str(len(c.datasets)),
         ]
@@ -179,4 +211,32 @@ def _connection_table(connections: Sequence[DiscoveredConnection]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return lines
+
+
+def _state(reference: ReferenceSupport | None) -> str:
+    return "?" if reference is None else reference.state.value
+
+
+def _reference_lines(inventory: Inventory) -> list[str]:
+    """Where the sources and connections stand with Key Vault references: the states counted, and
+    each reason once with how many it concerns."""
+    found = [s.reference for s in inventory.sources] + [c.reference for c in inventory.connections]
+    known = [r for r in found if r is not None]
+    if not known:
+        return []
+    counts = {state: sum(1 for r in known if r.state is state) for state in ReferenceState}
+    head = ", ".join(f"{n} {state.value}" for state, n in counts.items() if n)
+    lines = ["", f"Key Vault references: {head}."]
+    if counts[ReferenceState.ELIGIBLE]:
+        lines.append(
+            "  eligible connections can read their secret from Key Vault themselves: "
+            "python -m remediation adopt --connection ID --vault-connection KEY_VAULT_CONNECTION_ID"
+        )
+    reasons: dict[tuple[str, str], int] = {}
+    for r in known:
+        if r.state is not ReferenceState.ELIGIBLE:
+            key = (r.state.value, r.reason.split(" (as Fabric connection ", 1)[0])
+            reasons[key] = reasons.get(key, 0) + 1
+    lines += [f"  {state}: {reason} ({n})" for (state, reason), n in sorted(reasons.items())]
     return lines

@@ -7,6 +7,7 @@
 - :mod:`.tables`: the Azure Table storage backend; :mod:`.tables_layout`: its keys and entities;
   :mod:`.tables_access`: its service calls and what their failures mean
 - :mod:`.pause`: a throttling pause shared across instances through a marker
+- :mod:`.references`: what ``adopt`` did to a Fabric connection's Key Vault reference, in a marker
 """
 
 from remediation.errors import LedgerError as LedgerError

@@ -1,7 +1,8 @@
 """The reconciler: observe, ask the safety core, act. In the order one Key Vault event meets them:
 
-* :mod:`.healer`: the four entry points (secret, dataset, target, sweep), the runs they start
-  and finish, and which target is presented when (one probe at a time per account);
+* :mod:`.healer`: the four entry points (secret, dataset, target, sweep; and ``adopt``'s move),
+  the runs they start and finish, and which target is presented when (one probe at a time per
+  account);
 * :mod:`.resolver`: which targets a binding has, which binding a target belongs to, and where
   each signs in;
 * :mod:`.accounts`: Key Vault's current secret for a run, and the account and locator each target
@@ -17,5 +18,7 @@
   account);
 * :mod:`.runs`: one run's state (what it learns, the targets it works on), with
   :mod:`.run_secrets` (its secrets masked in log records and escaping exceptions);
-* :mod:`.report`: the actions a target or a dataset can end in, and the report of a run.
+* :mod:`.report`: the actions a target or a dataset can end in, and the report of a run;
+* :mod:`.adopt`: an operator's move of a Fabric connection onto a Key Vault reference (or back):
+  what it would send, and why it is refused (the move itself is the presenter's).
 """

@@ -3,10 +3,12 @@
 Four entry points, one per trigger kind: :meth:`Healer.heal_secret` (a new secret version),
 :meth:`Healer.heal_dataset` (a dataset: its bound data sources, then its failed refresh),
 :meth:`Healer.heal_target` (one data source) and :meth:`Healer.sweep` (the reconciler: drift
-between Key Vault and the ledger, and failed refreshes no event reported). Each starts a
-:class:`~remediation.reconciler.runs.Run`, finds its targets (:mod:`.resolver`), heals them in
-the order the account rules ask for (:meth:`Healer.heal_targets`), hands the datasets to the
-refresher (:mod:`.refresher`) and returns a :class:`Report` of
+between Key Vault and the ledger, and failed refreshes no event reported); and an operator's
+:meth:`Healer.move_connection` (``adopt``: a Fabric connection onto a Key Vault reference, or
+back). Each starts a :class:`~remediation.reconciler.runs.Run`, finds its targets
+(:mod:`.resolver`), heals them in the order the account rules ask for
+(:meth:`Healer.heal_targets`), hands the datasets to the refresher (:mod:`.refresher`) and
+returns a :class:`Report` of
 :class:`~remediation.ledger.Outcome`\\ s.
 
 The rules of DESIGN.md are kept here and in the presenter (:mod:`.presenter`), above the target
@@ -55,13 +57,15 @@ from remediation.config.bindings import CONNECTIONS, BindingSet, Target
 from remediation.config.settings import Settings
 from remediation.errors import NotBound, RemediationError, SecretVersionNotFound
 from remediation.ledger import Ledger, Outcome
+from remediation.ledger.references import RecordState, ReferenceRecord, References
 from remediation.reconciler.accounts import Accounts
-from remediation.reconciler.presenter import Presenter
+from remediation.reconciler.adopt import MovePlan
+from remediation.reconciler.presenter import Move, Presenter
 from remediation.reconciler.refresher import Refresher
 from remediation.reconciler.report import HOLDS_CURRENT, PROBLEMS, Action, Report
 from remediation.reconciler.resolver import TargetResolver
 from remediation.reconciler.runs import Resolved, Run, recorded
-from remediation.reconciler.targets.fabric import FabricKind
+from remediation.reconciler.targets.fabric import FabricKind, ReferenceKind
 from remediation.reconciler.targets.gateway import GatewayKind, UserTokenFactory
 from remediation.reconciler.targets.gateway_take_over import TakeOverRefused
 from remediation.safety.presenting import Decision, account_decision, decide
@@ -130,7 +134,9 @@ class Healer:
         )
         self.gateways = self.gateway_kind.gateways
         self.fabric_kind = None if fabric is None else FabricKind(fabric)
+        self.fabric = fabric
         self.accounts = Accounts(keyvault)
+        self.references = References(ledger)
         self.presenter = Presenter(
             settings,
             ledger=ledger,
@@ -138,6 +144,7 @@ class Healer:
             accounts=self.accounts,
             gateway_kind=self.gateway_kind,
             fabric_kind=self.fabric_kind,
+            references=self.references,
             clock=clock,
         )
         self.refresher = Refresher(
@@ -147,6 +154,7 @@ class Healer:
             ledger=ledger,
             targets=self,
             accounts=self.accounts,
+            references=self.references,
             lease_ttl=self.presenter.lease_ttl,
             connections=self.resolver.all_connections,
             fabric=fabric,
@@ -194,10 +202,12 @@ class Healer:
             resolved = self.resolver.resolve(bindings, run)
             self.heal_targets(resolved, run)
             if retry_refreshes:
+                # Connections that reference Key Vault hold the new version without being sent it:
+                # the models on them are retried too (once it has settled), under the same gate.
                 healed = {
                     (o.gateway_id, o.datasource_id)
                     for o in run.outcomes
-                    if o.action in (Action.UPDATED, Action.WOULD_UPDATE, Action.CURRENT)
+                    if o.action in (Action.UPDATED, Action.WOULD_UPDATE, Action.CURRENT, Action.REFERENCED)
                 }
                 if healed:
                     self.refresher.retry_failed_refreshes(healed, run)
@@ -240,11 +250,86 @@ class Healer:
             )
             locator = locator or self.resolver.locator_of(target, run)
             (outcome,) = self.heal_targets([Resolved(binding, target, locator, refused)], run)
-            if retry_refreshes and outcome.action in (Action.UPDATED, Action.CURRENT):
+            if retry_refreshes and outcome.action in (Action.UPDATED, Action.CURRENT, Action.REFERENCED):
                 self.refresher.retry_failed_refreshes({(gateway_id, datasource_id)}, run)
         finally:
             report = self._finish(run)
         return report
+
+    def move_connection(
+        self,
+        plan: MovePlan,
+        *,
+        dry_run: bool = False,
+        trigger: str = "manual",
+        correlation_id: str | None = None,
+        deadline: float | None = None,
+    ) -> Report:
+        """Move a Fabric connection onto a Key Vault reference (``adopt``), or back to a copy
+        (``plan.release``), as planned by :mod:`.adopt`. Either way Fabric tests what it is sent
+        (one sign-in with Key Vault's current version), so the move is a presentation under every
+        rule of the presenter: settle time, the account's verdict, one probe per account, the
+        lease, the intent, the verdict recorded (:class:`~.presenter.Move`). Before sending, the
+        ledger's record of the connection's reference says ``in-doubt``; after, ``referenced``
+        (adopted), ``released`` (moved back), ``in-doubt`` (the answer was lost), or what it said
+        before (refused, or not sent: the connection is as it was)."""
+        if self.fabric is None or self.fabric_kind is None:
+            raise NotBound("this healer has no Fabric client")
+        connection_id = plan.connection_id
+        run = self._start(trigger, correlation_id, dry_run, deadline)
+        try:
+            target = Target.connection(connection_id)
+            item = Resolved(plan.binding, target, self.resolver.locator_of(target, run))
+            if plan.release:
+                move = Move(
+                    self.fabric_kind,
+                    Action.UPDATED,
+                    f"would move connection {connection_id} back from its Key Vault reference: Key Vault's "
+                    "current version is sent as a copy (Fabric tests it)",
+                    "moved back from its Key Vault reference: holds a copy of version {version} again",
+                )
+            else:
+                assert plan.vault_connection is not None
+                kind = ReferenceKind(
+                    self.fabric, vault_connection_id=plan.vault_connection.id, secret_name=plan.secret
+                )
+                move = Move(
+                    kind,
+                    Action.ADOPTED,
+                    f"would move connection {connection_id} onto a Key Vault reference to {plan.secret!r} "
+                    f"(Key Vault connection {plan.vault_connection.id}); Fabric tests it",
+                    f"now references Key Vault secret {plan.secret!r} through Key Vault connection "
+                    f"{plan.vault_connection.id}: Fabric tested version {{version}} and the source "
+                    "accepted it; Fabric reads every new version itself from now on",
+                )
+            before = None if dry_run else self.references.of(connection_id)
+            if not dry_run:  # the intent: until the verdict is known, nobody sends it a copy
+                self._record_reference(connection_id, "in-doubt", plan, run)
+            outcome = self.presenter.heal_one(item, run, move)
+            if not dry_run:
+                state: RecordState | None = None
+                if outcome.action == Action.ADOPTED:
+                    state = "referenced"
+                elif outcome.action == Action.UPDATED and plan.release:
+                    state = "released"
+                elif outcome.action == Action.IN_DOUBT:
+                    state = "in-doubt"
+                if state is None:  # refused, or not sent: the connection is as it was
+                    self.references.restore(connection_id, before, self._clock())
+                else:
+                    self._record_reference(connection_id, state, plan, run)
+        finally:
+            report = self._finish(run)
+        return report
+
+    def _record_reference(self, connection_id: str, state: RecordState, plan: MovePlan, run: Run) -> None:
+        vault = plan.vault_connection.id if plan.vault_connection is not None else ""
+        if plan.release:
+            previous = self.references.of(connection_id)
+            vault = vault or (previous.vault_connection if previous is not None else "")
+        self.references.record(
+            connection_id, ReferenceRecord(state, plan.secret, vault, self._clock(), run.correlation_id)
+        )
 
     def heal_dataset(
         self,

@@ -4,8 +4,10 @@
 Key Vault's current version of its binding's secret, once per run. In order, each step able to
 stop it with an outcome that says why:
 
-1. *observe*: the run's time, a refused ``match``, a Key Vault reference (never sent a copy), the
-   secret (:class:`~remediation.reconciler.accounts.Accounts`), what the ledger holds for the target;
+1. *observe*: the run's time, a refused ``match``, a Key Vault reference (never sent a copy, by
+   the safety core's :func:`~remediation.safety.presenting.reference_decision`; its outcome still
+   names the version Fabric reads, once settled), the secret
+   (:class:`~remediation.reconciler.accounts.Accounts`), what the ledger holds for the target;
 2. *decide* (:mod:`remediation.safety.presenting`): idempotent (a target holding version V is not
    sent V again), attempts bounded per window, the version settled since Key Vault's ``created``
    (``REMEDIATION_SETTLE_SECONDS``; the report's ``retry_at`` says when), the account's verdict on
@@ -22,6 +24,10 @@ stop it with an outcome that says why:
 6. *the verdict* (the safety core's reading of the answer) is recorded for the target and the
    account, with the time the presentation was sent (evidence has time).
 
+A :class:`Move` is a presentation that changes *how* a connection holds its credential (``adopt``:
+onto a Key Vault reference): the same steps, through the move's own kind, sent even when the
+target already holds the version (what changes is the copy, not the version).
+
 Which target comes when (one presentation at a time per account) is the healer's
 (:meth:`remediation.reconciler.healer.Healer.heal_targets`); how a kind reads, builds and sends is
 its own (:mod:`remediation.reconciler.targets`). No secret value is ever put in an outcome, a log
@@ -34,7 +40,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -46,6 +52,7 @@ from remediation.config.bindings import Binding, Target
 from remediation.config.settings import Settings
 from remediation.errors import ConfigError, RemediationError
 from remediation.ledger import Claim, Intent, Lease, LeaseLost, Ledger, Outcome
+from remediation.ledger.references import References
 from remediation.reconciler.accounts import Accounts
 from remediation.reconciler.report import HOLDS_CURRENT, Action
 from remediation.reconciler.resolver import TargetResolver
@@ -57,13 +64,25 @@ from remediation.rules.redact import mask_urls
 from remediation.safety.answers import Verdict, VerdictOf
 from remediation.safety.presenting import Decision, account_decision, decide
 
-__all__ = ["Presenter", "Sent"]
+__all__ = ["Move", "Presenter", "Sent"]
 
 logger = logging.getLogger("remediation.reconciler.healer")  # the healer's log (runs.RUN_LOGGERS)
 
 
 class _NotSent(Exception):
     """Raised before a PATCH attempt that must not be sent (deadline, lost claim)."""
+
+
+@dataclass(frozen=True)
+class Move:
+    """A presentation that changes how a target holds its credential: sent through ``kind``,
+    even when the target already holds the version; ``plan`` says what it would do (dry run),
+    ``action`` and ``done`` what it did once accepted (``done`` formatted with ``version``)."""
+
+    kind: TargetKind
+    action: Action
+    plan: str
+    done: str
 
 
 class Sent:
@@ -86,19 +105,22 @@ class Presenter:
         accounts: Accounts,
         gateway_kind: TargetKind,
         fabric_kind: TargetKind | None,
+        references: References | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.resolver = resolver
         self.accounts = accounts
+        self.references = references or References(ledger)
         self.gateway_kind = gateway_kind
         self.fabric_kind = fabric_kind
         self._clock = clock
 
-    def heal_one(self, item: Resolved, run: Run) -> Outcome:
+    def heal_one(self, item: Resolved, run: Run, move: Move | None = None) -> Outcome:
         """Bring ``item`` to Key Vault's current version, once per run (a target already handled in
-        this run answers with that outcome); the outcome says why, and is recorded as it happens."""
+        this run answers with that outcome); the outcome says why, and is recorded as it happens.
+        With ``move``, make that presentation instead (see :class:`Move`)."""
         binding, target = item.binding, item.target
         started = self._clock()
         base = Outcome(
@@ -153,7 +175,7 @@ class Presenter:
             if previous is not None:  # already handled in this run (e.g. a dataset retry after a heal)
                 return previous
             try:
-                outcome = self._heal_one_locked(item, run, done)
+                outcome = self._heal_one_locked(item, run, done, move)
             except ThrottledPastDeadline as exc:
                 outcome = done(Action.DEFERRED, str(exc))
             except Exception as exc:  # noqa: BLE001 - one target's failure must not stop the others
@@ -164,7 +186,9 @@ class Presenter:
                 run.in_progress.discard(target.key)
             return outcome
 
-    def _heal_one_locked(self, item: Resolved, run: Run, done: Callable[..., Outcome]) -> Outcome:
+    def _heal_one_locked(
+        self, item: Resolved, run: Run, done: Callable[..., Outcome], move: Move | None = None
+    ) -> Outcome:
         binding, target = item.binding, item.target
         if run.out_of_time(self._clock()):
             return done(Action.DEFERRED, "the time budget ran out; the next run continues")
@@ -173,24 +197,39 @@ class Presenter:
         refused = self.resolver.match_refusal(item, run)
         if refused:
             return done(Action.FAILED, refused)
-        if target.key_vault_reference:
-            # Fabric reads the current version itself at run time; a copy would replace the reference.
-            return done(
-                Action.REFERENCED,
-                f"connection {target.datasource_id} references Key Vault secret {binding.secret!r}: "
-                "Fabric reads its current version itself, so no copy is sent",
-            )
+        ruled = None if move is not None else self.references.decision(target)
+        if ruled is not None and ruled.action is not Action.REFERENCED:
+            return done(ruled.action, ruled.reason)
         try:
             secret = self.accounts.secret(binding.secret, run)
         except ThrottledPastDeadline as exc:
             return done(Action.DEFERRED, f"Key Vault: {exc}")
         except RemediationError as exc:
+            if ruled is not None:  # referenced: nothing to send; only the version is unknown
+                return done(ruled.action, f"{ruled.reason} (Key Vault could not be read: {exc})")
             return done(Action.FAILED, f"Key Vault: {exc}")
         version = secret.version
-        decision = self._decide(target, binding, version, run)
-        if decision.action is not Action.UPDATED:
-            return done(decision.action, decision.reason, version)
         settles_at = self._settles_at(secret)
+        if ruled is not None:
+            # Fabric reads the latest version itself at each refresh; a copy would replace the
+            # reference. Until the version has settled its source may not know it yet, so the
+            # models on the connection are not retried before then (the report says when).
+            if settles_at is not None:
+                run.again_at(settles_at)
+                return done(
+                    Action.SETTLING,
+                    f"{ruled.reason}; version {version} is Key Vault's since "
+                    f"{_iso(settles_at - self.settings.settle_seconds)}, and the models on the connection "
+                    f"are retried from {_iso(settles_at)} (REMEDIATION_SETTLE_SECONDS="
+                    f"{self.settings.settle_seconds})",
+                    version,
+                )
+            return done(
+                ruled.action, f"{ruled.reason}; it reads version {version} of {binding.secret!r}", version
+            )
+        decision = self._decide(target, binding, version, run)
+        if not _goes_on(decision, move):
+            return done(decision.action, decision.reason, version)
         if settles_at is not None:
             run.again_at(settles_at)
             return done(
@@ -211,11 +250,11 @@ class Presenter:
         if blocked is not None:
             return done(blocked.action, blocked.reason, version)
         if run.dry_run:
-            return done(Action.WOULD_UPDATE, decision.reason, version)
+            return done(Action.WOULD_UPDATE, move.plan if move is not None else decision.reason, version)
 
         # Discovery (e.g. the gateway's kind and key) happens before the lease: it may be slow.
         try:
-            kind = self.kind_of(target)
+            kind = move.kind if move is not None else self.kind_of(target)
         except RemediationError as exc:
             return done(Action.FAILED, str(exc), version)
         try:
@@ -236,7 +275,7 @@ class Presenter:
             self._resolve_intent(lease, run)
             # Decide again under the lease: the previous holder may have just applied it.
             decision = self._decide(target, binding, version, run)
-            if decision.action is not Action.UPDATED:
+            if not _goes_on(decision, move):
                 return done(decision.action, decision.reason, version)
             claim, av = self.ledger.claim_presentation(
                 account,
@@ -264,6 +303,8 @@ class Presenter:
             action, reason = self._present(
                 kind, item, secret, resolved, found, lease, account, probe=claim is Claim.GRANTED, run=run
             )
+            if move is not None and action is Action.UPDATED:
+                action, reason = move.action, move.done.format(version=version)
             return done(action, reason, version)
         except LeaseLost:
             return done(Action.BUSY, "the lease was taken over by another run", version)
@@ -576,6 +617,12 @@ class Presenter:
             request=run.correlation_id,
         )
         self.ledger.doubt_intent(lease, intent)
+
+
+def _goes_on(decision: Decision, move: Move | None) -> bool:
+    """Whether the presentation goes on after the target's decision: an update, or a move to a
+    target that already holds the version (what a move changes is how it holds it)."""
+    return decision.action is Action.UPDATED or (move is not None and decision.action is Action.CURRENT)
 
 
 def _iso(ts: float) -> str:

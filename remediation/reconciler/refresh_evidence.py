@@ -9,6 +9,13 @@ OAuth2 token) only makes the ledger forget what the source holds
 (:meth:`RefreshEvidence.learn_from_failure`). Failures on an account that could not sign in at all
 (locked, disabled) are read the same way (:data:`CURABLE`).
 
+A Fabric connection that references Key Vault holds no copy: at each refresh Fabric reads Key
+Vault's latest version. Its "applied" time is therefore when Key Vault's current version became
+presentable (``created`` plus ``REMEDIATION_SETTLE_SECONDS``): a refused sign-in in a refresh
+that started after that proves the version wrong, exactly as for a copy applied before the
+refresh; one that started earlier speaks of an older version (or of one the source did not know
+yet) and proves nothing about the current one.
+
 Whether a dataset may be refreshed is the safety core's decision
 (:func:`remediation.safety.refreshing.may_refresh`); :meth:`RefreshEvidence.of_sources` gathers
 what it asks for: what the ledger knows of each credential-bearing source after the heal. Logs as
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 from remediation.clients.powerbi_models import DatasetDatasource, Refresh
 from remediation.errors import RemediationError
 from remediation.ledger import Ledger, Outcome
+from remediation.ledger.references import References
 from remediation.reconciler.accounts import Accounts
 from remediation.reconciler.report import Action
 from remediation.reconciler.runs import Resolved, Run
@@ -94,12 +102,27 @@ class RefreshEvidence:
         ledger: Ledger,
         accounts: Accounts,
         lease_ttl: Callable[[], float],
+        references: References | None = None,
+        settle_seconds: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger
         self._accounts = accounts
         self._lease_ttl = lease_ttl
+        self._references = references or References(ledger)
+        self._settle_seconds = settle_seconds
         self._clock = clock
+
+    def _presentable_since(self, item: Resolved, run: Run) -> tuple[str, float] | None:
+        """For a connection that references Key Vault: Key Vault's current version of its secret
+        and when it became presentable (``created`` + the settle time); None when unknown."""
+        try:
+            secret = self._accounts.secret(item.binding.secret, run)
+        except RemediationError:
+            return None
+        if secret.created_on is None:
+            return None
+        return secret.version, secret.created_on.timestamp() + max(0.0, self._settle_seconds)
 
     def learn_from_failure(
         self,
@@ -128,6 +151,8 @@ class RefreshEvidence:
             for item in resolved:
                 if key is not None and item.target.key != key:
                     continue
+                if self._references.referenced(item.target):
+                    continue  # it holds no copy to forget: Fabric reads Key Vault at each refresh
                 state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
                 if state.applied_at is not None and state.applied_at <= started:
                     self.ledger.forget_applied(item.target.gateway_id, item.target.datasource_id)
@@ -143,15 +168,22 @@ class RefreshEvidence:
         for item in resolved:
             if item.target.key != key:
                 continue
-            state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
-            if state.applied_at is None or state.applied_at > started or state.applied_version is None:
-                return  # the failure speaks of what it held before: healing it is the cure
-            try:
-                secret = self._accounts.secret(item.binding.secret, run)
-            except RemediationError:
-                return
-            if not state.holds(item.binding.secret, secret.version):
-                return  # it holds an older version: healing it is the cure
+            if self._references.referenced(item.target):
+                presentable = self._presentable_since(item, run)
+                if presentable is None or presentable[1] > started:
+                    return  # it read an older version, or one its source did not know yet
+                version = presentable[0]
+            else:
+                state = self.ledger.target_state(item.target.gateway_id, item.target.datasource_id)
+                if state.applied_at is None or state.applied_at > started or state.applied_version is None:
+                    return  # the failure speaks of what it held before: healing it is the cure
+                try:
+                    secret = self._accounts.secret(item.binding.secret, run)
+                except RemediationError:
+                    return
+                if not state.holds(item.binding.secret, secret.version):
+                    return  # it holds an older version: healing it is the cure
+                version = secret.version
             account = self._accounts.account_of(item, run)
             what = (
                 f"a refresh reported the account unusable ({diagnosis.message})"
@@ -159,11 +191,11 @@ class RefreshEvidence:
                 else "a refresh failed for credentials on this data source"
             )
             refresh = latest.request_id or "without id"
-            reason = f"{what} after version {secret.version} was applied (refresh {refresh})"
+            reason = f"{what} after version {version} was applied (refresh {refresh})"
             self.ledger.record_presentation(
                 account,
                 item.binding.secret,
-                secret.version,
+                version,
                 owner=run.owner,
                 locator=item.where,
                 verdict="rejected",
@@ -180,7 +212,7 @@ class RefreshEvidence:
             )
             if lease is not None:
                 try:
-                    self.ledger.record_rejected(lease, item.binding.secret, secret.version, self._clock())
+                    self.ledger.record_rejected(lease, item.binding.secret, version, self._clock())
                 finally:
                     self.ledger.release_lease(lease)
             return
@@ -204,14 +236,20 @@ class RefreshEvidence:
                 continue
             item, outcome = found
             action = Action(outcome.action or Action.FAILED.value)
-            if action not in (Action.UPDATED, Action.CURRENT):
+            if action not in (Action.UPDATED, Action.CURRENT, Action.REFERENCED):
                 evidence.append(SourceEvidence(key, label, action))
                 continue
             try:
                 version = self._accounts.secret(item.binding.secret, run).version
                 account = self._accounts.account_of(item, run)
-                state = self.ledger.target_state(*key)
                 av = self.ledger.account_version(account, item.binding.secret, version)
+                if action is Action.REFERENCED:  # no copy: it reads Key Vault's latest version
+                    presentable = self._presentable_since(item, run)
+                    holds = presentable is not None
+                    applied_at = None if presentable is None else presentable[1]
+                else:
+                    state = self.ledger.target_state(*key)
+                    holds, applied_at = state.holds(item.binding.secret, version), state.applied_at
             except RemediationError as exc:
                 logger.warning("dataset source %s: cannot read its evidence: %s", label, exc)
                 evidence.append(SourceEvidence(key, label, Action.FAILED))
@@ -222,8 +260,8 @@ class RefreshEvidence:
                     key,
                     label,
                     action,
-                    holds_current=state.holds(item.binding.secret, version),
-                    applied_at=state.applied_at,
+                    holds_current=holds,
+                    applied_at=applied_at,
                     account_verdict=av.verdict,
                     contradicted_at=av.contradicted_at,
                     account=f"{account}|{item.binding.secret.lower()}|{version.lower()}",

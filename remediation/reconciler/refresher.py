@@ -35,6 +35,7 @@ from remediation.config.settings import Settings
 from remediation.inventory.inventory import Inventory
 from remediation.inventory.scanner import InventoryPath
 from remediation.ledger import DatasetRecord, Ledger, Outcome
+from remediation.ledger.references import References
 from remediation.reconciler.accounts import Accounts
 from remediation.reconciler.dataset_sources import DatasetSources
 from remediation.reconciler.refresh_evidence import (
@@ -82,6 +83,7 @@ class Refresher:
         targets: TargetHealer,
         accounts: Accounts,
         lease_ttl: Callable[[], float],
+        references: References | None = None,
         connections: Callable[[Run], list[Connection]],
         fabric: FabricClient | None = None,
         clock: Callable[[], float] = time.time,
@@ -95,7 +97,14 @@ class Refresher:
         self._targets = targets
         self._clock = clock
         self.dataset_sources = DatasetSources(bindings, connections=connections, fabric=fabric)
-        self.evidence = RefreshEvidence(ledger=ledger, accounts=accounts, lease_ttl=lease_ttl, clock=clock)
+        self.evidence = RefreshEvidence(
+            ledger=ledger,
+            accounts=accounts,
+            lease_ttl=lease_ttl,
+            references=references or References(ledger),
+            settle_seconds=settings.settle_seconds,
+            clock=clock,
+        )
         self.refreshes = Refreshes(
             settings,
             powerbi=powerbi,
@@ -363,7 +372,13 @@ class Refresher:
             except ApiError as exc:
                 logger.warning("dataset %s: cannot read refresh history: %s", pair[1], exc)
                 return None
-            if history and history[0].failed and diagnose(history[0]).category in CURABLE:
+            # Credential failures are healed; a Key Vault reference Fabric could not read is only
+            # reported, with the fix a person needs (nothing a healer pushes cures it).
+            if (
+                history
+                and history[0].failed
+                and diagnose(history[0]).category in (*CURABLE, Category.REFERENCE)
+            ):
                 return pair[0], pair[1], history[0]
             return None
 

@@ -25,7 +25,6 @@ __all__ = [
     "ConnectionFacts",
     "ConnectionLike",
     "corresponding_connection",
-    "could_reference",
     "fabric_credential_type",
     "is_connection_of",
     "match_refusal",
@@ -136,36 +135,6 @@ _FABRIC_TYPE = {CredentialType.SAS: "SharedAccessSignature"}
 def fabric_credential_type(credential_type: CredentialType) -> str:
     """A binding's credential type as Fabric spells it (``SAS`` is ``SharedAccessSignature``)."""
     return _FABRIC_TYPE.get(credential_type, credential_type.value)
-
-
-# Connectors whose cloud connections can hold a Key Vault reference, and with which credential
-# types (FABRIC.md §6, the same table in every version of Microsoft's docs), by
-# ``connectionDetails.type`` (case-insensitive; Fabric's type names as its API lists them).
-_REFERENCE_SUPPORT: dict[str, frozenset[str]] = {
-    "azureblobs": frozenset({"Key", "SharedAccessSignature", "ServicePrincipal"}),
-    "azuredatalakestorage": frozenset({"Key", "SharedAccessSignature", "ServicePrincipal"}),
-    "azuretables": frozenset({"Key", "SharedAccessSignature", "ServicePrincipal"}),
-    "databricks": frozenset({"Basic", "SharedAccessSignature"}),
-    "commondataservice": frozenset({"ServicePrincipal"}),
-    "odata": frozenset({"Key", "Basic"}),
-    "oraclecloudstorage": frozenset({"Key"}),
-    "postgresql": frozenset({"Key", "Basic"}),
-    "sharepointlist": frozenset({"ServicePrincipal"}),
-    "snowflake": frozenset({"Basic"}),
-    "sql": frozenset({"Basic", "ServicePrincipal"}),
-    "web": frozenset({"Basic", "ServicePrincipal"}),
-}
-
-
-def could_reference(connection: ConnectionFacts, credential_type: CredentialType) -> bool:
-    """True when ``connection`` could reference the Key Vault secret instead of holding a copy:
-    a cloud connection of a supported connector with a supported credential type (on-premises
-    gateway credentials have no reference field in the API; virtual network gateways are not
-    supported yet by the docs)."""
-    if connection.connectivity_type != "ShareableCloud":
-        return False
-    fabric_type = _FABRIC_TYPE.get(credential_type, credential_type.value)
-    return fabric_type in _REFERENCE_SUPPORT.get((connection.connection_type or "").casefold(), frozenset())
 
 
 def match_refusal(binding: Binding, connection: ConnectionFacts) -> str:

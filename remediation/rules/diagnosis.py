@@ -48,6 +48,11 @@ class Category(StrEnum):
     # presents nothing on a refresh failure like this, and a PATCH answered like this blocks the
     # version for the account (every presentation would be one more failed sign-in).
     ACCOUNT = "account"
+    # A Fabric connection's Key Vault reference could not be read (the secret, a pinned version,
+    # the vault's network, the Key Vault connection's own sign-in): no value reached the source,
+    # and no value the healer could push cures it (a copy would replace the reference). Nothing is
+    # changed; the fix is a person's.
+    REFERENCE = "reference"
     UNKNOWN = "unknown"
     NONE = "none"  # no failure
 
@@ -64,7 +69,9 @@ class Diagnosis:
     """Which of the usual causes, where the source's words tell: ``password`` (the password
     changed), ``windows-share``, ``oauth-expired``, ``no-credentials``, ``account-locked``,
     ``account-disabled``, ``account-expired``, ``password-expired``, ``username-format``,
-    ``database-access``."""
+    ``database-access``; for a Key Vault reference, ``reference-not-found``,
+    ``reference-version``, ``reference-network``, ``reference-credential-expired``,
+    ``reference-denied``."""
 
     @property
     def blocks_account(self) -> bool:
@@ -398,6 +405,80 @@ def _refined(rule: _Rule, error: ServiceError) -> tuple[_Rule, str | None]:
     return rule, "password"
 
 
+# -- Key Vault references: Fabric could not read the secret a connection references ---------------
+# The one code reported in the wild is DMS_CredentialsNotFoundInAzureKeyVaultErrorCode
+# (terraform-provider-fabric #991: a reference with a pinned version). Any other ``DMS_*`` code that
+# names Key Vault is read the same way. Which of the usual causes it was is told by the codes and
+# words of Key Vault and Entra ID themselves in the failure's details, where Fabric passes them on:
+# Key Vault's ``SecretNotFound`` ("A secret with (name/version) ... was not found"),
+# ``ForbiddenByFirewall`` / ``ForbiddenByConnection`` (its network rules: "Client address is not
+# authorized and caller is not a trusted service", "Public network access is disabled"), ``Forbidden``
+# without a network word (an access policy or role missing), and Entra ID's AADSTS700082 / 50173 /
+# ``invalid_grant`` (the Key Vault connection's OAuth 2.0 sign-in lapsed). [Unconfirmed: how Fabric
+# nests these in a refresh failure; the sandbox plays one plausible shape (sandbox/fabric).]
+_REFERENCE_CODE = re.compile(r"^dms_\w*keyvault\w*$")
+_ADOPT_AGAIN = (
+    "move the connection again with `python -m remediation adopt --connection <id> --vault-connection "
+    "<id> --yes`, which sends a reference without a version"
+)
+_REFERENCE_RULES: tuple[tuple[str, re.Pattern[str], str, str], ...] = (
+    (
+        "reference-network",
+        re.compile(
+            r"forbiddenbyfirewall|forbiddenbyconnection|public network access is disabled|"
+            r"not authorized and caller is not a trusted service|private link"
+        ),
+        "Fabric could not reach the Key Vault of the connection's reference from the public network",
+        "Fabric reads Key Vault references over the public network: allow it in the vault's "
+        "networking (public access, or the trusted Microsoft services exception), or keep this "
+        "connection on pushed copies (`python -m remediation adopt --connection <id> --release`). "
+        "Credentials were not changed.",
+    ),
+    (
+        "reference-credential-expired",
+        re.compile(r"aadsts700082|aadsts50173|invalid_grant|token has expired|refresh token|expired"),
+        "the sign-in of the connection's Key Vault connection has expired",
+        "The Key Vault connection signs in to the vault with OAuth 2.0 and that sign-in lapsed: in "
+        "Manage connections and gateways, tab Azure Key Vault references, edit its credentials and "
+        "sign in again. Credentials were not changed.",
+    ),
+    (
+        "reference-denied",
+        re.compile(r"\bforbidden\b|does not have secrets get permission|accessdenied|not authorized"),
+        "the Key Vault connection may not read the referenced secret",
+        "Grant the identity of the Key Vault connection Get and List on the vault's secrets (Key "
+        "Vault Secrets User). Credentials were not changed.",
+    ),
+    (
+        "reference-version",
+        re.compile(r"version"),
+        "the connection's Key Vault reference pins a version of the secret",
+        "Key Vault versioning is not supported in references (terraform-provider-fabric #991): "
+        + _ADOPT_AGAIN
+        + ". Credentials were not changed.",
+    ),
+)
+_REFERENCE_NOT_FOUND = (
+    "reference-not-found",
+    "Fabric could not read the secret the connection's Key Vault reference names",
+    "Check that the secret exists and is enabled in the vault the reference's Key Vault connection "
+    "points at. If it does, the reference may pin a version (Key Vault versioning is not "
+    "supported): " + _ADOPT_AGAIN + ". Credentials were not changed.",
+)
+
+
+def _reference_failure(error: ServiceError) -> tuple[str, str, str] | None:
+    """``(cause, what, fix)`` when ``error`` says a Key Vault reference could not be read."""
+    codes = [error.code or "", *(name for name, _ in error.details)]
+    if not any(_REFERENCE_CODE.match(code.strip().casefold()) for code in codes):
+        return None
+    texts = "\n".join([*codes, error.description or "", *(v for _, v in error.details)]).casefold()
+    for cause, pattern, what, fix in _REFERENCE_RULES:
+        if pattern.search(texts.replace("dms_credentialsnotfoundinazurekeyvaulterrorcode", "")):
+            return cause, what, fix
+    return _REFERENCE_NOT_FOUND
+
+
 # -- classification -------------------------------------------------------------------------------
 def _classify(error: ServiceError, context: str) -> Diagnosis:
     code = error.code
@@ -414,6 +495,13 @@ def _classify(error: ServiceError, context: str) -> Diagnosis:
             cause,
         )
 
+    # A Key Vault reference that could not be read: no value reached the source, none pushed cures it.
+    reference = _reference_failure(error)
+    if reference is not None:
+        cause, what, fix = reference
+        return Diagnosis(
+            Category.REFERENCE, code, f"{context}: {what}" + (f" ({code})" if code else ""), fix, cause
+        )
     # Gateway faults first: if the gateway itself is the problem, credentials cannot be the cure.
     if folded in _GATEWAY:
         return diagnosis(_GATEWAY[folded])

@@ -23,6 +23,7 @@ class Action(StrEnum):
     SETTLING = "settling"  # the version is younger than REMEDIATION_SETTLE_SECONDS: later
     WOULD_UPDATE = "would-update"  # dry-run
     REFERENCED = "key-vault-reference"  # a Fabric connection that reads the secret itself: no copy sent
+    ADOPTED = "adopted"  # `adopt` moved a Fabric connection onto a Key Vault reference (Fabric tested it)
     # datasets
     REFRESHED = "refreshed"  # a refresh was started (and followed: see refresh_state)
     WOULD_REFRESH = "would-refresh"  # dry-run
@@ -35,7 +36,7 @@ class Action(StrEnum):
 
 
 # Actions after which a target holds the current version (exit code 0).
-HOLDS_CURRENT = frozenset({Action.UPDATED, Action.CURRENT, Action.REFERENCED})
+HOLDS_CURRENT = frozenset({Action.UPDATED, Action.CURRENT, Action.REFERENCED, Action.ADOPTED})
 # Actions that mean "something needs a person or a later run" (exit code 1).
 PROBLEMS = frozenset(
     {

@@ -19,6 +19,10 @@ its source rejected, how often it was tried) and the account's for that version
 * **A rejected or in-doubt version is not presented again** to any target of the account. Only a
   new version or an operator's request lifts it, and a request lifts it once (:func:`grant_step`),
   however many parts, re-queues or redeliveries it goes through.
+* **A connection that references Key Vault is never sent a copy** (:func:`reference_decision`):
+  a copy would replace the reference. Fabric's API does not say which connections hold one, so
+  the bindings' ``keyVaultReference`` mark and the ledger's record of ``adopt`` say it; where
+  they disagree in a way that leaves the connection's state unknown, nothing is sent.
 
 The ledger applies the ``*_step`` functions inside its atomic compare-and-swap, so the rules
 hold across threads, processes and instances; the healer asks :func:`decide` and
@@ -44,6 +48,7 @@ __all__ = [
     "decide",
     "grant_step",
     "licensed",
+    "reference_decision",
     "release_step",
     "verdict_step",
 ]
@@ -133,6 +138,43 @@ def account_decision(av: AccountVersion, *, present_again: bool) -> Decision | N
         "could be a second failed sign-in. Check the data source, then heal with --present-again "
         "(or put a new version in Key Vault)",
     )
+
+
+def reference_decision(*, marked: bool, recorded: str | None, connection: str) -> Decision | None:
+    """May a Fabric connection be sent a copy of its secret? None: yes (it holds a copy).
+
+    ``marked``: the bindings mark its target ``"keyVaultReference": true``; ``recorded``: what the
+    ledger's record of ``adopt`` says (``"referenced"``, ``"in-doubt"``: adopt's answer was lost,
+    ``"released"``: moved back with ``adopt --release``, None: never moved). A connection known
+    to reference Key Vault is :attr:`Action.REFERENCED` (nothing sent: Fabric reads the latest
+    version itself); one whose state is unknown is :attr:`Action.FAILED`, nothing sent, with what
+    a person must do."""
+    if recorded == "in-doubt":
+        return Decision(
+            Action.FAILED,
+            f"`adopt` is moving connection {connection}, or the answer to `adopt` was lost: whether it "
+            "references Key Vault or still holds its copy is unknown, so nothing is sent. Look at it in "
+            "Manage connections and gateways, then run `adopt ... --yes` again or `adopt --release`",
+        )
+    if recorded == "released" and marked:
+        return Decision(
+            Action.FAILED,
+            f"connection {connection} was moved back to a copy (`adopt --release`), but the bindings "
+            'still mark it "keyVaultReference": true: remove the mark (nothing is sent until the two agree)',
+        )
+    if marked:
+        return Decision(
+            Action.REFERENCED,
+            f"connection {connection} references Key Vault: Fabric reads the current version itself, so "
+            "no copy is sent",
+        )
+    if recorded == "referenced":
+        return Decision(
+            Action.REFERENCED,
+            f"connection {connection} was moved onto a Key Vault reference by `adopt` (the ledger says "
+            'so): no copy is sent; mark its target "keyVaultReference": true in the bindings',
+        )
+    return None
 
 
 def licensed(record: AccountVersion, locator: str, request: str, now: float) -> bool:

@@ -12,8 +12,11 @@ failed on credentials is refreshed only when, for **every** credential-bearing d
   it: ``contradicted_at``) is younger than the target's acceptance (``applied_at``);
 * and it is **known to be fixed since the failure**: the version was applied after the failed
   refresh started, or the failure names another data source (then this one was not the cause);
-* a Fabric connection that references Key Vault (Fabric reads the secret itself) counts as fixed
-  only when the failure names another data source;
+* a Fabric connection that references Key Vault holds no copy: Fabric reads the latest version
+  at each refresh. Its ``applied_at`` is when Key Vault's current version became presentable
+  (Key Vault's ``created`` plus the settle time), so it counts as fixed when the failed refresh
+  started before that (it read an older version, or one its source did not know yet), or the
+  failure names another data source; a refresh that failed *on* that version waits for a new one;
 * an unbound source is acceptable only when the failure names another, bound data source.
 
 A refresh is itself a sign-in with the stored credentials. Where this command has not just seen
@@ -41,7 +44,8 @@ class SourceEvidence:
     """What is known of one credential-bearing data source of the dataset, after this run's heal.
 
     ``action`` is the run's outcome for its target (None: no binding covers it). ``applied_at``
-    is when the target's current version was applied (accepted by the source's test);
+    is when the target's current version was applied (accepted by the source's test; for a
+    connection that references Key Vault, when Key Vault's current version became presentable);
     ``holds_current`` whether the ledger says it holds Key Vault's current version. The account
     fields come from the account's record for that version.
     """
@@ -117,9 +121,7 @@ def _waits(source: SourceEvidence, failure: FailureEvidence) -> str | None:
     elsewhere = failure.culprit is not None and failure.culprit != source.key
     if source.action is Action.WOULD_UPDATE:
         return None  # a dry run: what would be, were the update accepted
-    if source.action is Action.REFERENCED:
-        return None if elsewhere else "references Key Vault; the failure may be its own"
-    if source.action not in (Action.UPDATED, Action.CURRENT):
+    if source.action not in (Action.UPDATED, Action.CURRENT, Action.REFERENCED):
         return source.action.value if source.action is not None else "unbound"
     if not source.holds_current or source.applied_at is None:
         return "not known to hold the current version"

@@ -7,6 +7,11 @@ resolves to when Fabric reads it), and what a ``PATCH /connections/{id}`` brings
 fields; an on-premises gateway connection needs one ``values`` entry per member of its cluster,
 each decrypted with **that member's** private key (a missing or undecryptable entry: 400
 ``InvalidCredentialDetails``, nothing tested); a personal gateway one ``encryptedCredentials``.
+
+A PATCH may carry a Key Vault reference instead of the secret (:func:`read_reference`): only in
+the field the spec gives its credential type (:data:`REFERENCE_FIELDS`), only on connections whose
+credentials are plain fields (on-premises gateway credentials have none), never beside the value
+it stands for. What the reference resolves to is the caller's to read (``sb.fabric``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,16 @@ FIELDS = {
     "SharedAccessSignature": ("token",),
     "ServicePrincipal": ("tenantId", "servicePrincipalClientId", "servicePrincipalSecret"),
 }
+# The field of each credential type that a Key Vault reference stands for, and the reference's own
+# field (specs/fabric connections.json: BasicCredentials.passwordReference, ...). Windows and
+# KeyPair credentials have none, nor do on-premises gateway credentials.
+SECRET_FIELD = {
+    "Basic": "password",
+    "Key": "key",
+    "SharedAccessSignature": "token",
+    "ServicePrincipal": "servicePrincipalSecret",
+}
+REFERENCE_FIELDS = {kind: f"{name}Reference" for kind, name in SECRET_FIELD.items()}
 
 
 def source_data(source: SourceSystem, credential_type: str) -> dict[str, str]:
@@ -45,6 +60,38 @@ def source_data(source: SourceSystem, credential_type: str) -> dict[str, str]:
     if credential_type == "ServicePrincipal":
         return {"servicePrincipalClientId": source.username or "", "servicePrincipalSecret": secret}
     return {"key": secret} if credential_type == "Key" else {"token": secret}
+
+
+def read_reference(
+    connection: FabricConnection, credential_type: str, credentials: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, str]] | None:
+    """What a PATCH that references Key Vault carries: the plain fields the reference does not
+    stand for (Basic's username, a service principal's ids) and the reference
+    (``{"connectionId", "secretName"[, "version"]}``); None when it carries no reference."""
+
+    def invalid(message: str) -> HTTPError:
+        return HTTPError(400, fabric_error("InvalidCredentialDetails", message))
+
+    given = sorted(k for k in credentials if k.endswith("Reference"))
+    if not given:
+        return None
+    if connection.connectivity_type not in PLAIN:
+        raise invalid(f"{connection.connectivity_type} credentials take no Key Vault reference.")
+    field = REFERENCE_FIELDS.get(credential_type)
+    if field is None or given != [field]:
+        raise invalid(f"{credential_type} credentials take no {', '.join(given)}.")
+    secret = SECRET_FIELD[credential_type]
+    if secret in credentials:
+        raise invalid(f"Use {secret} or {field}. You can't use both at the same time.")
+    names = [n for n in FIELDS[credential_type] if n != secret]
+    missing = [n for n in names if not isinstance(credentials.get(n), str) or not credentials[n]]
+    if missing:
+        raise invalid(f"credentials is missing {', '.join(missing)}.")
+    raw = credentials[field]
+    reference = {"connectionId": str(raw["connectionId"]).lower(), "secretName": str(raw["secretName"])}
+    if raw.get("version"):
+        reference["version"] = str(raw["version"])
+    return {n: credentials[n] for n in names}, reference
 
 
 def read_credentials(
@@ -62,8 +109,6 @@ def read_credentials(
         names = FIELDS.get(credential_type)
         if names is None:
             raise invalid(f"Credential type {credential_type} cannot be set through this API.")
-        if any(k.endswith("Reference") for k in credentials):
-            raise invalid("The sandbox takes no Key Vault reference through the healer's path.")
         missing = [n for n in names if not isinstance(credentials.get(n), str) or not credentials[n]]
         if missing:
             raise invalid(f"credentials is missing {', '.join(missing)}.")

@@ -38,9 +38,23 @@ What it decides, as Fabric does (FABRIC.md; ``specs/fabric/``):
   gateway fault). ``StreamingVirtualNetworkGateway`` connections are refused (400
   ``InvalidInput``, not supported), and so are Power BI data sources shown as connections (as
   for the PATCH).
-* **Key Vault references**: a cloud connection can hold a reference instead of a copy; a PATCH
-  with a copy replaces it (``reference_overwritten`` counts it, so tests can prove the healer
-  never does that).
+* **Key Vault references** (FABRIC.md §2, §6): a cloud or VNet connection can hold a reference
+  ``{connectionId, secretName}`` instead of a copy, in the one field its credential type has
+  (:func:`sandbox.fabric.credentials.read_reference`; Windows, KeyPair and on-premises gateway
+  credentials have none: 400 ``InvalidCredentialDetails``, nothing tested). ``connectionId`` is a
+  **Key Vault connection** (:meth:`Fabric.add_key_vault_connection`, listed by ``GET
+  /connections`` with ``connectionDetails.type`` ``AzureKeyVault``; edited only in the portal,
+  so PATCH and ``testConnection`` refuse it). A reference is resolved against the sandbox's Key
+  Vault each time it is used -- the PATCH's test, ``testConnection``, a refresh -- to the
+  **latest** version, as Fabric does; a ``version`` in the reference breaks it even when that
+  version exists (terraform-provider-fabric #991). When it cannot be read (the Key Vault
+  connection is gone, the secret or version is not found, the vault refuses the public network,
+  the Key Vault connection's sign-in lapsed) the PATCH answers 400 and a refresh fails with
+  ``DMS_CredentialsNotFoundInAzureKeyVaultErrorCode`` (the code terraform-provider-fabric #991
+  reports), Key Vault's or Entra ID's own code and words as the underlying error
+  (:meth:`Fabric.reference_failure`; how Fabric nests them is not documented: this shape is the
+  sandbox's choice). No sign-in happens then. A PATCH with a copy replaces a reference
+  (``reference_overwritten`` counts it, so tests can prove the healer never does that).
 * **Semantic models bound to connections** (``sb.powerbi.add_dataset(connections=...)``):
   ``GET /workspaces/{ws}/items/{id}/connections`` (``Items_ListItemConnections``, paged) lists
   them to a member of the workspace; a refresh signs in through each connection's stored
@@ -73,13 +87,27 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sandbox.accounts import Cause
-from sandbox.connections import FabricConnection, FabricGateway, GatewayMember
+from sandbox.connections import FabricConnection, FabricGateway, GatewayMember, KeyVaultConnection
 from sandbox.entra import Entra, TokenInfo, TokenRejected
-from sandbox.fabric.credentials import SOURCE_TYPE, read_credentials, source_data
+from sandbox.fabric.credentials import (
+    SECRET_FIELD,
+    SOURCE_TYPE,
+    read_credentials,
+    read_reference,
+    source_data,
+)
 from sandbox.gateway_keys import GatewayKeyPair
 from sandbox.host import Host
+from sandbox.keyvault import KeyVault
 from sandbox.powerbi import Datasource, PowerBI
-from sandbox.refusals import FABRIC_REFUSALS, FabricRefusal, Refused, fabric_error, fabric_refusal
+from sandbox.refusals import (
+    FABRIC_REFUSALS,
+    FabricRefusal,
+    Refused,
+    fabric_error,
+    fabric_refusal,
+    pbi_error,
+)
 from sandbox.routing import HTTPError, Request, Response
 from sandbox.sources import CheckResult, Sources, SourceSystem, presented_secret
 from sandbox.specs import fabric_errors, fabric_subtype
@@ -91,6 +119,12 @@ _BASE = r"/v1"
 _SEGMENT = r"(?P<{}>[^/]+)"
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
+REFERENCE_NOT_READ = "DMS_CredentialsNotFoundInAzureKeyVaultErrorCode"
+"""What Fabric reports for a Key Vault reference it could not read (terraform-provider-fabric #991)."""
+KEY_VAULT_CONNECTION_TYPE = "AzureKeyVault"
+_UNDERLYING_CODE = "DM_ErrorDetailNameCode_UnderlyingErrorCode"
+_UNDERLYING_MESSAGE = "DM_ErrorDetailNameCode_UnderlyingErrorMessage"
+
 
 def _fault_body(status: int, code: str, message: str) -> dict[str, Any]:
     body = fabric_error(code, message)
@@ -101,13 +135,17 @@ def _fault_body(status: int, code: str, message: str) -> dict[str, Any]:
 class Fabric:
     """The Fabric connections and gateways of one tenant."""
 
-    def __init__(self, host: Host, entra: Entra, sources: Sources, powerbi: PowerBI) -> None:
+    def __init__(
+        self, host: Host, entra: Entra, sources: Sources, powerbi: PowerBI, *, vault: KeyVault | None = None
+    ) -> None:
         self._host = host
         self._entra = entra  # whose tokens it accepts
         self._sources = sources  # the systems behind the connections, where sign-ins are counted
         self._powerbi = powerbi  # whose workspaces hold the items, and whose data sources it shows
+        self._vault = vault  # what Key Vault references read (the sandbox's one vault)
         self._lock = threading.RLock()
         self.connections: dict[str, FabricConnection] = {}
+        self.key_vault_connections: dict[str, KeyVaultConnection] = {}
         self.gateways: dict[str, FabricGateway] = {}
         self.datasource_ids_are_connection_ids = False
         """True: Power BI lists a connection-bound source with ``datasourceId`` = the connection id."""
@@ -184,10 +222,25 @@ class Fabric:
             users=set(users),
             key_vault_reference=dict(key_vault_reference) if key_vault_reference else None,
         )
-        connection.data = {} if key_vault_reference else source_data(source, kind)
+        data = source_data(source, kind)
+        if key_vault_reference:  # the reference stands for the secret; the other fields stay
+            data.pop(SECRET_FIELD.get(kind, ""), None)
+        connection.data = data
         with self._lock:
             self.connections[connection.id] = connection
         return connection
+
+    def add_key_vault_connection(
+        self, name: str = "Contoso vault", *, users: Iterable[str] = (), vault_url: str | None = None
+    ) -> KeyVaultConnection:
+        """A Key Vault connection (an "Azure Key Vault reference") reading ``vault_url`` (default:
+        the sandbox's vault), listed to ``users``. Its ``public_network`` and ``sign_in_expired``
+        play the failures a reference can meet."""
+        url = vault_url or (self._vault.url if self._vault is not None else "https://vault.invalid/")
+        kv = KeyVaultConnection(str(uuid.uuid4()), name, url, set(users))
+        with self._lock:
+            self.key_vault_connections[kv.id] = kv
+        return kv
 
     def set_refusal(
         self, connection: FabricConnection, shape: FabricRefusal = "incorrect-credentials"
@@ -283,6 +336,19 @@ class Fabric:
             )
         return connection
 
+    def _key_vault_connection(self, caller: TokenInfo, request: Request) -> KeyVaultConnection | None:
+        """The Key Vault connection the URL names (403 without a role on it), or None."""
+        kv = self.key_vault_connections.get(self._path_id(request, "connection"))
+        if kv is not None and not any(u.lower() == caller.principal.lower() for u in kv.users):
+            raise HTTPError(
+                403,
+                fabric_error(
+                    "InsufficientPermissionsToManageConnection",
+                    "The caller does not have permission to manage the connection.",
+                ),
+            )
+        return kv
+
     def _gateway(self, caller: TokenInfo, request: Request) -> FabricGateway:
         gateway = self.gateways.get(self._path_id(request, "gateway"))
         if gateway is None:
@@ -318,6 +384,23 @@ class Fabric:
         if connection.connectivity_type == "ShareableCloud":
             body["allowConnectionUsageInGateway"] = False
         return body
+
+    @staticmethod
+    def key_vault_connection_json(kv: KeyVaultConnection) -> dict[str, Any]:
+        return {
+            "id": kv.id,
+            "displayName": kv.display_name,
+            "connectivityType": "ShareableCloud",
+            "connectionDetails": {"type": KEY_VAULT_CONNECTION_TYPE, "path": kv.vault_url},
+            "privacyLevel": "Organizational",
+            "credentialDetails": {
+                "credentialType": "OAuth2",
+                "singleSignOnType": "None",
+                "connectionEncryption": "NotEncrypted",
+                "skipTestConnection": False,
+            },
+            "allowConnectionUsageInGateway": False,
+        }
 
     @staticmethod
     def gateway_json(gateway: FabricGateway) -> dict[str, Any]:
@@ -412,15 +495,80 @@ class Fabric:
         return body
 
     def sign_in(self, connection: FabricConnection, *, cause: Cause = "refresh") -> CheckResult:
-        """One sign-in at the connection's source with what it holds (a Key Vault reference:
-        the source's current secret, which Fabric reads at run time)."""
+        """One sign-in at the connection's source with what it holds (a Key Vault reference: the
+        latest version of the secret, read now, as Fabric does at run time). A reference that
+        cannot be read signs in nowhere (callers ask :meth:`reference_failure` first)."""
         with self._lock:
-            if connection.key_vault_reference is not None:
-                data = source_data(connection.source, connection.credential_type)
-            else:
-                data = dict(connection.data)
-            kind = SOURCE_TYPE.get(connection.credential_type, connection.credential_type)
-        return self._sources.check(connection.source.id, kind, data, cause=cause)
+            data = dict(connection.data)
+            reference = connection.key_vault_reference
+            kind = connection.credential_type
+        if reference is not None:
+            resolved, failure = self._read_reference(data, reference, kind)
+            if resolved is None:
+                logger.info("sandbox fabric: %s cannot read its reference: %s", connection.id, failure)
+                return "unreachable"
+            data = resolved
+        return self._sources.check(connection.source.id, SOURCE_TYPE.get(kind, kind), data, cause=cause)
+
+    def reference_failure(self, connection: FabricConnection) -> dict[str, Any] | None:
+        """Why ``connection``'s Key Vault reference cannot be read now, as the error envelope a
+        refresh reports in ``serviceExceptionJson`` (None: no reference, or it reads fine)."""
+        with self._lock:
+            reference, kind = connection.key_vault_reference, connection.credential_type
+            data = dict(connection.data)
+        if reference is None:
+            return None
+        _, failure = self._read_reference(data, reference, kind)
+        if not failure:
+            return None
+        details = [{"code": c, "detail": {"type": 1, "value": v}} for c, v in failure]
+        return pbi_error(REFERENCE_NOT_READ, details)
+
+    def _read_reference(
+        self, kept: dict[str, str], reference: dict[str, str], credential_type: str
+    ) -> tuple[dict[str, str] | None, list[tuple[str, str]]]:
+        """The credential a reference resolves to now (``kept`` and the secret's latest value), or
+        None and the underlying error (Key Vault's or Entra ID's code and words)."""
+        with self._lock:
+            kv = self.key_vault_connections.get(reference.get("connectionId", "").lower())
+        name, version = reference.get("secretName", ""), reference.get("version")
+
+        def failed(code: str | None, message: str) -> tuple[None, list[tuple[str, str]]]:
+            pairs = [(_UNDERLYING_CODE, code)] if code else []
+            return None, [*pairs, (_UNDERLYING_MESSAGE, message)]
+
+        if kv is None:
+            return failed(None, "The Azure Key Vault reference of the connection was not found.")
+        if kv.sign_in_expired:
+            return failed(
+                "AADSTS700082",
+                "AADSTS700082: The refresh token has expired due to inactivity. The token was issued "
+                "and was inactive for 90.00:00:00.",
+            )
+        if not kv.public_network:
+            return failed(
+                "ForbiddenByConnection",
+                "Public network access is disabled and request is not from a trusted service nor via "
+                "an approved private link.",
+            )
+        vault = self._vault
+        if vault is None or kv.vault_url.rstrip("/").lower() != vault.url.rstrip("/").lower():
+            return failed("VaultNotFound", "No such host is known.")
+        if version:  # terraform-provider-fabric #991: a pinned version breaks the reference
+            return failed(
+                "SecretNotFound", f"A secret with (name/id) {name}/{version} was not found in this key vault."
+            )
+        try:
+            secret = vault.get_secret(name)
+        except KeyError:
+            missing = f"A secret with (name/id) {name} was not found in this key vault."
+            return failed("SecretNotFound", missing)
+        if not secret.enabled:
+            return failed("SecretDisabled", "Operation get is not allowed on a disabled secret.")
+        field = SECRET_FIELD.get(credential_type)
+        if field is None:
+            return failed(None, f"{credential_type} credentials take no Key Vault reference.")
+        return {**kept, field: secret.value}, []
 
     def _page(self, request: Request, value: list[dict[str, Any]]) -> Response:
         """One page of ``value`` from ``continuationToken`` on, with the link to the next."""
@@ -448,6 +596,11 @@ class Fabric:
                 for c in self.connections.values()
                 if any(u.lower() == caller.principal.lower() for u in c.users)
             ]
+            value.extend(
+                self.key_vault_connection_json(kv)
+                for kv in self.key_vault_connections.values()
+                if any(u.lower() == caller.principal.lower() for u in kv.users)
+            )
         value.extend(body for body, allowed in self._datasource_connections(caller).values() if allowed)
         return self._page(request, value)
 
@@ -498,6 +651,9 @@ class Fabric:
                 )
             return Response(200, body)
         with self._lock:
+            kv = self._key_vault_connection(caller, request)
+            if kv is not None:
+                return Response(200, self.key_vault_connection_json(kv))
             return Response(200, self.connection_json(self._connection(caller, request)))
 
     def _get_gateway(self, request: Request) -> Response:
@@ -542,6 +698,14 @@ class Fabric:
                 ),
             )
         with self._lock:
+            if self._key_vault_connection(caller, request) is not None:
+                raise HTTPError(
+                    400,
+                    fabric_error(
+                        "InvalidInput",
+                        "Azure Key Vault references are edited in Manage connections and gateways only.",
+                    ),
+                )
             connection = self._connection(caller, request)
         if ctype != connection.connectivity_type:
             raise HTTPError(
@@ -559,7 +723,23 @@ class Fabric:
                 connection.privacy_level = body.get("privacyLevel", connection.privacy_level)
             return Response(200, self.connection_json(connection))
         credential_type = credentials["credentialType"]
-        data = read_credentials(connection, credential_type, credentials)
+        referenced = read_reference(connection, credential_type, credentials)
+        reference: dict[str, str] | None = None
+        if referenced is None:
+            data = read_credentials(connection, credential_type, credentials)
+        else:
+            kept, reference = referenced
+            resolved, failure = self._read_reference(kept, reference, credential_type)
+            if resolved is None:  # nothing to sign in with: the test cannot start
+                raise HTTPError(
+                    400,
+                    fabric_error(
+                        REFERENCE_NOT_READ,
+                        "The credentials could not be found in Azure Key Vault.",
+                        more=failure,
+                    ),
+                )
+            data = resolved
         skip_test = details.get("skipTestConnection") is True
         if not skip_test:
             source_type = SOURCE_TYPE.get(credential_type, credential_type)
@@ -576,10 +756,15 @@ class Fabric:
             if result != "ok":
                 raise self._refused(connection, locked=result == "locked", presented=presented_secret(data))
         with self._lock:
-            if connection.key_vault_reference is not None:
-                connection.reference_overwritten += 1
-                connection.key_vault_reference = None
-            connection.data = data
+            if reference is not None:
+                connection.key_vault_reference = reference
+                connection.data = dict(referenced[0]) if referenced is not None else {}
+                connection.references_set += 1
+            else:
+                if connection.key_vault_reference is not None:
+                    connection.reference_overwritten += 1
+                    connection.key_vault_reference = None
+                connection.data = data
             connection.credential_type = credential_type
             connection.updates += 1
             if "privacyLevel" in body:
@@ -603,6 +788,14 @@ class Fabric:
                 ),
             )
         with self._lock:
+            if self._key_vault_connection(caller, request) is not None:
+                raise HTTPError(
+                    400,
+                    fabric_error(
+                        "InvalidInput",
+                        "Azure Key Vault references are tested in Manage connections and gateways.",
+                    ),
+                )
             connection = self.connections.get(connection_id)
             if connection is None:
                 raise HTTPError(
@@ -618,6 +811,17 @@ class Fabric:
                 fabric_error(
                     "InvalidInput",
                     "Testing a connection through a streaming virtual network gateway is not supported.",
+                ),
+            )
+        failure = self.reference_failure(connection)
+        if failure is not None:
+            inner = failure["error"]["pbi.error"]["details"]
+            raise HTTPError(
+                400,
+                fabric_error(
+                    REFERENCE_NOT_READ,
+                    "The credentials could not be found in Azure Key Vault.",
+                    more=[(d["code"], d["detail"]["value"]) for d in inner],
                 ),
             )
         result = self.sign_in(connection, cause="test-connection")

@@ -217,6 +217,11 @@ class Refreshes(Tenant):
             self._fail_refresh(dataset, refresh, result, error)
             return
         for connection in dataset.connections:
+            unread = self._fabric_link().reference_failure(connection)
+            if unread is not None:  # a Key Vault reference Fabric cannot read: no sign-in at all
+                refresh.status = "Failed"
+                self._fail_refresh(dataset, refresh, "reference", compact(unread))
+                return
             result = self._fabric_link().sign_in(connection, cause="refresh")
             if result == "ok":
                 continue

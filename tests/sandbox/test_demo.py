@@ -41,6 +41,13 @@ def test_the_demo_heals_a_rotation_and_never_locks_the_account(tmp_path: Path) -
     assert "Healer, Fabric connection ERP: 1 updated" in out
     assert "1 connection update with 2 encrypted entries, one per member; 2 members decrypted" in out
     assert "Rotated#Erp2" not in out
+    # A cloud connection is moved onto a Key Vault reference; after the next rotation the healer
+    # sends it nothing and its model's refresh reads the new password from Key Vault itself.
+    assert "adopt, Fabric connection Lake (Azure SQL): 1 adopted" in out
+    assert "carrying credentialType, passwordReference, username" in out and "no password" in out
+    assert "healer, Fabric connection Lake (Azure SQL): 1 key-vault-reference" in out
+    assert "Fabric saw 0 connection updates since; the Lake model's scheduled refresh: Completed" in out
+    assert "Rotated#Lake2" not in out and "Initial#Lake1" not in out
     # A clean run: its world models gateway data sources as Fabric connections, as the service
     # does, so the healer reads each one's privacy level and encryption and keeps them, and the
     # demo causes no warning of its own.

@@ -108,6 +108,8 @@ def test_discover_json_lists_every_source_with_its_datasets_status_and_binding(
             "credentialType",
             "binding",
             "datasets",
+            "referenceState",
+            "referenceReason",
         }
     for ds_id in bound.datasource_ids:
         assert found[ds_id]["binding"] == bound.binding_name
@@ -186,6 +188,8 @@ def test_discover_table_and_csv_are_readable(sb: Sandbox, tenant: dict[str, Any]
         "kind",
         "connectivityType",
         "keyVaultReference",
+        "referenceState",
+        "referenceReason",
     ]
     doc = json.loads(run(tenant["env"], "discover", "--json")[1])
     assert len(rows) - 1 == len(doc["datasources"]) + len(doc["connections"])
@@ -369,7 +373,7 @@ def test_discover_lists_every_fabric_connection_with_its_binding_reference_and_d
     web = found[t["web"].id]["connectionDetails"]["path"]
     assert web == "https://api.contoso.com/v1/data?apikey=[REDACTED]"
     code, out, _ = run(t["env"], "discover")
-    assert code == 0 and "CONNECTION" in out and "could reference" in out
+    assert code == 0 and "CONNECTION" in out and "eligible" in out
     assert "5 Fabric connections (3 not bound)" in out
     rows = [r for r in csv.reader(io.StringIO(run(t["env"], "discover", "--csv")[1])) if r[7] == "connection"]
     assert {r[1] for r in rows} == set(found)

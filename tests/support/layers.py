@@ -28,6 +28,7 @@ STANDIN_FILES = frozenset(
         "tests/sandbox/test_appinsights.py",  # ingestion stand-in, with the real exporter
         "tests/sandbox/test_accounts.py",  # source accounts counting failed sign-ins like a DC
         "tests/sandbox/test_azurite.py",  # Azurite's ETags, which the ledger relies on
+        "tests/sandbox/test_fabric_reference_standin.py",  # Fabric's Key Vault references, resolved
         "tests/unit/test_specs.py",  # the spec validator and the vendored specs
         "tests/unit/test_support_ports.py",  # the suite's port-443 rule
         "tests/unit/test_support_leftovers.py",  # the suite's no-leftover-telemetry rule

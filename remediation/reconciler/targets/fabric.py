@@ -15,6 +15,12 @@ What is particular to them (FABRIC.md; ``specs/fabric/``):
   wrong value is caught, and it is a sign-in; so the PATCH is a presentation like Power BI's.
 * **Partial update.** ``privacyLevel`` and ``connectionEncryption`` are sent only when the
   binding sets them (Fabric keeps what an admin chose otherwise).
+* **A Key Vault reference** (``adopt``, :class:`ReferenceKind`): the PATCH carries only the
+  reference ``{connectionId, secretName}`` in the field the credential type has for it
+  (:func:`~remediation.rules.references.reference_field`), with the fields the reference does not
+  stand for (Basic's username, a service principal's tenant and client ids), never the secret nor a
+  version (Key Vault versioning breaks references). Fabric then tests it, reading the secret itself:
+  the same sign-in, so the same verdicts.
 * **Verdicts** are the safety core's (:mod:`remediation.safety.answers`): ``IncorrectCredentials``
   or a refused sign-in in the details (18456 under ``DM_GWPipeline_Gateway_DataSourceAccessError``)
   is a rejection; only the refusals its table proves came before any test (throttling,
@@ -43,12 +49,15 @@ from remediation.reconciler.targets import Presented, TargetRefused, answer_of
 from remediation.rules.connections import fabric_credential_type, match_refusal
 from remediation.rules.credentials import ResolvedCredential, credentials_json
 from remediation.rules.gateway_crypto import GatewayPublicKey, encrypt_credentials
+from remediation.rules.references import reference_field
 from remediation.safety.answers import Verdict, VerdictOf, verdict_of
 
 __all__ = [
     "FabricKind",
     "FabricTarget",
+    "ReferenceKind",
     "fabric_verdict",
+    "reference_request",
     "update_connection_request",
 ]
 
@@ -156,6 +165,40 @@ def update_connection_request(
     return body
 
 
+def reference_request(
+    binding: Binding,
+    resolved: ResolvedCredential,
+    connection: Connection,
+    *,
+    vault_connection_id: str,
+    secret_name: str,
+) -> dict[str, object]:
+    """The ``UpdateConnectionRequest`` that moves ``connection`` onto a Key Vault reference to
+    ``secret_name`` through the Key Vault connection ``vault_connection_id`` (pure; no secret in
+    it, no version). ``skipTestConnection`` is false: Fabric reads the secret and tests it.
+
+    Raises :class:`UnsupportedConnection` where the API has no reference field (nothing is sent).
+    """
+    ctype = connection.connectivity_type
+    field = reference_field(binding.credential_type)
+    if ctype not in _PLAIN or field is None:
+        raise UnsupportedConnection(
+            f"connection {connection.id} is {ctype} with {fabric_credential_type(binding.credential_type)} "
+            "credentials: the API has no Key Vault reference field there"
+        )
+    credentials: dict[str, object] = {"credentialType": fabric_credential_type(binding.credential_type)}
+    if binding.credential_type is CredentialType.BASIC:
+        credentials["username"] = resolved.username
+    elif binding.credential_type is CredentialType.SERVICE_PRINCIPAL:
+        credentials["tenantId"] = binding.tenant_id
+        credentials["servicePrincipalClientId"] = binding.client_id
+    credentials[field] = {"connectionId": vault_connection_id, "secretName": secret_name}
+    return {
+        "connectivityType": ctype,
+        "credentialDetails": {"credentials": credentials, "skipTestConnection": False},
+    }
+
+
 def fabric_verdict(exc: ApiError) -> VerdictOf:
     """The verdict of a connection PATCH (``skipTestConnection`` false) or ``testConnection``
     that raised ``exc``: the safety core's reading of Fabric's answer."""
@@ -211,6 +254,52 @@ class FabricKind:
         assert isinstance(found, FabricTarget)
         try:
             body = update_connection_request(item.binding, resolved, found)
+        except UnsupportedConnection as exc:
+            raise Presented(VerdictOf(Verdict.NOT_PRESENTED, str(exc))) from None
+        self.fabric.update_connection(found.connection.id, body, before_attempt=before_attempt)
+
+
+class ReferenceKind:
+    """Fabric connections moved onto a Key Vault reference (``adopt``): a
+    :class:`~remediation.reconciler.targets.TargetKind` whose presentation is the reference, which
+    Fabric resolves and tests (one sign-in with Key Vault's current version)."""
+
+    service = "Fabric"
+
+    def __init__(self, fabric: FabricClient, *, vault_connection_id: str, secret_name: str) -> None:
+        self.fabric = fabric
+        self.vault_connection_id = vault_connection_id
+        self.secret_name = secret_name
+
+    def describe(self, item: Resolved) -> str:
+        return f"connection {item.target.datasource_id}"
+
+    def discover(self, item: Resolved, run: Run) -> FabricTarget:
+        connection_id = item.target.connection_id
+        assert connection_id is not None
+        return FabricTarget(self.fabric.get_connection(connection_id))
+
+    def verdict(self, exc: ApiError) -> VerdictOf:
+        return fabric_verdict(exc)
+
+    def send(
+        self,
+        item: Resolved,
+        secret: SecretValue,
+        resolved: ResolvedCredential,
+        found: object,
+        run: Run,
+        before_attempt: Callable[[], None],
+    ) -> None:
+        assert isinstance(found, FabricTarget)
+        try:
+            body = reference_request(
+                item.binding,
+                resolved,
+                found.connection,
+                vault_connection_id=self.vault_connection_id,
+                secret_name=self.secret_name,
+            )
         except UnsupportedConnection as exc:
             raise Presented(VerdictOf(Verdict.NOT_PRESENTED, str(exc))) from None
         self.fabric.update_connection(found.connection.id, body, before_attempt=before_attempt)
