@@ -62,6 +62,9 @@ class ReferenceRecord:
             return None
 
 
+_ANY = "reference:any"
+
+
 def _marker(connection_id: str) -> str:
     return f"reference:{connection_id.strip().lower()}"
 
@@ -84,6 +87,13 @@ class References:
 
     def record(self, connection_id: str, record: ReferenceRecord) -> None:
         self.ledger.set_marker(_marker(connection_id), record.to_json(), record.at)
+        self.ledger.set_marker(_ANY, "1", record.at)  # some connection was moved, once: see any()
+
+    def any(self) -> bool:
+        """Whether ``adopt`` ever recorded a move in this ledger (one marker read): without one,
+        and without a ``keyVaultReference`` mark in the bindings, no connection can be known to
+        reference Key Vault, and the gateway kind need not look its data sources up in Fabric."""
+        return bool(self.ledger.marker(_ANY))
 
     def restore(self, connection_id: str, record: ReferenceRecord | None, now: float) -> None:
         """Put back the record ``connection_id`` had (None: none) after a move that changed nothing."""

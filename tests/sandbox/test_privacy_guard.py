@@ -221,3 +221,48 @@ def test_a_fan_out_reads_the_connections_once_and_a_refusal_costs_one_call(
     w.rotate()
     h.healer.heal_secret(w.secret_name)
     assert len(sb.requests.find("fabric.list_connections")) == 1
+
+
+# -- a gateway data source whose Fabric connection reads Key Vault itself ----------------------------
+@SAME_ID
+@pytest.mark.parametrize("known_by", ["bindings-mark", "adopt-record"])
+def test_a_data_source_whose_connection_references_key_vault_is_never_sent_a_copy_through_power_bi(
+    make: Make, sb: Sandbox, same_id: bool, known_by: str
+) -> None:
+    w = world(sb, same_id=same_id, cloud=True, credential_type="Key", username=None)
+    (ds,) = w.datasources
+    connection_id = sb.fabric.datasource_connection_id(ds)
+    entries = [w.binding()]
+    if known_by == "bindings-mark":  # the connection is bound too, marked as reading Key Vault
+        entries.append(
+            {
+                "name": "the-connection",
+                "secret": w.secret_name,
+                "credentialType": "Key",
+                "targets": [{"connectionId": connection_id, "keyVaultReference": True}],
+            }
+        )
+    h = make(w, env={"REMEDIATION_BINDINGS": json.dumps({"bindings": entries})})
+    if known_by == "adopt-record":  # `adopt` moved it (the ledger's record), nobody marked it yet
+        from remediation.ledger.references import ReferenceRecord, References
+
+        References(h.runtime.ledger).record(
+            connection_id,
+            ReferenceRecord(
+                state="referenced", secret=w.secret_name, vault_connection="kv", at=0.0, request="adopt-1"
+            ),
+        )
+    w.rotate()
+    before = ds.credential
+
+    report = h.healer.heal_secret(w.secret_name)
+
+    (entry,) = [
+        t
+        for t in report.to_dict()["targets"]
+        if t["datasource_id"] == ds.id
+        and t["gateway_id"] == ds.gateway_id  # the data source, not its connection
+    ]
+    assert entry["action"] == Action.FAILED and "Key Vault" in entry["reason"], entry
+    assert not sb.requests.find("powerbi.update_datasource")  # no copy replaced the reference
+    assert ds.credential is before

@@ -39,14 +39,16 @@ from remediation.config.bindings import Binding, BindingSet, CredentialType, Tar
 from remediation.errors import RemediationError
 from remediation.inventory.inventory import Inventory
 from remediation.ledger import Ledger
+from remediation.ledger.references import References
 from remediation.reconciler.runs import Resolved, Run
-from remediation.reconciler.targets import Presented, answer_of
+from remediation.reconciler.targets import Presented, TargetRefused, answer_of
 from remediation.reconciler.targets.gateway_keys import GatewayKeys
 from remediation.reconciler.targets.gateway_settings import SourceFacts, SourceSettings, SourceSettingsReader
 from remediation.reconciler.targets.gateway_take_over import TakeOverRefused, TakeOvers
 from remediation.rules.credentials import ResolvedCredential, credential_details, update_datasource_request
 from remediation.rules.gateway_crypto import encrypt_credentials
 from remediation.safety.answers import Verdict, VerdictOf, grant_answer, undecryptable, verdict_of
+from remediation.safety.presenting import reference_decision
 
 __all__ = [
     "GatewayFound",
@@ -143,6 +145,9 @@ class GatewayKind:
         self._user_tokens = user_tokens
         self._user_providers: dict[tuple[str, str, str], Callable[[], str]] = {}
         self._user_lock = threading.Lock()
+        self._bindings = bindings
+        self._references = References(ledger)
+        self._fabric = fabric
 
     def describe(self, item: Resolved) -> str:
         return f"gateway {item.target.gateway_id}"
@@ -150,8 +155,41 @@ class GatewayKind:
     def discover(self, item: Resolved, run: Run) -> GatewayFound:
         """The gateway and its key (None for caller-identity bindings: nothing is encrypted), and
         the privacy level and encryption to send (see the module docstring)."""
+        self._refuse_if_referenced(item, run)
         gateway = None if item.binding.uses_caller_identity else self.gateways.gateway(item.target.gateway_id)
         return GatewayFound(gateway, self.source_settings.read(item, run))
+
+    def _refuse_if_referenced(self, item: Resolved, run: Run) -> None:
+        """A gateway data source that is a Fabric connection reading its secret from Key Vault (the
+        bindings mark that connection, or ``adopt`` moved it) must not be sent a copy through Power
+        BI either: the copy would replace the reference. Raises
+        :class:`~remediation.reconciler.targets.TargetRefused` then (nothing is sent); the safety
+        core decides (:func:`~remediation.safety.presenting.reference_decision`). A data source
+        whose connection Fabric cannot name is sent its copy as before (the report's warnings say
+        its settings could not be read)."""
+        if self._fabric is None:
+            return
+        marks = any(t.key_vault_reference for b in self._bindings for t in b.targets)
+        if not marks and not self._references.any():
+            return  # no connection can be known to reference Key Vault: nothing to look up
+        connection, _unread = self.source_settings.connection_of(item.target, run)
+        if connection is None:
+            return
+        marked = any(
+            t.connection_id == connection.id and t.key_vault_reference
+            for b in self._bindings
+            for t in b.targets
+        )
+        record = self._references.of(connection.id)
+        decision = reference_decision(
+            marked=marked, recorded=None if record is None else record.state, connection=connection.id
+        )
+        if decision is not None:
+            said = decision.reason[0].lower() + decision.reason[1:]
+            raise TargetRefused(
+                f"data source {item.target.datasource_id} is Fabric {said}; a copy sent through Power BI "
+                "would replace that, so nothing is sent. Bind the connection by its connectionId instead"
+            )
 
     def verdict(self, exc: ApiError) -> VerdictOf:
         return patch_verdict(exc)

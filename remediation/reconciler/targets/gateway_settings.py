@@ -136,10 +136,10 @@ class SourceSettingsReader:
         binding = item.binding
         if binding.privacy_level_given and binding.encrypted_connection_given:
             return SourceSettings()
-        connection, unread = self._connection_of(item.target, run)
+        connection, unread = self.connection_of(item.target, run)
         return source_settings(binding, connection, unread)
 
-    def _connection_of(self, target: Target, run: Run) -> tuple[Connection | None, str]:
+    def connection_of(self, target: Target, run: Run) -> tuple[Connection | None, str]:
         """The Fabric connection the data source is, or None and why it is not known. Never
         raises: a read that fails is a warning, not a failed target.
 
