@@ -10,6 +10,7 @@ Time is a manual clock shared by the sandbox and the healer.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +184,218 @@ def test_a_failure_on_the_version_before_a_rotation_does_not_block_the_new_one(m
     assert datasets(report) == [Action.REFRESHED]
     assert w.account.failures_of(w.secret) == 0
     assert not h.runtime.ledger.target_state(w.gateway_id, w.datasource_ids[0]).is_rejected(w.version)
+
+
+# -- the refresh itself, and what its outcome says -------------------------------------------------
+def outcome(report: Report) -> Any:
+    (found,) = report.datasets()
+    return found
+
+
+def history_reads(sb: Sandbox) -> list[str | None]:
+    return [r.query.get("$top") for r in sb.requests.find("powerbi.refresh_history")]
+
+
+def test_a_refresh_is_reported_with_its_request_and_state_and_the_schedule_it_turned_back_on(
+    manual: Any,
+) -> None:
+    sb, clock, make = manual
+    h = make(clock=clock.now)
+    w = h.world
+    fail_with_a_rotation(h, clock)
+    assert not w.datasets[0].schedule.enabled
+    before = len(sb.requests.find("powerbi.refresh_history"))
+
+    refreshed = outcome(h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0]))
+
+    newest = sb.powerbi.history(w.datasets[0])[0]
+    assert (refreshed.action, refreshed.reason) == (
+        Action.REFRESHED,
+        "refresh Completed (schedule re-enabled)",
+    )
+    assert (refreshed.refresh_request_id, refreshed.refresh_state) == (newest.request_id, "Completed")
+    assert (refreshed.workspace_id, refreshed.dataset_id) == (w.workspace_id, w.dataset_ids[0])
+    # The history the heal read first is fresh: no second look before the POST, one to follow it.
+    assert history_reads(sb)[before:] == ["1", "5"]
+
+
+def test_an_enabled_schedule_and_one_without_days_are_left_as_they_are(manual: Any) -> None:
+    sb, clock, make = manual
+    h = make(sources=2, clock=clock.now)
+    w = h.world
+    w.rotate()
+    for dataset in w.datasets:  # a failed on-demand refresh: the schedule is not switched off
+        sb.powerbi.add_refresh(
+            dataset, status="Failed", service_exception=credentials_error("SQL", "x", "svc")
+        )
+    w.datasets[1].schedule.enabled, w.datasets[1].schedule.days = False, []  # never scheduled
+    clock.advance(60)
+
+    reports = [h.healer.heal_dataset(w.workspace_id, d) for d in w.dataset_ids]
+
+    assert [(outcome(r).action, outcome(r).reason) for r in reports] == [
+        (Action.REFRESHED, "refresh Completed"),
+        (Action.REFRESHED, "refresh Completed"),
+    ]
+    assert sb.requests.find("powerbi.update_refresh_schedule") == []
+    assert [d.schedule.enabled for d in w.datasets] == [True, False]
+
+
+def test_a_refresh_that_fails_again_says_why(manual: Any) -> None:
+    """The gateway goes offline while the refresh is being started: the refresh fails, and the
+    outcome says so with the failure's diagnosis."""
+    sb, clock, make = manual
+    h = make(clock=clock.now)
+    w = h.world
+    fail_with_a_rotation(h, clock)
+    sb.faults.add("powerbi.refresh_dataset", after=True, hold=True)
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(h.healer.heal_dataset, w.workspace_id, w.dataset_ids[0])
+        assert sb.faults.wait_held("powerbi.refresh_dataset")
+        sb.powerbi.set_gateway_online(w.gateway, False)
+        sb.faults.release_held("powerbi.refresh_dataset")
+        failed = outcome(running.result(timeout=60))
+
+    assert (failed.action, failed.refresh_state) == (Action.REFRESHED, "Failed")
+    assert failed.reason.startswith("refresh Failed: ") and failed.reason.endswith(" (schedule re-enabled)")
+    assert "gateway" in failed.reason.lower()
+
+
+def test_a_refresh_still_running_when_the_follow_up_ends_goes_on_in_power_bi(manual: Any) -> None:
+    sb, clock, make = manual
+    h = make(env={"REMEDIATION_REFRESH_TIMEOUT": "0"}, clock=clock.now)
+    w = h.world
+    fail_with_a_rotation(h, clock)
+    sb.powerbi.set_refresh_duration(3600)
+
+    running = outcome(h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0]))
+
+    assert (running.action, running.refresh_state) == (Action.REFRESHED, "Unknown")
+    assert running.reason == (
+        "refresh Unknown within this run's time; it goes on in Power BI (schedule re-enabled)"
+    )
+
+
+def test_a_refresh_whose_history_cannot_be_read_afterwards_is_unknown(manual: Any) -> None:
+    sb, clock, make = manual
+    h = make(env={"REMEDIATION_REFRESH_TIMEOUT": "0"}, clock=clock.now)
+    w = h.world
+    fail_with_a_rotation(h, clock)
+    sb.faults.add("powerbi.refresh_dataset", after=True, hold=True)
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(h.healer.heal_dataset, w.workspace_id, w.dataset_ids[0])
+        assert sb.faults.wait_held("powerbi.refresh_dataset")
+        sb.faults.add("powerbi.refresh_history", status=503, times=50)
+        sb.faults.release_held("powerbi.refresh_dataset")
+        unknown = outcome(running.result(timeout=60))
+
+    assert (unknown.action, unknown.refresh_state) == (Action.REFRESHED, "Unknown")
+    assert unknown.refresh_request_id == sb.powerbi.history(w.datasets[0])[0].request_id
+    assert unknown.reason == (
+        "refresh Unknown within this run's time; it goes on in Power BI (schedule re-enabled)"
+    )
+
+
+def test_a_dry_run_says_it_would_refresh_and_whether_it_would_turn_the_schedule_back_on(manual: Any) -> None:
+    sb, clock, make = manual
+    h = make(sources=2, clock=clock.now)
+    w = h.world
+    fail_with_a_rotation(h, clock)  # both schedules switched off by the failure
+    w.datasets[1].schedule.enabled = True
+
+    reports = [h.healer.heal_dataset(w.workspace_id, d, dry_run=True) for d in w.dataset_ids]
+
+    assert [(outcome(r).action, outcome(r).reason) for r in reports] == [
+        (Action.WOULD_REFRESH, "would refresh the dataset and re-enable its schedule"),
+        (Action.WOULD_REFRESH, "would refresh the dataset"),
+    ]
+    assert refresh_posts(sb) == 0
+
+
+def test_a_refresh_already_running_is_not_started_again(manual: Any) -> None:
+    """An event reports the failure (so the history is read again first): someone has started a
+    refresh since. Nothing is posted, and the outcome names the running refresh."""
+    sb, clock, make = manual
+    h = make(clock=clock.now)
+    w = h.world
+    fail_with_a_rotation(h, clock)
+    (failed,) = h.runtime.powerbi.get_refresh_history_in_group(w.workspace_id, w.dataset_ids[0], top=1)
+    sb.powerbi.set_refresh_duration(3600)
+    started = sb.powerbi.start_refresh(w.datasets[0], refresh_type="OnDemand")
+
+    report = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0], latest=failed)
+
+    running = outcome(report)
+    assert (running.action, running.reason) == (
+        Action.REFRESH_RUNNING,
+        "a refresh is already running: not starting another",
+    )
+    assert (running.refresh_request_id, running.refresh_state) == (started.request_id, "Unknown")
+    assert refresh_posts(sb) == 0
+
+
+_ALREADY_RUNNING = {
+    "error": {
+        "code": "InvalidRequest",
+        "message": "Invalid dataset refresh request. Another refresh request is already executing",
+    }
+}
+
+
+def test_a_refresh_started_by_someone_else_just_before_the_post_is_reported_running(manual: Any) -> None:
+    sb, clock, make = manual
+    h = make(clock=clock.now)
+    w = h.world
+    fail_with_a_rotation(h, clock)
+    sb.faults.add("powerbi.refresh_dataset", status=400, body=_ALREADY_RUNNING)
+
+    running = outcome(h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0]))
+
+    assert (running.action, running.reason) == (
+        Action.REFRESH_RUNNING,
+        "a refresh is already running: not starting another",
+    )
+    assert len(sb.requests.find("powerbi.refresh_dataset")) == 1  # not retried
+
+
+def test_power_bis_daily_refresh_limit_is_reported_as_the_budget(manual: Any) -> None:
+    sb, clock, make = manual
+    h = make(clock=clock.now)
+    w = h.world
+    fail_with_a_rotation(h, clock)
+    w.datasets[0].refresh_limit = 1  # the failed scheduled refresh used it up
+
+    limited = outcome(h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0]))
+
+    assert limited.action == Action.REFRESH_BUDGET
+    assert limited.reason.startswith("Power BI's daily refresh limit is reached: ")
+    assert "exceeded limit" in limited.reason
+
+
+def test_a_refresh_throttled_past_the_runs_deadline_is_deferred(manual: Any) -> None:
+    sb, clock, make = manual
+    h = make(clock=clock.now)
+    w = h.world
+    fail_with_a_rotation(h, clock)
+    sb.faults.throttle("powerbi.refresh_dataset", retry_after=900)
+
+    deferred = outcome(h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0], deadline=clock.now() + 120))
+
+    assert deferred.action == Action.DEFERRED
+    assert deferred.reason.startswith("not refreshed: ") and "deadline" in deferred.reason
+    assert max(h.sleeps.waits, default=0.0) < 900
+
+
+def test_a_refresh_power_bi_refuses_is_reported_failed(manual: Any) -> None:
+    sb, clock, make = manual
+    h = make(clock=clock.now)
+    w = h.world
+    fail_with_a_rotation(h, clock)
+    sb.faults.add("powerbi.refresh_dataset", status=403, body={"error": {"code": "Forbidden"}})
+
+    failed = outcome(h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0]))
+
+    assert failed.action == Action.FAILED
+    assert failed.reason.startswith("could not refresh: ") and "403" in failed.reason
