@@ -88,6 +88,7 @@ def test_the_user_is_the_part_after_the_last_backslash_and_before_the_first_at(u
         ({"sharePointSiteUrl": "https://Contoso.sharepoint.com/sites/x"}, "contoso.sharepoint.com"),
         ({"path": "\\\\FS01\\share\\a.csv"}, "fs01"),
         ({"path": "SQL02;Sales"}, "sql02"),
+        ({"path": "SQL03;Sales;ReadOnly"}, "sql03"),
         ({"server": "", "url": "https://API.example.com/v1"}, "api.example.com"),
         ({"server": 7, "host": "pg02"}, "pg02"),
         ({"url": ""}, ""),
