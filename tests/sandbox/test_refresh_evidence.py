@@ -19,7 +19,7 @@ import pytest
 from remediation.healer import Action, Report
 from sandbox import Sandbox
 from sandbox.clock import ManualClock
-from sandbox.refusals import credentials_error
+from sandbox.refusals import credentials_error, pbi_error
 from tests.support.harness import Harness, Make, harness_factory
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
@@ -399,3 +399,161 @@ def test_a_refresh_power_bi_refuses_is_reported_failed(manual: Any) -> None:
 
     assert failed.action == Action.FAILED
     assert failed.reason.startswith("could not refresh: ") and "403" in failed.reason
+
+
+# -- what a failure is evidence of -----------------------------------------------------------------
+NO_CREDENTIALS = "DM_GWPipeline_Gateway_CredentialsNotSpecified"
+
+
+def _naming(datasource: Any) -> list[dict[str, Any]]:
+    details = datasource.connection_details
+    path = f"{details['server']};{details['database']}"
+    return [
+        {
+            "code": "Microsoft.Data.Mashup.CredentialError.DataSourceKind",
+            "detail": {"type": 1, "value": "SQL"},
+        },
+        {
+            "code": "Microsoft.Data.Mashup.CredentialError.DataSourcePath",
+            "detail": {"type": 1, "value": path},
+        },
+    ]
+
+
+def _two_source_dataset(h: Harness, clock: ManualClock) -> Any:
+    """Two data sources (two logins, one secret) healed to the current version, and a dataset
+    using both; the clock then moves on a minute."""
+    w = h.world
+    w.rotate()
+    assert targets(h.healer.heal_secret(w.secret_name, retry_refreshes=False)) == [Action.UPDATED] * 2
+    dataset = h.sb.powerbi.add_dataset(w.workspace, "Two sources", w.datasources, owner=w.app.client_id)
+    clock.advance(60)
+    return dataset
+
+
+def test_a_failure_without_a_sign_in_on_an_unknown_source_makes_every_source_present_again(
+    manual: Any,
+) -> None:
+    """Power BI lost the credentials (no sign-in happened, the password is not in question) and
+    does not say of which source: the ledger forgets what both hold, both are sent the current
+    version again, and the dataset is refreshed."""
+    sb, clock, make = manual
+    h = make(sources=2, shared_account=False, clock=clock.now)
+    dataset = _two_source_dataset(h, clock)
+    sb.powerbi.add_refresh(
+        dataset, status="Failed", service_exception=pbi_error(NO_CREDENTIALS), start=clock.now()
+    )
+    clock.advance(60)
+
+    report = h.healer.heal_dataset(h.world.workspace_id, dataset.id)
+
+    assert targets(report) == [Action.UPDATED, Action.UPDATED]
+    assert datasets(report) == [Action.REFRESHED]
+    assert len(sb.requests.find("powerbi.update_datasource")) == 4
+
+
+def test_a_failure_without_a_sign_in_that_names_its_source_makes_only_that_one_present_again(
+    manual: Any,
+) -> None:
+    sb, clock, make = manual
+    h = make(sources=2, shared_account=False, clock=clock.now)
+    w = h.world
+    dataset = _two_source_dataset(h, clock)
+    error = pbi_error(NO_CREDENTIALS, _naming(w.datasources[1]))
+    sb.powerbi.add_refresh(dataset, status="Failed", service_exception=error, start=clock.now())
+    clock.advance(60)
+
+    report = h.healer.heal_dataset(w.workspace_id, dataset.id)
+
+    by_target = {o.datasource_id: o.action for o in report.targets()}
+    assert by_target == {w.datasource_ids[0]: Action.CURRENT, w.datasource_ids[1]: Action.UPDATED}
+    assert datasets(report) == [Action.REFRESHED]
+    resent = sb.requests.find("powerbi.update_datasource")[2:]
+    assert [r.path.rsplit("/", 1)[-1] for r in resent] == [w.datasource_ids[1]]
+
+
+def test_a_failure_without_a_sign_in_that_started_as_the_version_was_applied_speaks_of_it(
+    manual: Any,
+) -> None:
+    """Applied and the refresh started at the same clock reading: the refresh may have used it."""
+    sb, clock, make = manual
+    h = make(clock=clock.now)
+    w = h.world
+    w.rotate()
+    h.healer.heal_secret(w.secret_name, retry_refreshes=False)
+    sb.powerbi.add_refresh(
+        w.datasets[0], status="Failed", service_exception=pbi_error(NO_CREDENTIALS), start=clock.now()
+    )
+    clock.advance(60)
+
+    report = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
+
+    assert targets(report) == [Action.UPDATED]
+    assert datasets(report) == [Action.REFRESHED]
+
+
+def test_a_refused_sign_in_that_started_as_the_version_was_applied_rejects_it_for_the_account(
+    manual: Any,
+) -> None:
+    """Two data sources signing in as one account, the first healed; a refresh of its dataset,
+    started as the version was applied, is refused. That was the account's one failed sign-in with
+    the version: it is rejected for the target and the account, so the second data source is not
+    sent it, and says why."""
+    sb, clock, make = manual
+    h = make(sources=2, clock=clock.now)
+    w = h.world
+    w.rotate()
+    assert targets(h.healer.heal_target(w.gateway_id, w.datasource_ids[0])) == [Action.UPDATED]
+    w.rotate_sources_only()  # the password changed behind Key Vault's back
+    details = w.datasources[0].connection_details
+    failed = sb.powerbi.add_refresh(
+        w.datasets[0],
+        status="Failed",
+        service_exception=credentials_error(
+            "SQL", f"{details['server']};{details['database']}", w.username or ""
+        ),
+        start=clock.now(),
+    )
+    clock.advance(60)
+
+    report = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
+
+    assert targets(report) == [Action.BLOCKED]
+    assert datasets(report) == [Action.BLOCKED]
+    assert h.runtime.ledger.target_state(w.gateway_id, w.datasource_ids[0]).is_rejected(w.version)
+    other = h.healer.heal_target(w.gateway_id, w.datasource_ids[1])
+    assert targets(other) == [Action.BLOCKED]
+    assert (
+        f"(a refresh failed for credentials on this data source after version {w.version} was applied "
+        f"(refresh {failed.request_id}))"
+    ) in (other.targets()[0].reason or "")
+    assert refresh_posts(sb) == 0
+    assert len(sb.requests.find("powerbi.update_datasource")) == 1
+
+
+def test_a_refresh_that_found_the_account_locked_blocks_the_version_for_the_account_and_says_so(
+    manual: Any,
+) -> None:
+    """The same with an account that cannot sign in at all (locked), and a history entry that
+    carries no request id."""
+    sb, clock, make = manual
+    h = make(sources=2, clock=clock.now)
+    w = h.world
+    sb.powerbi.report_lockouts = True
+    w.rotate()
+    assert targets(h.healer.heal_target(w.gateway_id, w.datasource_ids[0])) == [Action.UPDATED]
+    w.account.locked = True  # someone else's stale password locked it
+    failed = sb.powerbi.start_refresh(w.datasets[0])
+    sb.powerbi.settle()
+    assert failed.status == "Failed"
+    failed.request_id = None  # type: ignore[assignment]
+    clock.advance(60)
+
+    report = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
+    other = h.healer.heal_target(w.gateway_id, w.datasource_ids[1])
+
+    assert targets(report) == [Action.BLOCKED] and targets(other) == [Action.BLOCKED]
+    reason = other.targets()[0].reason or ""
+    assert "(a refresh reported the account unusable (" in reason
+    assert f"after version {w.version} was applied (refresh without id))" in reason
+    assert len(sb.requests.find("powerbi.update_datasource")) == 1
