@@ -557,3 +557,56 @@ def test_a_refresh_that_found_the_account_locked_blocks_the_version_for_the_acco
     assert "(a refresh reported the account unusable (" in reason
     assert f"after version {w.version} was applied (refresh without id))" in reason
     assert len(sb.requests.find("powerbi.update_datasource")) == 1
+
+
+def test_a_refusal_that_names_no_source_is_blamed_on_the_datasets_only_source(manual: Any) -> None:
+    """SQL Server's failed login as Power BI reports it (error 18456, no data source named) on a
+    dataset with one data source: that source refused the version it held."""
+    sb, clock, make = manual
+    h = make(refusal="sql-login-failed", clock=clock.now)
+    w = h.world
+    w.rotate()
+    h.healer.heal_secret(w.secret_name, retry_refreshes=False)
+    clock.advance(60)
+    w.rotate_sources_only()
+    w.fail_scheduled_refreshes()
+    clock.advance(60)
+
+    report = h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
+
+    assert targets(report) == [Action.BLOCKED]
+    assert h.runtime.ledger.target_state(w.gateway_id, w.datasource_ids[0]).is_rejected(w.version)
+    assert refresh_posts(sb) == 0
+
+
+def test_a_failure_names_its_source_by_kind_as_well_as_by_path(manual: Any) -> None:
+    """A SQL database and an Analysis Services model at the same server and database name, both
+    bound: the failure names the SQL one, which alone is blamed."""
+    sb, clock, make = manual
+    h0 = make(sources=1, clock=clock.now)
+    w = h0.world
+    details = dict(w.datasources[0].connection_details)
+    model_source = sb.sources.add("as-src", credential_type="Basic", account=w.account)
+    model = sb.powerbi.add_datasource(
+        w.gateway, model_source, datasource_type="AnalysisServices", connection_details=details
+    )
+    w.sources.append(model_source)
+    w.datasources.append(model)
+    h = make(w, clock=clock.now)
+    w.rotate()
+    h.healer.heal_secret(w.secret_name, retry_refreshes=False)
+    dataset = sb.powerbi.add_dataset(w.workspace, "SQL and model", w.datasources, owner=w.app.client_id)
+    clock.advance(60)
+    sb.powerbi.add_refresh(
+        dataset,
+        status="Failed",
+        service_exception=credentials_error("SQL", f"{details['server']};{details['database']}", "svc"),
+        start=clock.now(),
+    )
+    clock.advance(60)
+
+    h.healer.heal_dataset(w.workspace_id, dataset.id)
+
+    ledger = h.runtime.ledger
+    assert ledger.target_state(w.gateway_id, w.datasource_ids[0]).is_rejected(w.version)
+    assert not ledger.target_state(w.gateway_id, w.datasource_ids[1]).is_rejected(w.version)
