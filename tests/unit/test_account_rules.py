@@ -166,6 +166,14 @@ def test_details_are_searched_eight_levels_deep_and_no_deeper() -> None:
     assert failed_source(json.dumps(_nested(9, detail(PATH, "sql01")))) is None
 
 
+def test_details_in_nested_lists_are_searched_eight_levels_deep_too() -> None:
+    in_lists: object = detail(PATH, "sql01")
+    for _ in range(8):
+        in_lists = [in_lists]
+    assert failed_source(json.dumps(in_lists)) == FailedSource("", "sql01")
+    assert failed_source(json.dumps([in_lists])) is None
+
+
 def test_a_failure_nested_too_deep_for_the_parser_names_nothing() -> None:
     assert failed_source("[" * 100_000 + "]" * 100_000) is None
 
@@ -216,6 +224,15 @@ def test_a_detail_shorter_than_four_characters_does_not_match_by_being_part_of_a
     named = FailedSource("", "abcdef.contoso.com")
     assert not source_matches(named, "Sql", {"server": "sql02", "database": "abc"})
     assert source_matches(named, "Sql", {"server": "sql02", "database": "abcd"})
+
+
+def test_only_text_details_are_compared_with_the_path() -> None:
+    """A port number is no detail to match: "sql01,1433" does not name every source on port 1433."""
+    assert not source_matches(FailedSource("", "sql01,1433"), "Sql", {"server": "other", "port": 1433})
+
+
+def test_a_path_with_nothing_in_it_is_no_path_and_the_kind_decides() -> None:
+    assert source_matches(FailedSource("SQL", " ; "), "Sql", SALES)
 
 
 def test_text_map_keeps_only_text_values() -> None:
