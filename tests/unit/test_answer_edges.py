@@ -104,6 +104,20 @@ def test_a_code_is_matched_against_the_table_whatever_its_case_and_spaces() -> N
     assert not_presented_because(Answer("fabric", 404, "PowerBIEntityNotFound")) is None  # Power BI's
 
 
+def test_a_request_that_never_left_matches_no_row_of_the_table() -> None:
+    assert not_presented_because(Answer("powerbi", 429, sent=False)) is None
+    assert not_presented_because(Answer("powerbi", None, "Timeout")) is None
+
+
+def test_a_refusal_named_only_in_the_details_is_a_rejection_even_with_a_status_the_table_lists() -> None:
+    """401 PowerBINotAuthorizedException is in the table, but an answer whose details carry SQL
+    Server's failed login reached the source: presenting again would be a second failed sign-in."""
+    native = (("DM_ErrorDetailNameCode_UnderlyingNativeErrorCode", "18456"),)
+    answer = Answer("powerbi", 401, "PowerBINotAuthorizedException", details=native)
+    assert not_presented_because(answer) is None
+    assert verdict_of(answer).verdict is Verdict.REJECTED
+
+
 # -- undecryptable ------------------------------------------------------------------------------------
 def test_a_gateway_unknown_error_whose_details_name_a_refused_sign_in_is_not_undecryptable() -> None:
     native = (("DM_ErrorDetailNameCode_UnderlyingNativeErrorCode", "18456"),)

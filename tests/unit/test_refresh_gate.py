@@ -51,6 +51,14 @@ def test_an_unbound_source_the_failure_does_not_name_does_not_hold_the_dataset_b
     assert may_refresh(sources, failure(A)) == RefreshDecision(True)
 
 
+def test_an_unbound_source_listed_first_does_not_hide_a_bound_one_that_waits() -> None:
+    sources = [SourceEvidence(B, "gw/ds-b", None), fixed(A, account_verdict="in-doubt")]
+    decision = may_refresh(sources, failure(A))
+    assert decision == RefreshDecision(
+        False, Action.BLOCKED, ("gw/ds-a (its account's verdict on this version is in-doubt)",)
+    )
+
+
 def test_a_dry_run_would_refresh_what_the_update_would_fix() -> None:
     source = SourceEvidence(A, "gw/ds-a", Action.WOULD_UPDATE)
     assert may_refresh([source], failure(A)).allowed
