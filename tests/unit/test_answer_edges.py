@@ -18,6 +18,7 @@ from remediation.safety.answers import (
     undecryptable,
     verdict_of,
 )
+from remediation.safety.signins import refused_sign_in
 
 WRONG_PASSWORD = "AADSTS50126: Error validating credentials due to invalid username or password."
 LOST = "the answer from Entra ID was lost (no answer); the source may have checked the value"
@@ -125,3 +126,38 @@ def test_a_gateway_unknown_error_whose_details_name_a_refused_sign_in_is_not_und
         Answer("powerbi", 400, "DM_GWPipeline_UnknownError", details=native), key_changed=True
     )
     assert undecryptable(Answer("powerbi", 400, "dm_gwpipeline_unknownerror"), key_changed=True)
+
+
+# -- what recognised a refused sign-in (quoted in a rejection's reason) ------------------------------
+@pytest.mark.parametrize(
+    ("code", "message", "details", "recognised"),
+    [
+        ("IncorrectCredentials", None, (), "code IncorrectCredentials"),
+        ("X", None, (("IncorrectCredentials", ""),), "detail incorrectcredentials"),
+        ("X", None, (("DM_ErrorDetailNameCode_UnderlyingNativeErrorCode", " 18486 "),), "native error 18486"),
+        (
+            "X",
+            None,
+            (("Microsoft.Data.Mashup.CredentialError.Reason", "accessUNAUTHORIZED"),),
+            "the mashup engine's credential error (AccessUnauthorized)",
+        ),
+        (None, "Login failed for user 'svc'.", (), "the source's words (a refused sign-in)"),
+        (
+            None,
+            None,
+            (("Message", "The account is currently locked out."),),
+            "the source's words (the account cannot sign in)",
+        ),
+    ],
+)
+def test_a_refusal_says_what_recognised_it(
+    code: str | None, message: str | None, details: tuple[tuple[str, str], ...], recognised: str
+) -> None:
+    assert refused_sign_in(code, message, details) == recognised
+
+
+def test_a_code_at_the_end_of_the_message_is_read_whatever_details_follow() -> None:
+    """The message and the details are read as separate lines: a code that ends the message is
+    still a whole word."""
+    assert refused_sign_in(None, "AADSTS50126", [("Trace", "0f8fad5b")]) is not None
+    assert refused_sign_in(None, "error 1326", [("Trace", "x")]) is not None
