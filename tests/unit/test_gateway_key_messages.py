@@ -78,3 +78,24 @@ def test_credentials_that_cannot_be_encrypted_say_why_and_nothing_else() -> None
     with pytest.raises(CredentialEncryptionError) as unencodable:
         encrypt_credentials("s3cret-\ud800", key)
     assert str(unencodable.value) == "credentials are not encodable as UTF-8"
+
+
+def _odd(size: int) -> str:
+    return base64.b64encode(((1 << (size * 8 - 1)) + 1).to_bytes(size, "big")).decode("ascii")
+
+
+@pytest.mark.parametrize("size", [128, 164, 1024], ids=["1024-bit", "smallest-hybrid", "8192-bit"])
+def test_every_modulus_size_a_scheme_takes_is_accepted_up_to_its_edges(size: int) -> None:
+    assert GatewayPublicKey(exponent="AQAB", modulus=_odd(size)).modulus_bytes == size
+
+
+@pytest.mark.parametrize(("size", "why"), [(163, "neither scheme fits"), (1025, "expected 128 to 1024")])
+def test_a_modulus_just_past_an_edge_is_refused(size: int, why: str) -> None:
+    with pytest.raises(GatewayKeyError, match=why):
+        GatewayPublicKey(exponent="AQAB", modulus=_odd(size))
+
+
+def test_the_smallest_exponent_is_three_and_it_must_be_below_the_modulus() -> None:
+    assert GatewayPublicKey(exponent="Aw==", modulus=MODULUS)  # 3
+    with pytest.raises(GatewayKeyError, match="below the modulus"):
+        GatewayPublicKey(exponent=MODULUS, modulus=MODULUS)

@@ -279,6 +279,15 @@ def test_a_licence_older_than_the_evidence_against_it_is_renewed_by_a_later_acce
     assert verdict(contradicted, "accepted", sent_at=NOW - 20) is None  # never moved back in time
 
 
+def test_an_acceptance_no_newer_than_a_contradicted_licence_writes_nothing() -> None:
+    rec = record(
+        accepted=(HERE,),
+        licences=((HERE, NOW - 10, "req"), (THERE, NOW - 5, "req")),
+        contradicted_at=NOW - 10,
+    )
+    assert verdict(rec, "accepted", sent_at=NOW - 10) is None
+
+
 def test_an_acceptance_sent_after_an_in_doubt_verdict_clears_it() -> None:
     doubted = record(verdict="in-doubt", reason="lost", verdict_at=NOW - 5)
     cleared = verdict(doubted, "accepted", sent_at=NOW - 5, reason="accepted at sql01")
