@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from remediation.telemetry import appinsights as telemetry
 from sandbox import Sandbox
@@ -20,6 +20,15 @@ from tests.support.azurite import Azurite, start_azurite
 # failure prints the @reproduce_failure line that replays it.
 settings.register_profile("deterministic", derandomize=True, max_examples=60, print_blob=True)
 settings.register_profile("long", max_examples=1000, database=None, print_blob=True)
+# "mutation" (make mutate passes --hypothesis-profile=mutation): the deterministic examples with no
+# deadline and no too-slow health check, so a mutant is killed by a wrong answer, never by the load
+# of the mutation run (docs/testing.md, "Mutation testing").
+settings.register_profile(
+    "mutation",
+    parent=settings.get_profile("deterministic"),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 

@@ -1,0 +1,91 @@
+"""``make mutate``: mutmut over the safety core and what feeds it, then the score.
+
+Run from the repository root (``python -m tests.support.mutate``). It starts from a clean
+``mutants/`` (mutmut's working copy), runs ``mutmut run`` on :data:`TARGETS` (the configuration,
+the test selection and what is copied are in ``pyproject.toml`` under ``[tool.mutmut]``), and
+prints the wall time, the score (killed / all) and every mutant that was not killed, each of
+which ``mutmut show NAME`` prints as a diff. docs/testing.md ("Mutation testing") lists the
+equivalent ones with the reason. Not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+#: What is mutated (mutmut's mutant names, as globs): the safety core, the refresher's gating
+#: (the evidence for the refresh gate and reading a failure: refresh_evidence.py; starting and
+#: following refreshes one account at a time: refreshes.py; the dataset flow and the sweep's
+#: choice of failed datasets in refresher.py), accounts, the sign-in recogniser, redaction and the
+#: gateway encryption.
+TARGETS: tuple[str, ...] = (
+    "remediation.safety.*",
+    "remediation.rules.accounts.*",
+    "remediation.rules.signins.*",
+    "remediation.rules.redact.*",
+    "remediation.rules.gateway_crypto.*",
+    "remediation.reconciler.refresh_evidence.*",
+    "remediation.reconciler.refreshes.*",
+    "remediation.reconciler.refresher.x?Refresher?_prepare__mutmut_*",
+    "remediation.reconciler.refresher.x?Refresher?_finish__mutmut_*",
+    "remediation.reconciler.refresher.x?Refresher?_failed_among__mutmut_*",
+)
+
+MUTANTS = Path("mutants")
+# mutmut's exit codes (mutmut.stats.status_by_exit_code) as they count here.
+_STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout"}
+_STATUS |= {24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check"}
+
+
+def results() -> dict[str, str]:
+    """Every targeted mutant and its status, from mutmut's ``.meta`` files."""
+    found: dict[str, str] = {}
+    for meta in sorted(MUTANTS.glob("remediation/**/*.py.meta")):
+        codes = json.loads(meta.read_text(encoding="utf-8")).get("exit_code_by_key", {})
+        for name, code in codes.items():
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in TARGETS):
+                found[name] = "not checked" if code is None else _STATUS.get(code, "suspicious")
+    return found
+
+
+def report(found: dict[str, str], seconds: float | None) -> int:
+    counts = Counter(found.values())
+    killed = counts["killed"] + counts["timeout"]
+    if seconds is not None:
+        print(f"wall time: {seconds / 60:.1f} min")
+    print("by status: " + ", ".join(f"{status} {n}" for status, n in sorted(counts.items())))
+    print(f"score: {killed}/{len(found)} killed ({100 * killed / max(len(found), 1):.1f}%)")
+    left = sorted(name for name, status in found.items() if status not in ("killed", "timeout"))
+    if left:
+        print(f"not killed ({len(left)}; `.venv/bin/mutmut show NAME` prints the diff):")
+        for name in left:
+            print(f"  {found[name]:12} {name}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["--score"]:  # the score of the last run, without running again
+        return report(results(), None)
+    shutil.rmtree(MUTANTS, ignore_errors=True)
+    mutmut = Path(sys.executable).with_name("mutmut")
+    started = time.monotonic()
+    MUTANTS.mkdir()
+    log = MUTANTS / "run.log"
+    print(f"mutmut run, {len(TARGETS)} target patterns; its output goes to {log}", flush=True)
+    with log.open("w", encoding="utf-8") as out:
+        code = subprocess.call([str(mutmut), "run", *TARGETS], stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - started
+    if code != 0:
+        print(f"mutmut run failed (exit {code}); see {log}")
+        return code
+    return report(results(), seconds)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
