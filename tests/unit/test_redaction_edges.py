@@ -87,3 +87,18 @@ def test_a_value_is_masked_as_a_form_encoder_that_keeps_some_punctuation_writes_
 def test_the_password_of_a_json_secret_with_leading_blanks_is_masked_alone_too() -> None:
     value = ' {"username": "svc", "password": "Pa55-word"}'
     assert SecretMask([value]).mask("login failed for Pa55-word") == f"login failed for {MASK}"
+
+
+def test_a_json_secret_whose_password_is_not_text_is_one_value() -> None:
+    value = '{"username": "svc", "password": 12345678}'
+    mask = SecretMask([value])
+    assert repr(mask) == "SecretMask(1 value)"
+    assert mask.mask(f"got {value}") == f"got {MASK}"
+
+
+def test_a_form_a_long_value_shares_with_a_short_one_is_still_masked_inside_words() -> None:
+    """A short value's forms are masked only where they stand alone; a long value's everywhere.
+    When both have a form in common (here ``&#x27;``, the HTML escape of ``'``), it is masked
+    everywhere, whatever the order of the values."""
+    for values in (["&#x27;", "'"], ["'", "&#x27;"]):
+        assert SecretMask(values).mask("a&#x27;b") == f"a{MASK}b"
