@@ -105,7 +105,13 @@ def test_the_server_wins_over_a_url() -> None:
 
 @pytest.mark.parametrize(
     ("username", "expected"),
-    [("CONTOSO\\svc", "domain:contoso"), ("svc@Contoso.com", "domain:contoso.com"), ("svc", "sql01")],
+    [
+        ("CONTOSO\\svc", "domain:contoso"),
+        ("CONTOSO\\ops\\svc", "domain:contoso"),  # the domain is before the first backslash
+        ("svc@Contoso.com", "domain:contoso.com"),
+        ("svc@contoso.com@corp", "domain:contoso.com@corp"),  # and after the first @
+        ("svc", "sql01"),
+    ],
 )
 def test_a_windows_account_with_its_domain_is_accepted_domain_wide(username: str, expected: str) -> None:
     windows = binding(CredentialType.WINDOWS, username)

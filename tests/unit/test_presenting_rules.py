@@ -222,6 +222,12 @@ def test_a_probe_that_expired_before_its_verdict_makes_the_version_in_doubt() ->
     )
 
 
+def test_a_stale_probe_keeps_evidence_recorded_later_by_another_clock() -> None:
+    ahead = record(probe_owner=RUN, probe_target="g/d1", probe_expires=NOW - 1, contradicted_at=NOW + 100)
+    step = claim(ahead, owner=OTHER)
+    assert step.record is not None and step.record.contradicted_at == NOW + 100
+
+
 def test_a_stale_probe_without_a_target_is_named_as_such() -> None:
     stale = record(probe_owner=RUN, probe_expires=NOW - 1)
     step = claim(stale, owner=OTHER)

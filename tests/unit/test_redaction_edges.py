@@ -52,3 +52,53 @@ def test_a_json_path_that_is_not_an_object_has_no_host() -> None:
 )
 def test_a_masks_repr_counts_its_values_and_shows_none(values: tuple[str, ...], expected: str) -> None:
     assert repr(SecretMask(values)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [  # with a quote, which only the .NET encoder escapes, so no other form covers the whole value
+        ("pa'\x7fss", "pa\\u0027\\u007Fss"),  # DEL: escaped, as every code from 0x7F
+        ("pa'\uffffss", "pa\\u0027\\uFFFFss"),  # the last character of the basic plane: one escape
+        ("pa'\U00010000ss", "pa\\u0027\\uD800\\uDC00ss"),  # the first beyond it: a surrogate pair
+    ],
+)
+def test_a_value_is_masked_as_dotnets_json_encoder_writes_it(value: str, shown: str) -> None:
+    assert SecretMask([value]).mask(f'{{"password":"{shown}"}}') == f'{{"password":"{MASK}"}}'
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("p&#xab;ss", "p&#xAB;ss"),  # an HTML escape inside the value, its hex digits upper-cased
+        ("p%c3%a9ss", "p%C3%A9ss"),  # a percent escape inside the value, likewise
+    ],
+)
+def test_escapes_inside_a_value_are_masked_whatever_the_case_of_their_hex_digits(
+    value: str, shown: str
+) -> None:
+    assert SecretMask([value]).mask(f"got {shown}.") == f"got {MASK}."
+
+
+def test_a_value_is_masked_as_a_form_encoder_that_keeps_some_punctuation_writes_it() -> None:
+    """JavaScript's and .NET's form encoders leave ``!`` as it is and write a space as ``+``."""
+    assert SecretMask(["a1! b2"]).mask("password=a1!+b2&x=1") == f"password={MASK}&x=1"
+
+
+def test_the_password_of_a_json_secret_with_leading_blanks_is_masked_alone_too() -> None:
+    value = ' {"username": "svc", "password": "Pa55-word"}'
+    assert SecretMask([value]).mask("login failed for Pa55-word") == f"login failed for {MASK}"
+
+
+def test_a_json_secret_whose_password_is_not_text_is_one_value() -> None:
+    value = '{"username": "svc", "password": 12345678}'
+    mask = SecretMask([value])
+    assert repr(mask) == "SecretMask(1 value)"
+    assert mask.mask(f"got {value}") == f"got {MASK}"
+
+
+def test_a_form_a_long_value_shares_with_a_short_one_is_still_masked_inside_words() -> None:
+    """A short value's forms are masked only where they stand alone; a long value's everywhere.
+    When both have a form in common (here ``&#x27;``, the HTML escape of ``'``), it is masked
+    everywhere, whatever the order of the values."""
+    for values in (["&#x27;", "'"], ["'", "&#x27;"]):
+        assert SecretMask(values).mask("a&#x27;b") == f"a{MASK}b"
