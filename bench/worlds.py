@@ -75,10 +75,11 @@ def build(
     gateways: int = 1,
     workspaces: int = 1,
     datasets_per_workspace: int | None = None,
+    servers: int | None = None,
 ) -> BenchWorld:
     """``targets`` data sources bound to one secret, spread over ``gateways`` gateways (one SQL
-    server behind each), one dataset each, spread over ``workspaces``; plus unbound datasets up to
-    ``datasets_per_workspace``."""
+    server behind each, or ``servers`` servers shared by every gateway), one dataset each, spread
+    over ``workspaces``; plus unbound datasets up to ``datasets_per_workspace``."""
     app = sb.entra.add_app(name="bench")
     pbi = sb.powerbi
     pbi.set_refresh_duration(0)
@@ -106,7 +107,8 @@ def build(
             # One SQL server behind each gateway, a database per data source (the usual estate:
             # the account's servers are probed one at a time, their databases then follow).
             g_index = len(world.bound) % gateways
-            details = {"server": f"sql{g_index}.bench.local", "database": source.id}
+            server = g_index if servers is None else len(world.bound) % servers
+            details = {"server": f"sql{server}.bench.local", "database": source.id}
             datasource = pbi.add_datasource(gws[g_index], source, connection_details=details)
             dataset = pbi.add_dataset(workspace, f"ds{w_index}-{d_index}", [datasource], owner=app.client_id)
             world.sources.append(source)

@@ -342,6 +342,11 @@ class FabricClient:
     def pipeline(self) -> HttpPipeline:
         return self._pipeline
 
+    def sign_in(self) -> None:
+        """Get a token now (cached by the provider), so that a first request later does not
+        wait for it. Raises what the token provider raises."""
+        self._token_provider()
+
     def _url(self, *segments: str) -> str:
         return self.api_url + "/" + "/".join(quote(s, safe="") for s in segments)
 

@@ -37,10 +37,15 @@ class Accounts:
         with run.key_lock(f"secret:{key}"):
             secret = run.secrets.get(key)
             if secret is None:
-                secret = self.keyvault.get_secret(name)
+                secret = run.take_read(f"secret:{key}", lambda: self.keyvault.get_secret(name))
                 run.secrets[key] = secret
                 run.hold_secret(secret.value)  # masked in every text the run lets out (runs.py)
             return secret
+
+    def read_ahead(self, name: str, run: Run) -> None:
+        """Start reading secret ``name`` now, beside the run's other reads (the first
+        :meth:`secret` of the run takes its answer)."""
+        run.read_ahead(f"secret:{name.lower()}", lambda: self.keyvault.get_secret(name))
 
     def with_username(self, item: Resolved, run: Run) -> Resolved:
         """``item`` with the user name its credential signs in as (a JSON secret may override the

@@ -53,7 +53,7 @@ from remediation.clients.keyvault import KeyVaultClient, SecretDisabled, SecretN
 from remediation.clients.powerbi import EntityNotFound, InvalidId, PowerBIClient
 from remediation.clients.powerbi_models import Refresh
 from remediation.clients.retry import deadline_scope
-from remediation.config.bindings import CONNECTIONS, BindingSet, Target
+from remediation.config.bindings import CONNECTIONS, Binding, BindingSet, Target
 from remediation.config.settings import Settings
 from remediation.errors import NotBound, RemediationError, SecretVersionNotFound
 from remediation.ledger import Ledger, Outcome
@@ -199,6 +199,7 @@ class Healer:
         run = self._start(trigger, correlation_id, dry_run, deadline, present_again)
         run.named_version = version
         try:
+            self._read_ahead(bindings, run)
             resolved = self.resolver.resolve(bindings, run)
             self.heal_targets(resolved, run)
             if retry_refreshes:
@@ -214,6 +215,21 @@ class Healer:
         finally:
             report = self._finish(run)
         return report
+
+    def _read_ahead(self, bindings: Sequence[Binding], run: Run) -> None:
+        """Start what a rotation reads anyway beside the resolver's lists, not after them: the
+        secret (read for every target a binding names), and a Fabric token when the data
+        sources' settings will be read from Fabric's connection list. Nothing decides on them
+        here: the presenter and the safety core take them as they would have read them."""
+        if any(b.targets for b in bindings):
+            self.accounts.read_ahead(bindings[0].secret, run)
+        if self.fabric is not None and any(
+            b.matches_connections
+            or any(t.connection_id is None for t in b.targets)
+            and not (b.privacy_level_given and b.encrypted_connection_given)
+            for b in bindings
+        ):
+            run.read_ahead("fabric-token", self.fabric.sign_in)
 
     def heal_target(
         self,

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import partial
 
 from remediation.clients.api_errors import ApiError
 from remediation.clients.fabric import Connection, FabricClient
@@ -59,6 +60,8 @@ class TargetResolver:
         self._listed_lock = threading.Lock()
 
     def resolve(self, bindings: Iterable[Binding], run: Run) -> list[Resolved]:
+        bindings = list(bindings)
+        self._read_lists_ahead(bindings, run)
         resolved: list[Resolved] = []
         seen: set[tuple[str, str]] = set()
         for binding in bindings:
@@ -77,6 +80,28 @@ class TargetResolver:
                         seen.add(item.target.key)
                         resolved.append(item)
         return resolved
+
+    def _read_lists_ahead(self, bindings: list[Binding], run: Run) -> None:
+        """Start reading, side by side, the data source lists of the gateways whose targets the
+        bindings name and the inventory does not describe: each is read anyway (a target's
+        locator), and one after another they would be as many round trips in series."""
+        known = {source.key for record in self._inventory().known() for source in record.sources}
+        gateways = sorted(
+            {
+                t.gateway_id
+                for b in bindings
+                for t in b.targets
+                if t.connection_id is None and t.key not in known
+            }
+        )
+        if len(gateways) < 2:
+            return  # one list is read when it is needed, as soon
+        now = self._clock()
+        for gateway_id in gateways:
+            with self._listed_lock:
+                cached = self._listed.get(gateway_id)
+            if cached is None or not 0 <= now - cached[0] < CACHE_SECONDS:
+                run.read_ahead(f"datasources:{gateway_id}", partial(self.powerbi.get_datasources, gateway_id))
 
     def _matching_connections(self, binding: Binding, run: Run) -> list[Resolved]:
         """The Fabric connections a connection ``match`` of ``binding`` selects (``GET
@@ -333,9 +358,9 @@ class TargetResolver:
         else :meth:`_read_gateway_datasources` (None: it could not be read)."""
         if run.gateway_datasources is not None:
             return [d for gw, d in run.gateway_datasources if gw == gateway_id]
-        return self._read_gateway_datasources(gateway_id)
+        return self._read_gateway_datasources(gateway_id, run)
 
-    def _read_gateway_datasources(self, gateway_id: str) -> list[GatewayDatasource] | None:
+    def _read_gateway_datasources(self, gateway_id: str, run: Run) -> list[GatewayDatasource] | None:
         """One gateway's data sources: cached for a minute when Power BI answered (a 4xx, as for
         a cloud gateway, is the answer "none listed"); None, not cached, when it could not be
         read (a 5xx, 429, timeout): then nothing may be concluded from it."""
@@ -344,7 +369,9 @@ class TargetResolver:
             if cached is not None and 0 <= self._clock() - cached[0] < CACHE_SECONDS:
                 return cached[1]
         try:
-            found = self.powerbi.get_datasources(gateway_id)
+            found = run.take_read(
+                f"datasources:{gateway_id}", partial(self.powerbi.get_datasources, gateway_id)
+            )
         except ApiError as exc:
             if exc.status is None or exc.status >= 500 or exc.status == 429:
                 logger.info("gateway %s: data sources could not be read (%s)", gateway_id, exc)
@@ -362,9 +389,17 @@ class TargetResolver:
         """Every data source of every gateway the caller administers (once per run)."""
         with run.key_lock("gateway-datasources"):
             if run.gateway_datasources is None:
+                gateways = [gateway.id for gateway in self.powerbi.get_gateways()]
+                for gateway_id in gateways:  # side by side; taken in order below
+                    run.read_ahead(
+                        f"datasources:{gateway_id.lower()}", partial(self.powerbi.get_datasources, gateway_id)
+                    )
                 found: list[tuple[str, GatewayDatasource]] = []
-                for gateway in self.powerbi.get_gateways():
-                    found.extend((gateway.id.lower(), d) for d in self.powerbi.get_datasources(gateway.id))
+                for gateway_id in gateways:
+                    listed = run.take_read(
+                        f"datasources:{gateway_id.lower()}", partial(self.powerbi.get_datasources, gateway_id)
+                    )
+                    found.extend((gateway_id.lower(), d) for d in listed)
                 run.gateway_datasources = found
             return run.gateway_datasources
 

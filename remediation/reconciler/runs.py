@@ -26,8 +26,10 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from remediation.clients.fabric import Connection
 from remediation.clients.keyvault import SecretValue
@@ -52,6 +54,11 @@ QUIET_ACTION = "already-current"
 """The action a summarising run records once, as a count: a target that already holds the
 current version (nothing was sent, nothing changed)."""
 
+
+_T = TypeVar("_T")
+
+READ_AHEAD_THREADS = 8
+"""How many of a run's reads ahead (:meth:`Run.read_ahead`) are in flight at once."""
 
 _SINK: contextvars.ContextVar[Callable[[Outcome], None] | None] = contextvars.ContextVar(
     "remediation_outcome_sink", default=None
@@ -127,6 +134,43 @@ class Run:
     # The secret values fetched in this run, and their mask (see the module docstring).
     held: list[str] = field(default_factory=list, repr=False)
     mask: SecretMask = field(default_factory=SecretMask, repr=False)
+    # Reads started before they are needed (read_ahead), by key, until someone takes them.
+    ahead: dict[str, Future[Any]] = field(default_factory=dict, repr=False)
+    ahead_pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+
+    def read_ahead(self, key: str, read: Callable[[], Any]) -> None:
+        """Start ``read`` now, beside the run's other work, for whoever needs it under ``key``
+        later (:meth:`take_read`). Only reads that wait for nothing of the run (one request and
+        its answer, no run lock) belong here: the caller that takes one may hold a run lock.
+        Once per key and run; what no one takes is dropped when the run ends."""
+        with self.lock:
+            if key in self.ahead:
+                return
+            if self.ahead_pool is None:
+                self.ahead_pool = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="read-ahead")
+                self.scopes.callback(self._end_reads_ahead)
+            self.ahead[key] = self.ahead_pool.submit(contextvars.copy_context().run, read)
+
+    def take_read(self, key: str, read: Callable[[], _T]) -> _T:
+        """The answer of the read started under ``key`` (its error is raised here, as if the read
+        had been made now), or ``read()`` when none was started or it was taken already: a read
+        ahead replaces exactly the first read of its key, so a failed one is asked again by the
+        next caller, as without it."""
+        with self.lock:
+            started = self.ahead.pop(key, None)
+        if started is None:
+            return read()
+        result: _T = started.result()
+        return result
+
+    def _end_reads_ahead(self) -> None:
+        """The run ends: wait for its reads still in flight (none outlives the run), then drop
+        the answers no one took (a secret among them is not kept)."""
+        pool = self.ahead_pool
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        with self.lock:
+            self.ahead.clear()
 
     def hold_secret(self, value: str) -> None:
         """A secret value this run fetched: from now until :meth:`drop_secrets` it is masked in

@@ -156,8 +156,15 @@ class GatewayKind:
         """The gateway and its key (None for caller-identity bindings: nothing is encrypted), and
         the privacy level and encryption to send (see the module docstring)."""
         self._refuse_if_referenced(item, run)
-        gateway = None if item.binding.uses_caller_identity else self.gateways.gateway(item.target.gateway_id)
-        return GatewayFound(gateway, self.source_settings.read(item, run))
+        if item.binding.uses_caller_identity:
+            return GatewayFound(None, self.source_settings.read(item, run))
+        gateway_id = item.target.gateway_id
+        if not self.gateways.cached(gateway_id):  # its key is read beside the settings
+            run.read_ahead(f"gateway:{gateway_id}", partial(self.gateways.gateway, gateway_id))
+        settings = self.source_settings.read(item, run)
+        return GatewayFound(
+            run.take_read(f"gateway:{gateway_id}", partial(self.gateways.gateway, gateway_id)), settings
+        )
 
     def _refuse_if_referenced(self, item: Resolved, run: Run) -> None:
         """A gateway data source that is a Fabric connection reading its secret from Key Vault (the

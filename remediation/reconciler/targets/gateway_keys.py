@@ -39,6 +39,7 @@ class GatewayKeys:
         self._powerbi = powerbi
         self._clock = clock
         self._lock = threading.Lock()
+        self._reading = threading.Lock()  # held while GET /gateways is in flight
         self._listed: tuple[dict[str, Gateway], float] | None = None  # on-premises gateways, read at
         self._single: dict[str, tuple[Gateway, float]] = {}  # gateways read one by one
 
@@ -69,6 +70,16 @@ class GatewayKeys:
             self._single[gateway_id] = (gateway, self._clock())
         return gateway
 
+    def cached(self, gateway_id: str) -> bool:
+        """True when :meth:`gateway` would answer without a request."""
+        gateway_id, now = gateway_id.lower(), self._clock()
+        with self._lock:
+            listed = self._listed is not None and now - self._listed[1] < GATEWAY_CACHE_SECONDS
+            if listed and self._listed is not None and gateway_id in self._listed[0]:
+                return True
+            single = self._single.get(gateway_id)
+            return listed and single is not None and now - single[1] < GATEWAY_CACHE_SECONDS
+
     def listed_on_premises(self, gateway_id: str) -> bool:
         """True when ``gateway_id`` is among the on-premises gateways the caller administers
         (``GET /gateways``, cached); any other gateway may be a cloud data source's."""
@@ -93,15 +104,18 @@ class GatewayKeys:
         return fresh
 
     def _on_premises(self) -> dict[str, Gateway]:
-        now = self._clock()
-        with self._lock:
-            if self._listed is not None and now - self._listed[1] < GATEWAY_CACHE_SECONDS:
-                return self._listed[0]
-        try:
-            found = {g.id.lower(): g for g in self._powerbi.get_gateways() if g.public_key is not None}
-        except ApiError as exc:
-            logger.warning("cannot list gateways (%s); reading them one by one", exc)
-            return {}
-        with self._lock:
-            self._listed = (found, self._clock())
-        return found
+        # One reader at a time: a caller that comes while the list is being read (the key read
+        # beside a data source's settings, which may ask too) waits for that answer.
+        with self._reading:
+            now = self._clock()
+            with self._lock:
+                if self._listed is not None and now - self._listed[1] < GATEWAY_CACHE_SECONDS:
+                    return self._listed[0]
+            try:
+                found = {g.id.lower(): g for g in self._powerbi.get_gateways() if g.public_key is not None}
+            except ApiError as exc:
+                logger.warning("cannot list gateways (%s); reading them one by one", exc)
+                return {}
+            with self._lock:
+                self._listed = (found, self._clock())
+            return found
