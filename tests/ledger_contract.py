@@ -221,6 +221,23 @@ class LedgerContract:
         assert again.lease_id == lease.lease_id and again.expires == T0 + 90.0
         ledger.record_applied(lease, SECRET, V1, T0 + 31)  # the earlier handle is still current
 
+    def test_an_acceptance_can_give_the_lease_up_in_the_same_write(self, ledger: Ledger) -> None:
+        lease_a = self._lease(ledger, "owner-a", T0, ttl=60.0)
+        ledger.record_attempt(lease_a, T0, intent=self._intent(lease_a))
+        before = ledger.target_state(GW, DS).etag
+        ledger.record_applied(lease_a, SECRET, V1, T0 + 1, release=True)
+        state = ledger.target_state(GW, DS)
+        assert state.holds(SECRET, V1) and state.intent is None
+        assert state.lease_owner is None and state.lease_expires is None and state.lease_free(T0 + 1)
+        assert state.etag != before
+        assert ledger.release_lease(lease_a) is False  # given up already: the holder's release is a no-op
+        lease_b = ledger.acquire_lease(GW, DS, "owner-b", T0 + 2, 60.0)  # free at once, not at expiry
+        assert lease_b is not None
+        with pytest.raises(LeaseLost):  # a lost lease writes nothing, the holder's lease included
+            ledger.record_applied(lease_a, SECRET, V2, T0 + 3, release=True)
+        state = ledger.target_state(GW, DS)
+        assert state.lease_owner == "owner-b" and state.holds(SECRET, V1)
+
     def test_expired_lease_is_taken_over_and_old_owner_writes_raise(self, ledger: Ledger) -> None:
         lease_a = self._lease(ledger, "owner-a", T0, ttl=60.0)
         ledger.record_applied(lease_a, SECRET, V1, T0 + 1)

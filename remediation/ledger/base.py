@@ -268,7 +268,9 @@ class EntityLedgerBase(abc.ABC):
         self._cas(gw, ds, change)
         return released
 
-    def record_applied(self, lease: Lease, secret: str, version: str, now: float) -> None:
+    def record_applied(
+        self, lease: Lease, secret: str, version: str, now: float, *, release: bool = False
+    ) -> None:
         """See :meth:`Ledger.record_applied`."""
         gw, ds = _lease_key(lease)
         secret, version = norm(secret, "secret"), norm(version, "version")
@@ -280,13 +282,16 @@ class EntityLedgerBase(abc.ABC):
             lost = current is None or not current.held_by(lease)
             if current is None or lost:
                 return None
-            return replace(
+            applied = replace(
                 current,
                 applied_secret=secret,
                 applied_version=version,
                 applied_at=now,
                 intent=_without_own_intent(current, lease),
             )
+            if release:
+                return replace(applied, lease_owner=None, lease_id=None, lease_expires=None)
+            return applied
 
         self._cas(gw, ds, change)
         if lost:

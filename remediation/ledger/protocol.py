@@ -121,8 +121,12 @@ class Ledger(Protocol):
         """Give the lease up; True if it was still current (a lost lease is left alone)."""
         ...
 
-    def record_applied(self, lease: Lease, secret: str, version: str, now: float) -> None:
-        """Record that the target now holds ``secret``/``version`` (applied at ``now``).
+    def record_applied(
+        self, lease: Lease, secret: str, version: str, now: float, *, release: bool = False
+    ) -> None:
+        """Record that the target now holds ``secret``/``version`` (applied at ``now``); with
+        ``release``, give the lease up in the same write (the last thing a holder writes after
+        an acceptance: one write less per target of a fan-out).
 
         Written only while ``lease`` is current; otherwise nothing is written and
         :class:`LeaseLost` is raised. An expired lease nobody took over is still current.

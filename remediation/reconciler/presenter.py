@@ -550,7 +550,8 @@ class Presenter:
                 account_verdict("accepted", "accepted")
                 with run.lock:
                     run.accepted.add(known)
-            self.ledger.record_applied(lease, binding.secret, version, now)
+            # The lease goes with the verdict (the run's release after this finds it given up).
+            self.ledger.record_applied(lease, binding.secret, version, now, release=True)
             return Action.UPDATED, f"now holds version {version}"
         if verdict.verdict is Verdict.REJECTED:
             account_verdict("rejected", verdict.reason)
