@@ -58,7 +58,27 @@ from remediation.ledger import DatasetRecord, InventorySource, Ledger
 from remediation.rules.accounts import text_map
 from remediation.rules.redact import mask_urls
 
-__all__ = ["InventoryRun", "CACHE_SECONDS", "Inventory", "Sync", "fingerprint"]
+__all__ = ["InventoryRun", "CACHE_SECONDS", "Inventory", "KnownSources", "Sync", "fingerprint"]
+
+
+@dataclass(frozen=True)
+class KnownSources:
+    """The inventory's gateway data sources: each as the first dataset using it describes it,
+    by ``(gateway id, data source id)``, and the data source ids of each gateway (lower-case)."""
+
+    by_key: dict[tuple[str, str], InventorySource]
+    by_gateway: dict[str, frozenset[str]]
+
+    @classmethod
+    def of(cls, records: list[DatasetRecord]) -> KnownSources:
+        by_key: dict[tuple[str, str], InventorySource] = {}
+        by_gateway: dict[str, set[str]] = {}
+        for record in records:
+            for source in record.sources:
+                key = source.key
+                by_key.setdefault(key, source)
+                by_gateway.setdefault(key[0], set()).add(key[1])
+        return cls(by_key, {gateway: frozenset(ids) for gateway, ids in by_gateway.items()})
 
 
 class InventoryRun(Protocol):
@@ -157,6 +177,7 @@ class Inventory:
             powerbi, ledger, in_parallel=in_parallel, clock=clock, sleep=sleep, poll_interval=poll_interval
         )
         self._cache: tuple[float, list[DatasetRecord]] | None = None
+        self._sources: tuple[tuple[float, list[DatasetRecord]], KnownSources] | None = None  # of _cache
         self._cache_lock = threading.Lock()
 
     # -- which workspaces, which datasets ---------------------------------------------------------
@@ -214,6 +235,21 @@ class Inventory:
     def _remember(self, now: float, records: list[DatasetRecord]) -> None:
         with self._cache_lock:
             self._cache = (now, list(records))
+
+    def known_sources(self) -> KnownSources:
+        """The gateway data sources of :meth:`known`, by key and by gateway; built once per
+        stored inventory read (a rotation asks once per target, and scanning every dataset each
+        time would cost targets x datasets)."""
+        self.known()  # fresh in the cache
+        with self._cache_lock:
+            cache = self._cache
+            if self._sources is not None and self._sources[0] is cache:
+                return self._sources[1]
+        index = KnownSources.of([] if cache is None else cache[1])
+        with self._cache_lock:
+            if cache is not None and self._cache is cache:
+                self._sources = (cache, index)
+        return index
 
     def stored(self, run: InventoryRun) -> list[DatasetRecord]:
         """The stored inventory of the watched workspaces, with no call to Power BI; built by a

@@ -85,7 +85,7 @@ class TargetResolver:
         """Start reading, side by side, the data source lists of the gateways whose targets the
         bindings name and the inventory does not describe: each is read anyway (a target's
         locator), and one after another they would be as many round trips in series."""
-        known = {source.key for record in self._inventory().known() for source in record.sources}
+        known = self._inventory().known_sources().by_key
         gateways = sorted(
             {
                 t.gateway_id
@@ -332,14 +332,10 @@ class TargetResolver:
         (no call), else from its gateway's data source list (as :meth:`locator_of`)."""
         if target.connection_id is not None:
             return None
-        others: set[str] = set()
-        found: SourceFacts | None = None
-        for record in self._inventory().known():
-            for source in record.sources:
-                if source.key == target.key:
-                    found = found or SourceFacts(source.datasource_type, source.details())
-                elif source.gateway_id.lower() == target.gateway_id:
-                    others.add(source.datasource_id.lower())
+        known = self._inventory().known_sources()
+        source = known.by_key.get(target.key)
+        found = None if source is None else SourceFacts(source.datasource_type, source.details())
+        others = set(known.by_gateway.get(target.gateway_id, ())) - {target.datasource_id}
         for datasource in self.gateway_datasources(target.gateway_id, run) if found is None else []:
             if datasource.id.lower() == target.datasource_id:
                 found = SourceFacts(datasource.datasource_type, text_map(datasource.connection() or {}))
