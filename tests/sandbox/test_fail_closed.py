@@ -178,6 +178,32 @@ def test_an_unchanged_source_is_not_refreshed_when_the_failure_names_no_source(m
     assert w.accounts[1].total_failures == failures
 
 
+def test_a_later_command_refreshes_one_dataset_per_account_and_waits_for_its_outcome(manual: Any) -> None:
+    """A command that has not seen the version accepted itself refreshes one dataset per account
+    first (a refresh is a sign-in); while that refresh's outcome is unknown, the account's other
+    datasets wait for a later run, naming the account they wait for."""
+    sb, clock, make = manual
+    h = make(sources=3, servers=1, clock=clock.now, env={"REMEDIATION_REFRESH_TIMEOUT": "0"})
+    w = h.world
+    w.rotate()
+    w.fail_scheduled_refreshes()
+    clock.advance(60)
+    h.healer.heal_secret(w.secret_name, retry_refreshes=False)  # accepted, in another command
+    clock.advance(60)
+    sb.powerbi.set_refresh_duration(3600)  # the first refresh is still running when followed
+    sb.requests.clear()
+
+    report = h.healer.sweep()
+
+    assert len(refreshes(sb)) == 1, report.to_dict()
+    outcomes = sorted((o.action, o.reason) for o in report.datasets())
+    assert [action for action, _ in outcomes].count(Action.DEFERRED) == 2, outcomes
+    for action, reason in outcomes:
+        if action == Action.DEFERRED:
+            assert f"first to sign in as {w.username} with this version" in reason
+    assert w.account.failures_of(w.secret) == 0
+
+
 # -- 3. "present again" is one presentation per request ----------------------------------------------
 def test_present_again_is_one_presentation_per_request_whatever_its_parts_and_redeliveries(
     make: Make,

@@ -10,12 +10,17 @@ equivalent ones with the reason. Not part of ``make test``.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import fnmatch
+import io
 import json
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
+import tokenize
 from collections import Counter
 from pathlib import Path
 
@@ -54,6 +59,43 @@ def results() -> dict[str, str]:
     return found
 
 
+def _functions(module: str) -> dict[str, str]:
+    """The body of every function of mutmut's copy of ``module`` (mutants and originals), by name."""
+    path = MUTANTS / (module.replace(".", "/") + ".py")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found: dict[str, str] = {}
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and "__mutmut_" in node.name:
+            found[node.name] = textwrap.dedent("\n".join(lines[node.body[0].lineno - 1 : node.end_lineno]))
+    return found
+
+
+_STRINGS = {
+    tokenize.STRING,
+    *(getattr(tokenize, t) for t in ("FSTRING_START", "FSTRING_MIDDLE") if hasattr(tokenize, t)),
+}
+_LAYOUT = {tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT}
+
+
+def _shape(code: str) -> list[str]:
+    """The tokens of ``code`` with every string literal as one placeholder."""
+    tokens = tokenize.generate_tokens(io.StringIO(code).readline)
+    return ["<str>" if t.type in _STRINGS else t.string for t in tokens if t.type not in _LAYOUT]
+
+
+def changes(name: str, cache: dict[str, dict[str, str]]) -> tuple[str, list[str]]:
+    """What mutant ``name`` changed: ``"wording"`` when only string literals differ from the
+    original (the text of a reason or a message), else ``"logic"``; and the changed lines."""
+    module, _, function = name.rpartition(".")
+    if module not in cache:
+        cache[module] = _functions(module)
+    mutant = cache[module].get(function, "")
+    original = cache[module].get(function.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", "")
+    diff = difflib.unified_diff(original.splitlines(), mutant.splitlines(), lineterm="", n=0)
+    lines = [line for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    return ("wording" if _shape(original) == _shape(mutant) else "logic"), lines
+
+
 def report(found: dict[str, str], seconds: float | None) -> int:
     counts = Counter(found.values())
     killed = counts["killed"] + counts["timeout"]
@@ -61,11 +103,20 @@ def report(found: dict[str, str], seconds: float | None) -> int:
         print(f"wall time: {seconds / 60:.1f} min")
     print("by status: " + ", ".join(f"{status} {n}" for status, n in sorted(counts.items())))
     print(f"score: {killed}/{len(found)} killed ({100 * killed / max(len(found), 1):.1f}%)")
-    left = sorted(name for name, status in found.items() if status not in ("killed", "timeout"))
+    left = sorted(
+        name for name, status in found.items() if status not in ("killed", "timeout", "not checked")
+    )
     if left:
-        print(f"not killed ({len(left)}; `.venv/bin/mutmut show NAME` prints the diff):")
+        cache: dict[str, dict[str, str]] = {}
+        kinds = {name: changes(name, cache) for name in left}
+        wording = Counter(kind for kind, _ in kinds.values())["wording"]
+        print(f"not killed ({len(left)}, {wording} of them change only the wording of a text):")
         for name in left:
-            print(f"  {found[name]:12} {name}")
+            kind, lines = kinds[name]
+            print(f"  {found[name]:12} {kind:8} {name}")
+            if kind == "logic":
+                for line in lines:
+                    print(f"        {line.strip()[:150]}")
     return 0
 
 
