@@ -387,3 +387,64 @@ def test_a_failure_reported_without_its_start_time_still_lets_a_healed_dataset_r
 
     assert targets(report) == [Action.UPDATED]
     assert dataset_outcome(report).action == Action.REFRESHED
+
+
+# -- following a refresh to its end ----------------------------------------------------------------
+def _following_healer(h: Harness, clock: ManualClock, waits: list[float], poll: float) -> Any:
+    """The healer of ``h`` with the production poll cadence: its waits advance the shared clock."""
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    return build_healer(Settings.from_env(h.env), clock=clock.now, sleep=sleep, poll_interval=poll)
+
+
+def test_a_refresh_is_followed_to_its_end_with_polls_that_back_off_to_the_poll_interval(manual: Any) -> None:
+    """A refresh that takes 20 s is followed until it completes: the history is read after 1,
+    2 and 4 s, then every 5 s (the poll interval), and no more often."""
+    sb, clock, make = manual
+    h = make(clock=clock.now)
+    w = h.world
+    w.rotate()
+    w.fail_scheduled_refreshes()
+    clock.advance(60)
+    sb.powerbi.set_refresh_duration(20)
+    waits: list[float] = []
+    healer = _following_healer(h, clock, waits, poll=5.0)
+    try:
+        report = healer.healer.heal_dataset(w.workspace_id, w.dataset_ids[0])
+    finally:
+        healer.close()
+
+    assert dataset_outcome(report).action == Action.REFRESHED
+    assert waits == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]  # 17 s then 22 s: done at 20
+    assert len(sb.requests.find("powerbi.refresh_history")) >= len(waits) + 1
+    assert refresh_posts(sb) == 1
+
+
+@pytest.mark.parametrize("bound", ["follow-up limit", "run deadline"])
+def test_a_refresh_is_followed_no_longer_than_the_follow_up_limit_or_the_run(manual: Any, bound: str) -> None:
+    """REMEDIATION_REFRESH_TIMEOUT (or the run's deadline, if sooner) bounds the follow-up: a
+    refresh still running then is reported as going on in Power BI, after the polls that fit."""
+    sb, clock, make = manual
+    limit = "12" if bound == "follow-up limit" else "600"
+    h = make(clock=clock.now, env={"REMEDIATION_REFRESH_TIMEOUT": limit})
+    w = h.world
+    w.rotate()
+    w.fail_scheduled_refreshes()
+    clock.advance(60)
+    sb.powerbi.set_refresh_duration(3600)
+    waits: list[float] = []
+    healer = _following_healer(h, clock, waits, poll=5.0)
+    try:
+        deadline = None if bound == "follow-up limit" else clock.now() + 12
+        report = healer.healer.heal_dataset(w.workspace_id, w.dataset_ids[0], deadline=deadline)
+    finally:
+        healer.close()
+
+    assert waits == [1.0, 2.0, 4.0, 5.0]  # a poll at 12 s is within the 12 s; the next is not
+    outcome = dataset_outcome(report)
+    assert outcome.action == Action.REFRESHED and outcome.refresh_state in ("Unknown", "NotStarted")
+    assert "it goes on in Power BI" in outcome.reason
+    assert refresh_posts(sb) == 1
