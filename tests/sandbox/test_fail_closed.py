@@ -178,10 +178,13 @@ def test_an_unchanged_source_is_not_refreshed_when_the_failure_names_no_source(m
     assert w.accounts[1].total_failures == failures
 
 
-def test_a_later_command_refreshes_one_dataset_per_account_and_waits_for_its_outcome(manual: Any) -> None:
+@pytest.mark.parametrize("first", ["completes", "still runs"])
+def test_a_later_command_refreshes_one_dataset_per_account_and_waits_for_its_outcome(
+    manual: Any, first: str
+) -> None:
     """A command that has not seen the version accepted itself refreshes one dataset per account
-    first (a refresh is a sign-in); while that refresh's outcome is unknown, the account's other
-    datasets wait for a later run, naming the account they wait for."""
+    first (a refresh is a sign-in). Once that refresh completed, the account's other datasets
+    follow; while its outcome is unknown, they wait for a later run, naming the account."""
     sb, clock, make = manual
     h = make(sources=3, servers=1, clock=clock.now, env={"REMEDIATION_REFRESH_TIMEOUT": "0"})
     w = h.world
@@ -190,17 +193,22 @@ def test_a_later_command_refreshes_one_dataset_per_account_and_waits_for_its_out
     clock.advance(60)
     h.healer.heal_secret(w.secret_name, retry_refreshes=False)  # accepted, in another command
     clock.advance(60)
-    sb.powerbi.set_refresh_duration(3600)  # the first refresh is still running when followed
+    sb.powerbi.set_refresh_duration(0 if first == "completes" else 3600)
     sb.requests.clear()
 
     report = h.healer.sweep()
 
-    assert len(refreshes(sb)) == 1, report.to_dict()
-    outcomes = sorted((o.action, o.reason) for o in report.datasets())
-    assert [action for action, _ in outcomes].count(Action.DEFERRED) == 2, outcomes
-    for action, reason in outcomes:
-        if action == Action.DEFERRED:
-            assert f"first to sign in as {w.username} with this version" in reason
+    outcomes = sorted((o.action, o.reason, o.refresh_state) for o in report.datasets())
+    if first == "completes":
+        assert len(refreshes(sb)) == 3, outcomes
+        assert [(a, s) for a, _, s in outcomes] == [(Action.REFRESHED, "Completed")] * 3
+        assert all(d.schedule.enabled for d in w.datasets)
+    else:
+        assert len(refreshes(sb)) == 1, outcomes
+        assert [a for a, _, _ in outcomes].count(Action.DEFERRED) == 2, outcomes
+        for action, reason, _ in outcomes:
+            if action == Action.DEFERRED:
+                assert f"first to sign in as {w.username} with this version" in reason
     assert w.account.failures_of(w.secret) == 0
 
 
