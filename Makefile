@@ -99,12 +99,14 @@ typecheck: $(STAMP)
 infra-check: $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/checkov --directory infra --framework bicep --quiet --compact --skip-download
 
-## test: lint, types, checkov on infra/ and the whole test suite
+## test: lint, types, checkov on infra/ and the whole test suite (TEST_WORKERS processes, 2 by default)
 # The caller-identity tests need port 443 (msal's user-realm discovery): one line says whether
-# it can be bound here; without it they are skipped, and fail under CI=true.
+# it can be bound here; without it they are skipped, and fail under CI=true. They run one after
+# another in one of the processes (marker user_realm, xdist group port-443).
+TEST_WORKERS ?= 2
 test: $(STAMP) $(NODE_STAMP) $(WORKER_STAMP) lint typecheck infra-check
 	@$(PY) -m tests.support.ports
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## bench: the performance benchmarks (see docs/PERFORMANCE.md); BENCH_ARGS=--quick for a smoke run
 bench: $(STAMP)

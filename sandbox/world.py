@@ -49,6 +49,15 @@ RotationOrder = Literal["source-first", "vault-first"]
 
 USER_REALM_PORT = 443  # msal's user-realm discovery always calls port 443 of the authority host
 
+SERVE_USER_REALM = True
+"""Whether a sandbox also serves :data:`USER_REALM_PORT` when not told (only one process can bind
+it at a time). The test suite turns it off, and on for the tests marked ``user_realm`` (which run
+one at a time), so that two test processes can run at once (tests/conftest.py)."""
+
+
+def _serves_user_realm(asked: bool | None) -> bool:
+    return SERVE_USER_REALM if asked is None else asked
+
 
 def generate_password() -> str:
     """A fresh password of the kind rotation tools produce (with characters that need escaping)."""
@@ -64,7 +73,7 @@ class Sandbox:
         clock: Clock | None = None,
         tls_dir: str | None = None,
         port: int = 0,
-        serve_user_realm: bool = True,
+        serve_user_realm: bool | None = None,
     ) -> None:
         self.clock = clock or Clock()
         if tls_dir is None:  # a directory of its own for the CA file, removed with the sandbox
@@ -76,7 +85,7 @@ class Sandbox:
             self.router,
             self.tls.server_context,
             port=port,
-            extra_ports=(USER_REALM_PORT,) if serve_user_realm else (),
+            extra_ports=(USER_REALM_PORT,) if _serves_user_realm(serve_user_realm) else (),
         )
         # Each stand-in is given this sandbox as its Host (router, url, clock) and, by name, the
         # stand-ins it talks to. The order is the routes' order (the first match wins).

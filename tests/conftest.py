@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from remediation.telemetry import appinsights as telemetry
-from sandbox import Sandbox
+from sandbox import Sandbox, world
 from tests.support import layers, leftovers
 from tests.support.azurite import Azurite, start_azurite
 
@@ -32,14 +32,33 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
+# Port 443 (msal's user-realm discovery) can be bound by one process at a time, and `make test`
+# runs two (pytest-xdist). So a sandbox serves it only in the tests marked `user_realm` (or using
+# the `port_443` fixture), and those run one after another in one process (xdist group "port-443").
+world.SERVE_USER_REALM = False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark ``standin`` the tests that check a stand-in, not the product (tests/support/layers.py)."""
+    """Mark ``standin`` the tests that check a stand-in, not the product (tests/support/layers.py);
+    mark ``user_realm`` the tests that use the ``port_443`` fixture, and keep all of those in one
+    process."""
     root = config.rootpath
     for item in items:
         path = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
         function = getattr(item, "originalname", item.name)
         if layers.is_standin(path, function):
             item.add_marker(pytest.mark.standin)
+        if "port_443" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.user_realm)
+        if item.get_closest_marker("user_realm") is not None:
+            item.add_marker(pytest.mark.xdist_group("port-443"))
+
+
+@pytest.fixture(autouse=True)
+def _port_443_where_needed(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandboxes of a test marked ``user_realm`` serve port 443; no other test's do."""
+    if request.node.get_closest_marker("user_realm") is not None:
+        monkeypatch.setattr(world, "SERVE_USER_REALM", True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -529,6 +529,7 @@ def everything_logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCa
     yield caplog
 
 
+@pytest.mark.user_realm
 def test_a_full_flow_logs_no_token_secret_or_password(world: World, everything_logged: Any) -> None:
     version = world.sb.vault.set_secret("sql-sales-password", NEW)
     world.sb.faults.throttle("powerbi.get_gateway", retry_after=1)

@@ -101,6 +101,7 @@ def test_unknown_application_is_refused_with_aadsts700016(sb: Sandbox, sandbox_e
     assert "AADSTS700016" in result["error_description"]
 
 
+@pytest.mark.user_realm
 def test_username_password_flow_asks_user_realm_on_port_443_then_gets_a_user_token(
     sb: Sandbox, sandbox_env: dict[str, str], app: App
 ) -> None:
@@ -127,6 +128,7 @@ def test_username_password_flow_asks_user_realm_on_port_443_then_gets_a_user_tok
     assert "grant_type=refresh_token" in token_forms[1]
 
 
+@pytest.mark.user_realm
 @pytest.mark.parametrize(
     ("username", "password", "code"),
     [(UPN, "wrong", 50126), ("nobody@contoso.com", PASSWORD, 50034)],

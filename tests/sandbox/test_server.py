@@ -130,6 +130,7 @@ def test_gzip_bodies_are_decoded(sb: Sandbox, echo: str) -> None:
     assert response.json()["body"] == {"z": 1}
 
 
+@pytest.mark.user_realm
 def test_port_443_serves_the_same_routes_for_msal_user_realm_discovery(sb: Sandbox, echo: str) -> None:
     require_user_realm_port(sb)
     assert requests.post("https://127.0.0.1:443/echo/realm", timeout=5).json()["word"] == "realm"

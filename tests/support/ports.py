@@ -1,7 +1,9 @@
 """Port 443, which msal's user-realm discovery always calls (see ``sandbox/entra/service.py``).
 
-The sandbox serves its routes on 443 too when it can bind it. The caller-identity tests (the
-password grant, the lockout of an Entra user) need it: without it they are skipped, and under
+In the tests marked ``user_realm`` (or using the ``port_443`` fixture) the sandbox serves its
+routes on 443 too when it can bind it; no other test's sandbox binds it, so two test processes
+can run at once (tests/conftest.py). The caller-identity tests (the password grant, the lockout
+of an Entra user) need it: without it they are skipped, and under
 ``CI=true`` they fail instead, saying what to do, so a CI result never hides them.
 
     python -m tests.support.ports    # one line: can this machine's tests bind 443 now?
@@ -27,7 +29,8 @@ def advice() -> str:
     return (
         "run the tests as root, or let this Python bind low ports "
         f"(sudo setcap cap_net_bind_service=+ep {python}), "
-        "and do not run two test runs at once (each sandbox holds 443 while it runs)"
+        "and do not run two test runs at once (the sandbox of a test marked user_realm holds 443 "
+        "while it runs)"
     )
 
 
