@@ -218,6 +218,14 @@ def test_no_refresh_is_started_on_a_version_another_instance_rejected_after_the_
     first_refreshes = [r for r in refreshes(sb) if first.id in r.path]
     assert first_refreshes == [], done["a"].to_dict()
     assert schedule_updates(sb) == []
+    # What the user reads: held back, naming the data source and the verdict that stopped it.
+    (held_back,) = [o for o in done["a"].datasets() if o.datasource_id is None]
+    assert held_back.action == Action.BLOCKED
+    assert held_back.reason == (
+        "not refreshed, and its schedule is left as it is: evidence against a data source's credential "
+        f"arrived meanwhile: {w.gateway_id}/{w.datasource_ids[0]} (its account's verdict on this version "
+        "is rejected)"
+    )
     assert w.account.failures_of(current) - powerbi_own <= 1
 
 
