@@ -25,6 +25,8 @@ def test_the_quick_benchmarks_run_and_heal_what_they_measure(tmp_path: Path) -> 
             "--only",
             "heal",
             "--only",
+            "rotation",
+            "--only",
             "fanout",
             "--only",
             "tenant",
@@ -45,6 +47,9 @@ def test_the_quick_benchmarks_run_and_heal_what_they_measure(tmp_path: Path) -> 
     cases = {(r["benchmark"], r["case"].split(":")[0]) for r in rows}
     assert ("heal", "warm") in cases and ("fanout", "N=10 G=4 c=8") in cases
     assert all(r["seconds"] > 0 for r in rows)
+    rotation = [r for r in rows if r["benchmark"] == "rotation"]  # cold, one server, 4 gateways
+    assert [r["case"] for r in rotation] == ["N=10 G=4 1 server c=8 cold"]
+    assert all(r["calls"] == r["min_calls"] for r in rotation), rotation
     fanout = [r for r in rows if r["benchmark"] == "fanout"]
     assert all(r["calls"] == r["min_calls"] for r in fanout), fanout
     tenant = [r for r in rows if r["benchmark"] == "tenant"]
