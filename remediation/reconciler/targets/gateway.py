@@ -42,7 +42,7 @@ from remediation.ledger import Ledger
 from remediation.ledger.references import References
 from remediation.reconciler.runs import Resolved, Run
 from remediation.reconciler.targets import Presented, TargetRefused, answer_of
-from remediation.reconciler.targets.gateway_keys import GatewayKeys
+from remediation.reconciler.targets.gateway_keys import GATEWAY_LIST, GatewayKeys
 from remediation.reconciler.targets.gateway_settings import SourceFacts, SourceSettings, SourceSettingsReader
 from remediation.reconciler.targets.gateway_take_over import TakeOverRefused, TakeOvers
 from remediation.rules.credentials import ResolvedCredential, credential_details, update_datasource_request
@@ -159,12 +159,11 @@ class GatewayKind:
         if item.binding.uses_caller_identity:
             return GatewayFound(None, self.source_settings.read(item, run))
         gateway_id = item.target.gateway_id
+        read_key = partial(self.gateways.gateway, gateway_id, reading=run.key_lock(GATEWAY_LIST))
         if not self.gateways.cached(gateway_id):  # its key is read beside the settings
-            run.read_ahead(f"gateway:{gateway_id}", partial(self.gateways.gateway, gateway_id))
+            run.read_ahead(f"gateway:{gateway_id}", read_key)
         settings = self.source_settings.read(item, run)
-        return GatewayFound(
-            run.take_read(f"gateway:{gateway_id}", partial(self.gateways.gateway, gateway_id)), settings
-        )
+        return GatewayFound(run.take_read(f"gateway:{gateway_id}", read_key), settings)
 
     def _refuse_if_referenced(self, item: Resolved, run: Run) -> None:
         """A gateway data source that is a Fabric connection reading its secret from Key Vault (the

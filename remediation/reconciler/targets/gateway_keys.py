@@ -15,6 +15,7 @@ reached the source) and read again once (:meth:`GatewayKeys.fresh_key_after`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,12 +25,15 @@ from remediation.clients.api_errors import ApiError
 from remediation.clients.powerbi import EntityNotFound, PowerBIClient, PowerBINotAuthorized
 from remediation.clients.powerbi_models import Gateway
 
-__all__ = ["GATEWAY_CACHE_SECONDS", "GatewayKeys"]
+__all__ = ["GATEWAY_CACHE_SECONDS", "GATEWAY_LIST", "GatewayKeys"]
 
 logger = logging.getLogger("remediation.reconciler.targets.gateway")  # the gateway kind's log
 
 GATEWAY_CACHE_SECONDS = 3600.0
 """How long gateways and their public keys are reused across runs (a changed key is detected)."""
+
+GATEWAY_LIST = "gateway-list"
+"""The run key lock under which a run's threads list the gateways (once, when two ask at once)."""
 
 
 class GatewayKeys:
@@ -39,17 +43,17 @@ class GatewayKeys:
         self._powerbi = powerbi
         self._clock = clock
         self._lock = threading.Lock()
-        self._reading = threading.Lock()  # held while GET /gateways is in flight
         self._listed: tuple[dict[str, Gateway], float] | None = None  # on-premises gateways, read at
         self._single: dict[str, tuple[Gateway, float]] = {}  # gateways read one by one
 
-    def gateway(self, gateway_id: str) -> Gateway:
-        """The gateway to encrypt for: with its key when on-premises, without one when cloud.
+    def gateway(self, gateway_id: str, *, reading: threading.Lock | None = None) -> Gateway:
+        """The gateway to encrypt for: with its key when on-premises, without one when cloud
+        (``reading``: see :meth:`_on_premises`).
 
         Raises :class:`~remediation.clients.api_errors.ApiError` only when Power BI cannot be asked at all.
         """
         gateway_id = gateway_id.lower()
-        listed = self._on_premises()
+        listed = self._on_premises(reading)
         if gateway_id in listed:
             return listed[gateway_id]
         now = self._clock()
@@ -80,10 +84,10 @@ class GatewayKeys:
             single = self._single.get(gateway_id)
             return listed and single is not None and now - single[1] < GATEWAY_CACHE_SECONDS
 
-    def listed_on_premises(self, gateway_id: str) -> bool:
+    def listed_on_premises(self, gateway_id: str, *, reading: threading.Lock | None = None) -> bool:
         """True when ``gateway_id`` is among the on-premises gateways the caller administers
         (``GET /gateways``, cached); any other gateway may be a cloud data source's."""
-        return gateway_id.lower() in self._on_premises()
+        return gateway_id.lower() in self._on_premises(reading)
 
     def fresh_key_after(self, exc: ApiError, used: Gateway) -> Gateway | None:
         """After ``DM_GWPipeline_UnknownError`` with ``used``'s key: the gateway with a new key if
@@ -103,10 +107,12 @@ class GatewayKeys:
         logger.info("gateway %s has a new public key; sending again under it", used.id)
         return fresh
 
-    def _on_premises(self) -> dict[str, Gateway]:
-        # One reader at a time: a caller that comes while the list is being read (the key read
-        # beside a data source's settings, which may ask too) waits for that answer.
-        with self._reading:
+    def _on_premises(self, reading: threading.Lock | None = None) -> dict[str, Gateway]:
+        """The on-premises gateways (cached). ``reading``: a lock the callers of one run share, so
+        that the run lists them once when two of its threads ask at the same moment (the key
+        read beside a data source's settings, which may ask too); other runs do not wait for it
+        (one may be waiting out a Retry-After past another's deadline)."""
+        with reading or contextlib.nullcontext():
             now = self._clock()
             with self._lock:
                 if self._listed is not None and now - self._listed[1] < GATEWAY_CACHE_SECONDS:

@@ -25,7 +25,7 @@ from remediation.config.bindings import Binding, EncryptedConnection, PrivacyLev
 from remediation.errors import RemediationError
 from remediation.reconciler.runs import Resolved, Run
 from remediation.reconciler.targets import in_few_words
-from remediation.reconciler.targets.gateway_keys import GatewayKeys
+from remediation.reconciler.targets.gateway_keys import GATEWAY_LIST, GatewayKeys
 from remediation.rules.connections import corresponding_connection
 
 __all__ = [
@@ -166,7 +166,8 @@ class SourceSettingsReader:
         # An on-premises data source is an on-premises connection of its gateway; a cloud one is
         # a cloud connection (a cloud connection to the same server is another thing).
         try:
-            on_premises = self.gateways.listed_on_premises(target.gateway_id)
+            listing = run.key_lock(GATEWAY_LIST)  # once in the run, if the key is being read too
+            on_premises = self.gateways.listed_on_premises(target.gateway_id, reading=listing)
         except RemediationError as exc:
             return None, f"{first}; Power BI's gateway list: {in_few_words(exc)}"
         candidates = [
