@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import msal
+import msal.exceptions
 import requests
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
@@ -313,6 +314,12 @@ def _msal_application(
             principal=principal,
             error="connection_error",
         ) from None
+    except msal.exceptions.MsalError as exc:  # e.g. a 5xx from the sign-in discovery
+        raise AuthenticationError(
+            f"the authority could not be asked: {_first_line(str(exc))}",
+            principal=principal,
+            error="service_error",
+        ) from None
 
 
 # --- Power BI as the product -----------------------------------------------------------------
@@ -389,6 +396,12 @@ class PowerBITokenProvider:
                 f"the token endpoint could not be reached ({type(exc).__name__})",
                 principal=self.principal,
                 error="connection_error",
+            ) from None
+        except msal.exceptions.MsalError as exc:  # msal raises for some answers (a 5xx, say)
+            raise AuthenticationError(
+                f"the token endpoint could not be asked: {_first_line(str(exc))}",
+                principal=self.principal,
+                error="service_error",
             ) from None
         if not isinstance(result, dict) or "access_token" not in result:
             raise _error_from_msal(result or {}, self.principal, "Power BI token request")

@@ -960,3 +960,22 @@ def test_a_matched_data_source_whose_gateway_list_cannot_be_read_is_sent_nothing
     finally:
         runtime.close()
     assert [o.action for o in healed.targets()] == [Action.UPDATED]
+
+
+def test_a_token_endpoint_that_fails_is_reported_as_the_products_own_sign_in_and_nothing_is_sent(
+    make: Make,
+) -> None:
+    """Entra ID answers the product's token requests with 503 (msal raises for some of those):
+    every target says the product could not sign in, nothing is sent, no error escapes."""
+    h = make(sources=2)
+    w = h.world
+    w.rotate()
+    h.sb.faults.add("entra.token", status=503, times=100)
+
+    report = h.healer.heal_secret(w.secret_name, retry_refreshes=False)
+
+    assert patches(h.sb) == []
+    assert {o.action for o in report.targets()} == {Action.FAILED}, report.to_dict()
+    assert all("internal error" not in (o.reason or "") for o in report.outcomes), report.to_dict()
+    assert all("token" in (o.reason or "") for o in report.targets()), report.to_dict()
+    assert w.account.total_failures == 0
