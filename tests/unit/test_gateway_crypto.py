@@ -525,3 +525,25 @@ def test_no_error_message_contains_the_plaintext(pair: GatewayKeyPair) -> None:
         with pytest.raises(GatewayDecryptError) as refused:
             pair.decrypt(bad)
         assert_no_secret(refused.value, "SECRET")
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        ({"exponent": "AQAB", "modulus": ""}, "publicKey.modulus must be a non-empty base64 string"),
+        (
+            {"exponent": "", "modulus": _b64_int(ODD_1024)},
+            "publicKey.exponent must be a non-empty base64 string",
+        ),
+        ({"exponent": "AQAB", "modulus": 1024}, "publicKey.modulus must be a non-empty base64 string"),
+        ({"exponent": "AQAB"}, "publicKey.modulus is missing"),
+        ({"exponent": "AQAB", "modulus": "not base64!"}, "publicKey.modulus is not valid base64"),
+        ({"exponent": "AQ*B", "modulus": _b64_int(ODD_1024)}, "publicKey.exponent is not valid base64"),
+    ],
+    ids=["empty-modulus", "empty-exponent", "number", "missing", "modulus-not-base64", "exponent-not-base64"],
+)
+def test_an_unusable_public_key_is_refused_naming_the_field_and_the_fault(obj: object, message: str) -> None:
+    """What an operator reads when Power BI hands out a key the product cannot use."""
+    with pytest.raises(GatewayKeyError) as refused:
+        GatewayPublicKey.from_api(obj)
+    assert str(refused.value) == message
