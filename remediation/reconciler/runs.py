@@ -140,9 +140,10 @@ class Run:
 
     def read_ahead(self, key: str, read: Callable[[], Any]) -> None:
         """Start ``read`` now, beside the run's other work, for whoever needs it under ``key``
-        later (:meth:`take_read`). Only reads that wait for nothing of the run (one request and
-        its answer, no run lock) belong here: the caller that takes one may hold a run lock.
-        Once per key and run; what no one takes is dropped when the run ends."""
+        later (:meth:`take_read`). Once per key and run; what no one takes is dropped when the
+        run ends. A read ahead is a request and its answer: it never waits for another read
+        ahead, and a run lock it takes (the gateway list's) is never held by a thread waiting
+        for a read ahead, so no thread waits in a circle."""
         with self.lock:
             if key in self.ahead:
                 return

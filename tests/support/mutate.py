@@ -15,6 +15,7 @@ import difflib
 import fnmatch
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -93,7 +94,15 @@ def changes(name: str, cache: dict[str, dict[str, str]]) -> tuple[str, list[str]
     original = cache[module].get(function.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", "")
     diff = difflib.unified_diff(original.splitlines(), mutant.splitlines(), lineterm="", n=0)
     lines = [line for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---")]
-    return ("wording" if _shape(original) == _shape(mutant) else "logic"), lines
+    if _shape(original) == _shape(mutant):
+        return "wording", lines
+    if _FIRST_PIECE.sub(r".split(\1)[0]", original) == _FIRST_PIECE.sub(r".split(\1)[0]", mutant):
+        return "split", lines  # the first piece of a split is the same whatever the maxsplit
+    return "logic", lines
+
+
+# `.split(sep, n)[0]`, `.split(sep, )[0]`, `.split(sep)[0]`: one first piece for any n.
+_FIRST_PIECE = re.compile(r"\.split\(([^,()]+?)\s*(?:,\s*\d*\s*)?\)\[0\]")
 
 
 def report(found: dict[str, str], seconds: float | None) -> int:
@@ -109,8 +118,11 @@ def report(found: dict[str, str], seconds: float | None) -> int:
     if left:
         cache: dict[str, dict[str, str]] = {}
         kinds = {name: changes(name, cache) for name in left}
-        wording = Counter(kind for kind, _ in kinds.values())["wording"]
-        print(f"not killed ({len(left)}, {wording} of them change only the wording of a text):")
+        kinds_count = Counter(kind for kind, _ in kinds.values())
+        print(
+            f"not killed ({len(left)}: {kinds_count['wording']} change only the wording of a text, "
+            f"{kinds_count['split']} only the maxsplit of a split whose first piece is used)"
+        )
         for name in left:
             kind, lines = kinds[name]
             print(f"  {found[name]:12} {kind:8} {name}")
