@@ -535,7 +535,8 @@ def test_a_key_vault_event_is_reported_to_application_insights_without_the_secre
         for e in events
         if e["properties"]["datasourceId"]
     )
-    assert targets == sorted((ds, "updated") for ds in w.datasource_ids)
+    reasons = [e["properties"].get("reason") for e in events]
+    assert targets == sorted((ds, "updated") for ds in w.datasource_ids), reasons
     assert {e["properties"]["trigger"] for e in events} == {"eventgrid"}
     assert {e["properties"]["correlationId"] for e in events} == {event["id"]}
     assert {e["properties"]["secretVersion"] for e in events if e["properties"]["datasourceId"]} == {version}
