@@ -101,9 +101,11 @@ def test_the_gateways_data_source_lists_and_the_secret_are_read_side_by_side(
     assert together, "the four gateways' lists and the Key Vault read were not in flight at once"
     assert {o.action for o in report.targets()} == {Action.UPDATED}
     assert all(s.secret == world.password for s in world.sources)
-    # Read ahead, read once: each list once, the secret once (after Key Vault's challenge).
+    # Read ahead, read once: each list once, the secret once (after Key Vault's challenge, unless
+    # the SDK's process-wide challenge cache knows this vault's address from an earlier test).
     assert len(sb.requests.find("powerbi.get_gateway_datasources")) == GATEWAYS
-    assert [r.status for r in sb.requests.find("keyvault.get_secret")] == [401, 200]
+    reads = [r.status for r in sb.requests.find("keyvault.get_secret")]
+    assert reads in ([401, 200], [200]), reads
     assert len(sb.requests.find("powerbi.update_datasource")) == len(world.bound)
 
 
