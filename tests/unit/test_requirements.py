@@ -96,7 +96,9 @@ def test_the_worker_lock_is_exact_pins_for_python_3_13_with_the_apps_pins_where_
     assert app["azure-functions"].startswith("1.") and not worker["azure-functions"].startswith("1.")
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert "-r requirements-worker.txt" in makefile and "lock-worker" in makefile
-    assert re.search(r"^test: .*\$\(WORKER_STAMP\)", makefile, re.MULTILINE)  # make test installs it
+    # make test installs it (its `checks` run the installs and the checks two at a time)
+    assert re.search(r"^checks: .*\$\(WORKER_STAMP\)", makefile, re.MULTILINE)
+    assert re.search(r"^test:\n\t@\$\(MAKE\) .*\bchecks$", makefile, re.MULTILINE)
     funcignore = (ROOT / ".funcignore").read_text(encoding="utf-8").splitlines()
     assert {"requirements-worker.in", "requirements-worker.txt", ".venv-worker/"} <= set(funcignore)
 
