@@ -219,35 +219,38 @@ class Inventory:
         """The stored inventory of the watched workspaces (all stored, without a watch list),
         kept in memory for :data:`CACHE_SECONDS`: the many small runs of a fan-out (one per
         target) would otherwise each read all of it from the ledger."""
+        return list(self._cached()[1])
+
+    def _cached(self) -> tuple[float, list[DatasetRecord]]:
+        """The cached inventory (read from the ledger when stale), not copied: callers read it."""
         now = self._clock()
         with self._cache_lock:
             if self._cache is not None and 0 <= now - self._cache[0] < CACHE_SECONDS:
-                return list(self._cache[1])
+                return self._cache
         if not self.bindings.watch_workspaces:
             records = self.ledger.inventory()
         else:
             records = []
             for workspace in sorted({w.lower() for w in self.bindings.watch_workspaces}):
                 records.extend(self.ledger.inventory(workspace))
-        self._remember(now, records)
-        return records
+        return self._remember(now, records)
 
-    def _remember(self, now: float, records: list[DatasetRecord]) -> None:
+    def _remember(self, now: float, records: list[DatasetRecord]) -> tuple[float, list[DatasetRecord]]:
         with self._cache_lock:
             self._cache = (now, list(records))
+            return self._cache
 
     def known_sources(self) -> KnownSources:
         """The gateway data sources of :meth:`known`, by key and by gateway; built once per
         stored inventory read (a rotation asks once per target, and scanning every dataset each
         time would cost targets x datasets)."""
-        self.known()  # fresh in the cache
+        cache = self._cached()
         with self._cache_lock:
-            cache = self._cache
             if self._sources is not None and self._sources[0] is cache:
                 return self._sources[1]
-        index = KnownSources.of([] if cache is None else cache[1])
+        index = KnownSources.of(cache[1])
         with self._cache_lock:
-            if cache is not None and self._cache is cache:
+            if self._cache is cache:
                 self._sources = (cache, index)
         return index
 

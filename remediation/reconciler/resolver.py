@@ -96,11 +96,8 @@ class TargetResolver:
         )
         if len(gateways) < 2:
             return  # one list is read when it is needed, as soon
-        now = self._clock()
         for gateway_id in gateways:
-            with self._listed_lock:
-                cached = self._listed.get(gateway_id)
-            if cached is None or not 0 <= now - cached[0] < CACHE_SECONDS:
+            if self._cached_listing(gateway_id) is None:
                 run.read_ahead(f"datasources:{gateway_id}", partial(self.powerbi.get_datasources, gateway_id))
 
     def _matching_connections(self, binding: Binding, run: Run) -> list[Resolved]:
@@ -360,10 +357,9 @@ class TargetResolver:
         """One gateway's data sources: cached for a minute when Power BI answered (a 4xx, as for
         a cloud gateway, is the answer "none listed"); None, not cached, when it could not be
         read (a 5xx, 429, timeout): then nothing may be concluded from it."""
-        with self._listed_lock:
-            cached = self._listed.get(gateway_id)
-            if cached is not None and 0 <= self._clock() - cached[0] < CACHE_SECONDS:
-                return cached[1]
+        cached = self._cached_listing(gateway_id)
+        if cached is not None:
+            return cached
         try:
             found = run.take_read(
                 f"datasources:{gateway_id}", partial(self.powerbi.get_datasources, gateway_id)
@@ -380,6 +376,14 @@ class TargetResolver:
         with self._listed_lock:
             self._listed[gateway_id] = (self._clock(), found)
         return found
+
+    def _cached_listing(self, gateway_id: str) -> list[GatewayDatasource] | None:
+        """The gateway's data sources read within the last minute by this instance, or None."""
+        with self._listed_lock:
+            cached = self._listed.get(gateway_id)
+        if cached is not None and 0 <= self._clock() - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        return None
 
     def all_gateway_datasources(self, run: Run) -> list[tuple[str, GatewayDatasource]]:
         """Every data source of every gateway the caller administers (once per run)."""

@@ -78,11 +78,11 @@ class GatewayKeys:
         """True when :meth:`gateway` would answer without a request."""
         gateway_id, now = gateway_id.lower(), self._clock()
         with self._lock:
-            listed = self._listed is not None and now - self._listed[1] < GATEWAY_CACHE_SECONDS
-            if listed and self._listed is not None and gateway_id in self._listed[0]:
-                return True
+            listed = self._fresh_list(now)
             single = self._single.get(gateway_id)
-            return listed and single is not None and now - single[1] < GATEWAY_CACHE_SECONDS
+        if listed is None:
+            return False
+        return gateway_id in listed or (single is not None and now - single[1] < GATEWAY_CACHE_SECONDS)
 
     def listed_on_premises(self, gateway_id: str, *, reading: threading.Lock | None = None) -> bool:
         """True when ``gateway_id`` is among the on-premises gateways the caller administers
@@ -113,10 +113,10 @@ class GatewayKeys:
         read beside a data source's settings, which may ask too); other runs do not wait for it
         (one may be waiting out a Retry-After past another's deadline)."""
         with reading or contextlib.nullcontext():
-            now = self._clock()
             with self._lock:
-                if self._listed is not None and now - self._listed[1] < GATEWAY_CACHE_SECONDS:
-                    return self._listed[0]
+                listed = self._fresh_list(self._clock())
+            if listed is not None:
+                return listed
             try:
                 found = {g.id.lower(): g for g in self._powerbi.get_gateways() if g.public_key is not None}
             except ApiError as exc:
@@ -125,3 +125,9 @@ class GatewayKeys:
             with self._lock:
                 self._listed = (found, self._clock())
             return found
+
+    def _fresh_list(self, now: float) -> dict[str, Gateway] | None:
+        """The cached on-premises gateways, or None when stale (the caller holds ``_lock``)."""
+        if self._listed is not None and now - self._listed[1] < GATEWAY_CACHE_SECONDS:
+            return self._listed[0]
+        return None
