@@ -33,6 +33,7 @@ STANDIN_FILES = frozenset(
         "tests/unit/test_support_ports.py",  # the suite's port-443 rule
         "tests/unit/test_support_leftovers.py",  # the suite's no-leftover-telemetry rule
         "tests/unit/test_support_layers.py",  # this list
+        "tests/unit/test_support_mutation_order.py",  # make mutate's test order
     }
 )
 
