@@ -44,6 +44,20 @@ TARGETS: tuple[str, ...] = (
 )
 
 MUTANTS = Path("mutants")
+#: The files the targets live in (where an equivalent line may carry mutmut's pragma).
+SOURCES: tuple[str, ...] = (
+    "remediation/safety/*.py",
+    "remediation/rules/accounts.py",
+    "remediation/rules/signins.py",
+    "remediation/rules/redact.py",
+    "remediation/rules/gateway_crypto.py",
+    "remediation/reconciler/refresh_evidence.py",
+    "remediation/reconciler/refreshes.py",
+    "remediation/reconciler/refresher.py",
+)
+#: ``# pragma: no mutate (equivalent: why)``: mutmut makes no mutant of that line; only lines whose
+#: every mutant is equivalent carry it, each with its reason (docs/mutation-survivors.md).
+PRAGMA = re.compile(r"#\s*pragma:\s*no mutate\b(?P<rest>.*)$")
 # mutmut's exit codes (mutmut.stats.status_by_exit_code) as they count here.
 _STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout"}
 _STATUS |= {24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "caught by type check"}
@@ -105,6 +119,19 @@ def changes(name: str, cache: dict[str, dict[str, str]]) -> tuple[str, list[str]
 _FIRST_PIECE = re.compile(r"\.split\(([^,()]+?)\s*(?:,\s*\d*\s*)?\)\[0\]")
 
 
+def excluded(root: Path = Path(".")) -> list[tuple[str, int, str]]:
+    """Every line of :data:`SOURCES` that mutmut skips (its pragma): file, line and reason."""
+    found: list[tuple[str, int, str]] = []
+    for pattern in SOURCES:
+        for path in sorted(root.glob(pattern)):
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                match = PRAGMA.search(line)
+                if match:
+                    reason = match["rest"].strip().removeprefix("(").removesuffix(")")
+                    found.append((path.relative_to(root).as_posix(), number, reason))
+    return found
+
+
 def report(found: dict[str, str], seconds: float | None) -> int:
     counts = Counter(found.values())
     killed = counts["killed"] + counts["timeout"]
@@ -112,6 +139,10 @@ def report(found: dict[str, str], seconds: float | None) -> int:
         print(f"wall time: {seconds / 60:.1f} min")
     print("by status: " + ", ".join(f"{status} {n}" for status, n in sorted(counts.items())))
     print(f"score: {killed}/{len(found)} killed ({100 * killed / max(len(found), 1):.1f}%)")
+    skipped = excluded()
+    print(f"lines not mutated as equivalent (pragma): {len(skipped)}")
+    for path, number, reason in skipped:
+        print(f"  {path}:{number}: {reason}")
     left = sorted(
         name for name, status in found.items() if status not in ("killed", "timeout", "not checked")
     )
