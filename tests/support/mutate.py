@@ -139,6 +139,9 @@ def report(found: dict[str, str], seconds: float | None) -> int:
         print(f"wall time: {seconds / 60:.1f} min")
     print("by status: " + ", ".join(f"{status} {n}" for status, n in sorted(counts.items())))
     print(f"score: {killed}/{len(found)} killed ({100 * killed / max(len(found), 1):.1f}%)")
+    hung = sorted(name for name, status in found.items() if status == "timeout")
+    if hung:  # counted killed (the mutant made a run never end); named so each can be checked
+        print(f"killed by the timeout ({len(hung)}): " + ", ".join(name.rpartition(".")[2] for name in hung))
     skipped = excluded()
     print(f"lines not mutated as equivalent (pragma): {len(skipped)}")
     for path, number, reason in skipped:
