@@ -59,7 +59,10 @@ def diagnose(refresh: Refresh) -> Diagnosis:
 
 
 def source_key(source: DatasetDatasource) -> tuple[str, str]:
-    return (source.gateway_id or "").lower(), (source.datasource_id or "").lower()
+    """The target key of a bound data source (every caller's are: credential-bearing ones)."""
+    assert source.gateway_id is not None
+    assert source.datasource_id is not None
+    return source.gateway_id.lower(), source.datasource_id.lower()
 
 
 def culprit(
