@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from remediation.clients.powerbi_models import DatasetDatasource, Refresh
 from remediation.errors import RemediationError
@@ -59,7 +59,10 @@ def diagnose(refresh: Refresh) -> Diagnosis:
 
 
 def source_key(source: DatasetDatasource) -> tuple[str, str]:
-    return (source.gateway_id or "").lower(), (source.datasource_id or "").lower()
+    """The target key of a bound data source (every caller's are: credential-bearing ones)."""
+    assert source.gateway_id is not None
+    assert source.datasource_id is not None
+    return source.gateway_id.lower(), source.datasource_id.lower()
 
 
 def culprit(
@@ -81,8 +84,8 @@ def culprit(
 @dataclass(frozen=True)
 class DatasetPlan:
     """A dataset read and learnt from, ready to heal: its last refresh, the diagnosis of its
-    failure when a credential can cure it (else None), its credential-bearing sources, their
-    bound targets and the source the failure names."""
+    failure when a credential can cure it (else None), its credential-bearing sources and their
+    bound targets (the source the failure names is :func:`culprit` of the last refresh and those)."""
 
     workspace_id: str
     dataset_id: str
@@ -90,7 +93,6 @@ class DatasetPlan:
     diagnosis: Diagnosis | None
     credential_bearing: tuple[DatasetDatasource, ...]
     resolved: tuple[Resolved, ...]
-    culprit: DatasetDatasource | None
 
 
 class RefreshEvidence:
@@ -103,7 +105,7 @@ class RefreshEvidence:
         accounts: Accounts,
         lease_ttl: Callable[[], float],
         references: References | None = None,
-        settle_seconds: float = 0.0,
+        settle_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger
@@ -201,7 +203,6 @@ class RefreshEvidence:
                 verdict="rejected",
                 reason=reason,
                 now=self._clock(),
-                sent_at=started,
             )
             lease = self.ledger.acquire_lease(
                 item.target.gateway_id,
@@ -225,19 +226,20 @@ class RefreshEvidence:
         run: Run,
     ) -> list[SourceEvidence]:
         """What the ledger knows of each credential-bearing source after the heal (for the core)."""
-        healed = {item.target.key: (item, outcome) for item, outcome in zip(resolved, outcomes, strict=True)}
+        pairs = zip(resolved, outcomes, strict=True)  # pragma: no mutate (equivalent: one outcome per target)
+        healed = {item.target.key: (item, outcome) for item, outcome in pairs}
         evidence: list[SourceEvidence] = []
         for source in credential_bearing:
             key = source_key(source)
-            label = f"{key[0]}/{key[1]}"
+            unbound = SourceEvidence(key, f"{key[0]}/{key[1]}", None)
             found = healed.get(key)
             if found is None:
-                evidence.append(SourceEvidence(key, label, None))
+                evidence.append(unbound)
                 continue
             item, outcome = found
             action = Action(outcome.action or Action.FAILED.value)
             if action not in (Action.UPDATED, Action.CURRENT, Action.REFERENCED):
-                evidence.append(SourceEvidence(key, label, action))
+                evidence.append(replace(unbound, action=action))
                 continue
             try:
                 version = self._accounts.secret(item.binding.secret, run).version
@@ -251,20 +253,20 @@ class RefreshEvidence:
                     state = self.ledger.target_state(*key)
                     holds, applied_at = state.holds(item.binding.secret, version), state.applied_at
             except RemediationError as exc:
-                logger.warning("dataset source %s: cannot read its evidence: %s", label, exc)
-                evidence.append(SourceEvidence(key, label, Action.FAILED))
+                logger.warning("dataset source %s: cannot read its evidence: %s", unbound.label, exc)
+                evidence.append(replace(unbound, action=Action.FAILED))
                 continue
             where = self._accounts.where_of(item, run)
             evidence.append(
-                SourceEvidence(
-                    key,
-                    label,
-                    action,
+                replace(
+                    unbound,
+                    action=action,
                     holds_current=holds,
                     applied_at=applied_at,
                     account_verdict=av.verdict,
                     contradicted_at=av.contradicted_at,
-                    account=f"{account}|{item.binding.secret.lower()}|{version.lower()}",
+                    # The account key is lower case already: one case for the secret and its version.
+                    account=f"{account}|{item.binding.secret}|{version}".lower(),
                     licensed_now=licensed(av, where, run.correlation_id, self._clock()),
                 )
             )

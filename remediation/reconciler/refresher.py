@@ -207,17 +207,12 @@ class Refresher:
         sources, connections = self.dataset_sources.with_connections(workspace_id, dataset_id, sources, run)
         resolved, _unbound = self.dataset_sources.bindings_of(sources, report, connections)
         credential_bearing = [s for s in sources if s.bound]
-        blamed = culprit(latest, credential_bearing) if curable else None
+        # Here a diagnosis is a curable one: any other was reported above.
         if curable and diagnosis is not None and latest is not None and not run.dry_run:
+            blamed = culprit(latest, credential_bearing)
             self.evidence.learn_from_failure(diagnosis, latest, blamed, resolved, run)
         return DatasetPlan(
-            workspace_id,
-            dataset_id,
-            latest,
-            diagnosis if curable else None,
-            tuple(credential_bearing),
-            tuple(resolved),
-            blamed,
+            workspace_id, dataset_id, latest, diagnosis, tuple(credential_bearing), tuple(resolved)
         )
 
     def _finish(self, plan: DatasetPlan, run: Run, *, latest_is_fresh: bool) -> None:
@@ -229,6 +224,8 @@ class Refresher:
             self._report_refresh_state(report, latest)
             return
 
+        blamed = culprit(latest, plan.credential_bearing)
+
         def decide() -> RefreshDecision:
             return may_refresh(
                 self.evidence.of_sources(plan.credential_bearing, plan.resolved, outcomes, run),
@@ -236,7 +233,7 @@ class Refresher:
                     latest.start_time.timestamp()
                     if latest is not None and latest.start_time is not None
                     else None,
-                    None if plan.culprit is None else source_key(plan.culprit),
+                    None if blamed is None else source_key(blamed),
                 ),
             )
 
@@ -355,10 +352,9 @@ class Refresher:
         the run's deadline is reported as deferred (one outcome for all of them, naming the
         first), and the cursor is left on it."""
         pairs = sorted({(r.workspace_id, r.dataset_id) for r in records})
-        start = ""
         if cursor is not None:
             start = self.ledger.marker(cursor) or ""
-            at = next((i for i, pair in enumerate(pairs) if "/".join(pair) >= start), 0) if start else 0
+            at = next((i for i, pair in enumerate(pairs) if "/".join(pair) >= start), 0)
             pairs = pairs[at:] + pairs[:at]
         unreached = object()
 
@@ -383,7 +379,8 @@ class Refresher:
             return None
 
         answers = self._targets.in_parallel(latest, pairs)
-        missed = [pair for pair, answer in zip(pairs, answers, strict=True) if answer is unreached]
+        read = zip(pairs, answers, strict=True)  # pragma: no mutate (equivalent: one answer per dataset)
+        missed = [pair for pair, answer in read if answer is unreached]
         if missed:
             self.report_dataset(
                 run,
@@ -396,7 +393,7 @@ class Refresher:
             )
         if cursor is not None and not run.dry_run:
             following = "/".join(missed[0]) if missed else ""
-            if following != start:
+            if following != start:  # start: the cursor's marker, read above
                 self.ledger.set_marker(cursor, following, self._clock())
         return [a for a in answers if isinstance(a, tuple)]
 

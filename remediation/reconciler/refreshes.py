@@ -71,10 +71,11 @@ class Refreshes:
         is still unknown when the follow-up ends leaves the others of its accounts for a later run.
         ``report`` records the dataset's outcome.
         """
-        keys = sorted(f"refresh-proof:{account}" for account in accounts)
-        if not keys:
-            self._refresh(plan, run, decide, report, check_running=check_running)
-            return
+        # An account is "kind:name|secret|version" (SourceEvidence.account): the name is who signs in.
+        names = {
+            f"refresh-proof:{account}": account.partition("|")[0].partition(":")[2] for account in accounts
+        }
+        keys = sorted(names)
         with contextlib.ExitStack() as held:
             for key in keys:
                 held.enter_context(run.key_lock(key))
@@ -82,7 +83,7 @@ class Refreshes:
                 pending = [k for k in keys if k in run.refresh_pending]
                 unproven = [k for k in keys if k not in run.refresh_proven]
             if pending:
-                who = ", ".join(k.split(":", 1)[1].split("|", 1)[0].split(":", 1)[-1] for k in pending)
+                who = ", ".join(names[k] for k in pending)
                 report(
                     Action.DEFERRED,
                     f"not refreshed yet: another dataset's refresh is the first to sign in as {who} with "
@@ -90,16 +91,17 @@ class Refreshes:
                     "run continues",
                 )
                 return
-            if not unproven:
-                held.close()  # proven in this run: refreshes follow concurrently
-                self._refresh(plan, run, decide, report, check_running=check_running)
+            if unproven:
+                final = self._refresh(plan, run, decide, report, check_running=check_running)
+                with run.lock:
+                    if final is not None and final.status == "Completed":
+                        run.refresh_proven.update(unproven)
+                    elif final is None or final.running:
+                        run.refresh_pending.update(unproven)
                 return
-            final = self._refresh(plan, run, decide, report, check_running=check_running)
-            with run.lock:
-                if final is not None and final.status == "Completed":
-                    run.refresh_proven.update(unproven)
-                elif final is None or final.running:
-                    run.refresh_pending.update(unproven)
+        # No account to prove, or all proven in this run (their locks released): refreshes follow
+        # concurrently.
+        self._refresh(plan, run, decide, report, check_running=check_running)
 
     def _refresh(
         self,
@@ -152,16 +154,17 @@ class Refreshes:
                 return None
             again_now = decide()
             if not again_now.allowed:
+                assert again_now.action is not None  # a refusal names its action
                 report(
-                    again_now.action or Action.BLOCKED,
+                    again_now.action,
                     "not refreshed, and its schedule is left as it is: evidence against a data source's "
                     "credential arrived meanwhile: " + ", ".join(again_now.waiting),
                 )
                 return None
-            notes = []
+            note = ""
             if not schedule.enabled and schedule.days:
                 self.powerbi.update_refresh_schedule_in_group(workspace_id, dataset_id, True)
-                notes.append("schedule re-enabled")
+                note = " (schedule re-enabled)"
             self.ledger.record_refresh_post(dataset_id, day)
             request = self.powerbi.refresh_dataset_in_group(workspace_id, dataset_id)
         except RefreshAlreadyRunning:
@@ -192,9 +195,7 @@ class Refreshes:
                 )
         elif final is None or final.running:
             reason += " within this run's time; it goes on in Power BI"
-        if notes:
-            reason += f" ({', '.join(notes)})"
-        report(action, reason, refresh_request_id=request.request_id, refresh_state=state)
+        report(action, reason + note, refresh_request_id=request.request_id, refresh_state=state)
         return final
 
     def _follow(self, workspace_id: str, dataset_id: str, request_id: str, run: Run) -> Refresh | None:
@@ -208,7 +209,7 @@ class Refreshes:
         while True:
             try:
                 for entry in self.powerbi.get_refresh_history_in_group(workspace_id, dataset_id, top=5):
-                    if (entry.request_id or "").lower() == request_id:
+                    if str(entry.request_id).lower() == request_id:  # a GUID: an entry without id never is
                         last = entry
                         break
             except ApiError as exc:

@@ -1,0 +1,187 @@
+"""Starting and following a dataset's refresh, one dataset at a time per account (end to end).
+
+What the refresher's turn-taking and following show a user: which refreshes are posted, what a
+dataset's outcome says word for word (an operator reads it in the CLI, HTTP and App Insights),
+how much of the refresh history is read, and the account's failed sign-ins. Time is a manual
+clock shared by the sandbox and the healer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from remediation.reconciler.healer import Action, Report
+from sandbox import Sandbox
+from sandbox.clock import ManualClock
+from sandbox.world import generate_password
+from tests.sandbox.test_fabric_references import api_refreshes, model, of, referenced, vault_connection
+from tests.support.clock import Sleeps
+from tests.support.harness import Make, harness_factory
+from tests.support.world import build_world
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
+
+
+@pytest.fixture
+def manual(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[Sandbox, ManualClock, Make]]:
+    clock = ManualClock()
+    sb = Sandbox(clock=clock).start()
+    factory = harness_factory(sb, monkeypatch, tmp_path)
+    try:
+        yield sb, clock, next(factory)
+    finally:
+        sb.stop()
+
+
+def refresh_posts(sb: Sandbox) -> int:
+    return len(sb.requests.find("powerbi.refresh_dataset"))
+
+
+def history_tops(sb: Sandbox) -> list[str | None]:
+    """The ``$top`` of every refresh-history read, in order."""
+    return [r.query.get("$top") for r in sb.requests.find("powerbi.refresh_history")]
+
+
+def dataset_outcome(report: Report) -> Any:
+    (found,) = [o for o in report.datasets() if o.datasource_id is None]
+    return found
+
+
+def in_time(work: Any, seconds: float = 120.0) -> Any:
+    """Run ``work`` on a thread and return its result; fail (not hang) if it does not end in time."""
+    done: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: done.setdefault("result", work()), daemon=True)
+    thread.start()
+    thread.join(timeout=seconds)
+    assert not thread.is_alive(), "the run did not end"
+    return done["result"]
+
+
+# -- following a refresh ---------------------------------------------------------------------------
+def test_a_refresh_that_takes_a_while_is_followed_until_it_completes(
+    manual: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sb, clock, make = manual
+    monkeypatch.setattr(
+        Sleeps, "__call__", lambda self, seconds: (self.waits.append(seconds), clock.advance(seconds))
+    )
+    h = make(clock=clock.now)
+    w = h.world
+    w.rotate()
+    w.fail_scheduled_refreshes()
+    clock.advance(60)
+    sb.powerbi.set_refresh_duration(0.05)
+
+    refreshed = dataset_outcome(h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0]))
+
+    assert (refreshed.action, refreshed.reason, refreshed.refresh_state) == (
+        Action.REFRESHED,
+        "refresh Completed (schedule re-enabled)",
+        "Completed",
+    )
+    assert h.sleeps.waits  # it waited between its looks at the history
+    assert refresh_posts(sb) == 1
+
+
+# -- how much history is read ----------------------------------------------------------------------
+def test_a_dataset_without_refresh_history_is_healthy_and_only_its_last_refresh_is_asked_for(
+    manual: Any,
+) -> None:
+    sb, clock, make = manual
+    h = make(clock=clock.now)
+    w = h.world
+    quiet = sb.powerbi.add_dataset(w.workspace, "Never refreshed", w.datasources, owner=w.app.client_id)
+    sb.requests.clear()
+
+    outcome = dataset_outcome(h.healer.heal_dataset(w.workspace_id, quiet.id))
+
+    assert (outcome.action, outcome.reason) == (Action.HEALTHY, "the dataset has no refresh history")
+    assert history_tops(sb) == ["1", "1"]  # the healer's look, and the refresher's own
+
+
+def test_a_heal_told_of_a_failure_looks_at_the_last_refresh_only_before_it_refreshes(manual: Any) -> None:
+    sb, clock, make = manual
+    h = make(clock=clock.now)
+    w = h.world
+    w.rotate()
+    w.fail_scheduled_refreshes()
+    (failed,) = h.runtime.powerbi.get_refresh_history_in_group(w.workspace_id, w.dataset_ids[0], top=1)
+    clock.advance(60)
+    sb.requests.clear()
+
+    refreshed = dataset_outcome(h.healer.heal_dataset(w.workspace_id, w.dataset_ids[0], latest=failed))
+
+    assert refreshed.action == Action.REFRESHED
+    assert history_tops(sb) == ["1", "5"]  # is one running? then following its own refresh
+
+
+def test_a_sweep_reads_only_the_last_refresh_of_each_dataset(manual: Any) -> None:
+    sb, clock, make = manual
+    h = make(sources=2, clock=clock.now)
+    h.healer.sweep()  # the inventory is stored
+    sb.requests.clear()
+
+    h.healer.sweep()
+
+    assert history_tops(sb) == ["1", "1"]
+
+
+# -- a Key Vault reference with no settle time -----------------------------------------------------
+def test_without_a_settle_time_a_refusal_as_the_version_was_stored_blocks_it(manual: Any) -> None:
+    """No settle time: a referenced connection reads Key Vault's version from the moment it is
+    stored. A refresh that started that very second and was refused proves it wrong: the dataset
+    is not refreshed again with it (that would be a second failed sign-in)."""
+    sb, clock, make = manual
+    w = build_world(sb)
+    kv = vault_connection(sb, w)
+    f = referenced(sb, w, kv)
+    sales = model(sb, w, "sales", f)
+    bindings = json.dumps(w.bindings(f.binding))
+    h = make(w, env={"REMEDIATION_BINDINGS": bindings, "REMEDIATION_SETTLE_SECONDS": "0"}, clock=clock.now)
+    wrong = "Wrong#" + generate_password()
+    sb.vault.set_secret(f.secret_name, wrong)
+    sb.powerbi.start_refresh(sales)  # the same second
+    sb.powerbi.settle()
+    assert sales.refreshes[-1].status == "Failed"
+    clock.advance(60)
+
+    report = h.healer.heal_secret(f.secret_name)
+
+    assert of(report, sales) == [Action.BLOCKED], [o.reason for o in report.datasets()]
+    assert api_refreshes(sales) == []
+    assert f.account.failures_of(wrong) == 1
+
+
+# -- one dataset at a time per account -------------------------------------------------------------
+def test_datasets_wait_for_the_first_refresh_of_their_account_and_say_who_it_is(manual: Any) -> None:
+    """The sweep has not seen the version accepted: one dataset's refresh goes first for the
+    account, and it still runs when the follow-up ends, so the others wait for a later run and say
+    so, naming the account."""
+    sb, clock, make = manual
+    h = make(sources=3, servers=1, clock=clock.now, env={"REMEDIATION_REFRESH_TIMEOUT": "0"})
+    w = h.world
+    w.rotate()
+    w.fail_scheduled_refreshes()
+    clock.advance(60)
+    h.healer.heal_secret(w.secret_name, retry_refreshes=False)  # accepted, in another command
+    clock.advance(60)
+    sb.powerbi.set_refresh_duration(3600)
+
+    report = in_time(h.healer.sweep)
+
+    reasons = sorted(o.reason for o in report.datasets() if o.action == Action.DEFERRED)
+    assert (
+        reasons
+        == [
+            "not refreshed yet: another dataset's refresh is the first to sign in as svc_pbi with this "
+            "version, and its outcome is not known yet (a refresh is a sign-in); the next run continues"
+        ]
+        * 2
+    )
+    assert refresh_posts(sb) == 1
