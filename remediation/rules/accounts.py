@@ -40,12 +40,8 @@ _CCON = re.compile(r"</?ccon>", re.IGNORECASE)
 
 
 def _bare_user(username: str) -> str:
-    name = username.strip().lower()
-    if "\\" in name:
-        name = name.rsplit("\\", 1)[1]
-    if "@" in name:
-        name = name.split("@", 1)[0]
-    return name
+    name = username.strip().lower().rpartition("\\")[2]  # CONTOSO\svc: svc
+    return name.partition("@")[0]  # svc@contoso.com: svc
 
 
 def account_key(binding: Binding, username: str | None) -> str:
@@ -102,7 +98,7 @@ def presentation_locator(
     user = binding.username if username is None else username
     if binding.credential_type is CredentialType.WINDOWS and user:
         name = user.strip().lower()
-        domain = name.split("\\", 1)[0] if "\\" in name else name.split("@", 1)[1] if "@" in name else ""
+        domain = name.partition("\\")[0] if "\\" in name else name.partition("@")[2]
         if domain:
             return f"domain:{domain}"
     if server:
@@ -113,11 +109,11 @@ def presentation_locator(
 def _host_of(value: str) -> str:
     text = value.strip()
     if text.startswith("\\\\"):  # \\server\share
-        return text[2:].split("\\", 1)[0].lower()
+        return text[2:].partition("\\")[0].lower()
     parts = urlsplit(text)
     if parts.hostname:
         return parts.hostname.lower()
-    return text.split(";", 1)[0].lower()
+    return text.partition(";")[0].lower()
 
 
 @dataclass(frozen=True)

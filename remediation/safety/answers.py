@@ -102,10 +102,6 @@ class NotPresentedAnswer:
     evidence: str
 
 
-def _codes(*names: str) -> frozenset[str]:
-    return frozenset(n.casefold() for n in names)
-
-
 NOT_PRESENTED_ANSWERS: tuple[NotPresentedAnswer, ...] = (
     NotPresentedAnswer(
         "*",
@@ -119,7 +115,7 @@ NOT_PRESENTED_ANSWERS: tuple[NotPresentedAnswer, ...] = (
     NotPresentedAnswer(
         "powerbi",
         401,
-        _codes("", "TokenExpired", "Unauthorized", "PowerBINotAuthorizedException"),
+        frozenset({"", "TokenExpired", "Unauthorized", "PowerBINotAuthorizedException"}),
         "Power BI refused the product's own token or rights (HTTP 401) before running the update",
         "the caller is authenticated and authorized (gateway admin, dataset owner) before Power BI "
         "contacts any gateway (DESIGN.md 'Who may call'); 401 with these codes is the bearer "
@@ -128,7 +124,7 @@ NOT_PRESENTED_ANSWERS: tuple[NotPresentedAnswer, ...] = (
     NotPresentedAnswer(
         "powerbi",
         403,
-        _codes("", "TokenExpired", "Unauthorized", "Forbidden", "PowerBINotAuthorizedException"),
+        frozenset({"", "TokenExpired", "Unauthorized", "Forbidden", "PowerBINotAuthorizedException"}),
         "Power BI refused the product's rights (HTTP 403) before running the update",
         "as for 401: PowerBINotAuthorizedException is the authorization check of the caller "
         "(not a gateway admin, not the dataset owner), made before the gateway is asked",
@@ -136,14 +132,14 @@ NOT_PRESENTED_ANSWERS: tuple[NotPresentedAnswer, ...] = (
     NotPresentedAnswer(
         "powerbi",
         404,
-        _codes("", "PowerBIEntityNotFound", "EntityNotFound", "NotFound"),
+        frozenset({"", "PowerBIEntityNotFound", "EntityNotFound", "NotFound"}),
         "Power BI does not know this gateway or data source (HTTP 404): nothing was updated",
         "swagger: 404 for an unknown gateway or data source; the entity is looked up before it can be tested",
     ),
     NotPresentedAnswer(
         "powerbi",
         400,
-        _codes("BadRequest"),
+        frozenset({"BadRequest"}),
         "Power BI could not read the request body (HTTP 400 BadRequest): the update never ran",
         "BadRequest with OData 'target' details is ASP.NET's model-binding refusal, raised before "
         "the operation (DevScope/powerbi-powershell-modules issue 65: 'Bad JSON escape sequence', "
@@ -152,7 +148,7 @@ NOT_PRESENTED_ANSWERS: tuple[NotPresentedAnswer, ...] = (
     NotPresentedAnswer(
         "fabric",
         401,
-        _codes("", "TokenExpired", "InvalidToken", "Unauthorized"),
+        frozenset({"", "TokenExpired", "InvalidToken", "Unauthorized"}),
         "Fabric refused the product's own token (HTTP 401) before running the update",
         "the bearer token is validated by Fabric's front end before any operation "
         "(WWW-Authenticate challenge)",
@@ -160,14 +156,16 @@ NOT_PRESENTED_ANSWERS: tuple[NotPresentedAnswer, ...] = (
     NotPresentedAnswer(
         "fabric",
         403,
-        _codes(
-            "",
-            "Unauthorized",
-            "Forbidden",
-            "InsufficientPermissionsToManageConnection",
-            "InsufficientPrivileges",
-            "InsufficientScopes",
-            "PrincipalTypeNotSupported",
+        frozenset(
+            {
+                "",
+                "Unauthorized",
+                "Forbidden",
+                "InsufficientPermissionsToManageConnection",
+                "InsufficientPrivileges",
+                "InsufficientScopes",
+                "PrincipalTypeNotSupported",
+            }
         ),
         "Fabric refused the product's rights on the connection (HTTP 403) before running it",
         "Fabric spec (Connections_UpdateConnection, Connections_TestConnection): "
@@ -177,14 +175,14 @@ NOT_PRESENTED_ANSWERS: tuple[NotPresentedAnswer, ...] = (
     NotPresentedAnswer(
         "fabric",
         404,
-        _codes("", "EntityNotFound", "ItemNotFound", "ConnectionNotFound"),
+        frozenset({"", "EntityNotFound", "ItemNotFound", "ConnectionNotFound"}),
         "Fabric does not know this connection (HTTP 404): nothing was updated",
         "Fabric spec: EntityNotFound - 'the requested resource could not be found'",
     ),
     NotPresentedAnswer(
         "fabric",
         400,
-        _codes("InvalidCredentialDetails", "InvalidConnectionDetails"),
+        frozenset({"InvalidCredentialDetails", "InvalidConnectionDetails"}),
         "Fabric refused the request's shape before testing it (HTTP 400)",
         "Fabric spec (Connections_CreateConnection): InvalidCredentialDetails - 'the "
         "CredentialDetails input provided is not valid', InvalidConnectionDetails likewise: input "
@@ -193,7 +191,7 @@ NOT_PRESENTED_ANSWERS: tuple[NotPresentedAnswer, ...] = (
     NotPresentedAnswer(
         "entra",
         400,
-        _codes("AADSTS7000218", "AADSTS700016", "AADSTS90002", "AADSTS7000215", "AADSTS7000222"),
+        frozenset({"AADSTS7000218", "AADSTS700016", "AADSTS90002", "AADSTS7000215", "AADSTS7000222"}),
         "Entra ID refused the product's app registration or tenant before checking the user",
         "AADSTS error reference: 700016 application not found, 90002 tenant not found, "
         "7000215/7000222 invalid or expired client secret, 7000218 client credentials missing - "
@@ -202,7 +200,7 @@ NOT_PRESENTED_ANSWERS: tuple[NotPresentedAnswer, ...] = (
     NotPresentedAnswer(
         "entra",
         401,
-        _codes("AADSTS7000218", "AADSTS700016", "AADSTS7000215", "AADSTS7000222", "invalid_client"),
+        frozenset({"AADSTS7000218", "AADSTS700016", "AADSTS7000215", "AADSTS7000222", "invalid_client"}),
         "Entra ID refused the product's app registration before checking the user",
         "as above: invalid_client (HTTP 401) is the client's own authentication",
     ),
@@ -220,7 +218,7 @@ def not_presented_because(answer: Answer) -> NotPresentedAnswer | None:
     for row in NOT_PRESENTED_ANSWERS:
         if row.service not in ("*", answer.service) or row.status != answer.status:
             continue
-        if row.codes is None or code in row.codes:
+        if row.codes is None or code in {c.casefold() for c in row.codes}:
             return row
     return None
 
@@ -242,9 +240,9 @@ def verdict_of(answer: Answer) -> VerdictOf:
     refusal = refused_sign_in(answer.code, answer.message, answer.details)
     code = answer.code or "no readable code"
     if refusal is not None:
-        diagnosis = diagnose_api_error(
-            answer.status, answer.code, message=answer.message, details=answer.details
-        )
+        # What the account's state is, the source's words tell, whatever code carried them: a
+        # gateway's code (its own category) must not hide that the account is locked or disabled.
+        diagnosis = diagnose_api_error(answer.status, None, message=answer.message, details=answer.details)
         said = f"{name} HTTP {answer.status} {code}; recognised by {refusal}"
         if diagnosis.blocks_account:  # no password cures it: say what a person must do first
             return VerdictOf(Verdict.REJECTED, f"the source refused the account ({said}). {diagnosis.fix}")
@@ -280,6 +278,7 @@ def undecryptable(answer: Answer, *, key_changed: bool) -> bool:
         key_changed
         and answer.service == "powerbi"
         and answer.status == 400
-        and (answer.code or "").casefold() == "dm_gwpipeline_unknownerror"
-        and refused_sign_in(answer.code, answer.message, answer.details) is None
+        and answer.code is not None
+        and answer.code.casefold() == "dm_gwpipeline_unknownerror"
+        and refused_sign_in(None, answer.message, answer.details) is None  # its code names no refusal
     )

@@ -269,7 +269,7 @@ def verdict_step(
     reason: str | None,
     sent_at: float,
     now: float,
-    request: str = "",
+    request: str,
 ) -> AccountVersion | None:
     """The record after a presentation's verdict (None: nothing to write). ``owner``'s probe is
     cleared. A verdict is written even when the probe expired or was taken: it is a fact.

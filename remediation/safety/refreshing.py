@@ -122,7 +122,7 @@ def _waits(source: SourceEvidence, failure: FailureEvidence) -> str | None:
     if source.action is Action.WOULD_UPDATE:
         return None  # a dry run: what would be, were the update accepted
     if source.action not in (Action.UPDATED, Action.CURRENT, Action.REFERENCED):
-        return source.action.value if source.action is not None else "unbound"
+        return str(source.action)  # its action's value (a StrEnum): may_refresh passes bound sources only
     if not source.holds_current or source.applied_at is None:
         return "not known to hold the current version"
     if source.account_verdict is not None:

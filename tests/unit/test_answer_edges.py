@@ -97,6 +97,21 @@ def test_a_rejection_says_whether_the_source_refused_the_sign_in_or_the_account(
     )
 
 
+def test_a_disabled_account_reported_under_a_gateways_code_still_says_to_enable_it() -> None:
+    """The gateway's own "unknown error" code carries SQL Server's words: the account is disabled.
+    No password cures that, so the operator reads what to do at the source, not just a refusal."""
+    code = "DM_GWPipeline_UnknownError"
+    answer = Answer("powerbi", 400, code, "Login failed for user 'svc'. Reason: The account is disabled.")
+    assert verdict_of(answer) == VerdictOf(
+        Verdict.REJECTED,
+        f"the source refused the account (Power BI HTTP 400 {code}; recognised by the source's words (the "
+        "account cannot sign in)). Enable the account at the source (SQL Server: ALTER LOGIN <name> ENABLE; "
+        "Active Directory: Enable account) or bind another one; nothing is presented meanwhile; then "
+        "present the version again with `python -m remediation heal --secret NAME --present-again` "
+        '(HTTP: "presentAgain": true), or put a new version in Key Vault.',
+    )
+
+
 def test_a_code_is_matched_against_the_table_whatever_its_case_and_spaces() -> None:
     assert not_presented_because(Answer("powerbi", 401, " tokenexpired ")) is not None
     assert not_presented_because(Answer("fabric", 404, "ENTITYNOTFOUND")) is not None
@@ -124,6 +139,12 @@ def test_a_gateway_unknown_error_whose_details_name_a_refused_sign_in_is_not_und
         Answer("powerbi", 400, "DM_GWPipeline_UnknownError", details=native), key_changed=True
     )
     assert undecryptable(Answer("powerbi", 400, "dm_gwpipeline_unknownerror"), key_changed=True)
+
+
+def test_a_gateway_answer_without_a_code_is_not_undecryptable() -> None:
+    """Only the gateway's "unknown error" code says it could not use what it was sent."""
+    assert not undecryptable(Answer("powerbi", 400, None), key_changed=True)
+    assert not undecryptable(Answer("powerbi", 400, ""), key_changed=True)
 
 
 # -- what recognised a refused sign-in (quoted in a rejection's reason) ------------------------------

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from remediation.errors import LedgerError
-from remediation.safety.evidence import AccountVersion, TargetState
+from remediation.safety.evidence import AccountVersion, Intent, TargetState
 
 
 @pytest.mark.parametrize("text", [None, "", "   "])
@@ -52,6 +52,46 @@ def test_a_corrupt_list_of_acceptances_is_refused_naming_it(doc: str) -> None:
     with pytest.raises(LedgerError) as raised:
         AccountVersion.parse_accepted(doc)
     assert str(raised.value) == "corrupt ledger record: accepted"
+
+
+INTENT = {
+    "secret": "sql-pw",
+    "version": "v2",
+    "account": "user:svc",
+    "locator": "sql01",
+    "at": 100,
+    "leaseId": "l",
+}
+
+
+@pytest.mark.parametrize("text", [None, "", "   "])
+def test_an_empty_intent_record_reads_as_no_intent(text: str | None) -> None:
+    assert Intent.parse(text) is None
+
+
+def test_a_stored_intent_reads_back_as_written() -> None:
+    intent = Intent("sql-pw", "v2", "user:svc", "sql01", 100.0, "l")
+    assert Intent.parse(intent.to_json()) == intent
+    assert Intent.parse(json.dumps(INTENT)) == intent
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        "{",  # not JSON
+        "[]",  # not an object
+        json.dumps(INTENT | {"at": "soon"}),  # every name, but no time
+        json.dumps({k: v for k, v in INTENT.items() if k != "leaseId"}),  # a time, but a name missing
+        json.dumps(INTENT | {"account": 7}),
+    ],
+    ids=["not-json", "not-object", "time", "lease", "account"],
+)
+def test_a_corrupt_intent_record_is_refused_naming_it(doc: str) -> None:
+    """An intent is a presentation whose verdict may be lost: one that cannot be read must stop
+    the healer (it would otherwise read as "nothing in flight" and present again)."""
+    with pytest.raises(LedgerError) as raised:
+        Intent.parse(doc)
+    assert str(raised.value) == "corrupt ledger record: intent"
 
 
 def test_a_lease_without_an_expiry_or_an_owner_is_free() -> None:

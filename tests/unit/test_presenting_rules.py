@@ -143,6 +143,13 @@ def test_a_lost_verdict_on_the_account_is_in_doubt_and_says_what_to_check() -> N
     assert unexplained is not None and "(no reason recorded)" in unexplained.reason
 
 
+def test_an_account_recorded_without_a_kind_is_named_whole() -> None:
+    """The ledger treats an account as opaque text: one without ``user:``/``secret:`` is still named."""
+    rejected = record(verdict="rejected", reason="Login failed", account="svc_pbi")
+    decided = account_decision(rejected, present_again=False)
+    assert decided is not None and decided.reason.startswith(f"account svc_pbi rejected version {V2} ")
+
+
 # -- licensed -------------------------------------------------------------------------------------
 def accepted(at: float, request: str = "req", **kw: object) -> AccountVersion:
     return record(accepted=(HERE,), licences=((HERE, at, request),), **kw)

@@ -140,6 +140,44 @@ def test_a_connection_is_sent_a_copy_only_when_nothing_says_it_references_key_va
     assert (None if decision is None else decision.action) is action
 
 
+@pytest.mark.parametrize(
+    ("marked", "recorded", "reason"),
+    [
+        (
+            False,
+            "in-doubt",
+            f"`adopt` is moving connection {CONN}, or the answer to `adopt` was lost: whether it references "
+            "Key Vault or still holds its copy is unknown, so nothing is sent. Look at it in Manage "
+            "connections and gateways, then run `adopt ... --yes` again or `adopt --release`",
+        ),
+        (
+            True,
+            "released",
+            f"connection {CONN} was moved back to a copy (`adopt --release`), but the bindings still mark "
+            'it "keyVaultReference": true: remove the mark (nothing is sent until the two agree)',
+        ),
+        (
+            True,
+            None,
+            f"connection {CONN} references Key Vault: Fabric reads the current version itself, so no copy "
+            "is sent",
+        ),
+        (
+            False,
+            "referenced",
+            f"connection {CONN} was moved onto a Key Vault reference by `adopt` (the ledger says so): no "
+            'copy is sent; mark its target "keyVaultReference": true in the bindings',
+        ),
+    ],
+    ids=["adopt-in-doubt", "released-but-marked", "marked", "adopted-not-marked"],
+)
+def test_a_connection_that_is_sent_nothing_tells_the_operator_why_and_what_to_do(
+    marked: bool, recorded: str | None, reason: str
+) -> None:
+    decision = reference_decision(marked=marked, recorded=recorded, connection=CONN)
+    assert decision is not None and decision.reason == reason
+
+
 def _referenced(applied_at: float | None, **extra: object) -> SourceEvidence:
     return SourceEvidence(
         ("connections", CONN),
