@@ -132,7 +132,7 @@ def _host_of(value: str) -> str | None:
     if value.startswith("{"):
         try:
             inner = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return datasource_host(inner) if isinstance(inner, dict) else None
     if "://" in value:
@@ -161,7 +161,7 @@ def datasource_host(connection_details: Mapping[str, object] | str | None) -> st
     if isinstance(details, str):
         try:
             details = json.loads(details)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
     if not isinstance(details, Mapping):
         return None
