@@ -323,13 +323,9 @@ class SecretMask:
                 spans[-1][1] = max(spans[-1][1], end)
             else:
                 spans.append([start, end])
-        kept: list[str] = []  # the text between the masked spans, last piece first
-        stop = len(text)
-        for start, end in reversed(spans):
-            kept.append(text[end:stop])
-            stop = start
-        kept.append(text[:stop])
-        return MASK.join(reversed(kept))
+        # What is kept is the text between the masked spans: text[b0:b1], text[b2:b3], ...
+        bounds = [0, *(i for span in spans for i in span), len(text)]
+        return MASK.join(text[bounds[i] : bounds[i + 1]] for i in range(0, len(bounds), 2))
 
     def mask_value(self, value: Any) -> Any:
         """Strings masked; lists, tuples and dicts (values) of them recursively; others unchanged."""
