@@ -104,9 +104,8 @@ def refused_sign_in(
             return SignInRefusal(f"native error {value}")
         if name == _MASHUP_REASON and value.casefold() == "accessunauthorized":
             return SignInRefusal("the mashup engine's credential error (AccessUnauthorized)")
-    texts = [v for _, v in pairs]
-    if message:
-        texts.append(message)
+    texts = [message] if message else []
+    texts.extend(v for _, v in pairs)
     words = "\n".join(texts).casefold()
     if _ACCOUNT_WORDING.search(words):
         return SignInRefusal("the source's words (the account cannot sign in)")
