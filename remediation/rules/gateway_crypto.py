@@ -91,10 +91,8 @@ def _unsigned(value: str, field: str) -> int:
     """Decode a non-empty base64 string holding a big-endian unsigned integer."""
     if not isinstance(value, str) or not value:
         raise GatewayKeyError(f"publicKey.{field} must be a non-empty base64 string")
-    raw = _decode_base64(value, field)
-    if not raw:
-        raise GatewayKeyError(f"publicKey.{field} decodes to no bytes")
-    return int.from_bytes(raw, "big")
+    # Strict base64 of a non-empty string holds at least one byte; big-endian is the default order.
+    return int.from_bytes(_decode_base64(value, field))
 
 
 @dataclass(frozen=True)
@@ -110,8 +108,7 @@ class GatewayPublicKey:
     modulus: str
 
     def __post_init__(self) -> None:
-        modulus = _unsigned(self.modulus, "modulus")
-        exponent = _unsigned(self.exponent, "exponent")
+        modulus, exponent = _numbers(self)
         size = _byte_length(modulus)
         if not MIN_MODULUS_BYTES <= size <= MAX_MODULUS_BYTES:
             raise GatewayKeyError(
@@ -182,7 +179,7 @@ def _encrypt_segmented(data: bytes, key: GatewayPublicKey) -> str:
         _rsa_oaep_encrypt(data[offset : offset + SEGMENT_BYTES], key, hashes.SHA1())  # noqa: S303
         for offset in range(0, len(data), SEGMENT_BYTES)
     ]
-    return base64.b64encode(b"".join(blocks)).decode("ascii")
+    return base64.b64encode(b"".join(blocks)).decode()
 
 
 def _encrypt_hybrid(data: bytes, key: GatewayPublicKey, rand: Rand) -> str:
@@ -201,7 +198,7 @@ def _encrypt_hybrid(data: bytes, key: GatewayPublicKey, rand: Rand) -> str:
 
     wrapped = _rsa_oaep_encrypt(KEY_BLOB_HEADER + aes_key + mac_key, key, hashes.SHA256())
     blob = CIPHERTEXT_HEADER + tag + iv + ciphertext
-    return base64.b64encode(wrapped).decode("ascii") + base64.b64encode(blob).decode("ascii")
+    return (base64.b64encode(wrapped) + base64.b64encode(blob)).decode()
 
 
 def _rsa_oaep_encrypt(message: bytes, key: GatewayPublicKey, algorithm: hashes.HashAlgorithm) -> bytes:
@@ -228,14 +225,14 @@ def _utf8(plaintext: str) -> bytes:
     neither a ``__cause__`` nor a ``__context__`` pointing back at it.
     """
     try:
-        return plaintext.encode("utf-8")
+        return plaintext.encode()
     except UnicodeEncodeError:
         pass
     raise CredentialEncryptionError("credentials are not encodable as UTF-8")
 
 
 def _numbers(key: GatewayPublicKey) -> tuple[int, int]:
-    """``(modulus, exponent)`` of an already validated key."""
+    """``(modulus, exponent)`` of a key, refusing a malformed field (modulus first)."""
     return _unsigned(key.modulus, "modulus"), _unsigned(key.exponent, "exponent")
 
 

@@ -94,10 +94,9 @@ def refused_sign_in(
     ``moreDetails``). An account that cannot sign in at all (locked, disabled, expired) counts:
     the source checked the account and refused it.
     """
-    folded = (code or "").strip().casefold()
-    pairs = [(c.strip().casefold(), (v or "").strip()) for c, v in details]
-    if folded in REFUSED_CODES:
+    if code and code.strip().casefold() in REFUSED_CODES:
         return SignInRefusal(f"code {code}")
+    pairs = [(c.strip().casefold(), v.strip()) for c, v in details]
     for name, value in pairs:
         if name in REFUSED_CODES:
             return SignInRefusal(f"detail {name}")
@@ -105,9 +104,11 @@ def refused_sign_in(
             return SignInRefusal(f"native error {value}")
         if name == _MASHUP_REASON and value.casefold() == "accessunauthorized":
             return SignInRefusal("the mashup engine's credential error (AccessUnauthorized)")
-    texts = "\n".join([message or "", *(v for _, v in pairs)]).casefold()
-    if _ACCOUNT_WORDING.search(texts):
+    texts = [message] if message else []
+    texts.extend(v for _, v in pairs)
+    words = "\n".join(texts).casefold()
+    if _ACCOUNT_WORDING.search(words):
         return SignInRefusal("the source's words (the account cannot sign in)")
-    if _REFUSED_WORDING.search(texts):
+    if _REFUSED_WORDING.search(words):
         return SignInRefusal("the source's words (a refused sign-in)")
     return None

@@ -99,3 +99,12 @@ def test_the_smallest_exponent_is_three_and_it_must_be_below_the_modulus() -> No
     assert GatewayPublicKey(exponent="Aw==", modulus=MODULUS)  # 3
     with pytest.raises(GatewayKeyError, match="below the modulus"):
         GatewayPublicKey(exponent=MODULUS, modulus=MODULUS)
+
+
+@pytest.mark.parametrize("exponent", ["", 65537], ids=["empty", "a-number"])
+def test_a_key_with_several_faults_is_refused_for_its_exponent_first(exponent: object) -> None:
+    """The fields are checked in one order (exponent, then modulus), so the message an operator
+    reads names the exponent even when the modulus is missing too."""
+    with pytest.raises(GatewayKeyError) as caught:
+        GatewayPublicKey.from_api({"exponent": exponent})
+    assert str(caught.value) == "publicKey.exponent must be a non-empty base64 string"

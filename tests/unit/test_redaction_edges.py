@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from remediation.rules.redact import MASK, SecretMask, describe_datasource, mask_urls
+from remediation.rules.redact import MASK, SecretMask, datasource_host, describe_datasource, mask_urls
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,17 @@ from remediation.rules.redact import MASK, SecretMask, describe_datasource, mask
 )
 def test_no_piece_of_a_url_secret_is_left(text: str, expected: str) -> None:
     assert mask_urls(text) == expected
+
+
+def test_connection_details_nested_too_deep_to_parse_describe_the_source_by_its_type() -> None:
+    """A JSON text nested deeper than the parser's recursion limit names no host; it does not
+    stop the run that describes the source."""
+    deep = '{"server": ' * 100_000
+
+    assert datasource_host(deep) is None
+    assert datasource_host({"server": deep}) is None
+    assert describe_datasource("Web", {"server": deep, "url": "https://h.io/x"}) == "Web on h.io"
+    assert describe_datasource("Extension", {"extensionDataSourcePath": deep}) == "Extension"
 
 
 def test_a_data_source_of_unknown_type_is_described_with_its_host_or_alone() -> None:

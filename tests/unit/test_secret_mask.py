@@ -40,6 +40,7 @@ FORMS = {
         r"\\u[0-9a-f]{4}", lambda m: "\\u" + m.group(0)[2:].upper(), json.dumps(VALUE)[1:-1]
     ),
     "json-in-json": json.dumps(json.dumps(VALUE)[1:-1])[1:-1],
+    "json-in-json-unicode": json.dumps(json.dumps(VALUE, ensure_ascii=False)[1:-1], ensure_ascii=False)[1:-1],
     "dotnet-json": _net_json(VALUE),
     "repr": repr(VALUE)[1:-1],
     "quote": quote(VALUE, safe=""),
@@ -117,6 +118,19 @@ def test_from_the_short_length_on_a_value_is_masked_inside_words_too() -> None:
     value = "x" * SHORT_SECRET
 
     assert mask_secrets(f"a{value}b", [value]) == f"a{MASK}b"
+
+
+@pytest.mark.parametrize("values", [["a%27b", "a'b"], ["a'b", "a%27b"]], ids=["long-first", "short-first"])
+def test_a_long_value_is_masked_inside_words_even_when_a_short_value_has_the_same_form(
+    values: list[str],
+) -> None:
+    """``a%27b`` is a value of its own and also how ``a'b`` looks URL-encoded: being a short
+    value's form does not make the long value's own occurrences inside a word safe to show."""
+    assert len("a'b") < SHORT_SECRET <= len("a%27b")
+
+    assert mask_secrets("xa%27by", values) == f"x{MASK}y"
+    assert mask_secrets("xa'by", values) == "xa'by"  # the short value inside a word stays
+    assert mask_secrets("x a'b y", values) == f"x {MASK} y"
 
 
 def test_no_values_change_nothing_and_the_mask_shows_no_value() -> None:
