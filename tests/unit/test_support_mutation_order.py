@@ -1,5 +1,7 @@
 """make mutate runs a mutant's tests fastest first (tests/support/mutation_order.py), so a killed
-mutant costs about one fast test; outside a mutant the order is pytest's."""
+mutant costs about one fast test; outside a mutant the order is pytest's. And a test's waits end
+a loop that never stops waiting (tests/support/clock.py), so such a mutant fails fast instead of
+running into mutmut's timeout."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support import mutation_order
+from tests.support.clock import EndlessWait, Sleeps
 
 
 def test_the_tests_mutmut_timed_run_fastest_first_and_the_untimed_last_in_their_order() -> None:
@@ -36,3 +39,12 @@ def test_only_a_mutant_s_run_is_reordered(
     items: list[Any] = [SimpleNamespace(nodeid=n) for n in "abc"]
     mutation_order.pytest_collection_modifyitems(items)
     assert [item.nodeid for item in items] == (["b", "c", "a"] if reordered else ["a", "b", "c"])
+
+
+def test_a_loop_that_never_stops_waiting_fails_the_test_instead_of_spinning() -> None:
+    sleeps = Sleeps(limit=3)
+    for _ in range(3):
+        sleeps(0.5)
+    with pytest.raises(EndlessWait, match="4 times"):
+        sleeps(0.5)
+    assert not isinstance(EndlessWait(), Exception)  # no `except Exception` in the product hides it
