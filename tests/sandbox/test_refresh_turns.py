@@ -20,6 +20,7 @@ from remediation.reconciler.healer import Action, Report
 from sandbox import Sandbox
 from sandbox.clock import ManualClock
 from sandbox.world import generate_password
+from tests.sandbox.test_fabric import add_fabric
 from tests.sandbox.test_fabric_references import api_refreshes, model, of, referenced, vault_connection
 from tests.support.clock import Sleeps
 from tests.support.harness import Make, harness_factory
@@ -155,6 +156,38 @@ def test_without_a_settle_time_a_refusal_as_the_version_was_stored_blocks_it(man
 
     assert of(report, sales) == [Action.BLOCKED], [o.reason for o in report.datasets()]
     assert api_refreshes(sales) == []
+    assert f.account.failures_of(wrong) == 1
+
+
+def test_without_a_settle_time_a_refusal_as_the_version_was_stored_stops_it_for_the_account(
+    manual: Any,
+) -> None:
+    """The same refusal, read from the model's failure, rejects the version for the account: a
+    connection holding a copy, signing in as the same account, is not sent it (that would be a
+    second failed sign-in)."""
+    sb, clock, make = manual
+    w = build_world(sb)
+    kv = vault_connection(sb, w)
+    f = referenced(sb, w, kv)
+    g = add_fabric(sb, w.app.client_id, name="ware")
+    g.account = f.account
+    g.connection.source.account = f.account
+    g.binding["secret"] = f.secret_name  # one secret, one account: a reference and a copy
+    sales = model(sb, w, "sales", f)
+    bindings = json.dumps(w.bindings(f.binding, g.binding))
+    h = make(w, env={"REMEDIATION_BINDINGS": bindings, "REMEDIATION_SETTLE_SECONDS": "0"}, clock=clock.now)
+    wrong = "Wrong#" + generate_password()
+    sb.vault.set_secret(f.secret_name, wrong)
+    sb.powerbi.start_refresh(sales)  # the same second
+    sb.powerbi.settle()
+    clock.advance(60)
+
+    first = h.healer.heal_dataset(w.workspace_id, sales.id)
+    then = h.healer.heal_secret(f.secret_name)
+
+    assert of(first, sales) == [Action.BLOCKED], [o.reason for o in first.datasets()]
+    assert [o.action for o in then.targets() if o.datasource_id == g.connection.id] == [Action.BLOCKED]
+    assert g.connection.data.get("password") != wrong
     assert f.account.failures_of(wrong) == 1
 
 
