@@ -12,12 +12,14 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from remediation.clients.keyvault import KeyVaultClient
 from remediation.edges.cli import main
 from remediation.ledger.references import References
 from remediation.reconciler.healer import Action
@@ -25,10 +27,13 @@ from sandbox import Sandbox
 from sandbox.clock import ManualClock
 from sandbox.connections import KeyVaultConnection
 from sandbox.powerbi import Dataset
+from sandbox.refusals import pbi_error
 from sandbox.world import generate_password
 from tests.sandbox.test_fabric import FabricWorld, add_fabric, cli_env, fabric_patches, harness
 from tests.support.harness import Harness, Make, harness_factory
 from tests.support.world import World, build_world
+
+NO_CREDENTIALS = "DM_GWPipeline_Gateway_CredentialsNotSpecified"  # no sign-in happened
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
 
@@ -400,6 +405,77 @@ def test_one_model_per_account_is_refreshed_first(manual: tuple[Sandbox, ManualC
     assert f.account.failures_of(wrong) == 1  # the one refresh that went first
     h.healer.sweep()
     assert f.account.failures_of(wrong) == 1 and sum(len(api_refreshes(d)) for d in (sales, stock)) == 1
+
+
+def test_a_failure_without_a_sign_in_still_resends_a_copy_listed_after_a_reference(
+    manual: tuple[Sandbox, ManualClock, Make],
+) -> None:
+    """A model on a referenced connection and, after it, a connection holding a copy. A refresh
+    fails for lack of credentials without naming a source (no sign-in happened); Key Vault has a
+    newer version for the reference since. The reference holds nothing to forget, but the copy is
+    sent the current version again, and the model is refreshed."""
+    sb, clock, make = manual
+    w = build_world(sb)
+    kv = vault_connection(sb, w)
+    f = referenced(sb, w, kv, name="lake")
+    g = add_fabric(sb, w.app.client_id, name="ware")
+    mixed = model(sb, w, "mixed", f, g)
+    h = make(w, env={"REMEDIATION_BINDINGS": json.dumps(w.bindings(f.binding, g.binding))}, clock=clock.now)
+    g.rotate(sb)
+    assert [o.action for o in h.healer.heal_secret(g.secret_name, retry_refreshes=False).targets()] == [
+        Action.UPDATED
+    ]
+    clock.advance(60)
+    sb.powerbi.add_refresh(
+        mixed, status="Failed", service_exception=pbi_error(NO_CREDENTIALS), start=clock.now()
+    )
+    clock.advance(60)
+    f.rotate(sb)  # the reference reads a version newer than the failure
+    patches = len(fabric_patches(sb))
+
+    report = h.healer.heal_dataset(w.workspace_id, mixed.id)
+
+    by_connection = {o.datasource_id: o.action for o in report.targets()}
+    assert by_connection == {f.connection.id: Action.REFERENCED, g.connection.id: Action.UPDATED}
+    assert of(report, mixed) == [Action.REFRESHED], [o.reason for o in report.datasets()]
+    assert len(fabric_patches(sb)) == patches + 1  # the copy, again; the reference is sent nothing
+    assert f.connection.reference_overwritten == 0
+
+
+def test_a_key_vault_version_without_a_creation_time_holds_back_a_model_on_its_reference(
+    manual: tuple[Sandbox, ManualClock, Make], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When Key Vault does not say when its current version was created, nothing tells whether a
+    failed refresh on a referenced connection read it: the model is not refreshed, and the reason
+    names the connection."""
+    sb, clock, make = manual
+    w = build_world(sb)
+    kv = vault_connection(sb, w)
+    f = referenced(sb, w, kv)
+    sales = model(sb, w, "sales", f)
+    h = make(w, env={"REMEDIATION_BINDINGS": json.dumps(w.bindings(f.binding))}, clock=clock.now)
+    read = KeyVaultClient.get_secret
+    monkeypatch.setattr(
+        KeyVaultClient, "get_secret", lambda self, *a, **k: replace(read(self, *a, **k), created_on=None)
+    )
+    f.rotate(sb)
+    clock.advance(60)
+    sb.powerbi.add_refresh(
+        sales, status="Failed", service_exception=pbi_error(NO_CREDENTIALS), start=clock.now()
+    )
+    clock.advance(60)
+
+    report = h.healer.heal_secret(f.secret_name)
+
+    assert [o.action for o in report.targets() if o.datasource_id == f.connection.id] == [Action.REFERENCED]
+    (outcome,) = [o for o in report.datasets() if o.dataset_id == sales.id]
+    assert (outcome.action, outcome.reason) == (
+        Action.BLOCKED,
+        "not refreshed, and its schedule is left as it is: a refresh signs in to every data source, and "
+        f"these are not known to hold a working credential: connections/{f.connection.id} (not known to "
+        "hold the current version).",
+    )
+    assert api_refreshes(sales) == []
 
 
 @pytest.mark.parametrize("cause", ["expired", "network", "pinned", "missing"])
