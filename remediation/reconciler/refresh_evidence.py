@@ -104,14 +104,14 @@ class RefreshEvidence:
         ledger: Ledger,
         accounts: Accounts,
         lease_ttl: Callable[[], float],
-        references: References | None = None,
+        references: References,
         settle_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger
         self._accounts = accounts
         self._lease_ttl = lease_ttl
-        self._references = references or References(ledger)
+        self._references = references
         self._settle_seconds = settle_seconds
         self._clock = clock
 

@@ -45,7 +45,7 @@ class Refreshes:
         evidence: RefreshEvidence,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
-        poll_interval: float = 5.0,
+        poll_interval: float,
     ) -> None:
         self.settings = settings
         self.powerbi = powerbi
