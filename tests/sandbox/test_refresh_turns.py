@@ -69,8 +69,9 @@ def test_a_refresh_that_takes_a_while_is_followed_until_it_completes(
     manual: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sb, clock, make = manual
+    wait = Sleeps.__call__  # its limit too: a loop that never stops waiting fails the test
     monkeypatch.setattr(
-        Sleeps, "__call__", lambda self, seconds: (self.waits.append(seconds), clock.advance(seconds))
+        Sleeps, "__call__", lambda self, seconds: (wait(self, seconds), clock.advance(seconds))
     )
     h = make(clock=clock.now)
     w = h.world
