@@ -25,6 +25,7 @@ from remediation.reconciler.healer import Action, Report
 from sandbox import Sandbox
 from sandbox.clock import ManualClock
 from sandbox.refusals import credentials_error, pbi_error
+from tests.support.clock import Sleeps
 from tests.support.harness import Harness, Make, harness_factory
 from tests.support.world import World
 
@@ -391,9 +392,12 @@ def test_a_failure_reported_without_its_start_time_still_lets_a_healed_dataset_r
 
 # -- following a refresh to its end ----------------------------------------------------------------
 def _following_healer(h: Harness, clock: ManualClock, waits: list[float], poll: float) -> Any:
-    """The healer of ``h`` with the production poll cadence: its waits advance the shared clock."""
+    """The healer of ``h`` with the production poll cadence: its waits advance the shared clock
+    (and, as every test's waits, end a loop that never stops waiting: ``Sleeps``' limit)."""
+    limit = Sleeps()
 
     def sleep(seconds: float) -> None:
+        limit(seconds)
         waits.append(seconds)
         clock.advance(seconds)
 
