@@ -34,6 +34,7 @@ STANDIN_FILES = frozenset(
         "tests/unit/test_support_leftovers.py",  # the suite's no-leftover-telemetry rule
         "tests/unit/test_support_layers.py",  # this list
         "tests/unit/test_support_mutation_order.py",  # make mutate's test order
+        "tests/unit/test_support_mutation_pragmas.py",  # make mutate's equivalent lines, listed
     }
 )
 
