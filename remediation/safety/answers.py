@@ -241,8 +241,14 @@ def verdict_of(answer: Answer) -> VerdictOf:
     code = answer.code or "no readable code"
     if refusal is not None:
         # What the account's state is, the source's words tell, whatever code carried them: a
-        # gateway's code (its own category) must not hide that the account is locked or disabled.
+        # gateway's code (its own category) must not hide that the account is locked or disabled;
+        # nor may other words read first without the code (a quota's, a Key Vault detail) hide
+        # what the code's own rule finds (InvalidConnectionCredentials reads the account's state).
         diagnosis = diagnose_api_error(answer.status, None, message=answer.message, details=answer.details)
+        if not diagnosis.blocks_account:
+            diagnosis = diagnose_api_error(
+                answer.status, answer.code, message=answer.message, details=answer.details
+            )
         said = f"{name} HTTP {answer.status} {code}; recognised by {refusal}"
         if diagnosis.blocks_account:  # no password cures it: say what a person must do first
             return VerdictOf(Verdict.REJECTED, f"the source refused the account ({said}). {diagnosis.fix}")

@@ -112,6 +112,34 @@ def test_a_disabled_account_reported_under_a_gateways_code_still_says_to_enable_
     )
 
 
+@pytest.mark.parametrize(
+    ("message", "details"),
+    [
+        # words the classification reads first (a quota's, a running refresh's) beside the account's
+        (
+            "Login failed for 'svc': the account is locked out (exceeded the amount of requests allowed)",
+            (),
+        ),
+        ("The account is disabled; another refresh request is already executing", ()),
+        # a Key Vault reference's detail code beside the account's words
+        ("Login failed for user 'svc'. The account is locked.", (("DMS_KeyVaultSecretNotFound", ""),)),
+    ],
+)
+def test_the_account_advice_under_the_invalid_credentials_code_is_kept_whatever_else_the_answer_says(
+    message: str, details: tuple[tuple[str, str], ...]
+) -> None:
+    """Reading the answer without its code (so that a gateway's code cannot hide the account's
+    state) must not lose the advice that code gave before: DM_GWPipeline_Gateway_InvalidConnectionCredentials
+    is read by its own rule, which looks for the account's state whatever else the message says;
+    without the code, other words (a quota's, a running refresh's, a Key Vault detail) are read
+    first and the account advice was gone."""
+    code = "DM_GWPipeline_Gateway_InvalidConnectionCredentials"
+    verdict = verdict_of(Answer("powerbi", 400, code, message, details))
+    assert verdict.verdict is Verdict.REJECTED
+    assert verdict.reason.startswith(f"the source refused the account (Power BI HTTP 400 {code}; ")
+    assert "nothing is presented" in verdict.reason.casefold()
+
+
 def test_a_code_is_matched_against_the_table_whatever_its_case_and_spaces() -> None:
     assert not_presented_because(Answer("powerbi", 401, " tokenexpired ")) is not None
     assert not_presented_because(Answer("fabric", 404, "ENTITYNOTFOUND")) is not None
