@@ -140,6 +140,30 @@ def test_the_account_advice_under_the_invalid_credentials_code_is_kept_whatever_
     assert "nothing is presented" in verdict.reason.casefold()
 
 
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        # a gateway's code, whose own rule never reads the account's state
+        ("DM_GWPipeline_UnknownError", "Login failed for user 'svc'."),
+        # the invalid-credentials code beside a quota's words (read first without the code)
+        (
+            "DM_GWPipeline_Gateway_InvalidConnectionCredentials",
+            "Login failed for user 'svc' (exceeded the amount of requests allowed)",
+        ),
+    ],
+)
+def test_the_account_advice_is_given_when_only_the_details_say_the_account_is_locked(
+    code: str, message: str
+) -> None:
+    """The account's state may be told in the error's details only (Power BI's
+    ``pbi.error.details`` values), not in its message: the operator still reads what to do."""
+    details = (("Microsoft.Data.Mashup.ValueError.Reason", "The user account is locked out."),)
+    verdict = verdict_of(Answer("powerbi", 400, code, message, details))
+    assert verdict.verdict is Verdict.REJECTED
+    assert verdict.reason.startswith(f"the source refused the account (Power BI HTTP 400 {code}; ")
+    assert "unlock" in verdict.reason.casefold()
+
+
 def test_a_code_is_matched_against_the_table_whatever_its_case_and_spaces() -> None:
     assert not_presented_because(Answer("powerbi", 401, " tokenexpired ")) is not None
     assert not_presented_because(Answer("fabric", 404, "ENTITYNOTFOUND")) is not None
