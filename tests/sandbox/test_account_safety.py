@@ -27,9 +27,8 @@ from remediation.ledger import Ledger, LedgerError
 from remediation.reconciler.healer import Action, Report
 from remediation.telemetry.redaction import REDACTOR
 from sandbox import Sandbox
-from sandbox.clock import ManualClock
 from sandbox.powerbi import INVALID_CONNECTION_CREDENTIALS, pbi_error
-from tests.support.harness import Harness, Make, harness_factory
+from tests.support.harness import Harness, Make
 from tests.support.world import build_world
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
@@ -96,18 +95,6 @@ def test_the_version_fans_out_only_after_one_target_of_the_account_accepted_it(m
 
 
 # -- 2. vault first, source later ------------------------------------------------------------------
-@pytest.fixture
-def manual(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    """A sandbox and a healer on one manual clock (settle times and rotation delays without waiting)."""
-    clock = ManualClock()
-    sb = Sandbox(clock=clock).start()
-    factory = harness_factory(sb, monkeypatch, tmp_path)
-    try:
-        yield sb, clock, next(factory)
-    finally:
-        sb.stop()
-
-
 def test_a_vault_first_rotation_waits_for_the_settle_time_and_does_not_burn_the_version(manual: Any) -> None:
     sb, clock, make = manual
     h = make(sources=3, env={"REMEDIATION_SETTLE_SECONDS": "60"}, clock=clock.now)

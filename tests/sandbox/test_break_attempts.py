@@ -29,9 +29,9 @@ from remediation.edges.runtime import Runtime, build_healer
 from remediation.ledger import LedgerError
 from remediation.reconciler.healer import Action
 from sandbox import Sandbox
-from sandbox.clock import ManualClock
 from sandbox.world import generate_password
-from tests.support.harness import Harness, Make, harness_factory
+from tests.sandbox.conftest import manual_world
+from tests.support.harness import Harness, Make
 from tests.support.world import build_world
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
@@ -90,15 +90,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
 
 @pytest.fixture
 def manual(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    """A sandbox and healers on one manual clock."""
-    clock = ManualClock()
-    sb = Sandbox(clock=clock).start()
-    sb.entra.token_lifetime = 30 * 86400.0  # the SDKs cache tokens by the wall clock; this one jumps
-    factory = harness_factory(sb, monkeypatch, tmp_path)
-    try:
-        yield sb, clock, next(factory)
-    finally:
-        sb.stop()
+    """A sandbox and healers on one manual clock; Entra's tokens outlive its jumps (the SDKs cache
+    them by the wall clock)."""
+    yield from manual_world(monkeypatch, tmp_path, token_lifetime=30 * 86400.0)
 
 
 def part(h: Harness, runtime: Runtime | None, datasource_id: str, request: str, **kwargs: Any) -> Any:

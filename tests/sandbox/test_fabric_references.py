@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from io import StringIO
 from pathlib import Path
@@ -30,7 +29,7 @@ from sandbox.powerbi import Dataset
 from sandbox.refusals import pbi_error
 from sandbox.world import generate_password
 from tests.sandbox.test_fabric import FabricWorld, add_fabric, cli_env, fabric_patches, harness
-from tests.support.harness import Harness, Make, harness_factory
+from tests.support.harness import Harness, Make
 from tests.support.world import World, build_world
 
 NO_CREDENTIALS = "DM_GWPipeline_Gateway_CredentialsNotSpecified"  # no sign-in happened
@@ -297,17 +296,6 @@ def test_the_bindings_mark_and_a_release_that_disagree_send_nothing(make: Make, 
 
 
 # -- healing around references ---------------------------------------------------------------------
-@pytest.fixture
-def manual(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[Sandbox, ManualClock, Make]]:
-    clock = ManualClock()
-    sb = Sandbox(clock=clock).start()
-    factory = harness_factory(sb, monkeypatch, tmp_path)
-    try:
-        yield sb, clock, next(factory)
-    finally:
-        sb.stop()
-
-
 def referenced(sb: Sandbox, w: World, kv: KeyVaultConnection, name: str = "lake") -> FabricWorld:
     f = add_fabric(sb, w.app.client_id, name=name, reference=True)
     f.connection.key_vault_reference = {"connectionId": kv.id, "secretName": f.secret_name}

@@ -18,9 +18,9 @@ import pytest
 
 from remediation.reconciler.healer import Action
 from sandbox import Sandbox
-from sandbox.clock import ManualClock
 from sandbox.refusals import POWERBI_REFUSALS
-from tests.support.harness import Make, harness_factory
+from tests.sandbox.conftest import manual_world
+from tests.support.harness import Make
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
 
@@ -43,15 +43,9 @@ def schedule_updates(sb: Sandbox) -> list[Any]:
 
 @pytest.fixture
 def manual(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    """A sandbox and healers on one manual clock (refresh times and evidence ages without waiting)."""
-    clock = ManualClock()
-    sb = Sandbox(clock=clock).start()
-    sb.entra.token_lifetime = 30 * 86400.0  # the SDKs cache tokens by the wall clock; this one jumps
-    factory = harness_factory(sb, monkeypatch, tmp_path)
-    try:
-        yield sb, clock, next(factory)
-    finally:
-        sb.stop()
+    """A sandbox and healers on one manual clock (refresh times and evidence ages without waiting);
+    Entra's tokens outlive its jumps (the SDKs cache them by the wall clock)."""
+    yield from manual_world(monkeypatch, tmp_path, token_lifetime=30 * 86400.0)
 
 
 # -- 1. a refused SQL login is a rejection, in every shape -------------------------------------------

@@ -10,9 +10,7 @@ ledger. Time is a manual clock shared by the sandbox and the healer.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +24,7 @@ from sandbox import Sandbox
 from sandbox.clock import ManualClock
 from sandbox.refusals import credentials_error, pbi_error
 from tests.support.clock import Sleeps
-from tests.support.harness import Harness, Make, harness_factory
+from tests.support.harness import Harness
 from tests.support.world import World
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
@@ -35,17 +33,6 @@ GATE = (
     "not refreshed, and its schedule is left as it is: a refresh signs in to every data source, and these "
     "are not known to hold a working credential: "
 )
-
-
-@pytest.fixture
-def manual(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[Sandbox, ManualClock, Make]]:
-    clock = ManualClock()
-    sb = Sandbox(clock=clock).start()
-    factory = harness_factory(sb, monkeypatch, tmp_path)
-    try:
-        yield sb, clock, next(factory)
-    finally:
-        sb.stop()
 
 
 def refresh_posts(sb: Sandbox) -> int:

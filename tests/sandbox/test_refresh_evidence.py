@@ -20,7 +20,8 @@ from remediation.reconciler.healer import Action, Report
 from sandbox import Sandbox
 from sandbox.clock import ManualClock
 from sandbox.refusals import credentials_error, pbi_error
-from tests.support.harness import Harness, Make, harness_factory
+from tests.sandbox.conftest import manual_world
+from tests.support.harness import Harness, Make
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
 
@@ -31,12 +32,7 @@ DAY = 86_400.0
 def manual(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[Sandbox, ManualClock, Make]]:
     """A sandbox and a healer on one manual clock, at 00:10 UTC of a day."""
     clock = ManualClock(start=1_790_000_000.0 - 1_790_000_000.0 % DAY + 600)
-    sb = Sandbox(clock=clock).start()
-    factory = harness_factory(sb, monkeypatch, tmp_path)
-    try:
-        yield sb, clock, next(factory)
-    finally:
-        sb.stop()
+    yield from manual_world(monkeypatch, tmp_path, clock=clock)
 
 
 def refresh_posts(sb: Sandbox) -> int:

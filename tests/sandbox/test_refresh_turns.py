@@ -10,34 +10,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from remediation.reconciler.healer import Action, Report
 from sandbox import Sandbox
-from sandbox.clock import ManualClock
 from sandbox.world import generate_password
 from tests.sandbox.test_fabric import add_fabric
 from tests.sandbox.test_fabric_references import api_refreshes, model, of, referenced, vault_connection
 from tests.support.clock import Sleeps
-from tests.support.harness import Make, harness_factory
 from tests.support.world import build_world
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.filterwarnings("ignore::DeprecationWarning:msal.*")]
-
-
-@pytest.fixture
-def manual(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[Sandbox, ManualClock, Make]]:
-    clock = ManualClock()
-    sb = Sandbox(clock=clock).start()
-    factory = harness_factory(sb, monkeypatch, tmp_path)
-    try:
-        yield sb, clock, next(factory)
-    finally:
-        sb.stop()
 
 
 def refresh_posts(sb: Sandbox) -> int:
