@@ -178,18 +178,24 @@ def test_without_a_settle_time_a_refusal_as_the_version_was_stored_stops_it_for_
 
 
 # -- one dataset at a time per account -------------------------------------------------------------
+def accepted_elsewhere(manual: Any) -> tuple[Sandbox, Any]:
+    """Three datasets of one account whose rotation's update was accepted in another command (so
+    this run has not seen the version work) and whose refreshes failed; no follow-up time."""
+    sb, clock, make = manual
+    h = make(sources=3, servers=1, clock=clock.now, env={"REMEDIATION_REFRESH_TIMEOUT": "0"})
+    h.world.rotate()
+    h.world.fail_scheduled_refreshes()
+    clock.advance(60)
+    h.healer.heal_secret(h.world.secret_name, retry_refreshes=False)  # accepted, in another command
+    clock.advance(60)
+    return sb, h
+
+
 def test_datasets_wait_for_the_first_refresh_of_their_account_and_say_who_it_is(manual: Any) -> None:
     """The sweep has not seen the version accepted: one dataset's refresh goes first for the
     account, and it still runs when the follow-up ends, so the others wait for a later run and say
     so, naming the account."""
-    sb, clock, make = manual
-    h = make(sources=3, servers=1, clock=clock.now, env={"REMEDIATION_REFRESH_TIMEOUT": "0"})
-    w = h.world
-    w.rotate()
-    w.fail_scheduled_refreshes()
-    clock.advance(60)
-    h.healer.heal_secret(w.secret_name, retry_refreshes=False)  # accepted, in another command
-    clock.advance(60)
+    sb, h = accepted_elsewhere(manual)
     sb.powerbi.set_refresh_duration(3600)
 
     report = in_time(h.healer.sweep)
@@ -212,14 +218,7 @@ def test_once_the_first_refresh_completes_the_accounts_other_datasets_refresh_to
     """The first refresh for the account completes: the version is proven, and the account's
     other datasets are refreshed without waiting for one another, even though theirs still run
     when the follow-up ends (none is left for a later run)."""
-    sb, clock, make = manual
-    h = make(sources=3, servers=1, clock=clock.now, env={"REMEDIATION_REFRESH_TIMEOUT": "0"})
-    w = h.world
-    w.rotate()
-    w.fail_scheduled_refreshes()
-    clock.advance(60)
-    h.healer.heal_secret(w.secret_name, retry_refreshes=False)  # accepted, in another command
-    clock.advance(60)
+    sb, h = accepted_elsewhere(manual)
     start, lock = sb.powerbi.start_refresh, threading.Lock()
     started: list[str] = []
 
