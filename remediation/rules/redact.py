@@ -283,7 +283,8 @@ class SecretMask:
     :data:`MASK`, so no piece of either is left. Its ``repr`` shows no value.
     """
 
-    __slots__ = ("_at", "_size")
+    __slots__ = ("_any", "_at", "_size")
+    _any: re.Pattern[str]
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         anywhere: dict[str, bool] = {}
@@ -296,7 +297,7 @@ class SecretMask:
                     anywhere[form] = anywhere.get(form) or not alone
         self._size = size
         if not anywhere:
-            self._at: re.Pattern[str] | None = None
+            self._at: re.Pattern[str] | None = None  # and no _any: it is read only beside an _at
             return
         # Longest first: at one position the longest form wins (no partial leftovers).
         ordered = sorted(anywhere, key=lambda f: (-len(f), f))
@@ -304,7 +305,11 @@ class SecretMask:
             re.escape(f) if anywhere[f] else f"{_STANDS_ALONE_BEFORE}{re.escape(f)}{_STANDS_ALONE_AFTER}"
             for f in ordered
         ]
-        self._at = re.compile(f"(?=({'|'.join(items)}))")  # every start, overlapping ones too
+        alternatives = "|".join(items)
+        # A plain search first (text with no value, most of them, costs one cheap scan), then every
+        # start, overlapping ones too.
+        self._any = re.compile(alternatives)
+        self._at = re.compile(f"(?=({alternatives}))")
 
     def __bool__(self) -> bool:
         return self._at is not None
@@ -314,7 +319,7 @@ class SecretMask:
 
     def mask(self, text: str) -> str:
         """``text`` with every occurrence of every value, in every form, replaced by :data:`MASK`."""
-        if self._at is None:
+        if self._at is None or self._any.search(text) is None:
             return text
         spans: list[list[int]] = []
         for match in self._at.finditer(text):
